@@ -1,0 +1,1 @@
+"""Process configuration, the Redis key space, the stored models and the settings store."""

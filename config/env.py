@@ -1,0 +1,98 @@
+"""Process configuration from ``ERP_SYNC_*`` environment variables.
+
+Only process configuration lives here (``BaseSettings``); stored state is plain pydantic models in
+``config.models``. ``get_settings()`` is cached so nothing reads the environment at import time and
+tests can clear the cache after changing the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from erp_sync.errors import ConfigError
+
+ENV_PREFIX = "ERP_SYNC_"
+
+
+class Settings(BaseSettings):
+    """Everything a process needs to know about its deployment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis holding settings, schedule, history and locks (redis://, rediss://).",
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; defaults to the Redis URL."
+    )
+    key_prefix: str = Field(
+        "erp_sync", description="Prefix of every Redis key and channel of this deployment."
+    )
+    seconds_per_hour: float = Field(
+        3600.0, gt=0, description="Length of one schedule hour in seconds; demos shrink it."
+    )
+    beat_lease_seconds: float = Field(
+        3.0, gt=0, description="Leader lease TTL; a dead leader is replaced within about this."
+    )
+    task_soft_time_limit: float = Field(
+        600.0, gt=0, description="Soft time limit of one sync (seconds); the sync stops cleanly."
+    )
+    task_time_limit: float = Field(
+        900.0, gt=0, description="Hard time limit of one sync (seconds); the child is killed."
+    )
+    visibility_timeout: float = Field(
+        3600.0, gt=0,
+        description="Seconds before an unacknowledged sync is redelivered; above the hard limit.",
+    )
+    settings_wait_seconds: float = Field(
+        5.0, ge=0, description="How long `settings set --wait` waits for beat to apply a change."
+    )
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_is_a_key_segment(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+(:[A-Za-z0-9_.\-]+)*", value):
+            raise ValueError("must be letters, digits, '_', '.', '-' (segments joined by ':')")
+        return value
+
+    @model_validator(mode="after")
+    def _limits_are_ordered(self) -> Settings:
+        # A visibility timeout below the hard limit would redeliver syncs that are still running.
+        if not self.task_soft_time_limit < self.task_time_limit < self.visibility_timeout:
+            raise ValueError(
+                "need task_soft_time_limit < task_time_limit < visibility_timeout"
+            )
+        return self
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+
+def _reject_unknown_variables() -> None:
+    """Fail on a misspelt ``ERP_SYNC_*`` name instead of silently ignoring it."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        raise ConfigError(
+            f"unknown environment variable {unknown[0]} (known: {', '.join(sorted(known))})"
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process settings, read once from the environment."""
+    _reject_unknown_variables()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "ERP_SYNC_* limits"
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid {where}: {msg}") from None

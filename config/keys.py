@@ -1,0 +1,142 @@
+"""The one place that spells Redis key and channel names.
+
+Every name is ``<prefix>:<kind>[:<id>...]`` built from the configurable prefix, so two deployments
+(or two tests) share one Redis safely. No other module writes a key string by hand.
+
+Redis Cluster is not a target today: the settings write touches a company's keys *and* the global
+change stream in one transaction. A Cluster port would put ``{company}`` hash tags on the
+per-company keys and shard the change stream per slot range (see redbeat#296 for the crash that
+untagged multi-key scripts cause).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """Key and channel names for one deployment prefix."""
+
+    prefix: str
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # --- settings store -------------------------------------------------------------------
+    @property
+    def companies(self) -> str:
+        """SET of every company id."""
+        return self._k("companies")
+
+    def company(self, company: str) -> str:
+        """STRING: the company record (JSON)."""
+        return self._k("company", company)
+
+    def projects(self, company: str) -> str:
+        """HASH project id -> project record (JSON)."""
+        return self._k("projects", company)
+
+    def users(self, company: str) -> str:
+        """HASH user -> permission level on the company's ERP Integrations tool."""
+        return self._k("users", company)
+
+    def settings(self, company: str) -> str:
+        """STRING: the versioned sync settings (JSON)."""
+        return self._k("settings", company)
+
+    def audit(self, company: str) -> str:
+        """LIST of audit entries (JSON), newest first."""
+        return self._k("audit", company)
+
+    @property
+    def changes(self) -> str:
+        """STREAM of change messages ``{company, version}``; beat resumes from its cursor."""
+        return self._k("changes")
+
+    def applied_channel(self, company: str) -> str:
+        """Pub/sub channel where beat announces an applied settings version (for --wait)."""
+        return self._k("applied", company)
+
+    # --- beat -----------------------------------------------------------------------------
+    @property
+    def due(self) -> str:
+        """ZSET ``company:kind`` -> next due time (epoch seconds); the beat's due index."""
+        return self._k("beat", "due")
+
+    @property
+    def beat_applied(self) -> str:
+        """HASH company -> what beat last applied (JSON: version and the active periods)."""
+        return self._k("beat", "applied")
+
+    @property
+    def beat_leader(self) -> str:
+        """STRING ``node epoch`` with a TTL: the leader lease."""
+        return self._k("beat", "leader")
+
+    @property
+    def beat_epoch(self) -> str:
+        """Counter bumped on every lease acquisition: the fencing token."""
+        return self._k("beat", "epoch")
+
+    @property
+    def beat_cursor(self) -> str:
+        """STRING: the last change-stream id the leader applied."""
+        return self._k("beat", "cursor")
+
+    @property
+    def beat_nodes(self) -> str:
+        """HASH node -> heartbeat (JSON: role, last tick, backlog)."""
+        return self._k("beat", "nodes")
+
+    @property
+    def beat_stats(self) -> str:
+        """HASH of counters (dispatched slots, messages, applied changes)."""
+        return self._k("beat", "stats")
+
+    # --- broker ---------------------------------------------------------------------------
+    @property
+    def broker_prefix(self) -> str:
+        """kombu ``global_keyprefix``: puts Celery's queues and bindings under our prefix."""
+        return self._k("broker") + ":"
+
+    def queue(self, name: str) -> str:
+        """The Redis list kombu uses for a Celery queue."""
+        return self.broker_prefix + name
+
+    # --- workers --------------------------------------------------------------------------
+    def history(self, company: str) -> str:
+        """LIST of run ids, newest first, capped."""
+        return self._k("history", company)
+
+    def runs(self, company: str) -> str:
+        """HASH run id -> run record (JSON)."""
+        return self._k("runs", company)
+
+    def run_lock(self, company: str, kind: str, project: str | None) -> str:
+        """STRING with TTL: held while a (company, kind, project) sync runs (overlap -> skipped)."""
+        return self._k("lock", company, kind, project or "-")
+
+    def executed(self, task_id: str) -> str:
+        """STRING: marks a slot's task id as executed, so a redelivered duplicate runs once."""
+        return self._k("executed", task_id)
+
+    def rate_limit(self, company: str) -> str:
+        """HASH: the company's ERP token bucket, shared by all workers."""
+        return self._k("ratelimit", company)
+
+    def erp(self, company: str, collection: str) -> str:
+        """Sandbox ERP data for a company (HASH id -> record JSON)."""
+        return self._k("erp", company, collection)
+
+    def erp_meta(self, company: str) -> str:
+        """HASH: sandbox ERP configuration for a company (latency, faults, seeded flag)."""
+        return self._k("erp", company, "meta")
+
+    def procore(self, company: str, collection: str) -> str:
+        """Procore-side store for a company (HASH ERP id -> record JSON)."""
+        return self._k("procore", company, collection)
+
+    def cursor(self, company: str, kind: str, project: str | None) -> str:
+        """STRING: the incremental-sync watermark for a (company, kind, project)."""
+        return self._k("watermark", company, kind, project or "-")

@@ -1,0 +1,186 @@
+"""Stored state as pydantic models, validated on the way into and out of Redis.
+
+Also the ERP capability matrix as data: which automatic syncs each ERP supports.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+def _identifier(value: str) -> str:
+    # Ids become key segments, so no ':' or spaces; a clear message beats a broken key.
+    if not _ID.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid id (1-64 letters, digits, '_', '.', '-'; "
+            "starting with a letter or digit)"
+        )
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not an IANA time zone (e.g. America/Chicago)") from None
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+TimeZoneName = Annotated[str, AfterValidator(_timezone)]
+
+
+class Erp(StrEnum):
+    QUICKBOOKS_DESKTOP = "quickbooks_desktop"
+    QUICKBOOKS_ONLINE = "quickbooks_online"
+    XERO = "xero"
+    NETSUITE = "netsuite"
+    SAGE_100 = "sage_100"
+    SAGE_300_CRE = "sage_300_cre"
+    VIEWPOINT_VISTA = "viewpoint_vista"
+    VIEWPOINT_SPECTRUM = "viewpoint_spectrum"
+    SAGE_INTACCT = "sage_intacct"
+    CMIC = "cmic"
+    ACUMATICA = "acumatica"
+    YARDI = "yardi"
+    MRI = "mri"
+    WORKDAY = "workday"
+
+
+class SyncKind(StrEnum):
+    """The four automatic syncs. Values are the task-name suffix-free short names."""
+
+    VENDORS = "vendors"
+    JOBS = "jobs"
+    JOB_COSTS = "job_costs"
+    PAYMENTS = "payments"
+
+    @property
+    def project_level(self) -> bool:
+        return self in (SyncKind.JOB_COSTS, SyncKind.PAYMENTS)
+
+
+class PaymentsFrequency(StrEnum):
+    HOURLY = "hourly"
+    EVERY_2_HOURS = "every_2_hours"
+    EVERY_4_HOURS = "every_4_hours"
+    DAILY = "daily"
+    NEVER = "never"
+
+
+class PermissionLevel(StrEnum):
+    NONE = "none"
+    READ_ONLY = "read_only"
+    STANDARD = "standard"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(PermissionLevel).index(self)
+
+
+_ALL = frozenset(SyncKind)
+_NO_PAYMENTS = _ALL - {SyncKind.PAYMENTS}
+
+CAPABILITIES: dict[Erp, frozenset[SyncKind]] = {
+    Erp.QUICKBOOKS_DESKTOP: _ALL,
+    Erp.QUICKBOOKS_ONLINE: _ALL,
+    Erp.XERO: _ALL,
+    Erp.NETSUITE: _ALL,
+    Erp.SAGE_100: _NO_PAYMENTS,
+    Erp.SAGE_300_CRE: _NO_PAYMENTS,
+    Erp.VIEWPOINT_VISTA: _ALL,
+    Erp.VIEWPOINT_SPECTRUM: _NO_PAYMENTS,
+    Erp.SAGE_INTACCT: _ALL,
+    Erp.CMIC: frozenset({SyncKind.JOB_COSTS}),
+    Erp.ACUMATICA: _ALL,
+    Erp.YARDI: _ALL,
+    Erp.MRI: _ALL,
+    Erp.WORKDAY: _NO_PAYMENTS,
+}
+
+# Which stored setting switches which sync on (the payments frequency also needs payments).
+TOGGLES: dict[str, SyncKind] = {
+    "refresh_erp_companies_list": SyncKind.VENDORS,
+    "refresh_erp_job_list": SyncKind.JOBS,
+    "sync_project_job_costs": SyncKind.JOB_COSTS,
+    "sync_payments_for_synced_invoices": SyncKind.PAYMENTS,
+}
+
+
+class SyncSettings(BaseModel):
+    """A company's sync schedule, exactly the five settings of the admin page."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    payments_for_synced_invoices: PaymentsFrequency = PaymentsFrequency.DAILY
+    sync_project_job_costs: bool = True
+    refresh_erp_companies_list: bool = True
+    refresh_erp_job_list: bool = True
+    sync_payments_for_synced_invoices: bool = True
+
+    @classmethod
+    def defaults_for(cls, erp: Erp) -> SyncSettings:
+        """Every sync the ERP supports on, payments daily; unsupported syncs off."""
+        supported = CAPABILITIES[erp]
+        return cls(**{field: kind in supported for field, kind in TOGGLES.items()})
+
+    def enabled_kinds(self) -> frozenset[SyncKind]:
+        """The syncs that actually run (payments also need a frequency other than never)."""
+        kinds = {kind for field, kind in TOGGLES.items() if getattr(self, field)}
+        if self.payments_for_synced_invoices is PaymentsFrequency.NEVER:
+            kinds.discard(SyncKind.PAYMENTS)
+        return frozenset(kinds)
+
+
+class StoredSettings(BaseModel):
+    """The settings as stored: the values plus the version every write bumps."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    company: Identifier
+    version: int = Field(ge=1)
+    settings: SyncSettings
+    updated_at: datetime
+    updated_by: str
+
+
+class Company(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: Identifier
+    name: str = Field(min_length=1, max_length=200)
+    erp: Erp
+    timezone: TimeZoneName = "UTC"
+    created_at: datetime
+
+
+class Project(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    company: Identifier
+    id: Identifier
+    name: str = Field(min_length=1, max_length=200)
+    created_at: datetime
+
+
+class AuditEntry(BaseModel):
+    """Who changed what, when: old and new values of every field that changed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    at: datetime
+    actor: str
+    action: str
+    company: str
+    version: int | None = None
+    old: dict[str, Any] = Field(default_factory=dict)
+    new: dict[str, Any] = Field(default_factory=dict)

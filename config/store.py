@@ -1,0 +1,315 @@
+"""The settings store: companies, projects, users, versioned sync settings and the audit log.
+
+A settings change is one optimistic transaction (WATCH/MULTI): the new settings with a bumped
+version, one audit entry and one message on the change stream commit together or not at all. Two
+admins racing on one company therefore never lose an update: the loser re-reads and re-applies its
+change on top of the winner's. Every check (company exists, permission, allowed values, ERP
+capabilities) runs before anything is queued, so rejected input writes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import redis
+from pydantic import BaseModel, ValidationError
+
+from config.keys import KeySpace
+from config.models import (
+    CAPABILITIES,
+    TOGGLES,
+    AuditEntry,
+    Company,
+    Erp,
+    PaymentsFrequency,
+    PermissionLevel,
+    Project,
+    StoredSettings,
+    SyncKind,
+    SyncSettings,
+)
+from erp_sync.errors import (
+    AlreadyExists,
+    ConcurrentUpdate,
+    CorruptRecord,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    UnsupportedSetting,
+)
+
+AUDIT_CAP = 10_000
+CHANGE_STREAM_CAP = 100_000
+MAX_ATTEMPTS = 200
+
+M = TypeVar("M", bound=BaseModel)
+Mutator = Callable[[SyncSettings], Mapping[str, Any]]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def first_error(exc: ValidationError) -> str:
+    """One readable line out of a pydantic error: the field and what was wrong."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{field}: {msg}" if field else msg
+
+
+def parse(model: type[M], raw: str | bytes, what: str) -> M:
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise CorruptRecord(f"stored {what} is corrupt ({first_error(exc)})") from None
+
+
+class SettingsStore:
+    """Reads and writes one deployment's schedule state; the Redis client is passed in."""
+
+    def __init__(
+        self, client: redis.Redis, keys: KeySpace, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.clock = clock
+
+    # --- companies --------------------------------------------------------------------------
+    def add_company(
+        self, company_id: str, erp: str, *, name: str | None = None, timezone: str = "UTC",
+        actor: str = "operator",
+    ) -> Company:
+        """Create a company with its ERP's default settings (version 1) and tell beat."""
+        try:
+            company = Company(
+                id=company_id, name=name or company_id, erp=erp,
+                timezone=timezone, created_at=self.clock(),
+            )
+        except ValidationError as exc:
+            raise InvalidInput(_erp_hint(exc, erp)) from None
+        settings = StoredSettings(
+            company=company.id, version=1, settings=SyncSettings.defaults_for(company.erp),
+            updated_at=company.created_at, updated_by=actor,
+        )
+        entry = AuditEntry(
+            at=company.created_at, actor=actor, action="company.create", company=company.id,
+            version=1, new={"erp": company.erp.value, **settings.settings.model_dump(mode="json")},
+        )
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            if pipe.exists(self.keys.company(company.id)):
+                raise AlreadyExists(f"company {company.id!r} already exists")
+            pipe.multi()
+            pipe.set(self.keys.company(company.id), company.model_dump_json())
+            pipe.sadd(self.keys.companies, company.id)
+            pipe.set(self.keys.settings(company.id), settings.model_dump_json())
+            self._queue_audit(pipe, entry)
+            self._queue_change(pipe, company.id, 1)
+
+        self._transact([self.keys.company(company.id)], write)
+        return company
+
+    def get_company(self, company_id: str) -> Company:
+        raw = self.client.get(self.keys.company(company_id))
+        if raw is None:
+            raise NotFound(f"unknown company {company_id!r}")
+        return parse(Company, str(raw), f"company {company_id!r}")
+
+    def list_companies(self) -> list[Company]:
+        ids = self.company_ids()
+        raws = self.client.mget([self.keys.company(i) for i in ids]) if ids else []
+        return [parse(Company, r, f"company {i!r}") for i, r in zip(ids, raws, strict=True) if r]
+
+    def company_ids(self) -> list[str]:
+        return sorted(str(i) for i in self.client.smembers(self.keys.companies))
+
+    # --- projects and users -----------------------------------------------------------------
+    def add_project(self, company_id: str, project_id: str, *, name: str | None = None) -> Project:
+        self.get_company(company_id)
+        try:
+            project = Project(
+                company=company_id, id=project_id, name=name or project_id,
+                created_at=self.clock(),
+            )
+        except ValidationError as exc:
+            raise InvalidInput(first_error(exc)) from None
+        if not self.client.hsetnx(self.keys.projects(company_id), project.id,
+                                  project.model_dump_json()):
+            raise AlreadyExists(f"project {project.id!r} already exists in {company_id!r}")
+        return project
+
+    def list_projects(self, company_id: str) -> list[Project]:
+        self.get_company(company_id)
+        raw = self.client.hgetall(self.keys.projects(company_id))
+        return sorted(
+            (parse(Project, v, f"project {k!r}") for k, v in raw.items()),
+            key=lambda p: p.id,
+        )
+
+    def grant(self, company_id: str, user: str, level: str, *, actor: str = "operator") -> None:
+        """Set a user's permission level on the company's ERP Integrations tool (audited)."""
+        self.get_company(company_id)
+        if level not in set(PermissionLevel):
+            raise InvalidInput(
+                f"invalid level {level!r} (one of: {', '.join(PermissionLevel)})"
+            )
+        if not user.strip() or len(user) > 200:
+            raise InvalidInput("user must be 1-200 characters")
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            old = pipe.hget(self.keys.users(company_id), user)
+            pipe.multi()
+            pipe.hset(self.keys.users(company_id), user, level)
+            self._queue_audit(pipe, AuditEntry(
+                at=self.clock(), actor=actor, action="user.grant", company=company_id,
+                old={"user": user, "level": old}, new={"user": user, "level": level},
+            ))
+
+        self._transact([self.keys.users(company_id)], write)
+
+    def level_of(self, company_id: str, user: str) -> PermissionLevel:
+        return _level(self.client.hget(self.keys.users(company_id), user))
+
+    def require(self, company_id: str, user: str, needed: PermissionLevel) -> None:
+        """Raise ``PermissionDenied`` unless ``user`` has at least ``needed`` on the company."""
+        _require(company_id, user, self.level_of(company_id, user), needed)
+
+    # --- settings ---------------------------------------------------------------------------
+    def get_settings(self, company_id: str) -> StoredSettings:
+        raw = self.client.get(self.keys.settings(company_id))
+        if raw is None:
+            self.get_company(company_id)
+            raise CorruptRecord(f"company {company_id!r} has no stored settings")
+        return parse(StoredSettings, str(raw), f"settings of {company_id!r}")
+
+    def update_settings(
+        self, company_id: str, actor: str, change: Mapping[str, Any] | Mutator
+    ) -> tuple[StoredSettings, bool]:
+        """Apply ``change`` (fields to set, or a function of the current settings) as ``actor``.
+
+        Returns the stored settings and whether anything changed; an unchanged result writes
+        nothing (no version bump, no audit entry, no message).
+        """
+        company = self.get_company(company_id)
+        self.require(company_id, actor, PermissionLevel.ADMIN)
+        mutate: Mutator = change if callable(change) else (lambda _s: change)
+        result: list[tuple[StoredSettings, bool]] = []
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.get(self.keys.settings(company_id))
+            if raw is None:
+                raise CorruptRecord(f"company {company_id!r} has no stored settings")
+            current = parse(StoredSettings, raw, f"settings of {company_id!r}")
+            # Re-checked inside the transaction: a demotion racing this write must win.
+            _require(company_id, actor, _level(pipe.hget(self.keys.users(company_id), actor)),
+                     PermissionLevel.ADMIN)
+            new = merge(current.settings, mutate(current.settings))
+            old_d, new_d = current.settings.model_dump(mode="json"), new.model_dump(mode="json")
+            diff = {k for k in new_d if new_d[k] != old_d[k]}
+            check_supported(company.erp, diff, new)
+            if not diff:
+                pipe.reset()
+                result.append((current, False))
+                return
+            stored = StoredSettings(
+                company=company_id, version=current.version + 1, settings=new,
+                updated_at=self.clock(), updated_by=actor,
+            )
+            pipe.multi()
+            pipe.set(self.keys.settings(company_id), stored.model_dump_json())
+            self._queue_audit(pipe, AuditEntry(
+                at=stored.updated_at, actor=actor, action="settings.update", company=company_id,
+                version=stored.version, old={k: old_d[k] for k in sorted(diff)},
+                new={k: new_d[k] for k in sorted(diff)},
+            ))
+            self._queue_change(pipe, company_id, stored.version)
+            result.append((stored, True))
+
+        self._transact([self.keys.settings(company_id), self.keys.users(company_id)], write,
+                       reset=result.clear)
+        return result[-1]
+
+    def audit(self, company_id: str, limit: int = 100) -> list[AuditEntry]:
+        self.get_company(company_id)
+        raws = self.client.lrange(self.keys.audit(company_id), 0, max(limit, 1) - 1)
+        return [parse(AuditEntry, r, "audit entry") for r in raws]
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _queue_audit(self, pipe: redis.client.Pipeline, entry: AuditEntry) -> None:
+        pipe.lpush(self.keys.audit(entry.company), entry.model_dump_json())
+        pipe.ltrim(self.keys.audit(entry.company), 0, AUDIT_CAP - 1)
+
+    def _queue_change(self, pipe: redis.client.Pipeline, company_id: str, version: int) -> None:
+        pipe.xadd(self.keys.changes, {"company": company_id, "version": str(version)},
+                  maxlen=CHANGE_STREAM_CAP, approximate=True)
+
+    def _transact(
+        self, watch: list[str], write: Callable[[redis.client.Pipeline], None],
+        reset: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``write`` under WATCH until it commits without a conflicting writer."""
+        with self.client.pipeline() as pipe:
+            for attempt in range(MAX_ATTEMPTS):
+                try:
+                    pipe.watch(*watch)  # type: ignore[no-untyped-call]
+                    write(pipe)
+                    if pipe.explicit_transaction:
+                        pipe.execute()
+                    return
+                except redis.WatchError:
+                    if reset:
+                        reset()
+                    time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
+                finally:
+                    pipe.reset()
+        raise ConcurrentUpdate(f"gave up after {MAX_ATTEMPTS} conflicting writes on {watch[0]}")
+
+
+def merge(current: SyncSettings, change: Mapping[str, Any]) -> SyncSettings:
+    """``current`` with ``change`` applied, validated (unknown fields and bad values rejected)."""
+    unknown = sorted(set(change) - set(SyncSettings.model_fields))
+    if unknown:
+        raise InvalidInput(
+            f"unknown setting {unknown[0]!r} (one of: {', '.join(SyncSettings.model_fields)})"
+        )
+    try:
+        return SyncSettings.model_validate({**current.model_dump(), **change})
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid {first_error(exc)}") from None
+
+
+def check_supported(erp: Erp, changed: set[str], new: SyncSettings) -> None:
+    """Refuse turning on (or tuning) a sync the ERP does not support; turning one off is fine."""
+    supported = CAPABILITIES[erp]
+    for field in sorted(changed):
+        kind = TOGGLES.get(field, SyncKind.PAYMENTS)
+        enabling = field not in TOGGLES or bool(getattr(new, field))
+        if field == "payments_for_synced_invoices" and new.payments_for_synced_invoices is \
+                PaymentsFrequency.NEVER:
+            enabling = False
+        if enabling and kind not in supported:
+            raise UnsupportedSetting(f"{erp.value} does not support {field}")
+
+
+def _level(raw: object) -> PermissionLevel:
+    return PermissionLevel(raw) if isinstance(raw, str) and raw in set(PermissionLevel) \
+        else PermissionLevel.NONE
+
+
+def _require(company_id: str, user: str, level: PermissionLevel, needed: PermissionLevel) -> None:
+    if level.rank < needed.rank:
+        raise PermissionDenied(
+            f"user {user!r} has {level.value!r} on the ERP Integrations tool of {company_id!r}; "
+            f"{needed.value!r} is required"
+        )
+
+
+def _erp_hint(exc: ValidationError, erp: str) -> str:
+    if any(e["loc"] == ("erp",) for e in exc.errors()):
+        return f"unknown ERP {erp!r} (one of: {', '.join(Erp)})"
+    return first_error(exc)

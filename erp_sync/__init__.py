@@ -1,0 +1,1 @@
+"""erp-sync: keeps companies' ERP systems in sync on schedules their admins control."""

@@ -1,0 +1,64 @@
+"""What beat has applied per company, and waiting for it (``settings set --wait``).
+
+Beat writes an ``Applied`` record per company when it rebuilds that company's entries and then
+publishes the version on the company's applied channel. A waiter subscribes *before* the settings
+write, so the announcement cannot slip between write and subscribe; it also reads the record once,
+in case a beat applied the version before the subscription saw it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from config.keys import KeySpace
+
+
+class Applied(BaseModel):
+    """Beat's record of a company's schedule: the settings version and each entry's cadence."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int
+    # kind -> cadence key (e.g. "3600", "daily@14"); a kind missing here has no due entry.
+    cadences: dict[str, str]
+
+
+def applied_version(client: redis.Redis, keys: KeySpace, company: str) -> int:
+    raw = client.hget(keys.beat_applied, company)
+    if raw is None:
+        return 0
+    try:
+        return Applied.model_validate_json(raw).version
+    except ValidationError:
+        return 0
+
+
+class AppliedWaiter:
+    """Subscribe first, write, then ``wait(version)``: milliseconds until beat applied it."""
+
+    def __init__(self, client: redis.Redis, keys: KeySpace, company: str) -> None:
+        self.client, self.keys, self.company = client, keys, company
+        self.pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self.pubsub.subscribe(keys.applied_channel(company))
+
+    def wait(self, version: int, timeout: float, started: float) -> float | None:
+        """Block until beat applied ``version`` (or later); ``None`` after ``timeout`` seconds."""
+        try:
+            deadline = started + timeout
+            while True:
+                if applied_version(self.client, self.keys, self.company) >= version:
+                    return (time.monotonic() - started) * 1000
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                message = self.pubsub.get_message(timeout=min(remaining, 1.0))
+                if message and int(message["data"]) >= version:
+                    return (time.monotonic() - started) * 1000
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.pubsub.close()

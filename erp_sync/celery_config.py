@@ -1,0 +1,50 @@
+"""Celery configuration derived from the process settings (a pure function, easy to test).
+
+The reliability choices follow the Celery/Redis lessons in shared/background/peer-schedulers.md:
+late acknowledgement with prefetch 1 so a killed worker's sync is redelivered, a bounded
+redelivery on worker loss, a visibility timeout above the hard time limit so running syncs are
+not redelivered, and every broker key under the deployment prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.env import Settings
+from config.keys import KeySpace
+from erp_sync.slots import COMPANY_QUEUE, TASK_NAMES, queue_for
+
+
+def celery_config(env: Settings) -> dict[str, Any]:
+    keys = KeySpace(env.key_prefix)
+    return {
+        "broker_url": env.effective_broker_url,
+        "broker_transport_options": {
+            "global_keyprefix": keys.broker_prefix,
+            "visibility_timeout": env.visibility_timeout,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+        },
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_soft_time_limit": env.task_soft_time_limit,
+        "task_time_limit": env.task_time_limit,
+        "task_default_queue": COMPANY_QUEUE,
+        "task_create_missing_queues": True,
+        "task_routes": {name: {"queue": queue_for(kind)} for kind, name in TASK_NAMES.items()},
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "beat_scheduler": "beat_schedule:RedisScheduler",
+        "beat_enable_remote_control": True,
+        "beat_max_loop_interval": 1.0,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

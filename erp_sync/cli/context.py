@@ -1,0 +1,52 @@
+"""The one context object every subcommand shares; it opens Redis only when asked."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import redis
+
+from config.env import Settings, get_settings
+from config.keys import KeySpace
+from config.redis_client import connect
+from config.store import SettingsStore
+
+
+@dataclass
+class Ctx:
+    _client: redis.Redis | None = field(default=None, repr=False)
+
+    @property
+    def env(self) -> Settings:
+        return get_settings()
+
+    @property
+    def keys(self) -> KeySpace:
+        return KeySpace(self.env.key_prefix)
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self.env.redis_url)
+        return self._client
+
+    @property
+    def store(self) -> SettingsStore:
+        return SettingsStore(self.client, self.keys)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+def table(rows: list[list[str]], header: list[str]) -> None:
+    """Print aligned columns; plain text that greps and reads well in a terminal."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,105 @@
+"""Every error erp-sync raises on purpose, under one root.
+
+Callers catch a subsystem's base class; the CLI turns any ``ErpSyncError`` into one line on stderr
+and a non-zero exit. Connector errors split into transient and permanent so that retry policy is a
+type check, not string matching.
+"""
+
+from __future__ import annotations
+
+
+class ErpSyncError(Exception):
+    """Root of every error erp-sync raises deliberately."""
+
+
+class ConfigError(ErpSyncError):
+    """The process environment is invalid (a misspelt or malformed ERP_SYNC_* variable)."""
+
+
+# --- settings store -------------------------------------------------------------------------
+
+
+class StoreError(ErpSyncError):
+    """Base for errors reading or writing the settings store."""
+
+
+class RedisUnavailable(StoreError):
+    """Redis cannot be reached or refused the connection (auth, TLS, network)."""
+
+
+class NotFound(StoreError):
+    """A company, project or user named on input does not exist."""
+
+
+class AlreadyExists(StoreError):
+    """Creating something that already exists (a company or project id is taken)."""
+
+
+class InvalidInput(StoreError):
+    """A value on input is malformed or outside the allowed set."""
+
+
+class UnsupportedSetting(InvalidInput):
+    """A sync was asked for that the company's ERP does not support."""
+
+
+class PermissionDenied(StoreError):
+    """The acting user lacks the permission level the action requires."""
+
+
+class ConcurrentUpdate(StoreError):
+    """Optimistic concurrency gave up after too many conflicting writers."""
+
+
+class CorruptRecord(StoreError):
+    """A stored record failed validation on the way out of Redis."""
+
+
+# --- schedule / beat ------------------------------------------------------------------------
+
+
+class ScheduleError(ErpSyncError):
+    """Base for errors in schedule arithmetic or the beat scheduler."""
+
+
+class NotLeader(ScheduleError):
+    """A fenced write was refused because this beat no longer holds the lease."""
+
+
+# --- connectors -----------------------------------------------------------------------------
+
+
+class ConnectorError(ErpSyncError):
+    """Base for errors talking to an ERP."""
+
+
+class TransientConnectorError(ConnectorError):
+    """The call may succeed if retried later (timeout, 5xx, rate limited)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(TransientConnectorError):
+    """The ERP asked us to slow down; ``retry_after`` says for how long (seconds)."""
+
+
+class ErpTimeout(TransientConnectorError):
+    """The ERP did not answer in time."""
+
+
+class ErpServerError(TransientConnectorError):
+    """The ERP answered with a server-side failure (a 5xx)."""
+
+
+class PermanentConnectorError(ConnectorError):
+    """Retrying cannot help (bad credentials, unknown job); the run fails at once."""
+
+
+class BadCredentials(PermanentConnectorError):
+    """The ERP rejected the integration's credentials."""
+
+
+class UnknownErpObject(PermanentConnectorError):
+    """The ERP does not know the job (or other object) the sync asked for."""

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up a development machine: a virtualenv in .venv with the project and its dev extras, and
+# redis-server (from apt) if it is missing. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server is missing: install it (sudo apt-get install redis-server)" >&2
+    exit 1
+  fi
+fi

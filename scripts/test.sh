@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The one command that sets up and runs the test suite (what .ci/run runs, and the README shows).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/pytest "$@"

@@ -1,0 +1,87 @@
+"""Shared fixtures: fakeredis for unit tests, a private real redis-server for integration tests.
+
+Each test gets its own key prefix, so tests sharing the session's redis-server never see each
+other's keys. In CI (``CI`` set) a missing redis-server is a failure, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+
+from config.env import get_settings
+from config.keys import KeySpace
+from config.store import SettingsStore
+from tests.support.redisproc import RedisServer
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def keys(prefix: str) -> KeySpace:
+    return KeySpace(prefix)
+
+
+@pytest.fixture
+def fake() -> redis.Redis:
+    return fakeredis.FakeRedis(decode_responses=True)
+
+
+@pytest.fixture
+def store(fake: redis.Redis, keys: KeySpace) -> SettingsStore:
+    return SettingsStore(fake, keys)
+
+
+def _require_redis_server() -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is required in CI (.ci/run installs it)")
+        pytest.skip("redis-server not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session (tests isolate by key prefix)."""
+    _require_redis_server()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that stop, kill or restart it."""
+    _require_redis_server()
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, prefix: str) -> Iterator[pytest.MonkeyPatch]:
+    """Process settings isolated for this test (prefix set; the settings cache cleared)."""
+    for name in list(os.environ):
+        if name.startswith("ERP_SYNC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ERP_SYNC_KEY_PREFIX", prefix)
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def real(redis_server: RedisServer, env: pytest.MonkeyPatch) -> redis.Redis:
+    """A client on the session's real redis-server, with the env pointing at it."""
+    env.setenv("ERP_SYNC_REDIS_URL", redis_server.url)
+    get_settings.cache_clear()
+    return redis_server.client()
