@@ -1,0 +1,94 @@
+"""Real Celery processes (worker, beat, flower) as subprocesses of a test, with their logs.
+
+Each process runs from the repo root with a clean ERP_SYNC_* environment that the test gives, so
+it talks to the test's own redis-server under the test's own key prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CELERY = [sys.executable, "-m", "celery", "-A", "worker"]
+
+
+def process_env(settings: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERP_SYNC_")}
+    env.update(settings)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Proc:
+    """One subprocess with its combined output in a log file the test can read and print."""
+
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str], logdir: Path) -> None:
+        self.name = name
+        self.log = logdir / f"{name}.log"
+        self._fh = self.log.open("ab")
+        self.popen = subprocess.Popen(args, cwd=ROOT, env=process_env(env), stdout=self._fh,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and its children (a prefork worker's pool too)."""
+        if self.alive():
+            os.killpg(self.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self, timeout: float = 15) -> None:
+        """Graceful stop (SIGTERM), then SIGKILL of the whole group if it lingers."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.alive():
+            self.kill_group()
+        self._fh.close()
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        wait_until(lambda: text in self.output(), timeout,
+                   f"{self.name} never printed {text!r}:\n{self.output()[-3000:]}")
+
+
+def wait_until(check: Callable[[], object], timeout: float, message: str = "",
+               interval: float = 0.05) -> None:
+    """Poll ``check`` until truthy; fail with ``message`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(message or f"condition not met within {timeout}s")
+
+
+def worker(name: str, env: Mapping[str, str], logdir: Path, queues: str = "company,project",
+           pool: str = "threads", concurrency: int = 4, extra: list[str] | None = None) -> Proc:
+    return Proc(name, [*CELERY, "worker", "-Q", queues, "-P", pool, "-c", str(concurrency),
+                       "-n", f"{name}@%h", "-l", "INFO", "--without-mingle", "--without-gossip",
+                       *(extra or [])], env, logdir)
+
+
+def beat(name: str, env: Mapping[str, str], logdir: Path, extra: list[str] | None = None) -> Proc:
+    return Proc(name, [*CELERY, "beat", "-l", "INFO", *(extra or [])], env, logdir)
