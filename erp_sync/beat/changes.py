@@ -1,0 +1,97 @@
+"""The change feed: the settings store's stream, read from a cursor that survives restarts.
+
+Pub/sub would drop changes made while beat is away; a stream read from the last applied id
+cannot. The cursor is stored by the same fenced script that applies a change, so a new leader
+resumes exactly where the last one stopped. If the stream was trimmed past the cursor (beat was
+down for longer than the stream's cap), entries are gone and the caller must resync in full.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+
+from config.keys import KeySpace
+
+
+def _id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class ChangeFeed:
+    def __init__(self, client: redis.Redis, keys: KeySpace) -> None:
+        self.client, self.keys = client, keys
+
+    def saved_cursor(self) -> str | None:
+        raw = self.client.get(self.keys.beat_cursor)
+        return str(raw) if raw else None
+
+    def _info(self) -> dict[str, object] | None:
+        try:
+            return dict(self.client.xinfo_stream(self.keys.changes))
+        except redis.ResponseError:  # no stream yet: nothing was ever changed
+            return None
+
+    def head(self) -> str:
+        """The id of the newest entry ever added (what a full resync has covered)."""
+        info = self._info()
+        return str(info["last-generated-id"]) if info else "0-0"
+
+    def lost_since(self, cursor: str) -> bool:
+        """Whether entries after ``cursor`` were trimmed away before beat read them."""
+        info = self._info()
+        if not info:
+            return False
+        deleted = str(info.get("max-deleted-entry-id") or "0-0")
+        return _id(deleted) > _id(cursor)
+
+    def read(self, cursor: str, count: int, block_ms: int | None) -> list[tuple[str, str]]:
+        """Up to ``count`` (id, company) after ``cursor``; waits up to ``block_ms`` for one."""
+        reply: Any = self.client.xread({self.keys.changes: cursor}, count=count,
+                                       block=block_ms if block_ms else None)
+        if not reply:
+            return []
+        # RESP2 answers [[stream, entries]], RESP3 {stream: [entries]}.
+        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+        return [(str(i), str((fields or {}).get("company", ""))) for i, fields in entries]
+
+
+class FeedWatcher:
+    """Wakes the beat loop the moment a change arrives.
+
+    A thread blocks on ``XREAD`` for new stream entries and sets ``event``; the loop waits on the
+    event with a precise local timeout (the time until the next due entry). Blocking the loop
+    itself in ``XREAD ... BLOCK`` would make dispatch up to 100 ms late, because Redis expires
+    blocking timeouts in its ``hz`` cron. The watcher only signals; the loop reads from its own
+    durable cursor, so nothing depends on the watcher having seen an entry.
+    """
+
+    def __init__(self, client: redis.Redis, keys: KeySpace) -> None:
+        self.client, self.keys = client, keys
+        self.event = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="change-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        last = "$"
+        while not self._stop.is_set():
+            try:
+                reply: Any = self.client.xread({self.keys.changes: last}, count=100, block=1000)
+            except redis.RedisError:
+                self.event.set()  # let the loop see the outage (and catch up after it)
+                self._stop.wait(0.5)
+                continue
+            if reply:
+                entries = reply[0][1] if isinstance(reply, list) else next(
+                    iter(reply.values()))[0]
+                last = str(entries[-1][0])
+                self.event.set()

@@ -1,0 +1,84 @@
+"""What beat should do, decided without I/O: entries for a changed company, slots for due ones.
+
+Kept pure so the rules (timing of unchanged entries is kept, a changed cadence starts at its next
+slot, a missed slot runs once) are unit-tested without Redis or a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from config.models import Company, StoredSettings, SyncKind
+from erp_sync.applied import Applied
+from erp_sync.schedule import Cadence, cadences, slot_after, slot_at_or_before
+
+SEP = ":"
+
+
+def member(company: str, kind: SyncKind) -> str:
+    """A due-index member; company ids never contain ':' so the split is unambiguous."""
+    return f"{company}{SEP}{kind.value}"
+
+
+def split_member(value: str) -> tuple[str, SyncKind]:
+    company, _, kind = value.rpartition(SEP)
+    return company, SyncKind(kind)
+
+
+@dataclass(frozen=True)
+class CompanyPlan:
+    """Due-index operations for one company and the record beat stores once they are done.
+
+    ``ops`` are (op, member, score): ``nx`` adds the entry only if missing (its cadence did not
+    change, so its timing is kept), ``set`` (re)schedules it, ``rem`` removes it.
+    """
+
+    company: str
+    applied: Applied | None
+    ops: list[tuple[str, str, float]] = field(default_factory=list)
+
+
+def plan_company(company_id: str, company: Company | None, stored: StoredSettings | None,
+                 old: Applied | None, now: float, seconds_per_hour: float) -> CompanyPlan:
+    """The due-index changes that make ``company_id``'s entries match its stored settings."""
+    old_cadences = old.cadences if old else {}
+    if company is None or stored is None:  # the company is gone: drop its entries
+        return CompanyPlan(company_id, None, [("rem", member(company_id, SyncKind(k)), 0.0)
+                                              for k in old_cadences])
+    new = cadences(stored.settings, company.timezone, seconds_per_hour)
+    ops: list[tuple[str, str, float]] = []
+    for kind, cadence in new.items():
+        op = "nx" if old_cadences.get(kind.value) == cadence.key else "set"
+        ops.append((op, member(company_id, kind), slot_after(cadence, company_id, kind, now)))
+    ops += [("rem", member(company_id, SyncKind(k)), 0.0) for k in old_cadences
+            if SyncKind(k) not in new]
+    applied = Applied(version=stored.version,
+                      cadences={k.value: c.key for k, c in new.items()})
+    return CompanyPlan(company_id, applied, ops)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One due entry: the slot it runs now and when it is due next (``None``: drop the entry)."""
+
+    member: str
+    expected_score: float
+    company: str
+    kind: SyncKind
+    slot: float
+    next_score: float | None
+    projects: tuple[str, ...] = ()
+
+
+def plan_dispatch(entry: str, score: float, applied: Applied | None,
+                  projects: list[str], now: float) -> Dispatch:
+    """The single slot a due entry runs now: however many periods were missed, it runs once."""
+    company, kind = split_member(entry)
+    key = applied.cadences.get(kind.value) if applied else None
+    if key is None:  # the entry outlived its company's record: remove it, run nothing
+        return Dispatch(entry, score, company, kind, score, None)
+    cadence = Cadence.from_key(key)
+    slot = max(slot_at_or_before(cadence, company, kind, now), score)
+    return Dispatch(entry, score, company, kind, slot,
+                    slot_after(cadence, company, kind, max(now, slot)),
+                    tuple(sorted(projects)) if kind.project_level else ())
