@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -58,7 +59,7 @@ def test_racing_admins_lose_no_update_and_audit_each_write_once(
     assert len(updates) == total
     chain = sorted(updates, key=lambda e: e.version or 0)
     assert [e.version for e in chain] == list(range(2, total + 2))
-    for before, after in zip(chain, chain[1:], strict=False):
+    for before, after in itertools.pairwise(chain):
         assert after.old == before.new
     versions = [int(m["version"]) for _, m in real.xrange(KeySpace(prefix).changes)]
     assert versions == list(range(1, total + 2))

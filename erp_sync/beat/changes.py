@@ -41,12 +41,21 @@ class ChangeFeed:
         return str(info["last-generated-id"]) if info else "0-0"
 
     def lost_since(self, cursor: str) -> bool:
-        """Whether entries after ``cursor`` were trimmed away before beat read them."""
+        """Whether entries after ``cursor`` may have been trimmed away before beat read them.
+
+        Trimming removes the oldest entries first, so entries were lost exactly when the oldest
+        remaining entry is newer than the cursor and some were ever removed (or the stream is
+        empty yet has grown past the cursor). When the cursor's own entry was the last one
+        trimmed this says "lost" needlessly; the price is one full rebuild, never a lost change.
+        """
         info = self._info()
         if not info:
             return False
-        deleted = str(info.get("max-deleted-entry-id") or "0-0")
-        return _id(deleted) > _id(cursor)
+        first = info.get("first-entry")
+        if not first:
+            return _id(str(info["last-generated-id"])) > _id(cursor)
+        trimmed = int(str(info["entries-added"])) > int(str(info["length"]))
+        return trimmed and _id(str(first[0])) > _id(cursor)  # type: ignore[index]
 
     def read(self, cursor: str, count: int, block_ms: int | None) -> list[tuple[str, str]]:
         """Up to ``count`` (id, company) after ``cursor``; waits up to ``block_ms`` for one."""

@@ -6,6 +6,7 @@ it talks to the test's own redis-server under the test's own key prefix.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -59,10 +60,8 @@ class Proc:
         """Graceful stop (SIGTERM), then SIGKILL of the whole group if it lingers."""
         if self.alive():
             self.popen.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         if self.alive():
             self.kill_group()
         self._fh.close()

@@ -1,0 +1,224 @@
+"""The beat engine in-process against a real redis-server, with a clock the test controls."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection
+
+from config.keys import KeySpace
+from config.models import SyncKind
+from config.store import SettingsStore
+from erp_sync.applied import applied_version
+from erp_sync.beat.engine import BeatEngine, EngineConfig
+from erp_sync.schedule import Cadence, slot_after
+from erp_sync.slots import task_id
+from tests.support.redisproc import RedisServer
+
+pytestmark = pytest.mark.integration
+H = 3600.0
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def world(real: redis.Redis, prefix: str) -> tuple[redis.Redis, KeySpace, SettingsStore]:
+    keys = KeySpace(prefix)
+    store = SettingsStore(real, keys)
+    store.add_company("acme", "xero")
+    store.add_company("stone", "sage_100")
+    for p in ("p1", "p2", "p3"):
+        store.add_project("acme", p)
+    store.grant("acme", "al", "admin")
+    return real, keys, store
+
+
+@pytest.fixture
+def make_engine(world: tuple[redis.Redis, KeySpace, SettingsStore]) -> Iterator[
+        type[BeatEngine]]:
+    client, keys, _ = world
+    engines: list[BeatEngine] = []
+    app = Celery("test")
+
+    def build(clock: Clock, node: str) -> BeatEngine:
+        engine = BeatEngine(app, client, keys, EngineConfig(lease_seconds=2, max_block=0.01),
+                            clock=clock, node=node)
+        engines.append(engine)
+        return engine
+
+    yield build  # type: ignore[misc]
+    for e in engines:
+        e.close()
+
+
+def queued(client: redis.Redis, keys: KeySpace) -> list[dict[str, object]]:
+    out = []
+    for q in ("company", "project"):
+        out += [json.loads(m) for m in client.lrange(keys.queue(q), 0, -1)]
+    return out
+
+
+def ids(client: redis.Redis, keys: KeySpace) -> list[str]:
+    return sorted(str(m["headers"]["id"]) for m in queued(client, keys))  # type: ignore[index]
+
+
+def test_first_start_builds_every_company_schedule(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = world
+    engine = make_engine(Clock(T0), "a")
+    engine.step()
+    assert sorted(client.zrange(keys.due, 0, -1)) == [
+        "acme:job_costs", "acme:jobs", "acme:payments", "acme:vendors",
+        "stone:job_costs", "stone:jobs", "stone:vendors"]
+    assert applied_version(client, keys, "acme") == 1
+
+
+def test_due_slots_are_dispatched_once_with_deterministic_ids(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = world
+    clock = Clock(T0)
+    engine = make_engine(clock, "a")
+    engine.step()
+    clock.t = T0 + 2 * H + 1  # every entry except daily payments is due
+    engine.step()
+    engine.step()
+    got = ids(client, keys)
+    assert len(got) == len(set(got))
+    vendors_slot = slot_after(Cadence(H), "acme", SyncKind.VENDORS, T0)
+    vendors_slot2 = vendors_slot + H
+    latest = vendors_slot2 if vendors_slot2 <= clock.t else vendors_slot
+    assert task_id("acme", SyncKind.VENDORS, None, latest) in got  # missed slot ran once
+    job_costs = [i for i in got if ":job_costs:" in i and i.startswith("sync:acme:")]
+    assert sorted(i.split(":")[3] for i in job_costs) == ["p1", "p2", "p3"]
+    assert not [i for i in got if ":payments:" in i]  # daily: not due yet
+    # stone has no projects: its job-cost entry fires and fans out to nobody
+    assert [i.split(":")[2] for i in got if i.startswith("sync:stone:")] == ["jobs", "vendors"]
+
+
+def test_messages_are_what_celery_workers_consume(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = world
+    clock = Clock(T0)
+    engine = make_engine(clock, "a")
+    engine.step()
+    clock.t = T0 + 2 * H + 1
+    engine.step()
+    url = client.connection_pool.connection_kwargs
+    with Connection(f"redis://127.0.0.1:{url['port']}/0",
+                    transport_options={"global_keyprefix": keys.broker_prefix}) as conn:
+        queue = conn.SimpleQueue("project")
+        message = queue.get(timeout=2)
+        assert message.headers["task"] == "tasks.project.sync_job_costs"
+        args, kwargs, _embed = message.payload
+        assert args == [] and set(kwargs) == {"company", "project", "slot", "trigger"}
+        assert message.headers["id"] == task_id(
+            kwargs["company"], SyncKind.JOB_COSTS, kwargs["project"],
+            message.headers["id"] and int(message.headers["id"].rsplit(":", 1)[1]))
+        message.ack()
+        queue.close()
+
+
+def test_a_change_is_applied_by_message_and_announced(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+    client, keys, store = world
+    engine = make_engine(Clock(T0), "a")
+    engine.step()
+    before = dict(client.zrange(keys.due, 0, -1, withscores=True))
+    store.update_settings("acme", "al", {"payments_for_synced_invoices": "hourly",
+                                         "refresh_erp_job_list": False})
+    engine.step()
+    after = dict(client.zrange(keys.due, 0, -1, withscores=True))
+    assert applied_version(client, keys, "acme") == 2
+    assert "acme:jobs" not in after
+    assert after["acme:vendors"] == before["acme:vendors"]  # untouched entries keep their timing
+    assert after["acme:payments"] == slot_after(Cadence(H), "acme", SyncKind.PAYMENTS, T0)
+
+
+def test_only_the_leader_dispatches_and_a_fenced_out_leader_writes_nothing(
+    world, make_engine  # type: ignore[no-untyped-def]
+) -> None:
+    client, keys, store = world
+    clock = Clock(T0)
+    a, b = make_engine(clock, "a"), make_engine(clock, "b")
+    a.step()
+    b.step()
+    assert a.lease.token and not b.lease.token
+    # a is "paused": its lease vanishes and b takes over while a still believes it leads.
+    client.delete(keys.beat_leader)
+    b.step()
+    assert b.lease.token
+    clock.t = T0 + 2 * H + 1
+    assert a.lease.is_leader  # a's local view is stale...
+    a.dispatch_due()
+    store.update_settings("acme", "al", {"refresh_erp_companies_list": False})
+    a.apply_changes()
+    assert queued(client, keys) == []  # ...but the fence refused every write
+    assert "acme:vendors" in client.zrange(keys.due, 0, -1)
+    b.step()
+    assert len(queued(client, keys)) > 0 and not a.lease.token
+
+
+def test_a_change_made_while_no_beat_ran_is_applied_on_start(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+    client, keys, store = world
+    first = make_engine(Clock(T0), "a")
+    first.step()
+    first.close()
+    store.update_settings("acme", "al", {"sync_project_job_costs": False})
+    store.update_settings("acme", "al", {"payments_for_synced_invoices": "never"})
+    second = make_engine(Clock(T0 + 60), "b")
+    second.step()
+    assert applied_version(client, keys, "acme") == 3
+    assert [m for m in client.zrange(keys.due, 0, -1) if m.startswith("acme:")] == [
+        m for m in client.zrange(keys.due, 0, -1) if m in ("acme:vendors", "acme:jobs")]
+
+
+def test_changes_trimmed_from_the_feed_force_a_full_rebuild(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+    client, keys, store = world
+    first = make_engine(Clock(T0), "a")
+    first.step()
+    first.close()
+    store.update_settings("acme", "al", {"refresh_erp_job_list": False})
+    client.xtrim(keys.changes, maxlen=0)
+    second = make_engine(Clock(T0), "b")
+    second.step()
+    assert "acme:jobs" not in client.zrange(keys.due, 0, -1)
+    assert applied_version(client, keys, "acme") == 2
+
+
+def test_a_corrupt_company_is_skipped_and_everyone_else_is_served(
+    world, make_engine, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    client, keys, store = world
+    client.set(keys.settings("stone"), "{not json")
+    engine = make_engine(Clock(T0), "a")
+    engine.step()
+    store.update_settings("acme", "al", {"refresh_erp_job_list": False})
+    client.xadd(keys.changes, {"company": "stone", "version": "9"})
+    engine.step()
+    engine.step()
+    assert applied_version(client, keys, "acme") == 2
+    assert not [m for m in client.zrange(keys.due, 0, -1) if m.startswith("stone:")]
+    assert sum("skipping company=stone" in r.message for r in caplog.records) == 1
+
+
+def test_redis_restart_keeps_due_times_and_beat_carries_on(
+    own_redis: RedisServer, env: pytest.MonkeyPatch, prefix: str
+) -> None:
+    client = own_redis.client()
+    keys = KeySpace(prefix)
+    SettingsStore(client, keys).add_company("acme", "xero")
+    engine = BeatEngine(Celery("t"), client, keys, EngineConfig(lease_seconds=2, max_block=0.01),
+                        clock=Clock(T0), node="a")
+    engine.step()
+    before = client.zrange(keys.due, 0, -1, withscores=True)
+    own_redis.restart()
+    engine.step()  # redis-py reconnects; the lease survived in the AOF
+    assert client.zrange(keys.due, 0, -1, withscores=True) == before
+    engine.close()
