@@ -140,3 +140,16 @@ class KeySpace:
     def cursor(self, company: str, kind: str, project: str | None) -> str:
         """STRING: the incremental-sync watermark for a (company, kind, project)."""
         return self._k("watermark", company, kind, project or "-")
+
+    def erp_index(self, company: str, collection: str) -> str:
+        """Sandbox ERP ZSET id -> revision of a collection: the modified-since index pages read."""
+        return self._k("erpidx", company, collection)
+
+    def erp_calls(self, company: str) -> str:
+        """Sandbox ERP LIST of call timestamps (epoch seconds), newest first, capped."""
+        return self._k("erpcalls", company)
+
+    @property
+    def rate_limit_overrides(self) -> str:
+        """HASH ERP key -> ``{"rate", "burst"}`` (JSON) overriding the default ERP rate limits."""
+        return self._k("ratelimit", "overrides")

@@ -103,3 +103,14 @@ class BadCredentials(PermanentConnectorError):
 
 class UnknownErpObject(PermanentConnectorError):
     """The ERP does not know the job (or other object) the sync asked for."""
+
+
+# --- workers --------------------------------------------------------------------------------
+
+
+class WorkerError(ErpSyncError):
+    """Base for errors of a sync run itself (not of the ERP it talks to)."""
+
+
+class SyncTimedOut(WorkerError):
+    """A sync ran past its soft time limit and stopped between pages (it reruns next slot)."""

@@ -1,0 +1,132 @@
+"""The sandbox ERP connector: the default for every company until a real connector is configured.
+
+It serves the deterministic per-company data of ``sandbox_data`` through the same contract as a
+real ERP, including what makes real ERPs hard: per-call latency, random or scripted transient
+faults (5xx, rate-limit replies with retry-after, timeouts) and a permanent fault (bad
+credentials). Every call is logged with its timestamp under the company's ``erp_calls`` key, so a
+test can prove the ERP was never called faster than its rate limit.
+
+Watermarks and cursors are revisions: a page is "records with revision > cursor, in revision
+order", so paging is stable while the ERP changes underneath.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+import redis
+
+from config.keys import KeySpace
+from erp_sync.connectors.base import Connector, Page
+from erp_sync.connectors.sandbox_data import SandboxConfig, SandboxData, collection
+from erp_sync.errors import (
+    BadCredentials,
+    ErpServerError,
+    ErpTimeout,
+    NotFound,
+    RateLimited,
+    UnknownErpObject,
+)
+
+CALL_LOG_CAP = 100_000
+
+
+class SandboxErp(Connector):
+    """One company's sandbox ERP, backed by Redis under the deployment prefix."""
+
+    family = "sandbox"
+
+    def __init__(self, client: redis.Redis, keys: KeySpace, company: str,
+                 rng: random.Random | None = None, sleep: bool = True) -> None:
+        self.client, self.keys, self.company = client, keys, company
+        self.data = SandboxData(client, keys)
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self._seeded = False
+
+    # --- the contract -----------------------------------------------------------------------
+    def vendors(self, since: str | None, cursor: str | None) -> Page:
+        return self._page("vendors", since, cursor)
+
+    def jobs(self, since: str | None, cursor: str | None) -> Page:
+        return self._page("jobs", since, cursor)
+
+    def standard_cost_codes(self, since: str | None, cursor: str | None) -> Page:
+        return self._page("cost_codes", since, cursor)
+
+    def project_cost_codes(self, job: str, since: str | None, cursor: str | None) -> Page:
+        return self._page(collection("project_cost_codes", job), since, cursor, job)
+
+    def job_costs(self, job: str, since: str | None, cursor: str | None) -> Page:
+        return self._page(collection("job_costs", job), since, cursor, job)
+
+    def bill_payments(self, job: str, since: str | None, cursor: str | None) -> Page:
+        return self._page(collection("payments", job), since, cursor, job)
+
+    # --- one ERP call -----------------------------------------------------------------------
+    def _page(self, name: str, since: str | None, cursor: str | None,
+              job: str | None = None) -> Page:
+        cfg = self._enter()
+        if job is not None:
+            try:
+                self.data.ensure_job(self.company, job)
+            except NotFound:
+                raise UnknownErpObject(
+                    f"the ERP of {self.company!r} has no job {job!r}") from None
+        after = int(cursor or since or 0)
+        rows: list[Any] = self.client.zrangebyscore(
+            self.keys.erp_index(self.company, name), f"({after}", "+inf",
+            start=0, num=cfg.page_size, withscores=True)
+        ids = [str(row[0]) for row in rows]
+        raws = self.client.hmget(self.keys.erp(self.company, name), ids) if ids else []
+        items = [json.loads(r) for r in raws if r is not None]
+        last = int(rows[-1][1]) if rows else after
+        more = len(rows) == cfg.page_size
+        return Page(items=items, next_cursor=str(last) if more else None, watermark=str(last))
+
+    def _enter(self) -> SandboxConfig:
+        """Seed on first use, log the call, then apply latency and any injected fault."""
+        if not self._seeded:
+            self.data.ensure_seeded(self.company)
+            self._seeded = True
+        meta = self.keys.erp_meta(self.company)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hget(meta, "config")
+            pipe.hget(meta, "fail_next")
+            pipe.lpush(self.keys.erp_calls(self.company), f"{time.time():.6f}")
+            pipe.ltrim(self.keys.erp_calls(self.company), 0, CALL_LOG_CAP - 1)
+            replies = pipe.execute()
+        raw, fail_next = replies[0], replies[1]
+        cfg = SandboxConfig.model_validate_json(raw) if raw else SandboxConfig()
+        if cfg.permanent == "bad_credentials":
+            raise BadCredentials(f"the ERP of {self.company!r} rejected the credentials")
+        if cfg.latency_ms and self.sleep:
+            time.sleep(cfg.latency_ms / 1000)
+        scripted = fail_next and int(fail_next) > 0 and \
+            self.client.hincrby(meta, "fail_next", -1) >= 0
+        if scripted:
+            self._fail(cfg, cfg.fail_kind)
+        roll = self.rng.random()
+        for kind, rate in (("server_error", cfg.transient_rate),
+                           ("rate_limited", cfg.rate_limited_rate),
+                           ("timeout", cfg.timeout_rate)):
+            if roll < rate:
+                self._fail(cfg, kind)
+            roll -= rate
+        return cfg
+
+    def _fail(self, cfg: SandboxConfig, kind: str) -> None:
+        who = f"the ERP of {self.company!r}"
+        if kind == "rate_limited":
+            raise RateLimited(f"{who} replied 429 (retry after {cfg.retry_after:g}s)",
+                              retry_after=cfg.retry_after)
+        if kind == "timeout":
+            if self.sleep:
+                time.sleep(cfg.timeout_s)
+            raise ErpTimeout(f"{who} did not answer within {cfg.timeout_s:g}s")
+        if kind == "bad_credentials":
+            raise BadCredentials(f"{who} rejected the credentials")
+        raise ErpServerError(f"{who} replied 503 Service Unavailable")

@@ -1,0 +1,88 @@
+"""Run history: one record per sync run (per task id), newest first, capped per company.
+
+A run's record is created when it starts (status ``running``) and rewritten as it ends, so a run
+killed mid-way stays visible as ``running`` until its redelivery takes the same record over (the
+``attempt`` counter shows it). Saving is one Lua script: a new run id is pushed onto the company's
+list and the oldest runs beyond the cap are dropped with their records, atomically.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+from config.keys import KeySpace
+
+HISTORY_CAP = 1000
+Status = Literal["succeeded", "failed", "skipped", "running"]
+
+_SAVE = """
+local created = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if created == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  local cap = tonumber(ARGV[3])
+  while redis.call('LLEN', KEYS[2]) > cap do
+    redis.call('HDEL', KEYS[1], redis.call('RPOP', KEYS[2]))
+  end
+end
+return created
+"""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunRecord(BaseModel):
+    """One sync run, as ``history --json`` shows it (DESIGN.md fields plus task bookkeeping)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    company: str
+    project: str | None
+    scheduled_for: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: Status = "running"
+    counts: dict[str, int] = Field(default_factory=dict)
+    error: str | None = None
+    task_id: str
+    trigger: str = "schedule"
+    attempt: int = 1
+    duration_ms: float | None = None
+
+    def finish(self, status: Status, *, error: str | None = None,
+               counts: dict[str, int] | None = None, at: datetime | None = None) -> RunRecord:
+        end = at or now()
+        return self.model_copy(update={
+            "status": status, "error": error, "counts": counts or {}, "finished_at": end,
+            "duration_ms": round((end - self.started_at).total_seconds() * 1000, 1),
+        })
+
+
+class History:
+    """Reads and writes one deployment's run history (client passed in)."""
+
+    def __init__(self, client: redis.Redis, keys: KeySpace, cap: int = HISTORY_CAP) -> None:
+        self.client, self.keys, self.cap = client, keys, cap
+        self._save = client.register_script(_SAVE)
+
+    def save(self, record: RunRecord) -> None:
+        self._save(keys=[self.keys.runs(record.company), self.keys.history(record.company)],
+                   args=[record.task_id, record.model_dump_json(), self.cap])
+
+    def get(self, company: str, task_id: str) -> RunRecord | None:
+        raw = self.client.hget(self.keys.runs(company), task_id)
+        return RunRecord.model_validate_json(raw) if raw else None
+
+    def recent(self, company: str, limit: int = 50) -> list[RunRecord]:
+        """The company's runs, newest first."""
+        ids = self.client.lrange(self.keys.history(company), 0, max(limit, 1) - 1)
+        if not ids:
+            return []
+        raws = self.client.hmget(self.keys.runs(company), ids)
+        return [RunRecord.model_validate_json(r) for r in raws if r]

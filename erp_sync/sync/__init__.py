@@ -1,0 +1,95 @@
+"""The syncs as plain functions: ERP connector in, Procore-side store out, no Celery.
+
+A sync reads each of its streams incrementally (from the stored watermark), upserts every page into
+the Procore side and stores the new watermarks only after every page was written. A sync killed
+half-way therefore re-reads from the old watermarks next time and the upserts make that harmless:
+nothing is lost and nothing is duplicated. A sync with nothing new writes nothing at all (not even
+the watermark).
+
+A project's Procore id is its ERP job id (the project is linked to that job).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import redis
+
+from config.keys import KeySpace
+from config.models import SyncKind
+from erp_sync.connectors.base import Connector, Page, Record, pages
+from erp_sync.errors import SyncTimedOut
+from erp_sync.procore_store import Counts, Drift, ProcoreStore, scoped
+
+Fetch = Callable[[str | None, str | None], Page]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One incremental listing and the Procore-side collection it lands in."""
+
+    name: str
+    fetch: Fetch
+
+
+def streams(kind: SyncKind, connector: Connector, project: str | None) -> list[Stream]:
+    """What a sync of ``kind`` reads; project-level kinds need ``project``."""
+    if kind is SyncKind.VENDORS:
+        return [Stream("vendors", connector.vendors)]
+    if kind is SyncKind.JOBS:
+        return [Stream("jobs", connector.jobs)]
+    if project is None:
+        raise ValueError(f"{kind.value} is a project-level sync and needs a project")
+    if kind is SyncKind.JOB_COSTS:
+        return [
+            Stream("cost_codes", connector.standard_cost_codes),
+            Stream(scoped("project_cost_codes", project),
+                   partial(connector.project_cost_codes, project)),
+            Stream(scoped("job_costs", project), partial(connector.job_costs, project)),
+        ]
+    return [Stream(scoped("payments", project), partial(connector.bill_payments, project))]
+
+
+def run_sync(client: redis.Redis, keys: KeySpace, company: str, kind: SyncKind,
+             project: str | None, connector: Connector,
+             deadline: float | None = None) -> Counts:
+    """Sync ``kind`` for ``company`` (and ``project``); returns counts over all streams.
+
+    ``deadline`` (a ``time.monotonic()`` value) is the soft time limit, checked between pages so
+    the sync stops at a clean point on any worker pool (thread pools have no Celery time limits).
+    """
+    store = ProcoreStore(client, keys, company)
+    mark_key = keys.cursor(company, kind.value, project)
+    raw = client.get(mark_key)
+    old_marks: dict[str, str | None] = json.loads(raw) if raw else {}
+    marks = dict(old_marks)
+    total = Counts()
+    for stream in streams(kind, connector, project):
+        for page in pages(partial(stream.fetch, old_marks.get(stream.name))):
+            if deadline is not None and time.monotonic() > deadline:
+                raise SyncTimedOut(
+                    f"{kind.value} sync of {company!r} passed its soft time limit; "
+                    "it stopped between pages and resumes from the last watermark next run")
+            total.add(store.upsert(stream.name, page.items))
+            if page.next_cursor is None and page.watermark is not None:
+                marks[stream.name] = page.watermark
+    if marks != old_marks:
+        client.set(mark_key, json.dumps(marks, sort_keys=True))
+    return total
+
+
+def full_listing(stream: Stream) -> list[Record]:
+    """Every record of a stream (from no watermark), for reconciliation."""
+    return [item for page in pages(partial(stream.fetch, None)) for item in page.items]
+
+
+def reconcile(client: redis.Redis, keys: KeySpace, company: str, kind: SyncKind,
+              project: str | None, connector: Connector) -> dict[str, Drift]:
+    """Compare the Procore side with the ERP's full data for ``kind``: drift per collection."""
+    store = ProcoreStore(client, keys, company)
+    return {s.name: store.drift(s.name, full_listing(s))
+            for s in streams(kind, connector, project)}

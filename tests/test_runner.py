@@ -1,0 +1,158 @@
+"""One delivery through the runner (locks, duplicates, skips, retries, history) on fakeredis."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import redis
+
+from config.keys import KeySpace
+from config.models import SyncKind
+from config.store import SettingsStore
+from erp_sync.history import History, RunRecord, now
+from erp_sync.runner import MAX_REDELIVERIES, Delivery, RetryPolicy, Runner
+from tests.support.erp import small_company
+
+
+@pytest.fixture
+def runner(fake: redis.Redis, keys: KeySpace) -> Runner:
+    small_company(fake, keys)
+    return Runner(fake, keys, rng=random.Random(1))
+
+
+def delivery(task_id: str = "sync:acme:vendors:-:1", kind: SyncKind = SyncKind.VENDORS,
+             project: str | None = None, **kw: object) -> Delivery:
+    return Delivery(task_id=task_id, company="acme", kind=kind, project=project,
+                    slot="2026-11-26T10:00:00Z", **kw)  # type: ignore[arg-type]
+
+
+def test_a_run_is_recorded_with_every_field(runner: Runner) -> None:
+    record = runner.execute(delivery()).record
+    assert record is not None
+    shown = record.model_dump(mode="json")
+    assert shown["status"] == "succeeded" and shown["project"] is None
+    assert shown["counts"] == {"created": 30, "updated": 0, "unchanged": 0}
+    assert shown["scheduled_for"] == "2026-11-26T10:00:00Z"
+    assert {"kind", "company", "started_at", "finished_at", "error", "task_id", "trigger",
+            "attempt", "duration_ms"} <= set(shown)
+
+
+def test_a_duplicated_delivery_runs_once(runner: Runner, fake: redis.Redis,
+                                         keys: KeySpace) -> None:
+    runner.execute(delivery())
+    calls = fake.llen(keys.erp_calls("acme"))
+    again = runner.execute(delivery())
+    assert again.duplicate
+    assert fake.llen(keys.erp_calls("acme")) == calls
+    assert [r.status for r in runner.history.recent("acme")] == ["succeeded"]
+
+
+def test_a_slot_arriving_during_a_run_is_skipped(runner: Runner, fake: redis.Redis,
+                                                 keys: KeySpace) -> None:
+    fake.set(keys.run_lock("acme", "vendors", None), "sync:acme:vendors:-:0")
+    record = runner.execute(delivery()).record
+    assert record is not None and record.status == "skipped"
+    assert "sync:acme:vendors:-:0" in (record.error or "")
+    assert runner.execute(delivery()).duplicate  # a skip is final too
+
+
+def test_a_redelivery_takes_over_its_own_stale_lock(runner: Runner, fake: redis.Redis,
+                                                    keys: KeySpace) -> None:
+    lock = keys.run_lock("acme", "vendors", None)
+    fake.set(lock, "sync:acme:vendors:-:1")  # the killed first attempt still "holds" it
+    History(fake, keys).save(RunRecord(kind="vendors", company="acme", project=None,
+                                       scheduled_for="x", started_at=now(),
+                                       task_id="sync:acme:vendors:-:1"))
+    record = runner.execute(delivery()).record
+    assert record is not None and (record.status, record.attempt) == ("succeeded", 2)
+    assert fake.get(lock) is None
+
+
+def test_endless_redelivery_is_bounded(runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    History(fake, keys).save(RunRecord(
+        kind="vendors", company="acme", project=None, scheduled_for="x", started_at=now(),
+        task_id="sync:acme:vendors:-:1", attempt=MAX_REDELIVERIES + 1))
+    record = runner.execute(delivery()).record
+    assert record is not None and record.status == "failed"
+    assert "interrupted" in (record.error or "")
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda s, f, k: f.delete(k.company("acme")), "no longer exists"),
+    (lambda s, f, k: s.update_settings("acme", "alice", {"refresh_erp_companies_list": False}),
+     "switched off"),
+])
+def test_a_company_gone_or_sync_switched_off_is_skipped_with_a_reason(
+        runner: Runner, fake: redis.Redis, keys: KeySpace, change, reason) -> None:  # type: ignore[no-untyped-def]
+    change(SettingsStore(fake, keys), fake, keys)
+    record = runner.execute(delivery()).record
+    assert record is not None and record.status == "skipped"
+    assert reason in (record.error or "")
+    assert fake.llen(keys.erp_calls("acme")) == 0
+
+
+def test_a_manual_run_ignores_the_schedule_switch(runner: Runner, fake: redis.Redis,
+                                                   keys: KeySpace) -> None:
+    SettingsStore(fake, keys).update_settings("acme", "alice", {"refresh_erp_job_list": False})
+    record = runner.execute(delivery("manual:1", SyncKind.JOBS, trigger="manual")).record
+    assert record is not None and record.status == "succeeded"
+
+
+def test_an_unknown_project_and_an_unsupported_sync_are_skipped(fake: redis.Redis,
+                                                                keys: KeySpace) -> None:
+    small_company(fake, keys, "acme")
+    small_company(fake, keys, "steel", erp="cmic")
+    runner = Runner(fake, keys)
+    gone = runner.execute(delivery("t1", SyncKind.JOB_COSTS, "nope")).record
+    assert gone is not None and "project 'nope' no longer exists" in (gone.error or "")
+    unsupported = runner.execute(Delivery(task_id="t2", company="steel", kind=SyncKind.VENDORS,
+                                          project=None, slot="s")).record
+    assert unsupported is not None and "cmic does not support" in (unsupported.error or "")
+
+
+def test_a_transient_error_asks_for_a_retry_after_the_erps_retry_after(
+        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    from erp_sync.connectors.sandbox_data import SandboxData
+    SandboxData(fake, keys).configure("acme", fail_kind="rate_limited", retry_after=7)
+    SandboxData(fake, keys).fail_next("acme", 1)
+    outcome = runner.execute(delivery())
+    assert outcome.retry_in is not None and 7 <= outcome.retry_in <= 7.7
+    assert fake.get(keys.run_lock("acme", "vendors", None)) is None
+    record = runner.execute(delivery(retries=1)).record
+    assert record is not None and (record.status, record.attempt) == ("succeeded", 2)
+
+
+def test_transient_errors_fail_the_run_when_retries_run_out(
+        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    from erp_sync.connectors.sandbox_data import SandboxData
+    SandboxData(fake, keys).fail_next("acme", 100)
+    record = runner.execute(delivery(retries=runner.policy.max_retries)).record
+    assert record is not None and record.status == "failed"
+    assert "ErpServerError" in (record.error or "") and "gave up" in (record.error or "")
+
+
+def test_a_permanent_error_fails_at_once_with_its_reason(runner: Runner, fake: redis.Redis,
+                                                         keys: KeySpace) -> None:
+    from erp_sync.connectors.sandbox_data import SandboxData
+    SandboxData(fake, keys).configure("acme", permanent="bad_credentials")
+    outcome = runner.execute(delivery())
+    assert outcome.retry_in is None and outcome.record is not None
+    assert outcome.record.status == "failed"
+    assert outcome.record.error == "BadCredentials: the ERP of 'acme' rejected the credentials"
+
+
+def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
+    policy, rng = RetryPolicy(base=1, cap=8), random.Random(3)
+    for retries, (low, high) in enumerate([(0.5, 1), (1, 2), (2, 4), (4, 8), (4, 8)]):
+        assert low <= policy.delay(retries, None, rng) <= high
+    assert policy.delay(0, 30, rng) >= 30
+
+
+def test_history_is_newest_first_and_capped(fake: redis.Redis, keys: KeySpace) -> None:
+    history = History(fake, keys, cap=3)
+    for n in range(5):
+        history.save(RunRecord(kind="jobs", company="acme", project=None, scheduled_for=str(n),
+                               started_at=now(), task_id=f"t{n}"))
+    assert [r.task_id for r in history.recent("acme", 10)] == ["t4", "t3", "t2"]
+    assert fake.hlen(keys.runs("acme")) == 3
