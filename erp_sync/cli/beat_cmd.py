@@ -1,0 +1,115 @@
+"""``schedule`` and ``status``: what beat will run next, and whether beat is healthy.
+
+Flower shows workers and tasks but has no view of a beat schedule; these fill that gap from the
+same Redis state beat itself uses (the due index and the heartbeats), so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from erp_sync.applied import Applied
+from erp_sync.beat.index import DueIndex
+from erp_sync.beat.plan import member
+from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.schedule import cadences, slot_after
+from erp_sync.slots import COMPANY_QUEUE, PROJECT_QUEUE, TASK_NAMES, queue_for, slot_iso
+
+
+def describe(cadence_key: str) -> str:
+    if cadence_key.startswith("daily@"):
+        return f"daily ({cadence_key.removeprefix('daily@')} local time)"
+    return f"every {float(cadence_key.removeprefix('every:')):g}s"
+
+
+@click.command("schedule")
+@click.argument("company_id", metavar="COMPANY")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def schedule(ctx: Ctx, company_id: str, as_json: bool) -> None:
+    """Each enabled sync of COMPANY with its next run (per project for project-level syncs)."""
+    store = ctx.store
+    company = store.get_company(company_id)
+    stored = store.get_settings(company_id)
+    index = DueIndex(ctx.client, ctx.keys)
+    applied: Applied | None = index.applied([company_id])[company_id]
+    projects = [p.id for p in store.list_projects(company_id)]
+    pipe = ctx.client.pipeline(transaction=False)
+    kinds = list(cadences(stored.settings, company.timezone, ctx.env.seconds_per_hour).items())
+    for kind, _ in kinds:
+        pipe.zscore(ctx.keys.due, member(company_id, kind))
+    scores = pipe.execute()
+    now = time.time()
+    entries: list[dict[str, Any]] = []
+    for (kind, cadence), score in zip(kinds, scores, strict=True):
+        live = score is not None and applied is not None and applied.version == stored.version
+        nxt = float(score) if live else slot_after(cadence, company_id, kind, now)
+        entries.append({
+            "kind": kind.value, "task": TASK_NAMES[kind], "queue": queue_for(kind),
+            "cadence": describe(cadence.key), "next_run": slot_iso(nxt),
+            "in_seconds": round(max(0.0, nxt - now), 1), "source": "beat" if live else "computed",
+            "projects": projects if kind.project_level else None,
+        })
+    out = {"company": company_id, "erp": company.erp.value, "settings_version": stored.version,
+           "applied_version": applied.version if applied else 0, "entries": entries}
+    if as_json:
+        echo_json(out)
+        return
+    click.echo(f"{company_id} ({company.erp.value}): settings version {stored.version}, "
+               f"applied by beat: {out['applied_version'] or 'not yet'}")
+    table([[e["kind"], e["cadence"], e["next_run"], f"{e['in_seconds']}s",
+            e["source"], "" if e["projects"] is None else f"{len(e['projects'])} projects"]
+           for e in entries], ["SYNC", "CADENCE", "NEXT RUN (UTC)", "IN", "SOURCE", "FAN-OUT"])
+    if any(e["source"] == "computed" for e in entries):
+        click.echo("note: 'computed' rows are what the settings imply; no beat has applied them "
+                   "yet (is a beat running?)", err=True)
+
+
+def beat_status(ctx: Ctx) -> dict[str, Any]:
+    client, keys = ctx.client, ctx.keys
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.beat_leader)
+    pipe.pttl(keys.beat_leader)
+    pipe.hgetall(keys.beat_nodes)
+    pipe.zcount(keys.due, "-inf", now)
+    pipe.zcard(keys.due)
+    pipe.hgetall(keys.beat_stats)
+    for queue in (COMPANY_QUEUE, PROJECT_QUEUE):
+        pipe.llen(keys.queue(queue))
+    leader, ttl, nodes, backlog, entries, stats, q_company, q_project = pipe.execute()
+    beats = []
+    for node, raw in sorted(nodes.items()):
+        beat = json.loads(raw)
+        beats.append({"node": node, "role": beat["role"], "pid": beat["pid"],
+                      "last_tick_age_s": round(now - float(beat["last_tick"]), 2)})
+    return {"leader": str(leader).rsplit("|", 1)[0] if leader else None,
+            "lease_ttl_ms": ttl if leader else None, "beats": beats,
+            "due_backlog": backlog, "entries": entries,
+            "dispatched_slots": int(stats.get("slots", 0)),
+            "dispatched_tasks": int(stats.get("messages", 0)),
+            "queues": {COMPANY_QUEUE: q_company, PROJECT_QUEUE: q_project}}
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def status(ctx: Ctx, as_json: bool) -> None:
+    """The leading beat, every beat's last tick age, the due backlog and queue lengths."""
+    out = beat_status(ctx)
+    if as_json:
+        echo_json(out)
+        return
+    click.echo(f"leader: {out['leader'] or 'NONE (no beat is leading: nothing is dispatched)'}")
+    table([[b["node"], b["role"], str(b["pid"]), f"{b['last_tick_age_s']}s"]
+           for b in out["beats"]], ["BEAT", "ROLE", "PID", "LAST TICK"])
+    click.echo(f"entries: {out['entries']}  due now (backlog): {out['due_backlog']}  "
+               f"dispatched: {out['dispatched_slots']} slots / {out['dispatched_tasks']} tasks")
+    click.echo("queues: " + ", ".join(f"{q}={n}" for q, n in out["queues"].items()))
+
+
+COMMANDS = [schedule, status]
