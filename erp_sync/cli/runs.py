@@ -1,0 +1,184 @@
+"""``history``, ``sync-now``, ``reconcile``, ``ratelimit`` and ``demo``: operating the workers.
+
+``sync-now`` needs **standard** (or admin) on the company's ERP Integrations tool, not admin:
+running a sync changes no setting and no schedule, it only pulls ERP data earlier, which is what
+Procore's Standard users (the accounting approvers among them) already do from the ERP tool.
+Admin stays required for changing the schedule (``settings set``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import click
+
+from config.models import CAPABILITIES, Company, Erp, PermissionLevel, SyncKind
+from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.cli.sandbox_cmd import sandbox
+from erp_sync.connectors import connector_for
+from erp_sync.connectors.sandbox_data import SandboxData
+from erp_sync.errors import AlreadyExists, InvalidInput, NotFound, RedisUnavailable
+from erp_sync.history import History
+from erp_sync.ratelimit import DEFAULT_LIMITS, Throttled, TokenBucket, limit_for, set_limit
+from erp_sync.slots import TASK_NAMES, queue_for, task_kwargs
+from erp_sync.sync import reconcile as reconcile_kind
+
+DEMO_ERPS = (Erp.QUICKBOOKS_ONLINE, Erp.SAGE_300_CRE, Erp.VIEWPOINT_VISTA, Erp.XERO, Erp.CMIC,
+             Erp.NETSUITE, Erp.VIEWPOINT_SPECTRUM, Erp.ACUMATICA)
+DEMO_VENDORS = (300, 1200, 2500, 600, 150, 4000, 900, 450)
+
+
+def enqueue(name: str, kwargs: dict[str, Any], task_id: str, queue: str) -> None:
+    """Publish one sync task (tests replace this to run without a broker)."""
+    from kombu.exceptions import OperationalError
+
+    from worker import app
+
+    try:
+        app.send_task(name, kwargs=kwargs, task_id=task_id, queue=queue)
+    except OperationalError as exc:
+        raise RedisUnavailable(f"cannot publish to the broker: {exc}") from None
+
+
+@click.command("history")
+@click.argument("company_id", metavar="COMPANY")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@pass_ctx
+def history(ctx: Ctx, company_id: str, as_json: bool, limit: int) -> None:
+    """COMPANY's recent sync runs, newest first."""
+    ctx.store.get_company(company_id)
+    runs = History(ctx.client, ctx.keys).recent(company_id, limit)
+    if as_json:
+        echo_json([r.model_dump(mode="json") for r in runs])
+        return
+    table([[f"{r.started_at:%Y-%m-%d %H:%M:%S}", r.kind, r.project or "-", r.status,
+            str(r.attempt), f"{r.duration_ms:.0f}" if r.duration_ms is not None else "",
+            " ".join(f"{k}={v}" for k, v in r.counts.items()), r.error or ""] for r in runs],
+          ["STARTED (UTC)", "KIND", "PROJECT", "STATUS", "ATTEMPT", "MS", "COUNTS", "ERROR"])
+
+
+def _targets(ctx: Ctx, company: Company, kind: SyncKind, project: str | None) -> list[str | None]:
+    """The projects a sync-now covers (``[None]`` for a company-level kind); validates input."""
+    if kind not in CAPABILITIES[company.erp]:
+        raise InvalidInput(f"{company.erp.value} does not support the {kind.value} sync")
+    if not kind.project_level:
+        if project is not None:
+            raise InvalidInput(f"{kind.value} is a company-level sync; --project does not apply")
+        return [None]
+    projects = [p.id for p in ctx.store.list_projects(company.id)]
+    if project is not None:
+        if project not in projects:
+            raise NotFound(f"unknown project {project!r} in {company.id!r}")
+        return [project]
+    if not projects:
+        raise InvalidInput(f"{company.id!r} has no projects to run {kind.value} for")
+    return list(projects)
+
+
+@click.command("sync-now")
+@click.argument("company_id", metavar="COMPANY")
+@click.argument("kind", type=click.Choice([k.value for k in SyncKind]))
+@click.option("--as", "actor", required=True, metavar="USER",
+              help="Acting user (needs standard or admin).")
+@click.option("--project", help="Project of a project-level sync (default: every project).")
+@pass_ctx
+def sync_now(ctx: Ctx, company_id: str, kind: str, actor: str, project: str | None) -> None:
+    """Run COMPANY's KIND sync now (queued for the workers; see `history` for the result)."""
+    company = ctx.store.get_company(company_id)
+    ctx.store.require(company_id, actor, PermissionLevel.STANDARD)
+    sync_kind = SyncKind(kind)
+    targets = _targets(ctx, company, sync_kind, project)
+    now = time.time()
+    for target in targets:
+        task_id = f"manual:{company_id}:{kind}:{target or '-'}:{uuid.uuid4().hex[:12]}"
+        enqueue(TASK_NAMES[sync_kind], task_kwargs(company_id, sync_kind, target, now, "manual"),
+                task_id, queue_for(sync_kind))
+        click.echo(f"queued {kind} for {company_id}{f' project {target}' if target else ''}: "
+                   f"{task_id}")
+
+
+@click.command("reconcile")
+@click.argument("company_id", metavar="COMPANY")
+@click.option("--project", help="Only this project (default: every project).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def reconcile(ctx: Ctx, company_id: str, project: str | None, as_json: bool) -> None:
+    """Compare COMPANY's Procore side with its ERP and report drift per collection."""
+    company = ctx.store.get_company(company_id)
+    projects = [p.id for p in ctx.store.list_projects(company_id)]
+    if project is not None and project not in projects:
+        raise NotFound(f"unknown project {project!r} in {company_id!r}")
+    connector = Throttled(connector_for(ctx.client, ctx.keys, company), TokenBucket(
+        ctx.client, ctx.keys, company_id, limit_for(ctx.client, ctx.keys, company.erp)))
+    report: dict[str, dict[str, list[str]]] = {}
+    for kind in sorted(CAPABILITIES[company.erp]):
+        for target in ([project] if project else projects) if kind.project_level else [None]:
+            drift = reconcile_kind(ctx.client, ctx.keys, company_id, kind, target, connector)
+            for name, d in drift.items():
+                report[name] = {"missing": d.missing, "extra": d.extra, "different": d.different}
+    if as_json:
+        echo_json(report)
+        return
+    table([[name, str(len(d["missing"])), str(len(d["extra"])), str(len(d["different"]))]
+           for name, d in report.items()], ["COLLECTION", "MISSING", "EXTRA", "DIFFERENT"])
+
+
+@click.group("ratelimit")
+def ratelimit() -> None:
+    """Per-ERP call rate limits shared by every worker (per company)."""
+
+
+@ratelimit.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def ratelimit_show(ctx: Ctx, as_json: bool) -> None:
+    """Each ERP's limit (calls per second and burst) as the workers apply it."""
+    limits = {erp.value: limit_for(ctx.client, ctx.keys, erp).model_dump() for erp in Erp}
+    if as_json:
+        echo_json(limits)
+        return
+    table([[erp, f"{v['rate']:g}", f"{v['burst']:g}",
+            "" if DEFAULT_LIMITS[Erp(erp)].model_dump() == v else "override"]
+           for erp, v in limits.items()], ["ERP", "PER SECOND", "BURST", ""])
+
+
+@ratelimit.command("set")
+@click.argument("erp", metavar="ERP")
+@click.option("--rate", type=float, required=True, help="Calls per second per company.")
+@click.option("--burst", type=float, required=True, help="Calls allowed back to back.")
+@pass_ctx
+def ratelimit_set(ctx: Ctx, erp: str, rate: float, burst: float) -> None:
+    """Override ERP's rate limit for every company on it (live on the next call)."""
+    limit = set_limit(ctx.client, ctx.keys, erp, rate, burst)
+    click.echo(f"{erp}: {limit.rate:g}/s, burst {limit.burst:g}")
+
+
+@click.command("demo")
+@click.option("--companies", default=3, show_default=True, type=click.IntRange(1, 100))
+@click.option("--projects", default=3, show_default=True, type=click.IntRange(0, 200))
+@pass_ctx
+def demo(ctx: Ctx, companies: int, projects: int) -> None:
+    """Seed demo companies on several ERPs with projects, an admin each and sandbox data."""
+    store, data = ctx.store, SandboxData(ctx.client, ctx.keys)
+    for n in range(1, companies + 1):
+        company_id, erp = f"demo-{n:02d}", DEMO_ERPS[(n - 1) % len(DEMO_ERPS)]
+        admin = f"{company_id}-admin"
+        with contextlib.suppress(AlreadyExists):
+            store.add_company(company_id, erp.value, name=f"Demo Builders {n}")
+        for p in range(1, projects + 1):
+            with contextlib.suppress(AlreadyExists):
+                store.add_project(company_id, f"p{p:02d}", name=f"Demo project {p}")
+        if store.level_of(company_id, admin) is not PermissionLevel.ADMIN:
+            store.grant(company_id, admin, PermissionLevel.ADMIN.value)
+        if not data.seeded(company_id):
+            data.configure(company_id, vendors=DEMO_VENDORS[(n - 1) % len(DEMO_VENDORS)])
+            data.ensure_seeded(company_id)
+        erp_now = store.get_company(company_id).erp.value
+        click.echo(f"{company_id} ({erp_now}): {projects} projects, admin {admin}")
+
+
+COMMANDS = [history, sync_now, reconcile, ratelimit, demo, sandbox]
