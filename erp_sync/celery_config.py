@@ -22,6 +22,11 @@ def celery_config(env: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             "global_keyprefix": keys.broker_prefix,
             "visibility_timeout": env.visibility_timeout,
+            # kombu sweeps for expired unacked messages only every interval * throttle seconds
+            # (100 s by default); sweep every interval so a dead worker's sync comes back within
+            # visibility_timeout plus at most a sixth of it.
+            "unacked_restore_interval": int(max(1, min(60, env.visibility_timeout / 6))),
+            "unacked_restore_throttle": 1,
             "socket_keepalive": True,
             "health_check_interval": 10,
         },

@@ -5,10 +5,11 @@ from __future__ import annotations
 import redis
 
 from config.keys import KeySpace
-from config.models import Erp
+from config.models import Erp, SyncKind
 from config.store import SettingsStore
 from erp_sync.connectors.sandbox_data import SandboxData
 from erp_sync.ratelimit import set_limit
+from erp_sync.slots import TASK_NAMES, queue_for, task_kwargs
 
 SMALL = {"vendors": 30, "cost_codes": 12, "extra_jobs": 2, "project_cost_codes": 4,
          "costs_per_job": 25, "invoices_per_job": 6, "page_size": 10}
@@ -27,3 +28,32 @@ def small_company(client: redis.Redis, keys: KeySpace, company: str = "acme",
     data.configure(company, **{**SMALL, **sandbox})
     set_limit(client, keys, Erp(erp).value, 10_000, 10_000)
     return data
+
+
+class Sender:
+    """Publishes sync tasks the way beat and ``sync-now`` do, on a Celery app of this test's own.
+
+    (``worker.app`` reads its configuration once per process, so a test with its own key prefix
+    builds its own app instead.)
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from celery import Celery
+
+        from config.env import Settings
+        from erp_sync.celery_config import celery_config
+
+        settings = Settings(**{k.removeprefix("ERP_SYNC_").lower(): v  # type: ignore[arg-type]
+                               for k, v in env.items()})
+        self.app = Celery("erp_sync_test", set_as_current=False)
+        self.app.config_from_object(celery_config(settings))
+
+    def send(self, kind: SyncKind, company: str, task_id: str, project: str | None = None,
+             slot_ts: float = 1_790_000_000.0, trigger: str = "schedule") -> str:
+        self.app.send_task(TASK_NAMES[kind], kwargs=task_kwargs(company, kind, project, slot_ts,
+                                                                trigger),
+                           task_id=task_id, queue=queue_for(kind))
+        return task_id
+
+    def close(self) -> None:
+        self.app.close()
