@@ -44,7 +44,7 @@ log = logging.getLogger("erp_sync.beat")
 class EngineConfig:
     seconds_per_hour: float = 3600.0
     lease_seconds: float = 3.0
-    due_batch: int = 500  # entries per dispatch script call
+    due_batch: int = 250  # entries per dispatch script call
     message_batch: int = 5000  # messages per dispatch script call (an entry is never split)
     budget: float = 0.05  # seconds of dispatching before the feed is checked again
     max_block: float = 1.0  # longest wait on the feed when nothing is due
@@ -182,8 +182,8 @@ class BeatEngine:
                 return False
             if len(due) < self.config.due_batch:
                 return False
-            if time.monotonic() - started > self.config.budget:
-                return True
+            if self.watcher.event.is_set() or time.monotonic() - started > self.config.budget:
+                return True  # a change is waiting (or the budget is spent): apply it first
         return False
 
     def _dispatch_batch(self, token: str, due: Sequence[tuple[str, float]], now: float) -> bool:
