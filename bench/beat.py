@@ -25,7 +25,9 @@ from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+import redis
+from celery import Celery
+from common import (
     ONLY_JOB_COSTS,
     ONLY_VENDORS,
     ROOT,
@@ -36,15 +38,12 @@ from common import (  # noqa: E402
     seed,
 )
 
-import redis  # noqa: E402
-from celery import Celery  # noqa: E402
-
-from config.keys import KeySpace  # noqa: E402
-from config.store import SettingsStore  # noqa: E402
-from erp_sync.applied import AppliedWaiter  # noqa: E402
-from erp_sync.beat.engine import BeatEngine, EngineConfig  # noqa: E402
-from tests.support.procs import Proc, beat  # noqa: E402
-from tests.support.redisproc import RedisServer  # noqa: E402
+from config.keys import KeySpace
+from config.store import SettingsStore
+from erp_sync.applied import AppliedWaiter
+from erp_sync.beat.engine import BeatEngine, EngineConfig
+from tests.support.procs import Proc, beat
+from tests.support.redisproc import RedisServer
 
 IDLE_REPS = 300
 
@@ -316,8 +315,11 @@ def failover_redbeat(url: str, logs: Path) -> float:
 
 def redbeat_change_latency(url: str, samples: int = 12) -> list[float]:
     """RedBeat has no change notification: a new/changed entry waits for the next tick."""
-    from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, \
-        acquire_distributed_beat_lock
+    from redbeat.schedulers import (
+        RedBeatScheduler,
+        RedBeatSchedulerEntry,
+        acquire_distributed_beat_lock,
+    )
 
     client = redis.Redis.from_url(url, decode_responses=True)
     client.flushall()
