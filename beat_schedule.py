@@ -35,6 +35,14 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
     def setup_schedule(self) -> None:
         # Nothing static to install: every entry comes from Redis.
         self.data: dict[str, Any] = {}
+        env = get_settings()
+        if env.effective_broker_url != env.redis_url:
+            # Beat queues task messages in the same Lua script that advances the due index
+            # (that is what makes a slot's dispatch atomic), so the queues must be in that Redis.
+            log.critical("beat needs ERP_SYNC_BROKER_URL to be the same Redis as "
+                         "ERP_SYNC_REDIS_URL (got %s and %s); refusing to start",
+                         redact(env.effective_broker_url), redact(env.redis_url))
+            raise SystemExit(2)
 
     @property
     def engine(self) -> BeatEngine:

@@ -174,3 +174,42 @@ def test_beat_answers_celery_inspect_ping(stack) -> None:  # type: ignore[no-unt
                            "--json", "-t", "5"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)
     assert f"celerybeat@{socket.gethostname()}" in done.stdout, done.stdout + done.stderr
+
+
+def test_beat_survives_a_redis_restart_and_applies_a_change_made_after_it(
+    own_redis: RedisServer, prefix: str, tmp_path: Path
+) -> None:
+    client = own_redis.client()
+    keys = KeySpace(prefix)
+    store = SettingsStore(client, keys)
+    store.add_company("acme", "xero")
+    store.grant("acme", "al", "admin")
+    env = {"ERP_SYNC_REDIS_URL": own_redis.url, "ERP_SYNC_KEY_PREFIX": prefix,
+           "ERP_SYNC_BEAT_LEASE_SECONDS": "2"}
+    proc = beat("beat1", env, tmp_path)
+    try:
+        wait_until(lambda: client.hget(keys.beat_applied, "acme"), 30, "beat never applied")
+        due_before = own_redis.client().zrange(keys.due, 0, -1, withscores=True)
+        own_redis.kill()  # abrupt; appendfsync always keeps every acknowledged write
+        time.sleep(3)
+        own_redis.start()
+        client = own_redis.client()
+        assert client.zrange(keys.due, 0, -1, withscores=True) == due_before
+        SettingsStore(client, keys).update_settings("acme", "al", {"refresh_erp_job_list": False})
+        wait_until(lambda: "acme:jobs" not in client.zrange(keys.due, 0, -1), 30,
+                   "beat did not apply a change after Redis came back:\n" + proc.output()[-2000:])
+        assert proc.alive()
+        assert "Redis unavailable" in proc.output() and "Redis is back" in proc.output()
+    finally:
+        proc.stop()
+
+
+def test_beat_refuses_a_broker_that_is_not_its_redis(redis_server: RedisServer, prefix: str,
+                                                      tmp_path: Path) -> None:
+    env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
+           "ERP_SYNC_BROKER_URL": redis_server.url.replace("/0", "/3")}
+    proc = beat("beat1", env, tmp_path)
+    proc.popen.wait(60)
+    proc.stop()
+    assert proc.popen.returncode == 2
+    assert "refusing to start" in proc.output()
