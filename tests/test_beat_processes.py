@@ -84,6 +84,10 @@ def test_a_change_is_live_without_restart_and_set_reports_it_applied(stack) -> N
     assert [e["kind"] for e in shown["entries"]] == ["vendors", "job_costs", "payments"]
     assert all(e["source"] == "beat" for e in shown["entries"])
     assert shown["entries"][2]["cadence"] == "every 3600s"
+    status = json.loads(manage(stack, "status", "--json").stdout)
+    assert status["leader"] and status["leader"].split(":")[1] == str(leader_pid(stack))
+    assert [b["role"] for b in status["beats"]] == ["leader"]
+    assert status["entries"] == 3 and status["due_backlog"] == 0
 
 
 def test_changes_made_while_beat_is_down_are_applied_when_it_starts(stack) -> None:  # type: ignore[no-untyped-def]
