@@ -287,13 +287,15 @@ def failover_redbeat(url: str, logs: Path) -> float:
     client.flushall()
     app = redbeat_app(url)
     redbeat_seed(app, client, 0, 0)
-    script = (f"import sys; sys.argv=['celery','beat','-l','INFO','-S','redbeat.RedBeatScheduler',"
-              f"'--max-interval','5']; from celery import Celery; "
-              f"app=Celery('rb'); app.conf.update(broker_url={url!r}, redbeat_redis_url={url!r},"
-              f"redbeat_key_prefix='rb:', broker_transport_options={{'global_keyprefix':'rbq:'}},"
-              f"beat_schedule={{'tick': {{'task': 'x.tick', 'schedule': 0.2}}}},"
-              f"task_ignore_result=True); app.start()")
-    procs = [Proc(f"rb{i}", [sys.executable, "-c", script], {}, logs) for i in range(2)]
+    (logs / "rbapp.py").write_text(
+        "from celery import Celery\n"
+        "app = Celery('rb')\n"
+        f"app.conf.update(broker_url={url!r}, redbeat_redis_url={url!r}, "
+        "redbeat_key_prefix='rb:', broker_transport_options={'global_keyprefix': 'rbq:'}, "
+        "beat_schedule={'tick': {'task': 'x.tick', 'schedule': 0.2}}, task_ignore_result=True)\n")
+    args = [sys.executable, "-m", "celery", "-A", "rbapp", "beat", "-l", "INFO", "-S",
+            "redbeat.RedBeatScheduler", "--max-interval", "5"]
+    procs = [Proc(f"rb{i}", args, {"PYTHONPATH": str(logs)}, logs) for i in range(2)]
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not any("Acquired lock" in p.output() for p in procs):
@@ -359,12 +361,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--projects", default="10000x100", help="companies x projects")
     parser.add_argument("--quick", action="store_true", help="1k/10k only, no 1M, no failover")
+    parser.add_argument("--only-failover", action="store_true", help="just the failover gaps")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if not args.quick else [1000, 10_000]
     results: dict[str, Any] = {"sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis", extra=["--appendonly", "no"]).start()
         try:
+            if args.only_failover:
+                results["failover_ours_s"] = failover_ours(server.url, Path(tmp))
+                results["failover_redbeat_s"] = failover_redbeat(server.url, Path(tmp))
+                print(json.dumps(results))
+                return
             for n in sizes:
                 results["sizes"][n] = {"ours": run_side("ours", server.url, n),
                                        "redbeat": run_side("redbeat", server.url, n)}
@@ -380,14 +388,19 @@ def main() -> None:
                 print(f"projects: {results['projects']}", flush=True)
                 results["failover_ours_s"] = failover_ours(server.url, Path(tmp))
                 print(f"failover ours: {results['failover_ours_s']}", flush=True)
+                save(results)
                 results["failover_redbeat_s"] = failover_redbeat(server.url, Path(tmp))
                 print(f"failover redbeat: {results['failover_redbeat_s']}", flush=True)
         finally:
             server.stop()
+    save(results)
+    print(json.dumps(results, indent=2, default=str))
+
+
+def save(results: dict[str, Any]) -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "beat.json").write_text(json.dumps(results, indent=2, default=str))
-    print(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":
