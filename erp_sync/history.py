@@ -19,17 +19,20 @@ from config.keys import KeySpace
 HISTORY_CAP = 1000
 Status = Literal["succeeded", "failed", "skipped", "running"]
 
-_SAVE = """
-local created = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if created == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  local cap = tonumber(ARGV[3])
-  while redis.call('LLEN', KEYS[2]) > cap do
-    redis.call('HDEL', KEYS[1], redis.call('RPOP', KEYS[2]))
+# A Lua function other scripts include (the runner saves a record together with its lock).
+SAVE_FUNCTION = """
+local function save(runs, history, id, record, cap)
+  local created = redis.call('HSET', runs, id, record)
+  if created == 1 then
+    redis.call('LPUSH', history, id)
+    while redis.call('LLEN', history) > tonumber(cap) do
+      redis.call('HDEL', runs, redis.call('RPOP', history))
+    end
   end
+  return created
 end
-return created
 """
+_SAVE = SAVE_FUNCTION + "return save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
 
 
 def now() -> datetime:

@@ -13,9 +13,10 @@ Order of checks, each a reason a run does not happen:
 4. The task id was started too often without finishing (lost workers): ``failed``, so a poison
    message cannot loop forever.
 
-Then the sync runs. Success, a permanent error or an exhausted retry budget saves the final record
-and sets the executed marker; a transient error releases the lock and asks
-the caller to retry after a backoff (exponential with jitter, never sooner than ``retry_after``).
+Then the sync runs. Success, a permanent error or an exhausted retry budget saves the final
+record, sets the executed marker and releases the lock in one script; a transient error releases
+the lock and asks the caller to retry after a backoff (exponential with jitter, never sooner than
+``retry_after``).
 """
 
 from __future__ import annotations
@@ -28,28 +29,41 @@ from dataclasses import dataclass, field
 import redis
 
 from config.keys import KeySpace
-from config.models import CAPABILITIES, Company, SyncKind
-from config.store import SettingsStore
+from config.models import CAPABILITIES, Company, StoredSettings, SyncKind
+from config.store import parse
 from erp_sync.connectors import Connector, connector_for
 from erp_sync.errors import (
-    NotFound,
     PermanentConnectorError,
     SyncTimedOut,
     TransientConnectorError,
 )
-from erp_sync.history import History, RunRecord, now
-from erp_sync.ratelimit import Throttled, TokenBucket, limit_for
+from erp_sync.history import SAVE_FUNCTION, History, RunRecord, now
+from erp_sync.ratelimit import DEFAULT_LIMITS, RateLimit, Throttled, TokenBucket
 from erp_sync.sync import run_sync
 
 MAX_REDELIVERIES = 3
 
-_ACQUIRE = """
+# Take the run lock (or our own stale one) and record the run as running, in one round trip.
+_START = SAVE_FUNCTION + """
 local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return holder
+if holder ~= false and holder ~= ARGV[1] then return holder end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+save(KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4])
+return 1
+"""
+# Save the final record, mark the task id executed and release the lock if it is ours: atomic,
+# so there is never a marker without its record, nor a finished run still holding its lock.
+_FINISH = SAVE_FUNCTION + """
+save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+return 1
+"""
+# What the checks need, in one round trip (a script: building a pipeline costs more CPU here).
+_READ = """
+return {redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], ARGV[1]) or '',
+        redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[4]) or '',
+        redis.call('HEXISTS', KEYS[5], ARGV[2]), redis.call('HGETALL', KEYS[6])}
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -109,94 +123,121 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.history = History(self.client, self.keys)
-        self.store = SettingsStore(self.client, self.keys)
-        self._acquire = self.client.register_script(_ACQUIRE)
+        self._start = self.client.register_script(_START)
+        self._finish = self.client.register_script(_FINISH)
         self._release = self.client.register_script(_RELEASE)
+        self._read_facts = self.client.register_script(_READ)
 
     def execute(self, d: Delivery) -> Outcome:
-        if self.client.exists(self.keys.executed(d.task_id)):
-            return Outcome(self.history.get(d.company, d.task_id), duplicate=True)
-        previous = self.history.get(d.company, d.task_id)
+        facts = self._read(d)
+        if facts.executed:
+            return Outcome(facts.previous, duplicate=True)
         record = RunRecord(
             kind=d.kind.value, company=d.company, project=d.project, scheduled_for=d.slot,
             started_at=now(), task_id=d.task_id, trigger=d.trigger,
-            attempt=previous.attempt + 1 if previous else 1)
-        company, reason = self._guard(d)
-        if company is None or reason:
-            return Outcome(self._final(record.finish("skipped", error=reason)))
-        lock = self.keys.run_lock(d.company, d.kind.value, d.project)
-        holder = self._acquire(keys=[lock], args=[d.task_id, int(self.lock_ttl * 1000)])
-        if holder != 1:
-            return Outcome(self._final(record.finish(
-                "skipped", error=f"the previous run ({holder}) is still running")))
-        try:
-            return self._run(d, record, company)
-        finally:
-            self._release(keys=[lock], args=[d.task_id])
-
-    def _run(self, d: Delivery, record: RunRecord, company: Company) -> Outcome:
+            attempt=facts.previous.attempt + 1 if facts.previous else 1)
+        reason = _skip_reason(d, facts)
+        if facts.company is None or reason:
+            return Outcome(self._final(record.finish("skipped", error=reason), d))
         lost = record.attempt - 1 - d.retries
         if lost > MAX_REDELIVERIES:
             return Outcome(self._final(record.finish(
                 "failed", error=f"gave up: the run was interrupted {lost} times "
-                                "(worker killed or lost mid-run)")))
-        self.history.save(record)
-        connector = self._connector(company)
+                                "(worker killed or lost mid-run)"), d))
+        holder = self._start(keys=[self._lock(d), self.keys.runs(d.company),
+                                   self.keys.history(d.company)],
+                             args=[d.task_id, int(self.lock_ttl * 1000),
+                                   record.model_dump_json(), self.history.cap])
+        if holder != 1:
+            return Outcome(self._final(record.finish(
+                "skipped", error=f"the previous run ({holder}) is still running"), d))
+        try:
+            return self._run(d, record, self._connector(facts.company, facts.limits))
+        except BaseException:
+            self._release(keys=[self._lock(d)], args=[d.task_id])
+            raise
+
+    def _run(self, d: Delivery, record: RunRecord, connector: Connector) -> Outcome:
         try:
             counts = run_sync(self.client, self.keys, d.company, d.kind, d.project, connector,
                               deadline=time.monotonic() + self.soft_limit)
         except TransientConnectorError as exc:
             if d.retries >= self.policy.max_retries:
                 return Outcome(self._final(record.finish(
-                    "failed", error=f"{_describe(exc)} (gave up after {d.retries} retries)")))
+                    "failed", error=f"{_describe(exc)} (gave up after {d.retries} retries)"), d))
             delay = self.policy.delay(d.retries, exc.retry_after, self.rng)
             self.history.save(record.model_copy(update={
                 "error": f"{_describe(exc)}; retry {d.retries + 1} in {delay:.1f}s"}))
+            # The retry takes the lock again; a slot arriving meanwhile may run (not overlap).
+            self._release(keys=[self._lock(d)], args=[d.task_id])
             return Outcome(record, retry_in=delay)
         except (PermanentConnectorError, SyncTimedOut) as exc:
-            return Outcome(self._final(record.finish("failed", error=_describe(exc))))
+            return Outcome(self._final(record.finish("failed", error=_describe(exc)), d))
         except Exception as exc:
             if _is_soft_time_limit(exc):
                 return Outcome(self._final(record.finish(
-                    "failed", error=f"soft time limit exceeded after {self.soft_limit:g}s")))
-            self._final(record.finish("failed", error=f"internal error: {_describe(exc)}"))
+                    "failed", error=f"soft time limit exceeded after {self.soft_limit:g}s"), d))
+            self._final(record.finish("failed", error=f"internal error: {_describe(exc)}"), d)
             raise
-        return Outcome(self._final(record.finish("succeeded", counts=counts.as_dict())))
+        return Outcome(self._final(record.finish("succeeded", counts=counts.as_dict()), d))
 
-    def _guard(self, d: Delivery) -> tuple[Company | None, str | None]:
-        """The company, and a reason to skip (company/project gone, sync unsupported or off)."""
-        try:
-            company = self.store.get_company(d.company)
-        except NotFound:
-            return None, f"company {d.company!r} no longer exists"
-        if d.kind not in CAPABILITIES[company.erp]:
-            return company, f"{company.erp.value} does not support the {d.kind.value} sync"
-        if d.trigger == "schedule" and \
-                d.kind not in self.store.get_settings(d.company).settings.enabled_kinds():
-            return company, f"the {d.kind.value} sync is switched off in {d.company!r}'s settings"
-        if d.kind.project_level and (
-                d.project is None
-                or not self.client.hexists(self.keys.projects(d.company), d.project)):
-            return company, f"project {d.project!r} no longer exists in {d.company!r}"
-        return company, None
+    def _read(self, d: Delivery) -> _Facts:
+        """Everything the checks need, in one round trip."""
+        k = self.keys
+        executed, previous, company, settings, project, flat = self._read_facts(
+            keys=[k.executed(d.task_id), k.runs(d.company), k.company(d.company),
+                  k.settings(d.company), k.projects(d.company), k.rate_limit_overrides],
+            args=[d.task_id, d.project or "-"])
+        limits = dict(zip(flat[0::2], flat[1::2], strict=True))
+        return _Facts(
+            executed=bool(executed),
+            previous=RunRecord.model_validate_json(previous) if previous else None,
+            company=parse(Company, company, f"company {d.company!r}") if company else None,
+            settings=parse(StoredSettings, settings, "settings") if settings else None,
+            project_exists=bool(project), limits=limits)
 
-    def _connector(self, company: Company) -> Connector:
+    def _connector(self, company: Company, overrides: dict[str, str]) -> Connector:
         inner = self.connector(company) if self.connector else \
             connector_for(self.client, self.keys, company)
-        bucket = TokenBucket(self.client, self.keys, company.id,
-                             limit_for(self.client, self.keys, company.erp))
-        return Throttled(inner, bucket)
+        raw = overrides.get(company.erp.value)
+        limit = RateLimit.model_validate_json(raw) if raw else DEFAULT_LIMITS[company.erp]
+        return Throttled(inner, TokenBucket(self.client, self.keys, company.id, limit))
 
-    def _final(self, record: RunRecord) -> RunRecord:
-        """Save a finished record, then mark the task id executed.
+    def _lock(self, d: Delivery) -> str:
+        return self.keys.run_lock(d.company, d.kind.value, d.project)
 
-        In this order a crash between the two leaves a finished record and a rerun (harmless:
-        syncs are idempotent), never a marker without its record.
-        """
-        self.history.save(record)
-        self.client.set(self.keys.executed(record.task_id), record.status,
-                        px=int(self.executed_ttl * 1000))
+    def _final(self, record: RunRecord, d: Delivery) -> RunRecord:
+        """Save a finished record, mark the task id executed, release our lock (atomically)."""
+        self._finish(keys=[self.keys.runs(record.company), self.keys.history(record.company),
+                           self.keys.executed(record.task_id), self._lock(d)],
+                     args=[record.task_id, record.model_dump_json(), self.history.cap,
+                           record.status, int(self.executed_ttl * 1000)])
         return record
+
+
+@dataclass(frozen=True)
+class _Facts:
+    executed: bool
+    previous: RunRecord | None
+    company: Company | None
+    settings: StoredSettings | None
+    project_exists: bool
+    limits: dict[str, str]
+
+
+def _skip_reason(d: Delivery, facts: _Facts) -> str | None:
+    """Why a delivery must not run: company/project gone, sync unsupported or switched off."""
+    company = facts.company
+    if company is None:
+        return f"company {d.company!r} no longer exists"
+    if d.kind not in CAPABILITIES[company.erp]:
+        return f"{company.erp.value} does not support the {d.kind.value} sync"
+    if d.trigger == "schedule" and (
+            facts.settings is None or d.kind not in facts.settings.settings.enabled_kinds()):
+        return f"the {d.kind.value} sync is switched off in {d.company!r}'s settings"
+    if d.kind.project_level and (d.project is None or not facts.project_exists):
+        return f"project {d.project!r} no longer exists in {d.company!r}"
+    return None
 
 
 def _describe(exc: BaseException) -> str:

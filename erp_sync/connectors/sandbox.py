@@ -33,6 +33,30 @@ from erp_sync.errors import (
 
 CALL_LOG_CAP = 100_000
 
+# Enter one call: log it, read the configuration, consume one scripted fault (one round trip).
+_ENTER = """
+redis.call('LPUSH', KEYS[3], ARGV[2])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
+local meta = redis.call('HMGET', KEYS[1], 'config', 'fail_next', 'seeded')
+local scripted = 0
+if (tonumber(meta[2] or '0') or 0) > 0 then
+  redis.call('HINCRBY', KEYS[1], 'fail_next', -1)
+  scripted = 1
+end
+return {meta[1] or '', scripted, meta[3] and 1 or 0, redis.call('HEXISTS', KEYS[2], ARGV[1])}
+"""
+# One page: ids with revision > after, in revision order, and their records (one round trip).
+_PAGE = """
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES',
+                        'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for i = 1, #rows, 2 do
+  out[#out + 1] = rows[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[2], rows[i]) or ''
+end
+return out
+"""
+
 
 class SandboxErp(Connector):
     """One company's sandbox ERP, backed by Redis under the deployment prefix."""
@@ -45,7 +69,8 @@ class SandboxErp(Connector):
         self.data = SandboxData(client, keys)
         self.rng = rng or random.Random()
         self.sleep = sleep
-        self._seeded = False
+        self._read_page = client.register_script(_PAGE)
+        self._enter_call = client.register_script(_ENTER)
 
     # --- the contract -----------------------------------------------------------------------
     def vendors(self, since: str | None, cursor: str | None) -> Page:
@@ -69,44 +94,37 @@ class SandboxErp(Connector):
     # --- one ERP call -----------------------------------------------------------------------
     def _page(self, name: str, since: str | None, cursor: str | None,
               job: str | None = None) -> Page:
-        cfg = self._enter()
-        if job is not None:
+        cfg = self._enter(job)
+        after = int(cursor or since or 0)
+        flat: list[Any] = self._read_page(
+            keys=[self.keys.erp_index(self.company, name), self.keys.erp(self.company, name)],
+            args=[after, cfg.page_size])
+        revs, raws = flat[0::2], flat[1::2]
+        items = [json.loads(r) for r in raws if r]
+        last = int(float(revs[-1])) if revs else after
+        more = len(revs) == cfg.page_size
+        return Page(items=items, next_cursor=str(last) if more else None, watermark=str(last))
+
+    def _enter(self, job: str | None) -> SandboxConfig:
+        """Log the call, seed on first use, then apply latency and any injected fault."""
+        meta = self.keys.erp_meta(self.company)
+        raw, scripted, seeded, job_known = self._enter_call(
+            keys=[meta, self.keys.erp(self.company, "jobs"), self.keys.erp_calls(self.company)],
+            args=[job or "-", f"{time.time():.6f}", CALL_LOG_CAP])
+        if not seeded:
+            self.data.ensure_seeded(self.company)
+            raw = self.client.hget(meta, "config")
+        if job is not None and not job_known:
             try:
                 self.data.ensure_job(self.company, job)
             except NotFound:
                 raise UnknownErpObject(
                     f"the ERP of {self.company!r} has no job {job!r}") from None
-        after = int(cursor or since or 0)
-        rows: list[Any] = self.client.zrangebyscore(
-            self.keys.erp_index(self.company, name), f"({after}", "+inf",
-            start=0, num=cfg.page_size, withscores=True)
-        ids = [str(row[0]) for row in rows]
-        raws = self.client.hmget(self.keys.erp(self.company, name), ids) if ids else []
-        items = [json.loads(r) for r in raws if r is not None]
-        last = int(rows[-1][1]) if rows else after
-        more = len(rows) == cfg.page_size
-        return Page(items=items, next_cursor=str(last) if more else None, watermark=str(last))
-
-    def _enter(self) -> SandboxConfig:
-        """Seed on first use, log the call, then apply latency and any injected fault."""
-        if not self._seeded:
-            self.data.ensure_seeded(self.company)
-            self._seeded = True
-        meta = self.keys.erp_meta(self.company)
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.hget(meta, "config")
-            pipe.hget(meta, "fail_next")
-            pipe.lpush(self.keys.erp_calls(self.company), f"{time.time():.6f}")
-            pipe.ltrim(self.keys.erp_calls(self.company), 0, CALL_LOG_CAP - 1)
-            replies = pipe.execute()
-        raw, fail_next = replies[0], replies[1]
         cfg = SandboxConfig.model_validate_json(raw) if raw else SandboxConfig()
         if cfg.permanent == "bad_credentials":
             raise BadCredentials(f"the ERP of {self.company!r} rejected the credentials")
         if cfg.latency_ms and self.sleep:
             time.sleep(cfg.latency_ms / 1000)
-        scripted = fail_next and int(fail_next) > 0 and \
-            self.client.hincrby(meta, "fail_next", -1) >= 0
         if scripted:
             self._fail(cfg, cfg.fail_kind)
         roll = self.rng.random()
