@@ -153,3 +153,8 @@ class KeySpace:
     def rate_limit_overrides(self) -> str:
         """HASH ERP key -> ``{"rate", "burst"}`` (JSON) overriding the default ERP rate limits."""
         return self._k("ratelimit", "overrides")
+
+    @property
+    def last_runs(self) -> str:
+        """HASH ``<status>:<kind>`` -> the fleet's latest finished run of that kind (JSON)."""
+        return self._k("runs", "last")

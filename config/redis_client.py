@@ -1,15 +1,23 @@
-"""Opening Redis with errors an operator can act on.
+"""Opening Redis with errors an operator can act on, directly or through Redis Sentinel.
 
 A connection failure becomes ``RedisUnavailable`` naming the URL (password removed), so the CLI can
 print one line instead of a traceback.
+
+Sentinel URLs keep a deployment's whole Redis address in the one ``ERP_SYNC_REDIS_URL``:
+``sentinel://[:password@]host:port[,host:port...]/db?master=NAME``. The password is the
+primary's; the sentinels themselves are contacted without one. The same string works as the
+Celery broker (translated for kombu's sentinel transport by ``kombu_broker``), so beat, workers
+and the settings store always talk to the same primary, and follow it after a failover.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
+from redis.sentinel import Sentinel
 
 from erp_sync.errors import RedisUnavailable
 
@@ -17,13 +25,52 @@ from erp_sync.errors import RedisUnavailable
 def redact(url: str) -> str:
     """The URL with any password replaced by ``***`` (safe for logs and error messages)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    auth, _, hosts = parts.netloc.rpartition("@")
+    user = auth.split(":", 1)[0] if ":" in auth else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    hosts: list[tuple[str, int]]
+    master: str
+    db: int
+    password: str | None
+
+
+def parse_sentinel(url: str) -> SentinelTarget | None:
+    """The parts of a ``sentinel://`` URL, or ``None`` for any other scheme."""
+    parts = urlsplit(url)
+    if parts.scheme != "sentinel":
+        return None
+    auth, _, hostlist = parts.netloc.rpartition("@")
+    password = auth.split(":", 1)[1] if ":" in auth else None
+    hosts = []
+    for item in hostlist.split(","):
+        host, _, port = item.partition(":")
+        if not host:
+            raise RedisUnavailable(f"invalid Sentinel URL {redact(url)}: empty host")
+        try:
+            hosts.append((host, int(port or 26379)))
+        except ValueError:
+            raise RedisUnavailable(f"invalid Sentinel URL {redact(url)}: bad port") from None
+    master = parse_qs(parts.query).get("master", [""])[0]
+    if not master:
+        raise RedisUnavailable(f"Sentinel URL {redact(url)} needs ?master=NAME")
+    db = parts.path.strip("/")
+    return SentinelTarget(hosts, master, int(db) if db.isdigit() else 0, password or None)
+
+
+def kombu_broker(url: str) -> tuple[str, dict[str, Any]]:
+    """The broker URL and extra transport options kombu needs for ``url``."""
+    target = parse_sentinel(url)
+    if target is None:
+        return url, {}
+    auth = f":{target.password}@" if target.password else ""
+    joined = ";".join(f"sentinel://{auth}{h}:{p}/{target.db}" for h, p in target.hosts)
+    return joined, {"master_name": target.master}
 
 
 def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
@@ -31,7 +78,14 @@ def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
     options: dict[str, Any] = {"socket_connect_timeout": 3, "health_check_interval": 10}
     options.update(kwargs)
     try:
-        client = redis.Redis.from_url(url, decode_responses=True, **options)
+        target = parse_sentinel(url)
+        if target is None:
+            client = redis.Redis.from_url(url, decode_responses=True, **options)
+        else:
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                target.hosts, socket_connect_timeout=options["socket_connect_timeout"])
+            client = sentinel.master_for(  # type: ignore[no-untyped-call]target.master, db=target.db, password=target.password,
+                                         decode_responses=True, **options)
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {redact(url)}: {exc}") from None
     if check:

@@ -12,14 +12,17 @@ from typing import Any
 
 from config.env import Settings
 from config.keys import KeySpace
+from config.redis_client import kombu_broker
 from erp_sync.slots import COMPANY_QUEUE, TASK_NAMES, queue_for
 
 
 def celery_config(env: Settings) -> dict[str, Any]:
     keys = KeySpace(env.key_prefix)
+    broker, sentinel_options = kombu_broker(env.effective_broker_url)
     return {
-        "broker_url": env.effective_broker_url,
+        "broker_url": broker,
         "broker_transport_options": {
+            **sentinel_options,
             "global_keyprefix": keys.broker_prefix,
             "visibility_timeout": env.visibility_timeout,
             # kombu sweeps for expired unacked messages only every interval * throttle seconds

@@ -53,13 +53,14 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from erp_sync.cli import beat_cmd, companies, runs, settings_cmd
+    from erp_sync.cli import beat_cmd, companies, metrics_cmd, runs, settings_cmd
 
     for module in (
         companies,
         settings_cmd,
         beat_cmd,
         runs,
+        metrics_cmd,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)

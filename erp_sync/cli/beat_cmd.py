@@ -6,7 +6,6 @@ same Redis state beat itself uses (the due index and the heartbeats), so they ca
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -17,7 +16,8 @@ from erp_sync.beat.index import DueIndex
 from erp_sync.beat.plan import member
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
 from erp_sync.schedule import cadences, slot_after
-from erp_sync.slots import COMPANY_QUEUE, PROJECT_QUEUE, TASK_NAMES, queue_for, slot_iso
+from erp_sync.slots import TASK_NAMES, queue_for, slot_iso
+from erp_sync.status import fleet_status
 
 
 def describe(cadence_key: str) -> str:
@@ -69,38 +69,12 @@ def schedule(ctx: Ctx, company_id: str, as_json: bool) -> None:
                    "yet (is a beat running?)", err=True)
 
 
-def beat_status(ctx: Ctx) -> dict[str, Any]:
-    client, keys = ctx.client, ctx.keys
-    now = time.time()
-    pipe = client.pipeline(transaction=False)
-    pipe.get(keys.beat_leader)
-    pipe.pttl(keys.beat_leader)
-    pipe.hgetall(keys.beat_nodes)
-    pipe.zcount(keys.due, "-inf", now)
-    pipe.zcard(keys.due)
-    pipe.hgetall(keys.beat_stats)
-    for queue in (COMPANY_QUEUE, PROJECT_QUEUE):
-        pipe.llen(keys.queue(queue))
-    leader, ttl, nodes, backlog, entries, stats, q_company, q_project = pipe.execute()
-    beats = []
-    for node, raw in sorted(nodes.items()):
-        beat = json.loads(raw)
-        beats.append({"node": node, "role": beat["role"], "pid": beat["pid"],
-                      "last_tick_age_s": round(now - float(beat["last_tick"]), 2)})
-    return {"leader": str(leader).rsplit("|", 1)[0] if leader else None,
-            "lease_ttl_ms": ttl if leader else None, "beats": beats,
-            "due_backlog": backlog, "entries": entries,
-            "dispatched_slots": int(stats.get("slots", 0)),
-            "dispatched_tasks": int(stats.get("messages", 0)),
-            "queues": {COMPANY_QUEUE: q_company, PROJECT_QUEUE: q_project}}
-
-
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def status(ctx: Ctx, as_json: bool) -> None:
-    """The leading beat, every beat's last tick age, the due backlog and queue lengths."""
-    out = beat_status(ctx)
+    """The leading beat, each beat's last tick age, due backlog, queues, last run per sync."""
+    out = fleet_status(ctx.client, ctx.keys)
     if as_json:
         echo_json(out)
         return
@@ -110,6 +84,18 @@ def status(ctx: Ctx, as_json: bool) -> None:
     click.echo(f"entries: {out['entries']}  due now (backlog): {out['due_backlog']}  "
                f"dispatched: {out['dispatched_slots']} slots / {out['dispatched_tasks']} tasks")
     click.echo("queues: " + ", ".join(f"{q}={n}" for q, n in out["queues"].items()))
+    rows = []
+    for kind, last in out["last_runs"].items():
+        ok, bad = last["succeeded"], last["failed"]
+        rows.append([kind, _when(ok), _when(bad), (bad or {}).get("error") or ""])
+    table(rows, ["SYNC", "LAST SUCCESS", "LAST FAILURE", "LAST ERROR"])
+
+
+def _when(run: dict[str, Any] | None) -> str:
+    if not run:
+        return "-"
+    where = run["company"] + (f"/{run['project']}" if run.get("project") else "")
+    return f"{run['finished_at'][:19]} ({where})"
 
 
 COMMANDS = [schedule, status]
