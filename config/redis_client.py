@@ -84,8 +84,9 @@ def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
         else:
             sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 target.hosts, socket_connect_timeout=options["socket_connect_timeout"])
-            client = sentinel.master_for(  # type: ignore[no-untyped-call]target.master, db=target.db, password=target.password,
-                                         decode_responses=True, **options)
+            client = sentinel.master_for(  # type: ignore[no-untyped-call]
+                target.master, db=target.db, password=target.password,
+                decode_responses=True, **options)
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {redact(url)}: {exc}") from None
     if check:
