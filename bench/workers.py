@@ -73,24 +73,30 @@ class Bench:
         return KeySpace(prefix), env
 
     def companies(self, keys: KeySpace, count: int, projects: int = 0,
-                  erp: Erp = Erp.QUICKBOOKS_ONLINE, name: str = "c") -> list[str]:
+                  erp: Erp = Erp.QUICKBOOKS_ONLINE, name: str = "c",
+                  **sandbox: int) -> list[str]:
         store, data = SettingsStore(self.client, keys), SandboxData(self.client, keys)
         ids = [f"{name}{n:04d}" for n in range(count)]
         for company in ids:
             store.add_company(company, erp.value)
             for p in range(projects):
                 store.add_project(company, f"p{p:03d}")
-            data.configure(company, latency_ms=self.latency_ms, **TINY)
+            data.configure(company, latency_ms=self.latency_ms, **{**TINY, **sandbox})
             data.ensure_seeded(company)
         return ids
 
-    def throughput(self, pool: str, concurrency: int, seconds: float,
+    def throughput(self, pool: str, concurrency: int, seconds: float, per_sync: int = 1,
                    extra: list[str] | None = None) -> dict[str, Any]:
+        """``per_sync`` ERP calls per sync: 1 (a refresh with nothing new, companies reused) or
+        more (a first full read of ``per_sync - 1`` pages of 10 vendors, one company per sync)."""
         keys, env = self.fresh()
         set_limit(self.client, keys, Erp.QUICKBOOKS_ONLINE.value, 10_000, 10_000)
-        ideal = concurrency / (self.latency_ms / 1000)
+        ideal = concurrency / (per_sync * self.latency_ms / 1000)
         total = int(ideal * seconds)
-        companies = self.companies(keys, max(4 * concurrency, 32))
+        if per_sync == 1:
+            companies = self.companies(keys, max(4 * concurrency, 32))
+        else:
+            companies = self.companies(keys, total, vendors=10 * (per_sync - 1), page_size=10)
         worker = procs.worker(f"{pool}{concurrency}", env, self.dir, queues="company",
                               pool=pool, concurrency=concurrency,
                               extra=["-l", "WARNING", *(extra or [])])
@@ -114,7 +120,8 @@ class Bench:
         start = min(r.started_at for r in records)
         end = max(r.finished_at for r in records if r.finished_at)
         rate = total / (end - start).total_seconds()
-        return {"scenario": f"throughput {pool} -c {concurrency}", "syncs": total,
+        return {"scenario": f"throughput {pool} -c {concurrency}, {per_sync} call(s)/sync",
+                "syncs": total,
                 "erp_calls": calls, "mean_run_ms": round(
                     sum(r.duration_ms or 0 for r in records) / total, 1),
                 "worker_cpu_ms_per_sync": round(cpu * 1000 / total, 2),
@@ -157,8 +164,9 @@ class Bench:
         achieved = (len(calls) - 1) / (calls[-1] - calls[0])
         window = max(bisect.bisect_right(calls, t + 1.0) - i for i, t in enumerate(calls))
         return {"scenario": f"rate limit {rate:g}/s, burst 1", "erp_calls": len(calls),
-                "achieved_per_s": round(achieved, 2), "limit": rate,
-                "ratio": round(achieved / rate, 3), "max_calls_in_1s": window}
+                "achieved_per_s": round(achieved, 3), "limit": rate,
+                "ratio": round(achieved / rate, 4), "max_calls_in_1s": window,
+                "allowed_in_1s": int(1 + rate)}
 
     def close(self) -> None:
         self.server.kill()
@@ -176,7 +184,10 @@ def main() -> None:
         try:
             results = [
                 bench.throughput("prefork", 4, args.seconds),
+                bench.throughput("threads", 8, args.seconds),
                 bench.throughput("threads", 16, args.seconds),
+                bench.throughput("prefork", 4, args.seconds, per_sync=4),
+                bench.throughput("threads", 16, args.seconds, per_sync=4),
                 bench.rate_limit(args.rate, args.seconds),
             ]
         finally:

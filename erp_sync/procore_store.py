@@ -49,6 +49,22 @@ class Drift:
         return not (self.missing or self.extra or self.different)
 
 
+# Compare and write in one step: atomic per page, and one round trip whatever changed.
+_UPSERT = """
+local created, updated, unchanged = 0, 0, 0
+for i = 1, #ARGV, 2 do
+  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  if old == ARGV[i + 1] then
+    unchanged = unchanged + 1
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    if old then updated = updated + 1 else created = created + 1 end
+  end
+end
+return {created, updated, unchanged}
+"""
+
+
 def canonical(record: Record) -> str:
     return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
@@ -62,30 +78,17 @@ class ProcoreStore:
 
     def __init__(self, client: redis.Redis, keys: KeySpace, company: str) -> None:
         self.client, self.keys, self.company = client, keys, company
+        self._upsert = client.register_script(_UPSERT)
 
     def upsert(self, name: str, records: Iterable[Record]) -> Counts:
         """Write the records that are new or differ; count created/updated/unchanged."""
         batch = {str(r["id"]): canonical(r) for r in records}
-        counts = Counts()
         if not batch:
-            return counts
-        key = self.keys.procore(self.company, name)
-        ids = list(batch)
-        current = self.client.hmget(key, ids)
-        changed: dict[str, str] = {}
-        for record_id, old in zip(ids, current, strict=True):
-            new = batch[record_id]
-            if old == new:
-                counts.unchanged += 1
-                continue
-            changed[record_id] = new
-            if old is None:
-                counts.created += 1
-            else:
-                counts.updated += 1
-        if changed:
-            self.client.hset(key, mapping=changed)  # type: ignore[arg-type]
-        return counts
+            return Counts()
+        flat = [part for item in batch.items() for part in item]
+        created, updated, unchanged = self._upsert(
+            keys=[self.keys.procore(self.company, name)], args=flat)
+        return Counts(int(created), int(updated), int(unchanged))
 
     def all(self, name: str) -> dict[str, Record]:
         raw = self.client.hgetall(self.keys.procore(self.company, name))

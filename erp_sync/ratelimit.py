@@ -25,6 +25,10 @@ from erp_sync.connectors.base import Connector, Page
 from erp_sync.errors import InvalidInput
 
 MAX_RESERVE = 30.0
+# Tokens are granted at this fraction of the limit: a call reaches the ERP a little after its
+# token (thread wake-up, network), and uneven delays could otherwise bunch two calls closer than
+# the limit allows. One percent of headroom absorbs milliseconds of jitter at any realistic rate.
+HEADROOM = 0.99
 
 _TAKE = """
 local t = redis.call('TIME')
@@ -108,7 +112,7 @@ class TokenBucket:
         waited = 0.0
         while True:
             granted, wait = self._take(keys=[self.key], args=[
-                self.limit.rate, self.limit.burst, MAX_RESERVE])
+                self.limit.rate * HEADROOM, self.limit.burst, MAX_RESERVE])
             delay = float(wait)
             if int(granted):
                 if delay > 0:

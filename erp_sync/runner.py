@@ -63,7 +63,8 @@ return 1
 _READ = """
 return {redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], ARGV[1]) or '',
         redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[4]) or '',
-        redis.call('HEXISTS', KEYS[5], ARGV[2]), redis.call('HGETALL', KEYS[6])}
+        redis.call('HEXISTS', KEYS[5], ARGV[2]), redis.call('HGETALL', KEYS[6]),
+        redis.call('GET', KEYS[7]) or ''}
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -152,15 +153,18 @@ class Runner:
             return Outcome(self._final(record.finish(
                 "skipped", error=f"the previous run ({holder}) is still running"), d))
         try:
-            return self._run(d, record, self._connector(facts.company, facts.limits))
+            return self._run(d, record, self._connector(facts.company, facts.limits),
+                             facts.watermarks)
         except BaseException:
             self._release(keys=[self._lock(d)], args=[d.task_id])
             raise
 
-    def _run(self, d: Delivery, record: RunRecord, connector: Connector) -> Outcome:
+    def _run(self, d: Delivery, record: RunRecord, connector: Connector,
+             watermarks: str) -> Outcome:
         try:
             counts = run_sync(self.client, self.keys, d.company, d.kind, d.project, connector,
-                              deadline=time.monotonic() + self.soft_limit)
+                              deadline=time.monotonic() + self.soft_limit,
+                              watermarks=watermarks)
         except TransientConnectorError as exc:
             if d.retries >= self.policy.max_retries:
                 return Outcome(self._final(record.finish(
@@ -184,9 +188,10 @@ class Runner:
     def _read(self, d: Delivery) -> _Facts:
         """Everything the checks need, in one round trip."""
         k = self.keys
-        executed, previous, company, settings, project, flat = self._read_facts(
+        executed, previous, company, settings, project, flat, marks = self._read_facts(
             keys=[k.executed(d.task_id), k.runs(d.company), k.company(d.company),
-                  k.settings(d.company), k.projects(d.company), k.rate_limit_overrides],
+                  k.settings(d.company), k.projects(d.company), k.rate_limit_overrides,
+                  k.cursor(d.company, d.kind.value, d.project)],
             args=[d.task_id, d.project or "-"])
         limits = dict(zip(flat[0::2], flat[1::2], strict=True))
         return _Facts(
@@ -194,7 +199,7 @@ class Runner:
             previous=RunRecord.model_validate_json(previous) if previous else None,
             company=parse(Company, company, f"company {d.company!r}") if company else None,
             settings=parse(StoredSettings, settings, "settings") if settings else None,
-            project_exists=bool(project), limits=limits)
+            project_exists=bool(project), limits=limits, watermarks=str(marks))
 
     def _connector(self, company: Company, overrides: dict[str, str]) -> Connector:
         inner = self.connector(company) if self.connector else \
@@ -223,6 +228,7 @@ class _Facts:
     settings: StoredSettings | None
     project_exists: bool
     limits: dict[str, str]
+    watermarks: str
 
 
 def _skip_reason(d: Delivery, facts: _Facts) -> str | None:

@@ -10,7 +10,14 @@ import redis
 from config.keys import KeySpace
 from config.models import Erp
 from erp_sync.errors import InvalidInput
-from erp_sync.ratelimit import DEFAULT_LIMITS, RateLimit, TokenBucket, limit_for, set_limit
+from erp_sync.ratelimit import (
+    DEFAULT_LIMITS,
+    HEADROOM,
+    RateLimit,
+    TokenBucket,
+    limit_for,
+    set_limit,
+)
 
 
 def test_a_burst_is_free_and_later_calls_wait_their_turn(fake: redis.Redis,
@@ -19,10 +26,11 @@ def test_a_burst_is_free_and_later_calls_wait_their_turn(fake: redis.Redis,
     bucket = TokenBucket(fake, keys, "acme", RateLimit(rate=10, burst=2), sleep=slept.append)
     waits = [bucket.take() for _ in range(12)]
     assert waits[:2] == [0, 0]
-    # Each later caller reserved the next free slot, 0.1 s after the one before it.
-    assert 0.9 < waits[-1] <= 1.0
+    # Each later caller reserved the next free slot, 0.1 s (plus the headroom) after the last.
+    interval = 0.1 / HEADROOM
+    assert 9 * interval < waits[-1] <= 10 * interval
     gaps = [b - a for a, b in itertools.pairwise(waits[2:])]
-    assert all(0.09 < gap <= 0.1 + 1e-6 for gap in gaps)
+    assert all(0.1 < gap <= interval + 1e-6 for gap in gaps)
 
 
 def test_two_workers_share_one_bucket_per_company(fake: redis.Redis, keys: KeySpace) -> None:

@@ -3,7 +3,7 @@
 It serves the deterministic per-company data of ``sandbox_data`` through the same contract as a
 real ERP, including what makes real ERPs hard: per-call latency, random or scripted transient
 faults (5xx, rate-limit replies with retry-after, timeouts) and a permanent fault (bad
-credentials). Every call is logged with its timestamp under the company's ``erp_calls`` key, so a
+credentials). Every call is logged with its arrival time under the company's ``erp_calls`` key, so a
 test can prove the ERP was never called faster than its rate limit.
 
 Watermarks and cursors are revisions: a page is "records with revision > cursor, in revision
@@ -33,9 +33,11 @@ from erp_sync.errors import (
 
 CALL_LOG_CAP = 100_000
 
-# Enter one call: log it, read the configuration, consume one scripted fault (one round trip).
+# Enter one call in one round trip: log its arrival (Redis time, the one clock every worker
+# shares), read the configuration, consume one scripted fault.
 _ENTER = """
-redis.call('LPUSH', KEYS[3], ARGV[2])
+local t = redis.call('TIME')
+redis.call('LPUSH', KEYS[3], t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
 local meta = redis.call('HMGET', KEYS[1], 'config', 'fail_next', 'seeded')
 local scripted = 0
@@ -110,7 +112,7 @@ class SandboxErp(Connector):
         meta = self.keys.erp_meta(self.company)
         raw, scripted, seeded, job_known = self._enter_call(
             keys=[meta, self.keys.erp(self.company, "jobs"), self.keys.erp_calls(self.company)],
-            args=[job or "-", f"{time.time():.6f}", CALL_LOG_CAP])
+            args=[job or "-", "", CALL_LOG_CAP])
         if not seeded:
             self.data.ensure_seeded(self.company)
             raw = self.client.hget(meta, "config")

@@ -56,15 +56,17 @@ def streams(kind: SyncKind, connector: Connector, project: str | None) -> list[S
 
 def run_sync(client: redis.Redis, keys: KeySpace, company: str, kind: SyncKind,
              project: str | None, connector: Connector,
-             deadline: float | None = None) -> Counts:
+             deadline: float | None = None, watermarks: str | None = None) -> Counts:
     """Sync ``kind`` for ``company`` (and ``project``); returns counts over all streams.
 
     ``deadline`` (a ``time.monotonic()`` value) is the soft time limit, checked between pages so
     the sync stops at a clean point on any worker pool (thread pools have no Celery time limits).
+    ``watermarks`` is the stored watermark value when the caller has already read it (``""``
+    for none), saving a round trip.
     """
     store = ProcoreStore(client, keys, company)
     mark_key = keys.cursor(company, kind.value, project)
-    raw = client.get(mark_key)
+    raw = client.get(mark_key) if watermarks is None else watermarks
     old_marks: dict[str, str | None] = json.loads(raw) if raw else {}
     marks = dict(old_marks)
     total = Counts()
