@@ -17,3 +17,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# docker-compose validates docker-compose.yml offline (tests/test_compose.py); no engine needed,
+# so skip the recommended docker.io.
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends docker-compose >/dev/null
+  else
+    echo "docker-compose is missing: the compose file test will skip" \
+      "(sudo apt-get install --no-install-recommends docker-compose)" >&2
+  fi
+fi

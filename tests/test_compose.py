@@ -1,0 +1,335 @@
+"""docker-compose.yml and the Dockerfile: the file validates, the stack is safe to operate, and
+every command in it names a real module, subcommand and option of this project's Celery app and CLI.
+
+Options are checked against the real ``--help`` output of the installed Celery, Flower and
+``manage.py``, so a renamed or misspelt option fails here instead of in a crash-looping container.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+APP_SERVICES = sorted(name for name in SERVICES if name != "redis")
+WORKERS = ("worker-company", "worker-project")
+# Nothing in a --help run connects anywhere; these only satisfy the settings model.
+HELP_ENV = {"ERP_SYNC_REDIS_URL": "redis://127.0.0.1:1/0", "ERP_SYNC_KEY_PREFIX": "compose_test"}
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ERP_SYNC_", "FLOWER_", "COMPOSE_"))}
+    return {**env, **extra}
+
+
+@cache
+def help_text(*args: str) -> str:
+    """Output of ``python <args>`` run from the repo root (a ``--help`` or ``--list``)."""
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(HELP_ENV),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"python {' '.join(args)} failed:\n{done.stderr}"
+    return done.stdout or done.stderr  # tornado (Flower) prints its help on stderr
+
+
+def click_options(text: str) -> dict[str, tuple[bool, list[str]]]:
+    """Each option of a click ``--help`` page: whether it takes a value, and its choices."""
+    found: dict[str, tuple[bool, list[str]]] = {}
+    for line in text.splitlines():
+        match = re.match(r"^ {2}(-\S.*?)(?: {2,}|$)", line)
+        if not match:
+            continue
+        words = match.group(1).replace(" / ", ", ").split(" ")
+        names = [w.rstrip(",") for w in words if re.fullmatch(r"--?[\w-]+,?", w)]
+        metavar = " ".join(words[len(names):])
+        choices = re.fullmatch(r"\[([\w|]+)\]", metavar)
+        for name in names:
+            found[name] = (bool(metavar), choices.group(1).split("|") if choices else [])
+    return found
+
+
+def listed_commands(text: str) -> set[str]:
+    """Subcommand names under a click or Celery ``Commands:`` heading."""
+    _, _, tail = text.partition("Commands:")
+    return set(re.findall(r"^ {2}([\w-]+)(?: |$)", tail, re.MULTILINE))
+
+
+def check_click_args(args: list[str], text: str, where: str) -> list[str]:
+    """Check ``args`` against a help page; return the positional arguments left over."""
+    options, positional, i = click_options(text), [], 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if not name.startswith("-"):
+            positional.append(args[i])
+        else:
+            assert name in options, f"{where}: no option {name} in its --help"
+            takes_value, choices = options[name]
+            if takes_value and not eq:
+                i += 1
+                value = args[i]
+            assert not choices or value in choices, f"{where}: {name} {value} not in {choices}"
+        i += 1
+    return positional
+
+
+def check_celery(argv: list[str], where: str) -> None:
+    assert argv[:3] == ["celery", "-A", "worker"], f"{where}: every celery command uses -A worker"
+    assert "-A" in click_options(help_text("-m", "celery", "--help"))
+    from celery import Celery
+
+    assert isinstance(importlib.import_module("worker").app, Celery)
+    sub, rest = argv[3], argv[4:]
+    assert sub in listed_commands(help_text("-m", "celery", "--help")), f"{where}: celery {sub}?"
+    base = ("-m", "celery", "-A", "worker", sub)
+    if sub == "flower":
+        # Flower's own options are tornado options: its help is behind `--`.
+        known = set(re.findall(r"^ +--([\w-]+)", help_text(*base, "--", "--help"), re.MULTILINE))
+        for arg in rest:
+            name, eq, _ = arg.partition("=")
+            assert eq and name.removeprefix("--").replace("_", "-") in known, f"{where}: {arg}"
+        return
+    if sub in ("inspect", "control"):
+        assert rest[0] in listed_commands(help_text(*base, "--list")), f"{where}: {rest[0]}?"
+        rest = rest[1:]
+    for extra in check_click_args(rest, help_text(*base, "--help"), where):
+        # `worker.soft_shutdown_timeout=30`: Celery applies trailing key=value as configuration.
+        from celery.app.defaults import NAMESPACES
+
+        assert sub in ("worker", "beat"), f"{where}: unexpected argument {extra}"
+        key, eq, value = extra.partition("=")
+        namespace, _, setting = key.partition(".")
+        assert eq and setting in NAMESPACES.get(namespace, {}), f"{where}: no setting {key}"
+        NAMESPACES[namespace][setting].to_python(value)
+
+
+def check_manage(argv: list[str], where: str) -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts.get(argv[0]) == "manage:main", f"{where}: {argv[0]} is not the console script"
+    path: list[str] = []
+    rest = argv[1:]
+    text = help_text("manage.py", "--help")
+    while rest and not rest[0].startswith("-") and listed_commands(text):
+        wanted = " ".join([*path, rest[0]])
+        assert rest[0] in listed_commands(text), f"{where}: no subcommand {wanted}"
+        path.append(rest.pop(0))
+        text = help_text("manage.py", *path, "--help")
+    positional = check_click_args(rest, text, where)
+    usage = text.splitlines()[0].partition("[OPTIONS]")[2]
+    assert len(positional) <= len(re.findall(r"\b[A-Z]+\b", usage)), f"{where}: {positional}"
+
+
+def argv_of(service: dict[str, Any]) -> list[str]:
+    def as_list(value: str | list[str] | None) -> list[str]:
+        return shlex.split(value) if isinstance(value, str) else list(value or [])
+
+    return as_list(service.get("entrypoint")) + as_list(service.get("command"))
+
+
+def commands() -> Iterator[tuple[str, list[str]]]:
+    for name, service in SERVICES.items():
+        if argv_of(service):
+            yield f"{name}.command", argv_of(service)
+        test = service.get("healthcheck", {}).get("test")
+        if test:
+            argv = shlex.split(test[1]) if test[0] == "CMD-SHELL" else test[1:]
+            yield f"{name}.healthcheck", argv
+    cmd = re.search(r"^CMD (.*)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert cmd, "the Dockerfile has a default CMD"
+    yield "Dockerfile.CMD", json.loads(cmd.group(1))
+
+
+@pytest.mark.parametrize(("where", "argv"), list(commands()), ids=[w for w, _ in commands()])
+def test_every_command_names_a_real_module_subcommand_and_option(where: str,
+                                                                 argv: list[str]) -> None:
+    if argv[0] == "celery":
+        check_celery(argv, where)
+    elif argv[0] == "erp-sync":
+        check_manage(argv, where)
+    elif argv[0] == "python":
+        compile(argv[argv.index("-c") + 1], where, "exec")
+    else:
+        assert argv[0] in ("redis-server", "redis-cli"), f"{where}: unknown program {argv[0]}"
+
+
+def _walk(node: object) -> Iterator[tuple[str, object]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key), value
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def seconds(duration: str) -> float:
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"bad duration {duration}"
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[u] for n, u in parts)
+
+
+def option_value(argv: list[str], option: str) -> str:
+    return argv[argv.index(option) + 1]
+
+
+def test_no_service_has_a_fixed_container_name_so_every_service_scales() -> None:
+    assert "container_name" not in {key for key, _ in _walk(COMPOSE)}
+    assert [name for name in SERVICES if SERVICES[name].get("ports")] == ["flower"]
+
+
+def test_flower_is_never_open_without_basic_auth_from_a_required_variable() -> None:
+    flower = SERVICES["flower"]
+    required = flower["environment"]["FLOWER_BASIC_AUTH"]
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", required)
+    assert "FLOWER_UNAUTHENTICATED_API" not in {key for key, _ in _walk(COMPOSE)}
+    assert "FLOWER_UNAUTHENTICATED_API" not in COMPOSE_FILE.read_text()
+    assert argv_of(flower)[-1] == "--port=5555" and "5555:5555" in flower["ports"]
+    assert ":5555/" in flower["healthcheck"]["test"][-1]
+
+
+def test_redis_persists_with_aof_never_evicts_and_has_a_healthcheck() -> None:
+    redis = SERVICES["redis"]
+    argv = argv_of(redis)
+    assert redis["image"].startswith("redis:7")
+    assert option_value(argv, "--appendonly") == "yes"
+    assert option_value(argv, "--maxmemory-policy") == "noeviction"
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    volume = redis["volumes"][0].split(":")
+    assert volume[1] == "/data" and volume[0] in COMPOSE["volumes"]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_every_app_service_waits_for_a_healthy_redis_and_names_only_known_settings(
+        name: str) -> None:
+    from config.env import Settings
+
+    service = SERVICES[name]
+    assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    env = service["environment"]
+    known = {"ERP_SYNC_" + field.upper() for field in Settings.model_fields}
+    assert {k for k in env if k.startswith("ERP_SYNC_")} <= known
+    # Beat refuses to start unless the broker is its Redis: leave the broker URL unset.
+    assert "ERP_SYNC_BROKER_URL" not in env
+    assert env["ERP_SYNC_SECONDS_PER_HOUR"] == "${ERP_SYNC_SECONDS_PER_HOUR:-3600}"
+    defaults = {k.removeprefix("ERP_SYNC_").lower(): re.sub(r"^\$\{\w+:-(.*)\}$", r"\1", str(v))
+                for k, v in env.items() if k.startswith("ERP_SYNC_")}
+    assert defaults["redis_url"] == "redis://redis:6379/0"
+    Settings.model_validate(defaults)
+
+
+def test_beat_runs_two_replicas_and_is_healthy_only_while_it_answers_ping() -> None:
+    beat = SERVICES["beat"]
+    assert beat["deploy"]["replicas"] == 2
+    assert argv_of(beat)[3] == "beat" and "-n" not in argv_of(beat)
+    assert "celerybeat@%h" in help_text("-m", "celery", "-A", "worker", "beat", "--help")
+    ping = shlex.split(beat["healthcheck"]["test"][1])
+    assert ping[3:5] == ["inspect", "ping"] and option_value(ping, "-d") == "celerybeat@$$HOSTNAME"
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_workers_have_unique_node_names_and_a_healthcheck_on_their_own_node(name: str) -> None:
+    worker = SERVICES[name]
+    argv, queue = argv_of(worker), name.removeprefix("worker-")
+    assert option_value(argv, "-Q") == queue and option_value(argv, "-n") == f"{queue}@%h"
+    ping = shlex.split(worker["healthcheck"]["test"][1])
+    assert option_value(ping, "-d") == f"{queue}@$$HOSTNAME"
+
+
+def test_the_workers_consume_every_sync_queue() -> None:
+    from erp_sync.slots import TASK_NAMES, queue_for
+
+    consumed = {queue for name in WORKERS
+                for queue in option_value(argv_of(SERVICES[name]), "-Q").split(",")}
+    assert {queue_for(kind) for kind in TASK_NAMES} <= consumed
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_a_stopping_worker_gets_its_soft_shutdown_before_docker_kills_it(name: str) -> None:
+    worker = SERVICES[name]
+    soft = [a for a in argv_of(worker) if a.startswith("worker.soft_shutdown_timeout=")]
+    assert len(soft) == 1, "workers set a soft shutdown timeout"
+    # Soft shutdown is part of Celery's cold shutdown: SIGTERM must be remapped to reach it.
+    assert worker["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
+    assert seconds(worker["stop_grace_period"]) > float(soft[0].partition("=")[2]) > 0
+
+
+def test_the_manage_and_seed_services_run_the_cli_only_on_request() -> None:
+    assert SERVICES["manage"]["profiles"] == ["manage"]
+    assert SERVICES["manage"]["entrypoint"] == ["erp-sync"]
+    assert SERVICES["seed"]["profiles"] == ["demo"] and argv_of(SERVICES["seed"])[1] == "demo"
+    for name in APP_SERVICES:
+        assert SERVICES[name]["restart"] == ("no" if "profiles" in SERVICES[name]
+                                             else "unless-stopped")
+
+
+def test_the_image_copies_every_installed_module_runs_as_non_root_and_bakes_no_secrets() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.MULTILINE)
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    copied = {s.rstrip("/") for line in re.findall(r"^COPY (.*)$", text, re.MULTILINE)
+              for s in line.split()[:-1]}
+    wanted = {f"{m}.py" for m in setuptools["py-modules"]}
+    wanted |= {p.rstrip("*") for p in setuptools["packages"]["find"]["include"]}
+    assert wanted | {"pyproject.toml", "README.md"} <= copied
+    ignored = [p for p in (ROOT / ".dockerignore").read_text().splitlines()
+               if p and not p.startswith("#")]
+    assert {".env", ".venv", ".git"} <= set(ignored)
+    assert not [(s, p) for s in copied for p in ignored if fnmatch.fnmatch(s, p)]
+    users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
+    assert not re.search(r"^(ENV|ARG)\b.*(PASSWORD|SECRET|TOKEN|AUTH|REDIS_URL)", text,
+                         re.MULTILINE | re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def compose_cli() -> list[str]:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True,
+                                 timeout=60, check=False).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy:
+        return [legacy]
+    if os.environ.get("CI"):
+        pytest.fail("docker compose or docker-compose is required in CI (scripts/setup.sh)")
+    pytest.skip("neither docker compose nor docker-compose is installed")
+
+
+def compose_config(cli: list[str], tmp_path: Path,
+                   env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    empty = tmp_path / "empty.env"  # so a developer's .env cannot change the outcome
+    empty.write_text("")
+    args = [*cli, "--env-file", str(empty), "-f", str(COMPOSE_FILE),
+            "--profile", "manage", "--profile", "demo", "config", "-q"]
+    return subprocess.run(args, cwd=tmp_path, env=_env(env), capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_the_compose_file_validates(compose_cli: list[str], tmp_path: Path) -> None:
+    done = compose_config(compose_cli, tmp_path, {"FLOWER_BASIC_AUTH": "x:y"})
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_compose_file_refuses_to_run_without_flower_credentials(
+        compose_cli: list[str], tmp_path: Path) -> None:
+    done = compose_config(compose_cli, tmp_path, {})
+    assert done.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in done.stderr
