@@ -26,10 +26,13 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(
         "redis://localhost:6379/0",
-        description="Redis holding settings, schedule, history and locks (redis://, rediss://).",
+        description="Redis for settings, schedule, history, locks and the Celery queues: "
+        "`redis://`, `rediss://` (TLS), `redis://:password@host`, or "
+        "`sentinel://host:port[,host:port]/db?master=NAME`.",
     )
     broker_url: str | None = Field(
-        None, description="Celery broker URL; defaults to the Redis URL."
+        None, description="Celery broker URL. Leave unset: beat queues tasks atomically with "
+        "its schedule, so it refuses a broker that is not the Redis URL."
     )
     key_prefix: str = Field(
         "erp_sync", description="Prefix of every Redis key and channel of this deployment."

@@ -222,3 +222,16 @@ def test_redis_restart_keeps_due_times_and_beat_carries_on(
     engine.step()  # redis-py reconnects; the lease survived in the AOF
     assert client.zrange(keys.due, 0, -1, withscores=True) == before
     engine.close()
+
+
+def test_beat_warns_when_redis_may_evict_schedule_keys(
+    own_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = own_redis.client()
+    engine = BeatEngine(Celery("t"), client, KeySpace(prefix), EngineConfig(), node="a")
+    assert engine.check_eviction_policy() == "noeviction"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    assert engine.check_eviction_policy() == "allkeys-lru"
+    assert "may evict" in caplog.text
+    engine.close()

@@ -89,6 +89,7 @@ class BeatEngine:
             self.lease.start_renewing()
             self.watcher.start()
             self._renewing = True
+            self.check_eviction_policy()
         saved = self.feed.saved_cursor()
         if saved is None or self.feed.lost_since(saved):
             log.warning("beat %s: %s; rebuilding every company's schedule", self.node,
@@ -96,6 +97,18 @@ class BeatEngine:
             self.resync()
         else:
             self.cursor = saved
+
+    def check_eviction_policy(self) -> str | None:
+        """Log loudly when Redis may evict keys: an evicted schedule key is a lost schedule."""
+        try:
+            policy = str(self.client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
+        except redis.ResponseError:  # CONFIG disabled (managed Redis): cannot tell
+            log.info("beat: cannot read Redis maxmemory-policy; make sure it is noeviction")
+            return None
+        if policy and policy != "noeviction":
+            log.error("beat: Redis maxmemory-policy is %s: under memory pressure Redis may evict "
+                      "schedule, settings or lease keys; set it to noeviction", policy)
+        return policy
 
     def _block_for(self) -> float:
         upcoming = self.index.next_due()
