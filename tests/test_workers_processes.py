@@ -6,6 +6,8 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -179,3 +181,27 @@ def test_a_killed_worker_is_redelivered_after_the_visibility_timeout(
     record = finished(real, keys, "acme", task_id, timeout=40)
     assert (record.status, record.attempt) == ("succeeded", 2)
     assert real.hlen(side) == 30 and in_sync(real, keys, SyncKind.VENDORS, None)
+
+
+def test_sync_now_and_history_end_to_end(real: redis.Redis, keys: KeySpace, start: Start,
+                                         worker_env: dict[str, str]) -> None:
+    small_company(real, keys, projects=("p1", "p2"))
+    real.hset(keys.users("acme"), "sam", "standard")
+    start()
+
+    def manage(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "manage.py", *args], cwd=procs.ROOT,
+                              env=procs.process_env(worker_env), capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    queued = manage("sync-now", "acme", "payments", "--as", "sam")
+    assert queued.returncode == 0, queued.stderr
+    task_ids = [line.rsplit(": ", 1)[1] for line in queued.stdout.splitlines()]
+    assert len(task_ids) == 2
+    for task_id in task_ids:
+        assert finished(real, keys, "acme", task_id).status == "succeeded"
+    shown = json.loads(manage("history", "acme", "--json").stdout)
+    assert {(r["project"], r["trigger"], r["status"]) for r in shown} == {
+        ("p1", "manual", "succeeded"), ("p2", "manual", "succeeded")}
+    refused = manage("sync-now", "acme", "payments", "--as", "nobody")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
