@@ -21,6 +21,8 @@ the lock and asks the caller to retry after a backoff (exponential with jitter, 
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -42,6 +44,7 @@ from erp_sync.ratelimit import DEFAULT_LIMITS, RateLimit, Throttled, TokenBucket
 from erp_sync.sync import run_sync
 
 MAX_REDELIVERIES = 3
+log = logging.getLogger("erp_sync.worker")
 
 # Take the run lock (or our own stale one) and record the run as running, in one round trip.
 _START = SAVE_FUNCTION + """
@@ -57,6 +60,7 @@ _FINISH = SAVE_FUNCTION + """
 save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
 if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+redis.call('HSET', KEYS[5], ARGV[6], ARGV[7])
 return 1
 """
 # What the checks need, in one round trip (a script: building a pipeline costs more CPU here).
@@ -213,10 +217,21 @@ class Runner:
 
     def _final(self, record: RunRecord, d: Delivery) -> RunRecord:
         """Save a finished record, mark the task id executed, release our lock (atomically)."""
+        last = json.dumps({"company": record.company, "project": record.project,
+                           "task_id": record.task_id, "error": record.error,
+                           "finished_at": record.finished_at.isoformat()
+                           if record.finished_at else None})
         self._finish(keys=[self.keys.runs(record.company), self.keys.history(record.company),
-                           self.keys.executed(record.task_id), self._lock(d)],
+                           self.keys.executed(record.task_id), self._lock(d),
+                           self.keys.last_runs],
                      args=[record.task_id, record.model_dump_json(), self.history.cap,
-                           record.status, int(self.executed_ttl * 1000)])
+                           record.status, int(self.executed_ttl * 1000),
+                           f"{record.status}:{record.kind}", last])
+        # One line per finished run, key=value so it greps with beat's "dispatched" lines.
+        log.info("finished company=%s project=%s sync=%s slot=%s outcome=%s duration_ms=%s "
+                 "attempt=%s task_id=%s%s", record.company, record.project or "-", record.kind,
+                 record.scheduled_for, record.status, record.duration_ms, record.attempt,
+                 record.task_id, f" error={record.error!r}" if record.error else "")
         return record
 
 
