@@ -67,6 +67,11 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
                 log.warning("beat: Redis unavailable (%s); retrying, nothing is lost: due times "
                             "and changes wait in Redis", str(exc).splitlines()[0])
             return 1.0
+        except Exception:
+            # A bug or unexpected data must not kill the schedule for everyone: log it with
+            # its traceback and try again (the due backlog metric shows if it persists).
+            log.exception("beat: unexpected error in a tick; retrying in 1s")
+            return 1.0
         if self._outage_since is not None:
             log.warning("beat: Redis is back after %.1fs",
                         time.monotonic() - self._outage_since)

@@ -235,3 +235,20 @@ def test_beat_warns_when_redis_may_evict_schedule_keys(
     assert engine.check_eviction_policy() == "allkeys-lru"
     assert "may evict" in caplog.text
     engine.close()
+
+
+def test_a_malformed_due_entry_is_dropped_and_does_not_wedge_dispatching(
+    world, make_engine  # type: ignore[no-untyped-def]
+) -> None:
+    client, keys, _ = world
+    clock = Clock(T0)
+    engine = make_engine(clock, "a")
+    engine.step()
+    client.zadd(keys.due, {"acme:bogus": T0 - 5, "stone:": T0 - 5})
+    client.hset(keys.beat_applied, "stone", '{"version": 1, "cadences": {"vendors": "every:x"}}')
+    clock.t = T0 + 2 * H + 1
+    engine.step()
+    engine.step()
+    due = client.zrange(keys.due, 0, -1)
+    assert "acme:bogus" not in due and "stone:" not in due and "stone:vendors" not in due
+    assert any(i.startswith("sync:acme:vendors:") for i in ids(client, keys))

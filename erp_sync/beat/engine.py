@@ -207,9 +207,14 @@ class BeatEngine:
         for entry in project_level:
             pipe.hkeys(self.keys.projects(entry.rpartition(":")[0]))
         projects = dict(zip(project_level, pipe.execute(), strict=True))
-        plans = [plan_dispatch(entry, score, applied.get(entry.rpartition(":")[0]),
-                               [str(p) for p in projects.get(entry, [])], now)
-                 for entry, score in due]
+        plans = []
+        for entry, score in due:
+            try:
+                plans.append(plan_dispatch(entry, score, applied.get(entry.rpartition(":")[0]),
+                                           [str(p) for p in projects.get(entry, [])], now))
+            except ValueError as exc:  # a malformed member or record must not wedge the index
+                log.error("dropping malformed due entry %r: %s", entry, exc)
+                self.client.zrem(self.keys.due, entry)
         chunk: list[tuple[Dispatch, str, list[str]]] = []
         size = 0
         for d in plans:
