@@ -42,18 +42,11 @@ from config.keys import KeySpace
 from config.store import SettingsStore
 from erp_sync.applied import AppliedWaiter
 from erp_sync.beat.engine import BeatEngine, EngineConfig
+from tests.support.clock import Clock
 from tests.support.procs import Proc, beat
 from tests.support.redisproc import RedisServer
 
 IDLE_REPS = 300
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def drain(engine: BeatEngine) -> float:

@@ -17,19 +17,12 @@ from erp_sync.applied import applied_version
 from erp_sync.beat.engine import BeatEngine, EngineConfig
 from erp_sync.schedule import Cadence, slot_after
 from erp_sync.slots import task_id
+from tests.support.clock import Clock
 from tests.support.redisproc import RedisServer
 
 pytestmark = pytest.mark.integration
 H = 3600.0
 T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
