@@ -60,6 +60,9 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+PREFETCH_2 = ["--prefetch-multiplier", "2"]
+
+
 class Bench:
     def __init__(self, workdir: Path, latency_ms: float) -> None:
         self.dir = workdir
@@ -120,7 +123,9 @@ class Bench:
         start = min(r.started_at for r in records)
         end = max(r.finished_at for r in records if r.finished_at)
         rate = total / (end - start).total_seconds()
-        return {"scenario": f"throughput {pool} -c {concurrency}, {per_sync} call(s)/sync",
+        flags = f" {' '.join(extra)}" if extra else ""
+        return {"scenario": f"throughput {pool} -c {concurrency}{flags}, "
+                            f"{per_sync} call(s)/sync",
                 "syncs": total,
                 "erp_calls": calls, "mean_run_ms": round(
                     sum(r.duration_ms or 0 for r in records) / total, 1),
@@ -135,7 +140,7 @@ class Bench:
         set_limit(self.client, keys, Erp.XERO.value, 10_000, 10_000)
         sender.send(kind, company, "warmup", "p000" if kind.project_level else None)
         procs.wait_until(lambda: self.client.exists(keys.executed("warmup")), 60,
-                         worker.output()[-2000:])
+                         "warm-up sync never finished; see the worker log")
 
     def _wait(self, keys: KeySpace, ids: list[str]) -> None:
         markers = [keys.executed(i) for i in ids]
@@ -186,6 +191,8 @@ def main() -> None:
                 bench.throughput("prefork", 4, args.seconds),
                 bench.throughput("threads", 8, args.seconds),
                 bench.throughput("threads", 16, args.seconds),
+                bench.throughput("prefork", 4, args.seconds, extra=PREFETCH_2),
+                bench.throughput("threads", 8, args.seconds, extra=PREFETCH_2),
                 bench.throughput("prefork", 4, args.seconds, per_sync=4),
                 bench.throughput("threads", 16, args.seconds, per_sync=4),
                 bench.rate_limit(args.rate, args.seconds),
