@@ -163,6 +163,17 @@ class Runner:
             self._release(keys=[self._lock(d)], args=[d.task_id])
             raise
 
+    def killed(self, d: Delivery, reason: str) -> RunRecord | None:
+        """Record a run its worker killed (Celery's hard time limit) as failed, finally.
+
+        Celery acknowledges such a task, so no redelivery will finish its record; without this it
+        would stay ``running`` and hold its lock until the TTL.
+        """
+        previous = self.history.get(d.company, d.task_id)
+        if previous is None or previous.status != "running":
+            return None
+        return self._final(previous.finish("failed", error=reason), d)
+
     def _run(self, d: Delivery, record: RunRecord, connector: Connector,
              watermarks: str) -> Outcome:
         try:

@@ -17,10 +17,28 @@ from config.keys import KeySpace
 from config.models import SyncKind
 from config.redis_client import connect
 from erp_sync.runner import Delivery, Runner
+from erp_sync.slots import KIND_OF_TASK
+
+
+class SyncTask(Task):  # type: ignore[misc]
+    """Base of the sync tasks: closes the record of a run killed by the hard time limit."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any], einfo: Any) -> None:
+        # Celery calls this in the worker's main process after killing the child; every other
+        # failure was already recorded by the runner inside the task.
+        if type(exc).__name__ != "TimeLimitExceeded":
+            return
+        delivery = Delivery(task_id=task_id, company=kwargs["company"],
+                            kind=KIND_OF_TASK[self.name], project=kwargs.get("project"),
+                            slot=kwargs.get("slot", ""), trigger=kwargs.get("trigger", ""))
+        runner().killed(delivery, f"hard time limit exceeded ({exc}); the worker killed the run")
+
 
 # Options every sync task shares (the app config sets the same; explicit here for readers).
 TASK_OPTIONS: dict[str, Any] = {
-    "bind": True, "acks_late": True, "reject_on_worker_lost": True, "max_retries": None,
+    "bind": True, "base": SyncTask, "acks_late": True, "reject_on_worker_lost": True,
+    "max_retries": None,
 }
 
 

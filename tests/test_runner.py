@@ -156,3 +156,39 @@ def test_history_is_newest_first_and_capped(fake: redis.Redis, keys: KeySpace) -
                                started_at=now(), task_id=f"t{n}"))
     assert [r.task_id for r in history.recent("acme", 10)] == ["t4", "t3", "t2"]
     assert fake.hlen(keys.runs("acme")) == 3
+
+
+def test_a_run_killed_by_the_hard_time_limit_is_recorded_failed(
+        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    d = delivery()
+    History(fake, keys).save(RunRecord(kind="vendors", company="acme", project=None,
+                                       scheduled_for="x", started_at=now(), task_id=d.task_id))
+    fake.set(keys.run_lock("acme", "vendors", None), d.task_id)
+    record = runner.killed(d, "hard time limit exceeded")
+    assert record is not None and (record.status, record.error) == (
+        "failed", "hard time limit exceeded")
+    assert fake.get(keys.run_lock("acme", "vendors", None)) is None
+    assert runner.execute(d).duplicate
+    assert runner.killed(d, "again") is None  # a finished record is never rewritten
+
+
+@pytest.mark.integration
+def test_the_task_closes_the_record_when_celery_kills_it(real: redis.Redis,
+                                                         keys: KeySpace) -> None:
+    from celery.exceptions import TimeLimitExceeded
+
+    import tasks
+    from tasks.company import refresh_vendors
+
+    small_company(real, keys)
+    History(real, keys).save(RunRecord(kind="vendors", company="acme", project=None,
+                                       scheduled_for="x", started_at=now(), task_id="k"))
+    tasks.runner.cache_clear()
+    try:
+        refresh_vendors.on_failure(TimeLimitExceeded(5), "k", (),
+                                   {"company": "acme", "slot": "x"}, None)
+    finally:
+        tasks.runner.cache_clear()
+    record = History(real, keys).get("acme", "k")
+    assert record is not None and record.status == "failed"
+    assert "hard time limit" in (record.error or "")
