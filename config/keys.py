@@ -49,6 +49,10 @@ class KeySpace:
         """LIST of audit entries (JSON), newest first."""
         return self._k("audit", company)
 
+    def denied(self, company: str) -> str:
+        """LIST of refused settings changes (JSON audit entries), newest first: the security log."""
+        return self._k("denied", company)
+
     @property
     def changes(self) -> str:
         """STREAM of change messages ``{company, version}``; beat resumes from its cursor."""

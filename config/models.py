@@ -29,7 +29,7 @@ def _identifier(value: str) -> str:
 def _timezone(value: str) -> str:
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, too long
         raise ValueError(f"{value!r} is not an IANA time zone (e.g. America/Chicago)") from None
     return value
 

@@ -21,6 +21,10 @@ from redis.sentinel import Sentinel
 
 from erp_sync.errors import RedisUnavailable
 
+# Replace undecodable bytes instead of raising: a corrupt value then fails validation as a
+# CorruptRecord (one clear line, beat skips that company) rather than crashing the reader.
+DECODING: dict[str, Any] = {"decode_responses": True, "encoding_errors": "replace"}
+
 
 def redact(url: str) -> str:
     """The URL with any password replaced by ``***`` (safe for logs and error messages)."""
@@ -80,13 +84,12 @@ def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
     try:
         target = parse_sentinel(url)
         if target is None:
-            client = redis.Redis.from_url(url, decode_responses=True, **options)
+            client = redis.Redis.from_url(url, **DECODING, **options)
         else:
             sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 target.hosts, socket_connect_timeout=options["socket_connect_timeout"])
             client = sentinel.master_for(  # type: ignore[no-untyped-call]
-                target.master, db=target.db, password=target.password,
-                decode_responses=True, **options)
+                target.master, db=target.db, password=target.password, **DECODING, **options)
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {redact(url)}: {exc}") from None
     if check:

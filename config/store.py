@@ -196,7 +196,11 @@ class SettingsStore:
         nothing (no version bump, no audit entry, no message).
         """
         company = self.get_company(company_id)
-        self.require(company_id, actor, PermissionLevel.ADMIN)
+        try:
+            self.require(company_id, actor, PermissionLevel.ADMIN)
+        except PermissionDenied:
+            self._record_denied(company_id, actor, change)
+            raise
         mutate: Mutator = change if callable(change) else (lambda _s: change)
         result: list[tuple[StoredSettings, bool]] = []
 
@@ -230,9 +234,32 @@ class SettingsStore:
             self._queue_change(pipe, company_id, stored.version)
             result.append((stored, True))
 
-        self._transact([self.keys.settings(company_id), self.keys.users(company_id)], write,
-                       reset=result.clear)
+        try:
+            self._transact([self.keys.settings(company_id), self.keys.users(company_id)], write,
+                           reset=result.clear)
+        except PermissionDenied:  # demoted while this write was being prepared
+            self._record_denied(company_id, actor, change)
+            raise
         return result[-1]
+
+    def denied(self, company_id: str, limit: int = 100) -> list[AuditEntry]:
+        """Refused settings changes, newest first (``new`` holds what was requested)."""
+        self.get_company(company_id)
+        raws = self.client.lrange(self.keys.denied(company_id), 0, max(limit, 1) - 1)
+        return [parse(AuditEntry, r, "denied entry") for r in raws]
+
+    def _record_denied(self, company_id: str, actor: str,
+                       change: Mapping[str, Any] | Mutator) -> None:
+        """Log a refused change on its own key: settings, version, audit and stream stay as is."""
+        requested = {} if callable(change) else {
+            str(k)[:64]: v if isinstance(v, bool | int | float | None) else str(v)[:200]
+            for k, v in list(change.items())[:20]}
+        entry = AuditEntry(at=self.clock(), actor=actor[:200], action="settings.denied",
+                           company=company_id, new=requested)
+        with self.client.pipeline() as pipe:
+            pipe.lpush(self.keys.denied(company_id), entry.model_dump_json())
+            pipe.ltrim(self.keys.denied(company_id), 0, AUDIT_CAP - 1)
+            pipe.execute()
 
     def audit(self, company_id: str, limit: int = 100) -> list[AuditEntry]:
         self.get_company(company_id)

@@ -15,6 +15,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.keys import KeySpace
+from config.store import parse
 
 HISTORY_CAP = 1000
 Status = Literal["succeeded", "failed", "skipped", "running"]
@@ -88,4 +89,5 @@ class History:
         if not ids:
             return []
         raws = self.client.hmget(self.keys.runs(company), ids)
-        return [RunRecord.model_validate_json(r) for r in raws if r]
+        return [parse(RunRecord, r, f"run {i!r} of {company!r}")
+                for i, r in zip(ids, raws, strict=True) if r]

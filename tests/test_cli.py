@@ -98,7 +98,27 @@ def test_bad_input_gets_one_line_and_a_non_zero_exit_and_writes_nothing(
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert text in err
     assert out == ""
-    assert snapshot(fake, prefix) == before
+    after = snapshot(fake, prefix)
+    if case in DENIED:  # refused and audited as refused: only the security log grew
+        denied = after.pop(KeySpace(prefix).denied("acme"))
+        assert len(denied) == 1 and '"action":"settings.denied"' in denied[0]
+    assert after == before
+
+
+DENIED = {"non-admin", "unknown user"}
+
+
+def test_audit_denied_lists_refused_changes(seeded) -> None:  # type: ignore[no-untyped-def]
+    assert seeded("settings", "set", "acme", "--as", "rita", "--no-refresh-jobs")[0] == 1
+    code, out, _ = seeded("audit", "acme", "--denied", "--json")
+    assert code == 0
+    [entry] = json.loads(out)
+    assert (entry["actor"], entry["action"], entry["new"]) == (
+        "rita", "settings.denied", {"refresh_erp_job_list": False})
+    code, out, _ = seeded("audit", "acme", "--denied")
+    assert code == 0 and "settings.denied" in out and "rita" in out
+    code, out, _ = seeded("audit", "acme", "--json")
+    assert "settings.denied" not in out
 
 
 def test_redis_unreachable_names_the_url_without_the_password(

@@ -129,7 +129,27 @@ def test_bad_input_is_refused_with_a_clear_error_and_writes_nothing(
     before = snapshot(fake, keys.prefix)
     with pytest.raises(error, match=text.replace("(", r"\(")):
         action(acme)
-    assert snapshot(fake, keys.prefix) == before
+    after = snapshot(fake, keys.prefix)
+    if error is PermissionDenied:  # refused and audited as refused: only the security log grew
+        denied = after.pop(keys.denied("acme"))
+        assert len(denied) == 1 and '"action":"settings.denied"' in denied[0]
+    assert after == before
+
+
+def test_a_refused_change_is_logged_with_who_when_and_what_was_asked(
+    acme: SettingsStore, fake: redis.Redis, keys: KeySpace
+) -> None:
+    for _ in range(2):
+        with pytest.raises(PermissionDenied):
+            acme.update_settings("acme", "sam", {"payments_for_synced_invoices": "hourly"})
+    entries = acme.denied("acme")
+    assert len(entries) == 2
+    assert (entries[0].actor, entries[0].action, entries[0].company) == (
+        "sam", "settings.denied", "acme")
+    assert entries[0].new == {"payments_for_synced_invoices": "hourly"}
+    assert acme.get_settings("acme").version == 1
+    assert [e.action for e in acme.audit("acme")] == ["user.grant", "user.grant",
+                                                        "company.create"]
 
 
 def test_corrupt_stored_settings_are_reported_not_crashed_on(

@@ -145,7 +145,8 @@ class BeatEngine:
         for company in ids:
             pipe.get(self.keys.company(company))
             pipe.get(self.keys.settings(company))
-        raws = pipe.execute()
+        # One company's key of the wrong Redis type must not fail the whole batch.
+        raws = pipe.execute(raise_on_error=False)
         old = self.index.applied(ids)
         plans: list[CompanyPlan] = []
         versions: dict[str, int] = {}
@@ -172,6 +173,10 @@ class BeatEngine:
         if raw_company is None:
             return None, None
         try:
+            for raw, what in ((raw_company, "company"), (raw_settings, "settings")):
+                if isinstance(raw, Exception):
+                    raise CorruptRecord(f"stored {what} of {company!r} is unreadable "
+                                        f"({str(raw).splitlines()[0][:80]})")
             record = parse(Company, str(raw_company), f"company {company!r}")
             stored = parse(StoredSettings, str(raw_settings or ""), f"settings of {company!r}")
         except CorruptRecord as exc:
@@ -206,7 +211,9 @@ class BeatEngine:
         project_level = [e for e, _ in due if e.endswith((":job_costs", ":payments"))]
         for entry in project_level:
             pipe.hkeys(self.keys.projects(entry.rpartition(":")[0]))
-        projects = dict(zip(project_level, pipe.execute(), strict=True))
+        projects = {e: p if isinstance(p, list) else []  # wrong type: no projects to fan out to
+                    for e, p in zip(project_level, pipe.execute(raise_on_error=False),
+                                    strict=True)}
         plans = []
         for entry, score in due:
             try:

@@ -30,6 +30,10 @@ class Cli(click.Group):
             sys.exit(exc.exit_code)
         except click.Abort:
             _fail("aborted", 1)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `erp-sync` or `erp-sync company`
+            if exc.ctx is not None:
+                click.echo(exc.ctx.get_help())
+            _fail("missing command (see the commands above)", exc.exit_code)
         except click.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
         except ErpSyncError as exc:
@@ -40,7 +44,9 @@ class Cli(click.Group):
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    # Some click messages span lines (e.g. "Choose from:\n\tnone,..."): the contract is one line.
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    click.echo(f"error: {one_line}", err=True)
     sys.exit(code)
 
 

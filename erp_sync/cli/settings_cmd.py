@@ -105,10 +105,12 @@ def settings_set(ctx: Ctx, /, company_id: str, actor: str, wait: bool, as_json: 
 @click.argument("company_id", metavar="COMPANY")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--denied", is_flag=True,
+              help="List refused settings changes (the security log) instead.")
 @pass_ctx
-def audit(ctx: Ctx, company_id: str, as_json: bool, limit: int) -> None:
+def audit(ctx: Ctx, company_id: str, as_json: bool, limit: int, denied: bool) -> None:
     """COMPANY's audit log, newest first: who changed what, when, old and new values."""
-    entries = ctx.store.audit(company_id, limit)
+    entries = (ctx.store.denied if denied else ctx.store.audit)(company_id, limit)
     if as_json:
         echo_json([e.model_dump(mode="json") for e in entries])
         return
