@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from config.keys import KeySpace
 from config.store import SettingsStore
@@ -67,5 +69,5 @@ def test_the_exporter_reports_the_leader_backlog_queues_and_last_runs(
 
 
 def test_a_scrape_with_redis_down_still_answers_with_up_0(keys: KeySpace) -> None:
-    down = redis.Redis(port=1, socket_connect_timeout=0.2)
+    down = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     assert "erp_sync_up 0.0" in render(down, keys)
