@@ -65,7 +65,7 @@ class BeatEngine:
         self.cursor: str | None = None
         self._reported: set[tuple[str, int]] = set()
         self._heartbeat_at = 0.0
-        self._renewing = False
+        self._threads_started = False
 
     # --- the step ---------------------------------------------------------------------------
     def step(self) -> float:
@@ -85,10 +85,10 @@ class BeatEngine:
         return 0.0
 
     def _on_elected(self) -> None:
-        if not self._renewing:
+        if not self._threads_started:
             self.lease.start_renewing()
             self.watcher.start()
-            self._renewing = True
+            self._threads_started = True
             self.check_eviction_policy()
         saved = self.feed.saved_cursor()
         if saved is None or self.feed.lost_since(saved):
