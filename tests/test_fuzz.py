@@ -17,7 +17,7 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
@@ -42,7 +42,8 @@ from tests.support.snapshot import snapshot
 FUZZ = settings(max_examples=150, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.data_too_large])
-BEAT_FUZZ = settings(FUZZ, max_examples=25)
+CLI_FUZZ = settings(FUZZ, max_examples=500)
+BEAT_FUZZ = settings(FUZZ, max_examples=30)
 H = 3600.0
 T0 = 1_800_000_000.0
 
@@ -196,7 +197,7 @@ def test_fuzzed_command_arguments_get_a_clean_error_and_write_nothing(
     cli_env: pytest.MonkeyPatch, keys: KeySpace, figures: Counter[str],
     record_property: Any,
 ) -> None:
-    @FUZZ
+    @CLI_FUZZ
     @given(args=_command())
     def one(args: list[str]) -> None:
         client, _raw = _world()
@@ -354,8 +355,12 @@ def beat_world(redis_server: RedisServer) -> Iterator[Any]:
     yield build, client, raw, handler
     for engine in engines:
         engine.close()
+    for engine in engines:  # their change watchers still use the client for up to a second
+        engine.watcher._thread.join(timeout=3)
     logger.removeHandler(handler)
     app.close()
+    client.close()
+    raw.close()
 
 
 def _is_corrupt(target: str, value: Any) -> bool:
@@ -469,3 +474,60 @@ def test_malformed_change_messages_are_survived_and_valid_ones_applied(
 
     one()
     _report(figures, record_property, "messages")
+
+
+# --- what the fuzzing found, pinned as plain examples ------------------------------------------
+
+FOUND: dict[str, tuple[list[str], Callable[[redis.Redis, KeySpace], object] | None, str]] = {
+    "time zone that is a directory": (
+        ["company", "add", "x", "--erp", "xero", "--timezone", "America"], None,
+        "not an IANA time zone"),
+    "time zone name too long": (
+        ["company", "add", "x", "--erp", "xero", "--timezone", "a" * 5000], None,
+        "not an IANA time zone"),
+    "no command at all": ([], None, "missing command"),
+    "multi-line click message": (["user", "grant", "acme", "bob"], None,
+                                 "Missing option '--level'. Choose from: none, read_only,"),
+    "settings not UTF-8": (["settings", "show", "acme"],
+                           lambda raw, keys: raw.set(keys.settings("acme"), b"\xff\xfe{"),
+                           "settings of 'acme' is corrupt"),
+    "run record corrupt": (["history", "acme"],
+                           lambda raw, keys: (raw.lpush(keys.history("acme"), "r1"),
+                                              raw.hset(keys.runs("acme"), "r1", b"{}")),
+                           "run 'r1' of 'acme' is corrupt"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOUND))
+def test_what_the_fuzzing_found_now_gets_one_clean_line(
+    case: str, cli_env: pytest.MonkeyPatch, keys: KeySpace
+) -> None:
+    args, corrupt, text = FOUND[case]
+    client, raw = _world()
+    _seed(client, keys)
+    if corrupt:
+        corrupt(raw, keys)
+    before = snapshot(client, keys.prefix)
+    code, _out, err, crash = _invoke(client, args)
+    assert crash is None and code != 0
+    assert err.startswith("error: ") and err.count("\n") == 1 and text in err, err
+    assert snapshot(client, keys.prefix) == before
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("key", ["settings", "company", "projects"])
+def test_a_key_of_the_wrong_redis_type_does_not_stop_beat_for_anyone_else(
+    key: str, beat_world: Any
+) -> None:
+    build, client, raw, handler = beat_world
+    keys, store, engine, clock = build()
+    _apply_corruption(raw, keys, "wrongtype", key)
+    engine.step()
+    store.update_settings("ok1", "al", {"refresh_erp_job_list": False})
+    engine.step()
+    clock.t = T0 + 2 * H + 1
+    engine.step()
+    assert applied_version(client, keys, "ok1") == 2
+    assert {"ok1", "ok2"} <= _dispatched(client, keys)
+    skipped = [m for m in handler.messages if m.startswith("skipping company=acme")]
+    assert len(skipped) == (0 if key == "projects" else 1)

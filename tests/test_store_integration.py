@@ -88,7 +88,10 @@ def test_the_real_command_sets_and_shows_settings(
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == [
         "error: user 'eve' has 'none' on the ERP Integrations tool of 'acme'; 'admin' is required"]
-    assert snapshot(real, prefix) == before
+    after = snapshot(real, prefix)
+    [denied] = after.pop(KeySpace(prefix).denied("acme"))  # audited as refused, nothing else
+    assert json.loads(denied)["actor"] == "eve"
+    assert after == before
 
 
 def test_the_real_command_reports_redis_down_in_one_line(tmp_path: Path) -> None:
