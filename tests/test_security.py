@@ -42,7 +42,7 @@ def figures(request: pytest.FixtureRequest) -> Iterator[None]:
             reporter.write_line("")
             reporter.write_line(
                 f"security figures: CLI runs over password/TLS URLs {FIGURES['cli']}, "
-                f"processes (beat, worker) {FIGURES['processes']}, refused runs "
+                f"celery processes {FIGURES['processes']}, refused runs "
                 f"{FIGURES['refused']} (wrong/missing password, plain text to TLS, untrusted "
                 f"CA, non-admin; each exit 1 with one line), outputs and logs grepped "
                 f"{FIGURES['grepped']}, password found {FIGURES['leaks']} times")
@@ -132,8 +132,9 @@ def test_a_password_protected_redis_works_end_to_end_and_the_password_never_show
 
 
 @pytest.mark.integration
+@pytest.mark.processes
 def test_a_wrong_or_missing_password_is_one_clear_line_and_never_echoed(
-    locked: RedisServer, prefix: str
+    locked: RedisServer, prefix: str, tmp_path: Path
 ) -> None:
     manage = manage_in({"ERP_SYNC_KEY_PREFIX": prefix})
     wrong = f"wrong-{uuid.uuid4().hex}"
@@ -146,6 +147,18 @@ def test_a_wrong_or_missing_password_is_one_clear_line_and_never_echoed(
         assert wrong not in err and PASSWORD not in err and ":***@" in err
     err = one_error_line(manage("settings", "show", "acme", url=f"redis://{base}"))
     assert "Authentication required" in err or "refused our credentials" in err
+    # A beat given the wrong password says so and keeps retrying, without echoing it.
+    beat = procs.beat("beat-wrong", {"ERP_SYNC_REDIS_URL": f"redis://:{wrong}@{base}",
+                                     "ERP_SYNC_KEY_PREFIX": prefix}, tmp_path)
+    try:
+        beat.wait_for("invalid username-password pair", 30)
+        assert beat.alive()
+    finally:
+        beat.stop()
+    FIGURES["processes"] += 1
+    FIGURES["grepped"] += 1
+    FIGURES["leaks"] += beat.output().count(wrong)
+    assert wrong not in beat.output() and ":***@" in beat.output()
 
 
 def _certificates(where: Path) -> dict[str, Path]:
