@@ -13,14 +13,10 @@ from typing import Any
 from config.env import Settings
 from config.keys import KeySpace
 from config.redis_client import kombu_broker
-from erp_sync.broker import install as install_broker_fix
 from erp_sync.slots import COMPANY_QUEUE, TASK_NAMES, queue_for
 
 
 def celery_config(env: Settings) -> dict[str, Any]:
-    # Every app built from this configuration (worker, beat, flower) uses the Redis transport that
-    # survives a Redis restart mid-task (erp_sync/broker.py: Celery 5.7 workers died of it).
-    install_broker_fix()
     keys = KeySpace(env.key_prefix)
     broker, sentinel_options = kombu_broker(env.effective_broker_url)
     return {

@@ -14,9 +14,14 @@ from tests.support.redisproc import RedisServer
 pytestmark = pytest.mark.integration
 
 
-def test_the_celery_configuration_uses_the_fixed_transport_and_keeps_the_redis_url() -> None:
+def test_the_app_uses_the_fixed_transport_and_keeps_the_redis_url() -> None:
     from celery import Celery
+    from kombu import transport
 
+    import worker  # installing the transport is part of building the app
+
+    assert worker.app.main == "erp_sync"
+    assert transport.TRANSPORT_ALIASES["redis"] == "erp_sync.broker:Transport"
     app = Celery("t", set_as_current=False)
     app.config_from_object(celery_config(Settings(redis_url="redis://:pw@127.0.0.1:1/0")))
     conn = app.connection_for_read()
