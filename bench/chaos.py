@@ -44,7 +44,7 @@ from config.store import SettingsStore  # noqa: E402
 from erp_sync.applied import Applied, applied_version  # noqa: E402
 from erp_sync.connectors.sandbox import SandboxErp  # noqa: E402
 from erp_sync.connectors.sandbox_data import SandboxData  # noqa: E402
-from erp_sync.history import RunRecord  # noqa: E402
+from erp_sync.history import HISTORY_CAP, RunRecord  # noqa: E402
 from erp_sync.schedule import cadences, slot_after  # noqa: E402
 from erp_sync.slots import task_id  # noqa: E402
 from erp_sync.sync import reconcile  # noqa: E402
@@ -56,6 +56,7 @@ TINY = {"vendors": 5, "cost_codes": 2, "extra_jobs": 0, "project_cost_codes": 1,
         "costs_per_job": 2, "invoices_per_job": 2, "page_size": 1000}
 FAST_LIMITS = {"ERP_SYNC_TASK_SOFT_TIME_LIMIT": "4", "ERP_SYNC_TASK_TIME_LIMIT": "5",
                "ERP_SYNC_VISIBILITY_TIMEOUT": "6"}
+RECEIVED = re.compile(r"Task [\w.]+\[(\S+)\] received")
 FINISHED = re.compile(r"finished company=\S+ .*outcome=(\w+) .*task_id=(\S+)")
 
 
@@ -68,7 +69,11 @@ class Report:
     times: int
     figures: dict[str, object] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
 
     def check(self, ok: bool, problem: str) -> None:
         if not ok:
@@ -382,6 +387,12 @@ def child_pids(pid: int) -> list[int]:
     return []
 
 
+def in_hand(worker: procs.Proc) -> set[str]:
+    """Task ids this worker received and has not finished (from its log)."""
+    out = worker.output()
+    return set(RECEIVED.findall(out)) - {tid for _, tid in FINISHED.findall(out)}
+
+
 def worker_kills(workdir: Path, short: bool, seed: int = 6) -> Report:
     target = 3 if short else 20
     rng = random.Random(seed)
@@ -393,9 +404,11 @@ def worker_kills(workdir: Path, short: bool, seed: int = 6) -> Report:
         projects = ["p1", "p2"]
         data = SandboxData(client, keys)
         for company in companies:
-            small_company(client, keys, company, projects=tuple(projects), latency_ms=60,
-                          page_size=3)
-        workers = [s.worker(pool="prefork", concurrency=2) for _ in range(2)]
+            small_company(client, keys, company, projects=tuple(projects), latency_ms=150,
+                          page_size=3)  # syncs of ~0.5-1 s: kills land mid-sync
+        # One child each: a busy worker's child is the one running the sync, so every kill
+        # lands mid-sync.
+        workers = [s.worker(pool="prefork", concurrency=1) for _ in range(3)]
         sender = Sender(s.env)
         sent: list[str] = []
         kills: Counter[str] = Counter()
@@ -407,8 +420,8 @@ def worker_kills(workdir: Path, short: bool, seed: int = 6) -> Report:
                 runs = records(client, keys, companies)
                 pending = [t for t in pending if t not in runs or runs[t].status == "running"]
                 if not pending:
-                    if sum(kills.values()) >= target:
-                        break
+                    if sum(kills.values()) >= target or rounds * 6 >= HISTORY_CAP:
+                        break  # (beyond the cap, history drops the oldest records)
                     if rounds:  # the ERP moves between rounds: later syncs have work to do
                         for company in companies:
                             data.add_vendor(company, f"vendor r{rounds}")
@@ -426,20 +439,21 @@ def worker_kills(workdir: Path, short: bool, seed: int = 6) -> Report:
                                 pending.append(sender.send(kind, company,
                                                            task_id(company, kind, p, slot), p))
                     sent += pending
-                time.sleep(rng.uniform(0.8, 2.0))
-                running = [t for t, r in records(client, keys, companies).items()
-                           if r.status == "running"]
-                if sum(kills.values()) >= target or not running:
-                    continue
-                victim = rng.choice([w for w in workers if w.alive()])
+                time.sleep(rng.uniform(0.3, 1.2))
+                running = {t for t, r in records(client, keys, companies).items()
+                           if r.status == "running"}
+                busy = [w for w in workers if w.alive() and running & in_hand(w)]
+                if sum(kills.values()) >= min(target, 3 * rounds) or not busy:
+                    continue  # (at most 3 kills a round, so a sync is never killed to death)
+                victim = rng.choice(busy)  # a worker that is running a sync right now
                 children = child_pids(victim.pid)
                 if children and rng.random() < 0.5:
-                    os.kill(rng.choice(children), signal.SIGKILL)  # the pool replaces it
+                    os.kill(children[0], signal.SIGKILL)  # the pool replaces it
                     kills["prefork child"] += 1
                 else:
                     victim.kill_group()
                     workers.remove(victim)
-                    workers.append(s.worker(pool="prefork", concurrency=2))
+                    workers.append(s.worker(pool="prefork", concurrency=1))
                     kills["whole worker"] += 1
         finally:
             sender.close()
@@ -449,6 +463,7 @@ def worker_kills(workdir: Path, short: bool, seed: int = 6) -> Report:
         twice = sum(n - 1 for n in executions(s.procs).values() if n > 1)
         differ = extra = 0
         for company in companies:
+            data.configure(company, latency_ms=0, page_size=1000)  # reconcile at full speed
             d, e = drift(client, keys, company, projects)
             differ, extra = differ + d, extra + e
         report.figures.update({
@@ -714,9 +729,7 @@ def main() -> int:
     print(f"chaos: {'short' if args.short else 'long'} run, logs in {workdir}")
     reports = []
     for n in (int(x) for x in args.only.split(",")):
-        started = time.monotonic()
         report = SCENARIOS[n](workdir / f"s{n}", args.short)
-        report.seconds = time.monotonic() - started
         report.print()
         reports.append(report)
     failed = [r.scenario for r in reports if r.problems]
