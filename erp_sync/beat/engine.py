@@ -28,7 +28,6 @@ from celery import Celery
 from config.keys import KeySpace
 from config.models import Company, StoredSettings
 from config.store import parse
-from erp_sync.applied import Applied
 from erp_sync.beat.changes import ChangeFeed, FeedWatcher
 from erp_sync.beat.index import NOT_LEADER, DueIndex
 from erp_sync.beat.lease import Lease
@@ -272,6 +271,3 @@ class BeatEngine:
         with contextlib.suppress(redis.RedisError):
             self.client.hdel(self.keys.beat_nodes, self.node)
 
-
-def applied_of(client: redis.Redis, keys: KeySpace, company: str) -> Applied | None:
-    return DueIndex(client, keys).applied([company])[company]
