@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import (
-    Report,
     failover_storm,
     lost_messages,
     paused_leader,
     redis_restart,
     worker_kills,
 )
+from bench.chaos_kit import Report
 from tests.conftest import _require_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes, pytest.mark.chaos]
