@@ -55,6 +55,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     _require_redis_server()
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
+    server.close_clients()
     server.stop()
 
 
@@ -64,6 +65,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     _require_redis_server()
     server = RedisServer(tmp_path / "redis").start()
     yield server
+    server.close_clients()
     server.kill()
 
 

@@ -43,9 +43,10 @@ def test_the_exporter_reports_the_leader_backlog_queues_and_last_runs(
              Proc("exporter", [sys.executable, "manage.py", "metrics", "serve", "--port",
                                str(port)], env, tmp_path)]
     try:
-        wait_until(lambda: 'erp_sync_last_run_timestamp_seconds{kind="job_costs",'
-                           'status="succeeded"}' in scrape(port), 60,
-                   "no succeeded job_costs run was exported")
+        wait_until(lambda: all(f'erp_sync_last_run_timestamp_seconds{{kind="{kind}",'
+                               f'status="succeeded"}}' in scrape(port)
+                               for kind in ("vendors", "job_costs")), 60,
+                   "no succeeded vendors and job_costs runs were exported")
         text = scrape(port)
         assert "erp_sync_up 1.0" in text
         leader = [line for line in text.splitlines() if line.startswith("erp_sync_beat_leader{")]

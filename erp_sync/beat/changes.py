@@ -95,7 +95,7 @@ class FeedWatcher:
         while not self._stop.is_set():
             try:
                 reply: Any = self.client.xread({self.keys.changes: last}, count=100, block=1000)
-            except redis.RedisError:
+            except Exception:  # the watcher must outlive any connection failure
                 self.event.set()  # let the loop see the outage (and catch up after it)
                 self._stop.wait(0.5)
                 continue

@@ -56,6 +56,7 @@ def cli(ctx: click.Context) -> None:
     """Manage erp-sync: companies, projects, permissions, sync settings and schedules."""
     if ctx.obj is None:  # tests pass a Ctx holding their own client
         ctx.obj = Ctx()
+    ctx.call_on_close(ctx.obj.close)
 
 
 def _register() -> None:

@@ -18,6 +18,7 @@ from config.store import SettingsStore
 @dataclass
 class Ctx:
     _client: redis.Redis | None = field(default=None, repr=False)
+    _opened: bool = field(default=False, repr=False)
 
     @property
     def env(self) -> Settings:
@@ -31,7 +32,14 @@ class Ctx:
     def client(self) -> redis.Redis:
         if self._client is None:
             self._client = connect(self.env.redis_url)
+            self._opened = True
         return self._client
+
+    def close(self) -> None:
+        """Close the connection this context opened (a client passed in belongs to the caller)."""
+        if self._opened and self._client is not None:
+            self._client.close()
+            self._client, self._opened = None, False
 
     @property
     def store(self) -> SettingsStore:

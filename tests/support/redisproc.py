@@ -34,6 +34,9 @@ class RedisServer:
         self.password = password
         self.extra = extra or []
         self.proc: subprocess.Popen[bytes] | None = None
+        # Clients handed out are kept and closed with the server, so none is garbage-collected
+        # with an open socket mid-test (an unraisable ResourceWarning, an error under pytest).
+        self._clients: list[redis.Redis] = []
 
     @property
     def url(self) -> str:
@@ -41,7 +44,14 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self, **kwargs: object) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True, **kwargs)  # type: ignore[arg-type]
+        client = redis.Redis.from_url(self.url, decode_responses=True, **kwargs)  # type: ignore[arg-type]
+        self._clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
 
     def start(self) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
