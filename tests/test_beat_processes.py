@@ -226,3 +226,27 @@ def _jobs_gone(client: redis.Redis, keys: KeySpace) -> bool:
     """The jobs entry was removed while the rest of the company's schedule stands."""
     due = client.zrange(keys.due, 0, -1)
     return "acme:jobs" not in due and "acme:vendors" in due
+
+
+def test_after_downtime_each_missed_entry_runs_once_not_once_per_missed_period(stack) -> None:  # type: ignore[no-untyped-def]
+    stack["env"]["ERP_SYNC_SECONDS_PER_HOUR"] = "1"  # vendors and jobs every second
+    store: SettingsStore = stack["store"]
+    store.add_company("acme", "sage_100")
+    store.grant("acme", "al", "admin")
+    store.update_settings("acme", "al", {"sync_project_job_costs": False})
+    first = start_beat(stack, "beat1")
+    wait_until(lambda: len(queued_ids(stack)) >= 4, 30, "beat dispatched nothing")
+    first.stop()
+    stopped = time.time()
+    before = {tid for tid, _ in queued_ids(stack)}
+    time.sleep(6)  # about six periods of each entry go by with no beat
+    start_beat(stack, "beat2")
+    wait_until(lambda: len({t for t, _ in queued_ids(stack)} - before) >= 6, 30,
+               "the restarted beat dispatched nothing")
+    new = sorted({t for t, _ in queued_ids(stack)} - before)
+    for kind in ("vendors", "jobs"):
+        slots = sorted(int(t.rsplit(":", 1)[1]) for t in new if f":{kind}:" in t)
+        # Six periods were missed: only the latest of them runs (it is at least five periods
+        # after the stop), and from there the schedule continues one period apart.
+        assert slots[0] >= stopped + 5 - 1, (stopped, slots)
+        assert all(b - a == 1 for a, b in itertools.pairwise(slots)), slots
