@@ -245,3 +245,42 @@ def test_a_malformed_due_entry_is_dropped_and_does_not_wedge_dispatching(
     due = client.zrange(keys.due, 0, -1)
     assert "acme:bogus" not in due and "stone:" not in due and "stone:vendors" not in due
     assert any(i.startswith("sync:acme:vendors:") for i in ids(client, keys))
+
+
+def test_an_error_half_way_through_an_election_does_not_leave_a_blind_leader(
+    world, make_engine  # type: ignore[no-untyped-def]
+) -> None:
+    client, keys, store = world
+    engine = make_engine(Clock(T0), "a")
+    real_saved_cursor = engine.feed.saved_cursor
+    calls = {"n": 0}
+
+    def flaky() -> str | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise redis.ConnectionError("blip during the election")
+        return real_saved_cursor()
+
+    engine.feed.saved_cursor = flaky  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        engine.step()
+    assert engine.lease.token  # it holds the lease...
+    engine.step()  # ...and the next tick finishes the election instead of leading blind
+    assert engine.cursor is not None and client.zcard(keys.due) == 7
+    store.update_settings("acme", "al", {"refresh_erp_job_list": False})
+    engine.step()
+    assert applied_version(client, keys, "acme") == 2
+
+
+def test_a_leader_whose_renewal_replies_were_lost_keeps_leading_and_applying(
+    world, make_engine  # type: ignore[no-untyped-def]
+) -> None:
+    client, keys, store = world
+    engine = make_engine(Clock(T0), "a")
+    engine.step()
+    engine.lease._renewed_at -= 60  # as if every renewal reply had timed out
+    assert not engine.lease.is_leader
+    store.update_settings("acme", "al", {"refresh_erp_job_list": False})
+    engine.step()
+    assert engine.lease.is_leader and engine.cursor is not None
+    assert applied_version(client, keys, "acme") == 2

@@ -29,7 +29,7 @@ from config.keys import KeySpace
 from config.models import Company, StoredSettings
 from config.store import parse
 from erp_sync.beat.changes import ChangeFeed, FeedWatcher
-from erp_sync.beat.index import NOT_LEADER, DueIndex
+from erp_sync.beat.index import NOT_LEADER, DueIndex, parse_applied
 from erp_sync.beat.lease import Lease
 from erp_sync.beat.plan import CompanyPlan, Dispatch, plan_company, plan_dispatch
 from erp_sync.beat.publisher import MessageFactory
@@ -71,9 +71,13 @@ class BeatEngine:
         """Do one round of work; return how long the caller should sleep before the next."""
         if not self.lease.is_leader:
             self.cursor = None
-            if not self.lease.try_acquire():
+            # A stale local view (renewal replies lost) is confirmed by renewing the token we
+            # hold; only when that fails is the lease taken afresh, or this beat stands by.
+            if not (self.lease.token and self.lease.renew()) and not self.lease.try_acquire():
                 self._heartbeat("standby")
                 return self.config.lease_seconds / 6
+        if self.cursor is None:
+            # Also after an error half-way through a previous election: never lead blind.
             self._on_elected()
         self.watcher.event.clear()  # cleared before reading: a later change sets it again
         self.apply_changes()
@@ -134,6 +138,8 @@ class BeatEngine:
         head = self.feed.head()  # taken first: changes after it are replayed, idempotently
         ids = [str(c) for c in self.client.sscan_iter(self.keys.companies, count=1000)]
         for start in range(0, len(ids), self.config.change_batch):
+            if self.lease.token is None:  # fenced out half-way: the new leader rebuilds
+                return
             self.apply_companies(token, ids[start:start + self.config.change_batch], None)
         self.apply_companies(token, [], head)
 
@@ -205,20 +211,21 @@ class BeatEngine:
 
     def _dispatch_batch(self, token: str, due: Sequence[tuple[str, float]], now: float) -> bool:
         companies = list(dict.fromkeys(entry.rpartition(":")[0] for entry, _ in due))
-        applied = self.index.applied(companies)
-        pipe = self.client.pipeline(transaction=False)
         project_level = [e for e, _ in due if e.endswith((":job_costs", ":payments"))]
+        pipe = self.client.pipeline(transaction=False)  # one round trip for everything read
+        pipe.hmget(self.keys.beat_applied, companies)
         for entry in project_level:
             pipe.hkeys(self.keys.projects(entry.rpartition(":")[0]))
+        replies = pipe.execute(raise_on_error=False)
+        applied = {c: parse_applied(r) for c, r in zip(companies, replies[0], strict=True)}
         projects = {e: p if isinstance(p, list) else []  # wrong type: no projects to fan out to
-                    for e, p in zip(project_level, pipe.execute(raise_on_error=False),
-                                    strict=True)}
+                    for e, p in zip(project_level, replies[1:], strict=True)}
         plans = []
         for entry, score in due:
             try:
                 plans.append(plan_dispatch(entry, score, applied.get(entry.rpartition(":")[0]),
                                            [str(p) for p in projects.get(entry, [])], now))
-            except ValueError as exc:  # a malformed member or record must not wedge the index
+            except Exception as exc:  # a malformed member or record must not wedge the index
                 log.error("dropping malformed due entry %r: %s", entry, exc)
                 self.client.zrem(self.keys.due, entry)
         chunk: list[tuple[Dispatch, str, list[str]]] = []

@@ -100,7 +100,7 @@ class DueIndex:
         if not companies:
             return {}
         raws = self.client.hmget(self.keys.beat_applied, list(companies))
-        return {c: _applied(r) for c, r in zip(companies, raws, strict=True)}
+        return {c: parse_applied(r) for c, r in zip(companies, raws, strict=True)}
 
     def apply(self, token: str, plans: Sequence[CompanyPlan], versions: dict[str, int],
               cursor: str | None) -> int:
@@ -125,7 +125,8 @@ class DueIndex:
         return int(self._dispatch(keys=keys, args=args))
 
 
-def _applied(raw: object) -> Applied | None:
+def parse_applied(raw: object) -> Applied | None:
+    """Beat's record of a company, or ``None`` when missing or unreadable."""
     if not raw:
         return None
     try:
