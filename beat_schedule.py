@@ -49,10 +49,13 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         if self._engine is None:
             env = get_settings()
             client = connect(env.redis_url, check=False, socket_timeout=5)
+            lease_timeout = max(0.2, env.beat_lease_seconds / 3)
             self._engine = BeatEngine(
                 self.app, client, KeySpace(env.key_prefix),
                 EngineConfig(seconds_per_hour=env.seconds_per_hour,
                              lease_seconds=env.beat_lease_seconds),
+                lease_client=connect(env.redis_url, check=False, socket_timeout=lease_timeout,
+                                     socket_connect_timeout=lease_timeout),
             )
             log.info("beat %s: schedule from %s, prefix %s", self._engine.node,
                      redact(env.redis_url), env.key_prefix)

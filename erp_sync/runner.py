@@ -122,6 +122,9 @@ class Runner:
     soft_limit: float = 600.0
     lock_ttl: float = 960.0
     executed_ttl: float = 7200.0
+    # A retry waits in the broker as an unacknowledged message: one held past the visibility
+    # timeout is redelivered while the original still waits, and the two would run together.
+    max_retry_delay: float = 2640.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     rng: random.Random = field(default_factory=random.Random)
     connector: Callable[[Company], Connector] | None = None
@@ -184,7 +187,8 @@ class Runner:
             if d.retries >= self.policy.max_retries:
                 return Outcome(self._final(record.finish(
                     "failed", error=f"{_describe(exc)} (gave up after {d.retries} retries)"), d))
-            delay = self.policy.delay(d.retries, exc.retry_after, self.rng)
+            delay = min(self.policy.delay(d.retries, exc.retry_after, self.rng),
+                        self.max_retry_delay)
             self.history.save(record.model_copy(update={
                 "error": f"{_describe(exc)}; retry {d.retries + 1} in {delay:.1f}s"}))
             # The retry takes the lock again; a slot arriving meanwhile may run (not overlap).

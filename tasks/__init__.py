@@ -54,6 +54,7 @@ def runner() -> Runner:
         lock_ttl=env.task_time_limit + 60,
         # A duplicate can arrive until the broker's visibility timeout has passed twice.
         executed_ttl=max(3600.0, 2 * env.visibility_timeout + env.task_time_limit),
+        max_retry_delay=max(1.0, env.visibility_timeout - env.task_time_limit),
     )
 
 

@@ -123,6 +123,19 @@ def test_a_transient_error_asks_for_a_retry_after_the_erps_retry_after(
     assert record is not None and (record.status, record.attempt) == ("succeeded", 2)
 
 
+def test_a_retry_never_waits_longer_than_the_broker_can_hold_it(
+        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    # Held past the visibility timeout, a retry would be redelivered while it still waits and
+    # both copies (same task id) would run at once.
+    from dataclasses import replace
+
+    from erp_sync.connectors.sandbox_data import SandboxData
+    SandboxData(fake, keys).configure("acme", fail_kind="rate_limited", retry_after=3000)
+    SandboxData(fake, keys).fail_next("acme", 1)
+    outcome = replace(runner, max_retry_delay=600.0).execute(delivery())
+    assert outcome.retry_in == 600.0
+
+
 def test_transient_errors_fail_the_run_when_retries_run_out(
         runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
     from erp_sync.connectors.sandbox_data import SandboxData

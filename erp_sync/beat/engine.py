@@ -53,10 +53,13 @@ class EngineConfig:
 
 class BeatEngine:
     def __init__(self, app: Celery, client: redis.Redis, keys: KeySpace, config: EngineConfig,
-                 clock: Callable[[], float] = time.time, node: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, node: str | None = None,
+                 lease_client: redis.Redis | None = None) -> None:
         self.client, self.keys, self.config, self.clock = client, keys, config, clock
         self.node = node or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.lease = Lease(client, keys, self.node, config.lease_seconds)
+        # The lease may have a client of its own with a short socket timeout: a renewal stuck
+        # on a half-open connection must fail fast, not outlive the lease it renews.
+        self.lease = Lease(lease_client or client, keys, self.node, config.lease_seconds)
         self.index = DueIndex(client, keys)
         self.feed = ChangeFeed(client, keys)
         self.watcher = FeedWatcher(client, keys)
