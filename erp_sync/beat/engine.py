@@ -68,6 +68,7 @@ class BeatEngine:
         self._reported: set[tuple[str, int]] = set()
         self._heartbeat_at = 0.0
         self._threads_started = False
+        self._peeked: tuple[float | None] | None = None  # next due time, when known this tick
 
     # --- the step ---------------------------------------------------------------------------
     def step(self) -> float:
@@ -117,7 +118,8 @@ class BeatEngine:
         return policy
 
     def _block_for(self) -> float:
-        upcoming = self.index.next_due()
+        # An idle tick already peeked at the next due time; only after dispatching is it re-read.
+        upcoming = self._peeked[0] if self._peeked is not None else self.index.next_due()
         until = self.config.max_block if upcoming is None else upcoming - self.clock()
         return max(0.0, min(self.config.max_block, until))
 
@@ -198,6 +200,12 @@ class BeatEngine:
     # --- dispatch ---------------------------------------------------------------------------
     def dispatch_due(self) -> bool:
         """Dispatch due entries for up to ``budget`` seconds; True if more are still due."""
+        # One read decides the common idle case (and tells _block_for how long to wait).
+        upcoming = self.index.next_due()
+        self._peeked = (upcoming,)
+        if upcoming is None or upcoming > self.clock():
+            return False
+        self._peeked = None
         started = time.monotonic()
         while self.lease.token is not None:
             now = self.clock()
