@@ -1,7 +1,7 @@
 """Beat benchmark: erp-sync's beat side by side with RedBeat on the same private redis-server.
 
     .venv/bin/pip install -e '.[bench]'   # celery-redbeat, bench only
-    .venv/bin/python bench/beat.py [--sizes 1000,10000,100000] [--quick]
+    .venv/bin/python -m bench.beat [--sizes 1000,10000,100000] [--quick]
 
 Each side runs in its own subprocess (so its RSS is its own) against one redis-server this script
 starts on a free port. Reports are ratios against RedBeat measured in the same run. Results go to
@@ -24,10 +24,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import redis
 from celery import Celery
-from common import (
+
+from bench.common import (
     ONLY_JOB_COSTS,
     ONLY_VENDORS,
     ROOT,
@@ -37,11 +37,10 @@ from common import (
     rss_mib,
     seed,
 )
-
 from config.keys import KeySpace
-from config.store import SettingsStore
 from erp_sync.applied import AppliedWaiter
 from erp_sync.beat.engine import BeatEngine, EngineConfig
+from erp_sync.store import SettingsStore
 from tests.support.clock import Clock
 from tests.support.procs import Proc, beat
 from tests.support.redisproc import RedisServer
@@ -190,7 +189,7 @@ def side_projects(companies: int, projects: int, url: str) -> dict[str, Any]:
 
 
 def run_side(kind: str, url: str, *args: int) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, "side", kind, url, *map(str, args)],
+    done = subprocess.run([sys.executable, "-m", "bench.beat", "side", kind, url, *map(str, args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} side failed:\n{done.stderr[-4000:]}")

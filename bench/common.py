@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 
+from config.keys import KeySpace
+from config.models import Company, Erp, StoredSettings, SyncSettings
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from config.keys import KeySpace  # noqa: E402
-from config.models import Company, Erp, StoredSettings, SyncSettings  # noqa: E402
-
 ONLY_VENDORS = SyncSettings(sync_project_job_costs=False, refresh_erp_job_list=False,
                             sync_payments_for_synced_invoices=False)
 ONLY_JOB_COSTS = SyncSettings(refresh_erp_companies_list=False, refresh_erp_job_list=False,

@@ -2,7 +2,7 @@
 
 Run on purpose (not part of the tests), from the repo root:
 
-    .venv/bin/python bench/workers.py [--latency-ms 50] [--seconds 6] [--json]
+    .venv/bin/python -m bench.workers [--latency-ms 50] [--seconds 6] [--json]
 
 1. Throughput. Each sync is one vendors refresh that costs exactly one ERP call of ``latency``,
    so one worker process can at best finish ``concurrency / latency`` syncs per second. The
@@ -24,26 +24,22 @@ import argparse
 import bisect
 import json
 import os
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import redis
 
-import redis  # noqa: E402
-
-from config.keys import KeySpace  # noqa: E402
-from config.models import Erp, SyncKind  # noqa: E402
-from config.store import SettingsStore  # noqa: E402
-from erp_sync.connectors.sandbox_data import SandboxData  # noqa: E402
-from erp_sync.history import History  # noqa: E402
-from erp_sync.ratelimit import set_limit  # noqa: E402
-from tests.support import procs  # noqa: E402
-from tests.support.erp import Sender  # noqa: E402
-from tests.support.redisproc import RedisServer  # noqa: E402
+from config.keys import KeySpace
+from config.models import Erp, SyncKind
+from erp_sync.connectors.sandbox_data import SandboxData
+from erp_sync.history import History
+from erp_sync.ratelimit import set_limit
+from erp_sync.store import SettingsStore
+from tests.support import procs
+from tests.support.erp import Sender
+from tests.support.redisproc import RedisServer
 
 TINY = {"vendors": 5, "cost_codes": 2, "extra_jobs": 0, "project_cost_codes": 1,
         "costs_per_job": 2, "invoices_per_job": 2, "page_size": 1000}

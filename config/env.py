@@ -14,7 +14,7 @@ from functools import lru_cache
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from erp_sync.errors import ConfigError
+from config.errors import ConfigError
 
 ENV_PREFIX = "ERP_SYNC_"
 

@@ -8,10 +8,31 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from config.errors import CorruptRecord
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def first_error(exc: ValidationError) -> str:
+    """One readable line out of a pydantic error: the field and what was wrong."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{field}: {msg}" if field else msg
+
+
+def parse(model: type[M], raw: str | bytes, what: str) -> M:
+    """A stored record read back through its model; ``CorruptRecord`` names ``what`` if invalid."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise CorruptRecord(f"stored {what} is corrupt ({first_error(exc)})") from None
+
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 

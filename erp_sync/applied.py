@@ -22,7 +22,8 @@ class Applied(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: int
-    # kind -> cadence key (e.g. "3600", "daily@14"); a kind missing here has no due entry.
+    # kind -> ``Cadence.key`` (e.g. "every:3600", "daily@America/Chicago"); a kind missing here
+    # has no due entry.
     cadences: dict[str, str]
 
 

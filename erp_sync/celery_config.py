@@ -12,7 +12,7 @@ from typing import Any
 
 from config.env import Settings
 from config.keys import KeySpace
-from config.redis_client import kombu_broker
+from erp_sync.redis_client import kombu_broker
 from erp_sync.slots import COMPANY_QUEUE, TASK_NAMES, queue_for
 
 

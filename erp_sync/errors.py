@@ -7,20 +7,19 @@ type check, not string matching.
 
 from __future__ import annotations
 
+# The root and the errors the configuration layer raises live below erp_sync (config/errors.py);
+# they are part of this hierarchy and importable from here like every other error.
+from config.errors import ConfigError, CorruptRecord, ErpSyncError, StoreError
 
-class ErpSyncError(Exception):
-    """Root of every error erp-sync raises deliberately."""
-
-
-class ConfigError(ErpSyncError):
-    """The process environment is invalid (a misspelt or malformed ERP_SYNC_* variable)."""
-
+__all__ = [
+    "AlreadyExists", "BadCredentials", "ConcurrentUpdate", "ConfigError", "ConnectorError",
+    "CorruptRecord", "ErpServerError", "ErpSyncError", "ErpTimeout", "InvalidInput", "NotFound",
+    "PermanentConnectorError", "PermissionDenied", "RateLimited", "RedisUnavailable",
+    "StoreError", "SyncTimedOut", "TransientConnectorError", "UnknownErpObject",
+    "UnsupportedSetting", "WorkerError",
+]
 
 # --- settings store -------------------------------------------------------------------------
-
-
-class StoreError(ErpSyncError):
-    """Base for errors reading or writing the settings store."""
 
 
 class RedisUnavailable(StoreError):
@@ -49,21 +48,6 @@ class PermissionDenied(StoreError):
 
 class ConcurrentUpdate(StoreError):
     """Optimistic concurrency gave up after too many conflicting writers."""
-
-
-class CorruptRecord(StoreError):
-    """A stored record failed validation on the way out of Redis."""
-
-
-# --- schedule / beat ------------------------------------------------------------------------
-
-
-class ScheduleError(ErpSyncError):
-    """Base for errors in schedule arithmetic or the beat scheduler."""
-
-
-class NotLeader(ScheduleError):
-    """A fenced write was refused because this beat no longer holds the lease."""
 
 
 # --- connectors -----------------------------------------------------------------------------

@@ -15,25 +15,12 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.keys import KeySpace
-from config.store import parse
+from config.models import parse
+from erp_sync import lua
 
 HISTORY_CAP = 1000
 Status = Literal["succeeded", "failed", "skipped", "running"]
 
-# A Lua function other scripts include (the runner saves a record together with its lock).
-SAVE_FUNCTION = """
-local function save(runs, history, id, record, cap)
-  local created = redis.call('HSET', runs, id, record)
-  if created == 1 then
-    redis.call('LPUSH', history, id)
-    while redis.call('LLEN', history) > tonumber(cap) do
-      redis.call('HDEL', runs, redis.call('RPOP', history))
-    end
-  end
-  return created
-end
-"""
-_SAVE = SAVE_FUNCTION + "return save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
 
 
 def now() -> datetime:
@@ -73,7 +60,7 @@ class History:
 
     def __init__(self, client: redis.Redis, keys: KeySpace, cap: int = HISTORY_CAP) -> None:
         self.client, self.keys, self.cap = client, keys, cap
-        self._save = client.register_script(_SAVE)
+        self._save = lua.load(client, "history_save")
 
     def save(self, record: RunRecord) -> None:
         self._save(keys=[self.keys.runs(record.company), self.keys.history(record.company)],

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import redis
 
 from config.keys import KeySpace
+from erp_sync import lua
 from erp_sync.connectors.base import Record
 
 
@@ -49,22 +50,6 @@ class Drift:
         return not (self.missing or self.extra or self.different)
 
 
-# Compare and write in one step: atomic per page, and one round trip whatever changed.
-_UPSERT = """
-local created, updated, unchanged = 0, 0, 0
-for i = 1, #ARGV, 2 do
-  local old = redis.call('HGET', KEYS[1], ARGV[i])
-  if old == ARGV[i + 1] then
-    unchanged = unchanged + 1
-  else
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-    if old then updated = updated + 1 else created = created + 1 end
-  end
-end
-return {created, updated, unchanged}
-"""
-
-
 def canonical(record: Record) -> str:
     return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
@@ -78,7 +63,7 @@ class ProcoreStore:
 
     def __init__(self, client: redis.Redis, keys: KeySpace, company: str) -> None:
         self.client, self.keys, self.company = client, keys, company
-        self._upsert = client.register_script(_UPSERT)
+        self._upsert = lua.load(client, "procore_upsert")
 
     def upsert(self, name: str, records: Iterable[Record]) -> Counts:
         """Write the records that are new or differ; count created/updated/unchanged."""

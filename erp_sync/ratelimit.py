@@ -19,8 +19,8 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from config.keys import KeySpace
-from config.models import Erp
-from config.store import first_error
+from config.models import Erp, first_error
+from erp_sync import lua
 from erp_sync.connectors.base import Connector, Page
 from erp_sync.errors import InvalidInput
 
@@ -29,23 +29,6 @@ MAX_RESERVE = 30.0
 # token (thread wake-up, network), and uneven delays could otherwise bunch two calls closer than
 # the limit allows. One percent of headroom absorbs milliseconds of jitter at any realistic rate.
 HEADROOM = 0.99
-
-_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rate, burst, max_reserve = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens, ts = tonumber(b[1]), tonumber(b[2])
-if tokens == nil or ts == nil then tokens, ts = burst, now end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local wait = 0
-if tokens < 1 then wait = (1 - tokens) / rate end
-if wait <= max_reserve then tokens = tokens - 1 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst / rate + max_reserve) * 1000) + 1000)
-if wait > max_reserve then return {0, tostring(wait)} end
-return {1, tostring(wait)}
-"""
 
 
 class RateLimit(BaseModel):
@@ -105,7 +88,7 @@ class TokenBucket:
         self.key = keys.rate_limit(company)
         self.limit = limit
         self.sleep = sleep
-        self._take = client.register_script(_TAKE)
+        self._take = lua.load(client, "ratelimit_take")
 
     def take(self) -> float:
         """Wait for (and consume) one token; returns the seconds spent waiting."""

@@ -29,51 +29,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
+from billiard.exceptions import SoftTimeLimitExceeded
 
 from config.keys import KeySpace
-from config.models import CAPABILITIES, Company, StoredSettings, SyncKind
-from config.store import parse
+from config.models import CAPABILITIES, Company, StoredSettings, SyncKind, parse
+from erp_sync import lua
 from erp_sync.connectors import Connector, connector_for
 from erp_sync.errors import (
     PermanentConnectorError,
     SyncTimedOut,
     TransientConnectorError,
 )
-from erp_sync.history import SAVE_FUNCTION, History, RunRecord, now
+from erp_sync.history import History, RunRecord, now
 from erp_sync.ratelimit import DEFAULT_LIMITS, RateLimit, Throttled, TokenBucket
-from erp_sync.sync import run_sync
+from erp_sync.syncs import run_sync
 
 MAX_REDELIVERIES = 3
 log = logging.getLogger("erp_sync.worker")
-
-# Take the run lock (or our own stale one) and record the run as running, in one round trip.
-_START = SAVE_FUNCTION + """
-local holder = redis.call('GET', KEYS[1])
-if holder ~= false and holder ~= ARGV[1] then return holder end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-save(KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4])
-return 1
-"""
-# Save the final record, mark the task id executed and release the lock if it is ours: atomic,
-# so there is never a marker without its record, nor a finished run still holding its lock.
-_FINISH = SAVE_FUNCTION + """
-save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
-redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
-if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
-redis.call('HSET', KEYS[5], ARGV[6], ARGV[7])
-return 1
-"""
-# What the checks need, in one round trip (a script: building a pipeline costs more CPU here).
-_READ = """
-return {redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], ARGV[1]) or '',
-        redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[4]) or '',
-        redis.call('HEXISTS', KEYS[5], ARGV[2]), redis.call('HGETALL', KEYS[6]),
-        redis.call('GET', KEYS[7]) or ''}
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -131,10 +103,10 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.history = History(self.client, self.keys)
-        self._start = self.client.register_script(_START)
-        self._finish = self.client.register_script(_FINISH)
-        self._release = self.client.register_script(_RELEASE)
-        self._read_facts = self.client.register_script(_READ)
+        self._start = lua.load(self.client, "run_start")
+        self._finish = lua.load(self.client, "run_finish")
+        self._release = lua.load(self.client, "compare_and_delete")
+        self._read_facts = lua.load(self.client, "run_facts")
 
     def execute(self, d: Delivery) -> Outcome:
         facts = self._read(d)
@@ -196,10 +168,10 @@ class Runner:
             return Outcome(record, retry_in=delay)
         except (PermanentConnectorError, SyncTimedOut) as exc:
             return Outcome(self._final(record.finish("failed", error=_describe(exc)), d))
+        except SoftTimeLimitExceeded:  # raised inside prefork children by Celery's soft limit
+            return Outcome(self._final(record.finish(
+                "failed", error=f"soft time limit exceeded after {self.soft_limit:g}s"), d))
         except Exception as exc:
-            if _is_soft_time_limit(exc):
-                return Outcome(self._final(record.finish(
-                    "failed", error=f"soft time limit exceeded after {self.soft_limit:g}s"), d))
             self._final(record.finish("failed", error=f"internal error: {_describe(exc)}"), d)
             raise
         return Outcome(self._final(record.finish("succeeded", counts=counts.as_dict()), d))
@@ -278,8 +250,3 @@ def _skip_reason(d: Delivery, facts: _Facts) -> str | None:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _is_soft_time_limit(exc: BaseException) -> bool:
-    # Celery raises this inside prefork children; imported lazily so the runner needs no Celery.
-    return type(exc).__name__ == "SoftTimeLimitExceeded"

@@ -46,9 +46,17 @@ class Cadence:
 
     @classmethod
     def from_key(cls, key: str) -> Cadence:
+        """The cadence a ``key`` stands for; ``ValueError`` for anything ``key`` never wrote."""
         if key.startswith("daily@"):
             return cls(24 * REAL_HOUR, key.removeprefix("daily@"))
+        if not key.startswith("every:"):
+            raise ValueError(f"not a cadence key: {key!r}")
         return cls(float(key.removeprefix("every:")))
+
+    def describe(self) -> str:
+        """How people read it (``schedule`` output)."""
+        return f"daily ({self.timezone} local time)" if self.timezone else \
+            f"every {self.period:g}s"
 
 
 def cadence_for(kind: SyncKind, settings: SyncSettings, timezone: str,

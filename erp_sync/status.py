@@ -14,6 +14,7 @@ import redis
 
 from config.keys import KeySpace
 from config.models import SyncKind
+from erp_sync.beat.lease import holder_node
 from erp_sync.slots import COMPANY_QUEUE, PROJECT_QUEUE
 
 
@@ -42,7 +43,7 @@ def fleet_status(client: redis.Redis, keys: KeySpace, now: float | None = None) 
             if f"{status}:{kind.value}" in last else None
             for status in ("succeeded", "failed")
         }
-    return {"leader": str(leader).rsplit("|", 1)[0] if leader and leader != "pending" else None,
+    return {"leader": holder_node(leader),
             "lease_ttl_ms": ttl if leader else None, "beats": beats,
             "due_backlog": backlog, "entries": entries,
             "dispatched_slots": int(stats.get("slots", 0)),

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/python -m erp_sync.devstack "$@"
+exec .venv/bin/python scripts/devstack.py "$@"

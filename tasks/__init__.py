@@ -10,12 +10,13 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from billiard.exceptions import TimeLimitExceeded
 from celery import Task
 
 from config.env import get_settings
 from config.keys import KeySpace
 from config.models import SyncKind
-from config.redis_client import connect
+from erp_sync.redis_client import connect
 from erp_sync.runner import Delivery, Runner
 from erp_sync.slots import KIND_OF_TASK
 
@@ -27,7 +28,7 @@ class SyncTask(Task):  # type: ignore[misc]
                    kwargs: dict[str, Any], einfo: Any) -> None:
         # Celery calls this in the worker's main process after killing the child; every other
         # failure was already recorded by the runner inside the task.
-        if type(exc).__name__ != "TimeLimitExceeded":
+        if not isinstance(exc, TimeLimitExceeded):
             return
         delivery = Delivery(task_id=task_id, company=kwargs["company"],
                             kind=KIND_OF_TASK[self.name], project=kwargs.get("project"),

@@ -7,7 +7,6 @@ other's keys. In CI (``CI`` set) a missing redis-server is a failure, never a si
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,8 @@ import redis
 
 from config.env import get_settings
 from config.keys import KeySpace
-from config.store import SettingsStore
-from tests.support.redisproc import RedisServer
+from erp_sync.store import SettingsStore
+from tests.support.redisproc import RedisServer, require_redis_server
 
 
 @pytest.fixture
@@ -42,17 +41,10 @@ def store(fake: redis.Redis, keys: KeySpace) -> SettingsStore:
     return SettingsStore(fake, keys)
 
 
-def _require_redis_server() -> None:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is required in CI (.ci/run installs it)")
-        pytest.skip("redis-server not installed")
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real redis-server for the session (tests isolate by key prefix)."""
-    _require_redis_server()
+    require_redis_server()
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.close_clients()
@@ -62,7 +54,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own, for tests that stop, kill or restart it."""
-    _require_redis_server()
+    require_redis_server()
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.close_clients()

@@ -12,11 +12,11 @@ from kombu import Connection
 
 from config.keys import KeySpace
 from config.models import SyncKind
-from config.store import SettingsStore
 from erp_sync.applied import applied_version
 from erp_sync.beat.engine import BeatEngine, EngineConfig
 from erp_sync.schedule import Cadence, slot_after
 from erp_sync.slots import task_id
+from erp_sync.store import SettingsStore
 from tests.support.clock import Clock
 from tests.support.redisproc import RedisServer
 

@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from config.store import SettingsStore
 from erp_sync.applied import applied_version
+from erp_sync.store import SettingsStore
 from tests.support.procs import ROOT, Proc, beat, process_env, wait_until
 from tests.support.redisproc import RedisServer
 

@@ -1,9 +1,9 @@
-"""The short chaos runs of ``bench/chaos.py`` (issue 6, scenarios 1-5) on real processes.
+"""The short chaos runs of ``tests/support/chaos.py`` (issue 6, scenarios 1-5) on real processes.
 
 Each test kills, pauses or cuts off real beats, workers or redis-server and asserts the promises
 on the figures the run measured: no slot missed, none sent or run twice, no change lost, the
 Procore side equal to the ERP. Time figures are only bounded generously (a loaded CI machine is
-slow, not wrong); the long run (``.venv/bin/python bench/chaos.py``) reports them against targets.
+slow, not wrong); the long run (``.venv/bin/python -m bench.chaos``) reports them against targets.
 Scenario 6 (concurrent admins) is ``test_store_integration.py::
 test_racing_admins_lose_no_update_and_audit_each_write_once``.
 """
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import (
+from tests.support.chaos import (
     failover_storm,
     lost_messages,
     paused_leader,
     redis_restart,
     worker_kills,
 )
-from bench.chaos_kit import Report
-from tests.conftest import _require_redis_server
+from tests.support.chaos_kit import Report
+from tests.support.redisproc import require_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes, pytest.mark.chaos]
 
@@ -31,7 +31,7 @@ GENEROUS = 15.0  # seconds: a bound that only a hang or a lost wake-up would bre
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    _require_redis_server()
+    require_redis_server()
     return tmp_path
 
 

@@ -11,30 +11,32 @@ from click.testing import CliRunner
 
 from config.keys import KeySpace
 from config.models import SyncKind
-from erp_sync.cli import cli, runs
+from erp_sync.cli import cli
 from erp_sync.cli.context import Ctx
 from erp_sync.runner import Delivery, Runner
-from tests.support.erp import small_company
+from tests.support.erp import ListPublisher, small_company
 from tests.support.snapshot import snapshot
 
 
 @pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    queued: list[dict[str, Any]] = []
-    monkeypatch.setattr(runs, "enqueue", lambda name, kwargs, task_id, queue: queued.append(
-        {"name": name, "kwargs": kwargs, "task_id": task_id, "queue": queue}))
-    return queued
+def publisher() -> ListPublisher:
+    return ListPublisher()
 
 
 @pytest.fixture
-def run(fake: redis.Redis, keys: KeySpace, env: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def sent(publisher: ListPublisher) -> list[dict[str, Any]]:
+    return publisher.sent
+
+
+@pytest.fixture
+def run(fake: redis.Redis, keys: KeySpace, env: pytest.MonkeyPatch, publisher: ListPublisher):  # type: ignore[no-untyped-def]
     small_company(fake, keys, "acme", projects=("p1", "p2"))
     small_company(fake, keys, "stone", erp="sage_100")
     small_company(fake, keys, "empty", projects=())
     fake.hset(keys.users("acme"), mapping={"sam": "standard", "rita": "read_only"})
 
     def invoke(*args: str) -> tuple[int, str, str]:
-        result = CliRunner().invoke(cli, list(args), obj=Ctx(_client=fake))
+        result = CliRunner().invoke(cli, list(args), obj=Ctx(_client=fake, _publisher=publisher))
         return result.exit_code, result.stdout, result.stderr
     return invoke
 

@@ -1,4 +1,4 @@
-"""The README's main command (scripts/run.sh runs ``python -m erp_sync.devstack``) as a new user
+"""The README's main command (scripts/run.sh runs ``scripts/devstack.py``) as a new user
 would meet it: demo data, syncs of all four kinds within a minute, Flower behind the printed
 password, a setting change visible in ``schedule`` at once, and Ctrl-C (SIGTERM) stopping all."""
 
@@ -37,7 +37,7 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
 ) -> None:
     env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
            "ERP_SYNC_SECONDS_PER_HOUR": "3"}
-    stack = Proc("devstack", [sys.executable, "-m", "erp_sync.devstack"], env, tmp_path)
+    stack = Proc("devstack", [sys.executable, str(ROOT / "scripts" / "devstack.py")], env, tmp_path)
     try:
         stack.wait_for("Ctrl-C stops everything", 90)
         assert "using the Redis at ERP_SYNC_REDIS_URL" in stack.output()

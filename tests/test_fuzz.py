@@ -30,12 +30,13 @@ from pydantic import ValidationError
 
 from config.keys import KeySpace
 from config.models import Company, StoredSettings
-from config.redis_client import DECODING, connect
-from config.store import SettingsStore
 from erp_sync.applied import applied_version
 from erp_sync.beat.engine import BeatEngine, EngineConfig
-from erp_sync.cli import cli, runs
+from erp_sync.cli import cli
 from erp_sync.cli.context import Ctx
+from erp_sync.redis_client import DECODING, connect
+from erp_sync.store import SettingsStore
+from tests.support.erp import ListPublisher
 from tests.support.redisproc import RedisServer
 from tests.support.snapshot import snapshot
 
@@ -161,12 +162,11 @@ def _draw_flag(draw: st.DrawFn, toggle: str) -> list[str]:
 @pytest.fixture
 def cli_env(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     env.setenv("ERP_SYNC_SETTINGS_WAIT_SECONDS", "0")  # no beat here: do not wait for one
-    env.setattr(runs, "enqueue", lambda *a, **k: None)
     return env
 
 
 def _invoke(client: redis.Redis, args: list[str]) -> tuple[int, str, str, BaseException | None]:
-    result = CliRunner().invoke(cli, args, obj=Ctx(_client=client))
+    result = CliRunner().invoke(cli, args, obj=Ctx(_client=client, _publisher=ListPublisher()))
     crash = result.exception if not isinstance(result.exception, SystemExit) else None
     return result.exit_code, result.stdout, result.stderr, crash
 

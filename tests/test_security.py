@@ -237,8 +237,8 @@ def test_rediss_urls_work_end_to_end_for_the_cli(tmp_path: Path, prefix: str) ->
 def test_a_refused_settings_change_touches_only_the_security_log(
     real: redis.Redis, prefix: str
 ) -> None:
-    from config.store import SettingsStore
     from erp_sync.errors import PermissionDenied
+    from erp_sync.store import SettingsStore
     from tests.support.snapshot import snapshot
 
     keys = KeySpace(prefix)

@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from config.redis_client import connect
-from config.store import SettingsStore
 from erp_sync.history import History
+from erp_sync.redis_client import connect
+from erp_sync.store import SettingsStore
 from tests.support.procs import Proc, beat, wait_until, worker
 from tests.support.redisproc import RedisServer, free_port
 

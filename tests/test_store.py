@@ -9,7 +9,6 @@ import redis
 
 from config.keys import KeySpace
 from config.models import PaymentsFrequency, PermissionLevel
-from config.store import SettingsStore
 from erp_sync.errors import (
     AlreadyExists,
     CorruptRecord,
@@ -19,6 +18,7 @@ from erp_sync.errors import (
     PermissionDenied,
     UnsupportedSetting,
 )
+from erp_sync.store import SettingsStore
 from tests.support.snapshot import snapshot
 
 

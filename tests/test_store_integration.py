@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from config.store import SettingsStore
+from erp_sync.store import SettingsStore
 from tests.support.snapshot import snapshot
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from config.keys import KeySpace
 from config.models import SyncKind
 from erp_sync.connectors.sandbox import SandboxErp
 from erp_sync.procore_store import ProcoreStore
-from erp_sync.sync import reconcile, run_sync
+from erp_sync.syncs import reconcile, run_sync
 from tests.support.erp import small_company
 from tests.support.snapshot import snapshot
 

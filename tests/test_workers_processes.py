@@ -19,7 +19,7 @@ from config.models import Erp, SyncKind
 from erp_sync.connectors.sandbox import SandboxErp
 from erp_sync.history import History, RunRecord
 from erp_sync.ratelimit import set_limit
-from erp_sync.sync import reconcile
+from erp_sync.syncs import reconcile
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.redisproc import RedisServer

@@ -26,17 +26,32 @@ import redis
 from celery import Celery
 
 from config.keys import KeySpace
-from config.models import Company, StoredSettings
-from config.store import parse
+from config.models import Company, StoredSettings, SyncKind, parse
 from erp_sync.beat.changes import ChangeFeed, FeedWatcher
 from erp_sync.beat.index import NOT_LEADER, DueIndex, parse_applied
 from erp_sync.beat.lease import Lease
-from erp_sync.beat.plan import CompanyPlan, Dispatch, plan_company, plan_dispatch
+from erp_sync.beat.plan import (
+    CompanyPlan,
+    Dispatch,
+    plan_company,
+    plan_dispatch,
+    split_member,
+)
 from erp_sync.beat.publisher import MessageFactory
 from erp_sync.errors import CorruptRecord
 from erp_sync.slots import slot_iso
 
 log = logging.getLogger("erp_sync.beat")
+
+
+def new_node_id() -> str:
+    """A beat's node id, unique per start: ``<host>:<pid>:<random>`` (``pid_of`` reads it)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def pid_of(node: str) -> int:
+    """The process id in a node id made by ``new_node_id``."""
+    return int(node.split(":")[-2])
 
 
 @dataclass
@@ -56,7 +71,7 @@ class BeatEngine:
                  clock: Callable[[], float] = time.time, node: str | None = None,
                  lease_client: redis.Redis | None = None) -> None:
         self.client, self.keys, self.config, self.clock = client, keys, config, clock
-        self.node = node or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.node = node or new_node_id()
         # The lease may have a client of its own with a short socket timeout: a renewal stuck
         # on a half-open connection must fail fast, not outlive the lease it renews.
         self.lease = Lease(lease_client or client, keys, self.node, config.lease_seconds)
@@ -221,24 +236,31 @@ class BeatEngine:
         return False
 
     def _dispatch_batch(self, token: str, due: Sequence[tuple[str, float]], now: float) -> bool:
-        companies = list(dict.fromkeys(entry.rpartition(":")[0] for entry, _ in due))
-        project_level = [e for e, _ in due if e.endswith((":job_costs", ":payments"))]
+        entries: list[tuple[str, float, str, SyncKind]] = []
+        for entry, score in due:
+            try:
+                company, kind = split_member(entry)
+            except ValueError as exc:  # a malformed member must not wedge the index
+                self._drop(entry, exc)
+                continue
+            entries.append((entry, score, company, kind))
+        companies = list(dict.fromkeys(company for _, _, company, _ in entries))
+        project_level = [(e, c) for e, _, c, kind in entries if kind.project_level]
         pipe = self.client.pipeline(transaction=False)  # one round trip for everything read
         pipe.hmget(self.keys.beat_applied, companies)
-        for entry in project_level:
-            pipe.hkeys(self.keys.projects(entry.rpartition(":")[0]))
+        for _, company in project_level:
+            pipe.hkeys(self.keys.projects(company))
         replies = pipe.execute(raise_on_error=False)
         applied = {c: parse_applied(r) for c, r in zip(companies, replies[0], strict=True)}
         projects = {e: p if isinstance(p, list) else []  # wrong type: no projects to fan out to
-                    for e, p in zip(project_level, replies[1:], strict=True)}
+                    for (e, _), p in zip(project_level, replies[1:], strict=True)}
         plans = []
-        for entry, score in due:
+        for entry, score, company, _ in entries:
             try:
-                plans.append(plan_dispatch(entry, score, applied.get(entry.rpartition(":")[0]),
+                plans.append(plan_dispatch(entry, score, applied.get(company),
                                            [str(p) for p in projects.get(entry, [])], now))
-            except Exception as exc:  # a malformed member or record must not wedge the index
-                log.error("dropping malformed due entry %r: %s", entry, exc)
-                self.client.zrem(self.keys.due, entry)
+            except Exception as exc:  # a malformed record must not wedge the index either
+                self._drop(entry, exc)
         chunk: list[tuple[Dispatch, str, list[str]]] = []
         size = 0
         for d in plans:
@@ -267,6 +289,10 @@ class BeatEngine:
                          d.kind.value, slot_iso(d.slot), len(msgs),
                          slot_iso(d.next_score) if d.next_score else "-")
         return True
+
+    def _drop(self, entry: str, exc: Exception) -> None:
+        log.error("dropping malformed due entry %r: %s", entry, exc)
+        self.client.zrem(self.keys.due, entry)
 
     # --- leadership and status --------------------------------------------------------------
     def _lost(self) -> None:

@@ -19,28 +19,19 @@ import time
 import redis
 
 from config.keys import KeySpace
+from erp_sync import lua
 
 log = logging.getLogger("erp_sync.beat.lease")
 
-ACQUIRE = """
-if redis.call('set', KEYS[1], 'pending', 'NX', 'PX', ARGV[2]) then
-  local epoch = redis.call('incr', KEYS[2])
-  local token = ARGV[1] .. '|' .. epoch
-  redis.call('set', KEYS[1], token, 'PX', ARGV[2])
-  return token
-end
-return false
-"""
-RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
+
+PENDING = "pending"  # the placeholder lease_acquire.lua holds while it numbers the epoch
+
+
+def holder_node(value: object) -> str | None:
+    """The node id in a stored lease value (``"<node>|<epoch>"``), ``None`` when nobody leads."""
+    if not value or value == PENDING:
+        return None
+    return str(value).rpartition("|")[0] or None
 
 
 class Lease:
@@ -51,9 +42,9 @@ class Lease:
         self.ttl_ms = max(int(ttl * 1000), 300)
         self.token: str | None = None
         self._renewed_at = 0.0
-        self._acquire = client.register_script(ACQUIRE)
-        self._renew = client.register_script(RENEW)
-        self._release = client.register_script(RELEASE)
+        self._acquire = lua.load(client, "lease_acquire")
+        self._renew = lua.load(client, "lease_renew")
+        self._release = lua.load(client, "compare_and_delete")
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -100,10 +91,6 @@ class Lease:
         if token:
             with contextlib.suppress(redis.RedisError):  # it expires on its own anyway
                 self._release(keys=[self.keys.beat_leader], args=[token])
-
-    def holder(self) -> str | None:
-        value = self.client.get(self.keys.beat_leader)
-        return str(value) if value else None
 
     def start_renewing(self) -> None:
         """Renew in the background, independent of how long a tick takes."""

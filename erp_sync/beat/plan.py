@@ -21,7 +21,10 @@ def member(company: str, kind: SyncKind) -> str:
 
 
 def split_member(value: str) -> tuple[str, SyncKind]:
+    """(company, kind) of a due-index member; ``ValueError`` for anything ``member`` never made."""
     company, _, kind = value.rpartition(SEP)
+    if not company:
+        raise ValueError(f"not a due-index member: {value!r}")
     return company, SyncKind(kind)
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import click
 import redis
 
-from config.redis_client import redact
 from erp_sync.cli.context import Ctx
 from erp_sync.errors import ErpSyncError
+from erp_sync.redis_client import redact
 
 
 class Cli(click.Group):

@@ -20,12 +20,6 @@ from erp_sync.slots import TASK_NAMES, queue_for, slot_iso
 from erp_sync.status import fleet_status
 
 
-def describe(cadence_key: str) -> str:
-    if cadence_key.startswith("daily@"):
-        return f"daily ({cadence_key.removeprefix('daily@')} local time)"
-    return f"every {float(cadence_key.removeprefix('every:')):g}s"
-
-
 @click.command("schedule")
 @click.argument("company_id", metavar="COMPANY")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -50,7 +44,7 @@ def schedule(ctx: Ctx, company_id: str, as_json: bool) -> None:
         nxt = float(score) if live else slot_after(cadence, company_id, kind, now)
         entries.append({
             "kind": kind.value, "task": TASK_NAMES[kind], "queue": queue_for(kind),
-            "cadence": describe(cadence.key), "next_run": slot_iso(nxt),
+            "cadence": cadence.describe(), "next_run": slot_iso(nxt),
             "in_seconds": round(max(0.0, nxt - now), 1), "source": "beat" if live else "computed",
             "projects": projects if kind.project_level else None,
         })

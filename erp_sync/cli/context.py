@@ -11,14 +11,17 @@ import redis
 
 from config.env import Settings, get_settings
 from config.keys import KeySpace
-from config.redis_client import connect
-from config.store import SettingsStore
+from erp_sync.publish import CeleryPublisher, Publisher
+from erp_sync.redis_client import connect
+from erp_sync.store import SettingsStore
 
 
 @dataclass
 class Ctx:
     _client: redis.Redis | None = field(default=None, repr=False)
     _opened: bool = field(default=False, repr=False)
+    # How sync-now enqueues; tests pass their own. Built on first use, closed with the context.
+    _publisher: Publisher | None = field(default=None, repr=False)
 
     @property
     def env(self) -> Settings:
@@ -35,11 +38,20 @@ class Ctx:
             self._opened = True
         return self._client
 
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = CeleryPublisher(self.env)
+        return self._publisher
+
     def close(self) -> None:
         """Close the connection this context opened (a client passed in belongs to the caller)."""
         if self._opened and self._client is not None:
             self._client.close()
             self._client, self._opened = None, False
+        if isinstance(self._publisher, CeleryPublisher):
+            self._publisher.close()
+            self._publisher = None
 
     @property
     def store(self) -> SettingsStore:

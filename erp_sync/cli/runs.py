@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from typing import Any
 
 import click
 
@@ -20,27 +19,15 @@ from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
 from erp_sync.cli.sandbox_cmd import sandbox
 from erp_sync.connectors import connector_for
 from erp_sync.connectors.sandbox_data import SandboxData
-from erp_sync.errors import AlreadyExists, InvalidInput, NotFound, RedisUnavailable
+from erp_sync.errors import AlreadyExists, InvalidInput, NotFound
 from erp_sync.history import History
 from erp_sync.ratelimit import DEFAULT_LIMITS, Throttled, TokenBucket, limit_for, set_limit
 from erp_sync.slots import TASK_NAMES, queue_for, task_kwargs
-from erp_sync.sync import reconcile as reconcile_kind
+from erp_sync.syncs import reconcile as reconcile_kind
 
 DEMO_ERPS = (Erp.QUICKBOOKS_ONLINE, Erp.SAGE_300_CRE, Erp.VIEWPOINT_VISTA, Erp.XERO, Erp.CMIC,
              Erp.NETSUITE, Erp.VIEWPOINT_SPECTRUM, Erp.ACUMATICA)
 DEMO_VENDORS = (300, 1200, 2500, 600, 150, 4000, 900, 450)
-
-
-def enqueue(name: str, kwargs: dict[str, Any], task_id: str, queue: str) -> None:
-    """Publish one sync task (tests replace this to run without a broker)."""
-    from kombu.exceptions import OperationalError
-
-    from worker import app
-
-    try:
-        app.send_task(name, kwargs=kwargs, task_id=task_id, queue=queue)
-    except OperationalError as exc:
-        raise RedisUnavailable(f"cannot publish to the broker: {exc}") from None
 
 
 @click.command("history")
@@ -95,8 +82,8 @@ def sync_now(ctx: Ctx, company_id: str, kind: str, actor: str, project: str | No
     now = time.time()
     for target in targets:
         task_id = f"manual:{company_id}:{kind}:{target or '-'}:{uuid.uuid4().hex[:12]}"
-        enqueue(TASK_NAMES[sync_kind], task_kwargs(company_id, sync_kind, target, now, "manual"),
-                task_id, queue_for(sync_kind))
+        kwargs = task_kwargs(company_id, sync_kind, target, now, "manual")
+        ctx.publisher.send(TASK_NAMES[sync_kind], kwargs, task_id, queue_for(sync_kind))
         click.echo(f"queued {kind} for {company_id}{f' project {target}' if target else ''}: "
                    f"{task_id}")
 

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from config.keys import KeySpace
+from erp_sync import lua
 from erp_sync.connectors.base import Connector, Page
 from erp_sync.connectors.sandbox_data import SandboxConfig, SandboxData, collection
 from erp_sync.errors import (
@@ -33,32 +34,6 @@ from erp_sync.errors import (
 
 CALL_LOG_CAP = 100_000
 
-# Enter one call in one round trip: log its arrival (Redis time, the one clock every worker
-# shares), read the configuration, consume one scripted fault.
-_ENTER = """
-local t = redis.call('TIME')
-redis.call('LPUSH', KEYS[3], t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
-local meta = redis.call('HMGET', KEYS[1], 'config', 'fail_next', 'seeded')
-local scripted = 0
-if (tonumber(meta[2] or '0') or 0) > 0 then
-  redis.call('HINCRBY', KEYS[1], 'fail_next', -1)
-  scripted = 1
-end
-return {meta[1] or '', scripted, meta[3] and 1 or 0, redis.call('HEXISTS', KEYS[2], ARGV[1])}
-"""
-# One page: ids with revision > after, in revision order, and their records (one round trip).
-_PAGE = """
-local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES',
-                        'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-for i = 1, #rows, 2 do
-  out[#out + 1] = rows[i + 1]
-  out[#out + 1] = redis.call('HGET', KEYS[2], rows[i]) or ''
-end
-return out
-"""
-
 
 class SandboxErp(Connector):
     """One company's sandbox ERP, backed by Redis under the deployment prefix."""
@@ -71,8 +46,8 @@ class SandboxErp(Connector):
         self.data = SandboxData(client, keys)
         self.rng = rng or random.Random()
         self.sleep = sleep
-        self._read_page = client.register_script(_PAGE)
-        self._enter_call = client.register_script(_ENTER)
+        self._read_page = lua.load(client, "sandbox_page")
+        self._enter_call = lua.load(client, "sandbox_enter")
 
     # --- the contract -----------------------------------------------------------------------
     def vendors(self, since: str | None, cursor: str | None) -> Page:
@@ -112,7 +87,7 @@ class SandboxErp(Connector):
         meta = self.keys.erp_meta(self.company)
         raw, scripted, seeded, job_known = self._enter_call(
             keys=[meta, self.keys.erp(self.company, "jobs"), self.keys.erp_calls(self.company)],
-            args=[job or "-", "", CALL_LOG_CAP])
+            args=[job or "-", CALL_LOG_CAP])
         if not seeded:
             self.data.ensure_seeded(self.company)
             raw = self.client.hget(meta, "config")

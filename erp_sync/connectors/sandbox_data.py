@@ -20,7 +20,8 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from config.keys import KeySpace
-from config.store import first_error
+from config.models import first_error
+from erp_sync import lua
 from erp_sync.connectors.base import Record
 from erp_sync.errors import InvalidInput, NotFound
 
@@ -31,12 +32,6 @@ _WORDS = ("Apex", "Summit", "Granite", "Harbor", "Keystone", "Pioneer", "Ridge",
           "Iron", "Valley", "Northern", "Atlas", "Beacon", "Liberty", "Union", "Pacific")
 _TRADES = ("Concrete", "Electric", "Plumbing", "Steel", "Drywall", "Roofing", "Glazing",
            "Mechanical", "Paving", "Excavation", "Masonry", "Painting", "Framing", "Fire")
-_ADD_RECORD = """
-local rev = redis.call('HINCRBY', KEYS[1], 'rev', 1)
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], rev, ARGV[1])
-return rev
-"""
 
 
 class SandboxConfig(BaseModel):
@@ -71,7 +66,7 @@ class SandboxData:
 
     def __init__(self, client: redis.Redis, keys: KeySpace) -> None:
         self.client, self.keys = client, keys
-        self._add = client.register_script(_ADD_RECORD)
+        self._add = lua.load(client, "sandbox_add_record")
 
     # --- configuration ----------------------------------------------------------------------
     def config(self, company: str) -> SandboxConfig:

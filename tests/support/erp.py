@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
+from config.env import Settings
 from config.keys import KeySpace
 from config.models import Erp, SyncKind
-from config.store import SettingsStore
 from erp_sync.connectors.sandbox_data import SandboxData
+from erp_sync.publish import CeleryPublisher
 from erp_sync.ratelimit import set_limit
 from erp_sync.slots import TASK_NAMES, queue_for, task_kwargs
+from erp_sync.store import SettingsStore
 
 SMALL = {"vendors": 30, "cost_codes": 12, "extra_jobs": 2, "project_cost_codes": 4,
          "costs_per_job": 25, "invoices_per_job": 6, "page_size": 10}
@@ -30,6 +34,19 @@ def small_company(client: redis.Redis, keys: KeySpace, company: str = "acme",
     return data
 
 
+class ListPublisher:
+    """Keeps what sync-now publishes instead of sending it to a broker."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, name: str, kwargs: dict[str, Any], task_id: str, queue: str) -> None:
+        self.sent.append({"name": name, "kwargs": kwargs, "task_id": task_id, "queue": queue})
+
+    def close(self) -> None:
+        pass
+
+
 class Sender:
     """Publishes sync tasks the way beat and ``sync-now`` do, on a Celery app of this test's own.
 
@@ -38,22 +55,15 @@ class Sender:
     """
 
     def __init__(self, env: dict[str, str]) -> None:
-        from celery import Celery
-
-        from config.env import Settings
-        from erp_sync.celery_config import celery_config
-
-        settings = Settings(**{k.removeprefix("ERP_SYNC_").lower(): v  # type: ignore[arg-type]
-                               for k, v in env.items()})
-        self.app = Celery("erp_sync_test", set_as_current=False)
-        self.app.config_from_object(celery_config(settings))
+        settings = Settings.model_validate({k.removeprefix("ERP_SYNC_").lower(): v
+                                            for k, v in env.items()})
+        self.publisher = CeleryPublisher(settings)
 
     def send(self, kind: SyncKind, company: str, task_id: str, project: str | None = None,
              slot_ts: float = 1_790_000_000.0, trigger: str = "schedule") -> str:
-        self.app.send_task(TASK_NAMES[kind], kwargs=task_kwargs(company, kind, project, slot_ts,
-                                                                trigger),
-                           task_id=task_id, queue=queue_for(kind))
+        self.publisher.send(TASK_NAMES[kind], task_kwargs(company, kind, project, slot_ts,
+                                                          trigger), task_id, queue_for(kind))
         return task_id
 
     def close(self) -> None:
-        self.app.close()
+        self.publisher.close()

@@ -10,7 +10,16 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
+
+
+def require_redis_server() -> None:
+    """Skip a test that needs redis-server where it is missing; in CI (``CI`` set) fail instead."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is required in CI (.ci/run installs it)")
+        pytest.skip("redis-server not installed")
 
 
 def free_port() -> int:

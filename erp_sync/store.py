@@ -13,10 +13,10 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from config.keys import KeySpace
 from config.models import (
@@ -31,6 +31,8 @@ from config.models import (
     StoredSettings,
     SyncKind,
     SyncSettings,
+    first_error,
+    parse,
 )
 from erp_sync.errors import (
     AlreadyExists,
@@ -46,27 +48,11 @@ AUDIT_CAP = 10_000
 CHANGE_STREAM_CAP = 100_000
 MAX_ATTEMPTS = 200
 
-M = TypeVar("M", bound=BaseModel)
 Mutator = Callable[[SyncSettings], Mapping[str, Any]]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def first_error(exc: ValidationError) -> str:
-    """One readable line out of a pydantic error: the field and what was wrong."""
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"])
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"{field}: {msg}" if field else msg
-
-
-def parse(model: type[M], raw: str | bytes, what: str) -> M:
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        raise CorruptRecord(f"stored {what} is corrupt ({first_error(exc)})") from None
 
 
 class SettingsStore:

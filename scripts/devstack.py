@@ -71,7 +71,7 @@ def demo_payments_hourly(url: str, prefix: str) -> None:
     """Payments default to daily; in the demo they run hourly so all four syncs show up soon."""
     from config.keys import KeySpace
     from config.models import CAPABILITIES, SyncKind
-    from config.store import SettingsStore
+    from erp_sync.store import SettingsStore
 
     store = SettingsStore(redis.Redis.from_url(url, decode_responses=True), KeySpace(prefix))
     for company in store.list_companies():

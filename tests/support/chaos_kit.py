@@ -1,4 +1,4 @@
-"""The harness of bench/chaos.py: a private Redis with processes on it; readers of what happened.
+"""The chaos scenarios' harness: a private Redis with processes on it; readers of what happened.
 
 ``Stack`` is one scenario's redis-server (AOF, ``appendfsync always``), key prefix and the
 ``celery beat`` / ``celery worker`` processes started on them (all stopped, and Redis killed, on
@@ -12,7 +12,6 @@ import contextlib
 import json
 import re
 import signal
-import sys
 import time
 import uuid
 from collections import Counter
@@ -20,22 +19,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import redis
 
-import redis  # noqa: E402
-
-from config.keys import KeySpace  # noqa: E402
-from config.models import SyncKind  # noqa: E402
-from config.store import SettingsStore  # noqa: E402
-from erp_sync.connectors.sandbox import SandboxErp  # noqa: E402
-from erp_sync.history import RunRecord  # noqa: E402
-from erp_sync.schedule import cadences, slot_after  # noqa: E402
-from erp_sync.slots import task_id  # noqa: E402
-from erp_sync.sync import reconcile  # noqa: E402
-from tests.support import procs  # noqa: E402
-from tests.support.erp import small_company  # noqa: E402
-from tests.support.redisproc import RedisServer  # noqa: E402
+from config.keys import KeySpace
+from config.models import SyncKind
+from erp_sync.beat.engine import pid_of
+from erp_sync.beat.lease import holder_node
+from erp_sync.connectors.sandbox import SandboxErp
+from erp_sync.history import RunRecord
+from erp_sync.schedule import cadences, slot_after
+from erp_sync.slots import task_id
+from erp_sync.store import SettingsStore
+from erp_sync.syncs import reconcile
+from tests.support import procs
+from tests.support.erp import small_company
+from tests.support.redisproc import RedisServer
 
 TINY = {"vendors": 5, "cost_codes": 2, "extra_jobs": 0, "project_cost_codes": 1,
         "costs_per_job": 2, "invoices_per_job": 2, "page_size": 1000}
@@ -124,11 +122,8 @@ def stack(workdir: Path, **env: str) -> Iterator[Stack]:
 # --- reading what happened --------------------------------------------------------------------
 def leader(client: redis.Redis, keys: KeySpace) -> tuple[str, int] | None:
     """(node, pid) of the lease holder, if any."""
-    value = client.get(keys.beat_leader)
-    if not value or value == "pending":
-        return None
-    node = str(value).split("|")[0]
-    return node, int(node.split(":")[1])
+    node = holder_node(client.get(keys.beat_leader))
+    return None if node is None else (node, pid_of(node))
 
 
 def leader_changed(client: redis.Redis, keys: KeySpace, old: str) -> bool:

@@ -1,0 +1,21 @@
+-- Finish a run: save its final record, mark its task id executed and release its lock if it is
+-- still ours, atomically (never a marker without its record, nor a finished run holding a lock).
+-- KEYS[1]  the company's run records (HASH run id -> RunRecord JSON)
+-- KEYS[2]  the company's history (LIST of run ids, newest first)
+-- KEYS[3]  the task id's executed marker (STRING, with a TTL)
+-- KEYS[4]  the run lock of (company, kind, project)
+-- KEYS[5]  the fleet's last finished run per "<status>:<kind>" (HASH)
+-- ARGV[1]  the task id
+-- ARGV[2]  the final record (JSON)
+-- ARGV[3]  the history cap
+-- ARGV[4]  the marker's value (the final status)
+-- ARGV[5]  the marker's TTL in milliseconds
+-- ARGV[6]  the "<status>:<kind>" field of KEYS[5]
+-- ARGV[7]  the last-run summary (JSON)
+-- Returns 1.
+--#include _save_run
+save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+redis.call('HSET', KEYS[5], ARGV[6], ARGV[7])
+return 1

@@ -1,0 +1,160 @@
+"""Every Lua script: its header names what it uses, and it does what the header says on a real
+redis-server (fakeredis emulates Lua, so it alone proves nothing about the real interpreter)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import redis
+
+from config.keys import KeySpace
+from erp_sync import lua
+
+pytestmark = pytest.mark.integration
+
+
+def _header_and_body(name: str) -> tuple[str, str]:
+    lines = lua.source(name).splitlines()
+    n = next(i for i, line in enumerate(lines) if not line.startswith("--"))
+    return "\n".join(lines[:n]), "\n".join(line for line in lines[n:]
+                                            if not line.lstrip().startswith("--"))
+
+
+@pytest.mark.parametrize("name", lua.names())
+def test_every_key_and_argument_a_script_uses_is_named_in_its_header(name: str) -> None:
+    header, body = _header_and_body(name)
+    assert header.splitlines()[0].startswith("-- "), f"{name}.lua has no opening line"
+    for kind in ("KEYS", "ARGV"):
+        for index in sorted(set(re.findall(rf"{kind}\[(\d+)\]", body))):
+            assert f"-- {kind}[{index}]" in header, f"{name}.lua: {kind}[{index}] unnamed"
+        if f"{kind}[" in body:
+            assert f"-- {kind}" in header, f"{name}.lua: {kind} used but not described"
+    assert "Returns" in header, f"{name}.lua does not say what it returns"
+
+
+def test_includes_expand_and_only_shared_functions_are_left_out_of_the_scripts() -> None:
+    assert "local function save" in lua.source("run_start")
+    assert "--#include" not in lua.source("run_finish")
+    assert "_save_run" not in lua.names()
+
+
+@pytest.fixture
+def r(real: redis.Redis) -> redis.Redis:
+    return real
+
+
+def test_lease_scripts_take_renew_and_release_only_for_the_holder(r: redis.Redis,
+                                                                   keys: KeySpace) -> None:
+    acquire, renew = lua.load(r, "lease_acquire"), lua.load(r, "lease_renew")
+    release = lua.load(r, "compare_and_delete")
+    token = acquire(keys=[keys.beat_leader, keys.beat_epoch], args=["a", 5000])
+    assert token == "a|1"
+    assert acquire(keys=[keys.beat_leader, keys.beat_epoch], args=["b", 5000]) is None
+    assert renew(keys=[keys.beat_leader], args=["b|2", 5000]) == 0
+    assert renew(keys=[keys.beat_leader], args=[token, 9000]) == 1
+    assert r.pttl(keys.beat_leader) > 5000
+    assert release(keys=[keys.beat_leader], args=["b|2"]) == 0
+    assert release(keys=[keys.beat_leader], args=[token]) == 1
+    assert acquire(keys=[keys.beat_leader, keys.beat_epoch], args=["b", 5000]) == "b|2"
+
+
+def _leader(r: redis.Redis, keys: KeySpace) -> str:
+    return str(lua.load(r, "lease_acquire")(keys=[keys.beat_leader, keys.beat_epoch],
+                                            args=["n", 5000]))
+
+
+def test_due_apply_is_fenced_and_applies_rem_nx_and_set(r: redis.Redis, keys: KeySpace) -> None:
+    token = _leader(r, keys)
+    apply = lua.load(r, "due_apply")
+    r.zadd(keys.due, {"acme:vendors": 10.0, "acme:jobs": 20.0, "acme:payments": 30.0})
+    ks = [keys.beat_leader, keys.due, keys.beat_applied, keys.beat_cursor, keys.beat_stats]
+    plan = ["acme", '{"v": 2}', keys.applied_channel("acme"), 2, 3,
+            "nx", "acme:vendors", 99.0, "set", "acme:jobs", 99.0, "rem", "acme:payments", 0]
+    assert apply(keys=ks, args=["someone|9", "5-0", 1, *plan]) == -1
+    assert r.zcard(keys.due) == 3 and r.get(keys.beat_cursor) is None
+    assert apply(keys=ks, args=[token, "5-0", 1, *plan]) == 1
+    assert r.zrange(keys.due, 0, -1, withscores=True) == [("acme:vendors", 10.0),
+                                                         ("acme:jobs", 99.0)]
+    assert r.hget(keys.beat_applied, "acme") == '{"v": 2}'
+    assert r.get(keys.beat_cursor) == "5-0"
+    assert apply(keys=ks, args=[token, "", 1, "acme", "", "c", 3, 0]) == 1
+    assert r.hget(keys.beat_applied, "acme") is None and r.get(keys.beat_cursor) == "5-0"
+
+
+def test_due_dispatch_advances_and_queues_together_and_skips_moved_entries(
+        r: redis.Redis, keys: KeySpace) -> None:
+    token = _leader(r, keys)
+    dispatch = lua.load(r, "due_dispatch")
+    r.zadd(keys.due, {"a:vendors": 10.0, "b:vendors": 10.0, "c:vendors": 10.0})
+    ks = [keys.beat_leader, keys.due, keys.beat_stats]
+    q = keys.queue("company")
+    batch = [2, "a:vendors", 10.0, 20.0, q, 1, "m-a", "b:vendors", 7.0, 20.0, q, 1, "m-b"]
+    assert dispatch(keys=ks, args=["x|1", *batch]) == -1
+    assert r.llen(q) == 0
+    assert dispatch(keys=ks, args=[token, *batch]) == 1  # b's score moved: left alone
+    assert r.lrange(q, 0, -1) == ["m-a"]
+    assert r.zscore(keys.due, "a:vendors") == 20.0 and r.zscore(keys.due, "b:vendors") == 10.0
+    assert dispatch(keys=ks, args=[token, 1, "c:vendors", 10.0, "", q, 0]) == 1
+    assert r.zscore(keys.due, "c:vendors") is None
+    assert r.hgetall(keys.beat_stats) == {"slots": "2", "messages": "1"}
+
+
+def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis,
+                                                            keys: KeySpace) -> None:
+    start, finish = lua.load(r, "run_start"), lua.load(r, "run_finish")
+    save, facts = lua.load(r, "history_save"), lua.load(r, "run_facts")
+    lock, runs, hist = keys.run_lock("acme", "vendors", None), keys.runs("acme"), \
+        keys.history("acme")
+    assert start(keys=[lock, runs, hist], args=["t1", 60_000, '{"s": "running"}', 2]) == 1
+    assert start(keys=[lock, runs, hist], args=["t2", 60_000, "{}", 2]) == "t1"
+    assert start(keys=[lock, runs, hist], args=["t1", 60_000, '{"s": "running"}', 2]) == 1
+    assert finish(keys=[runs, hist, keys.executed("t1"), lock, keys.last_runs],
+                  args=["t1", '{"s": "done"}', 2, "succeeded", 60_000, "succeeded:vendors",
+                        "{}"]) == 1
+    assert r.get(lock) is None and r.get(keys.executed("t1")) == "succeeded"
+    assert r.hget(runs, "t1") == '{"s": "done"}' and r.lrange(hist, 0, -1) == ["t1"]
+    assert save(keys=[runs, hist], args=["t2", "{}", 2]) == 1
+    assert save(keys=[runs, hist], args=["t3", "{}", 2]) == 1
+    assert r.lrange(hist, 0, -1) == ["t3", "t2"] and r.hget(runs, "t1") is None
+    r.set(keys.company("acme"), "C")
+    r.hset(keys.projects("acme"), "p1", "{}")
+    r.hset(keys.rate_limit_overrides, "xero", "L")
+    got = facts(keys=[keys.executed("t1"), runs, keys.company("acme"), keys.settings("acme"),
+                      keys.projects("acme"), keys.rate_limit_overrides,
+                      keys.cursor("acme", "vendors", None)], args=["t2", "p1"])
+    assert got == [1, "{}", "C", "", 1, ["xero", "L"], ""]
+
+
+def test_ratelimit_take_grants_the_burst_then_reserves_then_refuses(r: redis.Redis,
+                                                                    keys: KeySpace) -> None:
+    take = lua.load(r, "ratelimit_take")
+    key = keys.rate_limit("acme")
+    grants = [take(keys=[key], args=[1, 2, 1.5]) for _ in range(4)]
+    assert [g[0] for g in grants] == [1, 1, 1, 0]
+    assert float(grants[0][1]) == 0 and 0.9 < float(grants[2][1]) <= 1.0
+    assert float(grants[3][1]) > 1.5
+
+
+def test_procore_upsert_writes_only_what_changed(r: redis.Redis, keys: KeySpace) -> None:
+    upsert = lua.load(r, "procore_upsert")
+    key = keys.procore("acme", "vendors")
+    assert upsert(keys=[key], args=["1", "a", "2", "b"]) == [2, 0, 0]
+    assert upsert(keys=[key], args=["1", "a", "2", "B", "3", "c"]) == [1, 1, 1]
+
+
+def test_sandbox_scripts_add_page_and_enter_calls(r: redis.Redis, keys: KeySpace) -> None:
+    add, page = lua.load(r, "sandbox_add_record"), lua.load(r, "sandbox_page")
+    enter = lua.load(r, "sandbox_enter")
+    meta, jobs, idx = keys.erp_meta("acme"), keys.erp("acme", "jobs"), \
+        keys.erp_index("acme", "jobs")
+    assert [add(keys=[meta, jobs, idx], args=[i, json.dumps({"id": i})])
+            for i in ("J1", "J2", "J1")] == [1, 2, 3]
+    assert page(keys=[idx, jobs], args=[1, 10]) == ["2", '{"id": "J2"}', "3", '{"id": "J1"}']
+    r.hset(meta, mapping={"config": "{}", "fail_next": 1})
+    calls = keys.erp_calls("acme")
+    assert enter(keys=[meta, jobs, calls], args=["J1", 2]) == ["{}", 1, 0, 1]
+    assert enter(keys=[meta, jobs, calls], args=["nope", 2]) == ["{}", 0, 0, 0]
+    enter(keys=[meta, jobs, calls], args=["-", 2])
+    assert r.llen(calls) == 2
