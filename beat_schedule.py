@@ -33,7 +33,8 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         super().__init__(app, *args, **kwargs)
 
     def setup_schedule(self) -> None:
-        # Nothing static to install: every entry comes from Redis.
+        # Celery installs app.conf.beat_schedule here; the engine sends those entries itself,
+        # under the leader lease (erp_sync/beat/static.py), so nothing is kept locally.
         self.data: dict[str, Any] = {}
         env = get_settings()
         if env.effective_broker_url != env.redis_url:

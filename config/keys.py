@@ -70,12 +70,12 @@ class KeySpace:
 
     @property
     def beat_applied(self) -> str:
-        """HASH company -> what beat last applied (JSON: version and the active periods)."""
+        """HASH company -> what beat last applied (JSON: version and each sync's cadence key)."""
         return self._k("beat", "applied")
 
     @property
     def beat_leader(self) -> str:
-        """STRING ``node epoch`` with a TTL: the leader lease."""
+        """STRING ``<node>|<epoch>`` with a TTL: the leader lease (``Lease`` reads and writes it)."""
         return self._k("beat", "leader")
 
     @property
@@ -90,8 +90,13 @@ class KeySpace:
 
     @property
     def beat_nodes(self) -> str:
-        """HASH node -> heartbeat (JSON: role, last tick, backlog)."""
+        """HASH node -> heartbeat (JSON: role, last tick, pid, host)."""
         return self._k("beat", "nodes")
+
+    @property
+    def beat_static(self) -> str:
+        """HASH entry name -> last run (epoch seconds) of the app's own ``beat_schedule`` entries."""
+        return self._k("beat", "static")
 
     @property
     def beat_stats(self) -> str:

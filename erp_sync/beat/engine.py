@@ -38,6 +38,7 @@ from erp_sync.beat.plan import (
     split_member,
 )
 from erp_sync.beat.publisher import MessageFactory
+from erp_sync.beat.static import StaticSchedule, read_entries
 from erp_sync.errors import CorruptRecord
 from erp_sync.slots import slot_iso
 
@@ -79,6 +80,8 @@ class BeatEngine:
         self.feed = ChangeFeed(client, keys)
         self.watcher = FeedWatcher(client, keys)
         self.messages = MessageFactory(app, keys, origin=f"beat@{self.node}")
+        self.static = StaticSchedule(client, keys, read_entries(app, clock), self.messages, clock)
+        self._static_wait: float | None = None  # seconds until a static entry is due
         self.cursor: str | None = None
         self._reported: set[tuple[str, int]] = set()
         self._heartbeat_at = 0.0
@@ -101,6 +104,7 @@ class BeatEngine:
         self.watcher.event.clear()  # cleared before reading: a later change sets it again
         self.apply_changes()
         more = self.dispatch_due()
+        self.send_static()
         self._heartbeat("leader")
         if not more and self.lease.is_leader:
             self.watcher.event.wait(self._block_for())
@@ -112,6 +116,7 @@ class BeatEngine:
             self.watcher.start()
             self._threads_started = True
             self.check_eviction_policy()
+        self.static.load()
         saved = self.feed.saved_cursor()
         if saved is None or self.feed.lost_since(saved):
             log.warning("beat %s: %s; rebuilding every company's schedule", self.node,
@@ -136,6 +141,8 @@ class BeatEngine:
         # An idle tick already peeked at the next due time; only after dispatching is it re-read.
         upcoming = self._peeked[0] if self._peeked is not None else self.index.next_due()
         until = self.config.max_block if upcoming is None else upcoming - self.clock()
+        if self._static_wait is not None:
+            until = min(until, self._static_wait)
         return max(0.0, min(self.config.max_block, until))
 
     # --- changes ----------------------------------------------------------------------------
@@ -213,6 +220,18 @@ class BeatEngine:
         return record, stored
 
     # --- dispatch ---------------------------------------------------------------------------
+    def send_static(self) -> None:
+        """Send the app's own ``beat_schedule`` entries that are due (leader only, fenced)."""
+        token = self.lease.token
+        self._static_wait = None
+        if token is None:
+            return
+        wait = self.static.tick(token)
+        if wait is not None and wait < 0:
+            self._lost()
+            return
+        self._static_wait = wait
+
     def dispatch_due(self) -> bool:
         """Dispatch due entries for up to ``budget`` seconds; True if more are still due."""
         # One read decides the common idle case (and tells _block_for how long to wait).

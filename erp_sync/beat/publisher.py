@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -30,7 +32,7 @@ class MessageFactory:
     """Builds (queue key, raw message) pairs for scheduled slots."""
 
     def __init__(self, app: Celery, keys: KeySpace, origin: str) -> None:
-        self.keys = keys
+        self.app, self.keys, self.origin = app, keys, origin
         self._headers: dict[SyncKind, dict[str, Any]] = {}
         for kind, name in TASK_NAMES.items():
             template = app.amqp.as_task_v2("template", name, args=(), kwargs={}, origin=origin)
@@ -44,20 +46,34 @@ class MessageFactory:
         tid = task_id(company, kind, project, slot_ts)
         kwargs = task_kwargs(company, kind, project, slot_ts)
         headers = {**self._headers[kind], "id": tid, "root_id": tid, "kwargsrepr": repr(kwargs)}
-        body = json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None,
-                                        "chord": None}])
-        return json.dumps({
-            "body": base64.b64encode(body.encode()).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": headers,
-            "properties": {
-                "correlation_id": tid,
-                "reply_to": "",
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue_for(kind)},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        })
+        return envelope(headers, [], kwargs, queue_for(kind))
+
+    def build_task(self, name: str, args: Sequence[Any], kwargs: dict[str, Any], tid: str,
+                   queue: str, expires: datetime | None = None) -> str:
+        """Any task's message (the app's own ``beat_schedule`` entries): headers made afresh."""
+        template = self.app.amqp.as_task_v2(tid, name, args=tuple(args), kwargs=kwargs,
+                                           origin=self.origin, expires=expires)
+        return envelope(dict(template.headers), list(args), kwargs, queue)
+
+
+def envelope(headers: dict[str, Any], args: list[Any], kwargs: dict[str, Any],
+             queue: str) -> str:
+    """The message exactly as kombu's Redis transport stores it for ``queue``."""
+    tid = headers["id"]
+    body = json.dumps([args, kwargs, {"callbacks": None, "errbacks": None, "chain": None,
+                                      "chord": None}])
+    return json.dumps({
+        "body": base64.b64encode(body.encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            "correlation_id": tid,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    })
