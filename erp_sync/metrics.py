@@ -10,7 +10,6 @@ agree. If Redis is unreachable the scrape still succeeds with ``erp_sync_up 0``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -37,36 +36,35 @@ class FleetCollector(Collector):
         yield up
         leader = GaugeMetricFamily("erp_sync_beat_leader", "1 while a beat holds the lease",
                                    labels=["node"])
-        leader.add_metric([status["leader"] or ""], 1 if status["leader"] else 0)
+        leader.add_metric([status.leader or ""], 1 if status.leader else 0)
         yield leader
         age = GaugeMetricFamily("erp_sync_beat_last_tick_age_seconds",
                                 "Seconds since each beat's last heartbeat", labels=["node", "role"])
-        for beat in status["beats"]:
-            age.add_metric([beat["node"], beat["role"]], beat["last_tick_age_s"])
+        for beat in status.beats:
+            age.add_metric([beat.node, beat.role], beat.last_tick_age_s)
         yield age
         yield GaugeMetricFamily("erp_sync_due_backlog", "Schedule entries due and not dispatched",
-                                value=status["due_backlog"])
+                                value=status.due_backlog)
         yield GaugeMetricFamily("erp_sync_schedule_entries", "Entries in the due index",
-                                value=status["entries"])
+                                value=status.entries)
         yield CounterMetricFamily("erp_sync_dispatched_slots", "Slots dispatched by beat",
-                                  value=status["dispatched_slots"])
+                                  value=status.dispatched_slots)
         yield CounterMetricFamily("erp_sync_dispatched_tasks", "Sync tasks queued by beat",
-                                  value=status["dispatched_tasks"])
+                                  value=status.dispatched_tasks)
         yield CounterMetricFamily("erp_sync_applied_changes", "Settings changes applied by beat",
-                                  value=status["applied_changes"])
+                                  value=status.applied_changes)
         queues = GaugeMetricFamily("erp_sync_queue_length", "Messages waiting per Celery queue",
                                    labels=["queue"])
-        for name, length in status["queues"].items():
+        for name, length in status.queues.items():
             queues.add_metric([name], length)
         yield queues
         last = GaugeMetricFamily("erp_sync_last_run_timestamp_seconds",
                                  "When the latest run of each sync kind finished, by outcome",
                                  labels=["kind", "status"])
-        for kind, runs in status["last_runs"].items():
+        for kind, runs in status.last_runs.items():
             for outcome, run in runs.items():
-                if run:
-                    at = datetime.fromisoformat(run["finished_at"]).timestamp()
-                    last.add_metric([kind, outcome], at)
+                if run and run.finished_at:
+                    last.add_metric([kind, outcome], run.finished_at.timestamp())
         yield last
 
 

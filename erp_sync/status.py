@@ -1,16 +1,18 @@
 """The fleet's health in one read: beats, lease, due backlog, queues, last run per sync kind.
 
 Shared by ``erp-sync status`` and the Prometheus exporter so the two can never disagree. One
-pipelined round trip whatever the fleet size (nothing here scans companies).
+pipelined round trip whatever the fleet size (nothing here scans companies). ``status --json``
+prints ``FleetStatus.model_dump(mode="json")``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from datetime import datetime
 
 import redis
+from pydantic import BaseModel, ConfigDict
 
 from config.keys import KeySpace
 from config.models import SyncKind
@@ -18,7 +20,48 @@ from erp_sync.beat.lease import holder_node
 from erp_sync.slots import COMPANY_QUEUE, PROJECT_QUEUE
 
 
-def fleet_status(client: redis.Redis, keys: KeySpace, now: float | None = None) -> dict[str, Any]:
+class BeatNode(BaseModel):
+    """One beat process as its heartbeat shows it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node: str
+    role: str
+    pid: int
+    last_tick_age_s: float
+
+
+class LastRun(BaseModel):
+    """The fleet's latest finished run of one sync kind with one outcome."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    company: str
+    project: str | None = None
+    task_id: str
+    error: str | None = None
+    finished_at: datetime | None = None
+
+
+class FleetStatus(BaseModel):
+    """What ``status`` shows and the metrics export."""
+
+    model_config = ConfigDict(frozen=True)
+
+    leader: str | None
+    lease_ttl_ms: int | None
+    beats: list[BeatNode]
+    due_backlog: int
+    entries: int
+    dispatched_slots: int
+    dispatched_tasks: int
+    applied_changes: int
+    queues: dict[str, int]
+    # kind -> {"succeeded": run or None, "failed": run or None}
+    last_runs: dict[str, dict[str, LastRun | None]]
+
+
+def fleet_status(client: redis.Redis, keys: KeySpace, now: float | None = None) -> FleetStatus:
     now = time.time() if now is None else now
     pipe = client.pipeline(transaction=False)
     pipe.get(keys.beat_leader)
@@ -34,20 +77,21 @@ def fleet_status(client: redis.Redis, keys: KeySpace, now: float | None = None) 
     beats = []
     for node, raw in sorted(nodes.items()):
         beat = json.loads(raw)
-        beats.append({"node": node, "role": beat["role"], "pid": beat["pid"],
-                      "last_tick_age_s": round(now - float(beat["last_tick"]), 2)})
-    last_runs: dict[str, dict[str, Any]] = {}
-    for kind in SyncKind:
-        last_runs[kind.value] = {
-            status: json.loads(last[f"{status}:{kind.value}"])
-            if f"{status}:{kind.value}" in last else None
-            for status in ("succeeded", "failed")
-        }
-    return {"leader": holder_node(leader),
-            "lease_ttl_ms": ttl if leader else None, "beats": beats,
-            "due_backlog": backlog, "entries": entries,
-            "dispatched_slots": int(stats.get("slots", 0)),
-            "dispatched_tasks": int(stats.get("messages", 0)),
-            "applied_changes": int(stats.get("applied", 0)),
-            "queues": {COMPANY_QUEUE: q_company, PROJECT_QUEUE: q_project},
-            "last_runs": last_runs}
+        beats.append(BeatNode(node=node, role=beat["role"], pid=beat["pid"],
+                              last_tick_age_s=round(now - float(beat["last_tick"]), 2)))
+    last_runs = {
+        kind.value: {status: _last(last.get(f"{status}:{kind.value}"))
+                     for status in ("succeeded", "failed")}
+        for kind in SyncKind
+    }
+    return FleetStatus(
+        leader=holder_node(leader), lease_ttl_ms=ttl if leader else None, beats=beats,
+        due_backlog=backlog, entries=entries,
+        dispatched_slots=int(stats.get("slots", 0)),
+        dispatched_tasks=int(stats.get("messages", 0)),
+        applied_changes=int(stats.get("applied", 0)),
+        queues={COMPANY_QUEUE: q_company, PROJECT_QUEUE: q_project}, last_runs=last_runs)
+
+
+def _last(raw: str | None) -> LastRun | None:
+    return LastRun.model_validate_json(raw) if raw else None

@@ -11,13 +11,17 @@ from typing import Any
 
 import click
 
+from config.models import TOGGLES
 from erp_sync.applied import Applied
 from erp_sync.beat.index import DueIndex
 from erp_sync.beat.plan import member
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
 from erp_sync.schedule import cadences, slot_after
 from erp_sync.slots import TASK_NAMES, queue_for, slot_iso
-from erp_sync.status import fleet_status
+from erp_sync.status import LastRun, fleet_status
+
+# The setting that switches each sync on (what `settings show` and `settings set` call it).
+SETTING_OF = {kind.value: setting for setting, kind in TOGGLES.items()}
 
 
 @click.command("schedule")
@@ -55,12 +59,18 @@ def schedule(ctx: Ctx, company_id: str, as_json: bool) -> None:
         return
     click.echo(f"{company_id} ({company.erp.value}): settings version {stored.version}, "
                f"applied by beat: {out['applied_version'] or 'not yet'}")
-    table([[e["kind"], e["cadence"], e["next_run"], f"{e['in_seconds']}s",
-            e["source"], "" if e["projects"] is None else f"{len(e['projects'])} projects"]
-           for e in entries], ["SYNC", "CADENCE", "NEXT RUN (UTC)", "IN", "SOURCE", "FAN-OUT"])
+    table([[e["kind"], SETTING_OF[e["kind"]], e["cadence"], e["next_run"], f"{e['in_seconds']}s",
+            e["source"], _fan_out(e["projects"])] for e in entries],
+          ["SYNC", "SETTING", "CADENCE", "NEXT RUN (UTC)", "IN", "SOURCE", "FAN-OUT"])
     if any(e["source"] == "computed" for e in entries):
         click.echo("note: 'computed' rows are what the settings imply; no beat has applied them "
                    "yet (is a beat running?)", err=True)
+
+
+def _fan_out(projects: list[str] | None) -> str:
+    if projects is None:
+        return ""
+    return f"{len(projects)} project{'' if len(projects) == 1 else 's'}"
 
 
 @click.command("status")
@@ -70,26 +80,26 @@ def status(ctx: Ctx, as_json: bool) -> None:
     """The leading beat, each beat's last tick age, due backlog, queues, last run per sync."""
     out = fleet_status(ctx.client, ctx.keys)
     if as_json:
-        echo_json(out)
+        echo_json(out.model_dump(mode="json"))
         return
-    click.echo(f"leader: {out['leader'] or 'NONE (no beat is leading: nothing is dispatched)'}")
-    table([[b["node"], b["role"], str(b["pid"]), f"{b['last_tick_age_s']}s"]
-           for b in out["beats"]], ["BEAT", "ROLE", "PID", "LAST TICK"])
-    click.echo(f"entries: {out['entries']}  due now (backlog): {out['due_backlog']}  "
-               f"dispatched: {out['dispatched_slots']} slots / {out['dispatched_tasks']} tasks")
-    click.echo("queues: " + ", ".join(f"{q}={n}" for q, n in out["queues"].items()))
+    click.echo(f"leader: {out.leader or 'NONE (no beat is leading: nothing is dispatched)'}")
+    table([[b.node, b.role, str(b.pid), f"{b.last_tick_age_s}s"] for b in out.beats],
+          ["BEAT", "ROLE", "PID", "LAST TICK"])
+    click.echo(f"entries: {out.entries}  due now (backlog): {out.due_backlog}  "
+               f"dispatched: {out.dispatched_slots} slots / {out.dispatched_tasks} tasks")
+    click.echo("queues: " + ", ".join(f"{q}={n}" for q, n in out.queues.items()))
     rows = []
-    for kind, last in out["last_runs"].items():
+    for kind, last in out.last_runs.items():
         ok, bad = last["succeeded"], last["failed"]
-        rows.append([kind, _when(ok), _when(bad), (bad or {}).get("error") or ""])
+        rows.append([kind, _when(ok), _when(bad), bad.error or "" if bad else ""])
     table(rows, ["SYNC", "LAST SUCCESS", "LAST FAILURE", "LAST ERROR"])
 
 
-def _when(run: dict[str, Any] | None) -> str:
+def _when(run: LastRun | None) -> str:
     if not run:
         return "-"
-    where = run["company"] + (f"/{run['project']}" if run.get("project") else "")
-    return f"{run['finished_at'][:19]} ({where})"
+    where = run.company + (f"/{run.project}" if run.project else "")
+    return f"{run.finished_at:%Y-%m-%dT%H:%M:%S} ({where})" if run.finished_at else where
 
 
 COMMANDS = [schedule, status]

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from click.decorators import FC
 
-from config.models import PaymentsFrequency, StoredSettings
+from config.models import TOGGLES, PaymentsFrequency, StoredSettings, SyncKind
 from erp_sync.applied import AppliedWaiter
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
 
@@ -23,9 +23,13 @@ def settings_json(stored: StoredSettings, erp: str) -> dict[str, Any]:
 def print_settings(stored: StoredSettings, erp: str) -> None:
     click.echo(f"{stored.company} ({erp}) settings version {stored.version}, "
                f"updated {stored.updated_at:%Y-%m-%d %H:%M:%S} UTC by {stored.updated_by}")
+    rows = []
     for name, value in stored.settings.model_dump(mode="json").items():
         shown = ("on" if value else "off") if isinstance(value, bool) else value
-        click.echo(f"  {name:<36} {shown}")
+        # The sync kind names what `schedule`, `history` and `sync-now` call the same sync.
+        kind = TOGGLES[name].value if name in TOGGLES else f"{SyncKind.PAYMENTS.value} frequency"
+        rows.append([name, str(shown), kind])
+    table(rows, ["SETTING", "VALUE", "SYNC"])
 
 
 @click.group()
