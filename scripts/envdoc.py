@@ -1,6 +1,7 @@
 """The README's environment table, generated from the settings model so the two cannot drift.
 
-``python -m erp_sync.envdoc`` prints it; a test checks the README holds exactly this table.
+``.venv/bin/python scripts/envdoc.py`` prints it; tests/test_docs.py checks that the README holds
+exactly this table. Documentation tooling, so it lives with the scripts, not in the package.
 """
 
 from __future__ import annotations
