@@ -37,6 +37,14 @@ def task_id(company: str, kind: SyncKind, project: str | None, slot_ts: float) -
     return f"sync:{company}:{kind.value}:{project or '-'}:{int(slot_ts)}"
 
 
+def parse_task_id(value: str) -> tuple[str, SyncKind, str | None, int]:
+    """(company, kind, project or None, slot epoch seconds) of an id made by ``task_id``."""
+    head, company, kind, project, slot = value.split(":")
+    if head != "sync":
+        raise ValueError(f"not a scheduled slot's task id: {value!r}")
+    return company, SyncKind(kind), None if project == "-" else project, int(slot)
+
+
 def task_kwargs(company: str, kind: SyncKind, project: str | None, slot_ts: float,
                 trigger: str = "schedule") -> dict[str, Any]:
     """Keyword arguments of a sync task; project-level tasks also get ``project``."""
