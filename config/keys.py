@@ -99,6 +99,11 @@ class KeySpace:
         return self._k("beat", "static")
 
     @property
+    def beat_slots(self) -> str:
+        """HASH ``company:kind`` -> the last slot time dispatched (slots only ever increase)."""
+        return self._k("beat", "slots")
+
+    @property
     def beat_stats(self) -> str:
         """HASH of counters (dispatched slots, messages, applied changes)."""
         return self._k("beat", "stats")

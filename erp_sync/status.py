@@ -1,14 +1,13 @@
 """The fleet's health in one read: beats, lease, due backlog, queues, last run per sync kind.
 
-Shared by ``erp-sync status`` and the Prometheus exporter so the two can never disagree. One
-pipelined round trip whatever the fleet size (nothing here scans companies). ``status --json``
-prints ``FleetStatus.model_dump(mode="json")``.
+Shared by ``erp-sync status`` and the Prometheus exporter so the two can never disagree. Two
+round trips whatever the fleet size (Redis time, then one pipeline; nothing here scans
+companies). ``status --json`` prints ``FleetStatus.model_dump(mode="json")``.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 
 import redis
@@ -61,8 +60,10 @@ class FleetStatus(BaseModel):
     last_runs: dict[str, dict[str, LastRun | None]]
 
 
-def fleet_status(client: redis.Redis, keys: KeySpace, now: float | None = None) -> FleetStatus:
-    now = time.time() if now is None else now
+def fleet_status(client: redis.Redis, keys: KeySpace) -> FleetStatus:
+    """Everything in one round trip; ages and the backlog are measured on Redis time."""
+    seconds, micros = client.time()  # the one clock (heartbeats are written in it too)
+    now = seconds + micros / 1_000_000
     pipe = client.pipeline(transaction=False)
     pipe.get(keys.beat_leader)
     pipe.pttl(keys.beat_leader)

@@ -88,17 +88,35 @@ def test_due_dispatch_advances_and_queues_together_and_skips_moved_entries(
     token = _leader(r, keys)
     dispatch = lua.load(r, "due_dispatch")
     r.zadd(keys.due, {"a:vendors": 10.0, "b:vendors": 10.0, "c:vendors": 10.0})
-    ks = [keys.beat_leader, keys.due, keys.beat_stats]
+    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots]
     q = keys.queue("company")
-    batch = [2, "a:vendors", 10.0, 20.0, q, 1, "m-a", "b:vendors", 7.0, 20.0, q, 1, "m-b"]
+    batch = [2, "a:vendors", 10.0, 10.0, 20.0, q, 1, "m-a",
+             "b:vendors", 7.0, 7.0, 20.0, q, 1, "m-b"]
     assert dispatch(keys=ks, args=["x|1", *batch]) == -1
     assert r.llen(q) == 0
-    assert dispatch(keys=ks, args=[token, *batch]) == 1  # b's score moved: left alone
+    assert dispatch(keys=ks, args=[token, *batch]) == "dm"  # b's score moved: left alone
     assert r.lrange(q, 0, -1) == ["m-a"]
     assert r.zscore(keys.due, "a:vendors") == 20.0 and r.zscore(keys.due, "b:vendors") == 10.0
-    assert dispatch(keys=ks, args=[token, 1, "c:vendors", 10.0, "", q, 0]) == 1
+    assert r.hget(keys.beat_slots, "a:vendors") == "10.0"
+    assert dispatch(keys=ks, args=[token, 1, "c:vendors", 10.0, 10.0, "", q, 0]) == "d"
     assert r.zscore(keys.due, "c:vendors") is None
     assert r.hgetall(keys.beat_stats) == {"slots": "2", "messages": "1"}
+
+
+def test_due_dispatch_never_sends_a_slot_at_or_before_the_last_one_dispatched(
+        r: redis.Redis, keys: KeySpace) -> None:
+    token = _leader(r, keys)
+    dispatch = lua.load(r, "due_dispatch")
+    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots]
+    q = keys.queue("company")
+    r.zadd(keys.due, {"a:vendors": 10.0})
+    assert dispatch(keys=ks, args=[token, 1, "a:vendors", 10.0, 10.0, 20.0, q, 1, "m1"]) == "d"
+    r.zadd(keys.due, {"a:vendors": 10.0})  # a wrong clock or lost state re-times it backwards
+    assert dispatch(keys=ks, args=[token, 1, "a:vendors", 10.0, 10.0, 20.0, q, 1, "m2"]) == "s"
+    assert r.lrange(q, 0, -1) == ["m1"] and r.zscore(keys.due, "a:vendors") == 20.0
+    assert dispatch(keys=ks, args=[token, 1, "a:vendors", 20.0, 20.0, 30.0, q, 1, "m3"]) == "d"
+    assert r.lrange(q, 0, -1) == ["m3", "m1"]
+    assert r.hget(keys.beat_stats, "stale_slots") == "1"
 
 
 def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis,

@@ -39,6 +39,7 @@ from erp_sync.beat.plan import (
 )
 from erp_sync.beat.publisher import MessageFactory
 from erp_sync.beat.static import StaticSchedule, read_entries
+from erp_sync.clock import RedisClock
 from erp_sync.errors import CorruptRecord
 from erp_sync.slots import slot_iso
 
@@ -69,9 +70,11 @@ class EngineConfig:
 
 class BeatEngine:
     def __init__(self, app: Celery, client: redis.Redis, keys: KeySpace, config: EngineConfig,
-                 clock: Callable[[], float] = time.time, node: str | None = None,
+                 clock: Callable[[], float] | None = None, node: str | None = None,
                  lease_client: redis.Redis | None = None) -> None:
-        self.client, self.keys, self.config, self.clock = client, keys, config, clock
+        self.client, self.keys, self.config = client, keys, config
+        # Redis server time unless a test hands in its own clock (DESIGN: one clock).
+        self.clock: Callable[[], float] = clock or RedisClock(client)
         self.node = node or new_node_id()
         # The lease may have a client of its own with a short socket timeout: a renewal stuck
         # on a half-open connection must fail fast, not outlive the lease it renews.
@@ -80,7 +83,8 @@ class BeatEngine:
         self.feed = ChangeFeed(client, keys)
         self.watcher = FeedWatcher(client, keys)
         self.messages = MessageFactory(app, keys, origin=f"beat@{self.node}")
-        self.static = StaticSchedule(client, keys, read_entries(app, clock), self.messages, clock)
+        self.static = StaticSchedule(client, keys, read_entries(app, self.clock),
+                                     self.messages, self.clock)
         self._static_wait: float | None = None  # seconds until a static entry is due
         self.cursor: str | None = None
         self._reported: set[tuple[str, int]] = set()
@@ -91,6 +95,8 @@ class BeatEngine:
     # --- the step ---------------------------------------------------------------------------
     def step(self) -> float:
         """Do one round of work; return how long the caller should sleep before the next."""
+        if isinstance(self.clock, RedisClock):
+            self.clock.refresh()  # this step decides on Redis time, read now
         if not self.lease.is_leader:
             self.cursor = None
             # A stale local view (renewal replies lost) is confirmed by renewing the token we
@@ -299,11 +305,16 @@ class BeatEngine:
         return [self.messages.build(d.company, d.kind, p, d.slot) for p in targets]
 
     def _send(self, token: str, chunk: list[tuple[Dispatch, str, list[str]]]) -> bool:
-        if self.index.dispatch(token, chunk) == NOT_LEADER:
+        flags = self.index.dispatch(token, chunk)
+        if flags is None:
             self._lost()
             return False
-        if self.config.log_dispatches:
-            for d, _queue, msgs in chunk:
+        for (d, _queue, msgs), flag in zip(chunk, flags, strict=True):
+            if flag == "s":  # the invariant held: whatever computed this slot, it went once
+                log.warning("refused stale slot company=%s sync=%s slot=%s (already at or "
+                            "before the last slot dispatched); next=%s", d.company,
+                            d.kind.value, slot_iso(d.slot), slot_iso(d.next_score or 0))
+            elif flag == "d" and self.config.log_dispatches:
                 log.info("dispatched company=%s sync=%s slot=%s tasks=%d next=%s", d.company,
                          d.kind.value, slot_iso(d.slot), len(msgs),
                          slot_iso(d.next_score) if d.next_score else "-")

@@ -6,7 +6,6 @@ same Redis state beat itself uses (the due index and the heartbeats), so they ca
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import click
@@ -41,7 +40,7 @@ def schedule(ctx: Ctx, company_id: str, as_json: bool) -> None:
     for kind, _ in kinds:
         pipe.zscore(ctx.keys.due, member(company_id, kind))
     scores = pipe.execute()
-    now = time.time()
+    now = ctx.now()
     entries: list[dict[str, Any]] = []
     for (kind, cadence), score in zip(kinds, scores, strict=True):
         live = score is not None and applied is not None and applied.version == stored.version

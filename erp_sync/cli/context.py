@@ -11,6 +11,7 @@ import redis
 
 from config.env import Settings, get_settings
 from config.keys import KeySpace
+from erp_sync.clock import RedisClock
 from erp_sync.publish import CeleryPublisher, Publisher
 from erp_sync.redis_client import connect
 from erp_sync.store import SettingsStore
@@ -37,6 +38,10 @@ class Ctx:
             self._client = connect(self.env.redis_url)
             self._opened = True
         return self._client
+
+    def now(self) -> float:
+        """Redis server time (the fleet's one clock), in epoch seconds."""
+        return RedisClock(self.client).refresh()
 
     @property
     def publisher(self) -> Publisher:

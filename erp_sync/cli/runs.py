@@ -9,7 +9,6 @@ Admin stays required for changing the schedule (``settings set``).
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 
 import click
@@ -79,7 +78,7 @@ def sync_now(ctx: Ctx, company_id: str, kind: str, actor: str, project: str | No
     ctx.store.require(company_id, actor, PermissionLevel.STANDARD)
     sync_kind = SyncKind(kind)
     targets = _targets(ctx, company, sync_kind, project)
-    now = time.time()
+    now = ctx.now()
     for target in targets:
         task_id = f"manual:{company_id}:{kind}:{target or '-'}:{uuid.uuid4().hex[:12]}"
         kwargs = task_kwargs(company_id, sync_kind, target, now, "manual")
