@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
 # The main job on one machine: set up (virtualenv, project, redis-server if missing), then run
-# the whole stack with demo data (two beats, a company and a project worker, Flower). Ctrl-C stops.
+# the whole stack with demo data (two beats, a company and a project worker, Flower) through
+# scripts/devstack.py, which prints a banner once everything is ready. Ctrl-C (or SIGINT/SIGTERM
+# to this process, also when started in the background) stops everything.
+#
+# Setup runs on the first start and again when pyproject.toml or scripts/setup.sh changed (or
+# redis-server went missing), so later starts need no network; run scripts/setup.sh to force it.
+# A private Redis keeps its data and port in .run/redis, so a second start finds the same demo
+# data on the same URL. Options go to devstack.py: --run-dir DIR, --ready-timeout SECONDS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+stamp=.venv/.setup-done
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || scripts/setup.sh -nt $stamp ]] \
+    || ! command -v redis-server >/dev/null 2>&1; then
+  scripts/setup.sh
+  touch "$stamp"
+fi
 exec .venv/bin/python scripts/devstack.py "$@"
