@@ -53,6 +53,10 @@ class Settings(BaseSettings):
         3600.0, gt=0,
         description="Seconds before an unacknowledged sync is redelivered; above the hard limit.",
     )
+    change_stream_maxlen: int = Field(
+        100_000, ge=10, description="Changes kept on the change stream; a beat further behind "
+        "than this notices the trim and rebuilds every schedule.",
+    )
     settings_wait_seconds: float = Field(
         5.0, ge=0, description="How long `settings set --wait` waits for beat to apply a change."
     )

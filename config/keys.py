@@ -75,7 +75,7 @@ class KeySpace:
 
     @property
     def beat_leader(self) -> str:
-        """STRING ``<node>|<epoch>`` with a TTL: the leader lease (``Lease`` reads and writes it)."""
+        """STRING ``<node>|<epoch>`` with a TTL: the leader lease (``Lease`` owns the format)."""
         return self._k("beat", "leader")
 
     @property
@@ -95,7 +95,7 @@ class KeySpace:
 
     @property
     def beat_static(self) -> str:
-        """HASH entry name -> last run (epoch seconds) of the app's own ``beat_schedule`` entries."""
+        """HASH name -> last run (epoch seconds) of the app's own ``beat_schedule`` entries."""
         return self._k("beat", "static")
 
     @property

@@ -45,7 +45,7 @@ from erp_sync.errors import (
 )
 
 AUDIT_CAP = 10_000
-CHANGE_STREAM_CAP = 100_000
+CHANGE_STREAM_CAP = 100_000  # the default of ERP_SYNC_CHANGE_STREAM_MAXLEN
 MAX_ATTEMPTS = 200
 
 Mutator = Callable[[SyncSettings], Mapping[str, Any]]
@@ -59,11 +59,13 @@ class SettingsStore:
     """Reads and writes one deployment's schedule state; the Redis client is passed in."""
 
     def __init__(
-        self, client: redis.Redis, keys: KeySpace, clock: Callable[[], datetime] = utcnow
+        self, client: redis.Redis, keys: KeySpace, clock: Callable[[], datetime] = utcnow,
+        change_stream_maxlen: int = CHANGE_STREAM_CAP,
     ) -> None:
         self.client = client
         self.keys = keys
         self.clock = clock
+        self.change_stream_maxlen = change_stream_maxlen
 
     # --- companies --------------------------------------------------------------------------
     def add_company(
@@ -259,7 +261,9 @@ class SettingsStore:
 
     def _queue_change(self, pipe: redis.client.Pipeline, company_id: str, version: int) -> None:
         pipe.xadd(self.keys.changes, {"company": company_id, "version": str(version)},
-                  maxlen=CHANGE_STREAM_CAP, approximate=True)
+                  # Approximate trimming (whole stream nodes) is cheaper; a small cap is exact.
+                  maxlen=self.change_stream_maxlen,
+                  approximate=self.change_stream_maxlen >= 1000)
 
     def _transact(
         self, watch: list[str], write: Callable[[redis.client.Pipeline], None],

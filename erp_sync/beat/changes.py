@@ -21,6 +21,21 @@ def _id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _trimmed_past(info: dict[str, object], cursor: str) -> bool:
+    """From ``XINFO STREAM``: were entries after ``cursor`` trimmed away?
+
+    Trimming removes the oldest entries first, so entries were lost exactly when the oldest
+    remaining entry is newer than the cursor and some were ever removed (or the stream is empty
+    yet has grown past the cursor). When the cursor's own entry was the last one trimmed this
+    says "lost" needlessly; the price is one full rebuild, never a lost change.
+    """
+    first = info.get("first-entry")
+    if not first:
+        return _id(str(info["last-generated-id"])) > _id(cursor)
+    trimmed = int(str(info["entries-added"])) > int(str(info["length"]))
+    return trimmed and _id(str(first[0])) > _id(cursor)  # type: ignore[index]
+
+
 class ChangeFeed:
     def __init__(self, client: redis.Redis, keys: KeySpace) -> None:
         self.client, self.keys = client, keys
@@ -41,31 +56,33 @@ class ChangeFeed:
         return str(info["last-generated-id"]) if info else "0-0"
 
     def lost_since(self, cursor: str) -> bool:
-        """Whether entries after ``cursor`` may have been trimmed away before beat read them.
-
-        Trimming removes the oldest entries first, so entries were lost exactly when the oldest
-        remaining entry is newer than the cursor and some were ever removed (or the stream is
-        empty yet has grown past the cursor). When the cursor's own entry was the last one
-        trimmed this says "lost" needlessly; the price is one full rebuild, never a lost change.
-        """
+        """Whether entries after ``cursor`` may have been trimmed away before beat read them."""
         info = self._info()
-        if not info:
-            return False
-        first = info.get("first-entry")
-        if not first:
-            return _id(str(info["last-generated-id"])) > _id(cursor)
-        trimmed = int(str(info["entries-added"])) > int(str(info["length"]))
-        return trimmed and _id(str(first[0])) > _id(cursor)  # type: ignore[index]
+        return bool(info) and _trimmed_past(info, cursor)  # type: ignore[arg-type]
 
-    def read(self, cursor: str, count: int, block_ms: int | None) -> list[tuple[str, str]]:
-        """Up to ``count`` (id, company) after ``cursor``; waits up to ``block_ms`` for one."""
-        reply: Any = self.client.xread({self.keys.changes: cursor}, count=count,
-                                       block=block_ms if block_ms else None)
+    def read(self, cursor: str, count: int) -> tuple[list[tuple[str, str]], bool]:
+        """Up to ``count`` (id, company) after ``cursor``, and whether entries after ``cursor``
+        were trimmed before they were read (then the caller must rebuild in full).
+
+        The trim check rides in the same round trip as the read, so a leader that falls more
+        than the stream's cap behind while running notices it on its next read.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xinfo_stream(self.keys.changes)
+        pipe.xread({self.keys.changes: cursor}, count=count)
+        info, reply = pipe.execute(raise_on_error=False)
+        if isinstance(info, redis.ResponseError):  # no stream yet: nothing was ever changed
+            return [], False
+        if isinstance(info, Exception):
+            raise info
+        if isinstance(reply, Exception):
+            raise reply
+        lost = _trimmed_past(dict(info), cursor)
         if not reply:
-            return []
+            return [], lost
         # RESP2 answers [[stream, entries]], RESP3 {stream: [entries]}.
         entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
-        return [(str(i), str((fields or {}).get("company", ""))) for i, fields in entries]
+        return [(str(i), str((fields or {}).get("company", ""))) for i, fields in entries], lost
 
 
 class FeedWatcher:

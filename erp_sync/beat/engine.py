@@ -157,7 +157,13 @@ class BeatEngine:
         token, cursor = self.lease.token, self.cursor
         if token is None or cursor is None:
             return 0
-        batch = self.feed.read(cursor, self.config.change_batch, None)
+        batch, lost = self.feed.read(cursor, self.config.change_batch)
+        if lost:  # the stream was trimmed past our cursor while we ran: changes were missed
+            log.warning("beat %s: the change stream was trimmed past cursor %s (more changes "
+                        "than ERP_SYNC_CHANGE_STREAM_MAXLEN arrived while behind); rebuilding "
+                        "every company's schedule", self.node, cursor)
+            self.resync()
+            return 0
         if not batch:
             return 0
         self.apply_companies(token, dict.fromkeys(c for _, c in batch if c), batch[-1][0])

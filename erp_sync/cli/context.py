@@ -60,7 +60,8 @@ class Ctx:
 
     @property
     def store(self) -> SettingsStore:
-        return SettingsStore(self.client, self.keys)
+        return SettingsStore(self.client, self.keys,
+                             change_stream_maxlen=self.env.change_stream_maxlen)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
