@@ -54,7 +54,8 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
             self._engine = BeatEngine(
                 self.app, client, KeySpace(env.key_prefix),
                 EngineConfig(seconds_per_hour=env.seconds_per_hour,
-                             lease_seconds=env.beat_lease_seconds),
+                             lease_seconds=env.beat_lease_seconds,
+                             sweep_seconds=env.sweep_seconds),
                 lease_client=connect(env.redis_url, check=False, socket_timeout=lease_timeout,
                                      socket_connect_timeout=lease_timeout),
             )

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         100_000, ge=10, description="Changes kept on the change stream; a beat further behind "
         "than this notices the trim and rebuilds every schedule.",
     )
+    sweep_seconds: float = Field(
+        60.0, gt=0, description="Time for one full pass of the leader's schedule check over "
+        "every company (lost or corrupt schedule state is rebuilt from settings).",
+    )
     settings_wait_seconds: float = Field(
         5.0, ge=0, description="How long `settings set --wait` waits for beat to apply a change."
     )

@@ -104,8 +104,13 @@ class KeySpace:
         return self._k("beat", "slots")
 
     @property
+    def beat_sweep(self) -> str:
+        """HASH: the schedule sweep's progress (pass started, checked, repaired, last pass)."""
+        return self._k("beat", "sweep")
+
+    @property
     def beat_stats(self) -> str:
-        """HASH of counters (dispatched slots, messages, applied changes)."""
+        """HASH of counters (dispatched slots, messages, applied changes, repairs, stale slots)."""
         return self._k("beat", "stats")
 
     # --- broker ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from erp_sync.beat.plan import (
 )
 from erp_sync.beat.publisher import MessageFactory
 from erp_sync.beat.static import StaticSchedule, read_entries
+from erp_sync.beat.sweep import Sweeper
 from erp_sync.clock import RedisClock
 from erp_sync.errors import CorruptRecord
 from erp_sync.slots import slot_iso
@@ -65,6 +66,7 @@ class EngineConfig:
     budget: float = 0.05  # seconds of dispatching before the feed is checked again
     max_block: float = 1.0  # longest wait on the feed when nothing is due
     change_batch: int = 500
+    sweep_seconds: float = 60.0  # one full pass of the schedule check over every company
     log_dispatches: bool = True
 
 
@@ -86,6 +88,8 @@ class BeatEngine:
         self.static = StaticSchedule(client, keys, read_entries(app, self.clock),
                                      self.messages, self.clock)
         self._static_wait: float | None = None  # seconds until a static entry is due
+        self.sweeper = Sweeper(client, keys, self.index, self.clock, config.seconds_per_hour,
+                               config.sweep_seconds)
         self.cursor: str | None = None
         self._reported: set[tuple[str, int]] = set()
         self._heartbeat_at = 0.0
@@ -111,6 +115,9 @@ class BeatEngine:
         self.apply_changes()
         more = self.dispatch_due()
         self.send_static()
+        token = self.lease.token
+        if not more and token is not None and not self.sweeper.tick(token):
+            self._lost()  # the sweep's repair was fenced out
         self._heartbeat("leader")
         if not more and self.lease.is_leader:
             self.watcher.event.wait(self._block_for())
@@ -149,6 +156,7 @@ class BeatEngine:
         until = self.config.max_block if upcoming is None else upcoming - self.clock()
         if self._static_wait is not None:
             until = min(until, self._static_wait)
+        until = min(until, self.sweeper.next_in())
         return max(0.0, min(self.config.max_block, until))
 
     # --- changes ----------------------------------------------------------------------------
