@@ -10,20 +10,17 @@ from click.testing import CliRunner
 
 from config.keys import KeySpace
 from erp_sync.cli import cli
-from erp_sync.cli.context import Ctx
+from tests.support.cli import Invoke, invoker
 from tests.support.snapshot import snapshot
 
 
 @pytest.fixture
-def run(fake: redis.Redis, env: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    def invoke(*args: str) -> tuple[int, str, str]:
-        result = CliRunner().invoke(cli, list(args), obj=Ctx(_client=fake))
-        return result.exit_code, result.stdout, result.stderr
-    return invoke
+def run(fake: redis.Redis, env: pytest.MonkeyPatch) -> Invoke:
+    return invoker(fake)
 
 
 @pytest.fixture
-def seeded(run):  # type: ignore[no-untyped-def]
+def seeded(run: Invoke) -> Invoke:
     assert run("company", "add", "acme", "--erp", "xero", "--timezone", "Europe/London")[0] == 0
     assert run("company", "add", "stone", "--erp", "sage_100")[0] == 0
     assert run("project", "add", "acme", "p1", "--name", "Tower")[0] == 0
@@ -33,7 +30,7 @@ def seeded(run):  # type: ignore[no-untyped-def]
     return run
 
 
-def test_settings_show_json_has_the_fixed_shape(seeded) -> None:  # type: ignore[no-untyped-def]
+def test_settings_show_json_has_the_fixed_shape(seeded: Invoke) -> None:
     code, out, _ = seeded("settings", "show", "acme", "--json")
     assert code == 0
     assert json.loads(out) == {
@@ -43,7 +40,7 @@ def test_settings_show_json_has_the_fixed_shape(seeded) -> None:  # type: ignore
                      "sync_payments_for_synced_invoices": True}}
 
 
-def test_settings_set_prints_the_new_settings(seeded) -> None:  # type: ignore[no-untyped-def]
+def test_settings_set_prints_the_new_settings(seeded: Invoke) -> None:
     code, out, _ = seeded("settings", "set", "acme", "--as", "alice", "--payments-frequency",
                           "every_4_hours", "--no-refresh-jobs", "--no-wait", "--json")
     assert code == 0
@@ -56,7 +53,7 @@ def test_settings_set_prints_the_new_settings(seeded) -> None:  # type: ignore[n
                                          "refresh_erp_job_list": False}
 
 
-def test_lists_are_readable_and_json(seeded) -> None:  # type: ignore[no-untyped-def]
+def test_lists_are_readable_and_json(seeded: Invoke) -> None:
     code, out, _ = seeded("company", "list")
     assert code == 0 and "acme" in out and "Europe/London" in out
     code, out, _ = seeded("project", "list", "acme", "--json")
@@ -89,7 +86,7 @@ BAD_COMMANDS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_COMMANDS))
 def test_bad_input_gets_one_line_and_a_non_zero_exit_and_writes_nothing(
-    case: str, seeded, fake: redis.Redis, prefix: str  # type: ignore[no-untyped-def]
+    case: str, seeded: Invoke, fake: redis.Redis, prefix: str
 ) -> None:
     args, text = BAD_COMMANDS[case]
     before = snapshot(fake, prefix)
@@ -108,7 +105,7 @@ def test_bad_input_gets_one_line_and_a_non_zero_exit_and_writes_nothing(
 DENIED = {"non-admin", "unknown user"}
 
 
-def test_audit_denied_lists_refused_changes(seeded) -> None:  # type: ignore[no-untyped-def]
+def test_audit_denied_lists_refused_changes(seeded: Invoke) -> None:
     assert seeded("settings", "set", "acme", "--as", "rita", "--no-refresh-jobs")[0] == 1
     code, out, _ = seeded("audit", "acme", "--denied", "--json")
     assert code == 0
@@ -131,5 +128,5 @@ def test_redis_unreachable_names_the_url_without_the_password(
     assert "hunter2" not in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_keys_live_under_the_prefix(seeded, fake: redis.Redis, keys: KeySpace) -> None:  # type: ignore[no-untyped-def]
-    assert all(k.startswith(keys.prefix + ":") for k in fake.keys("*"))
+def test_keys_live_under_the_prefix(seeded: Invoke, fake: redis.Redis, keys: KeySpace) -> None:
+    assert all(isinstance(k, str) and k.startswith(keys.prefix + ":") for k in fake.keys("*"))

@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 import redis
-from click.testing import CliRunner
 
 from config.keys import KeySpace
 from config.models import SyncKind
-from erp_sync.cli import cli
-from erp_sync.cli.context import Ctx
 from erp_sync.runner import Delivery, Runner
+from tests.support.cli import Invoke, invoker
 from tests.support.erp import ListPublisher, small_company
 from tests.support.snapshot import snapshot
+
+Sent = list[dict[str, Any]]
 
 
 @pytest.fixture
@@ -24,24 +24,21 @@ def publisher() -> ListPublisher:
 
 
 @pytest.fixture
-def sent(publisher: ListPublisher) -> list[dict[str, Any]]:
+def sent(publisher: ListPublisher) -> Sent:
     return publisher.sent
 
 
 @pytest.fixture
-def run(fake: redis.Redis, keys: KeySpace, env: pytest.MonkeyPatch, publisher: ListPublisher):  # type: ignore[no-untyped-def]
+def run(fake: redis.Redis, keys: KeySpace, env: pytest.MonkeyPatch,
+        publisher: ListPublisher) -> Invoke:
     small_company(fake, keys, "acme", projects=("p1", "p2"))
     small_company(fake, keys, "stone", erp="sage_100")
     small_company(fake, keys, "empty", projects=())
     fake.hset(keys.users("acme"), mapping={"sam": "standard", "rita": "read_only"})
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        result = CliRunner().invoke(cli, list(args), obj=Ctx(_client=fake, _publisher=publisher))
-        return result.exit_code, result.stdout, result.stderr
-    return invoke
+    return invoker(fake, publisher)
 
 
-def test_sync_now_queues_a_manual_task_per_project(run, sent) -> None:  # type: ignore[no-untyped-def]
+def test_sync_now_queues_a_manual_task_per_project(run: Invoke, sent: Sent) -> None:
     code, out, _ = run("sync-now", "acme", "job_costs", "--as", "sam")
     assert code == 0, out
     assert [s["kwargs"]["project"] for s in sent] == ["p1", "p2"]
@@ -52,7 +49,7 @@ def test_sync_now_queues_a_manual_task_per_project(run, sent) -> None:  # type: 
     assert len({s["task_id"] for s in sent}) == 2
 
 
-def test_sync_now_of_a_company_sync(run, sent) -> None:  # type: ignore[no-untyped-def]
+def test_sync_now_of_a_company_sync(run: Invoke, sent: Sent) -> None:
     assert run("sync-now", "acme", "vendors", "--as", "alice")[0] == 0
     assert sent[0]["queue"] == "company" and "project" not in sent[0]["kwargs"]
 
@@ -78,9 +75,9 @@ def test_sync_now_of_a_company_sync(run, sent) -> None:  # type: ignore[no-untyp
     (("ratelimit", "set", "xero", "--rate", "-1", "--burst", "1"), "rate"),
     (("reconcile", "acme", "--project", "zz"), "unknown project"),
 ])
-def test_bad_input_fails_with_one_line_and_writes_nothing(  # type: ignore[no-untyped-def]
-        run, sent, fake: redis.Redis, keys: KeySpace, args: tuple[str, ...],
-        message: str) -> None:
+def test_bad_input_fails_with_one_line_and_writes_nothing(
+        run: Invoke, sent: Sent, fake: redis.Redis, keys: KeySpace,
+        args: tuple[str, ...], message: str) -> None:
     before = snapshot(fake, keys.prefix)
     code, _out, err = run(*args)
     assert code != 0
@@ -89,7 +86,8 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(  # type: ignore[no-un
     assert sent == []
 
 
-def test_history_lists_runs_newest_first(run, fake: redis.Redis, keys: KeySpace) -> None:  # type: ignore[no-untyped-def]
+def test_history_lists_runs_newest_first(
+        run: Invoke, fake: redis.Redis, keys: KeySpace) -> None:
     runner = Runner(fake, keys)
     runner.execute(Delivery("t1", "acme", SyncKind.VENDORS, None, "2026-11-26T10:00:00Z"))
     runner.execute(Delivery("t2", "acme", SyncKind.PAYMENTS, "p1", "2026-11-26T11:00:00Z"))
@@ -102,7 +100,8 @@ def test_history_lists_runs_newest_first(run, fake: redis.Redis, keys: KeySpace)
     assert code == 0 and "created=30" in out
 
 
-def test_demo_seeds_several_erps_and_is_idempotent(run, fake: redis.Redis, keys: KeySpace) -> None:  # type: ignore[no-untyped-def]
+def test_demo_seeds_several_erps_and_is_idempotent(
+        run: Invoke, fake: redis.Redis, keys: KeySpace) -> None:
     code, out, _ = run("demo", "--companies", "3", "--projects", "2")
     assert code == 0
     assert "admin demo-01-admin" in out and "demo-03" in out
@@ -116,7 +115,8 @@ def test_demo_seeds_several_erps_and_is_idempotent(run, fake: redis.Redis, keys:
     assert snapshot(fake, keys.prefix) == before
 
 
-def test_sandbox_changes_show_up_after_a_sync(run, fake: redis.Redis, keys: KeySpace) -> None:  # type: ignore[no-untyped-def]
+def test_sandbox_changes_show_up_after_a_sync(
+        run: Invoke, fake: redis.Redis, keys: KeySpace) -> None:
     runner = Runner(fake, keys)
     runner.execute(Delivery("t1", "acme", SyncKind.JOB_COSTS, "p1", "s"))
     code, out, _ = run("sandbox", "add-cost", "acme", "p1", "--amount", "12.5")
@@ -135,7 +135,7 @@ def test_sandbox_changes_show_up_after_a_sync(run, fake: redis.Redis, keys: KeyS
         "jobs", "payments:p1", "vendors"]
 
 
-def test_sandbox_set_and_ratelimit_set(run) -> None:  # type: ignore[no-untyped-def]
+def test_sandbox_set_and_ratelimit_set(run: Invoke) -> None:
     code, out, _ = run("sandbox", "set", "acme", "--latency-ms", "50", "--fail-next", "2",
                        "--fail-kind", "timeout")
     assert code == 0

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -52,8 +53,9 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def client(self, **kwargs: object) -> redis.Redis:
-        client = redis.Redis.from_url(self.url, decode_responses=True, **kwargs)  # type: ignore[arg-type]
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A decoding client on this server (``kwargs``: ``redis.Redis`` options)."""
+        client = redis.Redis.from_url(self.url, decode_responses=True, **kwargs)
         self._clients.append(client)
         return client
 
