@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,8 @@ class Proc:
 
     def signal(self, sig: int) -> None:
         if self.alive():
-            os.kill(self.pid, sig)
+            with contextlib.suppress(ProcessLookupError):  # it died since we looked
+                os.kill(self.pid, sig)
 
     def kill_group(self) -> None:
         """SIGKILL the process and its children (a prefork worker's pool too)."""
@@ -58,8 +59,11 @@ class Proc:
 
     def stop(self, timeout: float = 15) -> None:
         """Graceful stop (SIGTERM), then SIGKILL of the whole group if it lingers."""
+        self.signal(signal.SIGTERM)
+        self._finish(timeout)
+
+    def _finish(self, timeout: float) -> None:
         if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout)
         if self.alive():
@@ -69,6 +73,16 @@ class Proc:
     def wait_for(self, text: str, timeout: float = 30) -> None:
         wait_until(lambda: text in self.output(), timeout,
                    f"{self.name} never printed {text!r}:\n{self.output()[-3000:]}")
+
+
+def stop_all(procs: Iterable[Proc], timeout: float = 15) -> None:
+    """``stop`` several processes at once: all get SIGTERM first, so their shutdowns overlap."""
+    procs = list(procs)
+    for proc in procs:
+        proc.signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
+        proc.signal(signal.SIGTERM)
+    for proc in procs:
+        proc._finish(timeout)
 
 
 def wait_until(check: Callable[[], object], timeout: float, message: str = "",
