@@ -53,6 +53,12 @@ class FleetCollector(Collector):
                                   value=status.dispatched_tasks)
         yield CounterMetricFamily("erp_sync_applied_changes", "Settings changes applied by beat",
                                   value=status.applied_changes)
+        yield CounterMetricFamily("erp_sync_schedule_repairs",
+                                  "Companies whose schedule state the sweep rebuilt from settings",
+                                  value=status.repairs)
+        yield CounterMetricFamily("erp_sync_stale_slots_refused",
+                                  "Slots refused because they were not newer than the last sent",
+                                  value=status.stale_slots)
         queues = GaugeMetricFamily("erp_sync_queue_length", "Messages waiting per Celery queue",
                                    labels=["queue"])
         for name, length in status.queues.items():

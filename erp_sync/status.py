@@ -55,6 +55,8 @@ class FleetStatus(BaseModel):
     dispatched_slots: int
     dispatched_tasks: int
     applied_changes: int
+    repairs: int  # schedule state rebuilt from settings by the sweep
+    stale_slots: int  # slots the dispatch script refused as not newer than the last one sent
     queues: dict[str, int]
     # kind -> {"succeeded": run or None, "failed": run or None}
     last_runs: dict[str, dict[str, LastRun | None]]
@@ -91,6 +93,7 @@ def fleet_status(client: redis.Redis, keys: KeySpace) -> FleetStatus:
         dispatched_slots=int(stats.get("slots", 0)),
         dispatched_tasks=int(stats.get("messages", 0)),
         applied_changes=int(stats.get("applied", 0)),
+        repairs=int(stats.get("repairs", 0)), stale_slots=int(stats.get("stale_slots", 0)),
         queues={COMPANY_QUEUE: q_company, PROJECT_QUEUE: q_project}, last_runs=last_runs)
 
 

@@ -60,12 +60,20 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from erp_sync.cli import beat_cmd, companies, metrics_cmd, runs, settings_cmd
+    from erp_sync.cli import (
+        beat_cmd,
+        companies,
+        doctor_cmd,
+        metrics_cmd,
+        runs,
+        settings_cmd,
+    )
 
     for module in (
         companies,
         settings_cmd,
         beat_cmd,
+        doctor_cmd,
         runs,
         metrics_cmd,
     ):

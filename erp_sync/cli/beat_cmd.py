@@ -85,7 +85,8 @@ def status(ctx: Ctx, as_json: bool) -> None:
     table([[b.node, b.role, str(b.pid), f"{b.last_tick_age_s}s"] for b in out.beats],
           ["BEAT", "ROLE", "PID", "LAST TICK"])
     click.echo(f"entries: {out.entries}  due now (backlog): {out.due_backlog}  "
-               f"dispatched: {out.dispatched_slots} slots / {out.dispatched_tasks} tasks")
+               f"dispatched: {out.dispatched_slots} slots / {out.dispatched_tasks} tasks  "
+               f"repairs: {out.repairs}")
     click.echo("queues: " + ", ".join(f"{q}={n}" for q, n in out.queues.items()))
     rows = []
     for kind, last in out.last_runs.items():
