@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -398,8 +399,10 @@ def save(results: dict[str, Any]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "side":
         kind, url, *nums = sys.argv[2:]
-        fn = {"ours": side_ours, "redbeat": side_redbeat, "projects": side_projects}[kind]
-        print(json.dumps(fn(*map(int, nums), url)))  # type: ignore[operator]
+        sides: dict[str, Callable[..., dict[str, Any]]] = {
+            "ours": side_ours, "redbeat": side_redbeat, "projects": side_projects}
+        fn = sides[kind]
+        print(json.dumps(fn(*map(int, nums), url)))
     else:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         main()

@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection
+from kombu.connection import Connection
 
 from config.keys import KeySpace
 from config.models import SyncKind
 from erp_sync.applied import applied_version
 from erp_sync.beat.engine import BeatEngine, EngineConfig
 from erp_sync.schedule import Cadence, slot_after
-from erp_sync.slots import task_id
+from erp_sync.slots import parse_task_id, slot_iso, task_id
 from erp_sync.store import SettingsStore
 from tests.support.clock import Clock
+from tests.support.reads import zmembers, zscores
 from tests.support.redisproc import RedisServer
 
 pytestmark = pytest.mark.integration
 H = 3600.0
 T0 = 1_800_000_000.0
+World = tuple[redis.Redis, KeySpace, SettingsStore]
+MakeEngine = Callable[[Clock, str], BeatEngine]
 
 
 @pytest.fixture
-def world(real: redis.Redis, prefix: str) -> tuple[redis.Redis, KeySpace, SettingsStore]:
+def world(real: redis.Redis, prefix: str) -> World:
     keys = KeySpace(prefix)
     store = SettingsStore(real, keys)
     store.add_company("acme", "xero")
@@ -38,8 +42,7 @@ def world(real: redis.Redis, prefix: str) -> tuple[redis.Redis, KeySpace, Settin
 
 
 @pytest.fixture
-def make_engine(world: tuple[redis.Redis, KeySpace, SettingsStore]) -> Iterator[
-        type[BeatEngine]]:
+def make_engine(world: World) -> Iterator[MakeEngine]:
     client, keys, _ = world
     engines: list[BeatEngine] = []
     app = Celery("test")
@@ -50,23 +53,25 @@ def make_engine(world: tuple[redis.Redis, KeySpace, SettingsStore]) -> Iterator[
         engines.append(engine)
         return engine
 
-    yield build  # type: ignore[misc]
+    yield build
     for e in engines:
         e.close()
 
 
-def queued(client: redis.Redis, keys: KeySpace) -> list[dict[str, object]]:
-    out = []
+def queued(client: redis.Redis, keys: KeySpace) -> list[dict[str, Any]]:
+    """Every queued message, as the JSON the broker holds."""
+    out: list[dict[str, Any]] = []
     for q in ("company", "project"):
         out += [json.loads(m) for m in client.lrange(keys.queue(q), 0, -1)]
     return out
 
 
 def ids(client: redis.Redis, keys: KeySpace) -> list[str]:
-    return sorted(str(m["headers"]["id"]) for m in queued(client, keys))  # type: ignore[index]
+    return sorted(str(m["headers"]["id"]) for m in queued(client, keys))
 
 
-def test_first_start_builds_every_company_schedule(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+def test_first_start_builds_every_company_schedule(
+        world: World, make_engine: MakeEngine) -> None:
     client, keys, _ = world
     engine = make_engine(Clock(T0), "a")
     engine.step()
@@ -76,7 +81,8 @@ def test_first_start_builds_every_company_schedule(world, make_engine) -> None: 
     assert applied_version(client, keys, "acme") == 1
 
 
-def test_due_slots_are_dispatched_once_with_deterministic_ids(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+def test_due_slots_are_dispatched_once_with_deterministic_ids(
+        world: World, make_engine: MakeEngine) -> None:
     client, keys, _ = world
     clock = Clock(T0)
     engine = make_engine(clock, "a")
@@ -90,14 +96,16 @@ def test_due_slots_are_dispatched_once_with_deterministic_ids(world, make_engine
     vendors_slot2 = vendors_slot + H
     latest = vendors_slot2 if vendors_slot2 <= clock.t else vendors_slot
     assert task_id("acme", SyncKind.VENDORS, None, latest) in got  # missed slot ran once
-    job_costs = [i for i in got if ":job_costs:" in i and i.startswith("sync:acme:")]
-    assert sorted(i.split(":")[3] for i in job_costs) == ["p1", "p2", "p3"]
-    assert not [i for i in got if ":payments:" in i]  # daily: not due yet
+    slots = [parse_task_id(i) for i in got]
+    assert sorted(p or "" for c, k, p, _ in slots if (c, k) == ("acme", SyncKind.JOB_COSTS)) == [
+        "p1", "p2", "p3"]
+    assert not [s for s in slots if s[1] == SyncKind.PAYMENTS]  # daily: not due yet
     # stone has no projects: its job-cost entry fires and fans out to nobody
-    assert [i.split(":")[2] for i in got if i.startswith("sync:stone:")] == ["jobs", "vendors"]
+    assert [k for c, k, _, _ in slots if c == "stone"] == [SyncKind.JOBS, SyncKind.VENDORS]
 
 
-def test_messages_are_what_celery_workers_consume(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+def test_messages_are_what_celery_workers_consume(
+        world: World, make_engine: MakeEngine) -> None:
     client, keys, _ = world
     clock = Clock(T0)
     engine = make_engine(clock, "a")
@@ -105,29 +113,31 @@ def test_messages_are_what_celery_workers_consume(world, make_engine) -> None:  
     clock.t = T0 + 2 * H + 1
     engine.step()
     url = client.connection_pool.connection_kwargs
-    with Connection(f"redis://127.0.0.1:{url['port']}/0",
+    with Connection(f"redis://127.0.0.1:{url['port']}/0",  # type: ignore[no-untyped-call]
                     transport_options={"global_keyprefix": keys.broker_prefix}) as conn:
         queue = conn.SimpleQueue("project")
         message = queue.get(timeout=2)
         assert message.headers["task"] == "tasks.project.sync_job_costs"
         args, kwargs, _embed = message.payload
         assert args == [] and set(kwargs) == {"company", "project", "slot", "trigger"}
+        slot = parse_task_id(message.headers["id"])[3]
         assert message.headers["id"] == task_id(
-            kwargs["company"], SyncKind.JOB_COSTS, kwargs["project"],
-            message.headers["id"] and int(message.headers["id"].rsplit(":", 1)[1]))
+            kwargs["company"], SyncKind.JOB_COSTS, kwargs["project"], slot)
+        assert kwargs["slot"] == slot_iso(slot)
         message.ack()
         queue.close()
 
 
-def test_a_change_is_applied_by_message_and_announced(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_change_is_applied_by_message_and_announced(
+        world: World, make_engine: MakeEngine) -> None:
     client, keys, store = world
     engine = make_engine(Clock(T0), "a")
     engine.step()
-    before = dict(client.zrange(keys.due, 0, -1, withscores=True))
+    before = zscores(client, keys.due)
     store.update_settings("acme", "al", {"payments_for_synced_invoices": "hourly",
                                          "refresh_erp_job_list": False})
     engine.step()
-    after = dict(client.zrange(keys.due, 0, -1, withscores=True))
+    after = zscores(client, keys.due)
     assert applied_version(client, keys, "acme") == 2
     assert "acme:jobs" not in after
     assert after["acme:vendors"] == before["acme:vendors"]  # untouched entries keep their timing
@@ -135,7 +145,7 @@ def test_a_change_is_applied_by_message_and_announced(world, make_engine) -> Non
 
 
 def test_only_the_leader_dispatches_and_a_fenced_out_leader_writes_nothing(
-    world, make_engine  # type: ignore[no-untyped-def]
+    world: World, make_engine: MakeEngine
 ) -> None:
     client, keys, store = world
     clock = Clock(T0)
@@ -158,7 +168,8 @@ def test_only_the_leader_dispatches_and_a_fenced_out_leader_writes_nothing(
     assert len(queued(client, keys)) > 0 and not a.lease.token
 
 
-def test_a_change_made_while_no_beat_ran_is_applied_on_start(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_change_made_while_no_beat_ran_is_applied_on_start(
+        world: World, make_engine: MakeEngine) -> None:
     client, keys, store = world
     first = make_engine(Clock(T0), "a")
     first.step()
@@ -168,11 +179,12 @@ def test_a_change_made_while_no_beat_ran_is_applied_on_start(world, make_engine)
     second = make_engine(Clock(T0 + 60), "b")
     second.step()
     assert applied_version(client, keys, "acme") == 3
-    assert sorted(m for m in client.zrange(keys.due, 0, -1) if m.startswith("acme:")) == [
+    assert sorted(m for m in zmembers(client, keys.due) if m.startswith("acme:")) == [
         "acme:jobs", "acme:vendors"]
 
 
-def test_changes_trimmed_from_the_feed_force_a_full_rebuild(world, make_engine) -> None:  # type: ignore[no-untyped-def]
+def test_changes_trimmed_from_the_feed_force_a_full_rebuild(
+        world: World, make_engine: MakeEngine) -> None:
     client, keys, store = world
     first = make_engine(Clock(T0), "a")
     first.step()
@@ -186,7 +198,7 @@ def test_changes_trimmed_from_the_feed_force_a_full_rebuild(world, make_engine) 
 
 
 def test_a_corrupt_company_is_skipped_and_everyone_else_is_served(
-    world, make_engine, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+    world: World, make_engine: MakeEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     client, keys, store = world
     client.set(keys.settings("stone"), "{not json")
@@ -197,7 +209,7 @@ def test_a_corrupt_company_is_skipped_and_everyone_else_is_served(
     engine.step()
     engine.step()
     assert applied_version(client, keys, "acme") == 2
-    assert not [m for m in client.zrange(keys.due, 0, -1) if m.startswith("stone:")]
+    assert not [m for m in zmembers(client, keys.due) if m.startswith("stone:")]
     assert sum("skipping company=stone" in r.message for r in caplog.records) == 1
 
 
@@ -231,7 +243,7 @@ def test_beat_warns_when_redis_may_evict_schedule_keys(
 
 
 def test_a_malformed_due_entry_is_dropped_and_does_not_wedge_dispatching(
-    world, make_engine  # type: ignore[no-untyped-def]
+    world: World, make_engine: MakeEngine
 ) -> None:
     client, keys, _ = world
     clock = Clock(T0)
@@ -251,7 +263,7 @@ def test_a_malformed_due_entry_is_dropped_and_does_not_wedge_dispatching(
 
 
 def test_an_error_half_way_through_an_election_does_not_leave_a_blind_leader(
-    world, make_engine  # type: ignore[no-untyped-def]
+    world: World, make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, keys, store = world
     engine = make_engine(Clock(T0), "a")
@@ -264,7 +276,7 @@ def test_an_error_half_way_through_an_election_does_not_leave_a_blind_leader(
             raise redis.ConnectionError("blip during the election")
         return real_saved_cursor()
 
-    engine.feed.saved_cursor = flaky  # type: ignore[method-assign]
+    monkeypatch.setattr(engine.feed, "saved_cursor", flaky)
     with pytest.raises(redis.ConnectionError):
         engine.step()
     assert engine.lease.token  # it holds the lease...
@@ -276,7 +288,7 @@ def test_an_error_half_way_through_an_election_does_not_leave_a_blind_leader(
 
 
 def test_a_leader_whose_renewal_replies_were_lost_keeps_leading_and_applying(
-    world, make_engine  # type: ignore[no-untyped-def]
+    world: World, make_engine: MakeEngine
 ) -> None:
     client, keys, store = world
     engine = make_engine(Clock(T0), "a")

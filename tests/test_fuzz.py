@@ -26,7 +26,7 @@ import redis
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from config.keys import KeySpace
 from config.models import Company, StoredSettings
@@ -367,7 +367,8 @@ def _is_corrupt(target: str, value: Any) -> bool:
     """Whether the corruption really makes acme's company record or settings invalid."""
     if target == "wrongtype":
         return value in ("settings", "company")
-    model = {"settings": StoredSettings, "company": Company}.get(target)
+    models: dict[str, type[BaseModel]] = {"settings": StoredSettings, "company": Company}
+    model = models.get(target)
     if model is None:
         return False
     try:

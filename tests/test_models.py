@@ -41,7 +41,7 @@ def test_payments_set_to_never_do_not_run_even_when_switched_on() -> None:
 @pytest.mark.parametrize("value", ["weekly", "Hourly", "", "every_3_hours"])
 def test_only_the_five_payment_frequencies_are_allowed(value: str) -> None:
     with pytest.raises(ValidationError):
-        SyncSettings(payments_for_synced_invoices=value)  # type: ignore[arg-type]
+        SyncSettings(payments_for_synced_invoices=value)
 
 
 def test_misspelt_setting_names_are_rejected_not_dropped() -> None:

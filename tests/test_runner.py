@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -78,13 +79,16 @@ def test_endless_redelivery_is_bounded(runner: Runner, fake: redis.Redis, keys: 
     assert "interrupted" in (record.error or "")
 
 
+Change = Callable[[SettingsStore, redis.Redis, KeySpace], object]
+
+
 @pytest.mark.parametrize(("change", "reason"), [
     (lambda s, f, k: f.delete(k.company("acme")), "no longer exists"),
     (lambda s, f, k: s.update_settings("acme", "alice", {"refresh_erp_companies_list": False}),
      "switched off"),
 ])
 def test_a_company_gone_or_sync_switched_off_is_skipped_with_a_reason(
-        runner: Runner, fake: redis.Redis, keys: KeySpace, change, reason) -> None:  # type: ignore[no-untyped-def]
+        runner: Runner, fake: redis.Redis, keys: KeySpace, change: Change, reason: str) -> None:
     change(SettingsStore(fake, keys), fake, keys)
     record = runner.execute(delivery()).record
     assert record is not None and record.status == "skipped"

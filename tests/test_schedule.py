@@ -124,7 +124,8 @@ def test_daily_in_the_repeated_autumn_hour_runs_only_once() -> None:
     slots = _daily_slots(company, "2026-10-30T12:00:00", 4)
     assert [s.day for s in slots] == [31, 1, 2, 3]
     assert all(s.hour == 1 for s in slots)
-    assert slots[1].fold == 0 and slots[1].utcoffset().total_seconds() == -5 * H  # type: ignore[union-attr]
+    offset = slots[1].utcoffset()
+    assert slots[1].fold == 0 and offset is not None and offset.total_seconds() == -5 * H
 
 
 def _stored(settings: SyncSettings, version: int = 1) -> StoredSettings:
@@ -132,7 +133,7 @@ def _stored(settings: SyncSettings, version: int = 1) -> StoredSettings:
                           updated_at=datetime.now(UTC), updated_by="t")
 
 
-ACME = Company(id="acme", name="Acme", erp="xero", timezone="UTC",  # type: ignore[arg-type]
+ACME = Company(id="acme", name="Acme", erp="xero", timezone="UTC",
                created_at=datetime.now(UTC))
 
 

@@ -50,7 +50,8 @@ def sentinel_set(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, int
 
 def _sentinel_answers(probe: redis.Redis) -> bool:
     try:
-        return bool(probe.execute_command("SENTINEL", "get-master-addr-by-name", MASTER))
+        return bool(probe.execute_command(  # type: ignore[no-untyped-call]
+            "SENTINEL", "get-master-addr-by-name", MASTER))
     except redis.RedisError:
         return False
 
@@ -99,7 +100,8 @@ def _succeeded(history: History, after: float = 0.0) -> int:
 def _master_port(port: int) -> int:
     probe = redis.Redis(port=port, decode_responses=True)
     try:
-        return int(probe.execute_command("SENTINEL", "get-master-addr-by-name", MASTER)[1])
+        return int(probe.execute_command(  # type: ignore[no-untyped-call]
+            "SENTINEL", "get-master-addr-by-name", MASTER)[1])
     finally:
         probe.close()
 

@@ -19,6 +19,7 @@ from erp_sync.errors import (
     UnsupportedSetting,
 )
 from erp_sync.store import SettingsStore
+from tests.support.reads import xentries
 from tests.support.snapshot import snapshot
 
 
@@ -46,7 +47,7 @@ def test_a_settings_change_bumps_the_version_audits_and_sends_one_message(
     assert (entry.actor, entry.action, entry.version) == ("alice", "settings.update", 2)
     assert entry.old == {"payments_for_synced_invoices": "daily"}
     assert entry.new == {"payments_for_synced_invoices": "hourly"}
-    messages = [m for _, m in fake.xrange(keys.changes)]
+    messages = [m for _, m in xentries(fake, keys.changes)]
     assert messages[-1] == {"company": "acme", "version": "2"}
 
 

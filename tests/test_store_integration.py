@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+from multiprocessing.queues import Queue
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ import redis
 
 from config.keys import KeySpace
 from erp_sync.store import SettingsStore
+from tests.support.reads import xentries
+from tests.support.redisproc import RedisServer
 from tests.support.snapshot import snapshot
 
 pytestmark = pytest.mark.integration
@@ -22,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WRITERS, WRITES_EACH = 8, 125
 
 
-def _writer(url: str, prefix: str, writes: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _writer(url: str, prefix: str, writes: int, out: Queue[int]) -> None:
     store = SettingsStore(redis.Redis.from_url(url, decode_responses=True), KeySpace(prefix))
     done = 0
     for _ in range(writes):
@@ -34,12 +37,12 @@ def _writer(url: str, prefix: str, writes: int, out: mp.Queue) -> None:  # type:
 
 
 def test_racing_admins_lose_no_update_and_audit_each_write_once(
-    real: redis.Redis, redis_server, prefix: str  # type: ignore[no-untyped-def]
+    real: redis.Redis, redis_server: RedisServer, prefix: str
 ) -> None:
     store = SettingsStore(real, KeySpace(prefix))
     store.add_company("acme", "xero")
     store.grant("acme", "alice", "admin")
-    results: mp.Queue = mp.get_context("fork").Queue()  # type: ignore[type-arg]
+    results: Queue[int] = mp.get_context("fork").Queue()
     procs = [mp.get_context("fork").Process(target=_writer,
                                             args=(redis_server.url, prefix, WRITES_EACH, results))
              for _ in range(WRITERS)]
@@ -61,7 +64,7 @@ def test_racing_admins_lose_no_update_and_audit_each_write_once(
     assert [e.version for e in chain] == list(range(2, total + 2))
     for before, after in itertools.pairwise(chain):
         assert after.old == before.new
-    versions = [int(m["version"]) for _, m in real.xrange(KeySpace(prefix).changes)]
+    versions = [int(m["version"]) for _, m in xentries(real, KeySpace(prefix).changes)]
     assert versions == list(range(1, total + 2))
 
 
@@ -73,7 +76,7 @@ def _cli(url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_real_command_sets_and_shows_settings(
-    real: redis.Redis, redis_server, prefix: str  # type: ignore[no-untyped-def]
+    real: redis.Redis, redis_server: RedisServer, prefix: str
 ) -> None:
     assert _cli(redis_server.url, prefix, "company", "add", "acme", "--erp", "mri").returncode == 0
     assert _cli(redis_server.url, prefix, "user", "grant", "acme", "al", "--level",
