@@ -2,6 +2,20 @@
 
 Each test gets its own key prefix, so tests sharing the session's redis-server never see each
 other's keys. In CI (``CI`` set) a missing redis-server is a failure, never a silent skip.
+
+Running the tests (markers are declared in pyproject.toml):
+
+    .venv/bin/pytest                                  # everything, as CI runs it
+    .venv/bin/pytest -m "not slow and not chaos"      # a developer's quick run
+    .venv/bin/pytest -m "not processes"               # nothing that starts Celery processes
+    .venv/bin/pytest --durations=30                   # which tests take the time
+
+``slow`` marks the long hypothesis fuzzers and the chaos runs; ``chaos`` the short runs of
+``tests/support/chaos.py`` (the long ones: ``.venv/bin/python -m bench.chaos``); ``processes``
+tests that start real celery beat / worker / Flower subprocesses; ``integration`` tests that need
+a real redis-server. Process tests wait on what they can observe (``tests.support.procs.
+wait_until``: Redis state, log lines, run history); a fixed sleep is only for time that must pass,
+and says so.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ from tests.support.chaos import (
 from tests.support.chaos_kit import Report
 from tests.support.redisproc import require_redis_server
 
-pytestmark = [pytest.mark.integration, pytest.mark.processes, pytest.mark.chaos]
+pytestmark = [pytest.mark.integration, pytest.mark.processes, pytest.mark.chaos,
+              pytest.mark.slow]
 
 GENEROUS = 15.0  # seconds: a bound that only a hang or a lost wake-up would break
 

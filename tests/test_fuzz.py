@@ -8,17 +8,19 @@ corrupt, logs it once, and keeps serving every other company; malformed change m
 it. Figures (inputs tried, crashes, writes on rejected input) are printed at the end of the module
 and recorded as junit properties; the tests assert crashes == 0 and writes == 0.
 
-Derandomized with a bounded number of examples, so CI runs the same inputs every time.
+Derandomized with a bounded number of examples, so CI runs the same inputs every time. The two
+command-line fuzzers (hundreds of examples each) are marked ``slow``: a quick run skips them.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import fakeredis
 import pytest
@@ -36,7 +38,9 @@ from erp_sync.cli import cli
 from erp_sync.cli.context import Ctx
 from erp_sync.redis_client import DECODING, connect
 from erp_sync.store import SettingsStore
+from tests.support.clock import Clock
 from tests.support.erp import ListPublisher
+from tests.support.reads import xentries, zmembers
 from tests.support.redisproc import RedisServer
 from tests.support.snapshot import snapshot
 
@@ -47,6 +51,7 @@ CLI_FUZZ = settings(FUZZ, max_examples=500)
 BEAT_FUZZ = settings(FUZZ, max_examples=30)
 H = 3600.0
 T0 = 1_800_000_000.0
+RecordProperty = Callable[[str, object], None]  # pytest's record_property fixture
 
 # --- figures -----------------------------------------------------------------------------------
 
@@ -68,7 +73,7 @@ def figures(request: pytest.FixtureRequest) -> Iterator[Counter[str]]:
             reporter.write_line(line)
 
 
-def _report(figures: Counter[str], record: Any, kind: str) -> None:
+def _report(figures: Counter[str], record: RecordProperty, kind: str) -> None:
     for name in ("inputs", kind, "rejected", "crashes", "writes"):
         record(f"{kind}.{name}" if name != kind else name, figures[name])
     assert figures["crashes"] == 0
@@ -193,9 +198,10 @@ def _check(figures: Counter[str], client: redis.Redis, keys: KeySpace, args: lis
         raise AssertionError(f"rejected {args!r} wrote {sorted(grew)}")
 
 
+@pytest.mark.slow
 def test_fuzzed_command_arguments_get_a_clean_error_and_write_nothing(
     cli_env: pytest.MonkeyPatch, keys: KeySpace, figures: Counter[str],
-    record_property: Any,
+    record_property: RecordProperty,
 ) -> None:
     @CLI_FUZZ
     @given(args=_command())
@@ -285,9 +291,10 @@ READERS = [["settings", "show", "acme"], ["settings", "show", "acme", "--json"],
            ["sync-now", "acme", "job_costs", "--as", "alice"]]
 
 
+@pytest.mark.slow
 def test_corrupt_stored_records_give_one_line_errors_never_tracebacks(
     cli_env: pytest.MonkeyPatch, keys: KeySpace, figures: Counter[str],
-    record_property: Any,
+    record_property: RecordProperty,
 ) -> None:
     @FUZZ
     @given(data=st.data())
@@ -308,14 +315,6 @@ def test_corrupt_stored_records_give_one_line_errors_never_tracebacks(
 # --- the beat engine against a real redis-server ----------------------------------------------
 
 
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 class Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -325,9 +324,20 @@ class Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-@pytest.fixture
-def beat_world(redis_server: RedisServer) -> Iterator[Any]:
-    """Builds, per example, a fresh prefix with companies ok1, ok2 and acme and a beat engine."""
+class BeatWorld(NamedTuple):
+    build: Callable[[], tuple[KeySpace, SettingsStore, BeatEngine, Clock]]
+    client: redis.Redis
+    raw: redis.Redis  # not decoding: writes arbitrary bytes
+    handler: Records
+
+
+@pytest.fixture(scope="module")
+def beat_world(redis_server: RedisServer) -> Iterator[BeatWorld]:
+    """Builds, per example, a fresh prefix with companies ok1, ok2 and acme and a beat engine.
+
+    One for the module: every build is under a prefix of its own, and the engines' change
+    watchers (each blocks up to a second on XREAD) are waited for once, at the end.
+    """
     from celery import Celery
 
     app = Celery("fuzz", set_as_current=False)
@@ -352,11 +362,12 @@ def beat_world(redis_server: RedisServer) -> Iterator[Any]:
         handler.messages.clear()
         return keys, store, engine, clock
 
-    yield build, client, raw, handler
+    yield BeatWorld(build, client, raw, handler)
     for engine in engines:
         engine.close()
     for engine in engines:  # their change watchers still use the client for up to a second
-        engine.watcher._thread.join(timeout=3)
+        if engine.watcher._thread.is_alive():  # (never started if its example failed first)
+            engine.watcher._thread.join(timeout=3)
     logger.removeHandler(handler)
     app.close()
     client.close()
@@ -379,10 +390,13 @@ def _is_corrupt(target: str, value: Any) -> bool:
 
 
 def _dispatched(client: redis.Redis, keys: KeySpace) -> set[str]:
+    """The companies with a queued sync (from each message's arguments: a corrupt project id
+    may hold the ``:`` that task ids are joined with)."""
     out = set()
     for queue in ("company", "project"):
         for message in client.lrange(keys.queue(queue), 0, -1):
-            out.add(str(json.loads(message)["headers"]["id"]).split(":")[1])
+            _args, kwargs, _embed = json.loads(base64.b64decode(json.loads(message)["body"]))
+            out.add(str(kwargs["company"]))
     return out
 
 
@@ -396,7 +410,7 @@ def _step(figures: Counter[str], engine: BeatEngine) -> None:
 
 @pytest.mark.integration
 def test_beat_skips_a_corrupt_company_logs_it_once_and_serves_the_rest(
-    beat_world: Any, figures: Counter[str], record_property: Any,
+    beat_world: BeatWorld, figures: Counter[str], record_property: RecordProperty,
 ) -> None:
     build, client, raw, handler = beat_world
 
@@ -424,7 +438,7 @@ def test_beat_skips_a_corrupt_company_logs_it_once_and_serves_the_rest(
         skipped = [m for m in handler.messages if m.startswith("skipping company=acme")]
         if _is_corrupt(target, value):
             assert len(skipped) == 1, handler.messages
-            assert not [m for m in client.zrange(keys.due, 0, -1) if m.startswith("acme:")]
+            assert not [m for m in zmembers(client, keys.due) if m.startswith("acme:")]
         else:  # beat reads no project record, only the project ids: acme is still served
             assert skipped == []
         engine.close()
@@ -448,7 +462,7 @@ message_fields = st.one_of(
 
 @pytest.mark.integration
 def test_malformed_change_messages_are_survived_and_valid_ones_applied(
-    beat_world: Any, figures: Counter[str], record_property: Any,
+    beat_world: BeatWorld, figures: Counter[str], record_property: RecordProperty,
 ) -> None:
     build, client, raw, _handler = beat_world
 
@@ -469,7 +483,7 @@ def test_malformed_change_messages_are_survived_and_valid_ones_applied(
         _step(figures, engine)
         assert applied_version(client, keys, "ok2") == version == 2
         assert engine.lease.token is not None
-        last = client.xrevrange(keys.changes, count=1)[0][0]
+        last = xentries(client, keys.changes)[-1][0]
         assert client.get(keys.beat_cursor) == last  # every message was read past
         engine.close()
 
@@ -518,7 +532,7 @@ def test_what_the_fuzzing_found_now_gets_one_clean_line(
 @pytest.mark.integration
 @pytest.mark.parametrize("key", ["settings", "company", "projects"])
 def test_a_key_of_the_wrong_redis_type_does_not_stop_beat_for_anyone_else(
-    key: str, beat_world: Any
+    key: str, beat_world: BeatWorld
 ) -> None:
     build, client, raw, handler = beat_world
     keys, store, engine, clock = build()
