@@ -53,6 +53,16 @@ class Settings(BaseSettings):
         3600.0, gt=0,
         description="Seconds before an unacknowledged sync is redelivered; above the hard limit.",
     )
+    defer_after_seconds: float = Field(
+        1.0, ge=0, description="A sync that must wait longer than this (rate limit, the ERP's "
+        "Retry-After, the company's concurrency cap) gives its worker slot back and is "
+        "re-queued with a countdown instead of sleeping in it.",
+    )
+    run_lock_seconds: float = Field(
+        10.0, gt=0, description="TTL of a running sync's lock, renewed by its heartbeat: a "
+        "sync whose worker died is rerun by its redelivery this long after it stopped "
+        "(at most a quarter of the visibility timeout).",
+    )
     change_stream_maxlen: int = Field(
         100_000, ge=10, description="Changes kept on the change stream; a beat further behind "
         "than this notices the trim and rebuilds every schedule.",

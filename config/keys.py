@@ -133,8 +133,12 @@ class KeySpace:
         return self._k("runs", company)
 
     def run_lock(self, company: str, kind: str, project: str | None) -> str:
-        """STRING with TTL: held while a (company, kind, project) sync runs (overlap -> skipped)."""
+        """STRING ``<task id>|<run token>`` with a short TTL that the live run renews."""
         return self._k("lock", company, kind, project or "-")
+
+    def running(self, company: str) -> str:
+        """ZSET task id -> heartbeat expiry (ms): the company's syncs running now, fleet-wide."""
+        return self._k("running", company)
 
     def executed(self, task_id: str) -> str:
         """STRING: marks a slot's task id as executed, so a redelivered duplicate runs once."""

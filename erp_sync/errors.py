@@ -13,8 +13,8 @@ from config.errors import ConfigError, CorruptRecord, ErpSyncError, StoreError
 
 __all__ = [
     "AlreadyExists", "BadCredentials", "ConcurrentUpdate", "ConfigError", "ConnectorError",
-    "CorruptRecord", "ErpServerError", "ErpSyncError", "ErpTimeout", "InvalidInput", "NotFound",
-    "PermanentConnectorError", "PermissionDenied", "RateLimited", "RedisUnavailable",
+    "CorruptRecord", "ErpServerError", "ErpSyncError", "ErpTimeout", "InvalidInput", "MustWait",
+    "NotFound", "PermanentConnectorError", "PermissionDenied", "RateLimited", "RedisUnavailable",
     "StoreError", "SyncTimedOut", "TransientConnectorError", "UnknownErpObject",
     "UnsupportedSetting", "WorkerError",
 ]
@@ -94,6 +94,15 @@ class UnknownErpObject(PermanentConnectorError):
 
 class WorkerError(ErpSyncError):
     """Base for errors of a sync run itself (not of the ERP it talks to)."""
+
+
+class MustWait(WorkerError):
+    """The sync must wait longer than it may hold a worker slot (a rate limit, the ERP's
+    Retry-After, the company's concurrency cap): it is deferred, keeping its task id."""
+
+    def __init__(self, seconds: float, why: str) -> None:
+        super().__init__(f"waiting {seconds:.1f}s for {why}")
+        self.seconds, self.why = seconds, why
 
 
 class SyncTimedOut(WorkerError):

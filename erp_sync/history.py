@@ -19,7 +19,8 @@ from config.models import parse
 from erp_sync import lua
 
 HISTORY_CAP = 1000
-Status = Literal["succeeded", "failed", "skipped", "running"]
+# ``deferred``: the run gave its worker slot back to wait and comes back under the same task id.
+Status = Literal["succeeded", "failed", "skipped", "running", "deferred"]
 
 
 

@@ -11,7 +11,6 @@ Time is Redis ``TIME``, so workers with skewed clocks share one bucket correctly
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
@@ -22,7 +21,7 @@ from config.keys import KeySpace
 from config.models import Erp, first_error
 from erp_sync import lua
 from erp_sync.connectors.base import Connector, Page
-from erp_sync.errors import InvalidInput
+from erp_sync.errors import InvalidInput, MustWait
 
 MAX_RESERVE = 30.0
 # Tokens are granted at this fraction of the limit: a call reaches the ERP a little after its
@@ -31,13 +30,31 @@ MAX_RESERVE = 30.0
 HEADROOM = 0.99
 
 
+DEFAULT_CONCURRENCY = 2  # syncs of one company running at once, fleet-wide
+
+
 class RateLimit(BaseModel):
-    """``rate`` calls per second on average, at most ``burst`` back to back."""
+    """``rate`` calls per second on average, at most ``burst`` back to back, and at most
+    ``concurrency`` syncs of one company running at once across the fleet."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     rate: float = Field(gt=0, le=10_000)
     burst: float = Field(ge=1, le=10_000)
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=1000)
+
+
+class CompanyLimit(BaseModel):
+    """A company's own override of its ERP's limit; unset fields keep the ERP's value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate: float | None = Field(None, gt=0, le=10_000)
+    burst: float | None = Field(None, ge=1, le=10_000)
+    concurrency: int | None = Field(None, ge=1, le=1000)
+
+    def over(self, base: RateLimit) -> RateLimit:
+        return base.model_copy(update=self.model_dump(exclude_none=True))
 
 
 # Conservative defaults per ERP, below the published per-tenant API limits where there are any
@@ -61,46 +78,84 @@ DEFAULT_LIMITS: dict[Erp, RateLimit] = {
 }
 
 
-def limit_for(client: redis.Redis, keys: KeySpace, erp: Erp) -> RateLimit:
-    """The ERP's limit: the operator's override if one is stored, else the default."""
-    raw = client.hget(keys.rate_limit_overrides, erp.value)
-    return RateLimit.model_validate_json(raw) if raw else DEFAULT_LIMITS[erp]
+def company_field(company: str) -> str:
+    """The overrides-hash field of a company's own limit (ERP keys never contain ':')."""
+    return f"company:{company}"
 
 
-def set_limit(client: redis.Redis, keys: KeySpace, erp: str, rate: float,
-              burst: float) -> RateLimit:
+def effective_limit(erp: Erp, erp_override: str | None, company_override: str | None
+                    ) -> RateLimit:
+    """The limit a company's syncs obey: default or ERP override, then the company's own."""
+    limit = RateLimit.model_validate_json(erp_override) if erp_override else DEFAULT_LIMITS[erp]
+    if company_override:
+        limit = CompanyLimit.model_validate_json(company_override).over(limit)
+    return limit
+
+
+def limit_for(client: redis.Redis, keys: KeySpace, erp: Erp,
+              company: str | None = None) -> RateLimit:
+    """The limit of ``erp`` (and of ``company`` on it, when given), overrides applied."""
+    fields = [erp.value, company_field(company) if company else ""]
+    erp_raw, company_raw = client.hmget(keys.rate_limit_overrides, fields)
+    return effective_limit(erp, str(erp_raw) if erp_raw else None,
+                           str(company_raw) if company and company_raw else None)
+
+
+def set_limit(client: redis.Redis, keys: KeySpace, erp: str, rate: float, burst: float,
+              concurrency: int = DEFAULT_CONCURRENCY) -> RateLimit:
     """Store an override for every company on ``erp`` (validated; takes effect on the next call)."""
     if erp not in set(Erp):
         raise InvalidInput(f"unknown ERP {erp!r} (one of: {', '.join(Erp)})")
     try:
-        limit = RateLimit(rate=rate, burst=burst)
+        limit = RateLimit(rate=rate, burst=burst, concurrency=concurrency)
     except ValidationError as exc:
         raise InvalidInput(f"invalid rate limit {first_error(exc)}") from None
-    client.hset(keys.rate_limit_overrides, erp, json.dumps(limit.model_dump()))
+    client.hset(keys.rate_limit_overrides, erp, limit.model_dump_json())
     return limit
 
 
+def set_company_limit(client: redis.Redis, keys: KeySpace, company: str,
+                      change: CompanyLimit) -> CompanyLimit:
+    """Store (merge) a company's own override; fields left unset keep the ERP's value."""
+    raw = client.hget(keys.rate_limit_overrides, company_field(company))
+    current = CompanyLimit.model_validate_json(raw) if raw else CompanyLimit()
+    merged = current.model_copy(update=change.model_dump(exclude_none=True))
+    client.hset(keys.rate_limit_overrides, company_field(company), merged.model_dump_json())
+    return merged
+
+
 class TokenBucket:
-    """The shared bucket of one company; ``take()`` blocks until a call is allowed."""
+    """The shared bucket of one company; ``take()`` returns once a call is allowed.
+
+    A wait up to ``defer_after`` seconds is slept (the token is reserved, so the call goes out
+    exactly on time); a longer one raises ``MustWait`` without taking a token, so the sync
+    gives its worker slot back instead of sleeping in it (``defer_after=None``: always sleep,
+    for callers outside a worker such as ``reconcile``).
+    """
 
     def __init__(self, client: redis.Redis, keys: KeySpace, company: str, limit: RateLimit,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 defer_after: float | None = None) -> None:
         self.key = keys.rate_limit(company)
         self.limit = limit
         self.sleep = sleep
+        self.defer_after = defer_after
         self._take = lua.load(client, "ratelimit_take")
 
     def take(self) -> float:
         """Wait for (and consume) one token; returns the seconds spent waiting."""
+        reserve = MAX_RESERVE if self.defer_after is None else self.defer_after
         waited = 0.0
         while True:
             granted, wait = self._take(keys=[self.key], args=[
-                self.limit.rate * HEADROOM, self.limit.burst, MAX_RESERVE])
+                self.limit.rate * HEADROOM, self.limit.burst, reserve])
             delay = float(wait)
             if int(granted):
                 if delay > 0:
                     self.sleep(delay)
                 return waited + delay
+            if self.defer_after is not None:
+                raise MustWait(delay, "the ERP rate limit")
             self.sleep(min(delay - MAX_RESERVE, MAX_RESERVE))
             waited += min(delay - MAX_RESERVE, MAX_RESERVE)
 

@@ -25,8 +25,10 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -36,12 +38,21 @@ from config.models import CAPABILITIES, Company, StoredSettings, SyncKind, parse
 from erp_sync import lua
 from erp_sync.connectors import Connector, connector_for
 from erp_sync.errors import (
+    MustWait,
     PermanentConnectorError,
+    RateLimited,
     SyncTimedOut,
     TransientConnectorError,
 )
-from erp_sync.history import History, RunRecord, now
-from erp_sync.ratelimit import DEFAULT_LIMITS, RateLimit, Throttled, TokenBucket
+from erp_sync.heartbeat import Heartbeat
+from erp_sync.history import History, RunRecord
+from erp_sync.ratelimit import (
+    RateLimit,
+    Throttled,
+    TokenBucket,
+    company_field,
+    effective_limit,
+)
 from erp_sync.syncs import run_sync
 
 MAX_REDELIVERIES = 3
@@ -75,13 +86,15 @@ class Delivery:
     project: str | None
     slot: str
     trigger: str = "schedule"
-    retries: int = 0
+    retries: int = 0  # transient-error retries so far (deferrals are not counted here)
+    deferrals: int = 0  # times this delivery gave its slot back to wait
 
 
 @dataclass
 class Outcome:
     record: RunRecord | None
-    retry_in: float | None = None
+    retry_in: float | None = None  # a transient error: retry after this many seconds
+    defer_in: float | None = None  # it must wait: re-queue it (same task id) after this
     duplicate: bool = False
 
 
@@ -92,7 +105,11 @@ class Runner:
     client: redis.Redis
     keys: KeySpace
     soft_limit: float = 600.0
-    lock_ttl: float = 960.0
+    # The run lock's TTL; a live run renews it every third of this (``Heartbeat``).
+    lock_ttl: float = 30.0
+    # A wait (rate limit, Retry-After) longer than this gives the worker slot back.
+    defer_after: float = 1.0
+    max_deferrals: int = 200
     executed_ttl: float = 7200.0
     # A retry waits in the broker as an unacknowledged message: one held past the visibility
     # timeout is redelivered while the original still waits, and the two would run together.
@@ -105,37 +122,54 @@ class Runner:
         self.history = History(self.client, self.keys)
         self._start = lua.load(self.client, "run_start")
         self._finish = lua.load(self.client, "run_finish")
-        self._release = lua.load(self.client, "compare_and_delete")
+        self._release = lua.load(self.client, "run_release")
+        self._heartbeat = lua.load(self.client, "run_heartbeat")
         self._read_facts = lua.load(self.client, "run_facts")
 
     def execute(self, d: Delivery) -> Outcome:
         facts = self._read(d)
         if facts.executed:
             return Outcome(facts.previous, duplicate=True)
+        # Timestamps on Redis's clock (the fleet's one clock), extended by the monotonic clock.
+        clock = _Clock(facts.redis_time)
         record = RunRecord(
             kind=d.kind.value, company=d.company, project=d.project, scheduled_for=d.slot,
-            started_at=now(), task_id=d.task_id, trigger=d.trigger,
-            attempt=facts.previous.attempt + 1 if facts.previous else 1)
+            started_at=clock(), task_id=d.task_id, trigger=d.trigger,
+            attempt=_attempt(facts.previous))
         reason = _skip_reason(d, facts)
         if facts.company is None or reason:
-            return Outcome(self._final(record.finish("skipped", error=reason), d))
+            return Outcome(self._final(record.finish("skipped", error=reason, at=clock()), d))
         lost = record.attempt - 1 - d.retries
         if lost > MAX_REDELIVERIES:
             return Outcome(self._final(record.finish(
                 "failed", error=f"gave up: the run was interrupted {lost} times "
-                                "(worker killed or lost mid-run)"), d))
-        holder = self._start(keys=[self._lock(d), self.keys.runs(d.company),
-                                   self.keys.history(d.company)],
-                             args=[d.task_id, int(self.lock_ttl * 1000),
-                                   record.model_dump_json(), self.history.cap])
-        if holder != 1:
+                                "(worker killed or lost mid-run)", at=clock()), d))
+        lock = f"{d.task_id}|{uuid.uuid4().hex[:12]}"
+        ttl_ms = int(self.lock_ttl * 1000)
+        assert facts.limit is not None  # the company exists (checked above)
+        state, *detail = self._start(
+            keys=[self._lock(d), self.keys.runs(d.company), self.keys.history(d.company),
+                  self.keys.running(d.company)],
+            args=[lock, ttl_ms, record.model_dump_json(), self.history.cap,
+                  facts.limit.concurrency, d.task_id])
+        if state == "held":
             return Outcome(self._final(record.finish(
-                "skipped", error=f"the previous run ({holder}) is still running"), d))
+                "skipped", error=f"the previous run ({detail[0]}) is still running", at=clock()),
+                d))
+        if state == "alive":
+            return self._defer(d, record, int(detail[0]) / 1000 + 0.1,
+                               "its earlier delivery, which is still running", clock, None)
+        if state == "busy":
+            return self._defer(d, record, self._cap_wait(d), f"the company's concurrency cap "
+                               f"({detail[0]} of {facts.limit.concurrency} running)", clock, None)
         try:
-            return self._run(d, record, self._connector(facts.company, facts.limits),
-                             facts.watermarks)
+            with Heartbeat(self._heartbeat, self._lock(d), self.keys.running(d.company), lock,
+                           d.task_id, ttl_ms):
+                return self._run(d, record, self._connector(facts.company, facts.limit),
+                                 facts.watermarks, lock, clock)
         except BaseException:
-            self._release(keys=[self._lock(d)], args=[d.task_id])
+            self._release(keys=[self._lock(d), self.keys.running(d.company)],
+                          args=[lock, d.task_id])
             raise
 
     def killed(self, d: Delivery, reason: str) -> RunRecord | None:
@@ -147,62 +181,97 @@ class Runner:
         previous = self.history.get(d.company, d.task_id)
         if previous is None or previous.status != "running":
             return None
-        return self._final(previous.finish("failed", error=reason), d)
+        return self._final(previous.finish("failed", error=reason), d, lock="*")
 
-    def _run(self, d: Delivery, record: RunRecord, connector: Connector,
-             watermarks: str) -> Outcome:
+    def _run(self, d: Delivery, record: RunRecord, connector: Connector, watermarks: str,
+             lock: str, clock: _Clock) -> Outcome:
         try:
             counts = run_sync(self.client, self.keys, d.company, d.kind, d.project, connector,
                               deadline=time.monotonic() + self.soft_limit,
                               watermarks=watermarks)
+        except MustWait as exc:
+            return self._defer(d, record, exc.seconds, exc.why, clock, lock)
+        except RateLimited as exc:  # the ERP said when to come back: wait without the slot
+            wait = exc.retry_after or self.policy.delay(d.deferrals, None, self.rng)
+            return self._defer(d, record, wait, f"the ERP ({_describe(exc)})", clock, lock)
         except TransientConnectorError as exc:
             if d.retries >= self.policy.max_retries:
                 return Outcome(self._final(record.finish(
-                    "failed", error=f"{_describe(exc)} (gave up after {d.retries} retries)"), d))
+                    "failed", error=f"{_describe(exc)} (gave up after {d.retries} retries)",
+                    at=clock()), d, lock))
             delay = min(self.policy.delay(d.retries, exc.retry_after, self.rng),
                         self.max_retry_delay)
             self.history.save(record.model_copy(update={
                 "error": f"{_describe(exc)}; retry {d.retries + 1} in {delay:.1f}s"}))
             # The retry takes the lock again; a slot arriving meanwhile may run (not overlap).
-            self._release(keys=[self._lock(d)], args=[d.task_id])
+            self._release(keys=[self._lock(d), self.keys.running(d.company)],
+                          args=[lock, d.task_id])
             return Outcome(record, retry_in=delay)
         except (PermanentConnectorError, SyncTimedOut) as exc:
-            return Outcome(self._final(record.finish("failed", error=_describe(exc)), d))
+            return Outcome(self._final(record.finish("failed", error=_describe(exc),
+                                                     at=clock()), d, lock))
         except SoftTimeLimitExceeded:  # raised inside prefork children by Celery's soft limit
             return Outcome(self._final(record.finish(
-                "failed", error=f"soft time limit exceeded after {self.soft_limit:g}s"), d))
+                "failed", error=f"soft time limit exceeded after {self.soft_limit:g}s",
+                at=clock()), d, lock))
         except Exception as exc:
-            self._final(record.finish("failed", error=f"internal error: {_describe(exc)}"), d)
+            self._final(record.finish("failed", error=f"internal error: {_describe(exc)}",
+                                      at=clock()), d, lock)
             raise
-        return Outcome(self._final(record.finish("succeeded", counts=counts.as_dict()), d))
+        return Outcome(self._final(record.finish("succeeded", counts=counts.as_dict(),
+                                                 at=clock()), d, lock))
+
+    def _defer(self, d: Delivery, record: RunRecord, seconds: float, why: str,
+               clock: _Clock, lock: str | None) -> Outcome:
+        """Give the worker slot back: re-queued under the same task id after ``seconds``."""
+        if d.deferrals >= self.max_deferrals:
+            return Outcome(self._final(record.finish(
+                "failed", error=f"gave up after deferring {d.deferrals} times (waiting for "
+                                f"{why})", at=clock()), d, lock))
+        delay = min(max(seconds, 0.05) * (1 + self.rng.uniform(0, 0.1)), self.max_retry_delay)
+        self.history.save(record.finish("deferred", at=clock(),
+                                        error=f"deferred {delay:.1f}s: waiting for {why}"))
+        if lock is not None:
+            self._release(keys=[self._lock(d), self.keys.running(d.company)],
+                          args=[lock, d.task_id])
+        log.info("deferred company=%s project=%s sync=%s slot=%s task_id=%s wait=%.1fs for %s",
+                 d.company, d.project or "-", d.kind.value, d.slot, d.task_id, delay, why)
+        return Outcome(record, defer_in=delay)
+
+    def _cap_wait(self, d: Delivery) -> float:
+        """How long a sync over its company's cap waits: short at first, then backing off."""
+        return float(min(15.0, 0.5 * 2 ** min(d.deferrals, 5)))
 
     def _read(self, d: Delivery) -> _Facts:
         """Everything the checks need, in one round trip."""
         k = self.keys
-        executed, previous, company, settings, project, flat, marks = self._read_facts(
+        (executed, previous, company, settings, project, erp_limit, company_limit, marks,
+         seconds, micros) = self._read_facts(
             keys=[k.executed(d.task_id), k.runs(d.company), k.company(d.company),
                   k.settings(d.company), k.projects(d.company), k.rate_limit_overrides,
                   k.cursor(d.company, d.kind.value, d.project)],
-            args=[d.task_id, d.project or "-"])
-        limits = dict(zip(flat[0::2], flat[1::2], strict=True))
+            args=[d.task_id, d.project or "-", company_field(d.company)])
+        record = parse(Company, company, f"company {d.company!r}") if company else None
+        limit = effective_limit(record.erp, str(erp_limit) or None, str(company_limit) or None) \
+            if record is not None else None
         return _Facts(
             executed=bool(executed),
             previous=RunRecord.model_validate_json(previous) if previous else None,
-            company=parse(Company, company, f"company {d.company!r}") if company else None,
+            company=record,
             settings=parse(StoredSettings, settings, "settings") if settings else None,
-            project_exists=bool(project), limits=limits, watermarks=str(marks))
+            project_exists=bool(project), limit=limit, watermarks=str(marks),
+            redis_time=int(seconds) + int(micros) / 1_000_000)
 
-    def _connector(self, company: Company, overrides: dict[str, str]) -> Connector:
+    def _connector(self, company: Company, limit: RateLimit) -> Connector:
         inner = self.connector(company) if self.connector else \
             connector_for(self.client, self.keys, company)
-        raw = overrides.get(company.erp.value)
-        limit = RateLimit.model_validate_json(raw) if raw else DEFAULT_LIMITS[company.erp]
-        return Throttled(inner, TokenBucket(self.client, self.keys, company.id, limit))
+        return Throttled(inner, TokenBucket(self.client, self.keys, company.id, limit,
+                                            defer_after=self.defer_after))
 
     def _lock(self, d: Delivery) -> str:
         return self.keys.run_lock(d.company, d.kind.value, d.project)
 
-    def _final(self, record: RunRecord, d: Delivery) -> RunRecord:
+    def _final(self, record: RunRecord, d: Delivery, lock: str | None = None) -> RunRecord:
         """Save a finished record, mark the task id executed, release our lock (atomically)."""
         last = json.dumps({"company": record.company, "project": record.project,
                            "task_id": record.task_id, "error": record.error,
@@ -210,10 +279,10 @@ class Runner:
                            if record.finished_at else None})
         self._finish(keys=[self.keys.runs(record.company), self.keys.history(record.company),
                            self.keys.executed(record.task_id), self._lock(d),
-                           self.keys.last_runs],
+                           self.keys.last_runs, self.keys.running(record.company)],
                      args=[record.task_id, record.model_dump_json(), self.history.cap,
                            record.status, int(self.executed_ttl * 1000),
-                           f"{record.status}:{record.kind}", last])
+                           f"{record.status}:{record.kind}", last, lock or ""])
         # One line per finished run, key=value so it greps with beat's "dispatched" lines.
         log.info("finished company=%s project=%s sync=%s slot=%s outcome=%s duration_ms=%s "
                  "attempt=%s task_id=%s%s", record.company, record.project or "-", record.kind,
@@ -229,8 +298,26 @@ class _Facts:
     company: Company | None
     settings: StoredSettings | None
     project_exists: bool
-    limits: dict[str, str]
+    limit: RateLimit | None  # None when the company is gone
     watermarks: str
+    redis_time: float
+
+
+class _Clock:
+    """Redis time as read with the facts, extended by the monotonic clock (a datetime)."""
+
+    def __init__(self, redis_time: float) -> None:
+        self.base, self.mono = redis_time, time.monotonic()
+
+    def __call__(self) -> datetime:
+        return datetime.fromtimestamp(self.base + time.monotonic() - self.mono, UTC)
+
+
+def _attempt(previous: RunRecord | None) -> int:
+    """This delivery's attempt number: a deferred attempt continues, anything else counts one."""
+    if previous is None:
+        return 1
+    return previous.attempt if previous.status == "deferred" else previous.attempt + 1
 
 
 def _skip_reason(d: Delivery, facts: _Facts) -> str | None:

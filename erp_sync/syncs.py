@@ -16,16 +16,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import redis
 
 from config.keys import KeySpace
 from config.models import SyncKind
 from erp_sync.connectors.base import Connector, Page, Record, pages
-from erp_sync.errors import SyncTimedOut
+from erp_sync.errors import MustWait, SyncTimedOut
 from erp_sync.procore_store import Counts, Drift, ProcoreStore, scoped
 
 Fetch = Callable[[str | None, str | None], Page]
+RESUME = "_resume"  # where a sync that stopped early records how far it got
 
 
 @dataclass(frozen=True)
@@ -63,23 +65,47 @@ def run_sync(client: redis.Redis, keys: KeySpace, company: str, kind: SyncKind,
     the sync stops at a clean point on any worker pool (thread pools have no Celery time limits).
     ``watermarks`` is the stored watermark value when the caller has already read it (``""``
     for none), saving a round trip.
+
+    A sync that stops early (``MustWait``: it is deferred; ``SyncTimedOut``) saves how far it
+    got: the watermarks of the streams it finished and, under ``_resume``, the stream, the
+    watermark it read from and the next page's cursor. Its rerun continues from there instead
+    of re-reading every page, so a sync on a throttled ERP makes progress across deferrals.
     """
     store = ProcoreStore(client, keys, company)
     mark_key = keys.cursor(company, kind.value, project)
     raw = client.get(mark_key) if watermarks is None else watermarks
-    old_marks: dict[str, str | None] = json.loads(raw) if raw else {}
+    old_marks: dict[str, Any] = json.loads(raw) if raw else {}
+    resume: dict[str, Any] | None = old_marks.pop(RESUME, None)
+    resumed = resume is not None
     marks = dict(old_marks)
     total = Counts()
-    for stream in streams(kind, connector, project):
-        for page in pages(partial(stream.fetch, old_marks.get(stream.name))):
-            if deadline is not None and time.monotonic() > deadline:
-                raise SyncTimedOut(
-                    f"{kind.value} sync of {company!r} passed its soft time limit; "
-                    "it stopped between pages and resumes from the last watermark next run")
-            total.add(store.upsert(stream.name, page.items))
-            if page.next_cursor is None and page.watermark is not None:
-                marks[stream.name] = page.watermark
-    if marks != old_marks:
+    todo = streams(kind, connector, project)
+    if resume is not None and resume.get("stream") in {s.name for s in todo}:
+        todo = todo[[s.name for s in todo].index(resume["stream"]):]
+    else:
+        resume = None
+    for stream in todo:
+        since = resume["since"] if resume else old_marks.get(stream.name)
+        cursor = resume["cursor"] if resume else None
+        resume = None
+        try:
+            for page in pages(partial(stream.fetch, since), cursor):
+                total.add(store.upsert(stream.name, page.items))
+                if page.next_cursor is None:
+                    if page.watermark is not None:
+                        marks[stream.name] = page.watermark
+                    break
+                cursor = page.next_cursor
+                if deadline is not None and time.monotonic() > deadline:
+                    raise SyncTimedOut(
+                        f"{kind.value} sync of {company!r} passed its soft time limit; it "
+                        "stopped between pages and resumes from there next run")
+        except (MustWait, SyncTimedOut):
+            client.set(mark_key, json.dumps(
+                {**marks, RESUME: {"stream": stream.name, "since": since, "cursor": cursor}},
+                sort_keys=True))
+            raise
+    if marks != old_marks or resumed:
         client.set(mark_key, json.dumps(marks, sort_keys=True))
     return total
 

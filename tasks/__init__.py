@@ -36,6 +36,10 @@ class SyncTask(Task):  # type: ignore[misc]
         runner().killed(delivery, f"hard time limit exceeded ({exc}); the worker killed the run")
 
 
+class Deferred(Exception):
+    """Shown as the reason of a deferral in Flower (the sync gave its slot back to wait)."""
+
+
 # Options every sync task shares (the app config sets the same; explicit here for readers).
 TASK_OPTIONS: dict[str, Any] = {
     "bind": True, "base": SyncTask, "acks_late": True, "reject_on_worker_lost": True,
@@ -50,9 +54,10 @@ def runner() -> Runner:
     return Runner(
         connect(env.redis_url, check=False), KeySpace(env.key_prefix),
         soft_limit=env.task_soft_time_limit,
-        # Above the hard limit, so a live run never loses its lock; a killed run's redelivery
-        # takes its own lock over (same task id) instead of waiting for this to expire.
-        lock_ttl=env.task_time_limit + 60,
+        # Renewed by the live run's heartbeat; well under the visibility timeout, so the
+        # redelivery of a run whose worker died takes over soon after the broker hands it out.
+        lock_ttl=max(1.0, min(env.run_lock_seconds, env.visibility_timeout / 4)),
+        defer_after=env.defer_after_seconds,
         # A duplicate can arrive until the broker's visibility timeout has passed twice.
         executed_ttl=max(3600.0, 2 * env.visibility_timeout + env.task_time_limit),
         max_retry_delay=max(1.0, env.visibility_timeout - env.task_time_limit),
@@ -60,12 +65,22 @@ def runner() -> Runner:
 
 
 def perform(task: Task, kind: SyncKind, company: str, slot: str, trigger: str,
-            project: str | None = None) -> dict[str, Any]:
-    """Run one delivery; returns its status and counts (the full record is in the history)."""
+            project: str | None = None, deferrals: int = 0) -> dict[str, Any]:
+    """Run one delivery; returns its status and counts (the full record is in the history).
+
+    A transient error retries with the runner's backoff; a sync that must wait is *deferred*:
+    re-queued with a countdown under the same task id (Celery's retry mechanism), its
+    ``deferrals`` count carried in its kwargs so it never eats into the retry budget.
+    """
     request = task.request
+    retries = int(request.retries or 0) - deferrals  # Celery counts both kinds of re-queue
     delivery = Delivery(task_id=str(request.id), company=company, kind=kind, project=project,
-                        slot=slot, trigger=trigger, retries=int(request.retries or 0))
+                        slot=slot, trigger=trigger, retries=retries, deferrals=deferrals)
     outcome = runner().execute(delivery)
+    if outcome.defer_in is not None:
+        raise task.retry(countdown=outcome.defer_in, max_retries=None,
+                         kwargs={**request.kwargs, "deferrals": deferrals + 1},
+                         exc=Deferred(f"deferred {outcome.defer_in:.1f}s"))
     if outcome.retry_in is not None:
         raise task.retry(countdown=outcome.retry_in)
     record = outcome.record

@@ -15,14 +15,14 @@ from worker import app
 @app.task(  # type: ignore[untyped-decorator]
     name=TASK_NAMES[SyncKind.VENDORS], **TASK_OPTIONS)
 def refresh_vendors(self: Task, *, company: str, slot: str,
-                    trigger: str = "schedule") -> dict[str, Any]:
+                    trigger: str = "schedule", deferrals: int = 0) -> dict[str, Any]:
     """Refresh ERP Companies List: the ERP's vendors into the Procore vendor directory."""
-    return perform(self, SyncKind.VENDORS, company, slot, trigger)
+    return perform(self, SyncKind.VENDORS, company, slot, trigger, deferrals=deferrals)
 
 
 @app.task(  # type: ignore[untyped-decorator]
     name=TASK_NAMES[SyncKind.JOBS], **TASK_OPTIONS)
 def refresh_jobs(self: Task, *, company: str, slot: str,
-                 trigger: str = "schedule") -> dict[str, Any]:
+                 trigger: str = "schedule", deferrals: int = 0) -> dict[str, Any]:
     """Refresh ERP Job List: the ERP's jobs into the Procore job list."""
-    return perform(self, SyncKind.JOBS, company, slot, trigger)
+    return perform(self, SyncKind.JOBS, company, slot, trigger, deferrals=deferrals)

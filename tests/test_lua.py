@@ -123,26 +123,65 @@ def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis,
                                                             keys: KeySpace) -> None:
     start, finish = lua.load(r, "run_start"), lua.load(r, "run_finish")
     save, facts = lua.load(r, "history_save"), lua.load(r, "run_facts")
-    lock, runs, hist = keys.run_lock("acme", "vendors", None), keys.runs("acme"), \
-        keys.history("acme")
-    assert start(keys=[lock, runs, hist], args=["t1", 60_000, '{"s": "running"}', 2]) == 1
-    assert start(keys=[lock, runs, hist], args=["t2", 60_000, "{}", 2]) == "t1"
-    assert start(keys=[lock, runs, hist], args=["t1", 60_000, '{"s": "running"}', 2]) == 1
-    assert finish(keys=[runs, hist, keys.executed("t1"), lock, keys.last_runs],
+    lock, runs, hist, running = keys.run_lock("acme", "vendors", None), keys.runs("acme"), \
+        keys.history("acme"), keys.running("acme")
+    ks = [lock, runs, hist, running]
+    assert start(keys=ks, args=["t1|a", 60_000, '{"s": "running"}', 2, 2, "t1"]) == ["ok"]
+    assert start(keys=ks, args=["t2|b", 60_000, "{}", 2, 2, "t2"]) == ["held", "t1"]
+    state, left = start(keys=ks, args=["t1|c", 60_000, "{}", 2, 2, "t1"])
+    assert state == "alive" and 59_000 < int(left) <= 60_000  # the same task id, still alive
+    assert finish(keys=[runs, hist, keys.executed("t1"), lock, keys.last_runs, running],
                   args=["t1", '{"s": "done"}', 2, "succeeded", 60_000, "succeeded:vendors",
-                        "{}"]) == 1
+                        "{}", "t1|a"]) == 1
     assert r.get(lock) is None and r.get(keys.executed("t1")) == "succeeded"
+    assert r.zcard(running) == 0
     assert r.hget(runs, "t1") == '{"s": "done"}' and r.lrange(hist, 0, -1) == ["t1"]
     assert save(keys=[runs, hist], args=["t2", "{}", 2]) == 1
     assert save(keys=[runs, hist], args=["t3", "{}", 2]) == 1
     assert r.lrange(hist, 0, -1) == ["t3", "t2"] and r.hget(runs, "t1") is None
-    r.set(keys.company("acme"), "C")
+    r.set(keys.company("acme"), '{"erp": "xero"}')
     r.hset(keys.projects("acme"), "p1", "{}")
-    r.hset(keys.rate_limit_overrides, "xero", "L")
+    r.hset(keys.rate_limit_overrides, mapping={"xero": "L", "company:acme": "C"})
     got = facts(keys=[keys.executed("t1"), runs, keys.company("acme"), keys.settings("acme"),
                       keys.projects("acme"), keys.rate_limit_overrides,
-                      keys.cursor("acme", "vendors", None)], args=["t2", "p1"])
-    assert got == [1, "{}", "C", "", 1, ["xero", "L"], ""]
+                      keys.cursor("acme", "vendors", None)], args=["t2", "p1", "company:acme"])
+    assert got[:8] == [1, "{}", '{"erp": "xero"}', "", 1, "L", "C", ""]
+    assert abs(int(got[8]) - r.time()[0]) <= 1  # Redis's clock
+    r.set(keys.company("acme"), "not json")
+    assert facts(keys=[keys.executed("t1"), runs, keys.company("acme"), keys.settings("acme"),
+                       keys.projects("acme"), keys.rate_limit_overrides,
+                       keys.cursor("acme", "vendors", None)],
+                 args=["t2", "p1", "company:acme"])[5] == ""
+
+
+def test_the_company_concurrency_cap_heartbeat_release_and_a_killed_runs_lock(
+        r: redis.Redis, keys: KeySpace) -> None:
+    start, beat = lua.load(r, "run_start"), lua.load(r, "run_heartbeat")
+    release, finish = lua.load(r, "run_release"), lua.load(r, "run_finish")
+    runs, hist, running = keys.runs("acme"), keys.history("acme"), keys.running("acme")
+
+    def lock(kind: str) -> str:
+        return keys.run_lock("acme", kind, None)
+
+    assert start(keys=[lock("a"), runs, hist, running], args=["a|1", 60_000, "{}", 9, 2, "a"]) \
+        == ["ok"]
+    assert start(keys=[lock("b"), runs, hist, running], args=["b|1", 60_000, "{}", 9, 2, "b"]) \
+        == ["ok"]
+    assert start(keys=[lock("c"), runs, hist, running], args=["c|1", 60_000, "{}", 9, 2, "c"]) \
+        == ["busy", "2"]
+    assert r.get(lock("c")) is None
+    assert beat(keys=[lock("a"), running], args=["a|1", 90_000, "a"]) == 1
+    assert r.pttl(lock("a")) > 60_000
+    assert beat(keys=[lock("a"), running], args=["a|stale", 90_000, "a"]) == 0
+    assert release(keys=[lock("b"), running], args=["b|1", "b"]) == 1
+    assert start(keys=[lock("c"), runs, hist, running], args=["c|1", 60_000, "{}", 9, 2, "c"]) \
+        == ["ok"]
+    r.zadd(running, {"c": 0})  # c's worker died: its heartbeat expiry passed
+    assert start(keys=[lock("d"), runs, hist, running], args=["d|1", 60_000, "{}", 9, 2, "d"]) \
+        == ["ok"]
+    assert finish(keys=[runs, hist, keys.executed("a"), lock("a"), keys.last_runs, running],
+                  args=["a", "{}", 9, "failed", 60_000, "failed:x", "{}", "*"]) == 1
+    assert r.get(lock("a")) is None  # '*': whichever run of this task id held it
 
 
 def test_ratelimit_take_grants_the_burst_then_reserves_then_refuses(r: redis.Redis,

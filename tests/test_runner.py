@@ -58,14 +58,21 @@ def test_a_slot_arriving_during_a_run_is_skipped(runner: Runner, fake: redis.Red
     assert runner.execute(delivery()).duplicate  # a skip is final too
 
 
-def test_a_redelivery_takes_over_its_own_stale_lock(runner: Runner, fake: redis.Redis,
-                                                    keys: KeySpace) -> None:
+def test_a_redelivery_waits_while_the_run_still_holds_its_lock_then_takes_over(
+        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
     lock = keys.run_lock("acme", "vendors", None)
-    fake.set(lock, "sync:acme:vendors:-:1")  # the killed first attempt still "holds" it
+    # The first attempt's worker still renews its lock (a slow run, not a dead one).
+    fake.set(lock, "sync:acme:vendors:-:1|first", px=4000)
     History(fake, keys).save(RunRecord(kind="vendors", company="acme", project=None,
                                        scheduled_for="x", started_at=now(),
                                        task_id="sync:acme:vendors:-:1"))
-    record = runner.execute(delivery()).record
+    waiting = runner.execute(delivery())
+    assert waiting.record is not None and waiting.record.status == "running"
+    assert waiting.defer_in is not None and 3.5 < waiting.defer_in < 5
+    assert runner.history.get("acme", "sync:acme:vendors:-:1").status == "deferred"  # type: ignore[union-attr]
+    assert fake.get(lock) == "sync:acme:vendors:-:1|first"  # never run beside it
+    fake.delete(lock)  # its heartbeat stopped: the lock expired
+    record = runner.execute(delivery(deferrals=1)).record
     assert record is not None and (record.status, record.attempt) == ("succeeded", 2)
     assert fake.get(lock) is None
 
@@ -115,13 +122,29 @@ def test_an_unknown_project_and_an_unsupported_sync_are_skipped(fake: redis.Redi
     assert unsupported is not None and "cmic does not support" in (unsupported.error or "")
 
 
-def test_a_transient_error_asks_for_a_retry_after_the_erps_retry_after(
+def test_the_erps_retry_after_defers_the_sync_without_spending_a_retry(
         runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
     from erp_sync.connectors.sandbox_data import SandboxData
     SandboxData(fake, keys).configure("acme", fail_kind="rate_limited", retry_after=7)
     SandboxData(fake, keys).fail_next("acme", 1)
     outcome = runner.execute(delivery())
-    assert outcome.retry_in is not None and 7 <= outcome.retry_in <= 7.7
+    assert outcome.retry_in is None
+    assert outcome.defer_in is not None and 7 <= outcome.defer_in <= 7.7
+    assert fake.get(keys.run_lock("acme", "vendors", None)) is None
+    assert fake.zcard(keys.running("acme")) == 0  # its place under the cap is given back
+    deferred = runner.history.get("acme", "sync:acme:vendors:-:1")
+    assert deferred is not None and deferred.status == "deferred"
+    assert "waiting for the ERP" in (deferred.error or "")
+    record = runner.execute(delivery(deferrals=1)).record
+    assert record is not None and (record.status, record.attempt) == ("succeeded", 1)
+
+
+def test_a_server_error_asks_for_a_retry_with_backoff(
+        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    from erp_sync.connectors.sandbox_data import SandboxData
+    SandboxData(fake, keys).fail_next("acme", 1)
+    outcome = runner.execute(delivery())
+    assert outcome.defer_in is None and outcome.retry_in is not None
     assert fake.get(keys.run_lock("acme", "vendors", None)) is None
     record = runner.execute(delivery(retries=1)).record
     assert record is not None and (record.status, record.attempt) == ("succeeded", 2)
@@ -137,7 +160,7 @@ def test_a_retry_never_waits_longer_than_the_broker_can_hold_it(
     SandboxData(fake, keys).configure("acme", fail_kind="rate_limited", retry_after=3000)
     SandboxData(fake, keys).fail_next("acme", 1)
     outcome = replace(runner, max_retry_delay=600.0).execute(delivery())
-    assert outcome.retry_in == 600.0
+    assert outcome.defer_in == 600.0
 
 
 def test_transient_errors_fail_the_run_when_retries_run_out(
@@ -180,7 +203,7 @@ def test_a_run_killed_by_the_hard_time_limit_is_recorded_failed(
     d = delivery()
     History(fake, keys).save(RunRecord(kind="vendors", company="acme", project=None,
                                        scheduled_for="x", started_at=now(), task_id=d.task_id))
-    fake.set(keys.run_lock("acme", "vendors", None), d.task_id)
+    fake.set(keys.run_lock("acme", "vendors", None), f"{d.task_id}|killed-run")
     record = runner.killed(d, "hard time limit exceeded")
     assert record is not None and (record.status, record.error) == (
         "failed", "hard time limit exceeded")

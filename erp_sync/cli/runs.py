@@ -12,15 +12,25 @@ import contextlib
 import uuid
 
 import click
+from pydantic import ValidationError
 
-from config.models import CAPABILITIES, Company, Erp, PermissionLevel, SyncKind
+from config.models import CAPABILITIES, Company, Erp, PermissionLevel, SyncKind, first_error
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
 from erp_sync.cli.sandbox_cmd import sandbox
 from erp_sync.connectors import connector_for
 from erp_sync.connectors.sandbox_data import SandboxData
 from erp_sync.errors import AlreadyExists, InvalidInput, NotFound
 from erp_sync.history import History
-from erp_sync.ratelimit import DEFAULT_LIMITS, Throttled, TokenBucket, limit_for, set_limit
+from erp_sync.ratelimit import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LIMITS,
+    CompanyLimit,
+    Throttled,
+    TokenBucket,
+    limit_for,
+    set_company_limit,
+    set_limit,
+)
 from erp_sync.slots import TASK_NAMES, queue_for, task_kwargs
 from erp_sync.syncs import reconcile as reconcile_kind
 
@@ -99,7 +109,8 @@ def reconcile(ctx: Ctx, company_id: str, project: str | None, as_json: bool) -> 
     if project is not None and project not in projects:
         raise NotFound(f"unknown project {project!r} in {company_id!r}")
     connector = Throttled(connector_for(ctx.client, ctx.keys, company), TokenBucket(
-        ctx.client, ctx.keys, company_id, limit_for(ctx.client, ctx.keys, company.erp)))
+        ctx.client, ctx.keys, company_id, limit_for(ctx.client, ctx.keys, company.erp,
+                                                    company_id)))
     report: dict[str, dict[str, list[str]]] = {}
     for kind in sorted(CAPABILITIES[company.erp]):
         for target in ([project] if project else projects) if kind.project_level else [None]:
@@ -122,25 +133,49 @@ def ratelimit() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def ratelimit_show(ctx: Ctx, as_json: bool) -> None:
-    """Each ERP's limit (calls per second and burst) as the workers apply it."""
+    """Each ERP's limit (calls per second, burst, syncs per company at once) as applied."""
     limits = {erp.value: limit_for(ctx.client, ctx.keys, erp).model_dump() for erp in Erp}
     if as_json:
         echo_json(limits)
         return
-    table([[erp, f"{v['rate']:g}", f"{v['burst']:g}",
+    table([[erp, f"{v['rate']:g}", f"{v['burst']:g}", str(v["concurrency"]),
             "" if DEFAULT_LIMITS[Erp(erp)].model_dump() == v else "override"]
-           for erp, v in limits.items()], ["ERP", "PER SECOND", "BURST", ""])
+           for erp, v in limits.items()], ["ERP", "PER SECOND", "BURST", "AT ONCE", ""])
 
 
 @ratelimit.command("set")
 @click.argument("erp", metavar="ERP")
 @click.option("--rate", type=float, required=True, help="Calls per second per company.")
 @click.option("--burst", type=float, required=True, help="Calls allowed back to back.")
+@click.option("--concurrency", type=int, default=DEFAULT_CONCURRENCY, show_default=True,
+              help="Syncs of one company running at once, fleet-wide.")
 @pass_ctx
-def ratelimit_set(ctx: Ctx, erp: str, rate: float, burst: float) -> None:
-    """Override ERP's rate limit for every company on it (live on the next call)."""
-    limit = set_limit(ctx.client, ctx.keys, erp, rate, burst)
-    click.echo(f"{erp}: {limit.rate:g}/s, burst {limit.burst:g}")
+def ratelimit_set(ctx: Ctx, erp: str, rate: float, burst: float, concurrency: int) -> None:
+    """Override ERP's limit for every company on it (live on the next call)."""
+    limit = set_limit(ctx.client, ctx.keys, erp, rate, burst, concurrency)
+    click.echo(f"{erp}: {limit.rate:g}/s, burst {limit.burst:g}, "
+               f"{limit.concurrency} at once per company")
+
+
+@ratelimit.command("company")
+@click.argument("company_id", metavar="COMPANY")
+@click.option("--rate", type=float, help="Calls per second (default: the ERP's).")
+@click.option("--burst", type=float, help="Calls allowed back to back (default: the ERP's).")
+@click.option("--concurrency", type=int, help="Syncs running at once (default: the ERP's).")
+@pass_ctx
+def ratelimit_company(ctx: Ctx, company_id: str, rate: float | None, burst: float | None,
+                      concurrency: int | None) -> None:
+    """Show COMPANY's limit, or override parts of it (live on the next call)."""
+    company = ctx.store.get_company(company_id)
+    if rate is not None or burst is not None or concurrency is not None:
+        try:
+            change = CompanyLimit(rate=rate, burst=burst, concurrency=concurrency)
+        except ValidationError as exc:
+            raise InvalidInput(f"invalid limit {first_error(exc)}") from None
+        set_company_limit(ctx.client, ctx.keys, company_id, change)
+    limit = limit_for(ctx.client, ctx.keys, company.erp, company_id)
+    click.echo(f"{company_id} ({company.erp.value}): {limit.rate:g}/s, burst {limit.burst:g}, "
+               f"{limit.concurrency} at once")
 
 
 @click.command("demo")

@@ -71,9 +71,8 @@ class Connector(ABC):
         ``invoice`` and ``commitment`` (shown in Procore as Payments Issued on the commitment)."""
 
 
-def pages(fetch: Fetch) -> Iterator[Page]:
-    """Every page of one listing, following cursors (``fetch(cursor)`` returns one page)."""
-    cursor: str | None = None
+def pages(fetch: Fetch, cursor: str | None = None) -> Iterator[Page]:
+    """Every page of one listing from ``cursor`` on (``fetch(cursor)`` returns one page)."""
     while True:
         page = fetch(cursor)
         yield page

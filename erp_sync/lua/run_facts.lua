@@ -1,16 +1,29 @@
--- Everything a delivery's checks need, in one round trip.
+-- Everything a delivery's checks need, and Redis's clock, in one round trip.
 -- KEYS[1]  the task id's executed marker
 -- KEYS[2]  the company's run records (HASH run id -> RunRecord JSON)
--- KEYS[3]  the company record
+-- KEYS[3]  the company record (JSON; its "erp" names the ERP's limit override)
 -- KEYS[4]  the company's settings
 -- KEYS[5]  the company's projects (HASH)
--- KEYS[6]  the operators' rate-limit overrides (HASH ERP -> limit JSON)
+-- KEYS[6]  the operators' limit overrides (HASH ERP or "company:<id>" -> limit JSON)
 -- KEYS[7]  the sync's watermarks
 -- ARGV[1]  the task id
 -- ARGV[2]  the project id ('-' for a company-level sync)
+-- ARGV[3]  the company's override field ("company:<id>")
 -- Returns {executed, previous record or '', company or '', settings or '', project exists,
---          overrides as a flat list, watermarks or ''}.
+--          ERP override or '', company override or '', watermarks or '', TIME seconds,
+--          TIME microseconds}. A company record that is not JSON reads no ERP override (the
+--          caller reports the record as corrupt).
+local t = redis.call('TIME')
+local company = redis.call('GET', KEYS[3])
+local erp_limit = ''
+if company then
+  local ok, decoded = pcall(cjson.decode, company)
+  if ok and type(decoded) == 'table' and type(decoded['erp']) == 'string' then
+    erp_limit = redis.call('HGET', KEYS[6], decoded['erp']) or ''
+  end
+end
 return {redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], ARGV[1]) or '',
-        redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[4]) or '',
-        redis.call('HEXISTS', KEYS[5], ARGV[2]), redis.call('HGETALL', KEYS[6]),
-        redis.call('GET', KEYS[7]) or ''}
+        company or '', redis.call('GET', KEYS[4]) or '',
+        redis.call('HEXISTS', KEYS[5], ARGV[2]), erp_limit,
+        redis.call('HGET', KEYS[6], ARGV[3]) or '', redis.call('GET', KEYS[7]) or '',
+        t[1], t[2]}

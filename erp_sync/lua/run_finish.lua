@@ -1,10 +1,12 @@
--- Finish a run: save its final record, mark its task id executed and release its lock if it is
--- still ours, atomically (never a marker without its record, nor a finished run holding a lock).
+-- Finish a run: save its final record, mark its task id executed and give back its lock and its
+-- place under the company's cap, atomically (never a marker without its record, nor a finished
+-- run holding a lock).
 -- KEYS[1]  the company's run records (HASH run id -> RunRecord JSON)
 -- KEYS[2]  the company's history (LIST of run ids, newest first)
 -- KEYS[3]  the task id's executed marker (STRING, with a TTL)
 -- KEYS[4]  the run lock of (company, kind, project)
 -- KEYS[5]  the fleet's last finished run per "<status>:<kind>" (HASH)
+-- KEYS[6]  the company's running syncs (ZSET task id -> heartbeat expiry, ms)
 -- ARGV[1]  the task id
 -- ARGV[2]  the final record (JSON)
 -- ARGV[3]  the history cap
@@ -12,10 +14,17 @@
 -- ARGV[5]  the marker's TTL in milliseconds
 -- ARGV[6]  the "<status>:<kind>" field of KEYS[5]
 -- ARGV[7]  the last-run summary (JSON)
+-- ARGV[8]  the lock value the run set ('' when it never took the lock; '*' for whichever run
+--          of this task id holds it: a run its worker killed, closed by the worker)
 -- Returns 1.
 --#include _save_run
 save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
-if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+local held = redis.call('GET', KEYS[4])
+if held and (held == ARGV[8] or
+             (ARGV[8] == '*' and string.match(held, '^(.*)|[^|]*$') == ARGV[1])) then
+  redis.call('DEL', KEYS[4])
+end
+redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('HSET', KEYS[5], ARGV[6], ARGV[7])
 return 1

@@ -1,15 +1,35 @@
--- Take a sync's run lock (or the caller's own stale one) and record the run as running.
--- KEYS[1]  the run lock of (company, kind, project) (STRING holder task id, with a TTL)
+-- Start a run: take the sync's run lock and a place under the company's concurrency cap, and
+-- record the run as running, in one step on Redis's clock.
+-- KEYS[1]  the run lock of (company, kind, project) (STRING "<task id>|<run token>", short TTL
+--          kept alive by the running worker's heartbeat)
 -- KEYS[2]  the company's run records (HASH run id -> RunRecord JSON)
 -- KEYS[3]  the company's history (LIST of run ids, newest first)
--- ARGV[1]  the task id
+-- KEYS[4]  the company's running syncs (ZSET task id -> heartbeat expiry, ms)
+-- ARGV[1]  the lock value "<task id>|<run token>"
 -- ARGV[2]  the lock TTL in milliseconds
 -- ARGV[3]  the running record (JSON)
 -- ARGV[4]  the history cap
--- Returns 1 when the lock was taken, else the task id of the run that holds it.
+-- ARGV[5]  the company's concurrency cap
+-- ARGV[6]  the task id
+-- Returns {'ok'}; {'held', holder task id} when another task runs this sync; {'alive', ms}
+-- when this same task id still runs elsewhere (its heartbeat holds the lock for ms more);
+-- {'busy', n} when n syncs of the company already run (the cap).
 --#include _save_run
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local holder = redis.call('GET', KEYS[1])
-if holder ~= false and holder ~= ARGV[1] then return holder end
+if holder then
+  local task = string.match(holder, '^(.*)|[^|]*$') or holder
+  if task == ARGV[6] then return {'alive', tostring(redis.call('PTTL', KEYS[1]))} end
+  return {'held', task}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local running = redis.call('ZCARD', KEYS[4])
+if not redis.call('ZSCORE', KEYS[4], ARGV[6]) and running >= tonumber(ARGV[5]) then
+  return {'busy', tostring(running)}
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-save(KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4])
-return 1
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[6])
+redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[2]) * 2)
+save(KEYS[2], KEYS[3], ARGV[6], ARGV[3], ARGV[4])
+return {'ok'}

@@ -1,0 +1,54 @@
+"""A live run keeps its lock (and its place under its company's concurrency cap) alive.
+
+Run locks have a short TTL that a background thread renews while the sync runs. A run whose
+worker dies stops renewing, so its lock expires within one TTL and the redelivery of the same
+task id takes over; a run that is merely slow keeps renewing, so a redelivery that arrives while
+it still runs (a thread pool has no hard time limit, and a long run can outlive the broker's
+visibility timeout) finds the lock alive and is deferred instead of running beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+
+import redis
+from redis.commands.core import Script
+
+log = logging.getLogger("erp_sync.worker")
+
+
+class Heartbeat:
+    """``with Heartbeat(...):`` renews the lock every third of its TTL until the block ends."""
+
+    def __init__(self, script: Script, lock_key: str, running_key: str, value: str,
+                 task_id: str, ttl_ms: int) -> None:
+        self.script, self.keys = script, [lock_key, running_key]
+        self.args: list[str | int] = [value, ttl_ms, task_id]
+        self.interval = ttl_ms / 3000
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{task_id}",
+                                        daemon=True)
+        self.lost = False
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                renewed = self.script(keys=self.keys, args=self.args)
+            except redis.RedisError as exc:  # Redis away for a moment: try again next beat
+                log.warning("heartbeat of %s failed: %s", self.args[2], exc)
+                continue
+            if not renewed and not self.lost:
+                self.lost = True
+                log.warning("run %s lost its lock (it expired while Redis or this worker was "
+                            "stalled); a redelivery may run it again", self.args[2])
