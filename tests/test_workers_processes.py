@@ -8,8 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 import redis
@@ -27,7 +28,12 @@ from tests.support.snapshot import snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
 
-Start = Callable[..., procs.Proc]
+
+class Start(Protocol):
+    """Starts a worker on this test's redis-server and prefix, once it is ready to consume."""
+
+    def __call__(self, name: str = "w1", env: dict[str, str] | None = None, *,
+                 pool: str = "threads", concurrency: int = 4) -> procs.Proc: ...
 
 
 @pytest.fixture
@@ -46,15 +52,16 @@ def sender(worker_env: dict[str, str]) -> Iterator[Sender]:
 def start(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Start]:
     started: list[procs.Proc] = []
 
-    def _start(name: str = "w1", env: dict[str, str] | None = None, **kw: object) -> procs.Proc:
-        proc = procs.worker(name, {**worker_env, **(env or {})}, tmp_path, **kw)  # type: ignore[arg-type]
+    def _start(name: str = "w1", env: dict[str, str] | None = None, *, pool: str = "threads",
+               concurrency: int = 4) -> procs.Proc:
+        proc = procs.worker(name, {**worker_env, **(env or {})}, tmp_path, pool=pool,
+                            concurrency=concurrency)
         started.append(proc)
         proc.wait_for(" ready.", 30)
         return proc
 
     yield _start
-    for proc in started:
-        proc.stop()
+    procs.stop_all(started)
 
 
 def finished(client: redis.Redis, keys: KeySpace, company: str, task_id: str,
@@ -81,7 +88,8 @@ def test_erp_changes_reach_the_procore_side_and_a_quiet_rerun_writes_nothing(
     vendor = data.add_vendor("acme", "Late Steel Co")
     second = finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "s2"))
     assert second.counts == {"created": 1, "updated": 0, "unchanged": 0}
-    assert json.loads(real.hget(keys.procore("acme", "vendors"), vendor["id"])) == vendor
+    synced = real.hget(keys.procore("acme", "vendors"), vendor["id"])
+    assert synced is not None and json.loads(synced) == vendor
     before = snapshot(real, f"{keys.prefix}:procore")
     third = finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "s3"))
     assert (third.status, third.counts) == ("succeeded", {"created": 0, "updated": 0,
@@ -168,9 +176,11 @@ def test_a_killed_prefork_child_is_requeued_and_its_sync_reruns_without_duplicat
 
 def test_a_killed_worker_is_redelivered_after_the_visibility_timeout(
         real: redis.Redis, keys: KeySpace, start: Start, sender: Sender) -> None:
-    small_company(real, keys, latency_ms=150, page_size=3)
-    limits = {"ERP_SYNC_TASK_SOFT_TIME_LIMIT": "4", "ERP_SYNC_TASK_TIME_LIMIT": "5",
-              "ERP_SYNC_VISIBILITY_TIMEOUT": "6"}
+    # A sync of 11 pages at 100 ms (about 1.1 s, mostly the sandbox's sleeps) well inside the
+    # soft limit; the redelivery comes after the visibility timeout, the bulk of this test.
+    small_company(real, keys, latency_ms=100, page_size=3)
+    limits = {"ERP_SYNC_TASK_SOFT_TIME_LIMIT": "3", "ERP_SYNC_TASK_TIME_LIMIT": "3.5",
+              "ERP_SYNC_VISIBILITY_TIMEOUT": "4"}
     doomed = start("doomed", env=limits, concurrency=2)
     task_id = sender.send(SyncKind.VENDORS, "acme", "k2")
     side = keys.procore("acme", "vendors")
