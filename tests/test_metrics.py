@@ -16,7 +16,7 @@ from redis.retry import Retry
 from config.keys import KeySpace
 from erp_sync.metrics import render
 from erp_sync.store import SettingsStore
-from tests.support.procs import ROOT, Proc, beat, process_env, wait_until, worker
+from tests.support.procs import ROOT, Proc, beat, process_env, stop_all, wait_until, worker
 from tests.support.redisproc import RedisServer, free_port
 
 
@@ -37,7 +37,7 @@ def test_the_exporter_reports_the_leader_backlog_queues_and_last_runs(
     store.add_company("acme", "xero")
     store.add_project("acme", "tower")
     env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-           "ERP_SYNC_SECONDS_PER_HOUR": "2"}
+           "ERP_SYNC_SECONDS_PER_HOUR": "1"}  # vendors every second, job costs every 2 s
     port = free_port()
     procs = [beat("beat", env, tmp_path), worker("w", env, tmp_path, concurrency=4),
              Proc("exporter", [sys.executable, "manage.py", "metrics", "serve", "--port",
@@ -65,8 +65,7 @@ def test_the_exporter_reports_the_leader_backlog_queues_and_last_runs(
         assert any("sync=job_costs" in line and "project=tower" in line and
                    "outcome=succeeded" in line and "duration_ms=" in line for line in finished)
     finally:
-        for p in procs:
-            p.stop()
+        stop_all(procs)
 
 
 def test_a_scrape_with_redis_down_still_answers_with_up_0(keys: KeySpace) -> None:

@@ -119,8 +119,7 @@ def test_a_password_protected_redis_works_end_to_end_and_the_password_never_show
         assert "'read_only'" in one_error_line(refused)
         assert "rita" in ok("audit", "acme", "--denied")
     finally:
-        beat.stop()
-        worker.stop()
+        procs.stop_all([beat, worker])
     logs = {"beat": beat.output(), "worker": worker.output()}
     assert "applied company=acme version=2" in logs["beat"]
     assert "redis://:**@" in logs["worker"] or "redis://:***@" in logs["worker"]

@@ -16,7 +16,7 @@ from config.keys import KeySpace
 from erp_sync.history import History
 from erp_sync.redis_client import connect
 from erp_sync.store import SettingsStore
-from tests.support.procs import Proc, beat, wait_until, worker
+from tests.support.procs import Proc, beat, stop_all, wait_until, worker
 from tests.support.redisproc import RedisServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
@@ -84,8 +84,7 @@ def test_the_stack_keeps_scheduling_and_syncing_after_the_primary_dies(
                    "a change after the failover was not applied")
         assert all(p.alive() for p in procs)
     finally:
-        for p in procs:
-            p.stop()
+        stop_all(procs)
         client.close()
 
 

@@ -56,11 +56,14 @@ from tests.support.chaos_kit import (
     wait,
 )
 from tests.support.erp import Sender, small_company
+from tests.support.reads import zscores
 
 
 # --- 1. failover storm ------------------------------------------------------------------------
 def failover_storm(workdir: Path, short: bool) -> Report:
-    kills, every, hour = (3, 6.0, 8.0) if short else (12, 10.0, 8.0)
+    # ``every``: how long each new leader leads before it is killed in turn (time that has to
+    # pass, not an event to wait for); short: a few of its dispatches, long: a few periods.
+    kills, every, hour = (3, 3.0, 8.0) if short else (12, 10.0, 8.0)
     companies_n = 20 if short else 40
     report = Report("1 beat failover storm", "SIGKILL of the leading beat (3 beats)", kills)
     with stack(workdir, ERP_SYNC_SECONDS_PER_HOUR=f"{hour:g}") as s:
@@ -138,6 +141,11 @@ def stepped_down(beat: procs.Proc) -> int:
     return out.count("lost the lease") + out.count("fenced out")
 
 
+def stepped_down_since(beat: procs.Proc, said: int) -> bool:
+    """The beat logged stepping down more than the ``said`` times counted before."""
+    return stepped_down(beat) > said
+
+
 def paused_leader(workdir: Path, short: bool) -> Report:
     rounds = 1 if short else 5
     report = Report("2 paused leader", "SIGSTOP of the leader past its lease, then SIGCONT",
@@ -163,18 +171,22 @@ def paused_leader(workdir: Path, short: bool) -> Report:
             origin = f"beat@{held[0]}"
             victim.signal(signal.SIGSTOP)
             try:
-                time.sleep(0.2)  # a script sent just before the pause lands before we count
-                before = sum(o == origin for _, o in queued(client, keys))
                 if wait(partial(leader_changed, client, keys, held[0]), 30) is None:
                     report.problems.append("no standby took over from the paused leader")
                     break
+                # Counted once a standby leads: a script the leader sent just before the pause
+                # has landed by then.
+                before = sum(o == origin for _, o in queued(client, keys))
+                # Proving a negative: for a second the new leader dispatches slots the paused
+                # one also holds as due, which a resumed beat must not send again.
                 time.sleep(1)
             finally:
                 said = stepped_down(victim)
                 victim.signal(signal.SIGCONT)
-            time.sleep(3)  # the resumed beat runs its stale loop: its writes must be fenced
+            # The resumed beat runs its stale loop until it logs losing the lease or being
+            # fenced out; anything it wrote before that is queued by then.
+            fenced += wait(partial(stepped_down_since, victim, said), 30) is not None
             stale.append(sum(o == origin for _, o in queued(client, keys)) - before)
-            fenced += stepped_down(victim) > said
             report.check(victim.alive(), "the resumed beat crashed")
         ids = [tid for tid, _ in queued(client, keys)]
         report.figures.update({
@@ -314,7 +326,7 @@ class State:
     def read(cls, s: Stack, companies: list[str]) -> State:
         client = s.client
         return cls([str(client.get(s.keys.settings(c))) for c in companies],
-                   dict(client.zrange(s.keys.due, 0, -1, withscores=True)),  # type: ignore[arg-type]
+                   zscores(client, s.keys.due),
                    records(client, s.keys, companies))
 
     def lost_in(self, after: State) -> list[str]:
@@ -345,7 +357,9 @@ def _resumed(s: Stack, companies: list[str], back: float, timeout: float
 
 
 def redis_restart(workdir: Path, short: bool) -> Report:
-    outage = 8.0 if short else 30.0
+    # Longer than the lease and than redis-py's own retries (at most about 4 s), so every
+    # process sees commands fail; the long run also outlasts the workers' visibility timeout.
+    outage = 6.0 if short else 30.0
     report = Report("4 Redis restart and outage", f"SIGKILL of redis-server + restart; then "
                     f"{outage:g} s down", 2)
     with stack(workdir, ERP_SYNC_SECONDS_PER_HOUR="6", **FAST_LIMITS) as s:
@@ -359,7 +373,11 @@ def redis_restart(workdir: Path, short: bool) -> Report:
                 s.client, keys, companies).values()), 60) is None:
             report.problems.append("nothing ran before the restart")
             return report
-        time.sleep(2)
+        # Redis dies with syncs in flight (started, unacknowledged): wait until one runs.
+        client = s.client
+        in_flight = wait(lambda: any(r.status == "running" for r in records(
+            client, keys, companies).values()), 30, 0.02)
+        report.check(in_flight is not None, "no sync was in flight to be cut off")
         before = State.read(s, companies)
         downs: list[tuple[float, float]] = []
         down = time.time()
@@ -463,6 +481,12 @@ def _schedule_matches(s: Stack, companies: list[str]) -> bool:
     return True
 
 
+def outages(beat: procs.Proc) -> int:
+    """How many times this beat logged a failed tick or lease renewal (Redis unreachable)."""
+    out = beat.output()
+    return out.count("Redis unavailable") + out.count("could not renew its lease")
+
+
 def lost_messages(workdir: Path, short: bool) -> Report:
     per_case = 6 if short else 60
     report = Report("5 lost messages", "changes while every beat is down / SIGSTOPped past its "
@@ -503,8 +527,11 @@ def lost_messages(workdir: Path, short: bool) -> Report:
                 b.signal(signal.SIGCONT)
         settle(made, "beats SIGSTOPped past the lease")
 
+        seen = [outages(b) for b in beats]
         s.server.kill()
-        time.sleep(3)  # beats see the outage
+        # Redis comes back once every beat has noticed it was gone (a failed tick or renewal).
+        report.check(wait(lambda: all(outages(b) > n for b, n in zip(beats, seen, strict=True)),
+                          30) is not None, "a beat never noticed Redis was down")
         s.server.start()
         made = _change(SettingsStore(s.client, s.keys), companies, per_case)
         settle(made, "made as Redis came back")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import signal
 import time
 import uuid
 from collections import Counter
@@ -93,9 +92,10 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def worker(self, **kw: object) -> procs.Proc:
+    def worker(self, pool: str = "threads", concurrency: int = 4) -> procs.Proc:
         self._n += 1
-        proc = procs.worker(f"worker{self._n}", self.env, self.dir, **kw)  # type: ignore[arg-type]
+        proc = procs.worker(f"worker{self._n}", self.env, self.dir, pool=pool,
+                            concurrency=concurrency)
         self.procs.append(proc)
         return proc
 
@@ -103,10 +103,9 @@ class Stack:
         return [p for p in self.procs if p.name.startswith("beat") and p.alive()]
 
     def close(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(Exception):
-                proc.signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
-                proc.stop(timeout=10)
+        with contextlib.suppress(Exception):
+            procs.stop_all(self.procs, timeout=10)
+        self.server.close_clients()
         self.server.kill()
 
 
