@@ -69,7 +69,8 @@ def test_a_redelivery_waits_while_the_run_still_holds_its_lock_then_takes_over(
     waiting = runner.execute(delivery())
     assert waiting.record is not None and waiting.record.status == "running"
     assert waiting.defer_in is not None and 3.5 < waiting.defer_in < 5
-    assert runner.history.get("acme", "sync:acme:vendors:-:1").status == "deferred"  # type: ignore[union-attr]
+    first = runner.history.get("acme", "sync:acme:vendors:-:1")
+    assert first is not None and first.status == "deferred"
     assert fake.get(lock) == "sync:acme:vendors:-:1|first"  # never run beside it
     fake.delete(lock)  # its heartbeat stopped: the lock expired
     record = runner.execute(delivery(deferrals=1)).record
