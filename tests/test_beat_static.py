@@ -183,6 +183,6 @@ def test_real_beats_send_the_apps_own_entry_once_per_run_across_a_leader_kill(
             proc.signal(signal.SIGTERM)
         for proc in procs:
             proc.stop()
-    ran = client.lrange(ticks, 0, -1)
+    ran = [str(run) for run in client.lrange(ticks, 0, -1)]
     assert len(ran) == len(set(ran)), "a run was executed twice"
     assert all(run.startswith("beat:tick:") for run in ran)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ def stop(stack: Proc, sig: int, spawned: list[int]) -> None:
     assert stack.popen.wait(60) == 0, stack.output()[-3000:]
     assert "stopped." in stack.output()
     for pid in spawned:
-        wait_until(lambda pid=pid: gone(pid), 10, f"child {pid} outlived the stack")
+        wait_until(partial(gone, pid), 10, f"child {pid} outlived the stack")
 
 
 def flower_get(port: str, path: str, auth: str | None) -> object:
@@ -114,7 +115,8 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
         assert leader is not None and int(leader.split(":")[-2]) in spawned
         host = socket.gethostname()
         listed = flower_get(port, "/api/workers", auth)
-        assert {f"company@{host}", f"project@{host}"} <= set(listed)  # type: ignore[arg-type]
+        assert isinstance(listed, dict)
+        assert {f"company@{host}", f"project@{host}"} <= set(listed)
 
         # The password works but shows on no command line (Flower reads it from its environment).
         with pytest.raises(urllib.error.HTTPError) as refused:

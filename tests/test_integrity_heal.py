@@ -26,6 +26,7 @@ from erp_sync.beat.lease import holder_node
 from erp_sync.store import SettingsStore
 from tests.support import procs
 from tests.support.erp import small_company
+from tests.support.reads import zmembers
 from tests.support.redisproc import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
@@ -86,7 +87,7 @@ def test_lost_corrupt_and_deleted_schedule_state_is_rebuilt_within_a_sweep(
         assert node is not None
         next(b for b in beats if b.pid == pid_of(node)).kill_group()
         rng = random.Random(10)
-        members = client.zrange(keys.due, 0, -1)
+        members = zmembers(client, keys.due)
         client.zrem(keys.due, *rng.sample(members, 15))
         client.hdel(keys.beat_applied, *rng.sample(COMPANIES, 5))
         client.hdel(keys.beat_slots, *rng.sample(members, 5))

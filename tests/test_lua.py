@@ -70,7 +70,7 @@ def test_due_apply_is_fenced_and_applies_rem_nx_and_set(r: redis.Redis, keys: Ke
     apply = lua.load(r, "due_apply")
     r.zadd(keys.due, {"acme:vendors": 10.0, "acme:jobs": 20.0, "acme:payments": 30.0})
     ks = [keys.beat_leader, keys.due, keys.beat_applied, keys.beat_cursor, keys.beat_stats]
-    plan = ["acme", '{"v": 2}', keys.applied_channel("acme"), 2, 3,
+    plan: list[str | float] = ["acme", '{"v": 2}', keys.applied_channel("acme"), 2, 3,
             "nx", "acme:vendors", 99.0, "set", "acme:jobs", 99.0, "rem", "acme:payments", 0]
     assert apply(keys=ks, args=["someone|9", "5-0", 1, *plan]) == -1
     assert r.zcard(keys.due) == 3 and r.get(keys.beat_cursor) is None
@@ -90,7 +90,7 @@ def test_due_dispatch_advances_and_queues_together_and_skips_moved_entries(
     r.zadd(keys.due, {"a:vendors": 10.0, "b:vendors": 10.0, "c:vendors": 10.0})
     ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots]
     q = keys.queue("company")
-    batch = [2, "a:vendors", 10.0, 10.0, 20.0, q, 1, "m-a",
+    batch: list[str | float] = [2, "a:vendors", 10.0, 10.0, 20.0, q, 1, "m-a",
              "b:vendors", 7.0, 7.0, 20.0, q, 1, "m-b"]
     assert dispatch(keys=ks, args=["x|1", *batch]) == -1
     assert r.llen(q) == 0
