@@ -30,6 +30,10 @@ def celery_config(env: Settings) -> dict[str, Any]:
             # visibility_timeout plus at most a sixth of it.
             "unacked_restore_interval": int(max(1, min(60, env.visibility_timeout / 6))),
             "unacked_restore_throttle": 1,
+            # The sweep's mutex outlives a Redis crash that happens while a worker holds it
+            # (it is persisted with its expiry): kombu's 300 s default would hold every
+            # restore back for five minutes after such a crash.
+            "unacked_mutex_expire": int(max(5, min(300, env.visibility_timeout / 2))),
             "socket_keepalive": True,
             "health_check_interval": 10,
         },

@@ -10,8 +10,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import redis
 from billiard.exceptions import TimeLimitExceeded
 from celery import Task
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
 
 from config.env import get_settings
 from config.keys import KeySpace
@@ -76,13 +79,20 @@ def perform(task: Task, kind: SyncKind, company: str, slot: str, trigger: str,
     retries = int(request.retries or 0) - deferrals  # Celery counts both kinds of re-queue
     delivery = Delivery(task_id=str(request.id), company=company, kind=kind, project=project,
                         slot=slot, trigger=trigger, retries=retries, deferrals=deferrals)
-    outcome = runner().execute(delivery)
-    if outcome.defer_in is not None:
-        raise task.retry(countdown=outcome.defer_in, max_retries=None,
-                         kwargs={**request.kwargs, "deferrals": deferrals + 1},
-                         exc=Deferred(f"deferred {outcome.defer_in:.1f}s"))
-    if outcome.retry_in is not None:
-        raise task.retry(countdown=outcome.retry_in)
+    try:
+        outcome = runner().execute(delivery)
+        if outcome.defer_in is not None:
+            raise task.retry(countdown=outcome.defer_in, max_retries=None,
+                             kwargs={**request.kwargs, "deferrals": deferrals + 1},
+                             exc=Deferred(f"deferred {outcome.defer_in:.1f}s"))
+        if outcome.retry_in is not None:
+            raise task.retry(countdown=outcome.retry_in)
+    except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+        # Our own Redis failed (not the sync, not the ERP). Raised as a task error, Celery
+        # would acknowledge the message as failed and the slot would be lost with its record
+        # left "running". Rejected with requeue, it goes back to the queue, or, with Redis
+        # still down, stays unacknowledged in Redis until the visibility sweep restores it.
+        raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
     record = outcome.record
     # Small on purpose: Celery reprs the result into every task-succeeded event.
     return {"status": "duplicate" if outcome.duplicate else record.status if record else None,
