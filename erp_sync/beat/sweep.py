@@ -35,37 +35,48 @@ KINDS = list(SyncKind)
 
 def inspect(client: redis.Redis, keys: KeySpace, ids: Sequence[str], now: float,
             seconds_per_hour: float) -> list[Finding]:
-    """Check each company's schedule against its settings (one pipelined round trip)."""
+    """Check each company's schedule against its settings.
+
+    Five bulk commands in one pipelined round trip, whatever the number of companies (the
+    per-command cost of redis-py, not Redis, dominates a per-company pipeline).
+    """
+    if not ids:
+        return []
+    members = [member(company, kind) for company in ids for kind in KINDS]
     pipe = client.pipeline(transaction=False)
-    for company in ids:
-        pipe.get(keys.company(company))
-        pipe.get(keys.settings(company))
-        pipe.hget(keys.beat_applied, company)
-        for kind in KINDS:
-            pipe.zscore(keys.due, member(company, kind))
-        pipe.hmget(keys.beat_slots, [member(company, kind) for kind in KINDS])
-    replies = pipe.execute(raise_on_error=False)
-    width = 4 + len(KINDS)
+    pipe.mget([keys.company(c) for c in ids])
+    pipe.mget([keys.settings(c) for c in ids])
+    pipe.hmget(keys.beat_applied, list(ids))
+    pipe.zmscore(keys.due, members)
+    pipe.hmget(keys.beat_slots, members)
+    companies, settings, applied, scores, last = pipe.execute(raise_on_error=False)
+    width = len(KINDS)
     findings = []
     for n, company in enumerate(ids):
-        raw_company, raw_settings, raw_applied, *rest = replies[n * width:(n + 1) * width]
-        scores, last = rest[:len(KINDS)], rest[len(KINDS)]
         try:
-            record = _read(Company, raw_company, f"company {company!r}")
-            stored = _read(StoredSettings, raw_settings, f"settings of {company!r}")
+            record = _read(Company, _at(companies, n), f"company {company!r}")
+            stored = _read(StoredSettings, _at(settings, n), f"settings of {company!r}")
         except CorruptRecord as exc:
             findings.append(Finding(company, [f"cannot check: {exc}"], None))
             continue
-        applied, corrupt = _applied(raw_applied)
+        record_applied, corrupt = _applied(_at(applied, n))
         seen = Observed(
-            applied=applied, applied_corrupt=corrupt,
-            scores={k: float(s) for k, s in zip(KINDS, scores, strict=True)
-                    if isinstance(s, int | float)},
-            last_slots={k: float(v) for k, v in zip(KINDS, last if isinstance(last, list)
-                                                    else [None] * len(KINDS), strict=True)
+            applied=record_applied, applied_corrupt=corrupt,
+            scores={k: float(v) for k, v in zip(KINDS, _row(scores, n, width), strict=True)
+                    if isinstance(v, int | float)},
+            last_slots={k: float(str(v)) for k, v in zip(KINDS, _row(last, n, width), strict=True)
                         if _number(v)})
         findings.append(check_company(company, record, stored, seen, now, seconds_per_hour))
     return findings
+
+
+def _at(reply: object, n: int) -> object:
+    """Item ``n`` of a bulk reply; a failed command (a key of the wrong type) reads as missing."""
+    return reply[n] if isinstance(reply, list) else None
+
+
+def _row(reply: object, n: int, width: int) -> list[object]:
+    return reply[n * width:(n + 1) * width] if isinstance(reply, list) else [None] * width
 
 
 class Sweeper:
@@ -90,11 +101,24 @@ class Sweeper:
         """Seconds until the next slice is due."""
         return max(0.0, self._next_at - self.clock())
 
+    @property
+    def pass_running(self) -> bool:
+        """Whether a pass has started and not yet covered every company."""
+        return self._started is not None
+
+    def start_pass(self) -> None:
+        """Forget the current pass; the next slice starts a new one from the beginning."""
+        self._restart()
+
     def tick(self, token: str) -> bool:
         """Run a slice if one is due; False when the lease was lost (nothing was written)."""
-        now = self.clock()
-        if now < self._next_at:
+        if self.clock() < self._next_at:
             return True
+        return self.slice(token)
+
+    def slice(self, token: str) -> bool:
+        """Check (and repair) the next slice of companies now; False when fenced out."""
+        now = self.clock()
         if self._started is None:
             self._started, self._total = now, int(self.client.scard(self.keys.companies))
         ids = self._next_ids()
