@@ -28,15 +28,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded
 
 from config.keys import KeySpace
-from config.models import CAPABILITIES, Company, StoredSettings, SyncKind, parse
+from config.models import Company, StoredSettings, parse
 from erp_sync import lua
 from erp_sync.connectors import Connector, connector_for
+from erp_sync.delivery import Delivery, Facts, RunClock, attempt_of, skip_reason
 from erp_sync.errors import (
     MustWait,
     PermanentConnectorError,
@@ -74,20 +74,6 @@ class RetryPolicy:
             # Never sooner than the ERP asked; a little spread so waiters do not return together.
             return float(max(backoff, retry_after * (1 + rng.uniform(0, 0.1))))
         return float(backoff)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What the task was given plus Celery's bookkeeping."""
-
-    task_id: str
-    company: str
-    kind: SyncKind
-    project: str | None
-    slot: str
-    trigger: str = "schedule"
-    retries: int = 0  # transient-error retries so far (deferrals are not counted here)
-    deferrals: int = 0  # times this delivery gave its slot back to wait
 
 
 @dataclass
@@ -131,12 +117,12 @@ class Runner:
         if facts.executed:
             return Outcome(facts.previous, duplicate=True)
         # Timestamps on Redis's clock (the fleet's one clock), extended by the monotonic clock.
-        clock = _Clock(facts.redis_time)
+        clock = RunClock(facts.redis_time)
         record = RunRecord(
             kind=d.kind.value, company=d.company, project=d.project, scheduled_for=d.slot,
             started_at=clock(), task_id=d.task_id, trigger=d.trigger,
-            attempt=_attempt(facts.previous))
-        reason = _skip_reason(d, facts)
+            attempt=attempt_of(facts.previous))
+        reason = skip_reason(d, facts)
         if facts.company is None or reason:
             return Outcome(self._final(record.finish("skipped", error=reason, at=clock()), d))
         lost = record.attempt - 1 - d.retries
@@ -184,7 +170,7 @@ class Runner:
         return self._final(previous.finish("failed", error=reason), d, lock="*")
 
     def _run(self, d: Delivery, record: RunRecord, connector: Connector, watermarks: str,
-             lock: str, clock: _Clock) -> Outcome:
+             lock: str, clock: RunClock) -> Outcome:
         try:
             counts = run_sync(self.client, self.keys, d.company, d.kind, d.project, connector,
                               deadline=time.monotonic() + self.soft_limit,
@@ -222,7 +208,7 @@ class Runner:
                                                  at=clock()), d, lock))
 
     def _defer(self, d: Delivery, record: RunRecord, seconds: float, why: str,
-               clock: _Clock, lock: str | None) -> Outcome:
+               clock: RunClock, lock: str | None) -> Outcome:
         """Give the worker slot back: re-queued under the same task id after ``seconds``."""
         if d.deferrals >= self.max_deferrals:
             return Outcome(self._final(record.finish(
@@ -242,7 +228,7 @@ class Runner:
         """How long a sync over its company's cap waits: short at first, then backing off."""
         return float(min(15.0, 0.5 * 2 ** min(d.deferrals, 5)))
 
-    def _read(self, d: Delivery) -> _Facts:
+    def _read(self, d: Delivery) -> Facts:
         """Everything the checks need, in one round trip."""
         k = self.keys
         (executed, previous, company, settings, project, erp_limit, company_limit, marks,
@@ -254,7 +240,7 @@ class Runner:
         record = parse(Company, company, f"company {d.company!r}") if company else None
         limit = effective_limit(record.erp, str(erp_limit) or None, str(company_limit) or None) \
             if record is not None else None
-        return _Facts(
+        return Facts(
             executed=bool(executed),
             previous=RunRecord.model_validate_json(previous) if previous else None,
             company=record,
@@ -289,50 +275,6 @@ class Runner:
                  record.scheduled_for, record.status, record.duration_ms, record.attempt,
                  record.task_id, f" error={record.error!r}" if record.error else "")
         return record
-
-
-@dataclass(frozen=True)
-class _Facts:
-    executed: bool
-    previous: RunRecord | None
-    company: Company | None
-    settings: StoredSettings | None
-    project_exists: bool
-    limit: RateLimit | None  # None when the company is gone
-    watermarks: str
-    redis_time: float
-
-
-class _Clock:
-    """Redis time as read with the facts, extended by the monotonic clock (a datetime)."""
-
-    def __init__(self, redis_time: float) -> None:
-        self.base, self.mono = redis_time, time.monotonic()
-
-    def __call__(self) -> datetime:
-        return datetime.fromtimestamp(self.base + time.monotonic() - self.mono, UTC)
-
-
-def _attempt(previous: RunRecord | None) -> int:
-    """This delivery's attempt number: a deferred attempt continues, anything else counts one."""
-    if previous is None:
-        return 1
-    return previous.attempt if previous.status == "deferred" else previous.attempt + 1
-
-
-def _skip_reason(d: Delivery, facts: _Facts) -> str | None:
-    """Why a delivery must not run: company/project gone, sync unsupported or switched off."""
-    company = facts.company
-    if company is None:
-        return f"company {d.company!r} no longer exists"
-    if d.kind not in CAPABILITIES[company.erp]:
-        return f"{company.erp.value} does not support the {d.kind.value} sync"
-    if d.trigger != "manual" and (
-            facts.settings is None or d.kind not in facts.settings.settings.enabled_kinds()):
-        return f"the {d.kind.value} sync is switched off in {d.company!r}'s settings"
-    if d.kind.project_level and (d.project is None or not facts.project_exists):
-        return f"project {d.project!r} no longer exists in {d.company!r}"
-    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -19,8 +19,9 @@ from kombu.exceptions import OperationalError
 from config.env import get_settings
 from config.keys import KeySpace
 from config.models import SyncKind
+from erp_sync.delivery import Delivery
 from erp_sync.redis_client import connect
-from erp_sync.runner import Delivery, Runner
+from erp_sync.runner import Runner
 from erp_sync.slots import KIND_OF_TASK
 
 

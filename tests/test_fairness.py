@@ -19,9 +19,10 @@ import redis
 
 from config.keys import KeySpace
 from config.models import SyncKind
+from erp_sync.delivery import Delivery
 from erp_sync.history import History, RunRecord
 from erp_sync.ratelimit import CompanyLimit, set_company_limit
-from erp_sync.runner import Delivery, Runner
+from erp_sync.runner import Runner
 from erp_sync.syncs import RESUME
 from tests.support import procs
 from tests.support.erp import Sender, small_company

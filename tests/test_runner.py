@@ -10,8 +10,9 @@ import redis
 
 from config.keys import KeySpace
 from config.models import SyncKind
+from erp_sync.delivery import Delivery
 from erp_sync.history import History, RunRecord, now
-from erp_sync.runner import MAX_REDELIVERIES, Delivery, RetryPolicy, Runner
+from erp_sync.runner import MAX_REDELIVERIES, RetryPolicy, Runner
 from erp_sync.store import SettingsStore
 from tests.support.erp import small_company
 

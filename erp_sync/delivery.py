@@ -1,0 +1,75 @@
+"""One delivery of a sync task as the runner sees it, and the checks made before it runs.
+
+Pure: the facts come in as a value read by ``Runner`` in one round trip, so the rules (why a
+delivery is skipped, which attempt it is) are plain functions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from config.models import CAPABILITIES, Company, StoredSettings, SyncKind
+from erp_sync.history import RunRecord
+from erp_sync.ratelimit import RateLimit
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the task was given plus Celery's bookkeeping."""
+
+    task_id: str
+    company: str
+    kind: SyncKind
+    project: str | None
+    slot: str
+    trigger: str = "schedule"
+    retries: int = 0  # transient-error retries so far (deferrals are not counted here)
+    deferrals: int = 0  # times this delivery gave its slot back to wait
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a delivery's checks read, in one round trip (``run_facts.lua``)."""
+
+    executed: bool
+    previous: RunRecord | None
+    company: Company | None
+    settings: StoredSettings | None
+    project_exists: bool
+    limit: RateLimit | None  # None when the company is gone
+    watermarks: str
+    redis_time: float
+
+
+class RunClock:
+    """Redis time as read with the facts, extended by the monotonic clock (a datetime)."""
+
+    def __init__(self, redis_time: float) -> None:
+        self.base, self.mono = redis_time, time.monotonic()
+
+    def __call__(self) -> datetime:
+        return datetime.fromtimestamp(self.base + time.monotonic() - self.mono, UTC)
+
+
+def attempt_of(previous: RunRecord | None) -> int:
+    """This delivery's attempt number: a deferred attempt continues, anything else counts one."""
+    if previous is None:
+        return 1
+    return previous.attempt if previous.status == "deferred" else previous.attempt + 1
+
+
+def skip_reason(d: Delivery, facts: Facts) -> str | None:
+    """Why a delivery must not run: company/project gone, sync unsupported or switched off."""
+    company = facts.company
+    if company is None:
+        return f"company {d.company!r} no longer exists"
+    if d.kind not in CAPABILITIES[company.erp]:
+        return f"{company.erp.value} does not support the {d.kind.value} sync"
+    if d.trigger != "manual" and (
+            facts.settings is None or d.kind not in facts.settings.settings.enabled_kinds()):
+        return f"the {d.kind.value} sync is switched off in {d.company!r}'s settings"
+    if d.kind.project_level and (d.project is None or not facts.project_exists):
+        return f"project {d.project!r} no longer exists in {d.company!r}"
+    return None
