@@ -93,13 +93,14 @@ def test_a_password_protected_redis_works_end_to_end_and_the_password_never_show
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    ok("company", "add", "acme", "--erp", "xero")
-    ok("project", "add", "acme", "p1")
-    ok("user", "grant", "acme", "alice", "--level", "admin")
-    ok("user", "grant", "acme", "rita", "--level", "read_only")
     beat = procs.beat("beat", env, tmp_path)
     worker = procs.worker("worker", env, tmp_path)
     try:
+        # (beat and the worker start up while these run)
+        ok("company", "add", "acme", "--erp", "xero")
+        ok("project", "add", "acme", "p1")
+        ok("user", "grant", "acme", "alice", "--level", "admin")
+        ok("user", "grant", "acme", "rita", "--level", "read_only")
         worker.wait_for(" ready.", 30)
         changed = json.loads(ok("settings", "set", "acme", "--as", "alice",
                                 "--payments-frequency", "hourly", "--json"))

@@ -25,7 +25,8 @@ MASTER = "erpmaster"
 
 @pytest.fixture
 def sentinel_set(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, int]]:
-    primary = RedisServer(tmp_path / "primary").start()
+    # A replica's full sync starts at once (not after the default 5 s wait for more replicas).
+    primary = RedisServer(tmp_path / "primary", extra=["--repl-diskless-sync-delay", "0"]).start()
     replica = RedisServer(tmp_path / "replica", extra=[
         "--replicaof", "127.0.0.1", str(primary.port)]).start()
     port = free_port()

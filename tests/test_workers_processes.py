@@ -161,7 +161,9 @@ def child_pids(pid: int) -> list[int]:
 def test_a_killed_prefork_child_is_requeued_and_its_sync_reruns_without_duplicates(
         real: redis.Redis, keys: KeySpace, start: Start, sender: Sender) -> None:
     small_company(real, keys, latency_ms=150, page_size=3)
-    worker = start(pool="prefork", concurrency=1)
+    # The killed child's run lock outlives it by one TTL (its heartbeat stops): the requeued
+    # delivery waits that long before it reruns, so a short one (renewed every second).
+    worker = start(pool="prefork", concurrency=1, env={"ERP_SYNC_RUN_LOCK_SECONDS": "3"})
     task_id = sender.send(SyncKind.VENDORS, "acme", "k1")
     side = keys.procore("acme", "vendors")
     procs.wait_until(lambda: real.hlen(side) >= 6, 20, "the sync never started writing")

@@ -101,8 +101,7 @@ def failover_storm(workdir: Path, short: bool) -> Report:
         end = time.time()
         caught_up = wait(lambda: client.zcount(keys.due, "-inf", end) == 0, 30)
         report.check(caught_up is not None, "slots due before the end were never dispatched")
-        for b in s.beats():
-            b.stop()
+        procs.stop_all(s.beats())
         report.check(drain(s, companies, 90) is not None, "the workers never drained the queues")
         due = slots_due(client, keys, companies, start, end, hour)
         runs = records(client, keys, companies)
@@ -420,8 +419,7 @@ def redis_restart(workdir: Path, short: bool) -> Report:
         report.check(dispatch is not None and run is not None,
                      "beat or workers did not resume after the outage")
         report.check(len(alive) == len(s.procs), "a process died")
-        for b in s.beats():
-            b.stop()
+        procs.stop_all(s.beats())
         report.check(drain(s, companies, 60) is not None, "the workers never drained the queues")
         runs = records(s.client, keys, companies)
         ids = set(runs) | {tid for tid, _ in queued(s.client, keys)}
@@ -510,8 +508,7 @@ def lost_messages(workdir: Path, short: bool) -> Report:
         if wait(lambda: s.client.hlen(s.keys.beat_applied) == len(companies), 60) is None:
             report.problems.append("no beat applied the companies")
             return report
-        for b in beats:
-            b.stop()
+        procs.stop_all(beats)
         made = _change(store, companies, per_case)
         beats = [s.beat(), s.beat()]
         settle(made, "every beat down")
