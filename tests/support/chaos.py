@@ -97,7 +97,7 @@ def failover_storm(workdir: Path, short: bool) -> Report:
             takeovers.append(took)
             gaps.append(time.monotonic() - killed)
             s.beat()  # keep three
-        time.sleep(every)
+        time.sleep(every)  # the last leader leads for as long as the others did
         end = time.time()
         caught_up = wait(lambda: client.zcount(keys.due, "-inf", end) == 0, 30)
         report.check(caught_up is not None, "slots due before the end were never dispatched")
@@ -248,7 +248,7 @@ def worker_kills(workdir: Path, short: bool, seed: int = 6) -> Report:
                                 pending.append(sender.send(kind, company,
                                                            task_id(company, kind, p, slot), p))
                     sent += pending
-                time.sleep(rng.uniform(0.3, 1.2))
+                time.sleep(rng.uniform(0.3, 1.2))  # kills land at random points of the syncs
                 running = {t for t, r in records(client, keys, companies).items()
                            if r.status == "running"}
                 busy = [w for w in workers if w.alive() and running & in_hand(w)]
@@ -381,7 +381,7 @@ def redis_restart(workdir: Path, short: bool) -> Report:
         downs: list[tuple[float, float]] = []
         down = time.time()
         s.server.kill()  # mid-dispatch and mid-sync; appendfsync always keeps what was acked
-        time.sleep(1)
+        time.sleep(1)  # a restart: down briefly (time that has to pass)
         s.server.start()
         back = time.time()
         downs.append((down, back))
@@ -400,7 +400,7 @@ def redis_restart(workdir: Path, short: bool) -> Report:
         changed, _ = store.update_settings("c0", "alice", {"sync_project_job_costs": False})
         down = time.time()
         s.server.kill()  # right after the change: beat may not have seen it yet
-        time.sleep(outage)
+        time.sleep(outage)  # an outage: down for ``outage`` seconds (time that has to pass)
         s.server.start()
         back = time.time()
         downs.append((down, back))
