@@ -24,9 +24,11 @@ def runner(fake: redis.Redis, keys: KeySpace) -> Runner:
 
 
 def delivery(task_id: str = "sync:acme:vendors:-:1", kind: SyncKind = SyncKind.VENDORS,
-             project: str | None = None, **kw: object) -> Delivery:
+             project: str | None = None, *, trigger: str = "schedule", retries: int = 0,
+             deferrals: int = 0) -> Delivery:
     return Delivery(task_id=task_id, company="acme", kind=kind, project=project,
-                    slot="2026-11-26T10:00:00Z", **kw)  # type: ignore[arg-type]
+                    slot="2026-11-26T10:00:00Z", trigger=trigger, retries=retries,
+                    deferrals=deferrals)
 
 
 def test_a_run_is_recorded_with_every_field(runner: Runner) -> None:

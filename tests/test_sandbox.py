@@ -50,7 +50,9 @@ def test_pages_are_incremental_from_a_watermark(fake: redis.Redis, keys: KeySpac
     mark = listing[-1].watermark
     assert erp.vendors(mark, None).items == []
     added = data.add_vendor("acme", "Fresh Concrete")
-    renamed = {**data.get("acme", "vendors", "V00003"), "name": "Renamed"}  # type: ignore[dict-item]
+    third = data.get("acme", "vendors", "V00003")
+    assert third is not None
+    renamed = {**third, "name": "Renamed"}
     data.put("acme", "vendors", renamed)
     assert erp.vendors(mark, None).items == [added, renamed]
 

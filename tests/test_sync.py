@@ -27,8 +27,9 @@ def test_erp_changes_appear_on_the_procore_side(fake: redis.Redis, keys: KeySpac
     data = small_company(fake, keys)
     assert sync(fake, keys, SyncKind.VENDORS) == {"created": 30, "updated": 0, "unchanged": 0}
     vendor = data.add_vendor("acme", "New Steel Co")
-    data.put("acme", "vendors", {**data.get("acme", "vendors", "V00002"),  # type: ignore[dict-item]
-                                 "active": False})
+    second = data.get("acme", "vendors", "V00002")
+    assert second is not None
+    data.put("acme", "vendors", {**second, "active": False})
     assert sync(fake, keys, SyncKind.VENDORS) == {"created": 1, "updated": 1, "unchanged": 0}
     side = ProcoreStore(fake, keys, "acme").all("vendors")
     assert side[vendor["id"]] == vendor
