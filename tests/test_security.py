@@ -122,7 +122,7 @@ def test_a_password_protected_redis_works_end_to_end_and_the_password_never_show
     finally:
         procs.stop_all([beat, worker])
     logs = {"beat": beat.output(), "worker": worker.output()}
-    assert "applied company=acme version=2" in logs["beat"]
+    assert "applied companies=1: acme@2(" in logs["beat"]
     assert "redis://:**@" in logs["worker"] or "redis://:***@" in logs["worker"]
     FIGURES["processes"] += 2
     for name, text in [*logs.items(), *(("cli", o) for o in outputs)]:

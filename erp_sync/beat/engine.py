@@ -215,10 +215,11 @@ class BeatEngine:
             return
         if cursor:
             self.cursor = cursor
-        for plan in plans:
-            log.info("applied company=%s version=%s entries=%s", plan.company,
-                     versions.get(plan.company), ",".join(sorted(
-                         plan.applied.cadences)) if plan.applied else "-")
+        if plans:  # one line per batch (a change storm applies hundreds per script call)
+            log.info("applied companies=%d: %s", len(plans), " ".join(
+                f"{p.company}@{versions.get(p.company)}"
+                f"({','.join(sorted(p.applied.cadences)) if p.applied else '-'})"
+                for p in plans))
 
     def _load(self, company: str, raw_company: object, raw_settings: object
               ) -> tuple[Company | None, StoredSettings | None] | None:
@@ -323,15 +324,23 @@ class BeatEngine:
         if flags is None:
             self._lost()
             return False
+        sent: list[str] = []
+        tasks = 0
+        detail = log.isEnabledFor(logging.DEBUG)
         for (d, _queue, msgs), flag in zip(chunk, flags, strict=True):
             if flag == "s":  # the invariant held: whatever computed this slot, it went once
                 log.warning("refused stale slot company=%s sync=%s slot=%s (already at or "
                             "before the last slot dispatched); next=%s", d.company,
                             d.kind.value, slot_iso(d.slot), slot_iso(d.next_score or 0))
             elif flag == "d" and self.config.log_dispatches:
-                log.info("dispatched company=%s sync=%s slot=%s tasks=%d next=%s", d.company,
-                         d.kind.value, slot_iso(d.slot), len(msgs),
-                         slot_iso(d.next_score) if d.next_score else "-")
+                sent.append(f"{d.member}@{slot_iso(d.slot)}x{len(msgs)}")
+                tasks += len(msgs)
+                if detail:
+                    log.debug("dispatched company=%s sync=%s slot=%s tasks=%d next=%s",
+                              d.company, d.kind.value, slot_iso(d.slot), len(msgs),
+                              slot_iso(d.next_score) if d.next_score else "-")
+        if sent:  # one line per batch, every slot named: `grep acme:vendors@` finds each one
+            log.info("dispatched slots=%d tasks=%d: %s", len(sent), tasks, " ".join(sent))
         return True
 
     def _drop(self, entry: str, exc: Exception) -> None:
