@@ -32,7 +32,7 @@ from erp_sync.applied import Applied, applied_version
 from erp_sync.connectors.sandbox_data import SandboxData
 from erp_sync.history import HISTORY_CAP, RunRecord
 from erp_sync.schedule import cadences
-from erp_sync.slots import task_id
+from erp_sync.slots import parse_task_id, task_id
 from erp_sync.store import SettingsStore
 from tests.support import procs
 from tests.support.chaos_kit import (
@@ -298,18 +298,18 @@ def worker_kills(workdir: Path, short: bool, seed: int = 6) -> Report:
 def skipped_slots(ids: set[str], period: float, downs: list[tuple[float, float]]) -> list[str]:
     """Slots missing from a (company, kind, project)'s run of consecutive slots, except where
     Redis was down (there, several missed slots run once, by design)."""
-    series: dict[str, list[int]] = {}
+    series: dict[tuple[str, SyncKind, str | None], list[int]] = {}
     for tid in ids:
-        head, _, slot = tid.rpartition(":")
-        series.setdefault(head, []).append(int(slot))
+        company, kind, project, slot = parse_task_id(tid)
+        series.setdefault((company, kind, project), []).append(slot)
     missing = []
-    for head, slots in series.items():
+    for (company, kind, project), slots in series.items():
         slots.sort()
-        step = period * (2 if ":job_costs:" in head else 1)
+        step = period * (2 if kind == SyncKind.JOB_COSTS else 1)
         for a, b in itertools.pairwise(slots):
             if b - a > step + 1 and not any(a - step <= up and b + step >= down
                                              for down, up in downs):
-                missing.append(f"{head}:{a}..{b}")
+                missing.append(f"{company} {kind} {project or '-'}: {a}..{b}")
     return missing
 
 
