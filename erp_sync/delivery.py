@@ -27,6 +27,7 @@ class Delivery:
     trigger: str = "schedule"
     retries: int = 0  # transient-error retries so far (deferrals are not counted here)
     deferrals: int = 0  # times this delivery gave its slot back to wait
+    ticket: float | None = None  # its turn in the company's rate-limit queue, if it waited
 
 
 @dataclass(frozen=True)

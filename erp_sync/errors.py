@@ -100,9 +100,10 @@ class MustWait(WorkerError):
     """The sync must wait longer than it may hold a worker slot (a rate limit, the ERP's
     Retry-After, the company's concurrency cap): it is deferred, keeping its task id."""
 
-    def __init__(self, seconds: float, why: str) -> None:
+    def __init__(self, seconds: float, why: str, ticket: float | None = None) -> None:
         super().__init__(f"waiting {seconds:.1f}s for {why}")
-        self.seconds, self.why = seconds, why
+        # ``ticket``: its place in the rate limit's queue of waiters, to present on return.
+        self.seconds, self.why, self.ticket = seconds, why, ticket
 
 
 class SyncTimedOut(WorkerError):

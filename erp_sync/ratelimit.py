@@ -26,8 +26,10 @@ from erp_sync.errors import InvalidInput, MustWait
 MAX_RESERVE = 30.0
 # Tokens are granted at this fraction of the limit: a call reaches the ERP a little after its
 # token (thread wake-up, network), and uneven delays could otherwise bunch two calls closer than
-# the limit allows. One percent of headroom absorbs milliseconds of jitter at any realistic rate.
-HEADROOM = 0.99
+# the limit allows. Two percent of headroom absorbs a call that leaves up to 2 % of an interval
+# after its token (20 ms at 1 call/s); a call later than that can arrive closer than one
+# interval behind the one before (measured: bench/fairness.py, docs/reliability.md).
+HEADROOM = 0.98
 
 
 DEFAULT_CONCURRENCY = 2  # syncs of one company running at once, fleet-wide
@@ -129,33 +131,40 @@ class TokenBucket:
 
     A wait up to ``defer_after`` seconds is slept (the token is reserved, so the call goes out
     exactly on time); a longer one raises ``MustWait`` without taking a token, so the sync
-    gives its worker slot back instead of sleeping in it (``defer_after=None``: always sleep,
-    for callers outside a worker such as ``reconcile``).
+    gives its worker slot back instead of sleeping in it, holding a *ticket*: its place in the
+    bucket's queue of waiters. Tickets are one token interval apart, so deferred syncs come
+    back one at a time instead of as a herd, and a sync that arrives while others wait queues
+    behind them. ``ticket`` is the one a deferred sync returns with (``defer_after=None``:
+    always sleep, for callers outside a worker such as ``reconcile``).
     """
 
     def __init__(self, client: redis.Redis, keys: KeySpace, company: str, limit: RateLimit,
                  sleep: Callable[[float], None] = time.sleep,
-                 defer_after: float | None = None) -> None:
+                 defer_after: float | None = None, ticket: float | None = None) -> None:
         self.key = keys.rate_limit(company)
         self.limit = limit
         self.sleep = sleep
         self.defer_after = defer_after
+        self.ticket = ticket
         self._take = lua.load(client, "ratelimit_take")
 
     def take(self) -> float:
         """Wait for (and consume) one token; returns the seconds spent waiting."""
-        reserve = MAX_RESERVE if self.defer_after is None else self.defer_after
+        defer = self.defer_after is not None
+        reserve = self.defer_after if self.defer_after is not None else MAX_RESERVE
         waited = 0.0
         while True:
-            granted, wait = self._take(keys=[self.key], args=[
-                self.limit.rate * HEADROOM, self.limit.burst, reserve])
+            granted, wait, ticket = self._take(keys=[self.key], args=[
+                self.limit.rate * HEADROOM, self.limit.burst, reserve, self.ticket or 0,
+                1 if defer else 0])
             delay = float(wait)
             if int(granted):
+                self.ticket = None  # our turn was used
                 if delay > 0:
                     self.sleep(delay)
                 return waited + delay
-            if self.defer_after is not None:
-                raise MustWait(delay, "the ERP rate limit")
+            if defer:
+                raise MustWait(delay, "the ERP rate limit", ticket=float(ticket))
             self.sleep(min(delay - MAX_RESERVE, MAX_RESERVE))
             waited += min(delay - MAX_RESERVE, MAX_RESERVE)
 

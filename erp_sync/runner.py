@@ -81,6 +81,7 @@ class Outcome:
     record: RunRecord | None
     retry_in: float | None = None  # a transient error: retry after this many seconds
     defer_in: float | None = None  # it must wait: re-queue it (same task id) after this
+    ticket: float | None = None  # with defer_in: its turn in the rate limit's queue
     duplicate: bool = False
 
 
@@ -151,7 +152,8 @@ class Runner:
         try:
             with Heartbeat(self._heartbeat, self._lock(d), self.keys.running(d.company), lock,
                            d.task_id, ttl_ms):
-                return self._run(d, record, self._connector(facts.company, facts.limit),
+                return self._run(d, record, self._connector(facts.company, facts.limit,
+                                                            d.ticket),
                                  facts.watermarks, lock, clock)
         except BaseException:
             self._release(keys=[self._lock(d), self.keys.running(d.company)],
@@ -176,7 +178,7 @@ class Runner:
                               deadline=time.monotonic() + self.soft_limit,
                               watermarks=watermarks)
         except MustWait as exc:
-            return self._defer(d, record, exc.seconds, exc.why, clock, lock)
+            return self._defer(d, record, exc.seconds, exc.why, clock, lock, exc.ticket)
         except RateLimited as exc:  # the ERP said when to come back: wait without the slot
             wait = exc.retry_after or self.policy.delay(d.deferrals, None, self.rng)
             return self._defer(d, record, wait, f"the ERP ({_describe(exc)})", clock, lock)
@@ -208,13 +210,18 @@ class Runner:
                                                  at=clock()), d, lock))
 
     def _defer(self, d: Delivery, record: RunRecord, seconds: float, why: str,
-               clock: RunClock, lock: str | None) -> Outcome:
-        """Give the worker slot back: re-queued under the same task id after ``seconds``."""
+               clock: RunClock, lock: str | None, ticket: float | None = None) -> Outcome:
+        """Give the worker slot back: re-queued under the same task id after ``seconds``.
+
+        With a ``ticket`` (a place in the rate limit's queue) it returns exactly on its turn;
+        other waits get a little jitter so that waiters do not return together.
+        """
         if d.deferrals >= self.max_deferrals:
             return Outcome(self._final(record.finish(
                 "failed", error=f"gave up after deferring {d.deferrals} times (waiting for "
                                 f"{why})", at=clock()), d, lock))
-        delay = min(max(seconds, 0.05) * (1 + self.rng.uniform(0, 0.1)), self.max_retry_delay)
+        spread = 0.0 if ticket else self.rng.uniform(0, 0.1)
+        delay = min(max(seconds, 0.05) * (1 + spread), self.max_retry_delay)
         self.history.save(record.finish("deferred", at=clock(),
                                         error=f"deferred {delay:.1f}s: waiting for {why}"))
         if lock is not None:
@@ -222,7 +229,7 @@ class Runner:
                           args=[lock, d.task_id])
         log.info("deferred company=%s project=%s sync=%s slot=%s task_id=%s wait=%.1fs for %s",
                  d.company, d.project or "-", d.kind.value, d.slot, d.task_id, delay, why)
-        return Outcome(record, defer_in=delay)
+        return Outcome(record, defer_in=delay, ticket=ticket)
 
     def _cap_wait(self, d: Delivery) -> float:
         """How long a sync over its company's cap waits: short at first, then backing off."""
@@ -248,11 +255,11 @@ class Runner:
             project_exists=bool(project), limit=limit, watermarks=str(marks),
             redis_time=int(seconds) + int(micros) / 1_000_000)
 
-    def _connector(self, company: Company, limit: RateLimit) -> Connector:
+    def _connector(self, company: Company, limit: RateLimit, ticket: float | None) -> Connector:
         inner = self.connector(company) if self.connector else \
             connector_for(self.client, self.keys, company)
         return Throttled(inner, TokenBucket(self.client, self.keys, company.id, limit,
-                                            defer_after=self.defer_after))
+                                            defer_after=self.defer_after, ticket=ticket))
 
     def _lock(self, d: Delivery) -> str:
         return self.keys.run_lock(d.company, d.kind.value, d.project)

@@ -69,22 +69,26 @@ def runner() -> Runner:
 
 
 def perform(task: Task, kind: SyncKind, company: str, slot: str, trigger: str,
-            project: str | None = None, deferrals: int = 0) -> dict[str, Any]:
+            project: str | None = None, deferrals: int = 0,
+            ticket: float | None = None) -> dict[str, Any]:
     """Run one delivery; returns its status and counts (the full record is in the history).
 
     A transient error retries with the runner's backoff; a sync that must wait is *deferred*:
     re-queued with a countdown under the same task id (Celery's retry mechanism), its
-    ``deferrals`` count carried in its kwargs so it never eats into the retry budget.
+    ``deferrals`` count carried in its kwargs so it never eats into the retry budget, and its
+    ``ticket`` (its turn in the company's rate-limit queue) too.
     """
     request = task.request
     retries = int(request.retries or 0) - deferrals  # Celery counts both kinds of re-queue
     delivery = Delivery(task_id=str(request.id), company=company, kind=kind, project=project,
-                        slot=slot, trigger=trigger, retries=retries, deferrals=deferrals)
+                        slot=slot, trigger=trigger, retries=retries, deferrals=deferrals,
+                        ticket=ticket)
     try:
         outcome = runner().execute(delivery)
         if outcome.defer_in is not None:
             raise task.retry(countdown=outcome.defer_in, max_retries=None,
-                             kwargs={**request.kwargs, "deferrals": deferrals + 1},
+                             kwargs={**request.kwargs, "deferrals": deferrals + 1,
+                                     "ticket": outcome.ticket},
                              exc=Deferred(f"deferred {outcome.defer_in:.1f}s"))
         if outcome.retry_in is not None:
             raise task.retry(countdown=outcome.retry_in)

@@ -3,6 +3,7 @@ redis-server (fakeredis emulates Lua, so it alone proves nothing about the real 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -188,10 +189,31 @@ def test_ratelimit_take_grants_the_burst_then_reserves_then_refuses(r: redis.Red
                                                                     keys: KeySpace) -> None:
     take = lua.load(r, "ratelimit_take")
     key = keys.rate_limit("acme")
-    grants = [take(keys=[key], args=[1, 2, 1.5]) for _ in range(4)]
+    grants = [take(keys=[key], args=[1, 2, 1.5, 0, 0]) for _ in range(4)]
     assert [g[0] for g in grants] == [1, 1, 1, 0]
     assert float(grants[0][1]) == 0 and 0.9 < float(grants[2][1]) <= 1.0
-    assert float(grants[3][1]) > 1.5
+    assert float(grants[3][1]) > 1.5 and grants[3][2] == "0"  # polling: nothing reserved
+
+
+def test_ratelimit_waiters_get_tickets_one_interval_apart_and_newcomers_queue_behind(
+        r: redis.Redis, keys: KeySpace) -> None:
+    take = lua.load(r, "ratelimit_take")
+    key = keys.rate_limit("acme")
+    assert take(keys=[key], args=[1, 1, 0.2, 0, 1])[0] == 1  # the burst
+    waiters = [take(keys=[key], args=[1, 1, 0.2, 0, 1]) for _ in range(3)]
+    assert [w[0] for w in waiters] == [0, 0, 0]
+    tickets = [float(w[2]) for w in waiters]
+    assert [round(b - a, 3) for a, b in itertools.pairwise(tickets)] == [1.0, 1.0]
+    newcomer = take(keys=[key], args=[1, 1, 0.2, 0, 1])
+    assert newcomer[0] == 0 and round(float(newcomer[2]) - tickets[-1], 3) == 1.0
+    # A token is free now but waiters are queued: a newcomer still queues behind them, while
+    # the waiter whose turn it is takes the token.
+    seconds, micros = r.time()
+    now = seconds + micros / 1e6
+    r.hset(key, mapping={"tokens": "1", "ts": str(now), "queue": str(now + 5)})
+    assert take(keys=[key], args=[1, 1, 0.2, 0, 1])[0] == 0
+    r.hset(key, mapping={"tokens": "1", "ts": str(now)})
+    assert take(keys=[key], args=[1, 1, 0.2, now, 1])[0] == 1
 
 
 def test_procore_upsert_writes_only_what_changed(r: redis.Redis, keys: KeySpace) -> None:
