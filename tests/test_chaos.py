@@ -81,7 +81,11 @@ def test_beats_and_workers_resume_after_a_redis_restart_and_an_outage(workdir: P
         assert isinstance(value, float) and value <= 2 * GENEROUS, (name, value)
     assert figures["processes alive after both"] == "3 / 3"
     assert figures["slots missing outside the outages"] == []
-    assert figures["messages queued - task ids seen"] == figures["slots run twice"] == 0
+    assert figures["slots run twice"] == 0
+    # Only a message popped in the instant Redis died may be missing (docs/reliability.md).
+    lost = figures["messages queued - task ids seen"]
+    assert isinstance(lost, int)
+    assert 0 <= lost <= figures["crash-instant losses allowed (kills x worker processes)"]
 
 
 def test_changes_made_while_beat_is_down_or_cut_off_are_all_applied(workdir: Path) -> None:

@@ -433,11 +433,20 @@ def redis_restart(workdir: Path, short: bool) -> Report:
             "slots missing outside the outages": lost[:5],
             "slots run twice": twice,
         })
-        # A difference with no missing slot would be a slot queued twice; a missing slot is a
-        # message lost in the broker (popped by a worker as Redis died).
+        # The exact guarantee (docs/reliability.md, "Redis killed"): kombu's Redis transport
+        # takes a message with BRPOP and records it as unacknowledged in a second command, so a
+        # message a worker pops in the instant Redis dies is gone, its slot with it: at most
+        # one per worker process per crash, and only at a crash (no slot is missing outside
+        # the outages). Anything beyond that bound is a loss this product caused.
+        kills = len(downs)
+        consumers = sum(1 for p in s.procs if p.name.startswith("worker"))
+        report.figures["crash-instant losses allowed (kills x worker processes)"] = \
+            kills * consumers
         report.check(twice == 0, "a slot ran twice")
         report.check(not lost, f"slots lost: {lost[:5]}")
-        report.check(unaccounted == 0, f"{unaccounted} queued messages never reached history")
+        report.check(0 <= unaccounted <= kills * consumers,
+                     f"{unaccounted} queued messages never reached history "
+                     f"(at most {kills * consumers} can be popped as Redis dies)")
         targets = [v for k, v in report.figures.items() if "Redis back" in k]
         report.figures["resume target <= 10 s"] = "met" if all(
             isinstance(v, float) and v <= 10 for v in targets) else "missed"
