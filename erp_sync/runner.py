@@ -144,8 +144,11 @@ class Runner:
                 "skipped", error=f"the previous run ({detail[0]}) is still running", at=clock()),
                 d))
         if state == "alive":
+            # Never given up on: failing it would mark the task id executed under the feet of
+            # its live twin, which finishes the slot itself.
             return self._defer(d, record, int(detail[0]) / 1000 + 0.1,
-                               "its earlier delivery, which is still running", clock, None)
+                               "its earlier delivery, which is still running", clock, None,
+                               may_give_up=False)
         if state == "busy":
             return self._defer(d, record, self._cap_wait(d), f"the company's concurrency cap "
                                f"({detail[0]} of {facts.limit.concurrency} running)", clock, None)
@@ -210,13 +213,14 @@ class Runner:
                                                  at=clock()), d, lock))
 
     def _defer(self, d: Delivery, record: RunRecord, seconds: float, why: str,
-               clock: RunClock, lock: str | None, ticket: float | None = None) -> Outcome:
+               clock: RunClock, lock: str | None, ticket: float | None = None,
+               may_give_up: bool = True) -> Outcome:
         """Give the worker slot back: re-queued under the same task id after ``seconds``.
 
         With a ``ticket`` (a place in the rate limit's queue) it returns exactly on its turn;
         other waits get a little jitter so that waiters do not return together.
         """
-        if d.deferrals >= self.max_deferrals:
+        if d.deferrals >= self.max_deferrals and may_give_up:
             return Outcome(self._final(record.finish(
                 "failed", error=f"gave up after deferring {d.deferrals} times (waiting for "
                                 f"{why})", at=clock()), d, lock))

@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -59,9 +60,13 @@ def test_lost_corrupt_and_deleted_schedule_state_is_rebuilt_within_a_sweep(
         store.update_settings(company, "alice", {"payments_for_synced_invoices": "hourly"})
     beats = [procs.beat(f"beat{n}", env, tmp_path) for n in (1, 2)]
 
+    took: dict[str, float] = {}
+
     def healed(what: str) -> None:
+        started = time.monotonic()
         procs.wait_until(lambda: doctor(env)[0] == 0, HEALED_WITHIN,
                          f"not rebuilt after {what}: {doctor(env)[1]}")
+        took[what] = round(time.monotonic() - started, 1)
 
     def dispatched() -> int:
         return int(client.hget(keys.beat_stats, "slots") or 0)
@@ -103,6 +108,10 @@ def test_lost_corrupt_and_deleted_schedule_state_is_rebuilt_within_a_sweep(
         for beat in beats:
             beat.stop()
     ids = queued_ids(client, keys)
+    print(f"heal figures: sweep pass {SWEEP:g} s, {len(COMPANIES)} companies; seconds until "
+          f"doctor was clean: {took}; repairs "
+          f"{int(client.hget(keys.beat_stats, 'repairs') or 0)}; slots queued {len(ids)}, twice "
+          f"{len(ids) - len(set(ids))}")
     twice = [tid for tid, n in Counter(ids).items() if n > 1]
     assert not twice, f"dispatched twice: {twice[:5]}"
     survivor = next(b for b in beats if "schedule repair" in b.output())
