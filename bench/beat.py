@@ -40,7 +40,8 @@ from bench.common import (
 )
 from config.keys import KeySpace
 from erp_sync.applied import AppliedWaiter
-from erp_sync.beat.engine import BeatEngine, EngineConfig
+from erp_sync.beat.engine import BeatEngine, EngineConfig, pid_of
+from erp_sync.beat.lease import holder_node
 from erp_sync.store import SettingsStore
 from tests.support.clock import Clock
 from tests.support.procs import Proc, beat
@@ -256,10 +257,12 @@ def failover_ours(url: str, logs: Path, rounds: int = 3) -> list[float]:
     gaps = []
     try:
         for _ in range(rounds):
-            while not client.get(keys.beat_leader) or client.get(keys.beat_leader) == "pending":
+            while holder_node(client.get(keys.beat_leader)) is None:
                 time.sleep(0.05)
             time.sleep(2)
-            pid = int(str(client.get(keys.beat_leader)).split(":")[1])
+            node = holder_node(client.get(keys.beat_leader))
+            assert node is not None
+            pid = pid_of(node)
             victim = next(p for p in procs if p.pid == pid)
             before = int(client.hget(keys.beat_stats, "slots") or 0)
             killed = time.monotonic()

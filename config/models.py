@@ -55,6 +55,11 @@ def _timezone(value: str) -> str:
     return value
 
 
+def is_identifier(value: str) -> bool:
+    """Whether ``value`` is a valid company or project id (a key segment, no ':')."""
+    return _ID.fullmatch(value) is not None
+
+
 Identifier = Annotated[str, AfterValidator(_identifier)]
 TimeZoneName = Annotated[str, AfterValidator(_timezone)]
 

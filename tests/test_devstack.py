@@ -108,8 +108,9 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
 
         # Ready when the banner says so: a beat of this stack leads, Flower lists both workers
         # without anyone asking it to refresh.
-        port, user, password = re.search(  # type: ignore[union-attr]
-            r"http://127\.0\.0\.1:(\d+)\s+user (\S+)\s+password (\S+)", out).groups()
+        banner = re.search(r"http://127\.0\.0\.1:(\d+)\s+user (\S+)\s+password (\S+)", out)
+        assert banner is not None, out
+        port, user, password = banner.groups()
         auth = f"{user}:{password}"
         leader = json.loads(manage(env, "status", "--json").stdout)["leader"]
         assert leader is not None and int(leader.split(":")[-2]) in spawned
@@ -141,8 +142,8 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
         wait_until(lambda: kinds_succeeded() == KINDS, 60,
                    f"not all four kinds succeeded: {kinds_succeeded()}")
         tasks = flower_get(port, "/api/tasks?limit=50", auth)
-        assert any(t["name"] == "tasks.project.sync_job_costs"
-                   for t in tasks.values())  # type: ignore[attr-defined]
+        assert isinstance(tasks, dict)
+        assert any(t["name"] == "tasks.project.sync_job_costs" for t in tasks.values())
 
         changed = manage(env, "settings", "set", "demo-01", "--as", "demo-01-admin",
                          "--no-refresh-jobs", "--json")
@@ -175,8 +176,9 @@ def test_a_second_start_keeps_the_private_redis_port_and_an_admins_change(
         except BaseException:
             stack.stop()
             raise
-        url = re.search(r"started a private redis-server at (\S+)",  # type: ignore[union-attr]
-                        stack.output()).group(1)
+        started = re.search(r"started a private redis-server at (\S+)", stack.output())
+        assert started is not None, stack.output()
+        url = started.group(1)
         spawned = children(stack.pid)
         assert len(spawned) == 6  # Redis too
         return stack, url, spawned

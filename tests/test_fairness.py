@@ -69,10 +69,11 @@ def test_a_sync_over_its_companys_concurrency_cap_is_deferred(
     fake.zadd(keys.running("acme"), {"another-task": 10 ** 15})  # one sync of acme runs
     outcome = Runner(fake, keys, rng=random.Random(1)).execute(delivery())
     assert outcome.defer_in is not None and outcome.record is not None
-    assert "concurrency cap (1 of 1 running)" in (
-        History(fake, keys).get("acme", "sync:acme:vendors:-:1").error or "")  # type: ignore[union-attr]
+    deferred = History(fake, keys).get("acme", "sync:acme:vendors:-:1")
+    assert deferred is not None and "concurrency cap (1 of 1 running)" in (deferred.error or "")
     fake.delete(keys.running("acme"))
-    assert Runner(fake, keys).execute(delivery(deferrals=1)).record.status == "succeeded"  # type: ignore[union-attr]
+    record = Runner(fake, keys).execute(delivery(deferrals=1)).record
+    assert record is not None and record.status == "succeeded"
 
 
 def started_late(runs: list[RunRecord], published: dict[str, float]) -> list[float]:

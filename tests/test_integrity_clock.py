@@ -13,6 +13,7 @@ import itertools
 import re
 import signal
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,14 @@ def dispatched(client: redis.Redis, keys: KeySpace) -> int:
     return int(client.hget(keys.beat_stats, "slots") or 0)
 
 
+def reached(client: redis.Redis, keys: KeySpace, floor: int) -> bool:
+    return dispatched(client, keys) >= floor
+
+
+def replaced(client: redis.Redis, keys: KeySpace, node: str) -> bool:
+    return leader(client, keys) not in (None, node)
+
+
 def history(client: redis.Redis, keys: KeySpace, companies: list[str]) -> list[RunRecord]:
     return [RunRecord.model_validate_json(raw) for c in companies
             for raw in client.hgetall(keys.runs(c)).values()]
@@ -81,14 +90,13 @@ def test_beats_with_wrong_clocks_send_no_slot_twice_early_or_not_at_all(
                                  f"no beat took the lease:\n{beats[0].output()[-2000:]}")
         for _ in range(2):
             floor = dispatched(client, keys) + 15  # more than a period's slots
-            procs.wait_until(lambda f=floor: dispatched(client, keys) >= f, 30,  # type: ignore[misc]
+            procs.wait_until(partial(reached, client, keys, floor), 30,
                              "the leader stopped dispatching")
             node = leader(client, keys)
             assert node is not None
             victim = next(b for b in beats if b.pid == pid_of(node))
             victim.kill_group()
-            procs.wait_until(lambda n=node: leader(client, keys) not in (None, n), 30,  # type: ignore[misc]
-                             "no beat took over")
+            procs.wait_until(partial(replaced, client, keys, node), 30, "no beat took over")
             # Switched off and on at once after the failover: the sync resumes at its next slot.
             store.update_settings("c1", "alice", {"refresh_erp_companies_list": False})
             store.update_settings("c1", "alice", {"refresh_erp_companies_list": True})

@@ -170,6 +170,12 @@ def test_a_project_entry_fans_out_to_every_project() -> None:
     assert d.projects == ("p1", "p2")
 
 
+def test_a_project_id_the_store_would_refuse_gets_no_task_and_the_others_run() -> None:
+    applied = Applied(version=1, cadences={"job_costs": "every:7200"})
+    d = plan_dispatch("acme:job_costs", T0, applied, ["p1", "bad:id", "", "p 2"], T0)
+    assert d.projects == ("p1",)
+
+
 def test_an_entry_without_a_record_is_removed_and_runs_nothing() -> None:
     d = plan_dispatch("ghost:vendors", T0, None, [], T0)
     assert d.next_score is None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from config.models import Company, StoredSettings, SyncKind
+from config.models import Company, StoredSettings, SyncKind, is_identifier
 from erp_sync.applied import Applied
 from erp_sync.schedule import Cadence, cadences, slot_after, slot_at_or_before
 
@@ -82,6 +82,9 @@ def plan_dispatch(entry: str, score: float, applied: Applied | None,
         return Dispatch(entry, score, company, kind, score, None)
     cadence = Cadence.from_key(key)
     slot = max(slot_at_or_before(cadence, company, kind, now), score)
+    # A project id the store would refuse (a corrupt projects hash) gets no task: its task id
+    # could not be read back. The rest of the company's projects run.
     return Dispatch(entry, score, company, kind, slot,
                     slot_after(cadence, company, kind, max(now, slot)),
-                    tuple(sorted(projects)) if kind.project_level else ())
+                    tuple(sorted(p for p in projects if is_identifier(p)))
+                    if kind.project_level else ())
