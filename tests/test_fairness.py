@@ -86,7 +86,7 @@ def test_a_slow_neighbour_does_not_delay_a_healthy_company(
         redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
     client, keys = redis_server.client(), KeySpace(prefix)
     env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix}
-    slow_projects = tuple(f"p{n:02d}" for n in range(20))
+    slow_projects = tuple(f"p{n:02d}" for n in range(12))
     small_company(client, keys, "slow", projects=slow_projects)
     small_company(client, keys, "fine", projects=tuple(f"q{n}" for n in range(8)))
     set_company_limit(client, keys, "slow", CompanyLimit(rate=1, burst=1))  # 1 call/s
@@ -123,7 +123,7 @@ def test_a_slow_neighbour_does_not_delay_a_healthy_company(
     assert [r.status for r in slow] == ["succeeded"] * len(slow_projects)
     last_slow_started = max(r.started_at.timestamp() for r in slow)
     # The healthy syncs did not queue behind the slow company's backlog: each one started
-    # before the slow company's last sync even began (it needs ~20 s at 1 call/s).
+    # before the slow company's last sync even began (it needs ~12 s at 1 call/s).
     assert all(r.started_at.timestamp() < last_slow_started for r in fine), \
         started_late(fine, published)
     calls = sorted(float(t) for t in client.lrange(keys.erp_calls("slow"), 0, -1))
@@ -141,10 +141,10 @@ def test_a_run_that_outlives_the_visibility_timeout_never_runs_beside_its_redeli
         redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
     client, keys = redis_server.client(), KeySpace(prefix)
     env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-           "ERP_SYNC_TASK_SOFT_TIME_LIMIT": "1", "ERP_SYNC_TASK_TIME_LIMIT": "2",
-           "ERP_SYNC_VISIBILITY_TIMEOUT": "3"}
+           "ERP_SYNC_TASK_SOFT_TIME_LIMIT": "0.5", "ERP_SYNC_TASK_TIME_LIMIT": "1",
+           "ERP_SYNC_VISIBILITY_TIMEOUT": "2"}
     data = small_company(client, keys, "acme", vendors=5, page_size=100)
-    data.configure("acme", latency_ms=9000)  # one call, three visibility timeouts long
+    data.configure("acme", latency_ms=6000)  # one call, three visibility timeouts long
     workers = [procs.worker(f"w{n}", env, tmp_path, queues="company", concurrency=2)
                for n in (1, 2)]
     sender = Sender(env)
