@@ -1,24 +1,28 @@
 """One delivery of a sync task, from guard checks to the history record (no Celery here).
 
-Order of checks, each a reason a run does not happen:
+Order of checks, each a reason a run does not happen (``erp_sync.delivery``):
 1. The task id already completed (its ``executed`` marker is set): a duplicate delivery, nothing
    is done or recorded again.
 2. The company is gone, the project is gone, the ERP does not support the sync, or (for scheduled
    runs) the sync is switched off in its settings: recorded ``skipped`` with the reason. Beat may
    have dispatched just before the change; manual runs ignore the on/off switch, which only
    governs the schedule.
-3. The run lock of (company, kind, project) is held by another task id: the previous run is still
-   going, so this slot is recorded ``skipped``. The lock's value is the holder's task id, so a
-   redelivery of a run whose worker was killed takes its own stale lock over and reruns.
-4. The task id was started too often without finishing (lost workers): ``failed``, so a poison
+3. The task id was started too often without finishing (lost workers): ``failed``, so a poison
    message cannot loop forever.
+4. The run lock of (company, kind, project) (``run_start.lua``): held by another task id, the
+   previous run is still going and this slot is recorded ``skipped``; held by this same task id,
+   its earlier delivery still runs (its heartbeat keeps the lock alive, ``Heartbeat``) and this
+   one is deferred until the lock is free, so the two never run together. A run whose worker
+   died stops renewing: its lock expires within one TTL and the redelivery takes over. The
+   company's concurrency cap is checked in the same step: over it, the delivery is deferred.
 
 Then the sync runs. Success, a permanent error or an exhausted retry budget saves the final
-record, sets the executed marker and releases the lock in one script; a transient error releases
-the lock and asks the caller to retry after a backoff (exponential with jitter, never sooner than
-``retry_after``).
+record, sets the executed marker and releases the lock in one script. A sync that must wait (a
+rate-limit token, the ERP's Retry-After) is *deferred*: it gives its worker slot back and comes
+back under the same task id, resuming from the page it reached, without spending a retry. Any
+other transient error releases the lock and asks the caller to retry after a backoff
+(exponential with jitter, never sooner than ``retry_after``).
 """
-
 from __future__ import annotations
 
 import json

@@ -32,6 +32,8 @@ def _trimmed_past(info: dict[str, object], cursor: str) -> bool:
     first = info.get("first-entry")
     if not first:
         return _id(str(info["last-generated-id"])) > _id(cursor)
+    if "entries-added" not in info:  # Redis < 7.0 does not say: assume the worst, rebuild
+        return _id(str(first[0])) > _id(cursor)  # type: ignore[index]
     trimmed = int(str(info["entries-added"])) > int(str(info["length"]))
     return trimmed and _id(str(first[0])) > _id(cursor)  # type: ignore[index]
 
