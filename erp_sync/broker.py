@@ -6,10 +6,10 @@ the channel hands the consumer's unacknowledged messages back to Redis through a
 built from that ``client``, which is gone: ``AttributeError: 'NoneType' object has no attribute
 'hostname'``. The consumer ignores only connection errors there, so the worker process exits
 ("Unrecoverable error") whenever Redis restarts while a task (acks_late, so unacknowledged) runs.
-The chaos scenario 4 (tests/support/chaos.py) found it. Here that channel raises a connection error instead: the
-consumer ignores it and reconnects. Nothing is lost: each unacknowledged message is still in the
-broker's unacked set in Redis and comes back through the visibility sweep like any message of a
-lost worker.
+Chaos scenario 4 (tests/support/chaos.py) found it. Here that channel raises a connection error
+instead: the consumer ignores it and reconnects. Nothing is lost: each unacknowledged message is
+still in the broker's unacked set in Redis and comes back through the visibility sweep like any
+message of a lost worker.
 
 ``install()`` points kombu's ``redis``, ``rediss`` and ``sentinel`` schemes at these classes, so
 URLs, TLS defaults and Flower's broker view stay exactly as before.
