@@ -2,8 +2,8 @@
 
 Run on purpose (not part of the tests), from the repo root:
 
-    .venv/bin/python -m bench.fairness [--runs 3] [--rate 5] [--seconds 12] [--json]
-                                       [--only alone,neighbour,before] [--keep DIR]
+    .venv/bin/python -m bench.fairness [--runs 3] [--rate 5] [--seconds 12] [--before-seconds 4]
+                                       [--json] [--only alone,neighbour,before] [--keep DIR]
 
 What it measures: the *due-to-start latency* of a healthy company's payments syncs, i.e. a run's
 ``started_at`` in the run history minus the moment its task was published (``client.time()``
@@ -25,12 +25,18 @@ published with its ``Sender`` the way beat publishes them. Scenarios:
   per task id, exactly 50 sandbox ERP calls (each sync is one page, so 50 calls means none lost and
   none run twice) and the spacing of those calls (arrival times logged by the sandbox on Redis
   time) never under 1 s.
-- ``before`` (reference): ``neighbour`` with ``ERP_SYNC_DEFER_AFTER_SECONDS=1000``, so every
-  rate-limit wait is slept in the worker slot as before deferral existed. The company's
-  concurrency cap still applies (a sync over the cap is deferred whatever the setting). Only the
+- ``before`` (reference: the worker before deferral and the concurrency cap existed):
+  ``neighbour`` with ``ERP_SYNC_DEFER_AFTER_SECONDS=1000`` (every rate-limit wait is slept in the
+  worker slot) and the slow company's concurrency cap lifted to 50, so nothing is ever deferred
+  (the run checks that no "deferred" line appears). The 8 slots fill with slow syncs sleeping for
+  their tokens and the healthy syncs wait until the slow backlog has been taken off the queue
+  (about 43 s at 1 call/s), so the healthy stream is shorter: ``--before-seconds`` (4 s, 20
+  syncs at 5/s) instead of ``--seconds``; a run takes about 50 s whatever the stream. Only the
   healthy company is measured; the worker is stopped without waiting for the slow company.
-- ``before-uncapped`` (opt-in, ``--only before-uncapped``; about 50 s a run): ``before`` with the
-  slow company's cap raised to 50 as well, i.e. the worker before part 3 altogether.
+- ``before-capped`` (opt-in, ``--only before-capped``): ``before`` with the slow company's default
+  cap of 2, i.e. only the rate-limit waits slept. Not the old behaviour: a sync over the cap is
+  deferred whatever ``DEFER_AFTER`` says, so 48 of the 50 are deferred and return in turn. (The
+  first log of this bench, commit 29ec976, reported this variant as ``before``.)
 
 The scenarios are interleaved (alone, neighbour, before; ``--runs`` rounds), so drifting machine
 load hits them alike. Each figure is the median of the runs with the spread (min-max); the
@@ -38,10 +44,22 @@ headline is the ratio of the healthy p99 with a neighbour to the healthy p99 alo
 <= 1.5). Percentiles are nearest-rank over one run's syncs (60 at 5/s for 12 s: the p99 is the
 second-largest). Also shown: the first healthy sync's latency (published right behind the slow
 backlog) and the p99 over the syncs published after the stream's first second, which separate
-the backlog's head-of-line cost from the steady state. The machine's load average is recorded
-before each run (other work on the machine shows there). Prints a markdown table
-and writes raw numbers to ``bench/results/fairness.json``; exits 1 if the product misbehaved
-(a sync lost, run twice or failed, the ERP limit beaten, a worker crash), listing what.
+the backlog's head-of-line cost from the steady state.
+
+Head of line (``neighbour`` runs): the worker receives messages in queue order, so before it even
+sees the first healthy message it must receive and run (defer) the slow syncs published ahead of
+it. From the worker log and the worker's CPU (sampled every 20 ms from /proc): the *intake*, from
+the first slow message received to the first healthy one received, the slow messages received and
+deferrals made in it, its worker CPU, and so the wall and CPU time per deferral; and the first
+healthy sync's latency split into publish -> received and received -> started.
+
+The machine's load average is recorded before each run (other work on the machine shows there).
+A full run takes about 6 minutes. Prints markdown tables, with the command and the load, ready to
+paste into bench/README.md, and writes raw numbers to ``bench/results/fairness.json`` (git
+ignored); exits 1 if the product misbehaved
+(a sync lost, run twice or failed, the ERP limit beaten, a worker crash, a deferral in
+``before``), listing what; ERP calls closer than the limit are listed with the syncs that made
+them (the succeeded run whose start-finish span holds each call).
 """
 
 from __future__ import annotations
@@ -54,10 +72,12 @@ import re
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +99,23 @@ HEALTHY_PROJECTS = tuple(f"h{n:02d}" for n in range(10))
 SLOW_PROJECTS = tuple(f"s{n:02d}" for n in range(50))
 SLOW_RATE = 1.0  # the slow company's ERP limit, calls/s (burst 1)
 SCENARIOS = ("alone", "neighbour", "before")
-# Opt-in (--only): ``before`` with the slow company's concurrency cap lifted as well, i.e. the
-# worker as it was before part 3 altogether (waits slept in the slot, no cap).
-EXTRA = ("before-uncapped",)
+# Opt-in (--only): ``before`` with the slow company's default cap (2), which still defers.
+EXTRA = ("before-capped",)
 LABELS = {"alone": "alone", "neighbour": "with slow neighbour",
-          "before": "with slow neighbour, DEFER_AFTER=1000 (before)",
-          "before-uncapped": "with slow neighbour, DEFER_AFTER=1000, slow cap 50"}
+          "before": "with slow neighbour, before deferral (waits slept in the slot, slow cap "
+                    "50; shorter stream)",
+          "before-capped": "with slow neighbour, DEFER_AFTER=1000, slow cap 2 (cap still "
+                           "defers)"}
 TARGET_RATIO = 1.5
 STATS = ("p50", "p99", "max", "first", "p99_steady")
 SLOT_BASE = 1_790_000_000  # slot epoch of the first publish; each publish gets its own slot
 FINISHED = re.compile(r"finished company=(\S+) .*? outcome=(\S+) .*?task_id=(\S+)")
 DEFERRED = re.compile(r"deferred company=(\S+) .* wait=\S+ for (the ERP rate limit|the company's "
                       r"concurrency cap|the ERP|its earlier delivery)")
+LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]*\] (.*)$",
+                      re.MULTILINE)
+RECEIVED = re.compile(r"^Task \S+\[(sync:([^:]+):\S+)\] received$")
+EVENT = re.compile(r"^(deferred|finished) company=(\S+) ")
 # The project worker as scripts/devstack.py starts it.
 WORKER_ARGS = ["worker", "-Q", "project", "-P", "threads", "-c", "8", "-l", "INFO", "-E"]
 
@@ -98,6 +123,61 @@ WORKER_ARGS = ["worker", "-Q", "project", "-P", "threads", "-c", "8", "-l", "INF
 def redis_now(client: redis.Redis) -> float:
     seconds, micros = client.time()
     return int(seconds) + int(micros) / 1_000_000
+
+
+def log_events(log: str) -> list[tuple[float, str]]:
+    """The worker log's timestamped lines as (epoch seconds, message); the worker logs in local
+    time with milliseconds, on the same machine (and clock) as Redis."""
+    return [(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), text)
+            for stamp, text in LOG_LINE.findall(log)]
+
+
+class CpuSampler(threading.Thread):
+    """Samples a process's CPU seconds every ``interval`` (wall clock, epoch seconds)."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, float]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.samples.append((time.time(), cpu_seconds(self.pid)))
+            except (OSError, IndexError, ValueError):  # the process is gone
+                return
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+    def at(self, when: float) -> float:
+        """CPU seconds at ``when``, interpolated between the samples around it."""
+        before = [s for s in self.samples if s[0] <= when]
+        after = [s for s in self.samples if s[0] >= when]
+        if not before or not after:
+            return float("nan")
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 if t1 == t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
+
+
+@dataclass
+class Intake:
+    """Head of line in one run with a neighbour: what the worker did between receiving the first
+    slow message and receiving the first healthy one."""
+
+    wall_ms: float  # first slow "received" -> first healthy "received"
+    slow_received: int  # slow "received" lines in it (first deliveries and deferred copies)
+    first_deliveries: int  # of those, slow task ids received for the first time
+    deferrals: int  # slow "deferred" lines in it
+    finished: int  # slow "finished" lines in it
+    cpu_ms: float  # worker CPU over it
+    wall_ms_per_deferral: float
+    cpu_ms_per_deferral: float
+    first_published_to_received_ms: float  # the first healthy sync: publish -> received
+    first_received_to_started_ms: float  # ... received -> started (its run record)
 
 
 @dataclass
@@ -114,6 +194,7 @@ class Slow:
     achieved_per_s: float  # calls over the span from the first to the last
     deferrals: int  # "deferred" log lines
     deferral_reasons: dict[str, int]  # the rate limit, the concurrency cap, ...
+    deferrals_per_call: float
     completed_s: float  # from the first slow publish to the last slow finish (Redis time)
 
 
@@ -123,11 +204,14 @@ class Run:
     round: int
     prefix: str
     load_before: tuple[float, float, float]
+    healthy_published: int = 0
     healthy_ms: list[float] = field(default_factory=list)  # due-to-start, in publish order
     steady_from: int = 0  # healthy_ms[steady_from:] were published after the stream's 1st second
     healthy_statuses: dict[str, int] = field(default_factory=dict)
     healthy_deferrals: int = 0
     slow: Slow | None = None
+    slow_deferrals: int = 0  # "deferred" lines of the slow company (any scenario)
+    intake: Intake | None = None
     worker_cpu_s: float = 0.0
     wall_s: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -148,9 +232,10 @@ class Run:
 
 
 class Bench:
-    def __init__(self, workdir: Path, rate: float, seconds: float) -> None:
+    def __init__(self, workdir: Path, rate: float, seconds: float,
+                 before_seconds: float) -> None:
         self.dir = workdir
-        self.rate, self.seconds = rate, seconds
+        self.rate, self.seconds, self.before_seconds = rate, seconds, before_seconds
         self.server = RedisServer(workdir / "redis", extra=["--appendonly", "no"]).start()
         self.client: redis.Redis = self.server.client()
 
@@ -172,11 +257,12 @@ class Bench:
             small_company(self.client, keys, SLOW, projects=SLOW_PROJECTS).ensure_seeded(SLOW)
             set_company_limit(self.client, keys, SLOW, CompanyLimit(
                 rate=SLOW_RATE, burst=1,
-                concurrency=len(SLOW_PROJECTS) if scenario == "before-uncapped" else None))
+                concurrency=len(SLOW_PROJECTS) if scenario == "before" else None))
         name = f"{scenario}-{round_}"
         worker = procs.Proc(name, [*procs.CELERY, *WORKER_ARGS, "-n", f"{name}@%h"], env,
                             self.dir)
         sender = Sender(env)
+        sampler = CpuSampler(worker.pid)
         started = time.monotonic()
         try:
             worker.wait_for("ready", 60)
@@ -184,9 +270,12 @@ class Bench:
             sender.send(SyncKind.PAYMENTS, WARM, warm, "w0", slot_ts=SLOT_BASE)
             procs.wait_until(lambda: self.client.exists(keys.executed(warm)), 60,
                              f"the warm-up sync never finished; see {worker.log}")
+            sampler.start()
             cpu0 = cpu_seconds(worker.pid)
             slow_published = self._publish_slow(sender) if neighbour else {}
-            healthy_published = self._publish_healthy(sender)
+            seconds = self.before_seconds if scenario == "before" else self.seconds
+            healthy_published = self._publish_healthy(sender, seconds)
+            result.healthy_published = len(healthy_published)
             self._wait(keys, healthy_published, 60 + 2 * len(SLOW_PROJECTS) / SLOW_RATE,
                        "healthy", result)
             if scenario == "neighbour":
@@ -196,12 +285,19 @@ class Bench:
             if not worker.alive():
                 result.problems.append(f"the worker exited (code {worker.popen.returncode})")
         finally:
+            sampler.stop()
             sender.close()
             worker.stop(timeout=10)
             result.wall_s = round(time.monotonic() - started, 1)
         log = worker.output()
         self._check_log(log, result, worker.log)
         self._healthy(keys, healthy_published, log, result)
+        result.slow_deferrals = sum(1 for c, _why in DEFERRED.findall(log) if c == SLOW)
+        if neighbour:
+            result.intake = self._intake(keys, log, healthy_published, sampler)
+        if scenario == "before" and result.slow_deferrals:
+            result.problems.append(f"before: {result.slow_deferrals} slow syncs deferred (the old "
+                                   "behaviour never defers)")
         if scenario == "neighbour":
             result.slow = self._slow(keys, slow_published, log, result)
         if result.problems:
@@ -220,10 +316,10 @@ class Bench:
             sender.send(SyncKind.PAYMENTS, SLOW, tid, project, slot_ts=slot)
         return published
 
-    def _publish_healthy(self, sender: Sender) -> dict[str, float]:
+    def _publish_healthy(self, sender: Sender, seconds: float) -> dict[str, float]:
         """``rate`` per second for ``seconds``, round-robin over the projects, on a fixed beat."""
         published: dict[str, float] = {}
-        count = round(self.rate * self.seconds)
+        count = round(self.rate * seconds)
         t0 = time.monotonic()
         for n in range(count):
             delay = t0 + n / self.rate - time.monotonic()
@@ -286,6 +382,39 @@ class Bench:
             result.problems.append(f"{who}: never finished: {never[:5]} ({len(never)})")
         return sum(lines.values())
 
+    def _intake(self, keys: KeySpace, log: str, healthy: dict[str, float],
+                sampler: CpuSampler) -> Intake | None:
+        events = log_events(log)
+        received = [(t, m.group(1), m.group(2)) for t, text in events
+                    if (m := RECEIVED.match(text))]
+        first_slow = next((t for t, _tid, c in received if c == SLOW), None)
+        first_healthy = next(((t, tid) for t, tid, c in received if c == HEALTHY), None)
+        if first_slow is None or first_healthy is None:
+            return None
+        end, tid = first_healthy
+        seen: set[str] = set()
+        slow_received = first_deliveries = 0
+        for t, rid, company in received:
+            if company == SLOW and t < end:
+                slow_received += 1
+                first_deliveries += rid not in seen
+                seen.add(rid)
+        acts = Counter(m.group(1) for t, text in events
+                       if first_slow <= t < end and (m := EVENT.match(text))
+                       and m.group(2) == SLOW)
+        wall = (end - first_slow) * 1000
+        cpu = (sampler.at(end) - sampler.at(first_slow)) * 1000
+        deferrals = acts.get("deferred", 0)
+        record = History(self.client, keys).get(HEALTHY, tid)
+        started = record.started_at.timestamp() if record else float("nan")
+        return Intake(
+            wall_ms=round(wall, 1), slow_received=slow_received, first_deliveries=first_deliveries,
+            deferrals=deferrals, finished=acts.get("finished", 0), cpu_ms=round(cpu, 1),
+            wall_ms_per_deferral=round(wall / deferrals, 2) if deferrals else float("nan"),
+            cpu_ms_per_deferral=round(cpu / deferrals, 2) if deferrals else float("nan"),
+            first_published_to_received_ms=round((end - healthy[tid]) * 1000, 1),
+            first_received_to_started_ms=round((started - end) * 1000, 1))
+
     def _slow(self, keys: KeySpace, published: dict[str, float], log: str,
               result: Run) -> Slow:
         records = self._records(keys, SLOW, published)
@@ -303,6 +432,8 @@ class Bench:
             if len(calls) > 1 else float("nan"),
             deferrals=sum(1 for c, _why in DEFERRED.findall(log) if c == SLOW),
             deferral_reasons=dict(Counter(why for c, why in DEFERRED.findall(log) if c == SLOW)),
+            deferrals_per_call=round(sum(1 for c, _w in DEFERRED.findall(log) if c == SLOW)
+                                     / len(calls), 2) if calls else float("nan"),
             completed_s=round(max(finishes) - min(published.values()), 1)
             if finishes else float("nan"))
         if slow.succeeded != slow.published:
@@ -312,9 +443,18 @@ class Bench:
             result.problems.append(f"slow: {slow.erp_calls} ERP calls for {slow.published} "
                                    "one-page syncs")
         if gaps and min(gaps) < 1 / SLOW_RATE:
-            close = [(round(a, 4), round(b, 4)) for a, b in itertools.pairwise(calls)
-                     if b - a < 1 / SLOW_RATE]
-            result.problems.append(f"slow: ERP calls closer than {1 / SLOW_RATE:g} s: {close}")
+            def owner(call: float) -> str:
+                """The succeeded run whose start-finish span holds the call."""
+                for r in records.values():
+                    if r.status == "succeeded" and r.finished_at and \
+                            r.started_at.timestamp() <= call <= r.finished_at.timestamp():
+                        return (f"{r.task_id} (started {r.started_at.timestamp():.4f}, finished "
+                                f"{r.finished_at.timestamp():.4f}, attempt {r.attempt})")
+                return "no succeeded run spans it"
+            close = [f"{a:.4f} by {owner(a)} and {b:.4f} by {owner(b)}: {b - a:.4f} s apart"
+                     for a, b in itertools.pairwise(calls) if b - a < 1 / SLOW_RATE]
+            result.problems.append(f"slow: ERP calls closer than {1 / SLOW_RATE:g} s: "
+                                   + "; ".join(close))
         return slow
 
 
@@ -325,12 +465,14 @@ def summary(runs: list[Run]) -> dict[str, Any]:
         mine = [r for r in runs if r.scenario == scenario and r.healthy_ms]
         if not mine:
             continue
-        row: dict[str, Any] = {"runs": len(mine)}
+        row: dict[str, Any] = {"runs": len(mine),
+                               "healthy_syncs": [r.healthy_published for r in mine]}
         for stat in STATS:
             values = [r.stat(stat) for r in mine]
             row[stat] = {"median": statistics.median(values), "min": min(values),
                          "max": max(values)}
         row["healthy_deferrals"] = [r.healthy_deferrals for r in mine]
+        row["slow_deferrals"] = [r.slow_deferrals for r in mine]
         row["worker_cpu_s"] = [r.worker_cpu_s for r in mine]
         row["load_1m"] = [round(r.load_before[0], 2) for r in mine]
         slows = [r.slow for r in mine if r.slow is not None]
@@ -344,7 +486,12 @@ def summary(runs: list[Run]) -> dict[str, Any]:
                 "deferrals": [s.deferrals for s in slows],
                 "deferrals_rate_limit": [s.deferral_reasons.get("the ERP rate limit", 0)
                                          for s in slows],
+                "deferrals_per_call": [s.deferrals_per_call for s in slows],
                 "completed_s": [s.completed_s for s in slows]}
+        intakes = [r.intake for r in mine if r.intake is not None]
+        if intakes:
+            row["intake"] = {name: [getattr(i, name) for i in intakes]
+                             for name in Intake.__dataclass_fields__}
         out[scenario] = row
     alone, neighbour = out.get("alone"), out.get("neighbour")
     if alone and neighbour:
@@ -359,52 +506,83 @@ def summary(runs: list[Run]) -> dict[str, Any]:
 
 def spread(row: dict[str, Any], stat: str) -> str:
     s = row[stat]
+    if s["min"] == s["max"]:
+        return f"{s['median']:.0f}"
     return f"{s['median']:.0f} ({s['min']:.0f}-{s['max']:.0f})"
 
 
 def listed(values: list[Any]) -> str:
+    """Median (min-max) of one figure over the runs; just the value when they agree."""
+    if min(values) == max(values):
+        return f"{values[0]:g}"
     return f"{statistics.median(values):g} ({min(values):g}-{max(values):g})"
 
 
-def table(s: dict[str, Any], rate: float, seconds: float) -> str:
-    n = round(rate * seconds)
-    lines = [f"Healthy company: {n} payments syncs at {rate:g}/s over {seconds:g} s; "
-             "due-to-start latency in ms, median of runs (min-max). *first*: the first healthy "
-             "sync (published right behind the slow backlog); *p99 after 1 s*: over the syncs "
-             "published after the stream's first second.", "",
-             "| scenario | runs | healthy p50 | healthy p99 | healthy max | first | p99 after 1 s "
-             "| healthy deferrals | worker CPU (s) | load 1m |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+def table(s: dict[str, Any], rate: float, seconds: float, before_seconds: float,
+          command: str, load: tuple[float, ...], cpus: int | None) -> str:
+    """The run as markdown, ready to paste into bench/README.md."""
+    lines = [f"```sh\n{command}\n```", "",
+             f"Load average at start {' '.join(f'{x:.2f}' for x in load)} ({cpus} CPUs). "
+             f"Healthy company: payments syncs at {rate:g}/s over {seconds:g} s "
+             f"({round(rate * seconds)} syncs; *before*: {before_seconds:g} s, "
+             f"{round(rate * before_seconds)} syncs); due-to-start latency in ms, median of runs "
+             "(min-max). *first*: the first healthy sync (published right behind the slow "
+             "backlog); *p99 after 1 s*: over the syncs published after the stream's first "
+             "second. p99 is nearest-rank (the 2nd largest of 60, the largest of 20).", "",
+             "| scenario | runs | healthy syncs | healthy p50 | healthy p99 | healthy max | first "
+             "| p99 after 1 s | slow deferrals | worker CPU (s) | load 1m |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for scenario in (*SCENARIOS, *EXTRA):
         if scenario in s:
             row = s[scenario]
-            lines.append(f"| {LABELS[scenario]} | {row['runs']} | {spread(row, 'p50')} | "
+            lines.append(f"| {LABELS[scenario]} | {row['runs']} | "
+                         f"{listed(row['healthy_syncs'])} | {spread(row, 'p50')} | "
                          f"{spread(row, 'p99')} | {spread(row, 'max')} | "
                          f"{spread(row, 'first')} | {spread(row, 'p99_steady')} | "
-                         f"{listed(row['healthy_deferrals'])} | {listed(row['worker_cpu_s'])} | "
-                         f"{listed(row['load_1m'])} |")
+                         f"{listed(row['slow_deferrals']) if scenario != 'alone' else '-'} | "
+                         f"{listed(row['worker_cpu_s'])} | {listed(row['load_1m'])} |")
     if "ratio_p99" in s:
         per = s["ratio_p99_per_round"]
         verdict = "met" if s["ratio_p99"] <= TARGET_RATIO else "NOT met"
         lines += ["", f"Ratio healthy p99 neighbour/alone: **{s['ratio_p99']:.2f}** (per round "
                   f"{min(per):.2f}-{max(per):.2f}); target <= {TARGET_RATIO:g}: {verdict}"]
+        neighbour = s["neighbour"]
+        lines.append(f"Without the backlog's head of line (p99 after 1 s): "
+                     f"{neighbour['p99_steady']['median'] / s['alone']['p99_steady']['median']:.2f}"
+                     "x alone")
     for scenario in ("before", *EXTRA):
         if scenario in s and "alone" in s:
             times = s[scenario]["p99"]["median"] / s["alone"]["p99"]["median"]
             lines.append(f"{LABELS[scenario]}: healthy p99 "
-                         f"{s[scenario]['p99']['median']:.0f} ms, {times:.2f}x alone")
+                         f"{s[scenario]['p99']['median']:.0f} ms, {times:.0f}x alone")
     slow = s.get("neighbour", {}).get("slow")
     if slow:
         lines += ["", f"Slow company (50 one-page payments syncs, ERP {SLOW_RATE:g} call/s, "
                   "burst 1), per neighbour run:", "",
                   "| succeeded | ERP calls | min call gap (s) | max calls in 1 s | achieved "
-                  "calls/s | deferrals (of which for the rate limit) | completed after (s) |",
-                  "|---|---|---|---|---|---|---|",
+                  "calls/s | deferrals (of which for the rate limit) | deferrals per ERP call "
+                  "| completed after (s) |",
+                  "|---|---|---|---|---|---|---|---|",
                   f"| {listed(slow['succeeded'])} | {listed(slow['erp_calls'])} | "
                   f"{listed(slow['min_gap_s'])} | {listed(slow['max_calls_in_1s'])} | "
                   f"{listed(slow['achieved_per_s'])} | {listed(slow['deferrals'])} "
                   f"({listed(slow['deferrals_rate_limit'])}) | "
-                  f"{listed(slow['completed_s'])} |"]
+                  f"{listed(slow['deferrals_per_call'])} | {listed(slow['completed_s'])} |"]
+    intake = s.get("neighbour", {}).get("intake")
+    if intake:
+        lines += ["", "Head of line, per neighbour run: the worker's *intake* from the first slow "
+                  "message received to the first healthy one received (worker log; CPU sampled "
+                  "every 20 ms), and the first healthy sync's latency split:", "",
+                  "| intake (ms) | slow messages received (first deliveries) | deferrals in it "
+                  "| worker CPU in it (ms) | wall per deferral (ms) | CPU per deferral (ms) "
+                  "| first healthy: publish -> received (ms) | received -> started (ms) |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| {listed(intake['wall_ms'])} | {listed(intake['slow_received'])} "
+                  f"({listed(intake['first_deliveries'])}) | {listed(intake['deferrals'])} | "
+                  f"{listed(intake['cpu_ms'])} | {listed(intake['wall_ms_per_deferral'])} | "
+                  f"{listed(intake['cpu_ms_per_deferral'])} | "
+                  f"{listed(intake['first_published_to_received_ms'])} | "
+                  f"{listed(intake['first_received_to_started_ms'])} |"]
     return "\n".join(lines)
 
 
@@ -413,6 +591,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="rounds of every scenario (3)")
     parser.add_argument("--rate", type=float, default=5, help="healthy syncs per second (5)")
     parser.add_argument("--seconds", type=float, default=12, help="healthy publishing time (12)")
+    parser.add_argument("--before-seconds", type=float, default=4,
+                        help="healthy publishing time in the before scenario (4)")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios ({','.join(SCENARIOS)}; also "
                         f"{','.join(EXTRA)})")
@@ -426,7 +606,7 @@ def main() -> None:
           f"({os.cpu_count()} CPUs)", flush=True)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(Path(tmp), args.rate, args.seconds)
+        bench = Bench(Path(tmp), args.rate, args.seconds, args.before_seconds)
         try:
             for round_ in range(1, args.runs + 1):
                 for scenario in only:
@@ -436,24 +616,32 @@ def main() -> None:
                         shutil.copyfile(Path(tmp) / f"{scenario}-{round_}.log",
                                         args.keep / f"{scenario}-{round_}.log")
                     runs.append(run)
-                    slow = run.slow
+                    slow, intake = run.slow, run.intake
                     print(f"{scenario} #{round_}: load {run.load_before[0]:.2f}, "
+                          f"{run.healthy_published} healthy, "
                           f"p50 {run.stat('p50'):.0f} ms, p99 {run.stat('p99'):.0f} ms, "
                           f"max {run.stat('max'):.0f} ms, first {run.stat('first'):.0f} ms, "
                           f"p99 after 1 s {run.stat('p99_steady'):.0f} ms, "
                           f"healthy {run.healthy_statuses} "
                           f"deferred {run.healthy_deferrals}x"
+                          + (f"; slow deferred {run.slow_deferrals}x"
+                             if scenario != "alone" else "")
                           + (f"; slow {slow.statuses}, {slow.erp_calls} calls, min gap "
                              f"{slow.min_gap_s} s, max {slow.max_calls_in_1s} in 1 s, "
-                             f"{slow.deferrals} deferrals, done after {slow.completed_s} s"
-                             if slow else "")
+                             f"{slow.deferrals_per_call} deferrals per call, done after "
+                             f"{slow.completed_s} s" if slow else "")
+                          + (f"; intake {intake.wall_ms} ms, {intake.slow_received} slow "
+                             f"received, {intake.deferrals} deferrals, CPU {intake.cpu_ms} ms, "
+                             f"first healthy published->received "
+                             f"{intake.first_published_to_received_ms} ms, received->started "
+                             f"{intake.first_received_to_started_ms} ms" if intake else "")
                           + f"; worker CPU {run.worker_cpu_s} s, wall {run.wall_s} s", flush=True)
                     for problem in run.problems:
                         print(f"  PROBLEM: {problem}", flush=True)
         finally:
             bench.close()
-    result = {"rate": args.rate, "seconds": args.seconds, "load_start": load_start,
-              "load_end": os.getloadavg(), "cpus": os.cpu_count(),
+    result = {"rate": args.rate, "seconds": args.seconds, "before_seconds": args.before_seconds,
+              "load_start": load_start, "load_end": os.getloadavg(), "cpus": os.cpu_count(),
               "wall_s": round(time.monotonic() - began, 1),
               "summary": summary(runs), "runs": [asdict(r) for r in runs]}
     out = ROOT / "bench" / "results"
@@ -461,8 +649,14 @@ def main() -> None:
     (out / "fairness.json").write_text(json.dumps(result, indent=2))
     if args.json:
         print(json.dumps(result, indent=2))
+    defaults = parser.parse_args([])
+    options = [f"--{name.replace('_', '-')} {getattr(args, name)}"
+               for name in ("runs", "rate", "seconds", "before_seconds", "only")
+               if getattr(args, name) != getattr(defaults, name)]
+    command = " ".join([".venv/bin/python -m bench.fairness", *options])
     print()
-    print(table(result["summary"], args.rate, args.seconds))
+    print(table(result["summary"], args.rate, args.seconds, args.before_seconds, command,
+                load_start, os.cpu_count()))
     print()
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in result['load_end'])}; "
           f"whole run {result['wall_s']} s; raw numbers in bench/results/fairness.json")
