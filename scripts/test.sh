@@ -6,4 +6,6 @@ scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/lint-imports --no-logo --no-cache
-.venv/bin/pytest "$@"
+# Two workers (the machine has two cores); a test file stays on one worker, so the tests that
+# start a whole stack with preferred ports never race each other for them.
+.venv/bin/pytest -n 2 --dist loadfile "$@"
