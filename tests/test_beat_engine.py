@@ -299,3 +299,20 @@ def test_a_leader_whose_renewal_replies_were_lost_keeps_leading_and_applying(
     engine.step()
     assert engine.lease.is_leader and engine.cursor is not None
     assert applied_version(client, keys, "acme") == 2
+
+
+def test_the_leader_forgets_beats_whose_heartbeat_stopped_long_ago(
+        world: World, make_engine: MakeEngine) -> None:
+    client, keys, _ = world
+    clock = Clock(T0)
+    leader, standby = make_engine(clock, "a"), make_engine(clock, "b")
+    leader.step()
+    standby.step()
+    client.hset(keys.beat_nodes, mapping={  # two beats SIGKILLed long ago, one unreadable
+        "dead-1": json.dumps({"role": "leader", "last_tick": T0 - 3600, "pid": 1, "host": "h"}),
+        "dead-2": json.dumps({"role": "standby", "last_tick": T0 - 200, "pid": 2, "host": "h"}),
+        "garbage": "not json"})
+    clock.t = T0 + 31  # the leader looks every 30 s, on its heartbeat
+    standby.step()
+    leader.step()
+    assert sorted(client.hkeys(keys.beat_nodes)) == ["a", "b"]

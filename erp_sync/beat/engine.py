@@ -57,6 +57,10 @@ def pid_of(node: str) -> int:
     return int(node.split(":")[-2])
 
 
+NODE_PRUNE_EVERY = 30.0  # seconds between the leader's looks for dead beats' heartbeats
+NODE_STALE_AFTER = 120.0  # a beat silent this long (and 20 leases) is forgotten
+
+
 @dataclass
 class EngineConfig:
     seconds_per_hour: float = 3600.0
@@ -93,6 +97,7 @@ class BeatEngine:
         self.cursor: str | None = None
         self._reported: set[tuple[str, int]] = set()
         self._heartbeat_at = 0.0
+        self._pruned_at = 0.0
         self._threads_started = False
         self._peeked: tuple[float | None] | None = None  # next due time, when known this tick
 
@@ -360,6 +365,26 @@ class BeatEngine:
         self._heartbeat_at = now
         self.client.hset(self.keys.beat_nodes, self.node, json.dumps(
             {"role": role, "last_tick": now, "pid": os.getpid(), "host": socket.gethostname()}))
+        if role == "leader" and now - self._pruned_at >= NODE_PRUNE_EVERY:
+            self._pruned_at = now
+            self.prune_nodes(now)
+
+    def prune_nodes(self, now: float) -> list[str]:
+        """Forget beats whose heartbeat stopped long ago (each start is a new node id, and a
+        beat that died without a clean shutdown never removes its own entry)."""
+        stale = []
+        for node, raw in self.client.hgetall(self.keys.beat_nodes).items():
+            try:
+                last = float(json.loads(raw)["last_tick"])
+            except (ValueError, KeyError, TypeError):
+                last = 0.0  # unreadable: as good as dead
+            if now - last > max(NODE_STALE_AFTER, 20 * self.config.lease_seconds):
+                stale.append(str(node))
+        if stale:
+            self.client.hdel(self.keys.beat_nodes, *stale)
+            log.info("beat %s: forgot %d beat(s) silent for over %.0f s: %s", self.node,
+                     len(stale), NODE_STALE_AFTER, ", ".join(stale))
+        return stale
 
     def close(self) -> None:
         """Step down cleanly so a standby takes over at once instead of after the TTL."""
