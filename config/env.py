@@ -54,9 +54,9 @@ class Settings(BaseSettings):
         description="Seconds before an unacknowledged sync is redelivered; above the hard limit.",
     )
     defer_after_seconds: float = Field(
-        1.0, ge=0, description="A sync that must wait longer than this (rate limit, the ERP's "
-        "Retry-After, the company's concurrency cap) gives its worker slot back and is "
-        "re-queued with a countdown instead of sleeping in it.",
+        1.0, ge=0, description="A sync that must wait longer than this for a rate-limit token "
+        "gives its worker slot back and is re-queued on its turn instead of sleeping in it "
+        "(the ERP's Retry-After and the company's concurrency cap always defer).",
     )
     run_lock_seconds: float = Field(
         10.0, gt=0, description="TTL of a running sync's lock, renewed by its heartbeat: a "

@@ -8,12 +8,16 @@ in case a beat applied the version before the subscription saw it.
 
 from __future__ import annotations
 
+import math
 import time
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from config.keys import KeySpace
+from config.models import SyncKind
+from erp_sync.schedule import Cadence
 
 
 class Applied(BaseModel):
@@ -25,6 +29,22 @@ class Applied(BaseModel):
     # kind -> ``Cadence.key`` (e.g. "every:3600", "daily@America/Chicago"); a kind missing here
     # has no due entry.
     cadences: dict[str, str]
+
+    @field_validator("cadences")
+    @classmethod
+    def _known_kinds_and_cadences(cls, value: dict[str, str]) -> dict[str, str]:
+        # A record beat cannot plan from is corrupt (and so rebuilt), never a crash per tick.
+        for kind, key in value.items():
+            SyncKind(kind)
+            cadence = Cadence.from_key(key)
+            if not math.isfinite(cadence.period) or cadence.period <= 0:
+                raise ValueError(f"bad cadence {key!r}")
+            if cadence.timezone is not None:
+                try:
+                    ZoneInfo(cadence.timezone)
+                except (ZoneInfoNotFoundError, ValueError, OSError):
+                    raise ValueError(f"unknown time zone in {key!r}") from None
+        return value
 
 
 def applied_version(client: redis.Redis, keys: KeySpace, company: str) -> int:

@@ -97,8 +97,9 @@ class WorkerError(ErpSyncError):
 
 
 class MustWait(WorkerError):
-    """The sync must wait longer than it may hold a worker slot (a rate limit, the ERP's
-    Retry-After, the company's concurrency cap): it is deferred, keeping its task id."""
+    """The sync must wait for a rate-limit token longer than it may hold a worker slot: it is
+    deferred, keeping its task id (the runner defers the ERP's Retry-After and the company's
+    concurrency cap the same way, without this error)."""
 
     def __init__(self, seconds: float, why: str, ticket: float | None = None) -> None:
         super().__init__(f"waiting {seconds:.1f}s for {why}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from types import TracebackType
 
 import redis
@@ -23,14 +24,18 @@ class Heartbeat:
     """``with Heartbeat(...):`` renews the lock every third of its TTL until the block ends."""
 
     def __init__(self, script: Script, lock_key: str, running_key: str, value: str,
-                 task_id: str, ttl_ms: int) -> None:
+                 task_id: str, ttl_ms: int, max_run: float = float("inf")) -> None:
         self.script, self.keys = script, [lock_key, running_key]
         self.args: list[str | int] = [value, ttl_ms, task_id]
         self.interval = ttl_ms / 3000
+        # Renewal stops after ``max_run`` seconds (four visibility timeouts in a worker): a run
+        # hung for good on a thread pool then lets its lock expire instead of blocking its sync
+        # forever.
+        self.until = time.monotonic() + max_run
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{task_id}",
                                         daemon=True)
-        self.lost = False
+        self.lost = False  # the lock is no longer surely ours: run_sync stops between pages
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -43,6 +48,11 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            if time.monotonic() > self.until:
+                self.lost = True
+                log.warning("run %s has run for over four visibility timeouts; its lock is left "
+                            "to expire so later slots are not blocked", self.args[2])
+                return
             try:
                 renewed = self.script(keys=self.keys, args=self.args)
             except redis.RedisError as exc:  # Redis away for a moment: try again next beat

@@ -1,10 +1,12 @@
 """Per-company ERP rate limit shared by every worker: a token bucket in Redis (one Lua script).
 
 The bucket *reserves*: a caller that finds no token takes a future one (the count goes negative)
-and is told how long to sleep until it is due. Waiters therefore never race for the same token,
-the ERP sees calls spaced at exactly the limit under load (no lost capacity to polling), and a
-sync waits for its turn rather than failing. A reservation further out than ``MAX_RESERVE`` seconds
-is refused and the caller polls, so a crowd of waiters cannot book the ERP for hours ahead.
+and is told how long to sleep until it is due, so waiters never race for the same token and the
+ERP sees calls spaced at the limit under load. A worker sleeps only up to
+``ERP_SYNC_DEFER_AFTER_SECONDS``; a longer wait takes no token but a *ticket*, a place in the
+bucket's queue of waiters, and the sync gives its slot back until its turn (``TokenBucket``).
+Callers outside a worker (``reconcile``) reserve up to ``MAX_RESERVE`` seconds ahead and poll
+beyond it.
 
 Time is Redis ``TIME``, so workers with skewed clocks share one bucket correctly.
 """

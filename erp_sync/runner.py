@@ -39,6 +39,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from config.keys import KeySpace
 from config.models import Company, StoredSettings, parse
 from erp_sync import lua
+from erp_sync.clock import RedisClock
 from erp_sync.connectors import Connector, connector_for
 from erp_sync.delivery import Delivery, Facts, RunClock, attempt_of, skip_reason
 from erp_sync.errors import (
@@ -100,7 +101,11 @@ class Runner:
     lock_ttl: float = 30.0
     # A wait (rate limit, Retry-After) longer than this gives the worker slot back.
     defer_after: float = 1.0
-    max_deferrals: int = 200
+    max_deferrals: int = 1000  # each deferral mid-sync keeps the pages already read
+    # A live run's heartbeat stops after this long: a run hung on an ERP call that never returns
+    # (thread pools cannot kill it) then stops blocking its later slots. Well past the broker's
+    # visibility timeout, so a merely slow run never runs beside its redelivery.
+    max_run: float = 14_400.0
     executed_ttl: float = 7200.0
     # A retry waits in the broker as an unacknowledged message: one held past the visibility
     # timeout is redelivered while the original still waits, and the two would run together.
@@ -114,6 +119,7 @@ class Runner:
         self._start = lua.load(self.client, "run_start")
         self._finish = lua.load(self.client, "run_finish")
         self._release = lua.load(self.client, "run_release")
+        self._park = lua.load(self.client, "run_park")
         self._heartbeat = lua.load(self.client, "run_heartbeat")
         self._read_facts = lua.load(self.client, "run_facts")
 
@@ -140,9 +146,11 @@ class Runner:
         assert facts.limit is not None  # the company exists (checked above)
         state, *detail = self._start(
             keys=[self._lock(d), self.keys.runs(d.company), self.keys.history(d.company),
-                  self.keys.running(d.company)],
+                  self.keys.running(d.company), self.keys.executed(d.task_id)],
             args=[lock, ttl_ms, record.model_dump_json(), self.history.cap,
                   facts.limit.concurrency, d.task_id])
+        if state == "done":  # its twin finished between our read and our start
+            return Outcome(self.history.get(d.company, d.task_id), duplicate=True)
         if state == "held":
             return Outcome(self._final(record.finish(
                 "skipped", error=f"the previous run ({detail[0]}) is still running", at=clock()),
@@ -158,10 +166,10 @@ class Runner:
                                f"({detail[0]} of {facts.limit.concurrency} running)", clock, None)
         try:
             with Heartbeat(self._heartbeat, self._lock(d), self.keys.running(d.company), lock,
-                           d.task_id, ttl_ms):
+                           d.task_id, ttl_ms, self.max_run) as beat:
                 return self._run(d, record, self._connector(facts.company, facts.limit,
                                                             d.ticket),
-                                 facts.watermarks, lock, clock)
+                                 facts.watermarks, lock, clock, beat)
         except BaseException:
             self._release(keys=[self._lock(d), self.keys.running(d.company)],
                           args=[lock, d.task_id])
@@ -176,14 +184,15 @@ class Runner:
         previous = self.history.get(d.company, d.task_id)
         if previous is None or previous.status != "running":
             return None
-        return self._final(previous.finish("failed", error=reason), d, lock="*")
+        at = RunClock(RedisClock(self.client).refresh())()  # its other times are Redis time
+        return self._final(previous.finish("failed", error=reason, at=at), d, lock="*")
 
     def _run(self, d: Delivery, record: RunRecord, connector: Connector, watermarks: str,
-             lock: str, clock: RunClock) -> Outcome:
+             lock: str, clock: RunClock, beat: Heartbeat) -> Outcome:
         try:
             counts = run_sync(self.client, self.keys, d.company, d.kind, d.project, connector,
                               deadline=time.monotonic() + self.soft_limit,
-                              watermarks=watermarks)
+                              watermarks=watermarks, lost=lambda: beat.lost)
         except MustWait as exc:
             return self._defer(d, record, exc.seconds, exc.why, clock, lock, exc.ticket)
         except RateLimited as exc:  # the ERP said when to come back: wait without the slot
@@ -230,11 +239,14 @@ class Runner:
                                 f"{why})", at=clock()), d, lock))
         spread = 0.0 if ticket else self.rng.uniform(0, 0.1)
         delay = min(max(seconds, 0.05) * (1 + spread), self.max_retry_delay)
-        self.history.save(record.finish("deferred", at=clock(),
-                                        error=f"deferred {delay:.1f}s: waiting for {why}"))
+        if may_give_up:  # (a twin that still runs owns the record: leave it alone)
+            self.history.save(record.finish("deferred", at=clock(),
+                                            error=f"deferred {delay:.1f}s: waiting for {why}"))
         if lock is not None:
-            self._release(keys=[self._lock(d), self.keys.running(d.company)],
-                          args=[lock, d.task_id])
+            # Parked, not released: the sync still counts as running while it waits, so a
+            # slot arriving meanwhile is skipped; only this task id takes the lock back.
+            self._park(keys=[self._lock(d), self.keys.running(d.company)],
+                       args=[lock, d.task_id, int((delay + self.lock_ttl) * 1000)])
         log.info("deferred company=%s project=%s sync=%s slot=%s task_id=%s wait=%.1fs for %s",
                  d.company, d.project or "-", d.kind.value, d.slot, d.task_id, delay, why)
         return Outcome(record, defer_in=delay, ticket=ticket)

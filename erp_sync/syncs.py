@@ -58,13 +58,15 @@ def streams(kind: SyncKind, connector: Connector, project: str | None) -> list[S
 
 def run_sync(client: redis.Redis, keys: KeySpace, company: str, kind: SyncKind,
              project: str | None, connector: Connector,
-             deadline: float | None = None, watermarks: str | None = None) -> Counts:
+             deadline: float | None = None, watermarks: str | None = None,
+             lost: Callable[[], bool] | None = None) -> Counts:
     """Sync ``kind`` for ``company`` (and ``project``); returns counts over all streams.
 
     ``deadline`` (a ``time.monotonic()`` value) is the soft time limit, checked between pages so
     the sync stops at a clean point on any worker pool (thread pools have no Celery time limits).
     ``watermarks`` is the stored watermark value when the caller has already read it (``""``
-    for none), saving a round trip.
+    for none), saving a round trip. ``lost`` says when the run's lock is no longer surely its
+    own: the sync then stops between pages too, so it never overlaps a run that took the lock.
 
     A sync that stops early (``MustWait``: it is deferred; ``SyncTimedOut``) saves how far it
     got: the watermarks of the streams it finished and, under ``_resume``, the stream, the
@@ -99,6 +101,11 @@ def run_sync(client: redis.Redis, keys: KeySpace, company: str, kind: SyncKind,
                 if deadline is not None and time.monotonic() > deadline:
                     raise SyncTimedOut(
                         f"{kind.value} sync of {company!r} passed its soft time limit; it "
+                        "stopped between pages and resumes from there next run")
+                if lost is not None and lost():
+                    raise SyncTimedOut(
+                        f"{kind.value} sync of {company!r} lost its run lock (a stall longer "
+                        "than the lock's TTL, or a run far past the visibility timeout); it "
                         "stopped between pages and resumes from there next run")
         except (MustWait, SyncTimedOut):
             client.set(mark_key, json.dumps(

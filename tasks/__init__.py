@@ -62,6 +62,9 @@ def runner() -> Runner:
         # redelivery of a run whose worker died takes over soon after the broker hands it out.
         lock_ttl=max(1.0, min(env.run_lock_seconds, env.visibility_timeout / 4)),
         defer_after=env.defer_after_seconds,
+        # A live run keeps its lock past the visibility timeout (its redelivery waits), but
+        # not forever: a thread hung this long on a call that never returns lets it go.
+        max_run=4 * env.visibility_timeout,
         # A duplicate can arrive until the broker's visibility timeout has passed twice.
         executed_ttl=max(3600.0, 2 * env.visibility_timeout + env.task_time_limit),
         max_retry_delay=max(1.0, env.visibility_timeout - env.task_time_limit),
@@ -90,8 +93,9 @@ def perform(task: Task, kind: SyncKind, company: str, slot: str, trigger: str,
                              kwargs={**request.kwargs, "deferrals": deferrals + 1,
                                      "ticket": outcome.ticket},
                              exc=Deferred(f"deferred {outcome.defer_in:.1f}s"))
-        if outcome.retry_in is not None:
-            raise task.retry(countdown=outcome.retry_in)
+        if outcome.retry_in is not None:  # a retry queues afresh: no rate-limit turn carried
+            raise task.retry(countdown=outcome.retry_in,
+                             kwargs={**request.kwargs, "ticket": None})
     except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
         # Our own Redis failed (not the sync, not the ERP). Raised as a task error, Celery
         # would acknowledge the message as failed and the slot would be lost with its record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -316,3 +317,24 @@ def test_the_leader_forgets_beats_whose_heartbeat_stopped_long_ago(
     standby.step()
     leader.step()
     assert sorted(client.hkeys(keys.beat_nodes)) == ["a", "b"]
+
+
+def test_an_applied_record_beat_cannot_plan_from_is_rebuilt_and_stops_nobody(
+        world: World, make_engine: MakeEngine) -> None:
+    client, keys, store = world
+    clock = Clock(T0)
+    engine = make_engine(clock, "a")
+    engine.step()
+    sent = int(client.hget(keys.beat_stats, "slots") or 0)
+    # A renamed kind in acme's record, an infinite and an overflowing due time for stone.
+    client.hset(keys.beat_applied, "acme", '{"version": 1, "cadences": {"vendorz": "every:3600"}}')
+    client.zadd(keys.due, {"stone:vendors": float("-inf"), "stone:jobs": 1.8e12})
+    store.update_settings("acme", "al", {"refresh_erp_job_list": False})  # a change to plan
+    clock.t = T0 + 2 * H + 1
+    for _ in range(3):
+        engine.step()
+    assert applied_version(client, keys, "acme") == 2  # planned as a rebuild, not a crash
+    assert int(client.hget(keys.beat_stats, "slots") or 0) > sent  # dispatching went on
+    due = zscores(client, keys.due)
+    assert "acme:jobs" not in due and math.isfinite(due["stone:vendors"])
+    assert due["stone:jobs"] < T0 + 4 * H  # the sweep put it back on its cadence

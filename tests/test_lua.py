@@ -126,9 +126,10 @@ def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis,
     save, facts = lua.load(r, "history_save"), lua.load(r, "run_facts")
     lock, runs, hist, running = keys.run_lock("acme", "vendors", None), keys.runs("acme"), \
         keys.history("acme"), keys.running("acme")
-    ks = [lock, runs, hist, running]
+    ks = [lock, runs, hist, running, keys.executed("t1")]
     assert start(keys=ks, args=["t1|a", 60_000, '{"s": "running"}', 2, 2, "t1"]) == ["ok"]
-    assert start(keys=ks, args=["t2|b", 60_000, "{}", 2, 2, "t2"]) == ["held", "t1"]
+    assert start(keys=[*ks[:4], keys.executed("t2")], args=["t2|b", 60_000, "{}", 2, 2, "t2"]) \
+        == ["held", "t1"]
     state, left = start(keys=ks, args=["t1|c", 60_000, "{}", 2, 2, "t1"])
     assert state == "alive" and 59_000 < int(left) <= 60_000  # the same task id, still alive
     assert finish(keys=[runs, hist, keys.executed("t1"), lock, keys.last_runs, running],
@@ -136,6 +137,7 @@ def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis,
                         "{}", "t1|a"]) == 1
     assert r.get(lock) is None and r.get(keys.executed("t1")) == "succeeded"
     assert r.zcard(running) == 0
+    assert start(keys=ks, args=["t1|d", 60_000, "{}", 2, 2, "t1"]) == ["done"]  # finished
     assert r.hget(runs, "t1") == '{"s": "done"}' and r.lrange(hist, 0, -1) == ["t1"]
     assert save(keys=[runs, hist], args=["t2", "{}", 2]) == 1
     assert save(keys=[runs, hist], args=["t3", "{}", 2]) == 1
@@ -164,21 +166,24 @@ def test_the_company_concurrency_cap_heartbeat_release_and_a_killed_runs_lock(
     def lock(kind: str) -> str:
         return keys.run_lock("acme", kind, None)
 
-    assert start(keys=[lock("a"), runs, hist, running], args=["a|1", 60_000, "{}", 9, 2, "a"]) \
+    def at(kind: str) -> list[str]:
+        return [lock(kind), runs, hist, running, keys.executed(kind)]
+
+    assert start(keys=at("a"), args=["a|1", 60_000, "{}", 9, 2, "a"]) \
         == ["ok"]
-    assert start(keys=[lock("b"), runs, hist, running], args=["b|1", 60_000, "{}", 9, 2, "b"]) \
+    assert start(keys=at("b"), args=["b|1", 60_000, "{}", 9, 2, "b"]) \
         == ["ok"]
-    assert start(keys=[lock("c"), runs, hist, running], args=["c|1", 60_000, "{}", 9, 2, "c"]) \
+    assert start(keys=at("c"), args=["c|1", 60_000, "{}", 9, 2, "c"]) \
         == ["busy", "2"]
     assert r.get(lock("c")) is None
     assert beat(keys=[lock("a"), running], args=["a|1", 90_000, "a"]) == 1
     assert r.pttl(lock("a")) > 60_000
     assert beat(keys=[lock("a"), running], args=["a|stale", 90_000, "a"]) == 0
     assert release(keys=[lock("b"), running], args=["b|1", "b"]) == 1
-    assert start(keys=[lock("c"), runs, hist, running], args=["c|1", 60_000, "{}", 9, 2, "c"]) \
+    assert start(keys=at("c"), args=["c|1", 60_000, "{}", 9, 2, "c"]) \
         == ["ok"]
     r.zadd(running, {"c": 0})  # c's worker died: its heartbeat expiry passed
-    assert start(keys=[lock("d"), runs, hist, running], args=["d|1", 60_000, "{}", 9, 2, "d"]) \
+    assert start(keys=at("d"), args=["d|1", 60_000, "{}", 9, 2, "d"]) \
         == ["ok"]
     assert finish(keys=[runs, hist, keys.executed("a"), lock("a"), keys.last_runs, running],
                   args=["a", "{}", 9, "failed", 60_000, "failed:x", "{}", "*"]) == 1

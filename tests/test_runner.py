@@ -73,7 +73,7 @@ def test_a_redelivery_waits_while_the_run_still_holds_its_lock_then_takes_over(
     assert waiting.record is not None and waiting.record.status == "running"
     assert waiting.defer_in is not None and 3.5 < waiting.defer_in < 5
     first = runner.history.get("acme", "sync:acme:vendors:-:1")
-    assert first is not None and first.status == "deferred"
+    assert first is not None and first.status == "running"  # the live twin's, left alone
     assert fake.get(lock) == "sync:acme:vendors:-:1|first"  # never run beside it
     fake.delete(lock)  # its heartbeat stopped: the lock expired
     record = runner.execute(delivery(deferrals=1)).record
@@ -134,8 +134,12 @@ def test_the_erps_retry_after_defers_the_sync_without_spending_a_retry(
     outcome = runner.execute(delivery())
     assert outcome.retry_in is None
     assert outcome.defer_in is not None and 7 <= outcome.defer_in <= 7.7
-    assert fake.get(keys.run_lock("acme", "vendors", None)) is None
-    assert fake.zcard(keys.running("acme")) == 0  # its place under the cap is given back
+    # It still counts as running while it waits (a new slot is skipped), but gives its place
+    # under the company's cap back.
+    assert fake.get(keys.run_lock("acme", "vendors", None)) == "sync:acme:vendors:-:1|deferred"
+    assert fake.zcard(keys.running("acme")) == 0
+    slot = runner.execute(delivery("sync:acme:vendors:-:2")).record
+    assert slot is not None and slot.status == "skipped"
     deferred = runner.history.get("acme", "sync:acme:vendors:-:1")
     assert deferred is not None and deferred.status == "deferred"
     assert "waiting for the ERP" in (deferred.error or "")

@@ -3,11 +3,14 @@
 Independent of Celery's ``Scheduler`` class so it can be driven directly by tests and benchmarks;
 ``beat_schedule.RedisScheduler`` adapts it to ``celery beat``.
 
-A step, as leader: apply every change waiting on the feed; dispatch due entries in batches for at
-most ``budget`` seconds (so a change arriving during a burst waits for one batch, not the whole
-burst); then, if nothing more is due, wait until the next entry is due (at most ``max_block``
-seconds) or until the feed watcher signals a change, whichever comes first. A change therefore
-wakes beat at once rather than at its next poll.
+A step, as leader, on Redis time read at its start: apply every change waiting on the feed (a
+trimmed feed means a full rebuild); dispatch due entries in batches for at most ``budget``
+seconds (so a change arriving during a burst waits for one batch, not the whole burst); send the
+app's own ``beat_schedule`` entries that are due (``static.py``); when nothing more is due, run
+one slice of the self-healing sweep if its time has come (``sweep.py``); then wait until the
+next entry, static entry or slice is due (at most ``max_block`` seconds) or until the feed
+watcher signals a change, whichever comes first. A change therefore wakes beat at once rather
+than at its next poll.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -104,8 +108,6 @@ class BeatEngine:
     # --- the step ---------------------------------------------------------------------------
     def step(self) -> float:
         """Do one round of work; return how long the caller should sleep before the next."""
-        if isinstance(self.clock, RedisClock):
-            self.clock.refresh()  # this step decides on Redis time, read now
         if not self.lease.is_leader:
             self.cursor = None
             # A stale local view (renewal replies lost) is confirmed by renewing the token we
@@ -113,6 +115,8 @@ class BeatEngine:
             if not (self.lease.token and self.lease.renew()) and not self.lease.try_acquire():
                 self._heartbeat("standby")
                 return self.config.lease_seconds / 6
+        if isinstance(self.clock, RedisClock):
+            self.clock.refresh()  # the leader decides this step on Redis time, read now
         if self.cursor is None:
             # Also after an error half-way through a previous election: never lead blind.
             self._on_elected()
@@ -212,8 +216,12 @@ class BeatEngine:
             if loaded is None:
                 continue
             record, stored = loaded
-            plans.append(plan_company(company, record, stored, old[company], now,
-                                      self.config.seconds_per_hour))
+            try:
+                plans.append(plan_company(company, record, stored, old[company], now,
+                                          self.config.seconds_per_hour))
+            except Exception as exc:  # one company must never stop every other's changes
+                log.error("skipping company=%s: cannot plan its schedule: %s", company, exc)
+                continue
             versions[company] = stored.version if stored else 0
         if self.index.apply(token, plans, versions, cursor) == NOT_LEADER:
             self._lost()
@@ -285,6 +293,8 @@ class BeatEngine:
         for entry, score in due:
             try:
                 company, kind = split_member(entry)
+                if not math.isfinite(score):  # -inf would never match in the script: spin
+                    raise ValueError(f"due time {score}")
             except ValueError as exc:  # a malformed member must not wedge the index
                 self._drop(entry, exc)
                 continue

@@ -12,6 +12,7 @@ script refuses any slot at or before the last one dispatched, so a repair never 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from config.models import Company, StoredSettings, SyncKind
@@ -93,15 +94,17 @@ def check_company(company_id: str, company: Company | None, stored: StoredSettin
 
 def _valid(cadence: Cadence, company: str, kind: SyncKind, score: float, now: float) -> bool:
     """A due time is one of the cadence's slots, and not further ahead than one period."""
-    on_slot = abs(slot_at_or_before(cadence, company, kind, score + TOLERANCE) - score) \
+    horizon = now + cadence.period + 3600.0 * (cadence.timezone is not None)
+    if not math.isfinite(score) or not now - 400 * 86_400 < score <= horizon:
+        return False  # inf, NaN, or out of range (checked first: dates overflow out there)
+    return abs(slot_at_or_before(cadence, company, kind, score + TOLERANCE) - score) \
         <= TOLERANCE
-    return on_slot and score <= now + cadence.period + 3600.0 * (cadence.timezone is not None)
 
 
 def _resume(cadence: Cadence, company: str, kind: SyncKind, last: float | None,
             now: float) -> float:
     """Where a rebuilt entry resumes: the current slot if it provably has not run, else next."""
     current = slot_at_or_before(cadence, company, kind, now)
-    if last is not None and current > last + TOLERANCE:
+    if last is not None and math.isfinite(last) and current > last + TOLERANCE:
         return current
     return slot_after(cadence, company, kind, now)

@@ -1,6 +1,7 @@
 """The schedule heals itself: the leader checks schedule state against settings, slice by slice.
 
-Each slice reads a bounded number of companies (one pipelined round trip), checks them with
+Each slice reads a bounded number of companies (five bulk commands in one pipelined round trip,
+plus the scans that pick them and one progress write), checks them with
 ``repair.check_company`` and applies the repairs with the same fenced script as a settings
 change. Slices are spaced so that a full pass over every company takes about
 ``ERP_SYNC_SWEEP_SECONDS`` (60 s by default), whatever the number of companies: the work per
@@ -66,7 +67,12 @@ def inspect(client: redis.Redis, keys: KeySpace, ids: Sequence[str], now: float,
                     if isinstance(v, int | float)},
             last_slots={k: float(str(v)) for k, v in zip(KINDS, _row(last, n, width), strict=True)
                         if _number(v)})
-        findings.append(check_company(company, record, stored, seen, now, seconds_per_hour))
+        try:
+            findings.append(check_company(company, record, stored, seen, now,
+                                          seconds_per_hour))
+        except Exception as exc:  # one company's odd state must not stop the whole slice
+            findings.append(Finding(company, [f"cannot check: {type(exc).__name__}: {exc}"],
+                                    None))
     return findings
 
 
@@ -164,6 +170,8 @@ class Sweeper:
         marker = (finding.company, tuple(finding.problems))
         if marker in self._reported:
             return
+        if len(self._reported) > 10_000:  # "once" per leader tenure, within bounded memory
+            self._reported.clear()
         self._reported.add(marker)
         done = "rebuilt from settings" if finding.plan else "left alone"
         log.warning("schedule repair company=%s: %s; %s", finding.company,

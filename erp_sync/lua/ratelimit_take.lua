@@ -11,7 +11,8 @@
 -- token is reserved for the caller that many seconds ahead (it sleeps, then calls); granted 0
 -- means come back after the wait: with ARGV[5] = 1 the caller holds the returned ticket, its
 -- place in the queue (tickets are one token interval apart, so waiters return one at a time and
--- a newcomer never jumps the queue); with ARGV[5] = 0 nothing is reserved.
+-- a newcomer never jumps the queue; a holder back before its turn keeps its ticket); with
+-- ARGV[5] = 0 nothing is reserved.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate, burst, max_reserve = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -29,6 +30,10 @@ local function join_queue(earliest)
   return {0, tostring(at - now), tostring(at)}
 end
 local my_turn = ticket > 0 and now >= ticket - max_reserve
+if defer and ticket > 0 and not my_turn then
+  -- back before its turn (a countdown capped by the broker, another worker's clock): keep it
+  return {0, tostring(ticket - now), tostring(ticket)}
+end
 if defer and not my_turn and queue > now + max_reserve then
   return join_queue(now)  -- others are waiting for their turn: queue behind them
 end

@@ -5,20 +5,25 @@
 -- KEYS[2]  the company's run records (HASH run id -> RunRecord JSON)
 -- KEYS[3]  the company's history (LIST of run ids, newest first)
 -- KEYS[4]  the company's running syncs (ZSET task id -> heartbeat expiry, ms)
+-- KEYS[5]  the task id's executed marker
 -- ARGV[1]  the lock value "<task id>|<run token>"
 -- ARGV[2]  the lock TTL in milliseconds
 -- ARGV[3]  the running record (JSON)
 -- ARGV[4]  the history cap
 -- ARGV[5]  the company's concurrency cap
 -- ARGV[6]  the task id
--- Returns {'ok'}; {'held', holder task id} when another task runs this sync; {'alive', ms}
--- when this same task id still runs elsewhere (its heartbeat holds the lock for ms more);
--- {'busy', n} when n syncs of the company already run (the cap).
+-- Returns {'ok'}; {'done'} when the task id finished meanwhile (a duplicate: checked here, in
+-- the same step that takes the lock, so a twin finishing just now is never run again);
+-- {'held', holder task id} when another task runs this sync (or waits, deferred, holding it);
+-- {'alive', ms} when this same task id still runs elsewhere (its heartbeat holds the lock for
+-- ms more); {'busy', n} when n syncs of the company already run (the cap). A lock parked as
+-- "<task id>|deferred" by this task id's own deferral is its own: taken over.
 --#include _save_run
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[5]) == 1 then return {'done'} end
 local holder = redis.call('GET', KEYS[1])
-if holder then
+if holder and holder ~= ARGV[6] .. '|deferred' then
   local task = string.match(holder, '^(.*)|[^|]*$') or holder
   if task == ARGV[6] then return {'alive', tostring(redis.call('PTTL', KEYS[1]))} end
   return {'held', task}
