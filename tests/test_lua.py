@@ -211,6 +211,10 @@ def test_ratelimit_waiters_get_tickets_one_interval_apart_and_newcomers_queue_be
     assert [round(b - a, 3) for a, b in itertools.pairwise(tickets)] == [1.0, 1.0]
     newcomer = take(keys=[key], args=[1, 1, 0.2, 0, 1])
     assert newcomer[0] == 0 and round(float(newcomer[2]) - tickets[-1], 3) == 1.0
+    # Back before its turn (its countdown was capped, or another worker's clock is fast): it
+    # keeps its ticket instead of going to the end of the queue.
+    early = take(keys=[key], args=[1, 1, 0.2, tickets[1], 1])
+    assert early[0] == 0 and float(early[2]) == tickets[1]
     # A token is free now but waiters are queued: a newcomer still queues behind them, while
     # the waiter whose turn it is takes the token.
     seconds, micros = r.time()
