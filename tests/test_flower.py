@@ -63,8 +63,10 @@ def test_flower_shows_the_workers_and_all_four_syncs_with_readable_arguments(
             assert ("'project': 'tower'" in task["kwargs"]) == task["name"].startswith(
                 "tasks.project.")
             assert task["uuid"].startswith("sync:acme:")
-        workers = get(f"{base}/api/workers?refresh=1")
-        assert {w.split("@")[0] for w in workers} == {"company", "project"}
+        # A refresh is a broadcast with a short reply timeout: on a busy machine one worker's
+        # reply can miss a round and come with the next, so wait for both to be listed.
+        wait_until(lambda: {w.split("@")[0] for w in get(f"{base}/api/workers?refresh=1")}
+                   == {"company", "project"}, 30, "flower never listed both workers")
         with pytest.raises(urllib.error.HTTPError) as refused:
             get(f"{base}/api/workers", auth=False)
         assert refused.value.code == 401
