@@ -24,6 +24,7 @@ from config.models import SyncKind
 from erp_sync.beat.engine import pid_of
 from erp_sync.beat.lease import holder_node
 from erp_sync.history import RunRecord
+from erp_sync.ratelimit import CompanyLimit, set_company_limit
 from erp_sync.schedule import Cadence, slot_at_or_before
 from erp_sync.slots import parse_task_id
 from erp_sync.store import SettingsStore
@@ -79,6 +80,8 @@ def test_beats_with_wrong_clocks_send_no_slot_twice_early_or_not_at_all(
     store = SettingsStore(client, keys)
     for company in companies:
         small_company(client, keys, company, projects=("p1",))
+        # No concurrency cap in the way: a deferral would receive the same task id again.
+        set_company_limit(client, keys, company, CompanyLimit(concurrency=10))
         store.update_settings(company, "alice", {"payments_for_synced_invoices": "hourly"})
     worker = procs.worker("worker", env, tmp_path, concurrency=8)
     beats: list[procs.Proc] = []
@@ -116,6 +119,8 @@ def test_beats_with_wrong_clocks_send_no_slot_twice_early_or_not_at_all(
     received = Counter(RECEIVED.findall(worker.output()))
     twice = sorted(tid for tid, n in received.items() if n > 1)
     assert not twice, f"slots received more than once: {twice[:5]}"
+    # Beat's own count agrees: every message it queued is a distinct slot.
+    assert int(client.hget(keys.beat_stats, "messages") or 0) == len(received)
 
     runs = [r for r in history(client, keys, companies) if r.trigger == "schedule"]
     assert len(runs) == len(received) > 30
