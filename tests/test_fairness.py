@@ -165,3 +165,33 @@ def test_a_run_that_outlives_the_visibility_timeout_never_runs_beside_its_redeli
     assert output.count("sync:acme:vendors:-:1] received") >= 2, "never redelivered"
     assert client.llen(keys.erp_calls("acme")) == 1  # the redelivery never ran beside it
     assert "its earlier delivery, which is still running" in output
+
+
+@pytest.mark.integration
+@pytest.mark.processes
+def test_an_erps_retry_after_and_the_company_cap_defer_on_a_real_worker(
+        redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
+    client, keys = redis_server.client(), KeySpace(prefix)
+    env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix}
+    data = small_company(client, keys, "acme", fail_kind="rate_limited", retry_after=0.3)
+    data.fail_next("acme", 2)  # the ERP answers 429, Retry-After 0.3 s, twice
+    set_company_limit(client, keys, "acme", CompanyLimit(concurrency=1))
+    client.zadd(keys.running("acme"), {"someone-else": client.time()[0] * 1000 + 1500})
+    worker = procs.worker("w", env, tmp_path, queues="company", concurrency=4)
+    sender = Sender(env)
+    try:
+        worker.wait_for("ready", 60)
+        sender.send(SyncKind.VENDORS, "acme", "sync:acme:vendors:-:1")
+        procs.wait_until(lambda: (r := History(client, keys).get(
+            "acme", "sync:acme:vendors:-:1")) is not None and r.status == "succeeded", 60,
+            f"the sync never succeeded:\n{worker.output()[-3000:]}")
+    finally:
+        sender.close()
+        worker.stop()
+    record = History(client, keys).get("acme", "sync:acme:vendors:-:1")
+    assert record is not None and record.attempt == 1  # deferrals are not attempts or retries
+    output = worker.output()
+    assert "for the company's concurrency cap (1 of 1 running)" in output  # held by the cap
+    assert output.count("for the ERP (RateLimited") == 2  # then two Retry-Afters
+    deferrals = output.count("deferred company=acme")
+    assert len(RECEIVED.findall(output)) == 1 + deferrals  # each re-queue keeps the task id
