@@ -176,11 +176,12 @@ def test_an_erps_retry_after_and_the_company_cap_defer_on_a_real_worker(
     data = small_company(client, keys, "acme", fail_kind="rate_limited", retry_after=0.3)
     data.fail_next("acme", 2)  # the ERP answers 429, Retry-After 0.3 s, twice
     set_company_limit(client, keys, "acme", CompanyLimit(concurrency=1))
-    client.zadd(keys.running("acme"), {"someone-else": client.time()[0] * 1000 + 1500})
     worker = procs.worker("w", env, tmp_path, queues="company", concurrency=4)
     sender = Sender(env)
     try:
         worker.wait_for("ready", 60)
+        seconds, micros = client.time()  # another sync of acme runs for 1.5 s more (Redis ms)
+        client.zadd(keys.running("acme"), {"someone-else": seconds * 1000 + micros // 1000 + 1500})
         sender.send(SyncKind.VENDORS, "acme", "sync:acme:vendors:-:1")
         procs.wait_until(lambda: (r := History(client, keys).get(
             "acme", "sync:acme:vendors:-:1")) is not None and r.status == "succeeded", 60,
