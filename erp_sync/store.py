@@ -44,7 +44,10 @@ from erp_sync.errors import (
     UnsupportedSetting,
 )
 
-AUDIT_CAP = 10_000
+# The newest audit (and refused-change) entries kept per company. The audit list is written in the
+# same transaction as the settings, so it lives in Redis; at ~250 B an entry the cap bounds it to
+# ~500 KB per company. Older entries are dropped, not archived, until the database exists.
+AUDIT_CAP = 2_000
 CHANGE_STREAM_CAP = 100_000  # the default of ERP_SYNC_CHANGE_STREAM_MAXLEN
 MAX_ATTEMPTS = 200
 
