@@ -25,6 +25,10 @@ class RedisClock:
     def refresh(self) -> float:
         """Read Redis ``TIME`` now (one round trip) and return it in epoch seconds."""
         seconds, micros = self.client.time()
+        return self.set(seconds, micros)
+
+    def set(self, seconds: int, micros: int) -> float:
+        """Take a ``TIME`` reply read by the caller (in a pipeline with other reads)."""
         self._base, self._mono = seconds + micros / 1_000_000, time.monotonic()
         return self._base
 

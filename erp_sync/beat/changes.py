@@ -70,9 +70,17 @@ class ChangeFeed:
         than the stream's cap behind while running notices it on its next read.
         """
         pipe = self.client.pipeline(transaction=False)
+        self.queue_read(pipe, cursor, count)
+        return self.parse_read(pipe.execute(raise_on_error=False), cursor)
+
+    def queue_read(self, pipe: redis.client.Pipeline, cursor: str, count: int) -> None:
+        """Add ``read``'s two commands to ``pipe`` (the caller may batch more with them)."""
         pipe.xinfo_stream(self.keys.changes)
         pipe.xread({self.keys.changes: cursor}, count=count)
-        info, reply = pipe.execute(raise_on_error=False)
+
+    def parse_read(self, replies: list[Any], cursor: str) -> tuple[list[tuple[str, str]], bool]:
+        """``read``'s result from the two replies ``queue_read`` asked for."""
+        info, reply = replies
         if isinstance(info, redis.ResponseError):  # no stream yet: nothing was ever changed
             return [], False
         if isinstance(info, Exception):

@@ -115,14 +115,17 @@ class BeatEngine:
             if not (self.lease.token and self.lease.renew()) and not self.lease.try_acquire():
                 self._heartbeat("standby")
                 return self.config.lease_seconds / 6
-        if isinstance(self.clock, RedisClock):
-            self.clock.refresh()  # the leader decides this step on Redis time, read now
         if self.cursor is None:
+            if isinstance(self.clock, RedisClock):
+                self.clock.refresh()
             # Also after an error half-way through a previous election: never lead blind.
             self._on_elected()
         self.watcher.event.clear()  # cleared before reading: a later change sets it again
-        self.apply_changes()
-        more = self.dispatch_due()
+        # One round trip decides an idle tick: Redis time, the feed after the cursor (with its
+        # trim check) and the next due time.
+        read, upcoming = self._read_tick()
+        applied = self.apply_changes(read)
+        more = self.dispatch_due(None if applied else upcoming)
         self.send_static()
         token = self.lease.token
         if not more and token is not None and not self.sweeper.tick(token):
@@ -169,12 +172,33 @@ class BeatEngine:
         return max(0.0, min(self.config.max_block, until))
 
     # --- changes ----------------------------------------------------------------------------
-    def apply_changes(self) -> int:
-        """Apply what the feed holds after the cursor (without waiting)."""
+    def _read_tick(self) -> tuple[tuple[list[tuple[str, str]], bool] | None,
+                                  tuple[float | None] | None]:
+        """Redis time (set on the clock), the feed read and the next due time, pipelined."""
+        cursor = self.cursor
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        if cursor is not None:
+            self.feed.queue_read(pipe, cursor, self.config.change_batch)
+        pipe.zrange(self.keys.due, 0, 0, withscores=True)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in (replies[0], replies[-1]):
+            if isinstance(reply, Exception):
+                raise reply
+        if isinstance(self.clock, RedisClock):
+            self.clock.set(*replies[0])
+        read = self.feed.parse_read(replies[1:3], cursor) if cursor is not None else None
+        first = replies[-1]
+        return read, (float(first[0][1]) if first else None,)
+
+    def apply_changes(self, read: tuple[list[tuple[str, str]], bool] | None = None) -> int:
+        """Apply what the feed holds after the cursor (without waiting); ``read`` is the feed
+        read when the caller already made it (``_read_tick``)."""
         token, cursor = self.lease.token, self.cursor
         if token is None or cursor is None:
             return 0
-        batch, lost = self.feed.read(cursor, self.config.change_batch)
+        batch, lost = read if read is not None else self.feed.read(cursor,
+                                                                   self.config.change_batch)
         if lost:  # the stream was trimmed past our cursor while we ran: changes were missed
             log.warning("beat %s: the change stream was trimmed past cursor %s (more changes "
                         "than ERP_SYNC_CHANGE_STREAM_MAXLEN arrived while behind); rebuilding "
@@ -266,11 +290,14 @@ class BeatEngine:
             return
         self._static_wait = wait
 
-    def dispatch_due(self) -> bool:
-        """Dispatch due entries for up to ``budget`` seconds; True if more are still due."""
-        # One read decides the common idle case (and tells _block_for how long to wait).
-        upcoming = self.index.next_due()
-        self._peeked = (upcoming,)
+    def dispatch_due(self, peeked: tuple[float | None] | None = None) -> bool:
+        """Dispatch due entries for up to ``budget`` seconds; True if more are still due.
+
+        ``peeked`` is the next due time when the caller read it this tick (and applied nothing
+        since); otherwise one read decides the common idle case.
+        """
+        upcoming = peeked[0] if peeked is not None else self.index.next_due()
+        self._peeked = (upcoming,)  # tells _block_for how long to wait
         if upcoming is None or upcoming > self.clock():
             return False
         self._peeked = None
