@@ -56,6 +56,11 @@ def test_flower_shows_the_workers_and_all_four_syncs_with_readable_arguments(
                  "tasks.project.sync_job_costs", "tasks.project.sync_invoice_payments"}
         wait_until(lambda: names <= {t["name"] for t in _tasks(base)}, 90,
                    "flower never showed all four syncs")
+        # Beat queues its messages itself, yet Flower knows them from the moment they are sent.
+        # (A deferral re-sends through Celery's retry, with retries >= 1: not what is checked.)
+        wait_until(lambda: any(t.get("sent") and not t.get("retries") for t in _tasks(base)
+                               if str(t.get("uuid", "")).startswith("sync:acme:")), 30,
+                   "flower never saw a task-sent event from beat")
         for task in _tasks(base):
             if task["name"] not in names:
                 continue

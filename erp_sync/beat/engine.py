@@ -32,6 +32,7 @@ from celery import Celery
 from config.keys import KeySpace
 from config.models import Company, StoredSettings, SyncKind, parse
 from erp_sync.beat.changes import ChangeFeed, FeedWatcher
+from erp_sync.beat.events import SentEvents
 from erp_sync.beat.index import NOT_LEADER, DueIndex, parse_applied
 from erp_sync.beat.lease import Lease
 from erp_sync.beat.plan import (
@@ -93,6 +94,7 @@ class BeatEngine:
         self.feed = ChangeFeed(client, keys)
         self.watcher = FeedWatcher(client, keys)
         self.messages = MessageFactory(app, keys, origin=f"beat@{self.node}")
+        self.events = SentEvents(app)  # task-sent for Flower, off the dispatch path
         self.static = StaticSchedule(client, keys, read_entries(app, self.clock),
                                      self.messages, self.clock)
         self._static_wait: float | None = None  # seconds until a static entry is due
@@ -367,6 +369,7 @@ class BeatEngine:
             self._lost()
             return False
         sent: list[str] = []
+        events: list[tuple[str, SyncKind, Sequence[str | None], float]] = []
         tasks = 0
         detail = log.isEnabledFor(logging.DEBUG)
         for (d, _queue, msgs), flag in zip(chunk, flags, strict=True):
@@ -374,13 +377,17 @@ class BeatEngine:
                 log.warning("refused stale slot company=%s sync=%s slot=%s (already at or "
                             "before the last slot dispatched); next=%s", d.company,
                             d.kind.value, slot_iso(d.slot), slot_iso(d.next_score or 0))
-            elif flag == "d" and self.config.log_dispatches:
+            elif flag == "d" and msgs:
+                events.append((d.company, d.kind,
+                               d.projects if d.kind.project_level else (None,), d.slot))
+            if flag == "d" and self.config.log_dispatches:
                 sent.append(f"{d.member}@{slot_iso(d.slot)}x{len(msgs)}")
                 tasks += len(msgs)
                 if detail:
                     log.debug("dispatched company=%s sync=%s slot=%s tasks=%d next=%s",
                               d.company, d.kind.value, slot_iso(d.slot), len(msgs),
                               slot_iso(d.next_score) if d.next_score else "-")
+        self.events.add(events)
         if sent:  # one line per batch, every slot named: `grep acme:vendors@` finds each one
             log.info("dispatched slots=%d tasks=%d: %s", len(sent), tasks, " ".join(sent))
         return True
@@ -426,6 +433,7 @@ class BeatEngine:
     def close(self) -> None:
         """Step down cleanly so a standby takes over at once instead of after the TTL."""
         self.watcher.stop()
+        self.events.close()
         self.lease.stop()
         with contextlib.suppress(redis.RedisError):
             self.client.hdel(self.keys.beat_nodes, self.node)
