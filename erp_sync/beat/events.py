@@ -3,9 +3,10 @@ is queued (Celery sends them from ``apply_async``, which beat does not use).
 
 The dispatch script never waits for them: beat hands each dispatched batch (entries, not
 messages) to a queue in memory, and a thread of its own expands them into events and publishes
-them on the deployment's event exchange, as Celery's own producer would. Events are best effort,
-like Celery's: if the broker is unreachable the batch is dropped (logged once per outage), and if
-the thread falls more than ``MAX_PENDING`` entries behind, new ones are dropped and counted.
+them on the deployment's event exchange, up to 500 in one message (Celery's buffered events).
+Events are best effort, like Celery's: if the broker is unreachable the batch is dropped (logged
+once per outage), and if the thread falls more than ``MAX_PENDING`` entries behind, new ones are
+dropped and counted.
 """
 
 from __future__ import annotations
@@ -71,9 +72,13 @@ class SentEvents:
             try:
                 if dispatcher is None:
                     connection = self.app.connection_for_write()
-                    dispatcher = self.app.events.Dispatcher(connection, enabled=True)
+                    # Buffered: up to 500 events go out as one message (a list, which Celery's
+                    # event receiver, and so Flower, reads as so many events).
+                    dispatcher = self.app.events.Dispatcher(
+                        connection, enabled=True, buffer_group={"task"}, buffer_limit=500)
                 for company, kind, targets, slot in batch:
                     self._publish(dispatcher, company, kind, targets, slot)
+                dispatcher.flush()
                 if self._failing:
                     log.info("beat: task-sent events flow again")
                 self._failing = False
