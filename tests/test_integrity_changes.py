@@ -32,6 +32,15 @@ def engine(real: redis.Redis, keys: KeySpace) -> Iterator[BeatEngine]:
     engine.close()
 
 
+def settle(engine: BeatEngine) -> int:
+    """Step until the engine holds a change cursor (a rebuild goes a batch a step)."""
+    for steps in range(1, 100):
+        engine.step()
+        if engine.cursor is not None:
+            return steps
+    raise AssertionError("the rebuild never finished")
+
+
 def test_a_leader_that_falls_more_than_the_cap_behind_rebuilds_and_loses_no_change(
         real: redis.Redis, keys: KeySpace, engine: BeatEngine,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -40,12 +49,12 @@ def test_a_leader_that_falls_more_than_the_cap_behind_rebuilds_and_loses_no_chan
     for company in companies:
         store.add_company(company, "xero")
         store.grant(company, "al", "admin")
-    engine.step()  # leads, builds every schedule, holds a cursor
+    settle(engine)  # leads, builds every schedule (7 companies a step), holds a cursor
     assert all(applied_version(real, keys, c) == 1 for c in companies)
     for company in companies:  # 50 changes: the stream keeps the last 10
         store.update_settings(company, "al", {"payments_for_synced_invoices": "hourly"})
     assert real.xlen(keys.changes) == CAP
-    engine.step()
+    settle(engine)  # notices the trim on its next read, rebuilds a batch a step
     behind = [c for c in companies if applied_version(real, keys, c) != 2]
     assert behind == [], f"{len(behind)} companies kept their old schedule"
     assert "trimmed past cursor" in caplog.text
@@ -71,3 +80,20 @@ def test_the_change_stream_cap_is_an_environment_setting(env: pytest.MonkeyPatch
 
     env.setenv("ERP_SYNC_CHANGE_STREAM_MAXLEN", "500")
     assert get_settings().change_stream_maxlen == 500
+
+
+def test_due_entries_keep_being_dispatched_while_a_rebuild_runs(
+        real: redis.Redis, keys: KeySpace, engine: BeatEngine) -> None:
+    store = SettingsStore(real, keys)
+    for n in range(50):
+        store.add_company(f"c{n:02d}", "xero")
+    settle(engine)
+    real.delete(keys.beat_cursor)
+    engine.lease.release()  # a new leader finds no cursor: it rebuilds, 7 companies a step
+    assert isinstance(engine.clock, Clock)
+    engine.clock.t += 2 * 3600 + 1  # meanwhile every entry came due
+    engine.step()
+    assert engine.cursor is None  # still rebuilding ...
+    assert int(real.hget(keys.beat_stats, "slots") or 0) > 0  # ... and already dispatching
+    steps = settle(engine)
+    assert 5 <= steps <= 10  # 50 companies, 7 a step

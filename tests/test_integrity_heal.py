@@ -74,10 +74,6 @@ def test_lost_corrupt_and_deleted_schedule_state_is_rebuilt_within_a_sweep(
     try:
         healed("the first start")
         client.delete(keys.due)
-        code, report = doctor(env)
-        differences = report["differences"]
-        assert code == 1 and isinstance(differences, list)
-        assert len(differences) >= 4 * len(COMPANIES)
         healed("deleting the due index")
 
         client.delete(keys.beat_applied)
@@ -110,6 +106,12 @@ def test_lost_corrupt_and_deleted_schedule_state_is_rebuilt_within_a_sweep(
         for beat in beats:
             beat.stop()
     ids = queued_ids(client, keys)
+    # With no beat left to repair it, doctor sees exactly what is wrong (and says so, exit 1).
+    client.delete(keys.due)
+    code, report = doctor(env)
+    differences = report["differences"]
+    assert code == 1 and isinstance(differences, list)
+    assert len(differences) >= 4 * len(COMPANIES)
     print(f"heal figures: sweep pass {SWEEP:g} s, {len(COMPANIES)} companies; seconds until "
           f"doctor was clean: {took}; repairs "
           f"{int(client.hget(keys.beat_stats, 'repairs') or 0)}; slots queued {len(ids)}, twice "

@@ -67,6 +67,16 @@ NODE_STALE_AFTER = 120.0  # a beat silent this long (and 20 leases) is forgotten
 
 
 @dataclass
+class _Rebuild:
+    """A full rebuild in progress: the companies, how far it got, the stream head at its start."""
+
+    ids: list[str]
+    head: str
+    started: float
+    pos: int = 0
+
+
+@dataclass
 class EngineConfig:
     seconds_per_hour: float = 3600.0
     lease_seconds: float = 3.0
@@ -106,18 +116,19 @@ class BeatEngine:
         self._pruned_at = 0.0
         self._threads_started = False
         self._peeked: tuple[float | None] | None = None  # next due time, when known this tick
+        self._rebuild: _Rebuild | None = None  # a full rebuild in progress, a batch a step
 
     # --- the step ---------------------------------------------------------------------------
     def step(self) -> float:
         """Do one round of work; return how long the caller should sleep before the next."""
         if not self.lease.is_leader:
-            self.cursor = None
+            self.cursor, self._rebuild = None, None
             # A stale local view (renewal replies lost) is confirmed by renewing the token we
             # hold; only when that fails is the lease taken afresh, or this beat stands by.
             if not (self.lease.token and self.lease.renew()) and not self.lease.try_acquire():
                 self._heartbeat("standby")
                 return self.config.lease_seconds / 6
-        if self.cursor is None:
+        if self.cursor is None and self._rebuild is None:
             if isinstance(self.clock, RedisClock):
                 self.clock.refresh()
             # Also after an error half-way through a previous election: never lead blind.
@@ -126,14 +137,16 @@ class BeatEngine:
         # One round trip decides an idle tick: Redis time, the feed after the cursor (with its
         # trim check) and the next due time.
         read, upcoming = self._read_tick()
+        rebuilt = self._rebuild_slice() if self._rebuild is not None else 0
         applied = self.apply_changes(read)
-        more = self.dispatch_due(None if applied else upcoming)
+        more = self.dispatch_due(None if applied or rebuilt else upcoming)
         self.send_static()
         token = self.lease.token
-        if not more and token is not None and not self.sweeper.tick(token):
+        rebuilding = self._rebuild is not None
+        if not more and not rebuilding and token is not None and not self.sweeper.tick(token):
             self._lost()  # the sweep's repair was fenced out
         self._heartbeat("leader")
-        if not more and self.lease.is_leader:
+        if not more and not rebuilding and self.lease.is_leader:
             self.watcher.event.wait(self._block_for())
         return 0.0
 
@@ -146,9 +159,8 @@ class BeatEngine:
         self.static.load()
         saved = self.feed.saved_cursor()
         if saved is None or self.feed.lost_since(saved):
-            log.warning("beat %s: %s; rebuilding every company's schedule", self.node,
-                        "no change cursor yet" if saved is None else "changes were trimmed")
-            self.resync()
+            self._begin_rebuild("no change cursor yet" if saved is None
+                                else "changes were trimmed")
         else:
             self.cursor = saved
 
@@ -202,10 +214,9 @@ class BeatEngine:
         batch, lost = read if read is not None else self.feed.read(cursor,
                                                                    self.config.change_batch)
         if lost:  # the stream was trimmed past our cursor while we ran: changes were missed
-            log.warning("beat %s: the change stream was trimmed past cursor %s (more changes "
-                        "than ERP_SYNC_CHANGE_STREAM_MAXLEN arrived while behind); rebuilding "
-                        "every company's schedule", self.node, cursor)
-            self.resync()
+            self.cursor = None
+            self._begin_rebuild(f"the change stream was trimmed past cursor {cursor} (more "
+                                "changes than ERP_SYNC_CHANGE_STREAM_MAXLEN arrived while behind)")
             return 0
         if not batch:
             return 0
@@ -213,17 +224,41 @@ class BeatEngine:
         return len(batch)
 
     def resync(self) -> None:
-        """Rebuild every company's entries (first start, or changes lost to trimming)."""
-        token = self.lease.token
-        if token is None:
-            return
+        """Rebuild every company's entries now, to the end (tests and benchmarks)."""
+        self._begin_rebuild("a full rebuild was asked for")
+        while self._rebuild is not None and self.lease.token is not None:
+            self._rebuild_slice()
+
+    def _begin_rebuild(self, why: str) -> None:
+        """Start rebuilding every company's entries (first start, or changes lost to trimming).
+
+        It runs one batch per step, so entries that are already valid keep being dispatched
+        meanwhile; changes are applied again once it is done (from the stream's head at its
+        start, replayed idempotently).
+        """
         head = self.feed.head()  # taken first: changes after it are replayed, idempotently
         ids = [str(c) for c in self.client.sscan_iter(self.keys.companies, count=1000)]
-        for start in range(0, len(ids), self.config.change_batch):
-            if self.lease.token is None:  # fenced out half-way: the new leader rebuilds
-                return
-            self.apply_companies(token, ids[start:start + self.config.change_batch], None)
-        self.apply_companies(token, [], head)
+        self._rebuild = _Rebuild(ids, head, time.monotonic())
+        log.warning("beat %s: %s; rebuilding every company's schedule (%d companies, %d a step)",
+                    self.node, why, len(ids), self.config.change_batch)
+
+    def _rebuild_slice(self) -> int:
+        """One batch of the rebuild in progress; the last one stores the cursor."""
+        token, rebuild = self.lease.token, self._rebuild
+        if token is None or rebuild is None:
+            self._rebuild = None  # fenced out half-way: the new leader rebuilds
+            return 0
+        batch = rebuild.ids[rebuild.pos:rebuild.pos + self.config.change_batch]
+        rebuild.pos += len(batch)
+        if rebuild.pos < len(rebuild.ids):
+            self.apply_companies(token, batch, None)
+            return len(batch)
+        self.apply_companies(token, batch, rebuild.head)  # the last batch moves the cursor
+        if self.lease.token is not None:
+            log.info("beat %s: rebuilt %d companies' schedules in %.1f s", self.node,
+                     len(rebuild.ids), time.monotonic() - rebuild.started)
+        self._rebuild = None
+        return len(batch)
 
     def apply_companies(self, token: str, companies: Iterable[str], cursor: str | None) -> None:
         ids = list(companies)
@@ -401,6 +436,7 @@ class BeatEngine:
         log.warning("beat %s: fenced out (no longer the leader); nothing was written", self.node)
         self.lease.token = None
         self.cursor = None
+        self._rebuild = None
 
     def _heartbeat(self, role: str) -> None:
         now = self.clock()
