@@ -13,7 +13,7 @@ import time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from config.keys import KeySpace
 from config.models import SyncKind
@@ -47,14 +47,19 @@ class Applied(BaseModel):
         return value
 
 
-def applied_version(client: redis.Redis, keys: KeySpace, company: str) -> int:
-    raw = client.hget(keys.beat_applied, company)
-    if raw is None:
-        return 0
+def parse_applied(raw: object) -> Applied | None:
+    """Beat's record of a company, or ``None`` when missing or unreadable (the one reader)."""
+    if not raw or isinstance(raw, Exception):
+        return None
     try:
-        return Applied.model_validate_json(raw).version
-    except ValidationError:
-        return 0
+        return Applied.model_validate_json(str(raw))
+    except ValueError:
+        return None
+
+
+def applied_version(client: redis.Redis, keys: KeySpace, company: str) -> int:
+    record = parse_applied(client.hget(keys.beat_applied, company))
+    return record.version if record else 0
 
 
 class AppliedWaiter:

@@ -31,9 +31,10 @@ from celery import Celery
 
 from config.keys import KeySpace
 from config.models import Company, StoredSettings, SyncKind, parse
+from erp_sync.applied import parse_applied
 from erp_sync.beat.changes import ChangeFeed, FeedWatcher
 from erp_sync.beat.events import SentEvents
-from erp_sync.beat.index import NOT_LEADER, DueIndex, parse_applied
+from erp_sync.beat.index import NOT_LEADER, DueIndex
 from erp_sync.beat.lease import Lease
 from erp_sync.beat.plan import (
     CompanyPlan,
@@ -412,7 +413,7 @@ class BeatEngine:
                 log.warning("refused stale slot company=%s sync=%s slot=%s (already at or "
                             "before the last slot dispatched); next=%s", d.company,
                             d.kind.value, slot_iso(d.slot), slot_iso(d.next_score or 0))
-            elif flag == "d" and msgs:
+            elif flag == "d" and msgs and self.events.enabled:
                 events.append((d.company, d.kind,
                                d.projects if d.kind.project_level else (None,), d.slot))
             if flag == "d" and self.config.log_dispatches:

@@ -18,7 +18,7 @@ import redis
 
 from config.keys import KeySpace
 from erp_sync import lua
-from erp_sync.applied import Applied
+from erp_sync.applied import Applied, parse_applied
 from erp_sync.beat.plan import CompanyPlan, Dispatch
 
 NOT_LEADER = -1
@@ -74,13 +74,3 @@ class DueIndex:
         keys = [self.keys.beat_leader, self.keys.due, self.keys.beat_stats, self.keys.beat_slots]
         flags = self._dispatch(keys=keys, args=args)
         return None if flags == NOT_LEADER else str(flags)
-
-
-def parse_applied(raw: object) -> Applied | None:
-    """Beat's record of a company, or ``None`` when missing or unreadable."""
-    if not raw:
-        return None
-    try:
-        return Applied.model_validate_json(str(raw))
-    except ValueError:
-        return None

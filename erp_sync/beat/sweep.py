@@ -24,7 +24,7 @@ import redis
 from config.errors import CorruptRecord
 from config.keys import KeySpace
 from config.models import Company, StoredSettings, SyncKind, parse
-from erp_sync.applied import Applied
+from erp_sync.applied import Applied, parse_applied
 from erp_sync.beat.index import NOT_LEADER, DueIndex
 from erp_sync.beat.plan import member
 from erp_sync.beat.repair import Finding, Observed, check_company
@@ -197,12 +197,9 @@ def _read(model: type[M], raw: object, what: str) -> M | None:
 
 
 def _applied(raw: object) -> tuple[Applied | None, bool]:
-    if raw is None or isinstance(raw, Exception):
-        return None, isinstance(raw, Exception)
-    try:
-        return Applied.model_validate_json(str(raw)), False
-    except ValueError:
-        return None, True
+    """The record and whether one was there but unreadable (missing and corrupt differ here)."""
+    record = parse_applied(raw)
+    return record, raw is not None and record is None
 
 
 def _number(value: object) -> bool:
