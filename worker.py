@@ -7,14 +7,31 @@ no environment; the first use of ``app.conf`` does.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_init
 
 from config.env import get_settings
 from erp_sync.broker import install as install_broker_fix
 from erp_sync.celery_config import celery_config
+from erp_sync.db import database
+from erp_sync.errors import ErpSyncError
 
 # Worker, beat and Flower all use the Redis transport that survives a Redis restart mid-task
 # (erp_sync/broker.py: Celery 5.7 workers died of it). Process wiring, so here, not in the config.
 install_broker_fix()
-app = Celery("erp_sync", include=["tasks.company", "tasks.project"])
+app = Celery("erp_sync", include=["tasks.company", "tasks.project", "tasks.maintenance"])
 app.add_defaults(lambda: celery_config(get_settings()))
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _check_database(**_: Any) -> None:
+    """A worker whose database schema is behind says so in one line and does not start (a sync
+    would otherwise fail deep inside, on every run). Beat does not need the database."""
+    try:
+        database().check()
+    except ErpSyncError as exc:
+        logging.getLogger("erp_sync.worker").critical("worker not started: %s", exc)
+        raise SystemExit(2) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +72,16 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Time for one full pass of the leader's schedule check over "
         "every company (lost or corrupt schedule state is rebuilt from settings).",
     )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the database the syncs write into (Procore-side "
+        "records, run history). Default: an embedded SQLite file, "
+        "`$XDG_DATA_HOME/erp-sync/<key prefix>.db` (`~/.local/share/erp-sync/...`). "
+        "Production: `postgresql+psycopg://user:password@host/db`.",
+    )
+    history_days: int = Field(
+        90, ge=1, description="Days of run history kept in the database; older runs are pruned "
+        "by a periodic task.",
+    )
     settings_wait_seconds: float = Field(
         5.0, ge=0, description="How long `settings set --wait` waits for beat to apply a change."
     )
@@ -94,6 +105,14 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL; one embedded SQLite file per key prefix when none is set."""
+        if self.database_url:
+            return self.database_url
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+        return f"sqlite:///{base / 'erp-sync' / self.key_prefix.replace(':', '_')}.db"
 
 
 def _reject_unknown_variables() -> None:

@@ -15,6 +15,9 @@ from config.keys import KeySpace
 from erp_sync.redis_client import kombu_broker
 from erp_sync.slots import COMPANY_QUEUE, TASK_NAMES, queue_for
 
+# tasks/maintenance.py; named here because erp_sync never imports the tasks.
+PRUNE_HISTORY_TASK = "erp_sync.prune_history"
+
 
 def celery_config(env: Settings) -> dict[str, Any]:
     keys = KeySpace(env.key_prefix)
@@ -57,6 +60,11 @@ def celery_config(env: Settings) -> dict[str, Any]:
         "beat_scheduler": "beat_schedule:RedisScheduler",
         "beat_enable_remote_control": True,
         "beat_max_loop_interval": 1.0,
+        # The app's own periodic work, sent by the leader only (erp_sync/beat/static.py).
+        "beat_schedule": {
+            "prune-history": {"task": PRUNE_HISTORY_TASK, "schedule": 3600.0,
+                              "options": {"queue": COMPANY_QUEUE, "expires": 3600.0}},
+        },
         "timezone": "UTC",
         "enable_utc": True,
     }

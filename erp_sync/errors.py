@@ -109,3 +109,19 @@ class MustWait(WorkerError):
 
 class SyncTimedOut(WorkerError):
     """A sync ran past its soft time limit and stopped between pages (it reruns next slot)."""
+
+
+# --- the database ---------------------------------------------------------------------------
+
+
+class DatabaseError(ErpSyncError):
+    """Base for errors of the database the syncs write into."""
+
+
+class SchemaBehind(DatabaseError):
+    """The database's schema is not the one this code needs (run ``erp-sync db upgrade``)."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database is down, unreachable or locked: a sync retries it like a transient ERP
+    error (with backoff); nothing of the page it was writing was committed."""

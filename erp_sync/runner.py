@@ -41,8 +41,10 @@ from config.models import Company, StoredSettings, parse
 from erp_sync import lua
 from erp_sync.clock import RedisClock
 from erp_sync.connectors import Connector, connector_for
+from erp_sync.db import Database, RunLog, database
 from erp_sync.delivery import Delivery, Facts, RunClock, attempt_of, skip_reason
 from erp_sync.errors import (
+    DatabaseUnavailable,
     MustWait,
     PermanentConnectorError,
     RateLimited,
@@ -113,9 +115,13 @@ class Runner:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     rng: random.Random = field(default_factory=random.Random)
     connector: Callable[[Company], Connector] | None = None
+    # Where the syncs write and the history is kept (default: ERP_SYNC_DATABASE_URL's).
+    db: Database | None = None
 
     def __post_init__(self) -> None:
-        self.history = History(self.client, self.keys)
+        self.history = History(self.client, self.keys)  # each run's working record, in Redis
+        self.database = self.db or database()
+        self.runs = RunLog(self.database)
         self._start = lua.load(self.client, "run_start")
         self._finish = lua.load(self.client, "run_finish")
         self._release = lua.load(self.client, "run_release")
@@ -124,6 +130,33 @@ class Runner:
         self._read_facts = lua.load(self.client, "run_facts")
 
     def execute(self, d: Delivery) -> Outcome:
+        """Run one delivery; a database that is down retries it like a transient ERP error."""
+        try:
+            return self._execute(d)
+        except DatabaseUnavailable as exc:
+            return self._database_down(d, exc)
+
+    def _database_down(self, d: Delivery, exc: DatabaseUnavailable) -> Outcome:
+        """The database failed: nothing of the page it was writing was committed, and the run's
+        lock was given back. Retry with backoff; when the budget is spent the run is recorded
+        failed where it can be (Redis: the database is the part that is down)."""
+        previous = self.history.get(d.company, d.task_id)
+        if d.retries >= self.policy.max_retries or previous is None:
+            log.error("database unavailable company=%s project=%s sync=%s task_id=%s: %s "
+                      "(retries %s)", d.company, d.project or "-", d.kind.value, d.task_id,
+                      exc, d.retries)
+        if previous is None:
+            return Outcome(None, retry_in=self.policy.delay(d.retries, None, self.rng))
+        if d.retries >= self.policy.max_retries:
+            at = RunClock(RedisClock(self.client).refresh())()
+            return Outcome(self._finish_in_redis(previous.finish(
+                "failed", error=f"{exc} (gave up after {d.retries} retries)", at=at), d, "*"))
+        delay = min(self.policy.delay(d.retries, None, self.rng), self.max_retry_delay)
+        self.history.save(previous.model_copy(update={
+            "error": f"{exc}; retry {d.retries + 1} in {delay:.1f}s"}))
+        return Outcome(previous, retry_in=delay)
+
+    def _execute(self, d: Delivery) -> Outcome:
         facts = self._read(d)
         if facts.executed:
             return Outcome(facts.previous, duplicate=True)
@@ -151,6 +184,13 @@ class Runner:
                   facts.limit.concurrency, d.task_id])
         if state == "done":  # its twin finished between our read and our start
             return Outcome(self.history.get(d.company, d.task_id), duplicate=True)
+        if state == "ok":
+            try:
+                self.runs.save(record)
+            except DatabaseUnavailable:
+                self._release(keys=[self._lock(d), self.keys.running(d.company)],
+                              args=[lock, d.task_id])
+                raise
         if state == "held":
             return Outcome(self._final(record.finish(
                 "skipped", error=f"the previous run ({detail[0]}) is still running", at=clock()),
@@ -190,9 +230,12 @@ class Runner:
     def _run(self, d: Delivery, record: RunRecord, connector: Connector, watermarks: str,
              lock: str, clock: RunClock, beat: Heartbeat) -> Outcome:
         try:
-            counts = run_sync(self.client, self.keys, d.company, d.kind, d.project, connector,
+            counts = run_sync(self.client, self.keys, self.database, d.company, d.kind, d.project,
+                              connector,
                               deadline=time.monotonic() + self.soft_limit,
                               watermarks=watermarks, lost=lambda: beat.lost)
+        except DatabaseUnavailable:
+            raise  # execute() retries it (the heartbeat's exit released the lock)
         except MustWait as exc:
             return self._defer(d, record, exc.seconds, exc.why, clock, lock, exc.ticket)
         except RateLimited as exc:  # the ERP said when to come back: wait without the slot
@@ -205,7 +248,7 @@ class Runner:
                     at=clock()), d, lock))
             delay = min(self.policy.delay(d.retries, exc.retry_after, self.rng),
                         self.max_retry_delay)
-            self.history.save(record.model_copy(update={
+            self._note(record.model_copy(update={
                 "error": f"{_describe(exc)}; retry {d.retries + 1} in {delay:.1f}s"}))
             # The retry takes the lock again; a slot arriving meanwhile may run (not overlap).
             self._release(keys=[self._lock(d), self.keys.running(d.company)],
@@ -240,8 +283,8 @@ class Runner:
         spread = 0.0 if ticket else self.rng.uniform(0, 0.1)
         delay = min(max(seconds, 0.05) * (1 + spread), self.max_retry_delay)
         if may_give_up:  # (a twin that still runs owns the record: leave it alone)
-            self.history.save(record.finish("deferred", at=clock(),
-                                            error=f"deferred {delay:.1f}s: waiting for {why}"))
+            self._note(record.finish("deferred", at=clock(),
+                                     error=f"deferred {delay:.1f}s: waiting for {why}"))
         if lock is not None:
             # Parked, not released: the sync still counts as running while it waits, so a
             # slot arriving meanwhile is skipped; only this task id takes the lock back.
@@ -284,8 +327,28 @@ class Runner:
     def _lock(self, d: Delivery) -> str:
         return self.keys.run_lock(d.company, d.kind.value, d.project)
 
+    def _note(self, record: RunRecord) -> None:
+        """Save a run's intermediate state (deferred, a retry's note) in Redis and the history.
+
+        Best effort in the database: a history row a state behind is rewritten by the run's
+        next save, and a database outage must not turn a wait into a failure.
+        """
+        self.history.save(record)
+        try:
+            self.runs.save(record)
+        except DatabaseUnavailable as exc:
+            log.warning("history not updated for task_id=%s (%s); its next state will be",
+                        record.task_id, exc)
+
     def _final(self, record: RunRecord, d: Delivery, lock: str | None = None) -> RunRecord:
-        """Save a finished record, mark the task id executed, release our lock (atomically)."""
+        """Save a finished record in the history, then (atomically, in Redis) mark the task id
+        executed and release our lock. The database comes first: if it is down, the task id is
+        not marked and the retry records the run (its sync writes nothing twice)."""
+        self.runs.save(record)
+        return self._finish_in_redis(record, d, lock)
+
+    def _finish_in_redis(self, record: RunRecord, d: Delivery,
+                         lock: str | None = None) -> RunRecord:
         last = json.dumps({"company": record.company, "project": record.project,
                            "task_id": record.task_id, "error": record.error,
                            "finished_at": record.finished_at.isoformat()

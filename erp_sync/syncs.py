@@ -1,10 +1,11 @@
-"""The syncs as plain functions: ERP connector in, Procore-side store out, no Celery.
+"""The syncs as plain functions: ERP connector in, Procore-side database out, no Celery.
 
-A sync reads each of its streams incrementally (from the stored watermark), upserts every page into
-the Procore side and stores the new watermarks only after every page was written. A sync killed
-half-way therefore re-reads from the old watermarks next time and the upserts make that harmless:
-nothing is lost and nothing is duplicated. A sync with nothing new writes nothing at all (not even
-the watermark).
+A sync reads each of its streams incrementally (from the stored watermark) and writes every page
+into the database in one transaction (``RecordStore.write_page``: a page is all written or not
+at all); it stores the new watermarks (in Redis) only after every page was written. A sync
+killed half-way therefore re-reads from the old watermarks next time and the upserts make that
+harmless: nothing is lost and nothing is duplicated. A sync with nothing new writes nothing at
+all (not a row, not even the watermark).
 
 A project's Procore id is its ERP job id (the project is linked to that job).
 """
@@ -23,8 +24,8 @@ import redis
 from config.keys import KeySpace
 from config.models import SyncKind
 from erp_sync.connectors.base import Connector, Page, Record, pages
+from erp_sync.db import Counts, Database, Drift, RecordStore
 from erp_sync.errors import MustWait, SyncTimedOut
-from erp_sync.procore_store import Counts, Drift, ProcoreStore, scoped
 
 Fetch = Callable[[str | None, str | None], Page]
 RESUME = "_resume"  # where a sync that stopped early records how far it got
@@ -32,31 +33,36 @@ RESUME = "_resume"  # where a sync that stopped early records how far it got
 
 @dataclass(frozen=True)
 class Stream:
-    """One incremental listing and the Procore-side collection it lands in."""
+    """One incremental listing and the Procore-side collection (and project) it lands in."""
 
-    name: str
+    collection: str
+    project: str | None
     fetch: Fetch
+
+    @property
+    def name(self) -> str:
+        """The stream's key among the sync's watermarks."""
+        return f"{self.collection}:{self.project}" if self.project else self.collection
 
 
 def streams(kind: SyncKind, connector: Connector, project: str | None) -> list[Stream]:
     """What a sync of ``kind`` reads; project-level kinds need ``project``."""
     if kind is SyncKind.VENDORS:
-        return [Stream("vendors", connector.vendors)]
+        return [Stream("vendors", None, connector.vendors)]
     if kind is SyncKind.JOBS:
-        return [Stream("jobs", connector.jobs)]
+        return [Stream("jobs", None, connector.jobs)]
     if project is None:
         raise ValueError(f"{kind.value} is a project-level sync and needs a project")
     if kind is SyncKind.JOB_COSTS:
         return [
-            Stream("cost_codes", connector.standard_cost_codes),
-            Stream(scoped("project_cost_codes", project),
-                   partial(connector.project_cost_codes, project)),
-            Stream(scoped("job_costs", project), partial(connector.job_costs, project)),
+            Stream("cost_codes", None, connector.standard_cost_codes),
+            Stream("project_cost_codes", project, partial(connector.project_cost_codes, project)),
+            Stream("job_costs", project, partial(connector.job_costs, project)),
         ]
-    return [Stream(scoped("payments", project), partial(connector.bill_payments, project))]
+    return [Stream("payments", project, partial(connector.bill_payments, project))]
 
 
-def run_sync(client: redis.Redis, keys: KeySpace, company: str, kind: SyncKind,
+def run_sync(client: redis.Redis, keys: KeySpace, db: Database, company: str, kind: SyncKind,
              project: str | None, connector: Connector,
              deadline: float | None = None, watermarks: str | None = None,
              lost: Callable[[], bool] | None = None) -> Counts:
@@ -72,8 +78,10 @@ def run_sync(client: redis.Redis, keys: KeySpace, company: str, kind: SyncKind,
     got: the watermarks of the streams it finished and, under ``_resume``, the stream, the
     watermark it read from and the next page's cursor. Its rerun continues from there instead
     of re-reading every page, so a sync on a throttled ERP makes progress across deferrals.
+    A database that is down (``DatabaseUnavailable``) saves nothing: the rerun starts over from
+    the old watermarks, and the pages already committed compare unchanged.
     """
-    store = ProcoreStore(client, keys, company)
+    store = RecordStore(db, company)
     mark_key = keys.cursor(company, kind.value, project)
     raw = client.get(mark_key) if watermarks is None else watermarks
     old_marks: dict[str, Any] = json.loads(raw) if raw else {}
@@ -92,7 +100,8 @@ def run_sync(client: redis.Redis, keys: KeySpace, company: str, kind: SyncKind,
         resume = None
         try:
             for page in pages(partial(stream.fetch, since), cursor):
-                total.add(store.upsert(stream.name, page.items))
+                total.add(store.write_page(stream.collection, stream.project, page.items,
+                                           page.deleted))
                 if page.next_cursor is None:
                     if page.watermark is not None:
                         marks[stream.name] = page.watermark
@@ -118,13 +127,24 @@ def run_sync(client: redis.Redis, keys: KeySpace, company: str, kind: SyncKind,
 
 
 def full_listing(stream: Stream) -> list[Record]:
-    """Every record of a stream (from no watermark), for reconciliation."""
+    """Every live record of a stream (from no watermark), for reconciliation."""
     return [item for page in pages(partial(stream.fetch, None)) for item in page.items]
 
 
-def reconcile(client: redis.Redis, keys: KeySpace, company: str, kind: SyncKind,
-              project: str | None, connector: Connector) -> dict[str, Drift]:
-    """Compare the Procore side with the ERP's full data for ``kind``: drift per collection."""
-    store = ProcoreStore(client, keys, company)
-    return {s.name: store.drift(s.name, full_listing(s))
-            for s in streams(kind, connector, project)}
+def reconcile(db: Database, company: str, kind: SyncKind, project: str | None,
+              connector: Connector, fix: bool = False) -> dict[str, Drift]:
+    """Compare the Procore side with the ERP's full data for ``kind``: drift per collection.
+
+    With ``fix``, each drifted collection is then made equal to the ERP (missing and different
+    records written, extra ones marked deleted, in one transaction per collection); the drift
+    returned is what was found (and fixed).
+    """
+    store = RecordStore(db, company)
+    report: dict[str, Drift] = {}
+    for s in streams(kind, connector, project):
+        listing = full_listing(s)
+        drift = store.drift(s.collection, s.project, listing)
+        if fix and not drift.clean:
+            store.write_page(s.collection, s.project, listing, deleted=drift.extra)
+        report[s.name] = drift
+    return report

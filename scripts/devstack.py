@@ -3,7 +3,9 @@
 Redis: ``ERP_SYNC_REDIS_URL`` when it is set and answers; otherwise a private ``redis-server``
 (AOF on, ``noeviction``) with its data in ``<run-dir>/redis`` (``.run`` by default). Its port is
 remembered in ``<run-dir>/redis/port`` and reused while free, so a second start comes back on the
-same URL with the same data. Demo data is seeded once (companies ``demo-01`` to ``demo-04``, with
+same URL with the same data. The database is ``ERP_SYNC_DATABASE_URL`` or an SQLite file in the
+run directory (``<run-dir>/erp_sync.db``), migrated before anything starts. Demo data is seeded
+once (companies ``demo-01`` to ``demo-04``, with
 payments hourly so all four syncs show up soon); when they exist, they are left exactly as their
 admins set them. Then two beats (remote-control names ``beat-1@<host>``, ``beat-2@<host>``; one
 leads), a company and a project worker, and Flower (basic auth with a generated password, handed
@@ -282,6 +284,15 @@ def start_redis(stack: Stack) -> tuple[str, Child]:
     return url, child
 
 
+def migrate(py: str, env: dict[str, str]) -> None:
+    """Create or migrate the database's schema (workers refuse a schema that is behind)."""
+    done = subprocess.run([py, "manage.py", "db", "upgrade"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StackFailed(f"`manage.py db upgrade` failed: {done.stderr.strip() or done.stdout}")
+    print(done.stdout.strip(), flush=True)
+
+
 def seed_demo(py: str, env: dict[str, str], url: str, prefix: str, signals: Signals) -> None:
     """Seed the demo companies that are missing; existing ones are left as their admins set them.
 
@@ -403,6 +414,7 @@ def run_stack(stack: Stack, ready_timeout: float) -> int:
 
     from config.env import get_settings
     from config.errors import ConfigError
+    from erp_sync.db.engine import mask
 
     try:
         prefix = get_settings().key_prefix  # a misspelt ERP_SYNC_* name fails here, not later
@@ -425,7 +437,10 @@ def run_stack(stack: Stack, ready_timeout: float) -> int:
         print(f"started a private redis-server at {url} (data in {data})", flush=True)
     env["ERP_SYNC_REDIS_URL"] = url
     env.pop("ERP_SYNC_BROKER_URL", None)
+    # The database: ERP_SYNC_DATABASE_URL, or an SQLite file kept in the run directory.
+    env.setdefault("ERP_SYNC_DATABASE_URL", f"sqlite:///{(stack.run / 'erp_sync.db').resolve()}")
     py = sys.executable
+    migrate(py, env)
     seed_demo(py, env, url, prefix, stack.signals)
 
     user, password = "admin", secrets.token_urlsafe(12)
@@ -455,12 +470,15 @@ def run_stack(stack: Stack, ready_timeout: float) -> int:
                      ready_timeout)
 
     hour = env["ERP_SYNC_SECONDS_PER_HOUR"]
-    exports = f"ERP_SYNC_REDIS_URL={url} ERP_SYNC_SECONDS_PER_HOUR={hour}"
+    database = env["ERP_SYNC_DATABASE_URL"]
+    exports = (f"ERP_SYNC_REDIS_URL={url} ERP_SYNC_SECONDS_PER_HOUR={hour} "
+               f"ERP_SYNC_DATABASE_URL={database}")
     if "ERP_SYNC_KEY_PREFIX" in env:
         exports += f" ERP_SYNC_KEY_PREFIX={prefix}"
     print(f"""
 erp-sync is running (one schedule hour = {hour} s).
   Redis:   {redis_line}
+  Database: {mask(database)}
   Flower:  http://{HOST}:{flower_port}   user {user}   password {password}
   Logs:    {shown(stack.logs)}/*.log
   Try:     export {exports}

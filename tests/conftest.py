@@ -21,6 +21,7 @@ and says so.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ import redis
 
 from config.env import get_settings
 from config.keys import KeySpace
+from erp_sync.db import Database, database
 from erp_sync.store import SettingsStore
 from tests.support.redisproc import RedisServer, require_redis_server
 
@@ -75,13 +77,44 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite database at the schema's head, migrated once and copied for every test."""
+    path = tmp_path_factory.mktemp("db") / "template.db"
+    db = Database(f"sqlite:///{path}")
+    db.upgrade()
+    db.dispose()  # closes the last connection: SQLite folds the WAL back into the file
+    return path
+
+
+@pytest.fixture(autouse=True)
+def db_url(sqlite_template: Path, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test's own SQLite database (ERP_SYNC_DATABASE_URL, inherited by the processes it
+    starts), so no test writes to a developer's default database or to another test's."""
+    path = tmp_path / "erp_sync.db"
+    shutil.copyfile(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    monkeypatch.setenv("ERP_SYNC_DATABASE_URL", url)
+    get_settings.cache_clear()
+    yield url
+    database(url).dispose()
+
+
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, prefix: str) -> Iterator[pytest.MonkeyPatch]:
-    """Process settings isolated for this test (prefix set; the settings cache cleared)."""
+def db(db_url: str) -> Database:
+    return database(db_url)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, prefix: str,
+        db_url: str) -> Iterator[pytest.MonkeyPatch]:
+    """Process settings isolated for this test (prefix and database set; cache cleared)."""
     for name in list(os.environ):
         if name.startswith("ERP_SYNC_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("ERP_SYNC_KEY_PREFIX", prefix)
+    monkeypatch.setenv("ERP_SYNC_DATABASE_URL", db_url)
     get_settings.cache_clear()
     yield monkeypatch
     get_settings.cache_clear()

@@ -19,6 +19,7 @@ import redis
 
 from config.keys import KeySpace
 from config.models import SyncKind
+from erp_sync.db import RecordStore, database
 from erp_sync.delivery import Delivery
 from erp_sync.history import History, RunRecord
 from erp_sync.ratelimit import CompanyLimit, set_company_limit
@@ -58,7 +59,7 @@ def test_a_throttled_sync_is_deferred_and_resumes_from_the_page_it_reached(
     record = outcome.record
     assert record is not None and record.status == "succeeded"
     assert fake.llen(keys.erp_calls("acme")) == pages  # every page read once, none re-read
-    assert fake.hlen(keys.procore("acme", "vendors")) == 30
+    assert len(RecordStore(database(), "acme").all("vendors")) == 30
     assert RESUME not in (fake.get(keys.cursor("acme", "vendors", None)) or "")
 
 

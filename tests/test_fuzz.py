@@ -506,10 +506,6 @@ FOUND: dict[str, tuple[list[str], Callable[[redis.Redis, KeySpace], object] | No
     "settings not UTF-8": (["settings", "show", "acme"],
                            lambda raw, keys: raw.set(keys.settings("acme"), b"\xff\xfe{"),
                            "settings of 'acme' is corrupt"),
-    "run record corrupt": (["history", "acme"],
-                           lambda raw, keys: (raw.lpush(keys.history("acme"), "r1"),
-                                              raw.hset(keys.runs("acme"), "r1", b"{}")),
-                           "run 'r1' of 'acme' is corrupt"),
 }
 
 

@@ -225,13 +225,6 @@ def test_ratelimit_waiters_get_tickets_one_interval_apart_and_newcomers_queue_be
     assert take(keys=[key], args=[1, 1, 0.2, now, 1])[0] == 1
 
 
-def test_procore_upsert_writes_only_what_changed(r: redis.Redis, keys: KeySpace) -> None:
-    upsert = lua.load(r, "procore_upsert")
-    key = keys.procore("acme", "vendors")
-    assert upsert(keys=[key], args=["1", "a", "2", "b"]) == [2, 0, 0]
-    assert upsert(keys=[key], args=["1", "a", "2", "B", "3", "c"]) == [1, 1, 1]
-
-
 def test_sandbox_scripts_add_page_and_enter_calls(r: redis.Redis, keys: KeySpace) -> None:
     add, page = lua.load(r, "sandbox_add_record"), lua.load(r, "sandbox_page")
     enter = lua.load(r, "sandbox_enter")

@@ -36,7 +36,8 @@ def test_a_run_is_recorded_with_every_field(runner: Runner) -> None:
     assert record is not None
     shown = record.model_dump(mode="json")
     assert shown["status"] == "succeeded" and shown["project"] is None
-    assert shown["counts"] == {"created": 30, "updated": 0, "unchanged": 0}
+    assert shown["counts"] == {"created": 30, "updated": 0, "unchanged": 0,
+                               "deleted": 0}
     assert shown["scheduled_for"] == "2026-11-26T10:00:00Z"
     assert {"kind", "company", "started_at", "finished_at", "error", "task_id", "trigger",
             "attempt", "duration_ms"} <= set(shown)

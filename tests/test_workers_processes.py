@@ -18,13 +18,13 @@ import redis
 from config.keys import KeySpace
 from config.models import Erp, SyncKind
 from erp_sync.connectors.sandbox import SandboxErp
+from erp_sync.db import RecordStore, database
 from erp_sync.history import History, RunRecord
 from erp_sync.ratelimit import set_limit
 from erp_sync.syncs import reconcile
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.redisproc import RedisServer
-from tests.support.snapshot import snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
 
@@ -77,7 +77,12 @@ def finished(client: redis.Redis, keys: KeySpace, company: str, task_id: str,
 
 def in_sync(client: redis.Redis, keys: KeySpace, kind: SyncKind, project: str | None) -> bool:
     erp = SandboxErp(client, keys, "acme")
-    return all(d.clean for d in reconcile(client, keys, "acme", kind, project, erp).values())
+    return all(d.clean for d in reconcile(database(), "acme", kind, project, erp).values())
+
+
+def vendors_written(company: str = "acme") -> int:
+    """Vendor rows in the test's database (committed pages only: each page is a transaction)."""
+    return len(RecordStore(database(), company).all("vendors"))
 
 
 def test_erp_changes_reach_the_procore_side_and_a_quiet_rerun_writes_nothing(
@@ -85,17 +90,17 @@ def test_erp_changes_reach_the_procore_side_and_a_quiet_rerun_writes_nothing(
     data = small_company(real, keys)
     start()
     first = finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "s1"))
-    assert first.counts == {"created": 30, "updated": 0, "unchanged": 0}
+    assert first.counts == {"created": 30, "updated": 0, "unchanged": 0, "deleted": 0}
     vendor = data.add_vendor("acme", "Late Steel Co")
     second = finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "s2"))
-    assert second.counts == {"created": 1, "updated": 0, "unchanged": 0}
-    synced = real.hget(keys.procore("acme", "vendors"), vendor["id"])
-    assert synced is not None and json.loads(synced) == vendor
-    before = snapshot(real, f"{keys.prefix}:procore")
+    assert second.counts == {"created": 1, "updated": 0, "unchanged": 0, "deleted": 0}
+    store = RecordStore(database(), "acme")
+    assert store.all("vendors")[vendor["id"]] == vendor
+    before = store.all("vendors", include_deleted=True)
     third = finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "s3"))
     assert (third.status, third.counts) == ("succeeded", {"created": 0, "updated": 0,
-                                                          "unchanged": 0})
-    assert snapshot(real, f"{keys.prefix}:procore") == before
+                                                          "unchanged": 0, "deleted": 0})
+    assert store.all("vendors", include_deleted=True) == before
 
 
 def test_transient_faults_are_retried_and_a_permanent_fault_fails_with_its_reason(
@@ -165,16 +170,15 @@ def test_a_killed_prefork_child_is_requeued_and_its_sync_reruns_without_duplicat
     # delivery waits that long before it reruns, so a short one (renewed every second).
     worker = start(pool="prefork", concurrency=1, env={"ERP_SYNC_RUN_LOCK_SECONDS": "3"})
     task_id = sender.send(SyncKind.VENDORS, "acme", "k1")
-    side = keys.procore("acme", "vendors")
-    procs.wait_until(lambda: real.hlen(side) >= 6, 20, "the sync never started writing")
-    assert real.hlen(side) < 30
+    procs.wait_until(lambda: vendors_written() >= 6, 20, "the sync never started writing")
+    assert vendors_written() < 30
     for child in child_pids(worker.pid):
         os.kill(child, signal.SIGKILL)
     record = finished(real, keys, "acme", task_id)
     assert (record.status, record.attempt) == ("succeeded", 2)
     assert record.counts["unchanged"] >= 6 and record.counts["created"] < 30
     assert sum(record.counts.values()) == 30
-    assert real.hlen(side) == 30 and in_sync(real, keys, SyncKind.VENDORS, None)
+    assert vendors_written() == 30 and in_sync(real, keys, SyncKind.VENDORS, None)
 
 
 def test_a_killed_worker_is_redelivered_after_the_visibility_timeout(
@@ -186,14 +190,13 @@ def test_a_killed_worker_is_redelivered_after_the_visibility_timeout(
               "ERP_SYNC_VISIBILITY_TIMEOUT": "4"}
     doomed = start("doomed", env=limits, concurrency=2)
     task_id = sender.send(SyncKind.VENDORS, "acme", "k2")
-    side = keys.procore("acme", "vendors")
-    procs.wait_until(lambda: real.hlen(side) >= 6, 20, "the sync never started writing")
+    procs.wait_until(lambda: vendors_written() >= 6, 20, "the sync never started writing")
     doomed.kill_group()
-    assert real.hlen(side) < 30
+    assert vendors_written() < 30
     start("rescuer", env=limits, concurrency=2)
     record = finished(real, keys, "acme", task_id, timeout=40)
     assert (record.status, record.attempt) == ("succeeded", 2)
-    assert real.hlen(side) == 30 and in_sync(real, keys, SyncKind.VENDORS, None)
+    assert vendors_written() == 30 and in_sync(real, keys, SyncKind.VENDORS, None)
 
 
 def test_sync_now_and_history_end_to_end(real: redis.Redis, keys: KeySpace, start: Start,

@@ -63,6 +63,7 @@ def _register() -> None:
     from erp_sync.cli import (
         beat_cmd,
         companies,
+        db_cmd,
         doctor_cmd,
         metrics_cmd,
         runs,
@@ -76,6 +77,7 @@ def _register() -> None:
         doctor_cmd,
         runs,
         metrics_cmd,
+        db_cmd,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)

@@ -12,6 +12,7 @@ import redis
 from config.env import Settings, get_settings
 from config.keys import KeySpace
 from erp_sync.clock import RedisClock
+from erp_sync.db import Database, database
 from erp_sync.publish import CeleryPublisher, Publisher
 from erp_sync.redis_client import connect
 from erp_sync.store import SettingsStore
@@ -23,6 +24,8 @@ class Ctx:
     _opened: bool = field(default=False, repr=False)
     # How sync-now enqueues; tests pass their own. Built on first use, closed with the context.
     _publisher: Publisher | None = field(default=None, repr=False)
+    # The database (default: ERP_SYNC_DATABASE_URL's); tests may pass their own.
+    _db: Database | None = field(default=None, repr=False)
 
     @property
     def env(self) -> Settings:
@@ -38,6 +41,12 @@ class Ctx:
             self._client = connect(self.env.redis_url)
             self._opened = True
         return self._client
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = database()
+        return self._db
 
     def now(self) -> float:
         """Redis server time (the fleet's one clock), in epoch seconds."""

@@ -9,7 +9,10 @@ Admin stays required for changing the schedule (``settings set``).
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
+from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 import click
 from pydantic import ValidationError
@@ -19,8 +22,9 @@ from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
 from erp_sync.cli.sandbox_cmd import sandbox
 from erp_sync.connectors import connector_for
 from erp_sync.connectors.sandbox_data import SandboxData
+from erp_sync.db import RunLog
 from erp_sync.errors import AlreadyExists, InvalidInput, NotFound
-from erp_sync.history import History
+from erp_sync.history import Status
 from erp_sync.ratelimit import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LIMITS,
@@ -39,15 +43,39 @@ DEMO_ERPS = (Erp.QUICKBOOKS_ONLINE, Erp.SAGE_300_CRE, Erp.VIEWPOINT_VISTA, Erp.X
 DEMO_VENDORS = (300, 1200, 2500, 600, 150, 4000, 900, 450)
 
 
+_SINCE = re.compile(r"(\d+)([mhdw])")
+_UNIT = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """``7d``, ``12h``, ``30m``, ``2w`` before ``now``, or an ISO date/time (UTC if no zone)."""
+    match = _SINCE.fullmatch(text.strip())
+    if match:
+        return now - timedelta(seconds=int(match[1]) * _UNIT[match[2]])
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(f"--since must be like 7d, 12h, 30m or an ISO date, "
+                           f"got {text[:40]!r}") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
 @click.command("history")
 @click.argument("company_id", metavar="COMPANY")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--status", type=click.Choice(list(get_args(Status))), help="Only this outcome.")
+@click.option("--kind", type=click.Choice([k.value for k in SyncKind]), help="Only this sync.")
+@click.option("--project", help="Only this project's runs.")
+@click.option("--since", help="Only runs started since: 7d, 12h, 30m, or an ISO date (UTC).")
 @pass_ctx
-def history(ctx: Ctx, company_id: str, as_json: bool, limit: int) -> None:
-    """COMPANY's recent sync runs, newest first."""
+def history(ctx: Ctx, company_id: str, as_json: bool, limit: int, status: str | None,
+            kind: str | None, project: str | None, since: str | None) -> None:
+    """COMPANY's sync runs from the database, newest first (kept ERP_SYNC_HISTORY_DAYS)."""
     ctx.store.get_company(company_id)
-    runs = History(ctx.client, ctx.keys).recent(company_id, limit)
+    start = parse_since(since, datetime.fromtimestamp(ctx.now(), UTC)) if since else None
+    runs = RunLog(ctx.db).recent(company_id, limit, status=status, kind=kind, project=project,
+                                 since=start)
     if as_json:
         echo_json([r.model_dump(mode="json") for r in runs])
         return
@@ -100,10 +128,16 @@ def sync_now(ctx: Ctx, company_id: str, kind: str, actor: str, project: str | No
 @click.command("reconcile")
 @click.argument("company_id", metavar="COMPANY")
 @click.option("--project", help="Only this project (default: every project).")
+@click.option("--fix", is_flag=True, help="Then make the database equal to the ERP.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def reconcile(ctx: Ctx, company_id: str, project: str | None, as_json: bool) -> None:
-    """Compare COMPANY's Procore side with its ERP and report drift per collection."""
+def reconcile(ctx: Ctx, company_id: str, project: str | None, fix: bool,
+              as_json: bool) -> None:
+    """Compare COMPANY's Procore side with its ERP and report drift per collection.
+
+    With --fix, drifted collections are then rewritten from the ERP's full listing (records
+    the ERP no longer has are marked deleted); a second run reports no drift.
+    """
     company = ctx.store.get_company(company_id)
     projects = [p.id for p in ctx.store.list_projects(company_id)]
     if project is not None and project not in projects:
@@ -114,7 +148,7 @@ def reconcile(ctx: Ctx, company_id: str, project: str | None, as_json: bool) -> 
     report: dict[str, dict[str, list[str]]] = {}
     for kind in sorted(CAPABILITIES[company.erp]):
         for target in ([project] if project else projects) if kind.project_level else [None]:
-            drift = reconcile_kind(ctx.client, ctx.keys, company_id, kind, target, connector)
+            drift = reconcile_kind(ctx.db, company_id, kind, target, connector, fix=fix)
             for name, d in drift.items():
                 report[name] = {"missing": d.missing, "extra": d.extra, "different": d.different}
     if as_json:
@@ -122,6 +156,9 @@ def reconcile(ctx: Ctx, company_id: str, project: str | None, as_json: bool) -> 
         return
     table([[name, str(len(d["missing"])), str(len(d["extra"])), str(len(d["different"]))]
            for name, d in report.items()], ["COLLECTION", "MISSING", "EXTRA", "DIFFERENT"])
+    if fix:
+        drifted = sum(1 for d in report.values() if any(d.values()))
+        click.echo(f"fixed {drifted} drifted collection(s) from the ERP's full listing")
 
 
 @click.group("ratelimit")

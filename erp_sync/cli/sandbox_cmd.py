@@ -119,3 +119,15 @@ def add_payment(ctx: Ctx, company_id: str, project: str, amount: float,
     cents = _cents(amount)
     data = _data(ctx, company_id, project)
     echo_json(data.add_payment(company_id, project, cents, invoice))
+
+
+@sandbox.command("delete-vendor")
+@click.argument("company_id", metavar="COMPANY")
+@click.argument("vendor", metavar="VENDOR_ID")
+@pass_ctx
+def delete_vendor(ctx: Ctx, company_id: str, vendor: str) -> None:
+    """Delete vendor VENDOR_ID in COMPANY's ERP (the next vendors sync marks it deleted)."""
+    data = _data(ctx, company_id)
+    data.ensure_seeded(company_id)
+    revision = data.delete(company_id, "vendors", vendor)
+    echo_json({"company": company_id, "vendor": vendor, "deleted": True, "revision": revision})

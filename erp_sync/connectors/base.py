@@ -8,7 +8,8 @@ Watermarks and cursors are opaque strings; only the connector that issued them i
 
 Records are plain JSON-able dicts with a string ``"id"`` (the ERP id the Procore side upserts by)
 and no volatile fields (no fetch timestamps), so an unchanged ERP record compares equal to what
-the Procore side stored last time.
+the Procore side stored last time. Records deleted in the ERP since ``since`` come back as ids in
+``Page.deleted``: the Procore side marks them deleted (it never drops a row).
 
 Errors are typed so retry policy is a type check: ``TransientConnectorError`` (``ErpTimeout``,
 ``ErpServerError``, ``RateLimited`` with ``retry_after`` seconds) may succeed later;
@@ -33,6 +34,8 @@ class Page:
     next_cursor: str | None
     # The watermark to store once every page of this listing has been consumed.
     watermark: str | None = None
+    # ERP ids deleted since the watermark (a full listing, ``since=None``, may still name some).
+    deleted: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

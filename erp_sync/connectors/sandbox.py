@@ -22,7 +22,12 @@ import redis
 from config.keys import KeySpace
 from erp_sync import lua
 from erp_sync.connectors.base import Connector, Page
-from erp_sync.connectors.sandbox_data import SandboxConfig, SandboxData, collection
+from erp_sync.connectors.sandbox_data import (
+    SandboxConfig,
+    SandboxData,
+    collection,
+    is_tombstone,
+)
 from erp_sync.errors import (
     BadCredentials,
     ErpServerError,
@@ -77,10 +82,12 @@ class SandboxErp(Connector):
             keys=[self.keys.erp_index(self.company, name), self.keys.erp(self.company, name)],
             args=[after, cfg.page_size])
         revs, raws = flat[0::2], flat[1::2]
-        items = [json.loads(r) for r in raws if r]
+        records = [json.loads(r) for r in raws if r]
         last = int(float(revs[-1])) if revs else after
         more = len(revs) == cfg.page_size
-        return Page(items=items, next_cursor=str(last) if more else None, watermark=str(last))
+        return Page(items=[r for r in records if not is_tombstone(r)],
+                    deleted=[str(r["id"]) for r in records if is_tombstone(r)],
+                    next_cursor=str(last) if more else None, watermark=str(last))
 
     def _enter(self, job: str | None) -> SandboxConfig:
         """Log the call, seed on first use, then apply latency and any injected fault."""

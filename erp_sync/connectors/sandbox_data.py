@@ -56,6 +56,14 @@ class SandboxConfig(BaseModel):
     fail_kind: FailKind = "server_error"
 
 
+TOMBSTONE = "_deleted"
+
+
+def is_tombstone(record: Record) -> bool:
+    """A deleted record keeps its id and revision (so an incremental read sees the deletion)."""
+    return bool(record.get(TOMBSTONE))
+
+
 def collection(name: str, job: str | None = None) -> str:
     """A sandbox collection name; job-level collections carry the job id."""
     return f"{name}:{job}" if job else name
@@ -166,13 +174,21 @@ class SandboxData:
         seq = self.client.hincrby(self.keys.erp_meta(company), f"seq:{kind}", 1)
         return f"{letter}-{seq:06d}"
 
+    def delete(self, company: str, name: str, record_id: str) -> int:
+        """Delete one record (a tombstone under a new revision); returns the revision."""
+        if self.get(company, name, record_id) is None:
+            raise NotFound(f"no record {record_id!r} in {name!r} of {company!r}")
+        return self.put(company, name, {"id": record_id, TOMBSTONE: True})
+
     def get(self, company: str, name: str, record_id: str) -> Record | None:
         raw = self.client.hget(self.keys.erp(company, name), record_id)
-        return dict(json.loads(raw)) if raw else None
+        record = dict(json.loads(raw)) if raw else None
+        return None if record is None or is_tombstone(record) else record
 
     def all(self, company: str, name: str) -> dict[str, Record]:
         raw = self.client.hgetall(self.keys.erp(company, name))
-        return {str(k): json.loads(v) for k, v in raw.items()}
+        records = {str(k): json.loads(v) for k, v in raw.items()}
+        return {k: r for k, r in records.items() if not is_tombstone(r)}
 
     def add_vendor(self, company: str, name: str) -> Record:
         record = {"id": self.new_id(company, "vendors", "V"), "name": name, "active": True,

@@ -273,7 +273,7 @@ def worker_kills(workdir: Path, short: bool, seed: int = 6) -> Report:
         differ = extra = 0
         for company in companies:
             data.configure(company, latency_ms=0, page_size=1000)  # reconcile at full speed
-            d, e = drift(client, keys, company, projects)
+            d, e = drift(client, keys, s.db, company, projects)
             differ, extra = differ + d, extra + e
         report.figures.update({
             "kills": dict(kills),

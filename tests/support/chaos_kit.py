@@ -25,6 +25,7 @@ from config.models import SyncKind
 from erp_sync.beat.engine import pid_of
 from erp_sync.beat.lease import holder_node
 from erp_sync.connectors.sandbox import SandboxErp
+from erp_sync.db import Database
 from erp_sync.history import RunRecord
 from erp_sync.schedule import cadences, slot_after
 from erp_sync.slots import task_id
@@ -77,8 +78,11 @@ class Stack:
         self.dir = workdir
         self.server = RedisServer(workdir / "redis").start()
         self.keys = KeySpace(f"chaos{uuid.uuid4().hex[:6]}")
+        self.db = Database(f"sqlite:///{workdir / 'erp_sync.db'}")  # its own, migrated
+        self.db.upgrade()
         self.env = {"ERP_SYNC_REDIS_URL": self.server.url, "ERP_SYNC_KEY_PREFIX": self.keys.prefix,
-                    "ERP_SYNC_BEAT_LEASE_SECONDS": "2", **env}
+                    "ERP_SYNC_BEAT_LEASE_SECONDS": "2", "ERP_SYNC_DATABASE_URL": self.db.url,
+                    **env}
         self.procs: list[procs.Proc] = []
         self._n = 0
 
@@ -168,15 +172,15 @@ def executions(logs: list[procs.Proc]) -> Counter[str]:
     return seen
 
 
-def drift(client: redis.Redis, keys: KeySpace, company: str, project_ids: list[str]
-          ) -> tuple[int, int]:
+def drift(client: redis.Redis, keys: KeySpace, db: Database, company: str,
+          project_ids: list[str]) -> tuple[int, int]:
     """(records differing between ERP and Procore side, records only on the Procore side)."""
     erp = SandboxErp(client, keys, company)
     differ = extra = 0
     targets = [(k, None) for k in (SyncKind.VENDORS, SyncKind.JOBS)] + [
         (k, p) for p in project_ids for k in (SyncKind.JOB_COSTS, SyncKind.PAYMENTS)]
     for kind, project in targets:
-        for d in reconcile(client, keys, company, kind, project, erp).values():
+        for d in reconcile(db, company, kind, project, erp).values():
             differ += len(d.missing) + len(d.different)
             extra += len(d.extra)
     return differ, extra

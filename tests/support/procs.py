@@ -20,7 +20,10 @@ CELERY = [sys.executable, "-m", "celery", "-A", "worker"]
 
 
 def process_env(settings: Mapping[str, str]) -> dict[str, str]:
+    """The test's settings; the test's own database (tests/conftest.py) unless they name one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERP_SYNC_")}
+    if "ERP_SYNC_DATABASE_URL" in os.environ:
+        env["ERP_SYNC_DATABASE_URL"] = os.environ["ERP_SYNC_DATABASE_URL"]
     env.update(settings)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -1,0 +1,161 @@
+"""One database per process: the engine, SQLite made safe for many workers, the schema check.
+
+SQLite (the embedded default) is opened in WAL mode with a busy timeout: readers never block the
+one writer, and a writer waits for another's short transaction instead of failing at once. Every
+write is one short transaction (one page of records, one run record). PostgreSQL connections are
+pinged before use, so a restarted server costs a reconnect, not a failed sync.
+
+``Database.engine`` checks the schema once per process: a worker or command that finds it behind
+fails with one line naming the URL (password masked) and the command to run, instead of failing
+deep inside a sync with "no such table".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.engine import make_url
+
+from config.env import get_settings
+from erp_sync.errors import DatabaseUnavailable, SchemaBehind
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+SQLITE_BUSY_SECONDS = 30.0
+T = TypeVar("T")
+
+
+def mask(url: str) -> str:
+    """The URL with its password hidden (for messages and logs)."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def alembic_config(url: str | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url is not None:
+        cfg.attributes["url"] = url
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "no migrations found"
+    return head
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``, configured for many worker processes and threads."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS,
+                                                  "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=20,
+                         connect_args=connect_args)
+
+
+class Database:
+    """A database URL and its engine, created on first use (after a prefork child forks)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._checked = False
+        self._lock = threading.Lock()
+
+    @property
+    def masked_url(self) -> str:
+        return mask(self.url)
+
+    @property
+    def raw_engine(self) -> Engine:
+        """The engine without the schema check (for ``db upgrade`` and ``db current``)."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = make_engine(self.url)
+            return self._engine
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, once the schema was found current (checked once per process)."""
+        engine = self.raw_engine
+        if not self._checked:
+            self.check()
+            self._checked = True
+        return engine
+
+    def current_revision(self) -> str | None:
+        def read(engine: Engine) -> str | None:
+            with engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        return self.guard(lambda: read(self.raw_engine))
+
+    def check(self) -> None:
+        """Raise ``SchemaBehind`` unless the schema is at this code's head revision."""
+        current, head = self.current_revision(), head_revision()
+        if current != head:
+            state = f"at revision {current}" if current else "empty (no schema)"
+            raise SchemaBehind(
+                f"the database {self.masked_url} is {state}, this code needs {head}: "
+                "run `erp-sync db upgrade`")
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Migrate to the head revision; returns (before, after)."""
+        from alembic import command
+
+        before = self.current_revision()
+        cfg = alembic_config()
+
+        def run() -> None:
+            with self.raw_engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        self.guard(run)
+        self._checked = False
+        return before, head_revision()
+
+    def guard(self, work: Callable[[], T]) -> T:
+        """Run ``work``; a database that is down, unreachable or locked is one clear error."""
+        try:
+            return work()
+        except exc.OperationalError as error:
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+            raise DatabaseUnavailable(f"the database {self.masked_url} is unavailable: "
+                                      f"{reason}") from None
+
+    def dispose(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+            self._engine, self._checked = None, False
+
+
+def database(url: str | None = None) -> Database:
+    """The process's ``Database`` for ``url`` (default: the configured one), one per URL."""
+    return _database(url or get_settings().effective_database_url)
+
+
+@lru_cache(maxsize=16)
+def _database(url: str) -> Database:
+    return Database(url)

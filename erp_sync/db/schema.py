@@ -1,0 +1,106 @@
+"""The database schema (SQLAlchemy Core): the Procore side of every sync and the run history.
+
+Redis keeps what it is good at (settings, schedule, queues, locks, markers, rate limits); the
+platform's business data lives here, where it can be queried, backed up and kept for years.
+
+Every Procore-side table is keyed by (company, ERP id) or (company, project, ERP id) and has:
+- the Procore-mapped fields the connector contract names, as typed columns (for queries);
+- ``data``: the whole record as canonical JSON (sorted keys), which is what "changed" compares,
+  so fields a connector adds beyond the typed ones are kept and noticed too;
+- ``first_seen`` / ``last_changed`` (UTC), ``deleted_in_erp`` (an ERP deletion marks the row,
+  it never drops it) and ``version`` (1 when created, +1 per change: how an upsert tells
+  created from updated on both dialects, without PostgreSQL-only tricks such as ``xmax``).
+
+Changing anything here needs an Alembic migration in ``erp_sync/db/migrations/versions``
+(``tests/test_db_schema.py`` fails when the two disagree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+ID = 200  # longest company, project or ERP id stored
+
+
+@dataclass(frozen=True)
+class Collection:
+    """One Procore-side collection: its table and the record fields that are typed columns."""
+
+    name: str
+    table: Table
+    project_level: bool
+    fields: tuple[str, ...]
+
+
+def _records_table(name: str, project_level: bool, *typed: Column[Any]) -> Collection:
+    keys = [Column("company", String(ID), primary_key=True)]
+    if project_level:
+        keys.append(Column("project", String(ID), primary_key=True))
+    table = Table(
+        name, metadata,
+        *keys,
+        Column("erp_id", String(ID), primary_key=True),
+        *typed,
+        Column("data", Text, nullable=False),
+        Column("first_seen", DateTime(timezone=True), nullable=False),
+        Column("last_changed", DateTime(timezone=True), nullable=False),
+        Column("deleted_in_erp", Boolean, nullable=False, default=False),
+        Column("version", Integer, nullable=False, default=1),
+    )
+    return Collection(name, table, project_level, tuple(c.name for c in typed))
+
+
+def _text(name: str) -> Column[Any]:
+    return Column(name, Text)
+
+
+COLLECTIONS: dict[str, Collection] = {c.name: c for c in (
+    _records_table("vendors", False, _text("name"), Column("active", Boolean),
+                   _text("tax_id"), _text("city")),
+    _records_table("jobs", False, _text("name"), _text("status")),
+    _records_table("cost_codes", False, _text("description")),
+    _records_table("project_cost_codes", True, _text("description")),
+    _records_table("job_costs", True, _text("job"), _text("cost_code"), _text("cost_type"),
+                   Column("amount_cents", BigInteger), _text("description")),
+    _records_table("payments", True, _text("invoice"), _text("commitment"),
+                   Column("amount_cents", BigInteger), _text("check_number")),
+)}
+
+sync_runs = Table(
+    "sync_runs", metadata,
+    Column("task_id", String(300), primary_key=True),
+    Column("company", String(ID), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("project", String(ID)),
+    Column("scheduled_for", String(64), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(20), nullable=False),
+    Column("counts", Text, nullable=False),
+    Column("error", Text),
+    Column("trigger", String(20), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("duration_ms", Float),
+    Index(None, "company", "started_at"),
+    Index(None, "started_at"),
+)
