@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a development machine: a virtualenv in .venv with the project and its dev extras, and
-# redis-server (from apt) if it is missing. Safe to run again.
+# redis-server and PostgreSQL (from apt) if they are missing. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,6 +14,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
   else
     echo "redis-server is missing: install it (sudo apt-get install redis-server)" >&2
+    exit 1
+  fi
+fi
+# The tests start a private PostgreSQL cluster (tests/support/pgproc.py) with initdb and pg_ctl,
+# which Debian keeps out of PATH, under /usr/lib/postgresql/<version>/bin.
+if ! command -v initdb >/dev/null 2>&1 \
+    && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "PostgreSQL's initdb is missing: install it (sudo apt-get install postgresql)" >&2
     exit 1
   fi
 fi
