@@ -30,8 +30,11 @@ app.add_defaults(lambda: celery_config(get_settings()))
 def _check_database(**_: Any) -> None:
     """A worker whose database schema is behind says so in one line and does not start (a sync
     would otherwise fail deep inside, on every run). Beat does not need the database."""
+    db = database()
     try:
-        database().check()
+        db.check()
     except ErpSyncError as exc:
         logging.getLogger("erp_sync.worker").critical("worker not started: %s", exc)
         raise SystemExit(2) from None
+    finally:
+        db.dispose()  # no connection crosses a prefork fork; each child opens its own

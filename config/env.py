@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from config.errors import ConfigError
 
 ENV_PREFIX = "ERP_SYNC_"
+TEST_PREFIX = "ERP_SYNC_TEST_"
 
 
 class Settings(BaseSettings):
@@ -116,9 +117,14 @@ class Settings(BaseSettings):
 
 
 def _reject_unknown_variables() -> None:
-    """Fail on a misspelt ``ERP_SYNC_*`` name instead of silently ignoring it."""
+    """Fail on a misspelt ``ERP_SYNC_*`` name instead of silently ignoring it.
+
+    ``ERP_SYNC_TEST_*`` belongs to the test suite (``ERP_SYNC_TEST_POSTGRES_URL``), not to a
+    process, and is left alone.
+    """
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known
+                     and not k.startswith(TEST_PREFIX))
     if unknown:
         raise ConfigError(
             f"unknown environment variable {unknown[0]} (known: {', '.join(sorted(known))})"

@@ -34,7 +34,10 @@ from config.env import get_settings
 from config.keys import KeySpace
 from erp_sync.db import Database, database
 from erp_sync.store import SettingsStore
+from tests.support.pgfixtures import pg_url, postgres_server
 from tests.support.redisproc import RedisServer, require_redis_server
+
+__all__ = ["pg_url", "postgres_server"]  # fixtures, for every test module
 
 
 @pytest.fixture
@@ -103,7 +106,24 @@ def db_url(sqlite_template: Path, tmp_path: Path,
 
 @pytest.fixture
 def db(db_url: str) -> Database:
+    """The test's SQLite database (at the schema's head)."""
     return database(db_url)
+
+
+@pytest.fixture
+def pg_db(pg_url: str) -> Iterator[Database]:
+    """A PostgreSQL database of this test's own, migrated to the head."""
+    db = Database(pg_url)
+    db.upgrade()
+    yield db
+    db.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request: pytest.FixtureRequest) -> Database:
+    """The store's tests run on both dialects: the test's SQLite, then a real PostgreSQL."""
+    name = "db" if request.param == "sqlite" else "pg_db"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -111,7 +131,7 @@ def env(monkeypatch: pytest.MonkeyPatch, prefix: str,
         db_url: str) -> Iterator[pytest.MonkeyPatch]:
     """Process settings isolated for this test (prefix and database set; cache cleared)."""
     for name in list(os.environ):
-        if name.startswith("ERP_SYNC_"):
+        if name.startswith("ERP_SYNC_") and not name.startswith("ERP_SYNC_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("ERP_SYNC_KEY_PREFIX", prefix)
     monkeypatch.setenv("ERP_SYNC_DATABASE_URL", db_url)

@@ -4,6 +4,7 @@ It runs the leader's own check (``erp_sync.beat.sweep.inspect``) over every comp
 every piece of schedule state whose company is gone, and shows how far the leader's continuous
 sweep has got. Exit status 1 while differences exist (the sweep repairs them within one pass;
 a company whose settings are unreadable stays until its settings are fixed), 0 when none do.
+It also checks the workers' database (answers, schema current): exit 1 when it does not.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import click
 from erp_sync.beat.plan import split_member
 from erp_sync.beat.sweep import inspect
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.db.engine import head_revision
+from erp_sync.errors import DatabaseUnavailable
 
 BATCH = 500
 
@@ -44,12 +47,24 @@ def doctor(ctx: Ctx, as_json: bool) -> None:
                              "repairable": finding.plan is not None}
                             for p in finding.problems]
     out: dict[str, Any] = {"companies": len(companies), "checked": len(ids),
-                           "differences": differences, "sweep": _sweep(ctx, now)}
+                           "differences": differences, "sweep": _sweep(ctx, now),
+                           "database": _database(ctx)}
     if as_json:
         echo_json(out)
     else:
         _print(out)
-    sys.exit(1 if differences else 0)
+    sys.exit(1 if differences or not out["database"]["up_to_date"] else 0)
+
+
+def _database(ctx: Ctx) -> dict[str, Any]:
+    """Whether the workers' database answers and is at this code's schema."""
+    head = head_revision()
+    try:
+        current, error = ctx.db.current_revision(), None
+    except DatabaseUnavailable as exc:
+        current, error = None, str(exc)
+    return {"url": ctx.db.masked_url, "current": current, "head": head,
+            "up_to_date": current == head, "error": error}
 
 
 def _sweep(ctx: Ctx, now: float) -> dict[str, Any]:
@@ -76,6 +91,14 @@ def _print(out: dict[str, Any]) -> None:
                 else "needs you"] for d in out["differences"]],
               ["COMPANY", "DIFFERENCE", "FIX"])
     click.echo(f"checked {out['checked']} companies: {len(out['differences'])} differences")
+    db = out["database"]
+    if db["error"]:
+        click.echo(f"database: {db['error']}")
+    elif not db["up_to_date"]:
+        click.echo(f"database: {db['url']} is at {db['current'] or 'no schema'}, needs "
+                   f"{db['head']}: run `erp-sync db upgrade` (workers refuse to start)")
+    else:
+        click.echo(f"database: {db['url']} at {db['head']} (up to date)")
     if sweep["last_pass_age_seconds"] is None:
         click.echo("sweep: no full pass completed yet (is a beat leading?)")
     else:

@@ -66,8 +66,10 @@ def make_engine(url: str) -> Engine:
         database = parsed.database or ""
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS,
-                                                  "check_same_thread": False})
+        # As many pooled connections as a thread-pool worker has threads (16 in compose).
+        engine = create_engine(url, pool_size=5, max_overflow=20,
+                               connect_args={"timeout": SQLITE_BUSY_SECONDS,
+                                             "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
