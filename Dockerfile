@@ -1,5 +1,6 @@
 # erp-sync: one image for every process (beat, workers, flower, the management command).
-# No secrets in the image: Redis URLs and Flower credentials come from the environment at run time.
+# No secrets in the image: the Redis and database URLs and Flower credentials come from the
+# environment at run time. The migrations (erp_sync/db/migrations) are package data of erp_sync.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

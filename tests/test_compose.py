@@ -1,5 +1,6 @@
 """docker-compose.yml and the Dockerfile: the file validates, the stack is safe to operate, and
 every command in it names a real module, subcommand and option of this project's Celery app and CLI.
+The database is PostgreSQL, migrated once before any worker starts; beat never waits for it.
 
 Options are checked against the real ``--help`` output of the installed Celery, Flower and
 ``manage.py``, so a renamed or misspelt option fails here instead of in a crash-looping container.
@@ -30,15 +31,19 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-APP_SERVICES = sorted(name for name in SERVICES if name != "redis")
+APP_SERVICES = sorted(name for name in SERVICES if name not in ("redis", "postgres"))
 WORKERS = ("worker-company", "worker-project")
+# Needs only the database (`erp-sync db upgrade`), not Redis.
+MIGRATE = "migrate"
+# Compose's required-variable form: `${NAME:?message}` (refuses to run when NAME is unset).
+REQUIRED = r"\$\{%s:\?[^}]+\}"
 # Nothing in a --help run connects anywhere; these only satisfy the settings model.
 HELP_ENV = {"ERP_SYNC_REDIS_URL": "redis://127.0.0.1:1/0", "ERP_SYNC_KEY_PREFIX": "compose_test"}
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ERP_SYNC_", "FLOWER_", "COMPOSE_"))}
+           if not k.startswith(("ERP_SYNC_", "FLOWER_", "POSTGRES_", "COMPOSE_"))}
     return {**env, **extra}
 
 
@@ -167,7 +172,8 @@ def test_every_command_names_a_real_module_subcommand_and_option(where: str,
     elif argv[0] == "python":
         compile(argv[argv.index("-c") + 1], where, "exec")
     else:
-        assert argv[0] in ("redis-server", "redis-cli"), f"{where}: unknown program {argv[0]}"
+        assert argv[0] in ("redis-server", "redis-cli", "pg_isready"), \
+            f"{where}: unknown program {argv[0]}"
 
 
 def _walk(node: object) -> Iterator[tuple[str, object]]:
@@ -222,7 +228,8 @@ def test_every_app_service_waits_for_a_healthy_redis_and_names_only_known_settin
     from config.env import Settings
 
     service = SERVICES[name]
-    assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    if name != MIGRATE:  # migrating the schema needs the database only
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     env = service["environment"]
     known = {"ERP_SYNC_" + field.upper() for field in Settings.model_fields}
     assert {k for k in env if k.startswith("ERP_SYNC_")} <= known
@@ -232,7 +239,71 @@ def test_every_app_service_waits_for_a_healthy_redis_and_names_only_known_settin
     defaults = {k.removeprefix("ERP_SYNC_").lower(): re.sub(r"^\$\{\w+:-(.*)\}$", r"\1", str(v))
                 for k, v in env.items() if k.startswith("ERP_SYNC_")}
     assert defaults["redis_url"] == "redis://redis:6379/0"
+    assert defaults["database_url"] == DATABASE_URL
     Settings.model_validate(defaults)
+
+
+DATABASE_URL = "postgresql+psycopg://erp_sync:${POSTGRES_PASSWORD}@postgres:5432/erp_sync"
+
+
+def test_postgres_has_a_healthcheck_a_named_volume_and_a_password_compose_requires() -> None:
+    postgres = SERVICES["postgres"]
+    assert postgres["image"] == "postgres:16"
+    env = postgres["environment"]
+    assert re.fullmatch(REQUIRED % "POSTGRES_PASSWORD", env["POSTGRES_PASSWORD"])
+    assert (env["POSTGRES_USER"], env["POSTGRES_DB"]) == ("erp_sync", "erp_sync")
+    volume = postgres["volumes"][0].split(":")
+    assert volume[1] == "/var/lib/postgresql/data" and volume[0] in COMPOSE["volumes"]
+    check = shlex.split(postgres["healthcheck"]["test"][1])
+    assert check[0] == "pg_isready"
+    # Over TCP: the image's first-start init server listens on the Unix socket only.
+    assert option_value(check, "-h") == "127.0.0.1"
+    assert (option_value(check, "-U"), option_value(check, "-d")) == ("erp_sync", "erp_sync")
+    assert postgres["restart"] == "unless-stopped" and not postgres.get("ports")
+
+
+def test_the_database_url_names_the_postgres_service_its_user_database_and_password() -> None:
+    from sqlalchemy.engine import make_url
+
+    env = SERVICES["postgres"]["environment"]
+    for name in APP_SERVICES:
+        assert SERVICES[name]["environment"]["ERP_SYNC_DATABASE_URL"] == DATABASE_URL, name
+    url = make_url(DATABASE_URL)
+    assert (url.drivername, url.host, url.port) == ("postgresql+psycopg", "postgres", 5432)
+    assert (url.username, url.database) == (env["POSTGRES_USER"], env["POSTGRES_DB"])
+    assert url.password == "${POSTGRES_PASSWORD}"
+
+
+def test_migrate_upgrades_the_schema_once_after_postgres_is_healthy() -> None:
+    migrate = SERVICES[MIGRATE]
+    assert argv_of(migrate) == ["erp-sync", "db", "upgrade"]
+    assert migrate["restart"] == "no" and "profiles" not in migrate  # runs on every `up`
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_workers_start_only_once_postgres_is_healthy_and_migrate_completed(name: str) -> None:
+    depends = SERVICES[name]["depends_on"]
+    assert depends[MIGRATE]["condition"] == "service_completed_successfully"
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["redis"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("name", ["beat", "flower", "seed"])
+def test_beat_and_the_others_that_never_use_the_database_do_not_wait_for_it(name: str) -> None:
+    # Beat keeps the schedule running while the database is down or being migrated.
+    assert set(SERVICES[name]["depends_on"]) == {"redis"}
+
+
+def test_the_file_holds_no_secret_only_references_to_variables_compose_requires() -> None:
+    text = COMPOSE_FILE.read_text()
+    for key, value in _walk(COMPOSE):
+        if re.search(r"PASSWORD|SECRET|TOKEN|AUTH", key, re.IGNORECASE):
+            assert re.fullmatch(REQUIRED % re.escape(key), str(value)), f"{key}: {value}"
+    # A password inside a URL is only ever the required variable, never a literal.
+    for userinfo in re.findall(r"://([^/@\s]*)@", text):
+        assert userinfo.partition(":")[2] in ("", "${POSTGRES_PASSWORD}"), userinfo
+    assert "POSTGRES_HOST_AUTH_METHOD" not in text  # no `trust`: the password is required
 
 
 def test_beat_runs_two_replicas_and_is_healthy_only_while_it_answers_ping() -> None:
@@ -276,8 +347,8 @@ def test_the_manage_and_seed_services_run_the_cli_only_on_request() -> None:
     assert SERVICES["manage"]["entrypoint"] == ["erp-sync"]
     assert SERVICES["seed"]["profiles"] == ["demo"] and argv_of(SERVICES["seed"])[1] == "demo"
     for name in APP_SERVICES:
-        assert SERVICES[name]["restart"] == ("no" if "profiles" in SERVICES[name]
-                                             else "unless-stopped")
+        one_shot = "profiles" in SERVICES[name] or name == MIGRATE
+        assert SERVICES[name]["restart"] == ("no" if one_shot else "unless-stopped")
 
 
 def test_the_image_copies_every_installed_module_runs_as_non_root_and_bakes_no_secrets() -> None:
@@ -313,23 +384,44 @@ def compose_cli() -> list[str]:
     pytest.skip("neither docker compose nor docker-compose is installed")
 
 
-def compose_config(cli: list[str], tmp_path: Path,
-                   env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def compose_config(cli: list[str], tmp_path: Path, env: dict[str, str],
+                   quiet: bool = True) -> subprocess.CompletedProcess[str]:
     empty = tmp_path / "empty.env"  # so a developer's .env cannot change the outcome
     empty.write_text("")
     args = [*cli, "--env-file", str(empty), "-f", str(COMPOSE_FILE),
-            "--profile", "manage", "--profile", "demo", "config", "-q"]
+            "--profile", "manage", "--profile", "demo", "config", *(["-q"] if quiet else [])]
     return subprocess.run(args, cwd=tmp_path, env=_env(env), capture_output=True, text=True,
                           timeout=120, check=False)
 
 
+REQUIRED_ENV = {"FLOWER_BASIC_AUTH": "x:y", "POSTGRES_PASSWORD": "pw0123456789"}
+
+
 def test_the_compose_file_validates(compose_cli: list[str], tmp_path: Path) -> None:
-    done = compose_config(compose_cli, tmp_path, {"FLOWER_BASIC_AUTH": "x:y"})
+    done = compose_config(compose_cli, tmp_path, REQUIRED_ENV)
     assert done.returncode == 0, done.stderr
 
 
-def test_the_compose_file_refuses_to_run_without_flower_credentials(
-        compose_cli: list[str], tmp_path: Path) -> None:
-    done = compose_config(compose_cli, tmp_path, {})
+@pytest.mark.parametrize("missing", sorted(REQUIRED_ENV))
+def test_the_compose_file_refuses_to_run_without_each_required_secret(
+        compose_cli: list[str], tmp_path: Path, missing: str) -> None:
+    done = compose_config(compose_cli, tmp_path,
+                          {k: v for k, v in REQUIRED_ENV.items() if k != missing})
     assert done.returncode != 0
-    assert "FLOWER_BASIC_AUTH" in done.stderr
+    assert missing in done.stderr
+
+
+def test_compose_resolves_the_database_url_and_the_start_order_as_intended(
+        compose_cli: list[str], tmp_path: Path) -> None:
+    done = compose_config(compose_cli, tmp_path, REQUIRED_ENV, quiet=False)
+    assert done.returncode == 0, done.stderr
+    resolved: dict[str, dict[str, Any]] = yaml.safe_load(done.stdout)["services"]
+    password = REQUIRED_ENV["POSTGRES_PASSWORD"]
+    assert resolved["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
+    for name in WORKERS:
+        worker = resolved[name]
+        assert worker["environment"]["ERP_SYNC_DATABASE_URL"] == \
+            DATABASE_URL.replace("${POSTGRES_PASSWORD}", password)
+        assert worker["depends_on"][MIGRATE]["condition"] == "service_completed_successfully"
+        assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert set(resolved["beat"]["depends_on"]) == {"redis"}
