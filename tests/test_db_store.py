@@ -161,9 +161,9 @@ def test_project_level_collections_and_companies_are_kept_apart(any_db: Database
 
 @pytest.mark.xfail(strict=True, reason=(
     "erp_sync/db/records.py RecordStore.write_page/_upsert never calls _scope() for the "
-    "upsert: a project-level page with project=None is inserted with a NULL project on "
-    "SQLite (its non-INTEGER primary-key columns accept NULL) and raises a raw IntegrityError "
-    "on PostgreSQL, instead of the ValueError that reads and deletions raise"))
+    "upsert: a project-level page with project=None reaches the database and fails there "
+    "with a raw sqlalchemy IntegrityError (NOT NULL on job_costs.project, both dialects), "
+    "instead of the ValueError that reads and deletions of the same collection raise"))
 def test_a_project_level_page_without_a_project_is_refused_and_writes_nothing(
         any_db: Database) -> None:
     with pytest.raises(ValueError, match="needs a project"):
