@@ -213,12 +213,6 @@ def test_reconcile_reports_drift_fix_repairs_it_and_a_rerun_is_clean(
     assert store.all("vendors") == data.all("acme", "vendors")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "erp_sync/cli/runs.py reconcile keys its report by stream name across kinds and projects: "
-    "cost_codes (a company-level stream of every project's job_costs sync) is reconciled once "
-    "per project and each later project's result replaces the earlier one; with --fix the "
-    "first project fixes it and the next finds it clean, so the report shows cost_codes "
-    "0/0/0 and 'fixed 8 drifted collection(s)' where 9 were fixed"))
 def test_reconcile_fix_reports_every_collection_it_fixed(run: Invoke) -> None:
     found = drifted(run)
     assert drifted(run, "--fix") == found
@@ -310,12 +304,6 @@ def test_db_import_redis_imports_once_and_delete_removes_the_old_hashes(
     assert versions(db) == after_first
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "erp_sync/cli/db_cmd.py db_import_redis writes each old hash with RecordStore.write_page, "
-    "an upsert that overwrites any row whose data differs: a stale Redis copy replaces what a "
-    "sync already wrote (and un-deletes rows marked deleted_in_erp), contrary to its docstring "
-    "('a record already there is left alone'); the watermark has moved on, so the next sync "
-    "does not repair it. Fix: insert-only (ON CONFLICT DO NOTHING) for the import"))
 def test_db_import_redis_leaves_records_a_sync_already_wrote_alone(
         run: Invoke, fake: redis.Redis, keys: KeySpace, db: Database) -> None:
     store = RecordStore(db, "acme")

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import event, exc, func, select, text
 from sqlalchemy.engine import make_url
 
 from erp_sync.connectors.base import Record
 from erp_sync.db import Counts, Database, RecordStore, RunLog, mask
-from erp_sync.db.engine import head_revision
+from erp_sync.db.engine import alembic_config, head_revision
 from erp_sync.db.schema import COLLECTIONS
 from erp_sync.errors import DatabaseUnavailable, SchemaBehind
 from erp_sync.history import RunRecord, Status
@@ -32,24 +34,6 @@ T1 = T0 + timedelta(hours=1)
 T2 = T0 + timedelta(hours=2)
 
 RowState = tuple[int, datetime, bool]  # version, last_changed, deleted_in_erp
-
-# Bugs in erp_sync/db/runs.py these tests found (strict xfails: they pass once it is fixed).
-SINCE_ZONE_BUG = (
-    "erp_sync/db/runs.py RunLog.recent compares started_at with `since` as given: SQLite's "
-    "DateTime drops tzinfo when binding, so a non-UTC `since` (history --since "
-    "2026-01-05T11:00+02:00, which parse_since keeps at +02:00) is compared as UTC wall-clock "
-    "time, two hours off; prune(before) likewise. Fix: since.astimezone(UTC) before binding")
-IMPORT_COUNT_BUG = (
-    "erp_sync/db/runs.py RunLog._write sums CursorResult.rowcount of an executemany "
-    "INSERT ... ON CONFLICT DO NOTHING, which psycopg reports as -1 on PostgreSQL: "
-    "import_many returns -1 and `db import-redis` prints '(-1 new)'. Fix: RETURNING task_id "
-    "and count the rows")
-
-
-def xfail_on(db: Database, dialect: str, request: pytest.FixtureRequest, reason: str) -> None:
-    """A known bug on one dialect only: strict, so the test says when it is fixed."""
-    if db.raw_engine.dialect.name == dialect:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 def vendor(n: int, **changes: Any) -> Record:
@@ -159,11 +143,6 @@ def test_project_level_collections_and_companies_are_kept_apart(any_db: Database
         store(any_db).all("job_costs")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "erp_sync/db/records.py RecordStore.write_page/_upsert never calls _scope() for the "
-    "upsert: a project-level page with project=None reaches the database and fails there "
-    "with a raw sqlalchemy IntegrityError (NOT NULL on job_costs.project, both dialects), "
-    "instead of the ValueError that reads and deletions of the same collection raise"))
 def test_a_project_level_page_without_a_project_is_refused_and_writes_nothing(
         any_db: Database) -> None:
     with pytest.raises(ValueError, match="needs a project"):
@@ -260,9 +239,8 @@ def test_runlog_recent_is_newest_first_and_filters(any_db: Database) -> None:
     assert log.recent("acme")[0] == runs[4]  # the whole record comes back
 
 
-def test_runlog_since_in_another_time_zone_means_the_same_instant(
-        any_db: Database, request: pytest.FixtureRequest) -> None:
-    xfail_on(any_db, "sqlite", request, SINCE_ZONE_BUG)
+def test_runlog_since_in_another_time_zone_means_the_same_instant(any_db: Database) -> None:
+    # (SQLite's DateTime drops tzinfo when binding: the log must convert to UTC itself.)
     log = RunLog(any_db)
     log.save(run("early", T0))
     log.save(run("late", T0 + timedelta(hours=3)))
@@ -295,9 +273,8 @@ def test_runlog_import_many_leaves_existing_rows_alone(any_db: Database) -> None
     assert log.count("acme") == 3
 
 
-def test_runlog_import_many_returns_how_many_it_added(
-        any_db: Database, request: pytest.FixtureRequest) -> None:
-    xfail_on(any_db, "postgresql", request, IMPORT_COUNT_BUG)
+def test_runlog_import_many_returns_how_many_it_added(any_db: Database) -> None:
+    # (psycopg reports an executemany's rowcount as -1: the count must come from RETURNING.)
     log = RunLog(any_db)
     log.save(run("t1", T0))
     assert log.import_many([run("t1", T0, status="running"), run("t2", T1),
@@ -333,10 +310,31 @@ def test_an_empty_sqlite_database_is_behind_in_one_line(tmp_path: Path) -> None:
         db.dispose()
 
 
-def test_a_database_at_another_revision_names_it(db: Database) -> None:
+def test_a_database_a_migration_behind_names_its_revision_and_upgrades(tmp_path: Path) -> None:
+    base = ScriptDirectory.from_config(alembic_config()).get_base()
+    assert base is not None and base != head_revision()
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        with db.raw_engine.begin() as conn:  # what an earlier version's `db upgrade` left
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, base)
+        with pytest.raises(SchemaBehind) as behind:
+            db.check()
+        assert str(behind.value) == (
+            f"the database {db.masked_url} is at revision {base}, this code needs "
+            f"{head_revision()}: run `erp-sync db upgrade`")
+        assert db.upgrade() == (base, head_revision())
+        db.check()
+    finally:
+        db.dispose()
+
+
+def test_a_database_at_a_revision_this_code_does_not_know_asks_for_newer_code(
+        db: Database) -> None:
     with db.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'abc123'"))
-    with pytest.raises(SchemaBehind, match=r"at revision abc123, this code needs .*db upgrade"):
+    with pytest.raises(SchemaBehind, match=r"at revision abc123, newer than this code knows"):
         db.check()
 
 
