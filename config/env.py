@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.errors import ConfigError
@@ -28,7 +28,7 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(
         "redis://localhost:6379/0",
-        description="Redis for settings, schedule, history, locks and the Celery queues: "
+        description="Redis for settings, schedule, locks, rate limits and the Celery queues: "
         "`redis://`, `rediss://` (TLS), `redis://:password@host`, or "
         "`sentinel://host:port[,host:port]/db?master=NAME`.",
     )
@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     )
     settings_wait_seconds: float = Field(
         5.0, ge=0, description="How long `settings set --wait` waits for beat to apply a change."
+    )
+
+    secret_key: SecretStr | None = Field(
+        None, description="Keys that encrypt stored ERP credentials (Fernet keys, comma "
+        "separated, newest first: the first encrypts, all decrypt, so a key is rotated by "
+        "putting a new one first and running `erp-sync connection rotate-key`). Generate one: "
+        "`erp-sync connection new-key`. Required to connect a company to a real ERP.",
     )
 
     @field_validator("key_prefix")

@@ -177,6 +177,26 @@ class KeySpace:
         """HASH ERP key -> ``{"rate", "burst"}`` (JSON) overriding the default ERP rate limits."""
         return self._k("ratelimit", "overrides")
 
+    def connection(self, company: str) -> str:
+        """HASH: a company's ERP connection (``meta`` JSON, ``secret`` sealed, ``generation``)."""
+        return self._k("connection", company)
+
+    def access_token(self, company: str) -> str:
+        """STRING: a company's cached ERP access token (encrypted), expiring before it does."""
+        return self._k("connection", company, "access")
+
+    def token_refresh_lock(self, company: str) -> str:
+        """STRING: held by the one worker refreshing a company's ERP access token."""
+        return self._k("connection", company, "refreshing")
+
+    def mirror_lock(self, company: str) -> str:
+        """STRING: held by the one worker refreshing a company's ERP mirror (erp_lines)."""
+        return self._k("connection", company, "mirroring")
+
+    def request_slots(self, company: str) -> str:
+        """ZSET: the ERP requests of a company in flight, fleet-wide (member -> lease expiry)."""
+        return self._k("ratelimit", company, "inflight")
+
     @property
     def last_runs(self) -> str:
         """HASH ``<status>:<kind>`` -> the fleet's latest finished run of that kind (JSON)."""

@@ -13,7 +13,7 @@ from typing import Any
 from config.env import Settings
 from config.keys import KeySpace
 from erp_sync.redis_client import kombu_broker
-from erp_sync.slots import COMPANY_QUEUE, TASK_NAMES, queue_for
+from erp_sync.slots import ALERTS_QUEUE, COMPANY_QUEUE, TASK_NAMES, queue_for
 
 # tasks/maintenance.py; named here because erp_sync never imports the tasks.
 PRUNE_HISTORY_TASK = "erp_sync.prune_history"
@@ -54,7 +54,8 @@ def celery_config(env: Settings) -> dict[str, Any]:
         "task_time_limit": env.task_time_limit,
         "task_default_queue": COMPANY_QUEUE,
         "task_create_missing_queues": True,
-        "task_routes": {name: {"queue": queue_for(kind)} for kind, name in TASK_NAMES.items()},
+        "task_routes": {**{name: {"queue": queue_for(kind)} for kind, name in TASK_NAMES.items()},
+                        PRUNE_HISTORY_TASK: {"queue": ALERTS_QUEUE}},
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_scheduler": "beat_schedule:RedisScheduler",
@@ -63,7 +64,7 @@ def celery_config(env: Settings) -> dict[str, Any]:
         # The app's own periodic work, sent by the leader only (erp_sync/beat/static.py).
         "beat_schedule": {
             "prune-history": {"task": PRUNE_HISTORY_TASK, "schedule": 3600.0,
-                              "options": {"queue": COMPANY_QUEUE, "expires": 3600.0}},
+                              "options": {"queue": ALERTS_QUEUE, "expires": 3600.0}},
         },
         "timezone": "UTC",
         "enable_utc": True,

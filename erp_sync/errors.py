@@ -85,6 +85,11 @@ class BadCredentials(PermanentConnectorError):
     """The ERP rejected the integration's credentials."""
 
 
+class ErpFault(PermanentConnectorError):
+    """The ERP answered with an error body (or with one it could not have meant: malformed
+    JSON); the run fails with the ERP's message and request id, and the page is not written."""
+
+
 class UnknownErpObject(PermanentConnectorError):
     """The ERP does not know the job (or other object) the sync asked for."""
 

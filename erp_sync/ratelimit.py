@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from config.keys import KeySpace
 from config.models import Erp, first_error
 from erp_sync import lua
-from erp_sync.connectors.base import Connector, Page
+from erp_sync.connectors.base import Connector, Page, SelfThrottling
 from erp_sync.errors import InvalidInput, MustWait
 
 MAX_RESERVE = 30.0
@@ -46,6 +46,9 @@ class RateLimit(BaseModel):
     rate: float = Field(gt=0, le=10_000)
     burst: float = Field(ge=1, le=10_000)
     concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=1000)
+    # ERP requests of one company in flight at once, fleet-wide (None: no cap). Enforced by
+    # connectors that make their own HTTP requests (erp_sync/inflight.py).
+    requests: int | None = Field(None, ge=1, le=1000)
 
 
 class CompanyLimit(BaseModel):
@@ -66,7 +69,9 @@ class CompanyLimit(BaseModel):
 # on-premise agent (QuickBooks Desktop Web Connector, hh2 for Sage) are slower still.
 DEFAULT_LIMITS: dict[Erp, RateLimit] = {
     Erp.QUICKBOOKS_DESKTOP: RateLimit(rate=2, burst=2),
-    Erp.QUICKBOOKS_ONLINE: RateLimit(rate=8, burst=10),
+    # 500 requests a minute and 10 at once per realm: 8/s with a burst of 10 stays under 500 in
+    # any 60 s window (10 + 60 x 8 = 490).
+    Erp.QUICKBOOKS_ONLINE: RateLimit(rate=8, burst=10, requests=10),
     Erp.XERO: RateLimit(rate=1, burst=5),
     Erp.NETSUITE: RateLimit(rate=5, burst=5),
     Erp.SAGE_100: RateLimit(rate=2, burst=2),
@@ -106,12 +111,16 @@ def limit_for(client: redis.Redis, keys: KeySpace, erp: Erp,
 
 
 def set_limit(client: redis.Redis, keys: KeySpace, erp: str, rate: float, burst: float,
-              concurrency: int = DEFAULT_CONCURRENCY) -> RateLimit:
-    """Store an override for every company on ``erp`` (validated; takes effect on the next call)."""
+              concurrency: int = DEFAULT_CONCURRENCY, requests: int | None = None) -> RateLimit:
+    """Store an override for every company on ``erp`` (validated; takes effect on the next call).
+
+    ``requests`` (in flight at once) defaults to the ERP's own cap, which an override of the
+    rate must not silently lift."""
     if erp not in set(Erp):
         raise InvalidInput(f"unknown ERP {erp!r} (one of: {', '.join(Erp)})")
     try:
-        limit = RateLimit(rate=rate, burst=burst, concurrency=concurrency)
+        limit = RateLimit(rate=rate, burst=burst, concurrency=concurrency,
+                          requests=requests or DEFAULT_LIMITS[Erp(erp)].requests)
     except ValidationError as exc:
         raise InvalidInput(f"invalid rate limit {first_error(exc)}") from None
     client.hset(keys.rate_limit_overrides, erp, limit.model_dump_json())
@@ -169,6 +178,15 @@ class TokenBucket:
                 raise MustWait(delay, "the ERP rate limit", ticket=float(ticket))
             self.sleep(min(delay - MAX_RESERVE, MAX_RESERVE))
             waited += min(delay - MAX_RESERVE, MAX_RESERVE)
+
+
+def throttled(inner: Connector, bucket: TokenBucket) -> Connector:
+    """``inner`` under the company's bucket: a connector that makes its own requests takes a
+    token per HTTP request itself (``SelfThrottling``); any other takes one per call."""
+    if isinstance(inner, SelfThrottling):
+        inner.throttle(bucket.take, bucket.limit.requests)
+        return inner
+    return Throttled(inner, bucket)
 
 
 class Throttled(Connector):

@@ -55,10 +55,10 @@ from erp_sync.heartbeat import Heartbeat
 from erp_sync.history import History, RunRecord
 from erp_sync.ratelimit import (
     RateLimit,
-    Throttled,
     TokenBucket,
     company_field,
     effective_limit,
+    throttled,
 )
 from erp_sync.syncs import run_sync
 
@@ -141,19 +141,23 @@ class Runner:
         lock was given back. Retry with backoff; when the budget is spent the run is recorded
         failed where it can be (Redis: the database is the part that is down)."""
         previous = self.history.get(d.company, d.task_id)
-        if d.retries >= self.policy.max_retries or previous is None:
-            log.error("database unavailable company=%s project=%s sync=%s task_id=%s: %s "
-                      "(retries %s)", d.company, d.project or "-", d.kind.value, d.task_id,
-                      exc, d.retries)
-        if previous is None:
-            return Outcome(None, retry_in=self.policy.delay(d.retries, None, self.rng))
         if d.retries >= self.policy.max_retries:
+            log.error("database unavailable company=%s project=%s sync=%s task_id=%s: %s "
+                      "(gave up after %s retries)", d.company, d.project or "-", d.kind.value,
+                      d.task_id, exc, d.retries)
             at = RunClock(RedisClock(self.client).refresh())()
-            return Outcome(self._finish_in_redis(previous.finish(
+            record = previous or RunRecord(
+                kind=d.kind.value, company=d.company, project=d.project, scheduled_for=d.slot,
+                started_at=at, task_id=d.task_id, trigger=d.trigger)
+            return Outcome(self._finish_in_redis(record.finish(
                 "failed", error=f"{exc} (gave up after {d.retries} retries)", at=at), d, "*"))
         delay = min(self.policy.delay(d.retries, None, self.rng), self.max_retry_delay)
-        self.history.save(previous.model_copy(update={
-            "error": f"{exc}; retry {d.retries + 1} in {delay:.1f}s"}))
+        if previous is not None:
+            self.history.save(previous.model_copy(update={
+                "error": f"{exc}; retry {d.retries + 1} in {delay:.1f}s"}))
+        log.warning("database unavailable company=%s project=%s sync=%s task_id=%s: %s; "
+                    "retry %s in %.1fs", d.company, d.project or "-", d.kind.value, d.task_id,
+                    exc, d.retries + 1, delay)
         return Outcome(previous, retry_in=delay)
 
     def _execute(self, d: Delivery) -> Outcome:
@@ -321,7 +325,7 @@ class Runner:
     def _connector(self, company: Company, limit: RateLimit, ticket: float | None) -> Connector:
         inner = self.connector(company) if self.connector else \
             connector_for(self.client, self.keys, company)
-        return Throttled(inner, TokenBucket(self.client, self.keys, company.id, limit,
+        return throttled(inner, TokenBucket(self.client, self.keys, company.id, limit,
                                             defer_after=self.defer_after, ticket=ticket))
 
     def _lock(self, d: Delivery) -> str:

@@ -21,6 +21,9 @@ TASK_NAMES: dict[SyncKind, str] = {
 KIND_OF_TASK: dict[str, SyncKind] = {name: kind for kind, name in TASK_NAMES.items()}
 COMPANY_QUEUE = "company"
 PROJECT_QUEUE = "project"
+# Alert webhooks and periodic housekeeping (DESIGN.md); the company workers consume it too
+# unless an operator gives it workers of its own.
+ALERTS_QUEUE = "alerts"
 
 
 def queue_for(kind: SyncKind) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -132,16 +132,20 @@ def full_listing(stream: Stream) -> list[Record]:
 
 
 def reconcile(db: Database, company: str, kind: SyncKind, project: str | None,
-              connector: Connector, fix: bool = False) -> dict[str, Drift]:
+              connector: Connector, fix: bool = False,
+              skip: Collection[str] = ()) -> dict[str, Drift]:
     """Compare the Procore side with the ERP's full data for ``kind``: drift per collection.
 
     With ``fix``, each drifted collection is then made equal to the ERP (missing and different
     records written, extra ones marked deleted, in one transaction per collection); the drift
-    returned is what was found (and fixed).
+    returned is what was found (and fixed). Streams named in ``skip`` are left out (a
+    company-level stream that several project syncs share is compared once).
     """
     store = RecordStore(db, company)
     report: dict[str, Drift] = {}
     for s in streams(kind, connector, project):
+        if s.name in skip:
+            continue
         listing = full_listing(s)
         drift = store.drift(s.collection, s.project, listing)
         if fix and not drift.clean:

@@ -18,14 +18,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 # The tests start a private PostgreSQL cluster (tests/support/pgproc.py) with initdb and pg_ctl,
-# which Debian keeps out of PATH, under /usr/lib/postgresql/<version>/bin.
+# which Debian keeps out of PATH, under /usr/lib/postgresql/<version>/bin. Only the tests need it
+# (the stack runs on an SQLite file), so without root it is a warning, not a failure.
 if ! command -v initdb >/dev/null 2>&1 \
     && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
   if [[ $(id -u) -eq 0 ]]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   else
-    echo "PostgreSQL's initdb is missing: install it (sudo apt-get install postgresql)" >&2
-    exit 1
+    echo "PostgreSQL's initdb is missing: the PostgreSQL tests will fail until it is" \
+      "installed (sudo apt-get install postgresql); scripts/run.sh does not need it" >&2
   fi
 fi
 # docker-compose validates docker-compose.yml offline (tests/test_compose.py); no engine needed,

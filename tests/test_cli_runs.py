@@ -144,4 +144,4 @@ def test_sandbox_set_and_ratelimit_set(run: Invoke) -> None:
     assert shown["config"]["latency_ms"] == 50 and shown["fail_next"] == 2
     assert run("ratelimit", "set", "xero", "--rate", "2", "--burst", "3")[0] == 0
     limits = json.loads(run("ratelimit", "show", "--json")[1])
-    assert limits["xero"] == {"rate": 2.0, "burst": 3.0, "concurrency": 2}
+    assert limits["xero"] == {"rate": 2.0, "burst": 3.0, "concurrency": 2, "requests": None}

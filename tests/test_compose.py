@@ -319,17 +319,22 @@ def test_beat_runs_two_replicas_and_is_healthy_only_while_it_answers_ping() -> N
 def test_workers_have_unique_node_names_and_a_healthcheck_on_their_own_node(name: str) -> None:
     worker = SERVICES[name]
     argv, queue = argv_of(worker), name.removeprefix("worker-")
-    assert option_value(argv, "-Q") == queue and option_value(argv, "-n") == f"{queue}@%h"
+    assert option_value(argv, "-Q").split(",")[0] == queue
+    assert option_value(argv, "-n") == f"{queue}@%h"
     ping = shlex.split(worker["healthcheck"]["test"][1])
     assert option_value(ping, "-d") == f"{queue}@$$HOSTNAME"
 
 
-def test_the_workers_consume_every_sync_queue() -> None:
+def test_the_workers_consume_every_sync_queue_and_the_housekeeping_one() -> None:
+    from config.env import Settings
+    from erp_sync.celery_config import celery_config
     from erp_sync.slots import TASK_NAMES, queue_for
 
     consumed = {queue for name in WORKERS
                 for queue in option_value(argv_of(SERVICES[name]), "-Q").split(",")}
     assert {queue_for(kind) for kind in TASK_NAMES} <= consumed
+    periodic = celery_config(Settings()).get("beat_schedule", {}).values()
+    assert {entry["options"]["queue"] for entry in periodic} <= consumed
 
 
 @pytest.mark.parametrize("name", WORKERS)

@@ -63,6 +63,7 @@ def _register() -> None:
     from erp_sync.cli import (
         beat_cmd,
         companies,
+        connect_cmd,
         db_cmd,
         doctor_cmd,
         metrics_cmd,
@@ -78,6 +79,7 @@ def _register() -> None:
         runs,
         metrics_cmd,
         db_cmd,
+        connect_cmd,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)

@@ -77,10 +77,10 @@ def db_import_redis(ctx: Ctx, delete: bool) -> None:
             continue
         company, name, project = where
         page = [json.loads(v) for v in client.hvals(key)]
-        counts = RecordStore(ctx.db, company).write_page(name, project, page)
+        added = RecordStore(ctx.db, company).import_page(name, project, page)
         records += len(page)
         click.echo(f"{company} {name}{f' {project}' if project else ''}: {len(page)} records "
-                   f"({counts.created} new)")
+                   f"({added} new)")
         if delete:
             client.delete(key)
     runs = added = 0

@@ -29,11 +29,11 @@ from erp_sync.ratelimit import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LIMITS,
     CompanyLimit,
-    Throttled,
     TokenBucket,
     limit_for,
     set_company_limit,
     set_limit,
+    throttled,
 )
 from erp_sync.slots import TASK_NAMES, queue_for, task_kwargs
 from erp_sync.syncs import reconcile as reconcile_kind
@@ -142,13 +142,14 @@ def reconcile(ctx: Ctx, company_id: str, project: str | None, fix: bool,
     projects = [p.id for p in ctx.store.list_projects(company_id)]
     if project is not None and project not in projects:
         raise NotFound(f"unknown project {project!r} in {company_id!r}")
-    connector = Throttled(connector_for(ctx.client, ctx.keys, company), TokenBucket(
+    connector = throttled(connector_for(ctx.client, ctx.keys, company), TokenBucket(
         ctx.client, ctx.keys, company_id, limit_for(ctx.client, ctx.keys, company.erp,
                                                     company_id)))
     report: dict[str, dict[str, list[str]]] = {}
     for kind in sorted(CAPABILITIES[company.erp]):
         for target in ([project] if project else projects) if kind.project_level else [None]:
-            drift = reconcile_kind(ctx.db, company_id, kind, target, connector, fix=fix)
+            drift = reconcile_kind(ctx.db, company_id, kind, target, connector, fix=fix,
+                                   skip=report.keys())
             for name, d in drift.items():
                 report[name] = {"missing": d.missing, "extra": d.extra, "different": d.different}
     if as_json:
@@ -170,14 +171,16 @@ def ratelimit() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def ratelimit_show(ctx: Ctx, as_json: bool) -> None:
-    """Each ERP's limit (calls per second, burst, syncs per company at once) as applied."""
+    """Each ERP's limit (calls per second, burst, syncs and requests per company at once)."""
     limits = {erp.value: limit_for(ctx.client, ctx.keys, erp).model_dump() for erp in Erp}
     if as_json:
         echo_json(limits)
         return
     table([[erp, f"{v['rate']:g}", f"{v['burst']:g}", str(v["concurrency"]),
+            str(v["requests"] or "-"),
             "" if DEFAULT_LIMITS[Erp(erp)].model_dump() == v else "override"]
-           for erp, v in limits.items()], ["ERP", "PER SECOND", "BURST", "AT ONCE", ""])
+           for erp, v in limits.items()],
+          ["ERP", "PER SECOND", "BURST", "AT ONCE", "REQUESTS IN FLIGHT", ""])
 
 
 @ratelimit.command("set")
@@ -186,12 +189,16 @@ def ratelimit_show(ctx: Ctx, as_json: bool) -> None:
 @click.option("--burst", type=float, required=True, help="Calls allowed back to back.")
 @click.option("--concurrency", type=int, default=DEFAULT_CONCURRENCY, show_default=True,
               help="Syncs of one company running at once, fleet-wide.")
+@click.option("--requests", type=int, help="ERP requests of one company in flight at once, "
+              "fleet-wide (default: the ERP's own cap, if it has one).")
 @pass_ctx
-def ratelimit_set(ctx: Ctx, erp: str, rate: float, burst: float, concurrency: int) -> None:
+def ratelimit_set(ctx: Ctx, erp: str, rate: float, burst: float, concurrency: int,
+                  requests: int | None) -> None:
     """Override ERP's limit for every company on it (live on the next call)."""
-    limit = set_limit(ctx.client, ctx.keys, erp, rate, burst, concurrency)
+    limit = set_limit(ctx.client, ctx.keys, erp, rate, burst, concurrency, requests)
     click.echo(f"{erp}: {limit.rate:g}/s, burst {limit.burst:g}, "
-               f"{limit.concurrency} at once per company")
+               f"{limit.concurrency} at once per company"
+               f"{f', {limit.requests} requests in flight' if limit.requests else ''}")
 
 
 @ratelimit.command("company")

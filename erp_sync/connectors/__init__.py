@@ -1,8 +1,9 @@
 """ERP connectors: one module per ERP family behind the contract in ``base``.
 
-``connector_for`` picks a company's connector. Only the sandbox ERP ships today, so it serves
-every company (DESIGN.md: the default until a real connector is configured); a real family plugs in
-by adding its factory to ``FAMILIES`` under its ``Erp`` key.
+``connector_for`` picks a company's connector: its ERP family's factory from ``FAMILIES`` (today
+QuickBooks Online, for a connected company), otherwise the sandbox ERP (DESIGN.md: the default
+until a real connector is configured). A family plugs in by adding its factory under its ``Erp``
+key.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import redis
 
 from config.keys import KeySpace
 from config.models import Company, Erp
+from erp_sync.connectors import qbo
 from erp_sync.connectors.base import Connector, Page, pages
 from erp_sync.connectors.sandbox import SandboxErp
 
 Factory = Callable[[redis.Redis, KeySpace, Company], Connector]
 
-FAMILIES: dict[Erp, Factory] = {}
+FAMILIES: dict[Erp, Factory] = {Erp.QUICKBOOKS_ONLINE: qbo.connector}
 
 
 def connector_for(client: redis.Redis, keys: KeySpace, company: Company) -> Connector:

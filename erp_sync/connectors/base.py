@@ -21,7 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 Record = dict[str, Any]
 
@@ -72,6 +72,16 @@ class Connector(ABC):
     def bill_payments(self, job: str, since: str | None, cursor: str | None) -> Page:
         """Bill payments made in the ERP against ``job``'s synced invoices, each naming its
         ``invoice`` and ``commitment`` (shown in Procore as Payments Issued on the commitment)."""
+
+
+@runtime_checkable
+class SelfThrottling(Protocol):
+    """A connector whose calls make a varying number of HTTP requests (or none, when served
+    from what it already mirrored) takes a rate-limit token per request itself."""
+
+    def throttle(self, take: Callable[[], float], requests: int | None) -> None:
+        """Use ``take`` (blocks until a request is allowed, or raises ``MustWait``) and keep
+        at most ``requests`` of the company's requests in flight fleet-wide (None: no cap)."""
 
 
 def pages(fetch: Fetch, cursor: str | None = None) -> Iterator[Page]:

@@ -51,6 +51,11 @@ def head_revision() -> str:
     return head
 
 
+def known_revisions() -> set[str]:
+    """Every revision this code's migrations know (an unknown one is from newer code)."""
+    return {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -116,11 +121,15 @@ class Database:
     def check(self) -> None:
         """Raise ``SchemaBehind`` unless the schema is at this code's head revision."""
         current, head = self.current_revision(), head_revision()
-        if current != head:
-            state = f"at revision {current}" if current else "empty (no schema)"
+        if current == head:
+            return
+        if current is not None and current not in known_revisions():
             raise SchemaBehind(
-                f"the database {self.masked_url} is {state}, this code needs {head}: "
-                "run `erp-sync db upgrade`")
+                f"the database {self.masked_url} is at revision {current}, newer than this "
+                f"code knows (it needs {head}): upgrade this code, not the database")
+        state = f"at revision {current}" if current else "empty (no schema)"
+        raise SchemaBehind(f"the database {self.masked_url} is {state}, this code needs {head}: "
+                           "run `erp-sync db upgrade`")
 
     def upgrade(self) -> tuple[str | None, str]:
         """Migrate to the head revision; returns (before, after)."""

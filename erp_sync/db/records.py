@@ -19,9 +19,10 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, ColumnElement, Connection, Table, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from erp_sync.connectors.base import Record
 from erp_sync.db.engine import Database
 from erp_sync.db.schema import COLLECTIONS, Collection
+
+Record = dict[str, Any]  # a record as connectors give it (erp_sync.connectors.base.Record)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class RecordStore:
                    deleted: Sequence[str] = (), now: datetime | None = None) -> Counts:
         """Write one page's changes in one transaction (all of it, or none of it)."""
         c = collection(name)
+        self._scope(c, project)  # a project-level page needs its project: refused up front
         batch = {str(r["id"]): r for r in records}  # one row per id (the last one wins)
         gone = sorted(set(deleted) - set(batch))
         if not batch and not gone:
@@ -117,18 +119,42 @@ class RecordStore:
                 return counts
         return self.db.guard(write)
 
+    def import_page(self, name: str, project: str | None, records: Iterable[Record],
+                    now: datetime | None = None) -> int:
+        """Insert records not stored yet; a row already there is left exactly as it is (what
+        ``db import-redis`` needs: an old copy must never overwrite what a sync wrote since).
+        Returns how many were inserted."""
+        c = collection(name)
+        self._scope(c, project)
+        batch = {str(r["id"]): r for r in records}
+        if not batch:
+            return 0
+        rows = self._rows(c, project, batch, now or datetime.now(UTC))
+
+        def write() -> int:
+            with self.db.engine.begin() as conn:
+                dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+                stmt = dialect.insert(c.table).on_conflict_do_nothing().returning(
+                    c.table.c.erp_id)
+                return len(conn.execute(stmt, rows).all())
+        return self.db.guard(write)
+
+    def _rows(self, c: Collection, project: str | None, batch: dict[str, Record],
+              at: datetime) -> list[dict[str, Any]]:
+        base: dict[str, Any] = {"company": self.company}
+        if c.project_level:
+            base["project"] = project
+        return [{**base, "erp_id": erp_id, "data": canonical(r), "first_seen": at,
+                 "last_changed": at, "deleted_in_erp": False, "version": 1,
+                 **{f: _typed(c.table, f, r.get(f)) for f in c.fields}}
+                for erp_id, r in batch.items()]
+
     def _upsert(self, conn: Connection, c: Collection, project: str | None,
                 batch: dict[str, Record], at: datetime) -> Counts:
         if not batch:
             return Counts()
         t = c.table
-        base: dict[str, Any] = {"company": self.company}
-        if c.project_level:
-            base["project"] = project
-        rows = [{**base, "erp_id": erp_id, "data": canonical(r), "first_seen": at,
-                 "last_changed": at, "deleted_in_erp": False, "version": 1,
-                 **{f: _typed(t, f, r.get(f)) for f in c.fields}}
-                for erp_id, r in batch.items()]
+        rows = self._rows(c, project, batch, at)
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         insert = dialect.insert(t)
         new = insert.excluded

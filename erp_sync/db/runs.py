@@ -73,10 +73,11 @@ class RunLog:
                 else:
                     stmt = insert.on_conflict_do_nothing(index_elements=["task_id"])
                 rows = [_row(r) for r in records]
-                added = 0
+                written = 0  # counted from RETURNING: an executemany's rowcount may be -1
                 for start in range(0, len(rows), 500):
-                    added += int(conn.execute(stmt, rows[start:start + 500]).rowcount)
-                return added
+                    written += len(conn.execute(stmt.returning(sync_runs.c.task_id),
+                                                rows[start:start + 500]).all())
+                return written
         return self.db.guard(write)
 
     def get(self, task_id: str) -> RunRecord | None:
@@ -99,8 +100,8 @@ class RunLog:
             query = query.where(t.c.kind == kind)
         if project is not None:
             query = query.where(t.c.project == project)
-        if since is not None:
-            query = query.where(t.c.started_at >= since)
+        if since is not None:  # stored as UTC; SQLite would drop any other offset unconverted
+            query = query.where(t.c.started_at >= since.astimezone(UTC))
         query = query.order_by(t.c.started_at.desc(), t.c.task_id.desc()).limit(limit)
 
         def read() -> list[RunRecord]:
@@ -122,6 +123,7 @@ class RunLog:
         """Delete runs that started before ``before``; returns how many."""
         def write() -> int:
             with self.db.engine.begin() as conn:
-                result = conn.execute(delete(sync_runs).where(sync_runs.c.started_at < before))
+                result = conn.execute(delete(sync_runs).where(
+                    sync_runs.c.started_at < before.astimezone(UTC)))
                 return int(result.rowcount)
         return self.db.guard(write)

@@ -104,3 +104,33 @@ sync_runs = Table(
     Index(None, "company", "started_at"),
     Index(None, "started_at"),
 )
+
+# --- what a connector mirrors from an ERP whose API cannot filter by project ---------------
+# QuickBooks Online's transactions (bills, expenses, vendor credits, bill payments) name the
+# project on each line, and its API cannot ask for one project's lines. So a connector reads a
+# company's changed transactions once and keeps the project lines here; every project's job-cost
+# and payment sync then pages its own lines from this table (by ``seq``, a per-company sequence
+# that grows with every change), instead of reading the whole company from the ERP per project.
+erp_lines = Table(
+    "erp_lines", metadata,
+    Column("company", String(ID), primary_key=True),
+    Column("kind", String(20), primary_key=True),  # job_costs | payments
+    Column("project", String(ID), primary_key=True),
+    Column("erp_id", String(ID), primary_key=True),
+    Column("txn", String(ID), nullable=False),  # "<entity>:<ERP id>" the line came from
+    Column("seq", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("data", Text, nullable=False),
+    Index(None, "company", "kind", "project", "seq"),
+    Index(None, "company", "txn"),
+)
+
+# Per company and source, how far the mirror has read (a watermark, and a cursor while a
+# refresh is under way: a refresh deferred by the rate limit resumes where it stopped).
+erp_mirror = Table(
+    "erp_mirror", metadata,
+    Column("company", String(ID), primary_key=True),
+    Column("source", String(40), primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("refreshed_at", DateTime(timezone=True)),
+)

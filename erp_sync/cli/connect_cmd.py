@@ -1,0 +1,178 @@
+"""``connect``, ``connection show|rotate-key|new-key`` and ``disconnect``: real ERP credentials.
+
+Secrets come from files (``-`` reads stdin), never from the command line, where ``ps`` and shell
+history would show them; they are encrypted before they reach Redis (``erp_sync.vault``) and no
+output, log line or audit entry ever shows them. Connecting needs admin on the company, like any
+change to what its syncs do, and is audited (without the secrets).
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import sys
+from datetime import UTC, datetime
+
+import click
+import httpx
+
+from config.models import AuditEntry, Erp, PermissionLevel
+from erp_sync.cli.context import Ctx, echo_json, pass_ctx
+from erp_sync.connections import Connection, ConnectionStore, Secrets
+from erp_sync.connectors.qbo import PRODUCTION_API, TOKEN_URL
+from erp_sync.errors import InvalidInput
+from erp_sync.vault import Vault, new_key
+
+CONNECTABLE = (Erp.QUICKBOOKS_ONLINE.value,)
+_REALM = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CLIENT_ID = re.compile(r"[\x21-\x7e]{1,200}")
+MAX_SECRET = 4096
+
+
+def _secret(path: str, what: str, stdin_used: list[bool]) -> str:
+    """A secret read from a file (``-``: stdin, once), trimmed; validated without echoing it."""
+    if path == "-":
+        if stdin_used:
+            raise InvalidInput("only one of the secret files can be - (stdin)")
+        stdin_used.append(True)
+        text = sys.stdin.read()
+    else:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read(MAX_SECRET + 2)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"cannot read the {what} file {path[:100]!r}: "
+                               f"{type(exc).__name__}") from None
+    value = text.strip()
+    if not value:
+        raise InvalidInput(f"the {what} file is empty")
+    if len(value) > MAX_SECRET or any(c.isspace() or not c.isprintable() for c in value):
+        raise InvalidInput(f"the {what} must be one line of at most {MAX_SECRET} printable "
+                           "characters without spaces")
+    return value
+
+
+def _url(value: str, option: str) -> str:
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise InvalidInput(f"{option} must be an http(s) URL, got {value[:100]!r}")
+    return str(url).rstrip("/")
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@click.command("connect")
+@click.argument("company_id", metavar="COMPANY")
+@click.option("--as", "actor", required=True, metavar="USER", help="Acting user (admin).")
+@click.option("--erp", required=True, type=click.Choice(CONNECTABLE), help="The ERP family.")
+@click.option("--realm-id", required=True, help="The QuickBooks Online company (realm) id.")
+@click.option("--client-id", required=True, help="The app's OAuth client id.")
+@click.option("--client-secret-file", required=True, metavar="FILE",
+              help="File holding the OAuth client secret (- for stdin).")
+@click.option("--refresh-token-file", required=True, metavar="FILE",
+              help="File holding the refresh token from the authorization (- for stdin).")
+@click.option("--base-url", default=PRODUCTION_API, show_default=True,
+              help="The Accounting API (Intuit's sandbox, or a fake for tests and demos).")
+@click.option("--token-url", default=TOKEN_URL, show_default=True,
+              help="The OAuth 2.0 token endpoint.")
+@pass_ctx
+def connect(ctx: Ctx, company_id: str, actor: str, erp: str, realm_id: str, client_id: str,
+            client_secret_file: str, refresh_token_file: str, base_url: str,
+            token_url: str) -> None:
+    """Connect COMPANY to its real ERP: its syncs then read it over HTTP."""
+    company = ctx.store.get_company(company_id)
+    ctx.store.require(company_id, actor, PermissionLevel.ADMIN)
+    if company.erp.value != erp:
+        raise InvalidInput(f"{company_id!r} is on {company.erp.value}: only a {erp} company "
+                           f"can be connected to {erp}")
+    if not _REALM.fullmatch(realm_id):
+        raise InvalidInput("--realm-id must be 1-64 letters, digits, '-' or '_'")
+    if not _CLIENT_ID.fullmatch(client_id):
+        raise InvalidInput("--client-id must be 1-200 printable characters without spaces")
+    base, token = _url(base_url, "--base-url"), _url(token_url, "--token-url")
+    stdin: list[bool] = []
+    secrets = Secrets(client_secret=_secret(client_secret_file, "client secret", stdin),
+                      refresh_token=_secret(refresh_token_file, "refresh token", stdin))
+    store = ConnectionStore(ctx.client, ctx.keys, Vault.from_settings())  # no key: no write
+    now = datetime.now(UTC)
+    connection = Connection(company=company_id, erp=company.erp, realm_id=realm_id,
+                            client_id=client_id, base_url=base, token_url=token,
+                            connected_by=actor, connected_at=now)
+    old = store.get(company_id)
+    store.save(connection, secrets, AuditEntry(
+        at=now, actor=f"{actor} (os user {_os_user()})", action="connection.connect",
+        company=company_id,
+        old=_public(old) if old else {}, new=_public(connection)))
+    click.echo(f"{company_id} connected to {erp} realm {realm_id} (client id {client_id}); "
+               "its next syncs read it over HTTP")
+
+
+def _public(connection: Connection) -> dict[str, str]:
+    return {"erp": connection.erp.value, "realm_id": connection.realm_id,
+            "client_id": connection.client_id, "base_url": connection.base_url,
+            "token_url": connection.token_url}
+
+
+@click.group("connection")
+def connection() -> None:
+    """ERP connections: show one, rotate the encryption key."""
+
+
+@connection.command("show")
+@click.argument("company_id", metavar="COMPANY")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def connection_show(ctx: Ctx, company_id: str, as_json: bool) -> None:
+    """COMPANY's connection, secrets masked (needs no key: nothing is decrypted)."""
+    ctx.store.get_company(company_id)
+    found = ConnectionStore(ctx.client, ctx.keys).require(company_id)
+    shown = {**found.model_dump(mode="json"), "client_secret": "********",
+             "refresh_token": "********"}
+    if as_json:
+        echo_json(shown)
+        return
+    for name, value in shown.items():
+        click.echo(f"{name + ':':16} {value if value is not None else '-'}")
+
+
+@connection.command("rotate-key")
+@pass_ctx
+def connection_rotate_key(ctx: Ctx) -> None:
+    """Re-encrypt every stored secret with the first key of ERP_SYNC_SECRET_KEY."""
+    done = ConnectionStore(ctx.client, ctx.keys, Vault.from_settings()).rotate_keys()
+    click.echo(f"re-encrypted {done} connection(s) with the newest key; the older keys can "
+               "now be removed from ERP_SYNC_SECRET_KEY")
+
+
+@connection.command("new-key")
+def connection_new_key() -> None:
+    """Print a new key for ERP_SYNC_SECRET_KEY (store it like a password)."""
+    click.echo(new_key())
+
+
+@click.command("disconnect")
+@click.argument("company_id", metavar="COMPANY")
+@click.option("--as", "actor", required=True, metavar="USER", help="Acting user (admin).")
+@pass_ctx
+def disconnect(ctx: Ctx, company_id: str, actor: str) -> None:
+    """Forget COMPANY's ERP credentials: its syncs go back to the sandbox ERP."""
+    ctx.store.get_company(company_id)
+    ctx.store.require(company_id, actor, PermissionLevel.ADMIN)
+    store = ConnectionStore(ctx.client, ctx.keys)
+    found = store.require(company_id)
+    store.delete(company_id, AuditEntry(
+        at=datetime.now(UTC), actor=f"{actor} (os user {_os_user()})",
+        action="connection.disconnect", company=company_id, old=_public(found)))
+    click.echo(f"{company_id} disconnected from {found.erp.value}; its syncs use the sandbox "
+               "ERP again")
+
+
+COMMANDS = [connect, connection, disconnect]
