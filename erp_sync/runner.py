@@ -211,8 +211,8 @@ class Runner:
         try:
             with Heartbeat(self._heartbeat, self._lock(d), self.keys.running(d.company), lock,
                            d.task_id, ttl_ms, self.max_run) as beat:
-                return self._run(d, record, self._connector(facts.company, facts.limit,
-                                                            d.ticket),
+                company, limit = facts.company, facts.limit
+                return self._run(d, record, lambda: self._connector(company, limit, d.ticket),
                                  facts.watermarks, lock, clock, beat)
         except BaseException:
             self._release(keys=[self._lock(d), self.keys.running(d.company)],
@@ -231,11 +231,13 @@ class Runner:
         at = RunClock(RedisClock(self.client).refresh())()  # its other times are Redis time
         return self._final(previous.finish("failed", error=reason, at=at), d, lock="*")
 
-    def _run(self, d: Delivery, record: RunRecord, connector: Connector, watermarks: str,
-             lock: str, clock: RunClock, beat: Heartbeat) -> Outcome:
+    def _run(self, d: Delivery, record: RunRecord, connector: Callable[[], Connector],
+             watermarks: str, lock: str, clock: RunClock, beat: Heartbeat) -> Outcome:
         try:
+            # Made inside: a connector that cannot be built (a connection whose credentials
+            # were refused) fails the run like any other connector error.
             counts = run_sync(self.client, self.keys, self.database, d.company, d.kind, d.project,
-                              connector,
+                              connector(),
                               deadline=time.monotonic() + self.soft_limit,
                               watermarks=watermarks, lost=lambda: beat.lost)
         except DatabaseUnavailable:
