@@ -1,0 +1,333 @@
+"""``erp-sync connect``, ``connection show|rotate-key|new-key`` and ``disconnect``.
+
+In-process through click's ``CliRunner`` (``Cli.main``'s one-line errors included) and, for the
+paths an admin types (a secret on stdin, no key configured), as a real ``manage.py`` subprocess.
+Syncs after connecting run against the fake QuickBooks Online server over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+import redis
+from click.testing import CliRunner
+from cryptography.fernet import Fernet
+
+from config.env import get_settings
+from config.keys import KeySpace
+from config.models import SyncKind
+from erp_sync.cli import cli
+from erp_sync.cli.context import Ctx
+from erp_sync.connections import ConnectionStore
+from erp_sync.connectors import connector_for
+from erp_sync.connectors.qbo import QboConnector
+from erp_sync.connectors.sandbox import SandboxErp
+from erp_sync.db import Database, RecordStore
+from erp_sync.delivery import Delivery
+from erp_sync.errors import CorruptRecord
+from erp_sync.runner import Runner
+from erp_sync.store import SettingsStore
+from erp_sync.vault import Vault
+from tests.support import procs
+from tests.support.fake_qbo.client import FakeQbo, Seed
+from tests.support.qbo import QboRealm, leaked, new_realm, qbo_company, sync, tokens
+from tests.support.redisproc import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+class Invoke(Protocol):
+    """Runs ``erp-sync <args>`` in-process; returns (exit code, stdout, stderr)."""
+
+    def __call__(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]: ...
+
+
+@pytest.fixture(scope="module")
+def qbo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeQbo]:
+    server = FakeQbo.start(tmp_path_factory.mktemp("fake_qbo"))
+    yield server
+    assert server.stop() == 0, server.log.read_text()
+
+
+def set_key(env: pytest.MonkeyPatch, value: str | None) -> None:
+    """Point ERP_SYNC_SECRET_KEY at ``value`` (None: unset) for this process's settings."""
+    if value is None:
+        env.delenv("ERP_SYNC_SECRET_KEY", raising=False)
+    else:
+        env.setenv("ERP_SYNC_SECRET_KEY", value)
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def key(real: redis.Redis, env: pytest.MonkeyPatch) -> str:
+    value = Fernet.generate_key().decode()
+    set_key(env, value)
+    return value
+
+
+@pytest.fixture
+def invoke(real: redis.Redis) -> Invoke:
+    def run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+        result = CliRunner().invoke(cli, list(args), input=stdin, obj=Ctx(_client=real))
+        return result.exit_code, result.stdout, result.stderr
+    return run
+
+
+@pytest.fixture
+def realm(real: redis.Redis, keys: KeySpace, qbo: FakeQbo) -> QboRealm:
+    """A seeded realm and company ``acme`` on quickbooks_online (admin alice), not connected."""
+    made = new_realm(qbo, Seed(vendors=40))
+    qbo_company(real, keys)
+    return made
+
+
+def secret_files(tmp_path: Path, realm: QboRealm) -> tuple[str, str]:
+    (tmp_path / "client_secret").write_text(realm.client_secret + "\n")
+    (tmp_path / "refresh_token").write_text(realm.refresh_token + "\n")
+    return str(tmp_path / "client_secret"), str(tmp_path / "refresh_token")
+
+
+def connect_args(realm: QboRealm, secret: str, refresh: str, company: str = "acme",
+                 actor: str = "alice") -> list[str]:
+    return ["connect", company, "--as", actor, "--erp", "quickbooks_online",
+            "--realm-id", realm.realm_id, "--client-id", realm.client_id,
+            "--client-secret-file", secret, "--refresh-token-file", refresh,
+            "--base-url", realm.qbo.url, "--token-url", realm.qbo.token_url]
+
+
+def nothing_written(client: redis.Redis, keys: KeySpace, audit_before: int,
+                    company: str = "acme") -> bool:
+    return (not client.exists(keys.connection(company))
+            and client.llen(keys.audit(company)) == audit_before)
+
+
+def one_line_error(code: int, out: str, err: str) -> str:
+    assert code != 0 and out == "", (code, out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+# --- connecting --------------------------------------------------------------------------------
+
+
+def test_connect_stores_encrypted_secrets_and_no_output_shows_them(
+        real: redis.Redis, keys: KeySpace, key: str, db: Database, realm: QboRealm,
+        invoke: Invoke, tmp_path: Path) -> None:
+    code, out, err = invoke(*connect_args(realm, *secret_files(tmp_path, realm)))
+    assert (code, err) == (0, ""), err
+    assert f"acme connected to quickbooks_online realm {realm.realm_id}" in out
+    assert isinstance(connector_for(real, keys, SettingsStore(real, keys).get_company("acme")),
+                      QboConnector)
+    # At rest: no secret in any Redis value of the connection.
+    stored = json.dumps(real.hgetall(keys.connection("acme")))
+    assert leaked(stored, {realm.client_secret, realm.refresh_token}) == []
+
+    runner = Runner(real, keys, db=db, rng=random.Random(1))
+    record = runner.execute(Delivery(task_id="v1", company="acme", kind=SyncKind.VENDORS,
+                                     project=None, slot="2026-01-01T00:00:00+00:00"))
+    assert record.record is not None and record.record.status == "succeeded"
+    assert len(RecordStore(db, "acme").all("vendors")) == 40
+    seen = {realm.client_secret, realm.refresh_token} | tokens(real, keys)
+    assert len(seen) == 4  # the secret, the first and the rotated refresh token, an access token
+
+    outputs = {"connect": out}
+    for args in (["connection", "show", "acme"], ["connection", "show", "acme", "--json"],
+                 ["audit", "acme"], ["audit", "acme", "--json"], ["history", "acme", "--json"],
+                 ["history", "acme"]):
+        code, shown, err = invoke(*args)
+        assert (code, err) == (0, ""), (args, err)
+        outputs[" ".join(args)] = shown
+    for name, text in outputs.items():
+        assert leaked(text, seen) == [], name
+    shown_json = json.loads(outputs["connection show acme --json"])
+    assert shown_json["client_secret"] == shown_json["refresh_token"] == "********"
+    assert (shown_json["status"], shown_json["realm_id"]) == ("connected", realm.realm_id)
+    audit = json.loads(outputs["audit acme --json"])
+    assert audit[0]["action"] == "connection.connect" and audit[0]["actor"].startswith("alice")
+    assert audit[0]["new"]["client_id"] == realm.client_id
+
+
+def test_connect_without_a_secret_key_is_one_clear_error_and_writes_nothing(
+        real: redis.Redis, keys: KeySpace, env: pytest.MonkeyPatch, realm: QboRealm,
+        invoke: Invoke, tmp_path: Path) -> None:
+    set_key(env, None)
+    before = real.llen(keys.audit("acme"))
+    err = one_line_error(*invoke(*connect_args(realm, *secret_files(tmp_path, realm))))
+    assert "ERP_SYNC_SECRET_KEY is not set" in err
+    assert leaked(err, {realm.client_secret, realm.refresh_token}) == []
+    assert nothing_written(real, keys, before)
+
+
+def test_a_secret_cannot_come_from_the_command_line(
+        real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke) -> None:
+    help_text = invoke("connect", "--help")[1]
+    assert "--client-secret-file" in help_text and "--refresh-token-file" in help_text
+    options = [w for w in help_text.split() if w.startswith("--")]
+    assert not [o for o in options if ("secret" in o or "token" in o)
+                and not o.endswith("-file") and o != "--token-url"], options
+    before = real.llen(keys.audit("acme"))
+    for option in ("--client-secret", "--refresh-token"):
+        code, _, err = invoke("connect", "acme", "--as", "alice", "--erp", "quickbooks_online",
+                              "--realm-id", realm.realm_id, "--client-id", realm.client_id,
+                              option, realm.client_secret)
+        assert code == 2 and "No such option" in err and err.count("\n") == 1, err
+        assert realm.client_secret not in err
+    assert nothing_written(real, keys, before)
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "two stdins", "spaces"])
+def test_a_bad_secret_file_is_a_one_line_error_and_writes_nothing(
+        real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke,
+        tmp_path: Path, case: str) -> None:
+    secret, refresh = secret_files(tmp_path, realm)
+    stdin = None
+    if case == "empty":
+        (tmp_path / "empty").write_text("\n  \n")
+        secret, expected = str(tmp_path / "empty"), "the client secret file is empty"
+    elif case == "missing":
+        refresh, expected = str(tmp_path / "nope"), "cannot read the refresh token file"
+    elif case == "two stdins":
+        secret = refresh = "-"
+        stdin, expected = f"{realm.client_secret}\n", "only one of the secret files can be -"
+    else:
+        (tmp_path / "spaced").write_text(f"{realm.client_secret} and more\n")
+        secret, expected = str(tmp_path / "spaced"), "must be one line"
+    before = real.llen(keys.audit("acme"))
+    err = one_line_error(*invoke(*connect_args(realm, secret, refresh), stdin=stdin))
+    assert expected in err
+    assert leaked(err, {realm.client_secret, realm.refresh_token}) == []
+    assert nothing_written(real, keys, before)
+
+
+def test_only_an_admin_can_connect_and_only_a_quickbooks_online_company(
+        real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke,
+        tmp_path: Path) -> None:
+    files = secret_files(tmp_path, realm)
+    store = SettingsStore(real, keys)
+    store.grant("acme", "sam", "standard")
+    before = real.llen(keys.audit("acme"))
+    err = one_line_error(*invoke(*connect_args(realm, *files, actor="sam")))
+    assert "sam" in err
+    assert nothing_written(real, keys, before)
+
+    store.add_company("steel", "xero")
+    store.grant("steel", "alice", "admin")
+    before = real.llen(keys.audit("steel"))
+    err = one_line_error(*invoke(*connect_args(realm, *files, company="steel")))
+    assert "'steel' is on xero" in err
+    assert nothing_written(real, keys, before, "steel")
+
+
+# --- keys, reconnects and disconnecting --------------------------------------------------------
+
+
+def test_rotate_key_re_encrypts_so_syncs_work_with_only_the_new_key(
+        real: redis.Redis, keys: KeySpace, key: str, env: pytest.MonkeyPatch, db: Database,
+        realm: QboRealm, invoke: Invoke, tmp_path: Path) -> None:
+    assert invoke(*connect_args(realm, *secret_files(tmp_path, realm)))[0] == 0
+    assert sync(real, keys, db, SyncKind.VENDORS).created == 40
+    code, new_key, _ = invoke("connection", "new-key")
+    new_key = new_key.strip()
+    assert code == 0 and Vault([new_key]) is not None and new_key != key
+
+    set_key(env, f"{new_key},{key}")  # the new key first: it encrypts, both decrypt
+    code, out, err = invoke("connection", "rotate-key")
+    assert (code, err) == (0, ""), err
+    assert "re-encrypted 1 connection(s)" in out
+
+    sealed = str(real.hget(keys.connection("acme"), "secret"))
+    with pytest.raises(CorruptRecord):
+        Vault([key]).open(sealed, "secret")  # the old key alone can no longer read it
+    set_key(env, new_key)  # the old key dropped
+    realm.qbo.change(realm.realm_id, "Vendor", "3", {"DisplayName": "After Rotation LLC"})
+    counts = sync(real, keys, db, SyncKind.VENDORS)
+    assert counts.updated == 1
+    assert RecordStore(db, "acme").all("vendors")["3"]["name"] == "After Rotation LLC"
+    secrets, _ = ConnectionStore(real, keys).secrets("acme")
+    assert secrets.refresh_token == realm.live_refresh_token()  # rotations kept being stored
+
+
+def test_a_revoked_connection_shows_reconnect_required_and_reconnecting_clears_it(
+        real: redis.Redis, keys: KeySpace, key: str, db: Database, realm: QboRealm,
+        invoke: Invoke, tmp_path: Path) -> None:
+    assert invoke(*connect_args(realm, *secret_files(tmp_path, realm)))[0] == 0
+    realm.qbo.switches(realm.realm_id, revoke_refresh_token=True)
+    runner = Runner(real, keys, db=db, rng=random.Random(1))
+    outcome = runner.execute(Delivery(task_id="r1", company="acme", kind=SyncKind.VENDORS,
+                                      project=None, slot="2026-01-01T00:00:00+00:00"))
+    assert outcome.record is not None and outcome.record.status == "failed"
+    code, out, _ = invoke("connection", "show", "acme")
+    assert code == 0 and "reconnect_required" in out
+    assert "reconnect QuickBooks Online for acme" in out
+
+    # A new authorization (a fresh refresh token) and `connect` again: syncs work again.
+    fresh = f"rt-again-{realm.realm_id}"
+    realm.qbo.switches(realm.realm_id, set_refresh_token=fresh)
+    (tmp_path / "refresh_token").write_text(fresh)
+    assert invoke(*connect_args(realm, str(tmp_path / "client_secret"),
+                                str(tmp_path / "refresh_token")))[0] == 0
+    assert json.loads(invoke("connection", "show", "acme", "--json")[1])["status"] == \
+        "connected"
+    assert sync(real, keys, db, SyncKind.VENDORS).created == 40
+
+
+def test_disconnect_puts_the_company_back_on_the_sandbox_and_is_audited(
+        real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke,
+        tmp_path: Path) -> None:
+    assert invoke(*connect_args(realm, *secret_files(tmp_path, realm)))[0] == 0
+    SettingsStore(real, keys).grant("acme", "sam", "standard")
+    one_line_error(*invoke("disconnect", "acme", "--as", "sam"))
+    assert real.exists(keys.connection("acme"))
+    code, out, err = invoke("disconnect", "acme", "--as", "alice")
+    assert (code, err) == (0, ""), err
+    assert "sandbox" in out
+    company = SettingsStore(real, keys).get_company("acme")
+    assert isinstance(connector_for(real, keys, company), SandboxErp)
+    assert not real.exists(keys.connection("acme"), keys.access_token("acme"))
+    one_line_error(*invoke("connection", "show", "acme"))
+    audit = json.loads(invoke("audit", "acme", "--json")[1])
+    actions = [e["action"] for e in audit if e["action"].startswith("connection.")]
+    assert actions == ["connection.disconnect", "connection.connect"]
+    assert leaked(json.dumps(audit), {realm.client_secret, realm.refresh_token}) == []
+
+
+# --- as an admin types it: a real subprocess ---------------------------------------------------
+
+
+def manage(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=procs.ROOT,
+                          env=procs.process_env(env), input=stdin, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_connect_reads_a_secret_from_stdin_and_refuses_without_a_key_in_a_real_process(
+        real: redis.Redis, keys: KeySpace, key: str, redis_server: RedisServer,
+        realm: QboRealm, prefix: str, tmp_path: Path) -> None:
+    _, refresh = secret_files(tmp_path, realm)
+    env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix}
+    args = connect_args(realm, "-", refresh)
+    before = real.llen(keys.audit("acme"))
+    refused = manage(env, *args, stdin=realm.client_secret)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("error: ERP_SYNC_SECRET_KEY is not set")
+    assert refused.stderr.count("\n") == 1
+    assert nothing_written(real, keys, before)
+
+    env["ERP_SYNC_SECRET_KEY"] = key
+    done = manage(env, *args, stdin=realm.client_secret + "\n")
+    assert done.returncode == 0, done.stderr
+    secrets, _ = ConnectionStore(real, keys).secrets("acme")
+    assert (secrets.client_secret, secrets.refresh_token) == (realm.client_secret,
+                                                              realm.refresh_token)
+    shown = manage(env, "connection", "show", "acme", "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["client_secret"] == "********"
+    for result in (refused, done, shown):
+        assert leaked(result.stdout + result.stderr,
+                      {realm.client_secret, realm.refresh_token}) == []
