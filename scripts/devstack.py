@@ -7,7 +7,14 @@ same URL with the same data. The database is ``ERP_SYNC_DATABASE_URL`` or an SQL
 run directory (``<run-dir>/erp_sync.db``), migrated before anything starts. Demo data is seeded
 once (companies ``demo-01`` to ``demo-04``, with
 payments hourly so all four syncs show up soon); when they exist, they are left exactly as their
-admins set them. Then two beats (remote-control names ``beat-1@<host>``, ``beat-2@<host>``; one
+admins set them. One more company, ``demo-qbo`` on QuickBooks Online, is connected (with the
+CLI's ``connect``, once; again when the fake moved to another port or needs a reconnect) to a
+fake QuickBooks Online server the stack starts as a child (``tests.support.fake_qbo``: ~200
+vendors, 3 projects with bills and payments, its port kept in ``<run-dir>/fake-qbo/port``, its
+data saved there at a clean stop), so its syncs are real HTTP next to the sandbox ones. ERP
+credentials are encrypted with ``ERP_SYNC_SECRET_KEY``; when it is unset, a key is generated
+once into ``<run-dir>/secret.key`` (mode 0600, never printed) and handed to the children in
+their environment. Then two beats (remote-control names ``beat-1@<host>``, ``beat-2@<host>``; one
 leads), a company and a project worker, and Flower (basic auth with a generated password, handed
 over in Flower's environment so it never shows in ``ps``), each logging to
 ``<run-dir>/logs/<name>.log``. The hour is shrunk (``ERP_SYNC_SECONDS_PER_HOUR``, default 10 here)
@@ -42,6 +49,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -324,6 +332,166 @@ def seed_demo(py: str, env: dict[str, str], url: str, prefix: str, signals: Sign
                                       {"payments_for_synced_invoices": "hourly"})
 
 
+# --- the QuickBooks Online demo company, on a fake QuickBooks Online server -----------------
+QBO_COMPANY, QBO_ADMIN = "demo-qbo", "demo-qbo-admin"
+QBO_REALM, QBO_CLIENT_ID = "9341453050000001", "demo-qbo-client"
+QBO_PORT = 8790  # preferred; the port used last time is kept in <run-dir>/fake-qbo/port
+# ~200 vendors, 3 projects with bills, expenses, a vendor credit and payments; no latency.
+QBO_SEED = {"vendors": 200, "projects": 3, "bills_per_project": 4, "lines_per_bill": 2,
+            "purchases_per_project": 2, "vendor_credits_per_project": 1,
+            "payments_per_project": 2}
+
+
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner can read (created 0600, never briefly wider)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{text}\n")
+    os.chmod(path, 0o600)
+
+
+def read_or_make_private(path: Path, make: Callable[[], str]) -> str:
+    """The secret kept in ``path`` (made 0600 on the first start), so a restart reuses it."""
+    try:
+        value = path.read_text().strip()
+    except OSError:
+        value = ""
+    if not value:
+        value = make()
+        write_private(path, value)
+    return value
+
+
+def secret_key(run: Path, env: dict[str, str]) -> str:
+    """Where ERP credentials' key comes from: ERP_SYNC_SECRET_KEY, else ``<run>/secret.key``."""
+    if env.get("ERP_SYNC_SECRET_KEY"):
+        return "ERP_SYNC_SECRET_KEY"
+    from erp_sync.vault import new_key
+
+    env["ERP_SYNC_SECRET_KEY"] = read_or_make_private(run / "secret.key", new_key)
+    return shown(run / "secret.key")
+
+
+def admin_call(base: str, method: str, path: str, body: dict[str, object] | None = None
+               ) -> tuple[int, dict[str, object]]:
+    """One call to the fake's ``/_admin/`` API: (status, JSON answer)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{base}/_admin{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+
+def start_fake_qbo(stack: Stack, py: str, env: dict[str, str], timeout: float
+                   ) -> tuple[str, Child]:
+    """The fake QuickBooks Online server (``tests.support.fake_qbo``) as a child: its port kept
+    in ``<run>/fake-qbo/port`` and reused while free, its companies saved at a clean stop
+    (``--state``) so a restart serves the same data and refresh token."""
+    data = stack.run / "fake-qbo"
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)  # the fake's saved state holds its (demo) client secret and tokens
+    port_file = data / "port"
+    try:
+        remembered: int | None = int(port_file.read_text().strip())
+    except (OSError, ValueError):
+        remembered = None
+    port = free_port(remembered or QBO_PORT)
+    ready = data / "listening"
+    ready.unlink(missing_ok=True)
+    child = stack.start("fake-qbo", [py, "-m", "tests.support.fake_qbo", "--port", str(port),
+                                     "--host", HOST, "--port-file", str(ready),
+                                     "--state", str(data / "state.json")], env)
+    base = f"http://{HOST}:{port}"
+
+    def blame() -> str | None:
+        if not ready.exists():
+            return shown(child.log)
+        try:
+            return None if admin_call(base, "GET", "/health")[0] == 200 else shown(child.log)
+        except (OSError, ValueError):
+            return shown(child.log)
+
+    stack.wait_ready("the fake QuickBooks Online server", "the fake QuickBooks Online server "
+                     "did not answer", blame, timeout)
+    port_file.write_text(f"{port}\n")
+    return base, child
+
+
+def connect_qbo_demo(py: str, env: dict[str, str], url: str, prefix: str, run: Path,
+                     base: str) -> None:
+    """The demo-qbo company on quickbooks_online, connected to the fake with the CLI.
+
+    The realm is made once (the fake keeps it across clean restarts); the company once; the
+    connection once, and again when the fake moved to another port or the connection needs a
+    reconnect (the fake lost its state, or a refresh token was refused): then with the refresh
+    token the fake holds live, read from its admin API.
+    """
+    from config.keys import KeySpace
+    from config.models import CAPABILITIES, SyncKind
+    from erp_sync.connections import ConnectionStore
+    from erp_sync.errors import NotFound
+    from erp_sync.store import SettingsStore
+
+    secrets_dir = run / "fake-qbo"
+    client_secret = read_or_make_private(secrets_dir / "client_secret",
+                                         lambda: secrets.token_urlsafe(24))
+    status, realm = admin_call(base, "GET", f"/realms/{QBO_REALM}")
+    if status == 404:
+        print("seeding the fake QuickBooks Online company...", flush=True)
+        status, realm = admin_call(base, "POST", "/realms", {
+            "realm_id": QBO_REALM, "client_id": QBO_CLIENT_ID, "client_secret": client_secret,
+            "refresh_token": f"rt-{secrets.token_urlsafe(18)}", "seed": QBO_SEED})
+        if status != 201:
+            raise StackFailed(f"the fake QuickBooks Online server refused the demo company: "
+                              f"{realm.get('error')}")
+        status, realm = admin_call(base, "GET", f"/realms/{QBO_REALM}")
+    if status != 200:
+        raise StackFailed(f"the fake QuickBooks Online server answered {status} for the demo "
+                          "company")
+    with redis.Redis.from_url(url, decode_responses=True) as client:
+        keys = KeySpace(prefix)
+        store = SettingsStore(client, keys)
+        try:
+            store.get_company(QBO_COMPANY)
+        except NotFound:
+            store.add_company(QBO_COMPANY, "quickbooks_online", name="Demo Builders (QBO)")
+            store.grant(QBO_COMPANY, QBO_ADMIN, "admin")
+            # The fake's projects are Customers 2-4 (Customer 1 is their parent): linked here
+            # as a Procore project is linked to its ERP job.
+            for n in range(QBO_SEED["projects"]):
+                store.add_project(QBO_COMPANY, str(2 + n), name=f"QBO project {n + 1}")
+            if SyncKind.PAYMENTS in CAPABILITIES[store.get_company(QBO_COMPANY).erp]:
+                store.update_settings(QBO_COMPANY, QBO_ADMIN,
+                                      {"payments_for_synced_invoices": "hourly"})
+        connection = ConnectionStore(client, keys).get(QBO_COMPANY)
+    if connection is not None and connection.base_url == base and \
+            connection.status == "connected":
+        return
+    live = realm.get("refresh_token")
+    if not isinstance(live, str) or not live:
+        raise StackFailed("the fake QuickBooks Online company has no live refresh token")
+    token_file = secrets_dir / "refresh_token"
+    write_private(token_file, live)
+    done = subprocess.run([py, "manage.py", "connect", QBO_COMPANY, "--as", QBO_ADMIN,
+                           "--erp", "quickbooks_online", "--realm-id", QBO_REALM,
+                           "--client-id", QBO_CLIENT_ID,
+                           "--client-secret-file", str(secrets_dir / "client_secret"),
+                           "--refresh-token-file", str(token_file), "--base-url", base,
+                           "--token-url", f"{base}/oauth2/v1/tokens/bearer"],
+                          cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True)
+    token_file.unlink(missing_ok=True)  # the connection holds it now (encrypted)
+    if done.returncode != 0:
+        raise StackFailed(f"`manage.py connect {QBO_COMPANY}` failed: "
+                          f"{done.stderr.strip() or done.stdout.strip()}")
+    print(done.stdout.strip(), flush=True)
+
+
 def leader_blame(url: str, prefix: str, beats: list[Child]) -> Callable[[], str | None]:
     from config.keys import KeySpace
     from erp_sync.beat.engine import pid_of
@@ -442,6 +610,10 @@ def run_stack(stack: Stack, ready_timeout: float) -> int:
     py = sys.executable
     migrate(py, env)
     seed_demo(py, env, url, prefix, stack.signals)
+    key_source = secret_key(stack.run, env)
+    qbo_env = {k: v for k, v in env.items() if k != "ERP_SYNC_SECRET_KEY"}
+    qbo_url, qbo = start_fake_qbo(stack, py, qbo_env, ready_timeout)
+    connect_qbo_demo(py, env, url, prefix, stack.run, qbo_url)
 
     user, password = "admin", secrets.token_urlsafe(12)
     flower_port = free_port(5555)
@@ -475,16 +647,22 @@ def run_stack(stack: Stack, ready_timeout: float) -> int:
                f"ERP_SYNC_DATABASE_URL={database}")
     if "ERP_SYNC_KEY_PREFIX" in env:
         exports += f" ERP_SYNC_KEY_PREFIX={prefix}"
+    if key_source != "ERP_SYNC_SECRET_KEY":  # the file's name, never the key itself
+        exports += f" ERP_SYNC_SECRET_KEY=$(cat {key_source})"
     print(f"""
 erp-sync is running (one schedule hour = {hour} s).
   Redis:   {redis_line}
   Database: {mask(database)}
   Flower:  http://{HOST}:{flower_port}   user {user}   password {password}
+  demo-qbo: QuickBooks Online over HTTP at {qbo_url} (a fake server, realm {QBO_REALM};
+           log {shown(qbo.log)}); credentials encrypted with the key in {key_source}
   Logs:    {shown(stack.logs)}/*.log
   Try:     export {exports}
            .venv/bin/erp-sync status
            .venv/bin/erp-sync schedule demo-01
            .venv/bin/erp-sync history demo-01
+           .venv/bin/erp-sync history demo-qbo
+           .venv/bin/erp-sync connection show demo-qbo
            .venv/bin/erp-sync settings set demo-01 --as demo-01-admin --payments-frequency daily
 Ctrl-C stops everything (in the background: kill -INT {os.getpid()}).""", flush=True)
     while True:

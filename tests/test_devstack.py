@@ -81,6 +81,19 @@ def cmdlines() -> dict[int, bytes]:
     return found
 
 
+def qbo_synced(env: dict[str, str], company: str) -> bool:
+    """Whether a vendors sync of ``company`` succeeded (its history, as a user reads it)."""
+    runs = json.loads(manage(env, "history", company, "--json", "--limit", "200").stdout or "[]")
+    return any(r["kind"] == "vendors" and r["status"] == "succeeded" for r in runs)
+
+
+def qbo_stats(url: str, realm: str) -> dict[str, int]:
+    """The fake QuickBooks Online server's counters for ``realm`` (its admin API)."""
+    with urllib.request.urlopen(f"{url}/_admin/realms/{realm}/stats", timeout=10) as response:
+        stats: dict[str, int] = json.loads(response.read())
+    return stats
+
+
 def test_the_shell_prefix_starts_a_program_with_sigint_ignored() -> None:
     """The premise of the background test below: what the devstack has to overcome."""
     probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"
@@ -104,7 +117,8 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
         assert (out.index("waiting for a beat to lead...")
                 < out.index("waiting for Flower to list the workers") < out.index(BANNER))
         spawned = children(stack.pid)
-        assert len(spawned) == 5  # two beats, two workers, Flower (Redis was already there)
+        # Two beats, two workers, Flower and the fake QBO server (Redis was already there).
+        assert len(spawned) == 6
 
         # Ready when the banner says so: a beat of this stack leads, Flower lists both workers
         # without anyone asking it to refresh.
@@ -152,10 +166,30 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
         assert "jobs" not in [e["kind"] for e in shown["entries"]]
         assert all(e["source"] == "beat" for e in shown["entries"])
 
+        # The QuickBooks Online demo company syncs over HTTP with the fake the stack started,
+        # its credentials sealed with a key the stack generated and kept private.
+        qbo = re.search(r"demo-qbo: QuickBooks Online over HTTP at (http://127\.0\.0\.1:\d+)"
+                        r" \(a fake server, realm (\d+);", out)
+        assert qbo is not None, out
+        qbo_url, realm = qbo.groups()
+        key_file = run / "secret.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert key_file.read_text().strip() not in out
+        assert "demo-qbo connected to quickbooks_online" in out
+        wait_until(lambda: qbo_synced(env, "demo-qbo"), 60,
+                   "the vendors sync of demo-qbo never succeeded")
+        stats = qbo_stats(qbo_url, realm)
+        assert stats["requests"] > 0 and stats["ok"] > 0 and stats["refreshes"] >= 1
+        assert stats["throttled"] == 0
+        shown_connection = manage(env, "connection", "show", "demo-qbo", "--json")
+        assert json.loads(shown_connection.stdout)["base_url"] == qbo_url
+
         stop(stack, signal.SIGINT, spawned)
         logs = {p.name: p.read_text(errors="replace") for p in (run / "logs").glob("*.log")}
         assert {"beat-1.log", "beat-2.log", "worker-company.log", "worker-project.log",
-                "flower.log"} <= set(logs)
+                "flower.log", "fake-qbo.log"} <= set(logs)
+        secret = key_file.read_text().strip()
+        assert not [name for name, text in logs.items() if secret in text]
         assert not [name for name, text in logs.items() if "DuplicateNodenameWarning" in text]
     finally:
         stack.stop()
@@ -180,12 +214,14 @@ def test_a_second_start_keeps_the_private_redis_port_and_an_admins_change(
         assert started is not None, stack.output()
         url = started.group(1)
         spawned = children(stack.pid)
-        assert len(spawned) == 6  # Redis too
+        assert len(spawned) == 7  # Redis too
         return stack, url, spawned
 
     first, url, spawned = start("devstack-1")
     try:
         assert "seeding demo data" in first.output()
+        assert "demo-qbo connected to quickbooks_online" in first.output()
+        key = (run / "secret.key").read_text()
         port = url.rsplit(":", 1)[1].split("/")[0]
         assert (run / "redis" / "port").read_text().strip() == port
         # One stack per run directory: a second one refuses at once.
@@ -207,6 +243,15 @@ def test_a_second_start_keeps_the_private_redis_port_and_an_admins_change(
     try:
         assert url_again == url
         assert "demo data already there" in second.output()
+        # The same key and the fake back on its port with its data: no second connect.
+        assert (run / "secret.key").read_text() == key
+        assert "demo-qbo connected" not in second.output()
+        qbo = re.search(r"over HTTP at (\S+) \(a fake server, realm (\d+);", second.output())
+        assert qbo is not None, second.output()
+        # The fake's counters start at zero: requests now are this start's (a 401 for the
+        # access token it no longer knows, a refresh with the refresh token it saved, reads).
+        wait_until(lambda: qbo_stats(*qbo.groups())["ok"] > 0, 60,
+                   "demo-qbo made no successful request after the restart")
         after = json.loads(manage(at, "settings", "show", "demo-01", "--json").stdout)
         assert after == before
         assert after["settings"]["payments_for_synced_invoices"] == "daily"
