@@ -161,9 +161,10 @@ def test_a_page_is_all_or_nothing_when_a_typed_column_fails(any_db: Database) ->
 
 
 def test_a_page_the_database_rejects_half_way_leaves_nothing_of_it(any_db: Database) -> None:
-    """The batched upsert runs as several statements for a big page (insertmanyvalues batches):
-    the first ones succeed inside the transaction, the last fails on a value the column
-    cannot hold (out of BIGINT's range), and the rollback takes the earlier ones with it."""
+    """On SQLite the batched upsert runs as several statements for a big page (insertmanyvalues
+    batches): the first ones succeed inside the transaction, the last fails on a value the
+    column cannot hold (out of BIGINT's range), and the rollback takes the earlier ones with it.
+    On PostgreSQL the page is one statement (arrays per column): it fails whole."""
     store(any_db).write_page("job_costs", "p1", [cost(1, "p1")], now=T0)
     before = rows(any_db, "job_costs")
     page = [cost(n, "p1", 2_000) for n in range(1, 1_500)]
@@ -182,7 +183,8 @@ def test_a_page_the_database_rejects_half_way_leaves_nothing_of_it(any_db: Datab
             store(any_db).write_page("job_costs", "p1", page, now=T1)
     finally:
         event.remove(engine, "after_cursor_execute", executed)
-    assert inserts, "no statement of the page ran before the failing one: nothing was proved"
+    if any_db.engine.dialect.name == "sqlite":
+        assert inserts, "no statement of the page ran before the failing one: nothing proved"
     assert rows(any_db, "job_costs") == before
 
 

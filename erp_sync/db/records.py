@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ColumnElement, Connection, Table, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    Connection,
+    Table,
+    TextClause,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from erp_sync.db.engine import Database
@@ -84,6 +95,46 @@ def _typed(table: Table, name: str, value: Any) -> Any:
     if isinstance(kind, Boolean):
         return bool(value)
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+# PostgreSQL: one upsert per page whose rows arrive as one array per column (``unnest``). The
+# same upsert as a multi-row VALUES statement carries 13 parameters per row (13,000 a page),
+# which psycopg converts and the server parses and plans again on every page: measured 120-150
+# ms a page against about 30 ms this way (bench/db_upsert.py). The statement text is the same
+# for every page, so it is prepared once per connection.
+_PG_ARRAY = {"BIGINT": "bigint[]", "BOOLEAN": "boolean[]", "INTEGER": "integer[]"}
+_pg_statements: dict[str, TextClause] = {}
+
+
+def _pg_upsert(c: Collection) -> TextClause:
+    if c.name not in _pg_statements:
+        t = c.table
+        keys = ["company", *(["project"] if c.project_level else [])]
+        arrays = ["erp_id", *c.fields, "data"]
+        cast = ", ".join(
+            f"CAST(:{n} AS {_PG_ARRAY.get(str(t.c[n].type), 'text[]')})" for n in arrays)
+        changed = ", ".join(f"{n} = excluded.{n}" for n in (*c.fields, "data", "last_changed"))
+        _pg_statements[c.name] = text(
+            f"INSERT INTO {t.name} ({', '.join([*keys, *arrays])}, first_seen, last_changed, "
+            f"deleted_in_erp, version) "
+            f"SELECT {', '.join(f':{k}' for k in keys)}, {', '.join(f'u.{n}' for n in arrays)}, "
+            f":at, :at, false, 1 FROM unnest({cast}) AS u({', '.join(arrays)}) "
+            f"ON CONFLICT ({', '.join([*keys, 'erp_id'])}) DO UPDATE SET {changed}, "
+            f"deleted_in_erp = false, version = {t.name}.version + 1 "
+            f"WHERE {t.name}.data <> excluded.data OR {t.name}.deleted_in_erp "
+            f"RETURNING version")
+    return _pg_statements[c.name]
+
+
+def _columns(c: Collection, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The page's rows as one list per column (the shared values once)."""
+    first = rows[0]
+    params: dict[str, Any] = {"company": first["company"], "at": first["first_seen"]}
+    if c.project_level:
+        params["project"] = first["project"]
+    for name in ("erp_id", *c.fields, "data"):
+        params[name] = [r[name] for r in rows]
+    return params
 
 
 class RecordStore:
@@ -155,8 +206,13 @@ class RecordStore:
             return Counts()
         t = c.table
         rows = self._rows(c, project, batch, at)
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(t)
+        if conn.dialect.name == "postgresql":
+            versions = [int(v) for v in conn.execute(_pg_upsert(c), _columns(c, rows))
+                        .scalars()]
+            created = sum(1 for v in versions if v == 1)
+            return Counts(created=created, updated=len(versions) - created,
+                          unchanged=len(batch) - len(versions))
+        insert = sqlite.insert(t)
         new = insert.excluded
         stmt = insert.on_conflict_do_update(
             index_elements=[col.name for col in t.primary_key.columns],
