@@ -59,6 +59,7 @@ class CompanyLimit(BaseModel):
     rate: float | None = Field(None, gt=0, le=10_000)
     burst: float | None = Field(None, ge=1, le=10_000)
     concurrency: int | None = Field(None, ge=1, le=1000)
+    requests: int | None = Field(None, ge=1, le=1000)
 
     def over(self, base: RateLimit) -> RateLimit:
         return base.model_copy(update=self.model_dump(exclude_none=True))

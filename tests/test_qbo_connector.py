@@ -9,6 +9,7 @@ to the test's database), or through the ``Runner`` where what matters is how a r
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -27,6 +28,7 @@ from config.env import get_settings
 from config.keys import KeySpace
 from config.models import Erp, SyncKind
 from erp_sync.connections import ConnectionStore
+from erp_sync.connectors.qbo import QboConnector
 from erp_sync.connectors.qbo import api as qbo_api
 from erp_sync.connectors.qbo import http as qbo_http
 from erp_sync.connectors.qbo.oauth import TokenManager
@@ -434,3 +436,66 @@ def test_no_secret_appears_in_the_logs_of_a_sync_with_refreshes_and_failures(
     assert "HTTP Request" in text or "finished company=acme" in text  # logging was captured
     assert leaked(text, seen) == []
     assert leaked(failed.error or "", seen) == []
+
+
+# --- the CDC window: full responses, and a watermark older than 30 days ---------------------
+
+@pytest.fixture
+def small_cdc(monkeypatch: pytest.MonkeyPatch) -> int:
+    """CDC responses capped at 20 objects on both sides (Intuit's cap is 1,000): a burst of
+    changes then needs several responses, as a busy company's would."""
+    monkeypatch.setattr(QboConnector, "cdc_max", 20)
+    return 20
+
+
+def test_a_full_cdc_response_is_followed_by_the_next_slice_until_every_change_is_read(
+        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, small_cdc: int) -> None:
+    realm = connected(keyed, keys, qbo, Seed(vendors=60))
+    sync(keyed, keys, db, SyncKind.VENDORS)
+    qbo.switches(realm.realm_id, limits={"cdc_max_objects": small_cdc})
+    changed = [str(n) for n in range(1, 46)]
+    for start in range(0, len(changed), 15):  # three instants, so slices can advance
+        qbo.change(realm.realm_id, "Vendor", changed[start:start + 15], {"DisplayName": "New"})
+        qbo.advance_clock(realm.realm_id, 2)
+    qbo.reset_stats(realm.realm_id)
+    counts = sync(keyed, keys, db, SyncKind.VENDORS)
+    assert counts.updated == 45 and counts.created == 0
+    assert realm.stats()["cdc"] >= 3  # 45 changes, at most 20 a response
+    names = RecordStore(db, "acme").all("vendors")
+    assert all(names[i]["name"] == "New" for i in changed)
+
+
+def test_the_mirror_reads_a_burst_of_changed_bills_in_slices(
+        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, small_cdc: int) -> None:
+    realm = connected(keyed, keys, qbo, Seed(vendors=3, projects=1, bills_per_project=40,
+                                             lines_per_bill=1))
+    project, = linked_projects(keyed, keys, db, 1)
+    assert sync(keyed, keys, db, SyncKind.JOB_COSTS, project).created == 40
+    qbo.switches(realm.realm_id, limits={"cdc_max_objects": small_cdc})
+    bills = [str(n) for n in range(1, 41)]
+    for start in range(0, len(bills), 10):
+        qbo.change(realm.realm_id, "Bill", bills[start:start + 10], {"DocNumber": "CHANGED"})
+        qbo.advance_clock(realm.realm_id, 2)
+    age_mirror(db)
+    qbo.reset_stats(realm.realm_id)
+    counts = sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
+    assert counts.updated == 40
+    assert realm.stats()["cdc"] >= 2
+    lines = RecordStore(db, "acme").all("job_costs", project)
+    assert {line["doc_number"] for line in lines.values()} == {"CHANGED"}
+
+
+def test_a_watermark_older_than_the_cdc_window_reads_by_query(
+        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    realm = connected(keyed, keys, qbo, Seed(vendors=30))
+    sync(keyed, keys, db, SyncKind.VENDORS)
+    # As if the company's syncs had been off for 31 days: its watermark is that old.
+    old = (datetime.now(UTC) - timedelta(days=31)).isoformat(timespec="seconds")
+    keyed.set(keys.cursor("acme", "vendors", None), json.dumps({"vendors": old}))
+    qbo.change(realm.realm_id, "Vendor", ["4"], {"DisplayName": "After the pause"})
+    qbo.reset_stats(realm.realm_id)
+    counts = sync(keyed, keys, db, SyncKind.VENDORS)
+    stats = realm.stats()
+    assert stats["cdc"] == 0 and stats["queries"] >= 1 and stats["bad_requests"] == 0
+    assert counts.updated == 1
+    assert RecordStore(db, "acme").all("vendors")["4"]["name"] == "After the pause"

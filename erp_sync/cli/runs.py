@@ -206,20 +206,24 @@ def ratelimit_set(ctx: Ctx, erp: str, rate: float, burst: float, concurrency: in
 @click.option("--rate", type=float, help="Calls per second (default: the ERP's).")
 @click.option("--burst", type=float, help="Calls allowed back to back (default: the ERP's).")
 @click.option("--concurrency", type=int, help="Syncs running at once (default: the ERP's).")
+@click.option("--requests", type=int,
+              help="ERP requests in flight at once (default: the ERP's cap, if any).")
 @pass_ctx
 def ratelimit_company(ctx: Ctx, company_id: str, rate: float | None, burst: float | None,
-                      concurrency: int | None) -> None:
+                      concurrency: int | None, requests: int | None) -> None:
     """Show COMPANY's limit, or override parts of it (live on the next call)."""
     company = ctx.store.get_company(company_id)
-    if rate is not None or burst is not None or concurrency is not None:
+    if any(v is not None for v in (rate, burst, concurrency, requests)):
         try:
-            change = CompanyLimit(rate=rate, burst=burst, concurrency=concurrency)
+            change = CompanyLimit(rate=rate, burst=burst, concurrency=concurrency,
+                                  requests=requests)
         except ValidationError as exc:
             raise InvalidInput(f"invalid limit {first_error(exc)}") from None
         set_company_limit(ctx.client, ctx.keys, company_id, change)
     limit = limit_for(ctx.client, ctx.keys, company.erp, company_id)
     click.echo(f"{company_id} ({company.erp.value}): {limit.rate:g}/s, burst {limit.burst:g}, "
-               f"{limit.concurrency} at once")
+               f"{limit.concurrency} at once"
+               f"{f', {limit.requests} requests in flight' if limit.requests else ''}")
 
 
 @click.command("demo")

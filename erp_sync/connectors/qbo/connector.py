@@ -94,6 +94,9 @@ class QboConnector(Connector):
     """One company's QuickBooks Online (self-throttling: a token per HTTP request)."""
 
     family = "quickbooks_online"
+    # Objects in a full CDC response (Intuit's cap): a response this big is followed by
+    # another from its newest change. A class attribute so a test can shrink it with the fake's.
+    cdc_max = PAGE
 
     def __init__(self, client: redis.Redis, keys: KeySpace, db: Database, company: str,
                  api: QboApi, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -150,7 +153,7 @@ class QboConnector(Connector):
         mark = state.get("mark") or _mark(body)
         items = [to_record(r) for r in rows if not mapping.deleted(r) and keep(r)]
         gone = [str(r["Id"]) for r in rows if mapping.deleted(r) and "Id" in r]
-        if len(rows) < PAGE:
+        if len(rows) < (PAGE if state["m"] == "query" else self.cdc_max):
             return Page(items, None, watermark=mark, deleted=gone)
         if state["m"] == "query":
             after = {**state, "start": state["start"] + PAGE, "mark": mark}
@@ -211,7 +214,12 @@ class QboConnector(Connector):
                 groups = cdc_groups(body)
                 count = sum(len(v) for v in groups.values())
                 newest = max((_updated(r) for v in groups.values() for r in v), default="")
-                full = count >= PAGE and bool(newest) and newest != since
+                if count >= self.cdc_max and (not newest or newest == since):
+                    # A full response within one instant: CDC cannot page past it, so this
+                    # refresh reads the window with the paginated query instead.
+                    cursor = {"m": "query", "mark": new_mark}
+                    break
+                full = count >= self.cdc_max
                 nxt = {"m": "cdc", "since": newest, "mark": new_mark} if full else None
                 self._apply(groups, {"mark": mark if full else new_mark, "cursor": nxt},
                             completed=not full)
