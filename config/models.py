@@ -196,6 +196,9 @@ class Project(BaseModel):
     id: Identifier
     name: str = Field(min_length=1, max_length=200)
     created_at: datetime
+    # Procore's "Enable ERP Job Cost Transaction Syncing" per project; off leaves the project
+    # out of the job-cost fan-out.
+    sync_job_costs: bool = True
 
 
 class AuditEntry(BaseModel):
@@ -210,3 +213,5 @@ class AuditEntry(BaseModel):
     version: int | None = None
     old: dict[str, Any] = Field(default_factory=dict)
     new: dict[str, Any] = Field(default_factory=dict)
+    # The operating-system user who ran the command (None on entries written before it was kept).
+    os_user: str | None = None

@@ -21,12 +21,11 @@ def run(fake: redis.Redis, env: pytest.MonkeyPatch) -> Invoke:
 
 @pytest.fixture
 def seeded(run: Invoke) -> Invoke:
-    assert run("company", "add", "acme", "--erp", "xero", "--timezone", "Europe/London")[0] == 0
-    assert run("company", "add", "stone", "--erp", "sage_100")[0] == 0
+    assert run("company", "add", "acme", "--erp", "xero", "--timezone", "Europe/London",
+               "--admin", "alice")[0] == 0
+    assert run("company", "add", "stone", "--erp", "sage_100", "--admin", "alice")[0] == 0
     assert run("project", "add", "acme", "p1", "--name", "Tower")[0] == 0
-    assert run("user", "grant", "acme", "alice", "--level", "admin")[0] == 0
-    assert run("user", "grant", "acme", "rita", "--level", "read_only")[0] == 0
-    assert run("user", "grant", "stone", "alice", "--level", "admin")[0] == 0
+    assert run("user", "grant", "acme", "rita", "--level", "read_only", "--as", "alice")[0] == 0
     return run
 
 
@@ -78,7 +77,8 @@ BAD_COMMANDS = {
     "unknown user": (["settings", "set", "acme", "--as", "zed", "--no-refresh-jobs"], "'none'"),
     "missing --as": (["settings", "set", "acme", "--no-refresh-jobs"], "--as"),
     "nothing to change": (["settings", "set", "acme", "--as", "alice"], "nothing to change"),
-    "bad level": (["user", "grant", "acme", "bob", "--level", "owner"], "'owner' is not one of"),
+    "bad level": (["user", "grant", "acme", "bob", "--level", "owner", "--as", "alice"],
+                  "'owner' is not one of"),
     "unknown project company": (["project", "add", "nope", "p1"], "unknown company"),
     "unknown command": (["frobnicate"], "No such command"),
 }

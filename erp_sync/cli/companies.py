@@ -1,4 +1,9 @@
-"""``company``, ``project`` and ``user`` subcommands: the operator's setup commands."""
+"""``company``, ``project`` and ``user`` subcommands: setting up what the schedule runs on.
+
+``company add`` is an operator action (recorded in the operator log, ``operator-log``); it names
+the company's first admin with ``--admin``. From then on ``user grant`` and ``user revoke`` act
+``--as`` an admin of that company (``erp_sync.permissions``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import click
 
 from config.models import Erp, PermissionLevel
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.permissions import Permissions
 
 
 @click.group()
@@ -17,12 +23,19 @@ def company() -> None:
 @click.argument("company_id", metavar="COMPANY")
 @click.option("--erp", required=True, help=f"ERP key, one of: {', '.join(Erp)}.")
 @click.option("--name", help="Display name (defaults to the id).")
-@click.option("--timezone", default="UTC", show_default=True, help="IANA time zone.")
+@click.option("--timezone", default="UTC", show_default=True,
+              help="Canonical IANA time zone (e.g. America/Chicago).")
+@click.option("--admin", metavar="USER", help="The company's first admin (who may then grant).")
 @pass_ctx
-def company_add(ctx: Ctx, company_id: str, erp: str, name: str | None, timezone: str) -> None:
-    """Create COMPANY with its ERP's default sync settings."""
-    created = ctx.store.add_company(company_id, erp, name=name, timezone=timezone)
-    click.echo(f"created company {created.id} ({created.erp.value}, {created.timezone})")
+def company_add(ctx: Ctx, company_id: str, erp: str, name: str | None, timezone: str,
+                admin: str | None) -> None:
+    """Create COMPANY with its ERP's default sync settings (an operator action)."""
+    created = ctx.store.add_company(company_id, erp, name=name, timezone=timezone, admin=admin)
+    click.echo(f"created company {created.id} ({created.erp.value}, {created.timezone})"
+               + (f", admin {admin}" if admin else ""))
+    if admin is None:
+        click.echo(f"warning: {created.id} has no admin: nobody can grant permissions or change "
+                   "its schedule (add it with --admin next time)", err=True)
 
 
 @company.command("list")
@@ -76,11 +89,51 @@ def user() -> None:
 @click.argument("company_id", metavar="COMPANY")
 @click.argument("user_name", metavar="USER")
 @click.option("--level", required=True, type=click.Choice([p.value for p in PermissionLevel]))
+@click.option("--as", "actor", required=True, metavar="ADMIN", help="Acting admin of COMPANY.")
 @pass_ctx
-def user_grant(ctx: Ctx, company_id: str, user_name: str, level: str) -> None:
+def user_grant(ctx: Ctx, company_id: str, user_name: str, level: str, actor: str) -> None:
     """Give USER a permission LEVEL on COMPANY (admin may change the sync schedule)."""
-    ctx.store.grant(company_id, user_name, level)
+    Permissions(ctx.store).grant(company_id, user_name, level, actor)
     click.echo(f"{user_name} has {level} on {company_id}")
 
 
-COMMANDS = [company, project, user]
+@user.command("revoke")
+@click.argument("company_id", metavar="COMPANY")
+@click.argument("user_name", metavar="USER")
+@click.option("--as", "actor", required=True, metavar="ADMIN", help="Acting admin of COMPANY.")
+@pass_ctx
+def user_revoke(ctx: Ctx, company_id: str, user_name: str, actor: str) -> None:
+    """Remove USER's permission on COMPANY (the last admin cannot be removed)."""
+    old = Permissions(ctx.store).revoke(company_id, user_name, actor)
+    click.echo(f"{user_name} no longer has {old} on {company_id}")
+
+
+@user.command("list")
+@click.argument("company_id", metavar="COMPANY")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def user_list(ctx: Ctx, company_id: str, as_json: bool) -> None:
+    """Users with a permission level on COMPANY, admins first."""
+    rows = Permissions(ctx.store).users(company_id)
+    if as_json:
+        echo_json([{"user": u, "level": level.value} for u, level in rows])
+        return
+    table([[u, level.value] for u, level in rows], ["USER", "LEVEL"])
+
+
+@click.command("operator-log")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@pass_ctx
+def operator_log(ctx: Ctx, as_json: bool, limit: int) -> None:
+    """Operator actions no company admin made (company add, fleet pause), newest first."""
+    entries = ctx.store.operator_log(limit)
+    if as_json:
+        echo_json([e.model_dump(mode="json") for e in entries])
+        return
+    table([[f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.os_user or "", e.action, e.company,
+            ", ".join(f"{k}: {v}" for k, v in e.new.items())] for e in entries],
+          ["AT (UTC)", "ACTOR", "OS USER", "ACTION", "COMPANY", "DETAILS"])
+
+
+COMMANDS = [company, project, user, operator_log]
