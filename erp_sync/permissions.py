@@ -82,16 +82,19 @@ class Permissions:
         try:
             self.store._transact([users_key], write)
         except PermissionDenied:
-            self._denied(company_id, actor, action, user, level)
+            record_denied(self.store, company_id, actor, action,
+                          {"user": user, "level": level.value if level else None})
             raise
         return previous[-1] if previous else None
 
-    def _denied(self, company_id: str, actor: str, action: str, user: str,
-                level: PermissionLevel | None) -> None:
-        entry = AuditEntry(at=self.store.clock(), actor=actor, action=f"{action}.denied",
-                           company=company_id, os_user=self.store.os_user,
-                           new={"user": user, "level": level.value if level else None})
-        with self.store.client.pipeline() as pipe:
-            pipe.lpush(self.keys.denied(company_id), entry.model_dump_json())
-            pipe.ltrim(self.keys.denied(company_id), 0, AUDIT_CAP - 1)
-            pipe.execute()
+
+def record_denied(store: SettingsStore, company_id: str, actor: str, action: str,
+                  requested: dict[str, object]) -> None:
+    """One row in the company's security log (``audit --denied``) for a refused admin action;
+    ``actor`` has passed the user-id validator, so it cannot forge a row."""
+    entry = AuditEntry(at=store.clock(), actor=actor, action=f"{action}.denied",
+                       company=company_id, os_user=store.os_user, new=requested)
+    with store.client.pipeline() as pipe:
+        pipe.lpush(store.keys.denied(company_id), entry.model_dump_json())
+        pipe.ltrim(store.keys.denied(company_id), 0, AUDIT_CAP - 1)
+        pipe.execute()

@@ -266,7 +266,8 @@ class SettingsStore:
 
     def denied(self, company_id: str, limit: int = 100) -> list[AuditEntry]:
         """Refused settings changes, newest first (``new`` holds what was requested)."""
-        self.get_company(company_id)
+        if not self.client.exists(self.keys.denied(company_id), self.keys.audit(company_id)):
+            self.get_company(company_id)
         raws = self.client.lrange(self.keys.denied(company_id), 0, max(limit, 1) - 1)
         return [parse(AuditEntry, r, "denied entry") for r in raws]
 
@@ -284,7 +285,9 @@ class SettingsStore:
             pipe.execute()
 
     def audit(self, company_id: str, limit: int = 100) -> list[AuditEntry]:
-        self.get_company(company_id)
+        """The audit log, newest first; it outlives a removed company (so does ``denied``)."""
+        if not self.client.exists(self.keys.audit(company_id)):
+            self.get_company(company_id)
         raws = self.client.lrange(self.keys.audit(company_id), 0, max(limit, 1) - 1)
         return [parse(AuditEntry, r, "audit entry") for r in raws]
 

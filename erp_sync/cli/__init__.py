@@ -65,6 +65,7 @@ def _register() -> None:
         companies,
         doctor_cmd,
         metrics_cmd,
+        pause_cmd,
         runs,
         settings_cmd,
     )
@@ -76,6 +77,7 @@ def _register() -> None:
         doctor_cmd,
         runs,
         metrics_cmd,
+        pause_cmd,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)

@@ -11,6 +11,7 @@ import click
 
 from config.models import Erp, PermissionLevel
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.lifecycle import Lifecycle
 from erp_sync.permissions import Permissions
 
 
@@ -51,6 +52,37 @@ def company_list(ctx: Ctx, as_json: bool) -> None:
           ["COMPANY", "NAME", "ERP", "TIMEZONE"])
 
 
+@company.command("set")
+@click.argument("company_id", metavar="COMPANY")
+@click.option("--as", "actor", required=True, metavar="USER", help="Acting user (needs admin).")
+@click.option("--name", help="New display name.")
+@click.option("--timezone", help="New canonical IANA time zone (moves daily runs, live).")
+@pass_ctx
+def company_set(ctx: Ctx, company_id: str, actor: str, name: str | None,
+                timezone: str | None) -> None:
+    """Rename COMPANY or change its time zone as USER (an admin)."""
+    updated, changed = Lifecycle(ctx.store).set_company(company_id, actor, name=name,
+                                                        timezone=timezone)
+    if not changed:
+        click.echo(f"no change: {company_id} already has these values", err=True)
+    click.echo(f"{updated.id}: {updated.name} ({updated.erp.value}, {updated.timezone})")
+
+
+@company.command("remove")
+@click.argument("company_id", metavar="COMPANY")
+@click.option("--as", "actor", required=True, metavar="USER", help="Acting user (needs admin).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def company_remove(ctx: Ctx, company_id: str, actor: str, yes: bool) -> None:
+    """Remove COMPANY as USER (an admin): its schedule stops at once; history and audit stay."""
+    ctx.store.get_company(company_id)
+    if not yes:
+        click.confirm(f"Remove {company_id}, its projects, users and schedule?", abort=True,
+                      err=True)
+    Lifecycle(ctx.store).remove_company(company_id, actor)
+    click.echo(f"removed company {company_id} (its history and audit are kept)")
+
+
 @click.group()
 def project() -> None:
     """Projects of a company (project-level syncs run per project)."""
@@ -77,7 +109,37 @@ def project_list(ctx: Ctx, company_id: str, as_json: bool) -> None:
     if as_json:
         echo_json([p.model_dump(mode="json") for p in projects])
         return
-    table([[p.id, p.name] for p in projects], ["PROJECT", "NAME"])
+    table([[p.id, p.name, "on" if p.sync_job_costs else "off (opted out)"] for p in projects],
+          ["PROJECT", "NAME", "JOB COSTS"])
+
+
+@project.command("set")
+@click.argument("company_id", metavar="COMPANY")
+@click.argument("project_id", metavar="PROJECT")
+@click.option("--as", "actor", required=True, metavar="USER", help="Acting user (needs admin).")
+@click.option("--sync-job-costs/--no-sync-job-costs", default=None,
+              help="Whether this project's job costs sync (Procore's per-project setting).")
+@pass_ctx
+def project_set(ctx: Ctx, company_id: str, project_id: str, actor: str,
+                sync_job_costs: bool | None) -> None:
+    """Opt PROJECT in or out of job-cost syncing as USER (an admin); live at the next slot."""
+    updated, changed = Lifecycle(ctx.store).set_project(company_id, project_id, actor,
+                                                        sync_job_costs=sync_job_costs)
+    if not changed:
+        click.echo(f"no change: {project_id} already has this value", err=True)
+    click.echo(f"{company_id}/{updated.id}: job costs "
+               f"{'on' if updated.sync_job_costs else 'off (opted out)'}")
+
+
+@project.command("remove")
+@click.argument("company_id", metavar="COMPANY")
+@click.argument("project_id", metavar="PROJECT")
+@click.option("--as", "actor", required=True, metavar="USER", help="Acting user (needs admin).")
+@pass_ctx
+def project_remove(ctx: Ctx, company_id: str, project_id: str, actor: str) -> None:
+    """Remove PROJECT from COMPANY as USER (an admin); its run history is kept."""
+    Lifecycle(ctx.store).remove_project(company_id, project_id, actor)
+    click.echo(f"removed project {project_id} from {company_id}")
 
 
 @click.group()
