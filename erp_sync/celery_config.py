@@ -13,7 +13,7 @@ from typing import Any
 from config.env import Settings
 from config.keys import KeySpace
 from erp_sync.redis_client import kombu_broker
-from erp_sync.slots import COMPANY_QUEUE, TASK_NAMES, queue_for
+from erp_sync.slots import ALERTS_QUEUE, COMPANY_QUEUE, TASK_NAMES, queue_for
 
 
 def celery_config(env: Settings) -> dict[str, Any]:
@@ -51,7 +51,12 @@ def celery_config(env: Settings) -> dict[str, Any]:
         "task_time_limit": env.task_time_limit,
         "task_default_queue": COMPANY_QUEUE,
         "task_create_missing_queues": True,
-        "task_routes": {name: {"queue": queue_for(kind)} for kind, name in TASK_NAMES.items()},
+        "task_routes": {**{name: {"queue": queue_for(kind)} for kind, name in TASK_NAMES.items()},
+                        "tasks.alerts.*": {"queue": ALERTS_QUEUE}},
+        # Run by the leading beat under its lease (beat/static.py), consumed on `alerts`.
+        "beat_schedule": {"alerts.check_stale": {
+            "task": "tasks.alerts.check_stale", "schedule": env.alert_stale_check_seconds,
+            "options": {"queue": ALERTS_QUEUE, "expires": env.alert_stale_check_seconds}}},
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_scheduler": "beat_schedule:RedisScheduler",

@@ -30,6 +30,7 @@ from config.models import (
     parse,
 )
 from config.validation import casefold_key
+from erp_sync.alerts.evaluate import deadline_member, target
 from erp_sync.beat.plan import member
 from erp_sync.errors import CorruptRecord, InvalidInput, NotFound, PermissionDenied
 from erp_sync.inputs import name as valid_name
@@ -137,8 +138,8 @@ class Lifecycle:
             pipe.zrem(self.keys.due, *members)
             pipe.hdel(self.keys.beat_slots, *members)
             pipe.hdel(self.keys.beat_applied, company_id)
-            deadlines = [f"{company_id}:{k.value}:-" for k in COMPANY_KINDS] + [
-                f"{company_id}:{k.value}:{p}" for k in PROJECT_KINDS for p in projects]
+            deadlines = [deadline_member(company_id, k.value, None) for k in COMPANY_KINDS] + [
+                deadline_member(company_id, k.value, p) for k in PROJECT_KINDS for p in projects]
             pipe.zrem(self.keys.alert_deadlines, *deadlines)
             entry = self._audit(pipe, company_id, actor, "company.remove",
                                 {"erp": company.erp.value, "projects": len(projects)}, {})
@@ -202,9 +203,9 @@ class Lifecycle:
             pipe.srem(self.keys.job_cost_optouts(company_id), project_id)
             pipe.delete(*self._watermarks(company_id, [project_id], company_level=False))
             pipe.hdel(self.keys.alert_state(company_id),
-                      *[f"{k.value}:{project_id}" for k in PROJECT_KINDS])
+                      *[target(k.value, project_id) for k in PROJECT_KINDS])
             pipe.zrem(self.keys.alert_deadlines,
-                      *[f"{company_id}:{k.value}:{project_id}" for k in PROJECT_KINDS])
+                      *[deadline_member(company_id, k.value, project_id) for k in PROJECT_KINDS])
             self._audit(pipe, company_id, actor, "project.remove",
                         {"project": project_id, "name": current.name}, {})
 

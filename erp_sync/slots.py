@@ -21,6 +21,7 @@ TASK_NAMES: dict[SyncKind, str] = {
 KIND_OF_TASK: dict[str, SyncKind] = {name: kind for kind, name in TASK_NAMES.items()}
 COMPANY_QUEUE = "company"
 PROJECT_QUEUE = "project"
+ALERTS_QUEUE = "alerts"  # alert webhooks and housekeeping, off the sync queues
 
 
 def queue_for(kind: SyncKind) -> str:

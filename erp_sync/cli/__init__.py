@@ -61,6 +61,7 @@ def cli(ctx: click.Context) -> None:
 
 def _register() -> None:
     from erp_sync.cli import (
+        alert_cmd,
         beat_cmd,
         companies,
         doctor_cmd,
@@ -78,6 +79,7 @@ def _register() -> None:
         runs,
         metrics_cmd,
         pause_cmd,
+        alert_cmd,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)
