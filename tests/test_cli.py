@@ -36,7 +36,19 @@ def test_settings_show_json_has_the_fixed_shape(seeded: Invoke) -> None:
         "company": "acme", "erp": "xero", "version": 1,
         "settings": {"payments_for_synced_invoices": "daily", "sync_project_job_costs": True,
                      "refresh_erp_companies_list": True, "refresh_erp_job_list": True,
-                     "sync_payments_for_synced_invoices": True}}
+                     "sync_payments_for_synced_invoices": True},
+        "not_supported": []}
+
+
+def test_settings_show_marks_what_the_erp_does_not_support(seeded: Invoke) -> None:
+    code, out, _ = seeded("settings", "show", "stone", "--json")
+    assert code == 0
+    assert json.loads(out)["not_supported"] == ["payments_for_synced_invoices",
+                                                "sync_payments_for_synced_invoices"]
+    code, out, _ = seeded("settings", "show", "stone")
+    rows = [line for line in out.splitlines() if "payments" in line]
+    assert len(rows) == 2 and all("not supported by sage_100" in r for r in rows)
+    assert "not supported" not in seeded("settings", "show", "acme")[1]
 
 
 def test_settings_set_prints_the_new_settings(seeded: Invoke) -> None:
