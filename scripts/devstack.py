@@ -439,7 +439,7 @@ def run_stack(stack: Stack, ready_timeout: float) -> int:
         host_format(names[name]): stack.start(
             name, [*celery, "worker", "-Q", queue, "-P", "threads", "-c", "8", "-n", names[name],
                    "-l", "INFO", "-E"], env)
-        for name, queue in (("worker-company", "company"), ("worker-project", "project"))}
+        for name, queue in (("worker-company", "company,alerts"), ("worker-project", "project"))}
     # The password goes in Flower's environment (FLOWER_BASIC_AUTH), not on its command line,
     # where `ps` would show it to every user of the machine.
     flower = stack.start("flower", [*celery, "flower", f"--port={flower_port}",
