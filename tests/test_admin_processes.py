@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import itertools
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 
 from config.keys import KeySpace
 from erp_sync.slots import parse_task_id
 from tests.support.erp import small_company
-from tests.support.procs import ROOT, Proc, beat, process_env, stop_all, wait_until, worker
+from tests.support.procs import beat, stop_all, wait_until, worker
 from tests.support.reads import zmembers
 from tests.support.redisproc import RedisServer
+from tests.support.stack import ProcStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
 RECEIVED = re.compile(r"Task [\w.]+\[(sync:\S+)\] received")
@@ -30,24 +28,7 @@ FINISHED = re.compile(r"finished company=(\S+) project=\S+ sync=(\S+) slot=\S+ "
 
 
 @dataclass
-class Stack:
-    env: dict[str, str]
-    client: redis.Redis
-    keys: KeySpace
-    logs: Path
-    procs: list[Proc] = field(default_factory=list)
-
-    def manage(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT,
-                              env=process_env(self.env), capture_output=True, text=True,
-                              timeout=60)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def now(self) -> float:
-        seconds, micros = self.client.time()
-        return float(seconds) + micros / 1e6
-
+class Stack(ProcStack):
     def received(self) -> list[tuple[str, str, str | None, int]]:
         """(company, kind, project, slot) of every scheduled task any worker received."""
         out = []

@@ -10,21 +10,19 @@ import hmac
 import json
 import re
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import redis
 
 from config.keys import KeySpace
 from erp_sync.alerts.deliver import SIGNATURE_HEADER, deliveries
 from tests.support.erp import small_company
-from tests.support.procs import ROOT, Proc, beat, process_env, stop_all, wait_until, worker
+from tests.support.procs import beat, stop_all, wait_until, worker
 from tests.support.receiver import Receiver, start_receiver
 from tests.support.redisproc import RedisServer
+from tests.support.stack import ProcStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
 SECRET = "whsec-123"
@@ -32,20 +30,8 @@ DONE = re.compile(r"Task tasks\.company\.refresh_vendors\[(\S+)\] succeeded")
 
 
 @dataclass
-class Stack:
-    env: dict[str, str]
-    client: redis.Redis
-    keys: KeySpace
-    logs: Path
-    receiver: Receiver
-    procs: list[Proc] = field(default_factory=list)
-
-    def manage(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT,
-                              env=process_env(self.env), capture_output=True, text=True,
-                              timeout=60)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+class Stack(ProcStack):
+    receiver: Receiver = field(kw_only=True)
 
     def add_alert(self, company: str, url: str, *extra: str) -> str:
         secret = self.logs / "secret"
