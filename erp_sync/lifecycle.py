@@ -29,7 +29,7 @@ from config.models import (
     SyncKind,
     parse,
 )
-from config.validation import casefold_key
+from config.validation import casefold_key, shorten
 from erp_sync.alerts.evaluate import deadline_member, target
 from erp_sync.beat.plan import member
 from erp_sync.errors import CorruptRecord, InvalidInput, NotFound, PermissionDenied
@@ -216,7 +216,7 @@ class Lifecycle:
     def _project(self, pipe: redis.client.Pipeline, company_id: str, project_id: str) -> Project:
         raw = pipe.hget(self.keys.projects(company_id), project_id)
         if raw is None:
-            raise NotFound(f"unknown project {project_id!r} in {company_id!r}")
+            raise NotFound(f"unknown project {shorten(project_id)} in {company_id!r}")
         return parse(Project, str(raw), f"project {project_id!r}")
 
 

@@ -34,7 +34,7 @@ from config.models import (
     first_error,
     parse,
 )
-from config.validation import casefold_key
+from config.validation import casefold_key, shorten
 from erp_sync.errors import (
     AlreadyExists,
     ConcurrentUpdate,
@@ -90,7 +90,8 @@ class SettingsStore:
         admin = user_id(admin) if admin is not None else None
         try:
             company = Company(
-                id=company_id, name=valid_name(name if name is not None else company_id),
+                # The id is a valid name; the model checks it first when it stands in for one.
+                id=company_id, name=valid_name(name) if name is not None else company_id,
                 erp=erp, timezone=valid_timezone(timezone), created_at=self.clock(),
             )
         except ValidationError as exc:
@@ -131,7 +132,7 @@ class SettingsStore:
     def get_company(self, company_id: str) -> Company:
         raw = self.client.get(self.keys.company(company_id))
         if raw is None:
-            raise NotFound(f"unknown company {company_id!r}")
+            raise NotFound(f"unknown company {shorten(company_id)}")
         return parse(Company, str(raw), f"company {company_id!r}")
 
     def list_companies(self) -> list[Company]:
@@ -148,7 +149,7 @@ class SettingsStore:
         try:
             project = Project(
                 company=company_id, id=project_id,
-                name=valid_name(name if name is not None else project_id),
+                name=valid_name(name) if name is not None else project_id,
                 created_at=self.clock(),
             )
         except ValidationError as exc:
@@ -379,5 +380,5 @@ def _require(company_id: str, user: str, level: PermissionLevel, needed: Permiss
 
 def _erp_hint(exc: ValidationError, erp: str) -> str:
     if any(e["loc"] == ("erp",) for e in exc.errors()):
-        return f"unknown ERP {erp!r} (one of: {', '.join(Erp)})"
+        return f"unknown ERP {shorten(erp)} (one of: {', '.join(Erp)})"
     return first_error(exc)

@@ -113,6 +113,11 @@ BAD = {
     "company differing only in case": (["company", "add", "ACME", "--erp", "xero"],
                                        "differ only in case"),
     "bad admin": (["company", "add", "x", "--erp", "xero", "--admin", "a\tb"], "control"),
+    "over-long company id": (["company", "add", LONG, "--erp", "xero"], "not a valid id"),
+    "over-long unknown company": (["settings", "show", LONG], "unknown company"),
+    "over-long erp": (["company", "add", "x", "--erp", LONG], "unknown ERP"),
+    "over-long unknown project": (["project", "set", "acme", LONG, "--as", "alice",
+                                   "--no-sync-job-costs"], "unknown project"),
 }
 SECURITY_LOGGED = {"grant by a non-admin", "grant by a stranger", "revoke by a non-admin"}
 
