@@ -6,9 +6,11 @@ removal is recorded skipped. Every wait is on something the processes did (their
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,25 @@ def test_opt_out_pause_resume_and_remove_change_what_real_processes_run(stack: S
                60, "stone stopped running after acme was removed")
     assert [r for r in stack.received() if r[0] == "acme" and r[3] > removed_at] == []
     assert not [m for m in zmembers(stack.client, stack.keys.due) if m.startswith("acme:")]
+
+
+def test_a_fleet_pause_with_until_is_ended_by_the_leading_beat(stack: Stack) -> None:
+    stack.procs += [beat("beat", stack.env, stack.logs),
+                    worker("worker1", stack.env, stack.logs)]
+    wait_until(lambda: stack.slots("stone", "vendors"), 60, "stone never ran")
+    stack.manage("pause", "--all", "--reason", "maintenance night", "--until", "6s")
+    paused_at = stack.now()
+    status = json.loads(stack.manage("status", "--json"))
+    assert status["paused"]["*"]["reason"] == "maintenance night"
+    until = datetime.fromisoformat(status["paused"]["*"]["until"]).timestamp()
+    wait_until(lambda: "fleet.resume" in stack.manage("operator-log"), 60,
+               "the leading beat never ended the pause")
+    [entry] = [e for e in json.loads(stack.manage("operator-log", "--json"))
+               if e["action"] == "fleet.resume"]
+    assert entry["actor"] == "beat" and entry["new"] == {"automatic": True}
+    # No slot due while the pause was in force was sent (slot ids are whole seconds).
+    assert [r for r in stack.received() if paused_at < r[3] < until - 1] == []
+    resumed_at = stack.now()
+    wait_until(lambda: [s for s in stack.slots("stone", "vendors") if s > resumed_at], 60,
+               "stone did not run again after the pause ended")
+    assert "resumed the fleet" in stack.procs[0].output()
