@@ -106,6 +106,7 @@ class SettingsStore:
                             "admin": admin, **settings.settings.model_dump(mode="json")},
         )
         fold = casefold_key(company.id)
+        self._backfill_folds()
 
         def write(pipe: redis.client.Pipeline) -> None:
             if pipe.exists(self.keys.company(company.id)):
@@ -128,6 +129,14 @@ class SettingsStore:
 
         self._transact([self.keys.company(company.id), self.keys.company_folds], write)
         return company
+
+    def _backfill_folds(self) -> None:
+        """Index companies made before case-only collisions were refused (once: afterwards the
+        index has an entry for every company, and this is two O(1) reads)."""
+        if self.client.hlen(self.keys.company_folds) >= self.client.scard(self.keys.companies):
+            return
+        for company in self.client.sscan_iter(self.keys.companies, count=1000):
+            self.client.hsetnx(self.keys.company_folds, casefold_key(str(company)), str(company))
 
     def get_company(self, company_id: str) -> Company:
         raw = self.client.get(self.keys.company(company_id))

@@ -149,3 +149,17 @@ def test_names_are_trimmed(acme: Invoke) -> None:
     assert acme("company", "add", "beta", "--erp", "xero", "--name", "  Beta Co  ")[0] == 0
     [beta] = [c for c in json.loads(acme("company", "list", "--json")[1]) if c["id"] == "beta"]
     assert beta["name"] == "Beta Co"
+
+
+def test_companies_made_before_the_case_index_still_block_a_case_only_twin(
+        run: Invoke, fake: redis.Redis, prefix: str) -> None:
+    assert run("company", "add", "Stone", "--erp", "xero")[0] == 0
+    fake.delete(KeySpace(prefix).company_folds)  # as a deployment from before the index
+    code, _, err = run("company", "add", "stone", "--erp", "xero")
+    assert code == 1 and "differ only in case" in err
+
+
+def test_a_forged_host_user_cannot_forge_an_audit_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.setenv(name, "root\nforged row")
+    assert os_user().startswith("uid:")
