@@ -23,13 +23,13 @@ import redis
 from config.models import (
     AuditEntry,
     Company,
-    PermissionLevel,
     Project,
     StoredSettings,
     SyncKind,
     parse,
 )
 from config.validation import casefold_key, shorten
+from erp_sync.access import require_admin
 from erp_sync.alerts.evaluate import deadline_member, target
 from erp_sync.beat.plan import member
 from erp_sync.errors import CorruptRecord, InvalidInput, NotFound, PermissionDenied
@@ -37,7 +37,7 @@ from erp_sync.inputs import name as valid_name
 from erp_sync.inputs import timezone as valid_timezone
 from erp_sync.inputs import user_id
 from erp_sync.permissions import record_denied
-from erp_sync.store import SettingsStore, _level, _require
+from erp_sync.store import SettingsStore
 
 PROJECT_KINDS = [k for k in SyncKind if k.project_level]
 COMPANY_KINDS = [k for k in SyncKind if not k.project_level]
@@ -51,8 +51,7 @@ class Lifecycle:
 
     def _check_admin(self, pipe: redis.client.Pipeline, company_id: str, actor: str) -> None:
         # Inside the transaction (users hash watched): a demotion racing this write wins.
-        _require(company_id, actor, _level(pipe.hget(self.keys.users(company_id), actor)),
-                 PermissionLevel.ADMIN)
+        require_admin(pipe, self.keys, company_id, actor)
 
     def _transact(self, company_id: str, actor: str, action: str, watched: list[str],
                   write: Callable[[redis.client.Pipeline], None],

@@ -20,11 +20,12 @@ from datetime import UTC, datetime
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from config.models import AuditEntry, PermissionLevel, parse
+from config.models import AuditEntry, parse
+from erp_sync.access import require_admin
 from erp_sync.errors import InvalidInput, PermissionDenied
 from erp_sync.inputs import user_id
 from erp_sync.permissions import record_denied
-from erp_sync.store import SettingsStore, _level, _require
+from erp_sync.store import SettingsStore
 
 FLEET = "*"
 MAX_PAUSE = 366 * 86_400.0
@@ -199,8 +200,7 @@ class Pauses:
             return  # the fleet: an operator action (anyone with Redis access is an operator)
         if not pipe.exists(self.keys.company(company_id)):
             raise InvalidInput(f"company {company_id!r} was removed")
-        _require(company_id, actor, _level(pipe.hget(self.keys.users(company_id), actor)),
-                 PermissionLevel.ADMIN)
+        require_admin(pipe, self.keys, company_id, actor)
 
     def _audit(self, pipe: redis.client.Pipeline, company_id: str | None, actor: str,
                action: str, old: dict[str, object], new: dict[str, object]) -> None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import redis
 
 from config.models import AuditEntry, PermissionLevel
+from erp_sync.access import level_from, require_level
 from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
 from erp_sync.inputs import user_id
-from erp_sync.store import AUDIT_CAP, SettingsStore, _level, _require
+from erp_sync.store import AUDIT_CAP, SettingsStore
 
 
 class Permissions:
@@ -31,7 +32,7 @@ class Permissions:
         """Every user with a level on the company, admins first, then by name."""
         self.store.get_company(company_id)
         raw = self.store.client.hgetall(self.keys.users(company_id))
-        rows = [(str(u), _level(v)) for u, v in raw.items()]
+        rows = [(str(u), level_from(v)) for u, v in raw.items()]
         return sorted(rows, key=lambda r: (-r[1].rank, r[0]))
 
     def grant(self, company_id: str, user: str, level: str, actor: str) -> str | None:
@@ -55,7 +56,8 @@ class Permissions:
         def write(pipe: redis.client.Pipeline) -> None:
             previous.clear()
             current = {str(u): str(v) for u, v in pipe.hgetall(users_key).items()}
-            _require(company_id, actor, _level(current.get(actor)), PermissionLevel.ADMIN)
+            require_level(company_id, actor, level_from(current.get(actor)),
+                          PermissionLevel.ADMIN)
             old = current.get(user)
             if level is None and old is None:
                 raise NotFound(f"user {user!r} has no permission on {company_id!r}")

@@ -35,6 +35,7 @@ from config.models import (
     parse,
 )
 from config.validation import casefold_key, shorten
+from erp_sync.access import level_from, require_admin, require_level
 from erp_sync.errors import (
     AlreadyExists,
     ConcurrentUpdate,
@@ -204,11 +205,11 @@ class SettingsStore:
 
     def level_of(self, company_id: str, user: str) -> PermissionLevel:
         user_id(user)
-        return _level(self.client.hget(self.keys.users(company_id), user))
+        return level_from(self.client.hget(self.keys.users(company_id), user))
 
     def require(self, company_id: str, user: str, needed: PermissionLevel) -> None:
         """Raise ``PermissionDenied`` unless ``user`` has at least ``needed`` on the company."""
-        _require(company_id, user, self.level_of(company_id, user), needed)
+        require_level(company_id, user, self.level_of(company_id, user), needed)
 
     # --- settings ---------------------------------------------------------------------------
     def get_settings(self, company_id: str) -> StoredSettings:
@@ -242,8 +243,7 @@ class SettingsStore:
                 raise CorruptRecord(f"company {company_id!r} has no stored settings")
             current = parse(StoredSettings, raw, f"settings of {company_id!r}")
             # Re-checked inside the transaction: a demotion racing this write must win.
-            _require(company_id, actor, _level(pipe.hget(self.keys.users(company_id), actor)),
-                     PermissionLevel.ADMIN)
+            require_admin(pipe, self.keys, company_id, actor)
             new = merge(current.settings, mutate(current.settings))
             old_d, new_d = current.settings.model_dump(mode="json"), new.model_dump(mode="json")
             diff = {k for k in new_d if new_d[k] != old_d[k]}
@@ -372,19 +372,6 @@ def check_supported(erp: Erp, changed: set[str], new: SyncSettings) -> None:
             enabling = False
         if enabling and kind not in supported:
             raise UnsupportedSetting(f"{erp.value} does not support {field}")
-
-
-def _level(raw: object) -> PermissionLevel:
-    return PermissionLevel(raw) if isinstance(raw, str) and raw in set(PermissionLevel) \
-        else PermissionLevel.NONE
-
-
-def _require(company_id: str, user: str, level: PermissionLevel, needed: PermissionLevel) -> None:
-    if level.rank < needed.rank:
-        raise PermissionDenied(
-            f"user {user!r} has {level.value!r} on the ERP Integrations tool of {company_id!r}; "
-            f"{needed.value!r} is required"
-        )
 
 
 def _erp_hint(exc: ValidationError, erp: str) -> str:

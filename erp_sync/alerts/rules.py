@@ -13,11 +13,12 @@ import redis
 from pydantic import ValidationError
 
 from config.alerts import AlertEvent, AlertRule
-from config.models import AuditEntry, PermissionLevel, first_error, parse
+from config.models import AuditEntry, first_error, parse
+from erp_sync.access import require_admin
 from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
 from erp_sync.inputs import user_id
 from erp_sync.permissions import record_denied
-from erp_sync.store import SettingsStore, _level, _require
+from erp_sync.store import SettingsStore
 
 MAX_RULES = 20
 DEFAULT_EVENTS = (AlertEvent.FAILED, AlertEvent.STALE, AlertEvent.RECOVERED)
@@ -100,8 +101,7 @@ class AlertRules:
         return rule
 
     def _check(self, pipe: redis.client.Pipeline, company_id: str, actor: str) -> None:
-        _require(company_id, actor, _level(pipe.hget(self.keys.users(company_id), actor)),
-                 PermissionLevel.ADMIN)
+        require_admin(pipe, self.keys, company_id, actor)
 
     def _audit(self, pipe: redis.client.Pipeline, company_id: str, actor: str, action: str,
                old: dict[str, object], new: dict[str, object]) -> None:
