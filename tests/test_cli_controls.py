@@ -180,3 +180,15 @@ def test_bad_input_is_one_line_non_zero_and_writes_nothing(
     after = snapshot(fake, prefix)
     after.pop(KeySpace(prefix).denied("acme"), None)  # refusals may be security-logged
     assert after == before
+
+
+def test_metrics_show_who_paused_what_until_when(run: Invoke) -> None:
+    ok(run, "pause", "acme", "--as", "al", "--until", "1h")
+    ok(run, "pause", "--all", "--reason", "incident")
+    text = ok(run, "metrics")
+    lines = [line for line in text.splitlines() if line.startswith("erp_sync_paused{")]
+    assert len(lines) == 2
+    assert any('company="acme"' in line and 'by="al"' in line and 'until="20' in line
+               for line in lines)
+    assert any('company="*"' in line and 'by="operator"' in line for line in lines)
+    assert "erp_sync_paused_slots_total 0.0" in text
