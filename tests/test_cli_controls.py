@@ -128,6 +128,11 @@ def test_sync_now_on_a_paused_company_needs_force_by_an_admin(run: Invoke, sent:
     assert code == 1 and "is paused" in err and "--force" in err and sent.tasks == []
     code, _, err = run("sync-now", "acme", "vendors", "--as", "sam", "--force")
     assert code == 1 and "'admin' is required" in err and sent.tasks == []
+    before = json.loads(ok(run, "audit", "acme", "--json"))
+    code, _, err = run("sync-now", "acme", "job_costs", "--as", "al", "--force", "--project",
+                       "p9")
+    assert code == 1 and "unknown project" in err  # bad input: not even the force is audited
+    assert json.loads(ok(run, "audit", "acme", "--json")) == before
     ok(run, "sync-now", "acme", "vendors", "--as", "al", "--force")
     assert [name for name, _ in sent.tasks] == ["tasks.company.refresh_vendors"]
     assert json.loads(ok(run, "audit", "acme", "--json", "--limit", "1"))[0]["action"] == \

@@ -89,9 +89,9 @@ def sync_now(ctx: Ctx, company_id: str, kind: str, actor: str, project: str | No
     """Run COMPANY's KIND sync now (queued for the workers; see `history` for the result)."""
     company = ctx.store.get_company(company_id)
     ctx.store.require(company_id, actor, PermissionLevel.STANDARD)
-    guard_manual_run(ctx.store, company_id, actor, force)  # a paused company needs --force
     sync_kind = SyncKind(kind)
     targets = _targets(ctx, company, sync_kind, project)
+    guard_manual_run(ctx.store, company_id, actor, force)  # a paused company needs --force
     now = ctx.now()
     for target in targets:
         task_id = f"manual:{company_id}:{kind}:{target or '-'}:{uuid.uuid4().hex[:12]}"
