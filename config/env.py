@@ -86,6 +86,19 @@ class Settings(BaseSettings):
     settings_wait_seconds: float = Field(
         5.0, ge=0, description="How long `settings set --wait` waits for beat to apply a change."
     )
+    alert_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="Timeout of one alert webhook POST."
+    )
+    alert_attempts: int = Field(
+        5, ge=1, le=20, description="Attempts to deliver one alert before it is logged failed."
+    )
+    alert_retry_seconds: float = Field(
+        2.0, gt=0, description="Backoff before an alert's second attempt; doubles each time."
+    )
+    alert_stale_check_seconds: float = Field(
+        60.0, gt=0, description="How often the `alerts` queue checks for stale syncs (only "
+        "deadlines that passed are read, never every company)."
+    )
 
     secret_key: SecretStr | None = Field(
         None, description="Keys that encrypt stored ERP credentials (Fernet keys, comma "

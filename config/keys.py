@@ -54,6 +54,49 @@ class KeySpace:
         return self._k("denied", company)
 
     @property
+    def company_folds(self) -> str:
+        """HASH casefolded company id -> company id: ``ACME`` is refused next to ``acme``."""
+        return self._k("companies", "folded")
+
+    def job_cost_optouts(self, company: str) -> str:
+        """SET of the company's projects opted out of job-cost syncing (beat's fan-out skips)."""
+        return self._k("optout", company, "job_costs")
+
+    @property
+    def operator_log(self) -> str:
+        """LIST of operator actions no company admin made (company add, fleet pause), newest
+        first (JSON audit entries)."""
+        return self._k("operator", "log")
+
+    @property
+    def paused(self) -> str:
+        """HASH company id (or ``*`` for the whole fleet) -> pause record (JSON)."""
+        return self._k("paused")
+
+    @property
+    def paused_until(self) -> str:
+        """ZSET company id (or ``*``) -> when its pause ends by itself (epoch seconds)."""
+        return self._k("paused", "until")
+
+    # --- alerts ---------------------------------------------------------------------------
+    def alerts(self, company: str) -> str:
+        """HASH alert id -> alert rule (JSON: URL, events, threshold, secret)."""
+        return self._k("alerts", company)
+
+    def alert_state(self, company: str) -> str:
+        """HASH ``kind:project`` -> incident state (JSON: consecutive failures, alerted)."""
+        return self._k("alerts", company, "state")
+
+    def alert_log(self, company: str) -> str:
+        """LIST of webhook deliveries (JSON), newest first, capped."""
+        return self._k("alerts", company, "log")
+
+    @property
+    def alert_deadlines(self) -> str:
+        """ZSET ``company:kind:project`` -> when that sync turns stale without a success."""
+        return self._k("alerts", "deadlines")
+
+    @property
     def changes(self) -> str:
         """STREAM of change messages ``{company, version}``; beat resumes from its cursor."""
         return self._k("changes")

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from config.errors import CorruptRecord
+from config.validation import shorten
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,7 +42,7 @@ def _identifier(value: str) -> str:
     # Ids become key segments, so no ':' or spaces; a clear message beats a broken key.
     if not _ID.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a valid id (1-64 letters, digits, '_', '.', '-'; "
+            f"{shorten(value)} is not a valid id (1-64 letters, digits, '_', '.', '-'; "
             "starting with a letter or digit)"
         )
     return value
@@ -51,7 +52,8 @@ def _timezone(value: str) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, too long
-        raise ValueError(f"{value!r} is not an IANA time zone (e.g. America/Chicago)") from None
+        raise ValueError(f"{shorten(value)} is not an IANA time zone "
+                         "(e.g. America/Chicago)") from None
     return value
 
 
@@ -196,6 +198,9 @@ class Project(BaseModel):
     id: Identifier
     name: str = Field(min_length=1, max_length=200)
     created_at: datetime
+    # Procore's "Enable ERP Job Cost Transaction Syncing" per project; off leaves the project
+    # out of the job-cost fan-out.
+    sync_job_costs: bool = True
 
 
 class AuditEntry(BaseModel):
@@ -210,3 +215,5 @@ class AuditEntry(BaseModel):
     version: int | None = None
     old: dict[str, Any] = Field(default_factory=dict)
     new: dict[str, Any] = Field(default_factory=dict)
+    # The operating-system user who ran the command (None on entries written before it was kept).
+    os_user: str | None = None

@@ -55,16 +55,21 @@ def celery_config(env: Settings) -> dict[str, Any]:
         "task_default_queue": COMPANY_QUEUE,
         "task_create_missing_queues": True,
         "task_routes": {**{name: {"queue": queue_for(kind)} for kind, name in TASK_NAMES.items()},
-                        PRUNE_HISTORY_TASK: {"queue": ALERTS_QUEUE}},
+                        PRUNE_HISTORY_TASK: {"queue": ALERTS_QUEUE},
+                        "tasks.alerts.*": {"queue": ALERTS_QUEUE}},
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_scheduler": "beat_schedule:RedisScheduler",
         "beat_enable_remote_control": True,
         "beat_max_loop_interval": 1.0,
-        # The app's own periodic work, sent by the leader only (erp_sync/beat/static.py).
+        # The app's own periodic work, sent by the leader only under its lease
+        # (erp_sync/beat/static.py), consumed on `alerts` with the other housekeeping.
         "beat_schedule": {
             "prune-history": {"task": PRUNE_HISTORY_TASK, "schedule": 3600.0,
                               "options": {"queue": ALERTS_QUEUE, "expires": 3600.0}},
+            "alerts.check_stale": {
+                "task": "tasks.alerts.check_stale", "schedule": env.alert_stale_check_seconds,
+                "options": {"queue": ALERTS_QUEUE, "expires": env.alert_stale_check_seconds}},
         },
         "timezone": "UTC",
         "enable_utc": True,

@@ -59,6 +59,16 @@ class FleetCollector(Collector):
         yield CounterMetricFamily("erp_sync_stale_slots_refused",
                                   "Slots refused because they were not newer than the last sent",
                                   value=status.stale_slots)
+        yield CounterMetricFamily("erp_sync_paused_slots",
+                                  "Slots skipped (advanced, nothing sent) while paused",
+                                  value=status.paused_slots)
+        paused = GaugeMetricFamily("erp_sync_paused",
+                                   "1 per pause in force (company '*' is the whole fleet)",
+                                   labels=["company", "by", "until"])
+        for company, record in status.paused.items():
+            paused.add_metric([company, record.by,
+                               record.until.isoformat() if record.until else ""], 1)
+        yield paused
         queues = GaugeMetricFamily("erp_sync_queue_length", "Messages waiting per Celery queue",
                                    labels=["queue"])
         for name, length in status.queues.items():

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from config.keys import KeySpace
 from config.models import SyncKind
 from erp_sync.beat.lease import holder_node
+from erp_sync.pause import PauseRecord
 from erp_sync.slots import COMPANY_QUEUE, PROJECT_QUEUE
 
 
@@ -60,6 +61,9 @@ class FleetStatus(BaseModel):
     queues: dict[str, int]
     # kind -> {"succeeded": run or None, "failed": run or None}
     last_runs: dict[str, dict[str, LastRun | None]]
+    # company id (or "*", the whole fleet) -> its pause: who, why, since, until
+    paused: dict[str, PauseRecord] = {}
+    paused_slots: int = 0  # slots advanced without sending because their company was paused
 
 
 def fleet_status(client: redis.Redis, keys: KeySpace) -> FleetStatus:
@@ -74,9 +78,11 @@ def fleet_status(client: redis.Redis, keys: KeySpace) -> FleetStatus:
     pipe.zcard(keys.due)
     pipe.hgetall(keys.beat_stats)
     pipe.hgetall(keys.last_runs)
+    pipe.hgetall(keys.paused)  # only what is paused: not a scan of the fleet
     for queue in (COMPANY_QUEUE, PROJECT_QUEUE):
         pipe.llen(keys.queue(queue))
-    leader, ttl, nodes, backlog, entries, stats, last, q_company, q_project = pipe.execute()
+    leader, ttl, nodes, backlog, entries, stats, last, paused, q_company, q_project = \
+        pipe.execute()
     beats = []
     for node, raw in sorted(nodes.items()):
         beat = json.loads(raw)
@@ -94,7 +100,9 @@ def fleet_status(client: redis.Redis, keys: KeySpace) -> FleetStatus:
         dispatched_tasks=int(stats.get("messages", 0)),
         applied_changes=int(stats.get("applied", 0)),
         repairs=int(stats.get("repairs", 0)), stale_slots=int(stats.get("stale_slots", 0)),
-        queues={COMPANY_QUEUE: q_company, PROJECT_QUEUE: q_project}, last_runs=last_runs)
+        queues={COMPANY_QUEUE: q_company, PROJECT_QUEUE: q_project}, last_runs=last_runs,
+        paused={str(k): PauseRecord.model_validate_json(v) for k, v in paused.items()},
+        paused_slots=int(stats.get("paused_slots", 0)))
 
 
 def _last(raw: str | None) -> LastRun | None:

@@ -34,6 +34,8 @@ from config.models import (
     first_error,
     parse,
 )
+from config.validation import casefold_key, shorten
+from erp_sync.access import level_from, require_admin, require_level
 from erp_sync.errors import (
     AlreadyExists,
     ConcurrentUpdate,
@@ -43,6 +45,9 @@ from erp_sync.errors import (
     PermissionDenied,
     UnsupportedSetting,
 )
+from erp_sync.inputs import name as valid_name
+from erp_sync.inputs import timezone as valid_timezone
+from erp_sync.inputs import user_id
 
 # The newest audit (and refused-change) entries kept per company. The audit list is written in the
 # same transaction as the settings, so it lives in Redis; at ~250 B an entry the cap bounds it to
@@ -63,9 +68,11 @@ class SettingsStore:
 
     def __init__(
         self, client: redis.Redis, keys: KeySpace, clock: Callable[[], datetime] = utcnow,
-        change_stream_maxlen: int = CHANGE_STREAM_CAP,
+        change_stream_maxlen: int = CHANGE_STREAM_CAP, os_user: str | None = None,
     ) -> None:
         self.client = client
+        # Stamped on every audit entry this store writes (the CLI passes the host user).
+        self.os_user = os_user
         self.keys = keys
         self.clock = clock
         self.change_stream_maxlen = change_stream_maxlen
@@ -73,13 +80,20 @@ class SettingsStore:
     # --- companies --------------------------------------------------------------------------
     def add_company(
         self, company_id: str, erp: str, *, name: str | None = None, timezone: str = "UTC",
-        actor: str = "operator",
+        actor: str = "operator", admin: str | None = None,
     ) -> Company:
-        """Create a company with its ERP's default settings (version 1) and tell beat."""
+        """Create a company with its ERP's default settings (version 1) and tell beat.
+
+        ``admin`` becomes its first admin (only an admin may grant, so this is how one starts).
+        An operator action: also recorded in the operator log. An id that differs only in case
+        from an existing company's is refused (``config.validation``).
+        """
+        admin = user_id(admin) if admin is not None else None
         try:
             company = Company(
-                id=company_id, name=name or company_id, erp=erp,
-                timezone=timezone, created_at=self.clock(),
+                # The id is a valid name; the model checks it first when it stands in for one.
+                id=company_id, name=valid_name(name) if name is not None else company_id,
+                erp=erp, timezone=valid_timezone(timezone), created_at=self.clock(),
             )
         except ValidationError as exc:
             raise InvalidInput(_erp_hint(exc, erp)) from None
@@ -89,26 +103,46 @@ class SettingsStore:
         )
         entry = AuditEntry(
             at=company.created_at, actor=actor, action="company.create", company=company.id,
-            version=1, new={"erp": company.erp.value, **settings.settings.model_dump(mode="json")},
+            version=1, new={"erp": company.erp.value, "timezone": company.timezone,
+                            "admin": admin, **settings.settings.model_dump(mode="json")},
         )
+        fold = casefold_key(company.id)
+        self._backfill_folds()
 
         def write(pipe: redis.client.Pipeline) -> None:
             if pipe.exists(self.keys.company(company.id)):
                 raise AlreadyExists(f"company {company.id!r} already exists")
+            raw = pipe.hget(self.keys.company_folds, fold)
+            other = None if raw is None else str(raw)
+            if other not in (None, company.id) and pipe.exists(self.keys.company(str(other))):
+                raise AlreadyExists(f"company {other!r} already exists (ids differ only in "
+                                    "case; ids are compared without case)")
             pipe.multi()
             pipe.set(self.keys.company(company.id), company.model_dump_json())
             pipe.sadd(self.keys.companies, company.id)
+            pipe.hset(self.keys.company_folds, fold, company.id)
             pipe.set(self.keys.settings(company.id), settings.model_dump_json())
+            if admin is not None:
+                pipe.hset(self.keys.users(company.id), admin, PermissionLevel.ADMIN.value)
             self._queue_audit(pipe, entry)
+            self._queue_operator(pipe, entry)
             self._queue_change(pipe, company.id, 1)
 
-        self._transact([self.keys.company(company.id)], write)
+        self._transact([self.keys.company(company.id), self.keys.company_folds], write)
         return company
+
+    def _backfill_folds(self) -> None:
+        """Index companies made before case-only collisions were refused (once: afterwards the
+        index has an entry for every company, and this is two O(1) reads)."""
+        if self.client.hlen(self.keys.company_folds) >= self.client.scard(self.keys.companies):
+            return
+        for company in self.client.sscan_iter(self.keys.companies, count=1000):
+            self.client.hsetnx(self.keys.company_folds, casefold_key(str(company)), str(company))
 
     def get_company(self, company_id: str) -> Company:
         raw = self.client.get(self.keys.company(company_id))
         if raw is None:
-            raise NotFound(f"unknown company {company_id!r}")
+            raise NotFound(f"unknown company {shorten(company_id)}")
         return parse(Company, str(raw), f"company {company_id!r}")
 
     def list_companies(self) -> list[Company]:
@@ -124,11 +158,18 @@ class SettingsStore:
         self.get_company(company_id)
         try:
             project = Project(
-                company=company_id, id=project_id, name=name or project_id,
+                company=company_id, id=project_id,
+                name=valid_name(name) if name is not None else project_id,
                 created_at=self.clock(),
             )
         except ValidationError as exc:
             raise InvalidInput(first_error(exc)) from None
+        fold = casefold_key(project.id)
+        clash = next((str(p) for p in self.client.hkeys(self.keys.projects(company_id))
+                      if casefold_key(str(p)) == fold and str(p) != project.id), None)
+        if clash is not None:
+            raise AlreadyExists(f"project {clash!r} already exists in {company_id!r} (ids "
+                                "differ only in case; ids are compared without case)")
         if not self.client.hsetnx(self.keys.projects(company_id), project.id,
                                   project.model_dump_json()):
             raise AlreadyExists(f"project {project.id!r} already exists in {company_id!r}")
@@ -149,8 +190,7 @@ class SettingsStore:
             raise InvalidInput(
                 f"invalid level {level!r} (one of: {', '.join(PermissionLevel)})"
             )
-        if not user.strip() or len(user) > 200:
-            raise InvalidInput("user must be 1-200 characters")
+        user_id(user)
 
         def write(pipe: redis.client.Pipeline) -> None:
             old = pipe.hget(self.keys.users(company_id), user)
@@ -164,11 +204,12 @@ class SettingsStore:
         self._transact([self.keys.users(company_id)], write)
 
     def level_of(self, company_id: str, user: str) -> PermissionLevel:
-        return _level(self.client.hget(self.keys.users(company_id), user))
+        user_id(user)
+        return level_from(self.client.hget(self.keys.users(company_id), user))
 
     def require(self, company_id: str, user: str, needed: PermissionLevel) -> None:
         """Raise ``PermissionDenied`` unless ``user`` has at least ``needed`` on the company."""
-        _require(company_id, user, self.level_of(company_id, user), needed)
+        require_level(company_id, user, self.level_of(company_id, user), needed)
 
     # --- settings ---------------------------------------------------------------------------
     def get_settings(self, company_id: str) -> StoredSettings:
@@ -186,6 +227,7 @@ class SettingsStore:
         Returns the stored settings and whether anything changed; an unchanged result writes
         nothing (no version bump, no audit entry, no message).
         """
+        user_id(actor)  # a malformed --as is bad input: refused before the security log
         company = self.get_company(company_id)
         try:
             self.require(company_id, actor, PermissionLevel.ADMIN)
@@ -201,8 +243,7 @@ class SettingsStore:
                 raise CorruptRecord(f"company {company_id!r} has no stored settings")
             current = parse(StoredSettings, raw, f"settings of {company_id!r}")
             # Re-checked inside the transaction: a demotion racing this write must win.
-            _require(company_id, actor, _level(pipe.hget(self.keys.users(company_id), actor)),
-                     PermissionLevel.ADMIN)
+            require_admin(pipe, self.keys, company_id, actor)
             new = merge(current.settings, mutate(current.settings))
             old_d, new_d = current.settings.model_dump(mode="json"), new.model_dump(mode="json")
             diff = {k for k in new_d if new_d[k] != old_d[k]}
@@ -235,7 +276,8 @@ class SettingsStore:
 
     def denied(self, company_id: str, limit: int = 100) -> list[AuditEntry]:
         """Refused settings changes, newest first (``new`` holds what was requested)."""
-        self.get_company(company_id)
+        if not self.client.exists(self.keys.denied(company_id), self.keys.audit(company_id)):
+            self.get_company(company_id)
         raws = self.client.lrange(self.keys.denied(company_id), 0, max(limit, 1) - 1)
         return [parse(AuditEntry, r, "denied entry") for r in raws]
 
@@ -245,22 +287,38 @@ class SettingsStore:
         requested = {} if callable(change) else {
             str(k)[:64]: v if isinstance(v, bool | int | float | None) else str(v)[:200]
             for k, v in list(change.items())[:20]}
-        entry = AuditEntry(at=self.clock(), actor=actor[:200], action="settings.denied",
-                           company=company_id, new=requested)
+        entry = AuditEntry(at=self.clock(), actor=user_id(actor), action="settings.denied",
+                           company=company_id, new=requested, os_user=self.os_user)
         with self.client.pipeline() as pipe:
             pipe.lpush(self.keys.denied(company_id), entry.model_dump_json())
             pipe.ltrim(self.keys.denied(company_id), 0, AUDIT_CAP - 1)
             pipe.execute()
 
     def audit(self, company_id: str, limit: int = 100) -> list[AuditEntry]:
-        self.get_company(company_id)
+        """The audit log, newest first; it outlives a removed company (so does ``denied``)."""
+        if not self.client.exists(self.keys.audit(company_id)):
+            self.get_company(company_id)
         raws = self.client.lrange(self.keys.audit(company_id), 0, max(limit, 1) - 1)
         return [parse(AuditEntry, r, "audit entry") for r in raws]
 
     # --- plumbing ---------------------------------------------------------------------------
     def _queue_audit(self, pipe: redis.client.Pipeline, entry: AuditEntry) -> None:
+        if entry.os_user is None and self.os_user is not None:
+            entry = entry.model_copy(update={"os_user": self.os_user})
         pipe.lpush(self.keys.audit(entry.company), entry.model_dump_json())
         pipe.ltrim(self.keys.audit(entry.company), 0, AUDIT_CAP - 1)
+
+    def _queue_operator(self, pipe: redis.client.Pipeline, entry: AuditEntry) -> None:
+        """The operator log: actions no company admin made (company add, fleet pause)."""
+        if entry.os_user is None and self.os_user is not None:
+            entry = entry.model_copy(update={"os_user": self.os_user})
+        pipe.lpush(self.keys.operator_log, entry.model_dump_json())
+        pipe.ltrim(self.keys.operator_log, 0, AUDIT_CAP - 1)
+
+    def operator_log(self, limit: int = 100) -> list[AuditEntry]:
+        """Operator actions, newest first."""
+        raws = self.client.lrange(self.keys.operator_log, 0, max(limit, 1) - 1)
+        return [parse(AuditEntry, r, "operator log entry") for r in raws]
 
     def _queue_change(self, pipe: redis.client.Pipeline, company_id: str, version: int) -> None:
         pipe.xadd(self.keys.changes, {"company": company_id, "version": str(version)},
@@ -316,20 +374,7 @@ def check_supported(erp: Erp, changed: set[str], new: SyncSettings) -> None:
             raise UnsupportedSetting(f"{erp.value} does not support {field}")
 
 
-def _level(raw: object) -> PermissionLevel:
-    return PermissionLevel(raw) if isinstance(raw, str) and raw in set(PermissionLevel) \
-        else PermissionLevel.NONE
-
-
-def _require(company_id: str, user: str, level: PermissionLevel, needed: PermissionLevel) -> None:
-    if level.rank < needed.rank:
-        raise PermissionDenied(
-            f"user {user!r} has {level.value!r} on the ERP Integrations tool of {company_id!r}; "
-            f"{needed.value!r} is required"
-        )
-
-
 def _erp_hint(exc: ValidationError, erp: str) -> str:
     if any(e["loc"] == ("erp",) for e in exc.errors()):
-        return f"unknown ERP {erp!r} (one of: {', '.join(Erp)})"
+        return f"unknown ERP {shorten(erp)} (one of: {', '.join(Erp)})"
     return first_error(exc)

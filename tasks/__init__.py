@@ -7,22 +7,25 @@ The retry budget is the runner's (``RetryPolicy``), so Celery's own ``max_retrie
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
 import redis
 from billiard.exceptions import TimeLimitExceeded
-from celery import Task
+from celery import Task, current_app
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
+from config.alerts import AlertRule
 from config.env import get_settings
 from config.keys import KeySpace
 from config.models import SyncKind
+from erp_sync.alerts.evaluate import Evaluator, RunOutcome
 from erp_sync.delivery import Delivery
 from erp_sync.redis_client import connect
 from erp_sync.runner import Runner
-from erp_sync.slots import KIND_OF_TASK
+from erp_sync.slots import ALERTS_QUEUE, KIND_OF_TASK
 
 
 class SyncTask(Task):  # type: ignore[misc]
@@ -103,6 +106,26 @@ def perform(task: Task, kind: SyncKind, company: str, slot: str, trigger: str,
         # still down, stays unacknowledged in Redis until the visibility sweep restores it.
         raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
     record = outcome.record
+    if record is not None and not outcome.duplicate:
+        evaluate_alerts(RunOutcome(record.company, record.kind, record.project, record.status,
+                                   record.error, record.scheduled_for))
     # Small on purpose: Celery reprs the result into every task-succeeded event.
     return {"status": "duplicate" if outcome.duplicate else record.status if record else None,
             "counts": record.counts if record else {}}
+
+
+def send_alert(rule: AlertRule, message: dict[str, Any]) -> None:
+    """Queue one webhook delivery on the ``alerts`` queue (never posted from a sync's slot)."""
+    current_app.send_task("tasks.alerts.deliver", queue=ALERTS_QUEUE,
+                          kwargs={"company": rule.company, "alert": rule.id, "message": message})
+
+
+def evaluate_alerts(outcome: RunOutcome) -> None:
+    """The run-outcome hook: one alert per incident, queued; a failure here never fails a sync."""
+    env = get_settings()
+    try:
+        Evaluator(runner().client, KeySpace(env.key_prefix), env.seconds_per_hour,
+                  send_alert).on_run(outcome)
+    except Exception:  # alerts are best effort next to the sync itself
+        logging.getLogger("erp_sync.alerts").exception(
+            "alert evaluation failed company=%s sync=%s", outcome.company, outcome.kind)

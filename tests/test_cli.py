@@ -21,12 +21,11 @@ def run(fake: redis.Redis, env: pytest.MonkeyPatch) -> Invoke:
 
 @pytest.fixture
 def seeded(run: Invoke) -> Invoke:
-    assert run("company", "add", "acme", "--erp", "xero", "--timezone", "Europe/London")[0] == 0
-    assert run("company", "add", "stone", "--erp", "sage_100")[0] == 0
+    assert run("company", "add", "acme", "--erp", "xero", "--timezone", "Europe/London",
+               "--admin", "alice")[0] == 0
+    assert run("company", "add", "stone", "--erp", "sage_100", "--admin", "alice")[0] == 0
     assert run("project", "add", "acme", "p1", "--name", "Tower")[0] == 0
-    assert run("user", "grant", "acme", "alice", "--level", "admin")[0] == 0
-    assert run("user", "grant", "acme", "rita", "--level", "read_only")[0] == 0
-    assert run("user", "grant", "stone", "alice", "--level", "admin")[0] == 0
+    assert run("user", "grant", "acme", "rita", "--level", "read_only", "--as", "alice")[0] == 0
     return run
 
 
@@ -37,7 +36,19 @@ def test_settings_show_json_has_the_fixed_shape(seeded: Invoke) -> None:
         "company": "acme", "erp": "xero", "version": 1,
         "settings": {"payments_for_synced_invoices": "daily", "sync_project_job_costs": True,
                      "refresh_erp_companies_list": True, "refresh_erp_job_list": True,
-                     "sync_payments_for_synced_invoices": True}}
+                     "sync_payments_for_synced_invoices": True},
+        "not_supported": []}
+
+
+def test_settings_show_marks_what_the_erp_does_not_support(seeded: Invoke) -> None:
+    code, out, _ = seeded("settings", "show", "stone", "--json")
+    assert code == 0
+    assert json.loads(out)["not_supported"] == ["payments_for_synced_invoices",
+                                                "sync_payments_for_synced_invoices"]
+    code, out, _ = seeded("settings", "show", "stone")
+    rows = [line for line in out.splitlines() if "payments" in line]
+    assert len(rows) == 2 and all("not supported by sage_100" in r for r in rows)
+    assert "not supported" not in seeded("settings", "show", "acme")[1]
 
 
 def test_settings_set_prints_the_new_settings(seeded: Invoke) -> None:
@@ -78,7 +89,8 @@ BAD_COMMANDS = {
     "unknown user": (["settings", "set", "acme", "--as", "zed", "--no-refresh-jobs"], "'none'"),
     "missing --as": (["settings", "set", "acme", "--no-refresh-jobs"], "--as"),
     "nothing to change": (["settings", "set", "acme", "--as", "alice"], "nothing to change"),
-    "bad level": (["user", "grant", "acme", "bob", "--level", "owner"], "'owner' is not one of"),
+    "bad level": (["user", "grant", "acme", "bob", "--level", "owner", "--as", "alice"],
+                  "'owner' is not one of"),
     "unknown project company": (["project", "add", "nope", "p1"], "unknown company"),
     "unknown command": (["frobnicate"], "No such command"),
 }

@@ -335,6 +335,7 @@ def test_the_workers_consume_every_sync_queue_and_the_housekeeping_one() -> None
     assert {queue_for(kind) for kind in TASK_NAMES} <= consumed
     periodic = celery_config(Settings()).get("beat_schedule", {}).values()
     assert {entry["options"]["queue"] for entry in periodic} <= consumed
+    assert "alerts" in consumed  # webhooks and housekeeping (DESIGN: the company workers)
 
 
 @pytest.mark.parametrize("name", WORKERS)

@@ -70,7 +70,9 @@ def test_due_apply_is_fenced_and_applies_rem_nx_and_set(r: redis.Redis, keys: Ke
     token = _leader(r, keys)
     apply = lua.load(r, "due_apply")
     r.zadd(keys.due, {"acme:vendors": 10.0, "acme:jobs": 20.0, "acme:payments": 30.0})
-    ks = [keys.beat_leader, keys.due, keys.beat_applied, keys.beat_cursor, keys.beat_stats]
+    r.sadd(keys.companies, "acme")
+    ks = [keys.beat_leader, keys.due, keys.beat_applied, keys.beat_cursor, keys.beat_stats,
+          keys.companies]
     plan: list[str | float] = ["acme", '{"v": 2}', keys.applied_channel("acme"), 2, 3,
             "nx", "acme:vendors", 99.0, "set", "acme:jobs", 99.0, "rem", "acme:payments", 0]
     assert apply(keys=ks, args=["someone|9", "5-0", 1, *plan]) == -1
@@ -89,17 +91,19 @@ def test_due_dispatch_advances_and_queues_together_and_skips_moved_entries(
     token = _leader(r, keys)
     dispatch = lua.load(r, "due_dispatch")
     r.zadd(keys.due, {"a:vendors": 10.0, "b:vendors": 10.0, "c:vendors": 10.0})
-    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots]
+    r.sadd(keys.companies, "a", "b", "c")
+    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots, keys.companies,
+          keys.paused]
     q = keys.queue("company")
-    batch: list[str | float] = [2, "a:vendors", 10.0, 10.0, 20.0, q, 1, "m-a",
-             "b:vendors", 7.0, 7.0, 20.0, q, 1, "m-b"]
+    batch: list[str | float] = [2, "a:vendors", "a", 10.0, 10.0, 20.0, q, 1, "m-a",
+             "b:vendors", "b", 7.0, 7.0, 20.0, q, 1, "m-b"]
     assert dispatch(keys=ks, args=["x|1", *batch]) == -1
     assert r.llen(q) == 0
     assert dispatch(keys=ks, args=[token, *batch]) == "dm"  # b's score moved: left alone
     assert r.lrange(q, 0, -1) == ["m-a"]
     assert r.zscore(keys.due, "a:vendors") == 20.0 and r.zscore(keys.due, "b:vendors") == 10.0
     assert r.hget(keys.beat_slots, "a:vendors") == "10.0"
-    assert dispatch(keys=ks, args=[token, 1, "c:vendors", 10.0, 10.0, "", q, 0]) == "d"
+    assert dispatch(keys=ks, args=[token, 1, "c:vendors", "c", 10.0, 10.0, "", q, 0]) == "d"
     assert r.zscore(keys.due, "c:vendors") is None
     assert r.hgetall(keys.beat_stats) == {"slots": "2", "messages": "1"}
 
@@ -108,16 +112,58 @@ def test_due_dispatch_never_sends_a_slot_at_or_before_the_last_one_dispatched(
         r: redis.Redis, keys: KeySpace) -> None:
     token = _leader(r, keys)
     dispatch = lua.load(r, "due_dispatch")
-    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots]
+    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots, keys.companies,
+          keys.paused]
     q = keys.queue("company")
     r.zadd(keys.due, {"a:vendors": 10.0})
-    assert dispatch(keys=ks, args=[token, 1, "a:vendors", 10.0, 10.0, 20.0, q, 1, "m1"]) == "d"
+    r.sadd(keys.companies, "a")
+    assert dispatch(keys=ks, args=[token, 1, "a:vendors", "a", 10.0, 10.0, 20.0, q, 1, "m1"]) \
+        == "d"
     r.zadd(keys.due, {"a:vendors": 10.0})  # a wrong clock or lost state re-times it backwards
-    assert dispatch(keys=ks, args=[token, 1, "a:vendors", 10.0, 10.0, 20.0, q, 1, "m2"]) == "s"
+    assert dispatch(keys=ks, args=[token, 1, "a:vendors", "a", 10.0, 10.0, 20.0, q, 1, "m2"]) \
+        == "s"
     assert r.lrange(q, 0, -1) == ["m1"] and r.zscore(keys.due, "a:vendors") == 20.0
-    assert dispatch(keys=ks, args=[token, 1, "a:vendors", 20.0, 20.0, 30.0, q, 1, "m3"]) == "d"
+    assert dispatch(keys=ks, args=[token, 1, "a:vendors", "a", 20.0, 20.0, 30.0, q, 1, "m3"]) \
+        == "d"
     assert r.lrange(q, 0, -1) == ["m3", "m1"]
     assert r.hget(keys.beat_stats, "stale_slots") == "1"
+
+
+def test_due_dispatch_sends_nothing_for_a_removed_or_paused_company(
+        r: redis.Redis, keys: KeySpace) -> None:
+    token = _leader(r, keys)
+    dispatch = lua.load(r, "due_dispatch")
+    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots, keys.companies,
+          keys.paused]
+    q = keys.queue("company")
+    r.zadd(keys.due, {"gone:vendors": 10.0, "held:vendors": 10.0, "live:vendors": 10.0})
+    r.sadd(keys.companies, "held", "live")
+    r.hset(keys.paused, "held", "{}")
+    batch: list[str | float] = [3, "gone:vendors", "gone", 10.0, 10.0, 20.0, q, 1, "m-gone",
+                                "held:vendors", "held", 10.0, 10.0, 20.0, q, 1, "m-held",
+                                "live:vendors", "live", 10.0, 10.0, 20.0, q, 1, "m-live"]
+    assert dispatch(keys=ks, args=[token, *batch]) == "gpd"
+    assert r.lrange(q, 0, -1) == ["m-live"]
+    assert r.zscore(keys.due, "gone:vendors") is None
+    assert r.zscore(keys.due, "held:vendors") == 20.0  # advanced: resumes at the next slot
+    assert r.hget(keys.beat_slots, "held:vendors") is None
+    r.hset(keys.paused, "*", "{}")  # the whole fleet
+    batch = [1, "live:vendors", "live", 20.0, 20.0, 30.0, q, 1, "m-live-2"]
+    assert dispatch(keys=ks, args=[token, *batch]) == "p"
+    assert r.lrange(q, 0, -1) == ["m-live"] and r.hget(keys.beat_stats, "paused_slots") == "2"
+
+
+def test_due_apply_never_schedules_a_company_removed_after_its_plan_was_made(
+        r: redis.Redis, keys: KeySpace) -> None:
+    token = _leader(r, keys)
+    apply = lua.load(r, "due_apply")
+    ks = [keys.beat_leader, keys.due, keys.beat_applied, keys.beat_cursor, keys.beat_stats,
+          keys.companies]
+    r.zadd(keys.due, {"acme:jobs": 5.0})
+    plan: list[str | float] = ["acme", '{"v": 2}', keys.applied_channel("acme"), 2, 2,
+                               "set", "acme:vendors", 99.0, "nx", "acme:jobs", 99.0]
+    assert apply(keys=ks, args=[token, "", 1, *plan]) == 1
+    assert r.zcard(keys.due) == 0 and r.hget(keys.beat_applied, "acme") is None
 
 
 def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis,

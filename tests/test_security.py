@@ -97,10 +97,9 @@ def test_a_password_protected_redis_works_end_to_end_and_the_password_never_show
     worker = procs.worker("worker", env, tmp_path)
     try:
         # (beat and the worker start up while these run)
-        ok("company", "add", "acme", "--erp", "xero")
+        ok("company", "add", "acme", "--erp", "xero", "--admin", "alice")
         ok("project", "add", "acme", "p1")
-        ok("user", "grant", "acme", "alice", "--level", "admin")
-        ok("user", "grant", "acme", "rita", "--level", "read_only")
+        ok("user", "grant", "acme", "rita", "--level", "read_only", "--as", "alice")
         worker.wait_for(" ready.", 30)
         changed = json.loads(ok("settings", "set", "acme", "--as", "alice",
                                 "--payments-frequency", "hourly", "--json"))
@@ -206,8 +205,8 @@ def test_rediss_urls_work_end_to_end_for_the_cli(tmp_path: Path, prefix: str) ->
         manage = manage_in({"ERP_SYNC_REDIS_URL": url, "ERP_SYNC_KEY_PREFIX": prefix,
                             "ERP_SYNC_SETTINGS_WAIT_SECONDS": "0"})
         outputs = []
-        for args in (["company", "add", "acme", "--erp", "xero"],
-                     ["user", "grant", "acme", "alice", "--level", "admin"],
+        for args in (["company", "add", "acme", "--erp", "xero", "--admin", "alice"],
+                     ["user", "grant", "acme", "rita", "--level", "read_only", "--as", "alice"],
                      ["settings", "set", "acme", "--as", "alice", "--no-refresh-jobs", "--json"],
                      ["settings", "show", "acme", "--json"]):
             FIGURES["cli"] += 1

@@ -78,9 +78,8 @@ def _cli(url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_real_command_sets_and_shows_settings(
     real: redis.Redis, redis_server: RedisServer, prefix: str
 ) -> None:
-    assert _cli(redis_server.url, prefix, "company", "add", "acme", "--erp", "mri").returncode == 0
-    assert _cli(redis_server.url, prefix, "user", "grant", "acme", "al", "--level",
-                "admin").returncode == 0
+    assert _cli(redis_server.url, prefix, "company", "add", "acme", "--erp", "mri", "--admin",
+                "al").returncode == 0
     done = _cli(redis_server.url, prefix, "settings", "set", "acme", "--as", "al",
                 "--payments-frequency", "hourly", "--no-wait", "--json")
     assert done.returncode == 0, done.stderr

@@ -48,7 +48,10 @@ from erp_sync.beat.static import StaticSchedule, read_entries
 from erp_sync.beat.sweep import Sweeper
 from erp_sync.clock import RedisClock
 from erp_sync.errors import CorruptRecord
+from erp_sync.inputs import os_user
+from erp_sync.pause import PauseKeeper, Pauses
 from erp_sync.slots import slot_iso
+from erp_sync.store import SettingsStore
 
 log = logging.getLogger("erp_sync.beat")
 
@@ -111,6 +114,9 @@ class BeatEngine:
         self._static_wait: float | None = None  # seconds until a static entry is due
         self.sweeper = Sweeper(client, keys, self.index, self.clock, config.seconds_per_hour,
                                config.sweep_seconds)
+        # Ends the pauses whose --until has come (audited as "beat"), fenced by the lease.
+        self.pauses = PauseKeeper(Pauses(SettingsStore(client, keys, os_user=os_user())),
+                                  keys.beat_leader, self.clock)
         self.cursor: str | None = None
         self._reported: set[tuple[str, int]] = set()
         self._heartbeat_at = 0.0
@@ -142,6 +148,10 @@ class BeatEngine:
         applied = self.apply_changes(read)
         more = self.dispatch_due(None if applied or rebuilt else upcoming)
         self.send_static()
+        if self.lease.token is not None:
+            for field in self.pauses.tick(self.lease.token):
+                log.info("resumed %s: its pause ended (--until); it continues at its next slot",
+                         "the fleet" if field == "*" else f"company={field}")
         token = self.lease.token
         rebuilding = self._rebuild is not None
         if not more and not rebuilding and token is not None and not self.sweeper.tick(token):
@@ -370,10 +380,18 @@ class BeatEngine:
         pipe.hmget(self.keys.beat_applied, companies)
         for _, company in project_level:
             pipe.hkeys(self.keys.projects(company))
+        # Projects opted out of job-cost syncing leave the job-cost fan-out (read live, here).
+        job_costs = [(e, c) for e, _, c, kind in entries if kind is SyncKind.JOB_COSTS]
+        for _, company in job_costs:
+            pipe.smembers(self.keys.job_cost_optouts(company))
         replies = pipe.execute(raise_on_error=False)
         applied = {c: parse_applied(r) for c, r in zip(companies, replies[0], strict=True)}
+        n = len(project_level)
         projects = {e: p if isinstance(p, list) else []  # wrong type: no projects to fan out to
-                    for (e, _), p in zip(project_level, replies[1:], strict=True)}
+                    for (e, _), p in zip(project_level, replies[1:n + 1], strict=True)}
+        for (e, _), out in zip(job_costs, replies[n + 1:], strict=True):
+            if isinstance(out, set):
+                projects[e] = [p for p in projects[e] if p not in out]
         plans = []
         for entry, score, company, _ in entries:
             try:
@@ -424,6 +442,13 @@ class BeatEngine:
                               d.company, d.kind.value, slot_iso(d.slot), len(msgs),
                               slot_iso(d.next_score) if d.next_score else "-")
         self.events.add(events)
+        held = [f"{d.member}@{slot_iso(d.slot)}" for (d, _, _), f in zip(chunk, flags,
+                                                                         strict=True) if f == "p"]
+        if held:
+            log.info("paused: skipped slots=%d (nothing sent): %s", len(held), " ".join(held))
+        for (d, _, _), flag in zip(chunk, flags, strict=True):
+            if flag == "g":
+                log.info("dropped entry %s: company=%s was removed", d.member, d.company)
         if sent:  # one line per batch, every slot named: `grep acme:vendors@` finds each one
             log.info("dispatched slots=%d tasks=%d: %s", len(sent), tasks, " ".join(sent))
         return True

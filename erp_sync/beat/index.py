@@ -57,20 +57,23 @@ class DueIndex:
             for op, entry, score in plan.ops:
                 args += [op, entry, repr(score)]
         keys = [self.keys.beat_leader, self.keys.due, self.keys.beat_applied,
-                self.keys.beat_cursor, self.keys.beat_stats]
+                self.keys.beat_cursor, self.keys.beat_stats, self.keys.companies]
         return int(self._apply(keys=keys, args=args))
 
     def dispatch(self, token: str, batch: Sequence[tuple[Dispatch, str, list[str]]]) -> str | None:
         """Advance each entry and push its messages, atomically; ``None`` when not the leader.
 
         Returns one flag per entry: ``d`` dispatched, ``m`` moved since read (left alone), ``s``
-        a slot at or before the entry's last dispatched slot (advanced, nothing sent).
+        a slot at or before the entry's last dispatched slot (advanced, nothing sent), ``g``
+        the company was removed (entry dropped), ``p`` the company or fleet is paused
+        (advanced, nothing sent).
         """
         args: list[str | float | int] = [token, len(batch)]
         for d, queue, messages in batch:
             nxt = "" if d.next_score is None else repr(d.next_score)
-            args += [d.member, repr(d.expected_score), repr(d.slot), nxt, queue, len(messages),
-                     *messages]
-        keys = [self.keys.beat_leader, self.keys.due, self.keys.beat_stats, self.keys.beat_slots]
+            args += [d.member, d.company, repr(d.expected_score), repr(d.slot), nxt, queue,
+                     len(messages), *messages]
+        keys = [self.keys.beat_leader, self.keys.due, self.keys.beat_stats, self.keys.beat_slots,
+                self.keys.companies, self.keys.paused]
         flags = self._dispatch(keys=keys, args=args)
         return None if flags == NOT_LEADER else str(flags)

@@ -61,12 +61,14 @@ def cli(ctx: click.Context) -> None:
 
 def _register() -> None:
     from erp_sync.cli import (
+        alert_cmd,
         beat_cmd,
         companies,
         connect_cmd,
         db_cmd,
         doctor_cmd,
         metrics_cmd,
+        pause_cmd,
         runs,
         settings_cmd,
     )
@@ -80,6 +82,8 @@ def _register() -> None:
         metrics_cmd,
         db_cmd,
         connect_cmd,
+        pause_cmd,
+        alert_cmd,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)

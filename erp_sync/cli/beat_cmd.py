@@ -10,11 +10,12 @@ from typing import Any
 
 import click
 
-from config.models import TOGGLES
+from config.models import TOGGLES, SyncKind
 from erp_sync.applied import Applied
 from erp_sync.beat.index import DueIndex
 from erp_sync.beat.plan import member
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.pause import FLEET, PauseRecord, Pauses
 from erp_sync.schedule import cadences, slot_after
 from erp_sync.slots import TASK_NAMES, queue_for, slot_iso
 from erp_sync.status import LastRun, fleet_status
@@ -34,7 +35,9 @@ def schedule(ctx: Ctx, company_id: str, as_json: bool) -> None:
     stored = store.get_settings(company_id)
     index = DueIndex(ctx.client, ctx.keys)
     applied: Applied | None = index.applied([company_id])[company_id]
-    projects = [p.id for p in store.list_projects(company_id)]
+    listed = store.list_projects(company_id)
+    projects = [p.id for p in listed]
+    opted_out = [p.id for p in listed if not p.sync_job_costs]
     pipe = ctx.client.pipeline(transaction=False)
     kinds = list(cadences(stored.settings, company.timezone, ctx.env.seconds_per_hour).items())
     for kind, _ in kinds:
@@ -49,27 +52,47 @@ def schedule(ctx: Ctx, company_id: str, as_json: bool) -> None:
             "kind": kind.value, "task": TASK_NAMES[kind], "queue": queue_for(kind),
             "cadence": cadence.describe(), "next_run": slot_iso(nxt),
             "in_seconds": round(max(0.0, nxt - now), 1), "source": "beat" if live else "computed",
-            "projects": projects if kind.project_level else None,
+            "projects": ([p for p in projects if p not in opted_out]
+                         if kind is SyncKind.JOB_COSTS else projects)
+            if kind.project_level else None,
+            **({"opted_out": opted_out} if kind is SyncKind.JOB_COSTS else {}),
         })
+    pauses = Pauses(store)
+    paused = {"company": pauses.get(company_id), "fleet": pauses.get(None)}
     out = {"company": company_id, "erp": company.erp.value, "settings_version": stored.version,
-           "applied_version": applied.version if applied else 0, "entries": entries}
+           "applied_version": applied.version if applied else 0,
+           "paused": {k: v.model_dump(mode="json") if v else None for k, v in paused.items()},
+           "entries": entries}
     if as_json:
         echo_json(out)
         return
     click.echo(f"{company_id} ({company.erp.value}): settings version {stored.version}, "
                f"applied by beat: {out['applied_version'] or 'not yet'}")
+    for what, record in paused.items():
+        if record is not None:
+            click.echo(f"PAUSED ({'this company' if what == 'company' else 'the whole fleet'}): "
+                       f"{describe_pause(record)}; nothing is dispatched until resumed")
     table([[e["kind"], SETTING_OF[e["kind"]], e["cadence"], e["next_run"], f"{e['in_seconds']}s",
-            e["source"], _fan_out(e["projects"])] for e in entries],
+            e["source"], _fan_out(e["projects"], e.get("opted_out"))] for e in entries],
           ["SYNC", "SETTING", "CADENCE", "NEXT RUN (UTC)", "IN", "SOURCE", "FAN-OUT"])
     if any(e["source"] == "computed" for e in entries):
         click.echo("note: 'computed' rows are what the settings imply; no beat has applied them "
                    "yet (is a beat running?)", err=True)
 
 
-def _fan_out(projects: list[str] | None) -> str:
+def _fan_out(projects: list[str] | None, opted_out: list[str] | None = None) -> str:
     if projects is None:
         return ""
-    return f"{len(projects)} project{'' if len(projects) == 1 else 's'}"
+    shown = f"{len(projects)} project{'' if len(projects) == 1 else 's'}"
+    return shown + (f" ({len(opted_out)} opted out: {', '.join(opted_out)})" if opted_out
+                    else "")
+
+
+def describe_pause(record: PauseRecord) -> str:
+    """One line: by whom, why, since and until when."""
+    until = f"until {record.until:%Y-%m-%dT%H:%M:%SZ}" if record.until else "until resumed"
+    why = f", reason: {record.reason}" if record.reason else ""
+    return f"by {record.by} since {record.since:%Y-%m-%dT%H:%M:%SZ}, {until}{why}"
 
 
 @click.command("status")
@@ -88,6 +111,9 @@ def status(ctx: Ctx, as_json: bool) -> None:
                f"dispatched: {out.dispatched_slots} slots / {out.dispatched_tasks} tasks  "
                f"repairs: {out.repairs}")
     click.echo("queues: " + ", ".join(f"{q}={n}" for q, n in out.queues.items()))
+    for what, record in sorted(out.paused.items()):
+        click.echo(f"PAUSED {'the whole fleet' if what == FLEET else what}: "
+                   f"{describe_pause(record)}")
     rows = []
     for kind, last in out.last_runs.items():
         ok, bad = last["succeeded"], last["failed"]

@@ -13,6 +13,7 @@ from config.env import Settings, get_settings
 from config.keys import KeySpace
 from erp_sync.clock import RedisClock
 from erp_sync.db import Database, database
+from erp_sync.inputs import os_user
 from erp_sync.publish import CeleryPublisher, Publisher
 from erp_sync.redis_client import connect
 from erp_sync.store import SettingsStore
@@ -70,7 +71,8 @@ class Ctx:
     @property
     def store(self) -> SettingsStore:
         return SettingsStore(self.client, self.keys,
-                             change_stream_maxlen=self.env.change_stream_maxlen)
+                             change_stream_maxlen=self.env.change_stream_maxlen,
+                             os_user=os_user())
 
 
 pass_ctx = click.make_pass_decorator(Ctx)

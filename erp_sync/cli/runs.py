@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from config.models import CAPABILITIES, Company, Erp, PermissionLevel, SyncKind, first_error
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.cli.pause_cmd import guard_manual_run
 from erp_sync.cli.sandbox_cmd import sandbox
 from erp_sync.connectors import connector_for
 from erp_sync.connectors.sandbox_data import SandboxData
@@ -109,13 +110,16 @@ def _targets(ctx: Ctx, company: Company, kind: SyncKind, project: str | None) ->
 @click.option("--as", "actor", required=True, metavar="USER",
               help="Acting user (needs standard or admin).")
 @click.option("--project", help="Project of a project-level sync (default: every project).")
+@click.option("--force", is_flag=True, help="Run even though paused (admin; audited).")
 @pass_ctx
-def sync_now(ctx: Ctx, company_id: str, kind: str, actor: str, project: str | None) -> None:
+def sync_now(ctx: Ctx, company_id: str, kind: str, actor: str, project: str | None,
+             force: bool) -> None:
     """Run COMPANY's KIND sync now (queued for the workers; see `history` for the result)."""
     company = ctx.store.get_company(company_id)
     ctx.store.require(company_id, actor, PermissionLevel.STANDARD)
     sync_kind = SyncKind(kind)
     targets = _targets(ctx, company, sync_kind, project)
+    guard_manual_run(ctx.store, company_id, actor, force)  # a paused company needs --force
     now = ctx.now()
     for target in targets:
         task_id = f"manual:{company_id}:{kind}:{target or '-'}:{uuid.uuid4().hex[:12]}"

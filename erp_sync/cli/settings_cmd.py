@@ -9,23 +9,44 @@ from typing import Any
 import click
 from click.decorators import FC
 
-from config.models import TOGGLES, PaymentsFrequency, StoredSettings, SyncKind
+from config.models import (
+    CAPABILITIES,
+    TOGGLES,
+    Erp,
+    PaymentsFrequency,
+    StoredSettings,
+    SyncKind,
+    SyncSettings,
+)
 from erp_sync.applied import AppliedWaiter
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
 
 
+def not_supported(erp: str) -> list[str]:
+    """The settings whose sync the ERP does not support (the payments frequency goes with
+    payments), in the settings' own order."""
+    supported = CAPABILITIES[Erp(erp)]
+    return [name for name in SyncSettings.model_fields
+            if TOGGLES.get(name, SyncKind.PAYMENTS) not in supported]
+
+
 def settings_json(stored: StoredSettings, erp: str) -> dict[str, Any]:
-    """The fixed ``settings show --json`` shape (DESIGN.md)."""
+    """The fixed ``settings show --json`` shape (DESIGN.md), plus ``not_supported``: the
+    settings the company's ERP has no sync for."""
     return {"company": stored.company, "erp": erp, "version": stored.version,
-            "settings": stored.settings.model_dump(mode="json")}
+            "settings": stored.settings.model_dump(mode="json"),
+            "not_supported": not_supported(erp)}
 
 
 def print_settings(stored: StoredSettings, erp: str) -> None:
     click.echo(f"{stored.company} ({erp}) settings version {stored.version}, "
                f"updated {stored.updated_at:%Y-%m-%d %H:%M:%S} UTC by {stored.updated_by}")
     rows = []
+    unsupported = set(not_supported(erp))
     for name, value in stored.settings.model_dump(mode="json").items():
         shown = ("on" if value else "off") if isinstance(value, bool) else value
+        if name in unsupported:
+            shown = f"{shown} (not supported by {erp})"
         # The sync kind names what `schedule`, `history` and `sync-now` call the same sync.
         kind = TOGGLES[name].value if name in TOGGLES else f"{SyncKind.PAYMENTS.value} frequency"
         rows.append([name, str(shown), kind])

@@ -4,6 +4,8 @@
 -- KEYS[3]  beat's applied records (HASH company -> Applied JSON)
 -- KEYS[4]  the change-stream cursor (STRING)
 -- KEYS[5]  beat's counters (HASH)
+-- KEYS[6]  the company set (SET): a plan for a company not in it only removes (it was removed
+--          after the plan was made, so nothing may bring its schedule back)
 -- ARGV[1]  the caller's lease token
 -- ARGV[2]  the new change-stream cursor ('' keeps the stored one)
 -- ARGV[3]  the number of plans, then per plan: company, applied JSON ('' deletes the record),
@@ -16,9 +18,11 @@ for p = 1, tonumber(ARGV[3]) do
   local company, record, channel, version = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
   local n = tonumber(ARGV[i+4])
   i = i + 5
+  local gone = record ~= '' and redis.call('sismember', KEYS[6], company) == 0
+  if gone then record = '' end
   for o = 1, n do
     local op, member, score = ARGV[i], ARGV[i+1], ARGV[i+2]
-    if op == 'rem' then redis.call('zrem', KEYS[2], member)
+    if op == 'rem' or gone then redis.call('zrem', KEYS[2], member)
     elseif op == 'nx' then redis.call('zadd', KEYS[2], 'NX', score, member)
     else redis.call('zadd', KEYS[2], score, member) end
     i = i + 3

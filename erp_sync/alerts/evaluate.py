@@ -1,0 +1,237 @@
+"""Turning run outcomes into alerts, one per incident, and noticing syncs that went stale.
+
+``on_run`` is called by the task layer after the runner returns a final record (never from beat):
+a failure counts up the (kind, project)'s failures in a row and alerts each rule exactly when the
+count reaches the rule's threshold, so one incident alerts once; the first success afterwards
+sends ``recovered`` to the rules that were alerted, and resets the count.
+
+Staleness needs no scan of the fleet: each watched sync has a deadline in one sorted set
+(``<prefix>:alerts:deadlines``), moved to "now + two periods" by every success and set (if
+missing) by a failure or by adding a rule. ``check_stale`` (a periodic task on the ``alerts``
+queue) reads only the deadlines that have passed. A paused company's deadline is pushed on; a
+sync switched off, unsupported, opted out or removed is forgotten.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from config.alerts import AlertEvent, AlertRule, Incident
+from config.keys import KeySpace
+from config.models import CAPABILITIES, Company, Project, StoredSettings, SyncKind, parse
+from erp_sync.errors import CorruptRecord
+from erp_sync.schedule import cadence_for
+
+Send = Callable[[AlertRule, dict[str, Any]], None]
+
+
+def target(kind: str, project: str | None) -> str:
+    """The incident-state field of a (kind, project)."""
+    return f"{kind}:{project or '-'}"
+
+
+def deadline_member(company: str, kind: str, project: str | None) -> str:
+    """The deadline-set member of a (company, kind, project); ``split_deadline`` reads it."""
+    return f"{company}:{kind}:{project or '-'}"
+
+
+def split_deadline(member: str) -> tuple[str, SyncKind, str | None]:
+    company, kind, project = member.split(":")
+    return company, SyncKind(kind), None if project == "-" else project
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What the evaluator needs of a finished run (not the run record: history owns that)."""
+
+    company: str
+    kind: str
+    project: str | None
+    status: str
+    error: str | None
+    slot: str
+
+
+def redis_now(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return float(seconds) + micros / 1_000_000
+
+
+def payload(rule: AlertRule, event: AlertEvent, outcome: RunOutcome, now: float,
+            failures: int = 0) -> dict[str, Any]:
+    """The webhook's JSON body: what happened, to which sync, and a link-free summary."""
+    where = outcome.company + (f" project {outcome.project}" if outcome.project else "")
+    summary = {
+        AlertEvent.FAILED: f"{outcome.kind} sync of {where} failed"
+                           + (f" {failures} times in a row" if failures > 1 else ""),
+        AlertEvent.STALE: f"{outcome.kind} sync of {where} has not succeeded for two periods",
+        AlertEvent.RECOVERED: f"{outcome.kind} sync of {where} succeeded again",
+        AlertEvent.TEST: f"test alert for {outcome.company}",
+    }[event]
+    return {"event": event.value, "alert": rule.id, "delivery": secrets.token_hex(8),
+            "company": outcome.company, "kind": outcome.kind, "project": outcome.project,
+            "slot": outcome.slot, "status": outcome.status,
+            "error": (outcome.error or "")[:500] or None,
+            "time": datetime.fromtimestamp(now, UTC).isoformat(), "summary": summary}
+
+
+class Evaluator:
+    """Reads a company's rules and incident state; sends through ``send`` (the alerts queue)."""
+
+    def __init__(self, client: redis.Redis, keys: KeySpace, seconds_per_hour: float,
+                 send: Send) -> None:
+        self.client, self.keys, self.send = client, keys, send
+        self.seconds_per_hour = seconds_per_hour
+
+    def rules(self, company: str) -> list[AlertRule]:
+        raw = self.client.hgetall(self.keys.alerts(company))
+        return [parse(AlertRule, str(v), "alert rule") for v in raw.values()]
+
+    def on_run(self, outcome: RunOutcome) -> list[AlertEvent]:
+        """Update the incident of a finished run; send what it calls for (once per incident)."""
+        if outcome.status not in ("succeeded", "failed"):
+            return []
+        rules = self.rules(outcome.company)
+        if not rules:
+            return []
+        now = redis_now(self.client)
+        key, field = self.keys.alert_state(outcome.company), target(outcome.kind, outcome.project)
+        member = deadline_member(outcome.company, outcome.kind, outcome.project)
+        period = self._period(outcome.company, SyncKind(outcome.kind))
+        sends: list[tuple[AlertRule, AlertEvent, int]] = []
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    raw = pipe.hget(key, field)
+                    incident = Incident() if raw is None else parse(Incident, str(raw),
+                                                                    "incident")
+                    sends.clear()
+                    pipe.multi()
+                    if outcome.status == "failed":
+                        incident.failures += 1
+                        sends += [(r, AlertEvent.FAILED, incident.failures) for r in rules
+                                  if AlertEvent.FAILED in r.events
+                                  and incident.failures == r.failures]
+                        pipe.hset(key, field, incident.model_dump_json())
+                        if period is not None:
+                            pipe.zadd(self.keys.alert_deadlines, {member: now + 2 * period},
+                                      nx=True)
+                    else:
+                        sends += [(r, AlertEvent.RECOVERED, 0) for r in rules
+                                  if AlertEvent.RECOVERED in r.events and (
+                                      (AlertEvent.FAILED in r.events
+                                       and incident.failures >= r.failures)
+                                      or (AlertEvent.STALE in r.events and incident.stale))]
+                        pipe.hdel(key, field)
+                        if period is not None:
+                            pipe.zadd(self.keys.alert_deadlines, {member: now + 2 * period})
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        for rule, event, failures in sends:
+            self.send(rule, payload(rule, event, outcome, now, failures))
+        return [event for _, event, _ in sends]
+
+    def check_stale(self, now: float | None = None, limit: int = 500) -> list[str]:
+        """Alert the syncs whose deadline passed (only those: a range read of one sorted set)."""
+        now = redis_now(self.client) if now is None else now
+        due = [str(m) for m in self.client.zrangebyscore(self.keys.alert_deadlines, "-inf", now,
+                                                         start=0, num=limit)]
+        stale = []
+        for member in due:
+            try:
+                company, kind, project = split_deadline(member)
+            except ValueError:
+                self.client.zrem(self.keys.alert_deadlines, member)
+                continue
+            watch = self._watchable(company, kind, project)
+            if watch == "paused":
+                period = self._period(company, kind) or 0.0
+                self.client.zadd(self.keys.alert_deadlines, {member: now + 2 * period})
+                continue
+            self.client.zrem(self.keys.alert_deadlines, member)
+            if watch != "yes":
+                continue
+            rules = [r for r in self.rules(company) if AlertEvent.STALE in r.events]
+            field = target(kind.value, project)
+            raw = self.client.hget(self.keys.alert_state(company), field)
+            incident = Incident() if raw is None else parse(Incident, str(raw), "incident")
+            if incident.stale or not rules:
+                continue  # already alerted for this incident
+            incident.stale = True
+            self.client.hset(self.keys.alert_state(company), field, incident.model_dump_json())
+            outcome = RunOutcome(company, kind.value, project, "stale", None, "")
+            for rule in rules:
+                self.send(rule, payload(rule, AlertEvent.STALE, outcome, now))
+            stale.append(member)
+        return stale
+
+    def seed_deadlines(self, company: str) -> int:
+        """A deadline for each enabled sync of ``company`` that has none (rule added)."""
+        now = redis_now(self.client)
+        found = self._load(company)
+        if found is None:
+            return 0
+        record, settings, projects = found
+        members: dict[str, float] = {}
+        for kind in settings.settings.enabled_kinds() & CAPABILITIES[record.erp]:
+            period = self._period(company, kind)
+            if period is None:
+                continue
+            targets: Sequence[str | None] = [
+                p.id for p in projects if kind is not SyncKind.JOB_COSTS or p.sync_job_costs
+            ] if kind.project_level else [None]
+            members.update({deadline_member(company, kind.value, p): now + 2 * period
+                            for p in targets})
+        if members:
+            self.client.zadd(self.keys.alert_deadlines, members, nx=True)
+        return len(members)
+
+    # --- reads ------------------------------------------------------------------------------
+    def _load(self, company: str) -> tuple[Company, StoredSettings, list[Project]] | None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.company(company))
+        pipe.get(self.keys.settings(company))
+        pipe.hgetall(self.keys.projects(company))
+        raw_company, raw_settings, raw_projects = pipe.execute()
+        if raw_company is None or raw_settings is None:
+            return None
+        try:
+            return (parse(Company, raw_company, "company"),
+                    parse(StoredSettings, raw_settings, "settings"),
+                    [parse(Project, v, "project") for v in raw_projects.values()])
+        except CorruptRecord:
+            return None
+
+    def _period(self, company: str, kind: SyncKind) -> float | None:
+        found = self._load(company)
+        if found is None:
+            return None
+        record, settings, _ = found
+        cadence = cadence_for(kind, settings.settings, record.timezone, self.seconds_per_hour)
+        return None if cadence is None else cadence.period
+
+    def _watchable(self, company: str, kind: SyncKind, project: str | None) -> str:
+        """``yes``, ``paused`` (look again later) or why it is no longer watched."""
+        found = self._load(company)
+        if found is None:
+            return "company gone"
+        record, settings, projects = found
+        if kind not in settings.settings.enabled_kinds() or kind not in CAPABILITIES[record.erp]:
+            return "switched off"
+        if project is not None:
+            match = [p for p in projects if p.id == project]
+            if not match or (kind is SyncKind.JOB_COSTS and not match[0].sync_job_costs):
+                return "project gone or opted out"
+        if self.client.hexists(self.keys.paused, company) or \
+                self.client.hexists(self.keys.paused, "*"):
+            return "paused"
+        return "yes"

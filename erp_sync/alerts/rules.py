@@ -1,0 +1,118 @@
+"""A company's webhook rules: add (an admin, audited), list, remove, read.
+
+Adding a rule that watches ``stale`` seeds a deadline for each of the company's enabled syncs
+(``evaluate.seed_deadlines``), so a sync that never succeeds is noticed too.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+import redis
+from pydantic import ValidationError
+
+from config.alerts import AlertEvent, AlertRule
+from config.models import AuditEntry, first_error, parse
+from erp_sync.access import require_admin
+from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
+from erp_sync.inputs import user_id
+from erp_sync.permissions import record_denied
+from erp_sync.store import SettingsStore
+
+MAX_RULES = 20
+DEFAULT_EVENTS = (AlertEvent.FAILED, AlertEvent.STALE, AlertEvent.RECOVERED)
+
+
+def parse_events(text: str | None) -> list[AlertEvent]:
+    """``failed,stale,recovered`` (any subset, comma-separated); all three when omitted."""
+    if text is None:
+        return list(DEFAULT_EVENTS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    allowed = [e.value for e in DEFAULT_EVENTS]
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        shown = repr(bad[0][:40]) if bad else "nothing"
+        raise InvalidInput(f"--events: {shown} is not an event (any of: {', '.join(allowed)})")
+    return [AlertEvent(n) for n in dict.fromkeys(names)]
+
+
+class AlertRules:
+    """Reads and admin writes of ``<prefix>:alerts:<company>``."""
+
+    def __init__(self, store: SettingsStore) -> None:
+        self.store, self.keys, self.client = store, store.keys, store.client
+
+    def listed(self, company_id: str) -> list[AlertRule]:
+        """The company's rules (``NotFound`` for an unknown company)."""
+        self.store.get_company(company_id)
+        return self.rules(company_id)
+
+    def rules(self, company_id: str) -> list[AlertRule]:
+        """The rules without checking the company (the evaluator's read)."""
+        raw = self.client.hgetall(self.keys.alerts(company_id))
+        return sorted((parse(AlertRule, str(v), f"alert {k!r}") for k, v in raw.items()),
+                      key=lambda r: r.created_at)
+
+    def get(self, company_id: str, alert_id: str) -> AlertRule:
+        self.store.get_company(company_id)
+        raw = self.client.hget(self.keys.alerts(company_id), alert_id)
+        if raw is None:
+            raise NotFound(f"unknown alert {alert_id[:40]!r} in {company_id!r}")
+        return parse(AlertRule, str(raw), f"alert {alert_id!r}")
+
+    def add(self, company_id: str, actor: str, *, url: str, events: list[AlertEvent],
+            failures: int, secret: str | None) -> AlertRule:
+        user_id(actor)
+        self.store.get_company(company_id)
+        try:
+            rule = AlertRule(id=secrets.token_hex(4), company=company_id, url=url,
+                             events=events, failures=failures, secret=secret,
+                             created_by=actor, created_at=self.store.clock())
+        except ValidationError as exc:
+            raise InvalidInput(first_error(exc).removeprefix("url: ")) from None
+        key = self.keys.alerts(company_id)
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            self._check(pipe, company_id, actor)
+            if pipe.hlen(key) >= MAX_RULES:
+                raise InvalidInput(f"{company_id!r} already has {MAX_RULES} alerts")
+            pipe.multi()
+            pipe.hset(key, rule.id, rule.model_dump_json())
+            self._audit(pipe, company_id, actor, "alert.add", {}, rule.public())
+
+        self._transact(company_id, actor, "alert.add", key, write)
+        return rule
+
+    def remove(self, company_id: str, alert_id: str, actor: str) -> AlertRule:
+        user_id(actor)
+        rule = self.get(company_id, alert_id)
+        key = self.keys.alerts(company_id)
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            self._check(pipe, company_id, actor)
+            if not pipe.hexists(key, alert_id):
+                raise NotFound(f"unknown alert {alert_id[:40]!r} in {company_id!r}")
+            pipe.multi()
+            pipe.hdel(key, alert_id)
+            self._audit(pipe, company_id, actor, "alert.remove", rule.public(), {})
+
+        self._transact(company_id, actor, "alert.remove", key, write)
+        return rule
+
+    def _check(self, pipe: redis.client.Pipeline, company_id: str, actor: str) -> None:
+        require_admin(pipe, self.keys, company_id, actor)
+
+    def _audit(self, pipe: redis.client.Pipeline, company_id: str, actor: str, action: str,
+               old: dict[str, object], new: dict[str, object]) -> None:
+        self.store._queue_audit(pipe, AuditEntry(at=self.store.clock(), actor=actor,
+                                                 action=action, company=company_id, old=old,
+                                                 new=new))
+
+    def _transact(self, company_id: str, actor: str, action: str, key: str,
+                  write: Callable[[redis.client.Pipeline], None]) -> None:
+        try:
+            self.store._transact([key, self.keys.users(company_id)], write)
+        except PermissionDenied:
+            record_denied(self.store, company_id, actor, action, {})
+            raise

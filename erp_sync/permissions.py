@@ -1,0 +1,102 @@
+"""Granting and revoking permissions as a company admin: the rules that make permissions hold.
+
+``user grant`` and ``user revoke`` act *as* someone, and that someone must be an admin of the
+company, checked inside the same optimistic transaction as the write (a demotion racing a grant
+wins). No change may leave a company without an admin: the last admin can be neither revoked
+nor demoted. Every change is audited (actor, host user, old and new level); a refused one is
+written to the company's security log (``audit --denied``) like a refused settings change.
+
+``SettingsStore.grant`` stays the unchecked operator primitive (``demo``, tests): anyone who can
+write to Redis is an operator anyway (README, "Permission model").
+"""
+
+from __future__ import annotations
+
+import redis
+
+from config.models import AuditEntry, PermissionLevel
+from erp_sync.access import level_from, require_level
+from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
+from erp_sync.inputs import user_id
+from erp_sync.store import AUDIT_CAP, SettingsStore
+
+
+class Permissions:
+    """The admin-checked permission changes of one deployment."""
+
+    def __init__(self, store: SettingsStore) -> None:
+        self.store = store
+        self.keys = store.keys
+
+    def users(self, company_id: str) -> list[tuple[str, PermissionLevel]]:
+        """Every user with a level on the company, admins first, then by name."""
+        self.store.get_company(company_id)
+        raw = self.store.client.hgetall(self.keys.users(company_id))
+        rows = [(str(u), level_from(v)) for u, v in raw.items()]
+        return sorted(rows, key=lambda r: (-r[1].rank, r[0]))
+
+    def grant(self, company_id: str, user: str, level: str, actor: str) -> str | None:
+        """Set ``user``'s level as ``actor`` (an admin); returns the previous level."""
+        if level not in set(PermissionLevel):
+            raise InvalidInput(f"invalid level {level!r} (one of: {', '.join(PermissionLevel)})")
+        return self._change(company_id, user, PermissionLevel(level), actor, "user.grant")
+
+    def revoke(self, company_id: str, user: str, actor: str) -> str | None:
+        """Remove ``user``'s level as ``actor`` (an admin); returns the previous level."""
+        return self._change(company_id, user, None, actor, "user.revoke")
+
+    def _change(self, company_id: str, user: str, level: PermissionLevel | None, actor: str,
+                action: str) -> str | None:
+        user_id(actor)
+        user_id(user)
+        self.store.get_company(company_id)
+        users_key = self.keys.users(company_id)
+        previous: list[str | None] = []
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            previous.clear()
+            current = {str(u): str(v) for u, v in pipe.hgetall(users_key).items()}
+            require_level(company_id, actor, level_from(current.get(actor)),
+                          PermissionLevel.ADMIN)
+            old = current.get(user)
+            if level is None and old is None:
+                raise NotFound(f"user {user!r} has no permission on {company_id!r}")
+            after = dict(current)
+            if level is None:
+                after.pop(user, None)
+            else:
+                after[user] = level.value
+            if old == PermissionLevel.ADMIN.value and PermissionLevel.ADMIN.value not in \
+                    after.values():
+                raise InvalidInput(f"{user!r} is the last admin of {company_id!r}; grant admin "
+                                   "to someone else first")
+            pipe.multi()
+            if level is None:
+                pipe.hdel(users_key, user)
+            else:
+                pipe.hset(users_key, user, level.value)
+            self.store._queue_audit(pipe, AuditEntry(
+                at=self.store.clock(), actor=actor, action=action, company=company_id,
+                old={"user": user, "level": old},
+                new={"user": user, "level": level.value if level else None}))
+            previous.append(old)
+
+        try:
+            self.store._transact([users_key], write)
+        except PermissionDenied:
+            record_denied(self.store, company_id, actor, action,
+                          {"user": user, "level": level.value if level else None})
+            raise
+        return previous[-1] if previous else None
+
+
+def record_denied(store: SettingsStore, company_id: str, actor: str, action: str,
+                  requested: dict[str, object]) -> None:
+    """One row in the company's security log (``audit --denied``) for a refused admin action;
+    ``actor`` has passed the user-id validator, so it cannot forge a row."""
+    entry = AuditEntry(at=store.clock(), actor=actor, action=f"{action}.denied",
+                       company=company_id, os_user=store.os_user, new=requested)
+    with store.client.pipeline() as pipe:
+        pipe.lpush(store.keys.denied(company_id), entry.model_dump_json())
+        pipe.ltrim(store.keys.denied(company_id), 0, AUDIT_CAP - 1)
+        pipe.execute()
