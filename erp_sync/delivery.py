@@ -6,6 +6,7 @@ delivery is skipped, which attempt it is) are plain functions.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +43,8 @@ class Facts:
     limit: RateLimit | None  # None when the company is gone
     watermarks: str
     redis_time: float
+    paused: str | None = None  # the company's (or the fleet's) pause record, JSON
+    opted_out: bool = False  # the project is out of job-cost syncing
 
 
 class RunClock:
@@ -73,4 +76,24 @@ def skip_reason(d: Delivery, facts: Facts) -> str | None:
         return f"the {d.kind.value} sync is switched off in {d.company!r}'s settings"
     if d.kind.project_level and (d.project is None or not facts.project_exists):
         return f"project {d.project!r} no longer exists in {d.company!r}"
+    # A slot queued just before a pause or an opt-out: beat sends nothing after the command
+    # returns, and what was already queued is skipped here. A manual run is the admin's own
+    # (sync-now refuses a paused company without --force).
+    if d.trigger != "manual" and facts.paused:
+        return f"{d.company!r} is paused{_pause_reason(facts.paused)}"
+    if d.trigger != "manual" and d.kind is SyncKind.JOB_COSTS and facts.opted_out:
+        return f"project {d.project!r} is opted out of job-cost syncing"
     return None
+
+
+def _pause_reason(raw: str) -> str:
+    """`` (by alice; ERP maintenance)`` from a pause record (nothing if it is unreadable)."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return ""
+    if not isinstance(record, dict):
+        return ""
+    parts = [f"by {record['by']}" if record.get("by") else None, record.get("reason")]
+    shown = [str(p) for p in parts if p]
+    return f" ({'; '.join(shown)})" if shown else ""

@@ -308,11 +308,12 @@ class Runner:
         """Everything the checks need, in one round trip."""
         k = self.keys
         (executed, previous, company, settings, project, erp_limit, company_limit, marks,
-         seconds, micros) = self._read_facts(
+         seconds, micros, paused, opted_out) = self._read_facts(
             keys=[k.executed(d.task_id), k.runs(d.company), k.company(d.company),
                   k.settings(d.company), k.projects(d.company), k.rate_limit_overrides,
-                  k.cursor(d.company, d.kind.value, d.project)],
-            args=[d.task_id, d.project or "-", company_field(d.company)])
+                  k.cursor(d.company, d.kind.value, d.project), k.paused,
+                  k.job_cost_optouts(d.company)],
+            args=[d.task_id, d.project or "-", company_field(d.company), d.company])
         record = parse(Company, company, f"company {d.company!r}") if company else None
         limit = effective_limit(record.erp, str(erp_limit) or None, str(company_limit) or None) \
             if record is not None else None
@@ -322,7 +323,8 @@ class Runner:
             company=record,
             settings=parse(StoredSettings, settings, "settings") if settings else None,
             project_exists=bool(project), limit=limit, watermarks=str(marks),
-            redis_time=int(seconds) + int(micros) / 1_000_000)
+            redis_time=int(seconds) + int(micros) / 1_000_000,
+            paused=str(paused) or None, opted_out=bool(int(opted_out)))
 
     def _connector(self, company: Company, limit: RateLimit, ticket: float | None) -> Connector:
         inner = self.connector(company) if self.connector else \

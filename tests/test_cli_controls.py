@@ -93,6 +93,16 @@ def test_project_opt_out_shows_in_project_list_and_schedule(run: Invoke) -> None
                                                {"project": "p2", "sync_job_costs": False})
 
 
+def test_sync_now_leaves_opted_out_projects_out_of_job_costs(run: Invoke, sent: Sent) -> None:
+    ok(run, "project", "set", "acme", "p2", "--as", "al", "--no-sync-job-costs")
+    ok(run, "sync-now", "acme", "job_costs", "--as", "sam")
+    assert [kwargs["project"] for _, kwargs in sent.tasks] == ["p1"]
+    code, _, err = run("sync-now", "acme", "job_costs", "--as", "sam", "--project", "p2")
+    assert code == 1 and "opted out of job-cost syncing" in err and len(sent.tasks) == 1
+    ok(run, "sync-now", "acme", "payments", "--as", "sam")  # payments still cover both
+    assert [kwargs["project"] for _, kwargs in sent.tasks[1:]] == ["p1", "p2"]
+
+
 def test_project_remove(run: Invoke) -> None:
     ok(run, "project", "remove", "acme", "p2", "--as", "al")
     assert [p["id"] for p in json.loads(ok(run, "project", "list", "acme", "--json"))] == ["p1"]

@@ -12,6 +12,8 @@ from config.keys import KeySpace
 from config.models import SyncKind
 from erp_sync.delivery import Delivery
 from erp_sync.history import History, RunRecord, now
+from erp_sync.lifecycle import Lifecycle
+from erp_sync.pause import Pauses
 from erp_sync.runner import MAX_REDELIVERIES, RetryPolicy, Runner
 from erp_sync.store import SettingsStore
 from tests.support.erp import small_company
@@ -241,3 +243,34 @@ def test_the_task_closes_the_record_when_celery_kills_it(real: redis.Redis,
     record = History(real, keys).get("acme", "k")
     assert record is not None and record.status == "failed"
     assert "hard time limit" in (record.error or "")
+
+
+def test_a_slot_queued_before_a_pause_is_skipped_and_a_manual_run_is_not(
+        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    Pauses(SettingsStore(fake, keys)).pause("acme", "alice", reason="ERP upgrade", until=None)
+    record = runner.execute(delivery()).record
+    assert record is not None and record.status == "skipped"
+    assert record.error == "'acme' is paused (by alice; ERP upgrade)"
+    manual = runner.execute(delivery("manual:acme:vendors:-:1", trigger="manual")).record
+    assert manual is not None and manual.status == "succeeded"
+
+
+def test_a_fleet_pause_skips_every_company(runner: Runner, fake: redis.Redis,
+                                          keys: KeySpace) -> None:
+    Pauses(SettingsStore(fake, keys)).pause(None, "ops", reason="incident", until=None)
+    record = runner.execute(delivery()).record
+    assert record is not None and record.status == "skipped"
+    assert record.error is not None and "incident" in record.error
+
+
+def test_a_job_cost_slot_of_a_project_opted_out_meanwhile_is_skipped(
+        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    Lifecycle(SettingsStore(fake, keys)).set_project("acme", "p1", "alice",
+                                                     sync_job_costs=False)
+    costs = runner.execute(delivery("sync:acme:job_costs:p1:1", SyncKind.JOB_COSTS,
+                                    "p1")).record
+    assert costs is not None and costs.status == "skipped"
+    assert costs.error == "project 'p1' is opted out of job-cost syncing"
+    payments = runner.execute(delivery("sync:acme:payments:p1:1", SyncKind.PAYMENTS,
+                                       "p1")).record
+    assert payments is not None and payments.status == "succeeded"  # job costs only

@@ -94,13 +94,20 @@ def _targets(ctx: Ctx, company: Company, kind: SyncKind, project: str | None) ->
         if project is not None:
             raise InvalidInput(f"{kind.value} is a company-level sync; --project does not apply")
         return [None]
-    projects = [p.id for p in ctx.store.list_projects(company.id)]
+    known = ctx.store.list_projects(company.id)
+    opted_out = {p.id for p in known if not p.sync_job_costs} \
+        if kind is SyncKind.JOB_COSTS else set()
     if project is not None:
-        if project not in projects:
+        if project not in {p.id for p in known}:
             raise NotFound(f"unknown project {project!r} in {company.id!r}")
+        if project in opted_out:
+            raise InvalidInput(f"project {project!r} is opted out of job-cost syncing "
+                               f"(project set {company.id} {project} --sync-job-costs)")
         return [project]
+    projects = [p.id for p in known if p.id not in opted_out]
     if not projects:
-        raise InvalidInput(f"{company.id!r} has no projects to run {kind.value} for")
+        raise InvalidInput(f"{company.id!r} has no projects to run {kind.value} for"
+                           f"{' (every project is opted out)' if opted_out else ''}")
     return list(projects)
 
 

@@ -6,12 +6,16 @@
 -- KEYS[5]  the company's projects (HASH)
 -- KEYS[6]  the operators' limit overrides (HASH ERP or "company:<id>" -> limit JSON)
 -- KEYS[7]  the sync's watermarks
+-- KEYS[8]  the pauses (HASH company id or '*' for the fleet -> pause record JSON)
+-- KEYS[9]  the company's projects opted out of job costs (SET)
 -- ARGV[1]  the task id
 -- ARGV[2]  the project id ('-' for a company-level sync)
 -- ARGV[3]  the company's override field ("company:<id>")
+-- ARGV[4]  the company id
 -- Returns {executed, previous record or '', company or '', settings or '', project exists,
 --          ERP override or '', company override or '', watermarks or '', TIME seconds,
---          TIME microseconds}. A company record that is not JSON reads no ERP override (the
+--          TIME microseconds, the company's (else the fleet's) pause record or '', whether the
+--          project is opted out of job costs}. A company record that is not JSON reads no ERP override (the
 --          caller reports the record as corrupt).
 local t = redis.call('TIME')
 local company = redis.call('GET', KEYS[3])
@@ -26,4 +30,6 @@ return {redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], ARGV[1]) or '
         company or '', redis.call('GET', KEYS[4]) or '',
         redis.call('HEXISTS', KEYS[5], ARGV[2]), erp_limit,
         redis.call('HGET', KEYS[6], ARGV[3]) or '', redis.call('GET', KEYS[7]) or '',
-        t[1], t[2]}
+        t[1], t[2],
+        redis.call('HGET', KEYS[8], ARGV[4]) or redis.call('HGET', KEYS[8], '*') or '',
+        redis.call('SISMEMBER', KEYS[9], ARGV[2])}
