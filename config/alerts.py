@@ -68,7 +68,9 @@ class AlertRule(BaseModel):
     url: WebhookUrl
     events: list[AlertEvent] = Field(min_length=1)
     failures: int = Field(1, ge=1, le=1000)  # consecutive failures that make an incident
-    secret: str | None = Field(None, min_length=1, max_length=1000)
+    # Stored sealed ("fernet:..." under ERP_SYNC_SECRET_KEY, erp_sync/alerts/rules.py); a
+    # rule written before sealing existed holds it as given and still signs.
+    secret: str | None = Field(None, min_length=1, max_length=4000)
     created_by: str
     created_at: datetime
 

@@ -27,7 +27,8 @@ class Vault:
 
     def __init__(self, keys: list[str]) -> None:
         if not keys:
-            raise ConfigError("ERP_SYNC_SECRET_KEY is not set: ERP credentials are stored "
+            raise ConfigError("ERP_SYNC_SECRET_KEY is not set: stored secrets (ERP credentials, "
+                              "alert signing secrets) are encrypted "
                               "encrypted and need it (generate one: erp-sync connection new-key)")
         try:
             self._fernet = MultiFernet([Fernet(k.strip().encode()) for k in keys])

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from config.keys import KeySpace
 from erp_sync.alerts.deliver import SIGNATURE_HEADER, deliveries
@@ -54,7 +55,8 @@ def stack(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[St
     s = Stack(env={"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
                    "ERP_SYNC_ALERT_RETRY_SECONDS": "0.2", "ERP_SYNC_ALERT_ATTEMPTS": "3",
                    "ERP_SYNC_ALERT_TIMEOUT_SECONDS": "2", "ERP_SYNC_BEAT_LEASE_SECONDS": "2",
-                   "ERP_SYNC_SETTINGS_WAIT_SECONDS": "0"},
+                   "ERP_SYNC_SETTINGS_WAIT_SECONDS": "0",
+                   "ERP_SYNC_SECRET_KEY": Fernet.generate_key().decode()},
               client=redis_server.client(), keys=KeySpace(prefix), logs=tmp_path,
               receiver=receiver)
     yield s

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import redis
+from cryptography.fernet import Fernet
 
 from config.alerts import AlertRule
+from config.env import get_settings
 from config.keys import KeySpace
 from erp_sync.alerts.deliver import SIGNATURE_HEADER, deliver_once, deliveries
 from erp_sync.alerts.evaluate import Evaluator, RunOutcome, redis_now
@@ -22,6 +24,9 @@ from tests.support.receiver import Receiver, start_receiver
 from tests.support.snapshot import snapshot
 
 SECRET = "s3cret-signing-key"
+
+
+KEY = Fernet.generate_key().decode()
 
 
 @pytest.fixture
@@ -33,11 +38,24 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def run(fake: redis.Redis, env: pytest.MonkeyPatch) -> Invoke:
+    env.setenv("ERP_SYNC_SECRET_KEY", KEY)  # signing secrets are stored sealed
+    get_settings.cache_clear()
     do = invoker(fake)
     assert do("company", "add", "acme", "--erp", "xero", "--admin", "al")[0] == 0
     assert do("user", "grant", "acme", "sam", "--level", "standard", "--as", "al")[0] == 0
     assert do("project", "add", "acme", "p1")[0] == 0
     return do
+
+
+def test_a_signing_secret_needs_the_key_and_without_it_nothing_is_written(
+        run: Invoke, secret_file: str, fake: redis.Redis, prefix: str,
+        env: pytest.MonkeyPatch) -> None:
+    env.delenv("ERP_SYNC_SECRET_KEY")
+    get_settings.cache_clear()
+    code, _, err = run("alert", "add", "acme", "--as", "al", "--url", "https://example.com/x",
+                       "--secret-file", secret_file)
+    assert code == 1 and "ERP_SYNC_SECRET_KEY is not set" in err
+    assert not fake.exists(f"{prefix}:alerts:acme")
 
 
 @pytest.fixture
@@ -69,6 +87,8 @@ def test_alert_add_list_remove_never_show_the_secret_or_a_url_password(
     texts = [out, ok(run, "alert", "list", "acme"), ok(run, "alert", "list", "acme", "--json"),
              ok(run, "audit", "acme", "--json")]
     assert not [t for t in texts if SECRET in t or "pa55word" in t]
+    stored = "".join(str(v) for v in fake.hvals(f"{prefix}:alerts:acme"))
+    assert SECRET not in stored and "fernet:" in stored  # sealed at rest
     ok(run, "alert", "remove", "acme", alert_id, "--as", "al")
     assert json.loads(ok(run, "alert", "list", "acme", "--json")) == []
     actions = [e["action"] for e in json.loads(ok(run, "audit", "acme", "--json"))[:2]]

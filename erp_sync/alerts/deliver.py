@@ -25,6 +25,7 @@ import redis
 from config.alerts import AlertEvent, AlertRule, DeliveryEntry
 from config.keys import KeySpace
 from config.models import parse
+from erp_sync.alerts.rules import open_secret
 
 LOG_CAP = 500
 SIGNATURE_HEADER = "X-ERP-Sync-Signature"
@@ -40,7 +41,7 @@ def _request(rule: AlertRule, body: bytes, event: str, delivery: str) -> urllib.
     headers = {"Content-Type": "application/json", "User-Agent": "erp-sync-alerts",
                "X-ERP-Sync-Event": event, "X-ERP-Sync-Delivery": delivery}
     if rule.secret:
-        headers[SIGNATURE_HEADER] = sign(rule.secret, body)
+        headers[SIGNATURE_HEADER] = sign(open_secret(rule.secret), body)
     netloc = parts.hostname or ""
     if ":" in netloc:  # an IPv6 literal
         netloc = f"[{netloc}]"

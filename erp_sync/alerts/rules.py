@@ -19,6 +19,7 @@ from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
 from erp_sync.inputs import user_id
 from erp_sync.permissions import record_denied
 from erp_sync.store import SettingsStore
+from erp_sync.vault import Vault
 
 MAX_RULES = 20
 DEFAULT_EVENTS = (AlertEvent.FAILED, AlertEvent.STALE, AlertEvent.RECOVERED)
@@ -35,6 +36,21 @@ def parse_events(text: str | None) -> list[AlertEvent]:
         shown = repr(bad[0][:40]) if bad else "nothing"
         raise InvalidInput(f"--events: {shown} is not an event (any of: {', '.join(allowed)})")
     return [AlertEvent(n) for n in dict.fromkeys(names)]
+
+
+SEALED = "fernet:"
+
+
+def seal_secret(secret: str) -> str:
+    """A webhook's signing secret as stored: encrypted like the ERP credentials."""
+    return SEALED + Vault.from_settings().seal({"secret": secret})
+
+
+def open_secret(stored: str) -> str:
+    """The signing secret of a stored rule (one stored before sealing is used as it is)."""
+    if not stored.startswith(SEALED):
+        return stored
+    return str(Vault.from_settings().open(stored[len(SEALED):], "an alert's secret")["secret"])
 
 
 class AlertRules:
@@ -65,6 +81,8 @@ class AlertRules:
             failures: int, secret: str | None) -> AlertRule:
         user_id(actor)
         self.store.get_company(company_id)
+        if secret is not None:  # sealed before anything is written; no key: nothing written
+            secret = seal_secret(secret)
         try:
             rule = AlertRule(id=secrets.token_hex(4), company=company_id, url=url,
                              events=events, failures=failures, secret=secret,
