@@ -56,8 +56,13 @@ class Permissions:
         def write(pipe: redis.client.Pipeline) -> None:
             previous.clear()
             current = {str(u): str(v) for u, v in pipe.hgetall(users_key).items()}
-            require_level(company_id, actor, level_from(current.get(actor)),
-                          PermissionLevel.ADMIN)
+            # A company with no admin at all (made before `company add --admin`, or without
+            # it) gets its first one by an operator: that grant is also in the operator log.
+            bootstrap = level is PermissionLevel.ADMIN and \
+                PermissionLevel.ADMIN.value not in current.values()
+            if not bootstrap:
+                require_level(company_id, actor, level_from(current.get(actor)),
+                              PermissionLevel.ADMIN)
             old = current.get(user)
             if level is None and old is None:
                 raise NotFound(f"user {user!r} has no permission on {company_id!r}")
@@ -75,10 +80,14 @@ class Permissions:
                 pipe.hdel(users_key, user)
             else:
                 pipe.hset(users_key, user, level.value)
-            self.store._queue_audit(pipe, AuditEntry(
+            entry = AuditEntry(
                 at=self.store.clock(), actor=actor, action=action, company=company_id,
                 old={"user": user, "level": old},
-                new={"user": user, "level": level.value if level else None}))
+                new={"user": user, "level": level.value if level else None})
+            self.store._queue_audit(pipe, entry)
+            if bootstrap:
+                self.store._queue_operator(pipe, entry.model_copy(
+                    update={"action": "user.grant_first_admin"}))
             previous.append(old)
 
         try:

@@ -40,7 +40,19 @@ def test_the_first_admin_comes_with_company_add_and_can_grant(acme: Invoke) -> N
 
 def test_a_company_added_without_an_admin_is_warned_about(run: Invoke) -> None:
     code, _, err = run("company", "add", "solo", "--erp", "xero")
-    assert code == 0 and "has no admin" in err
+    assert code == 0 and "has no admin" in err and "user grant solo" in err
+
+
+def test_a_company_without_an_admin_gets_its_first_by_an_operator_grant_and_only_then(
+        run: Invoke) -> None:
+    assert run("company", "add", "solo", "--erp", "xero")[0] == 0
+    code, _, err = run("user", "grant", "solo", "sam", "--level", "standard", "--as", "sam")
+    assert code == 1 and "admin" in err  # only a first admin can be granted this way
+    assert run("user", "grant", "solo", "ann", "--level", "admin", "--as", "ann")[0] == 0
+    assert json.loads(run("operator-log", "--json")[1])[0]["action"] == "user.grant_first_admin"
+    code, _, _ = run("user", "grant", "solo", "eve", "--level", "admin", "--as", "eve")
+    assert code == 1  # now an admin exists: the ordinary rule holds
+    assert [u["user"] for u in json.loads(run("user", "list", "solo", "--json")[1])] == ["ann"]
 
 
 def test_grant_and_revoke_are_audited_with_the_os_user(acme: Invoke) -> None:

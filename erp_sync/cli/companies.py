@@ -35,8 +35,8 @@ def company_add(ctx: Ctx, company_id: str, erp: str, name: str | None, timezone:
     click.echo(f"created company {created.id} ({created.erp.value}, {created.timezone})"
                + (f", admin {admin}" if admin else ""))
     if admin is None:
-        click.echo(f"warning: {created.id} has no admin: nobody can grant permissions or change "
-                   "its schedule (add it with --admin next time)", err=True)
+        click.echo(f"warning: {created.id} has no admin: give it one with `user grant "
+                   f"{created.id} USER --level admin --as USER`", err=True)
 
 
 @company.command("list")
