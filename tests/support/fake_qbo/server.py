@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -76,6 +77,9 @@ class Server(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: Server
+    # Set while an admitted API request runs: ends its place among the realm's in-flight
+    # requests when its answer is sent (``send``).
+    _release: Callable[[], None] | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: a benchmark makes thousands of requests."""
@@ -115,6 +119,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def send(self, status: int, payload: bytes, content_type: str,
              headers: dict[str, str] | None = None) -> None:
+        # An admitted API request stops counting as in flight before its answer leaves: a
+        # client that sends its next request the moment it reads this one's answer must never
+        # find it still counted (a false 429, and counters tests read too early).
+        release, self._release = self._release, None
+        if release is not None:
+            release()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -217,12 +227,15 @@ class Handler(BaseHTTPRequestHandler):
             retry = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else {}
             self.send_json(429, faults.throttled(stamp), retry)
             return
+        self._release = realm.limits.release
         try:
             if realm.latency_ms:
                 time.sleep(realm.latency_ms / 1000)
             self.api_admitted(realm, method, op, params, body)
         finally:
-            realm.limits.release()
+            if self._release is not None:  # no answer was sent (the connection broke)
+                self._release()
+                self._release = None
 
     def token_owner(self) -> Realm | None:
         scheme, _, token = self.headers.get("Authorization", "").partition(" ")
