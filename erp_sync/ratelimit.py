@@ -72,7 +72,9 @@ DEFAULT_LIMITS: dict[Erp, RateLimit] = {
     Erp.QUICKBOOKS_DESKTOP: RateLimit(rate=2, burst=2),
     # 500 requests a minute and 10 at once per realm: 8/s with a burst of 10 stays under 500 in
     # any 60 s window (10 + 60 x 8 = 490).
-    Erp.QUICKBOOKS_ONLINE: RateLimit(rate=8, burst=10, requests=10),
+    # Its project syncs read the connector's mirror, not QuickBooks: the requests cap, not the
+    # syncs-at-once cap, is what protects Intuit, so more of a company's syncs may run at once.
+    Erp.QUICKBOOKS_ONLINE: RateLimit(rate=8, burst=10, concurrency=8, requests=10),
     Erp.XERO: RateLimit(rate=1, burst=5),
     Erp.NETSUITE: RateLimit(rate=5, burst=5),
     Erp.SAGE_100: RateLimit(rate=2, burst=2),
@@ -220,3 +222,6 @@ class Throttled(Connector):
     def bill_payments(self, job: str, since: str | None, cursor: str | None) -> Page:
         self.bucket.take()
         return self.inner.bill_payments(job, since, cursor)
+
+    def prepare_full_listing(self) -> None:
+        self.inner.prepare_full_listing()

@@ -143,6 +143,7 @@ def reconcile(db: Database, company: str, kind: SyncKind, project: str | None,
     """
     store = RecordStore(db, company)
     report: dict[str, Drift] = {}
+    connector.prepare_full_listing()
     for s in streams(kind, connector, project):
         if s.name in skip:
             continue

@@ -28,6 +28,7 @@ from config.env import get_settings
 from config.keys import KeySpace
 from config.models import Erp, SyncKind
 from erp_sync.connections import ConnectionStore
+from erp_sync.connectors import connector_for
 from erp_sync.connectors.qbo import QboConnector
 from erp_sync.connectors.qbo import api as qbo_api
 from erp_sync.connectors.qbo import http as qbo_http
@@ -37,9 +38,17 @@ from erp_sync.db.schema import erp_mirror
 from erp_sync.delivery import Delivery
 from erp_sync.errors import BadCredentials
 from erp_sync.history import RunRecord
-from erp_sync.ratelimit import CompanyLimit, set_company_limit, set_limit
+from erp_sync.ratelimit import (
+    CompanyLimit,
+    TokenBucket,
+    limit_for,
+    set_company_limit,
+    set_limit,
+    throttled,
+)
 from erp_sync.runner import Outcome, Runner
 from erp_sync.store import SettingsStore
+from erp_sync.syncs import reconcile
 from tests.support.fake_qbo.client import FakeQbo, Seed
 from tests.support.qbo import QboRealm, connect, leaked, new_realm, qbo_company, sync, tokens
 from tests.support.redisproc import RedisServer
@@ -213,6 +222,45 @@ def test_a_bill_deleted_in_quickbooks_marks_its_job_cost_lines_deleted_for_its_p
     store = RecordStore(db, "acme")
     assert store.deleted_ids("job_costs", project) == {f"Bill-{bill}-1", f"Bill-{bill}-2"}
     assert len(store.all("job_costs", project)) == 4
+
+
+def test_after_a_pause_past_the_cdc_window_the_mirror_is_re_read_and_a_deleted_bill_is_seen(
+        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    realm = connected(keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3,
+                                             lines_per_bill=2))
+    (project,) = linked_projects(keyed, keys, db, 1)
+    sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
+    bill = sorted(RecordStore(db, "acme").all("job_costs", project))[0].split("-")[1]
+    qbo.delete(realm.realm_id, "Bill", bill)
+    # As if the mirror had not been read for 31 days: a query cannot return the deletion.
+    old = (datetime.now(UTC) - timedelta(days=31)).isoformat(timespec="seconds")
+    with db.engine.begin() as conn:
+        conn.execute(update(erp_mirror).where(erp_mirror.c.company == "acme").values(
+            state=json.dumps({"mark": old, "cursor": None})))
+    age_mirror(db)
+    qbo.reset_stats(realm.realm_id)
+    counts = sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
+    assert (counts.created, counts.updated, counts.deleted) == (0, 0, 2)
+    assert realm.stats()["cdc"] == 0  # a full re-read by query, then the sweep
+    assert RecordStore(db, "acme").deleted_ids("job_costs", project) == {
+        f"Bill-{bill}-1", f"Bill-{bill}-2"}
+
+
+def test_reconcile_re_reads_the_mirror_and_fixes_lines_of_a_deletion_it_had_missed(
+        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    realm = connected(keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3,
+                                             lines_per_bill=2))
+    (project,) = linked_projects(keyed, keys, db, 1)
+    sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
+    bill = sorted(RecordStore(db, "acme").all("job_costs", project))[0].split("-")[1]
+    qbo.delete(realm.realm_id, "Bill", bill)  # the mirror is fresh: no sync would look yet
+    company = SettingsStore(keyed, keys).get_company("acme")
+    bucket = TokenBucket(keyed, keys, "acme", limit_for(keyed, keys, company.erp, "acme"))
+    connector = throttled(connector_for(keyed, keys, company), bucket)
+    drift = reconcile(db, "acme", SyncKind.JOB_COSTS, project, connector, fix=True)
+    assert drift[f"job_costs:{project}"].extra == [f"Bill-{bill}-1", f"Bill-{bill}-2"]
+    again = reconcile(db, "acme", SyncKind.JOB_COSTS, project, connector)
+    assert all(d.clean for d in again.values())
 
 
 # --- OAuth: expiry mid-sync, one refresh for many workers ----------------------------------------

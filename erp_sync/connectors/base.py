@@ -68,6 +68,11 @@ class Connector(ABC):
     def job_costs(self, job: str, since: str | None, cursor: str | None) -> Page:
         """Job cost transactions of ``job`` changed after ``since`` (``UnknownErpObject``)."""
 
+    def prepare_full_listing(self) -> None:
+        """Called before a reconciliation reads full listings (``since=None``); a connector
+        that serves listings from a mirror re-reads it in full here. Nothing by default."""
+        return None
+
     @abstractmethod
     def bill_payments(self, job: str, since: str | None, cursor: str | None) -> Page:
         """Bill payments made in the ERP against ``job``'s synced invoices, each naming its

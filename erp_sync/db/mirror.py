@@ -146,6 +146,17 @@ class Mirror:
             return items, deleted, int(rows[-1].seq) if rows else None
         return self.db.guard(read)
 
+    def live_txns(self) -> set[str]:
+        """Every transaction with a line not marked deleted."""
+        t = erp_lines
+        query = select(t.c.txn).where(t.c.company == self.company,
+                                      t.c.deleted.is_(False)).distinct()
+
+        def read() -> set[str]:
+            with self.db.engine.connect() as conn:
+                return {str(x) for x in conn.execute(query).scalars()}
+        return self.db.guard(read)
+
     def projects_of(self, txns: Iterable[str]) -> dict[str, set[str]]:
         """The projects each transaction's live job-cost lines name."""
         keys = list(set(txns))

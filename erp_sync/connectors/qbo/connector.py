@@ -43,6 +43,7 @@ OVERLAP = timedelta(seconds=60)
 FRESH = 15.0  # seconds a refreshed mirror serves project syncs without asking the ERP again
 MIRROR = "quickbooks_online"
 LOCK_MS = 120_000
+SWEEP = "_sweep"  # a full re-read's last step: mark what it did not see as deleted
 
 
 def iso(at: datetime) -> str:
@@ -103,6 +104,7 @@ class QboConnector(Connector):
         self.client, self.keys, self.company, self.api = client, keys, company, api
         self.mirror = Mirror(db, company)
         self.sleep = sleep
+        self._rebuilt = False
 
     def throttle(self, take: Callable[[], float], requests: int | None) -> None:
         self.api.take = take
@@ -175,11 +177,22 @@ class QboConnector(Connector):
         mark = str(last if last is not None else after)
         return Page(items, mark if more else None, watermark=mark, deleted=gone)
 
-    def refresh(self, max_age: float = FRESH) -> None:
-        """Bring the company's mirror up to date, unless another worker did so just now."""
-        state, refreshed = self.mirror.state(MIRROR)
-        if refreshed is not None and not state.get("cursor") and \
-                (datetime.now(UTC) - refreshed).total_seconds() < max_age:
+    def prepare_full_listing(self) -> None:
+        """Before a reconciliation: re-read the mirror in full (once per connector), so a
+        transaction deleted in QuickBooks while no incremental read could see it (a pause
+        past the CDC window) is found and its lines marked deleted."""
+        if not self._rebuilt:
+            self.refresh(full=True)
+            self._rebuilt = True
+
+    def refresh(self, max_age: float = FRESH, full: bool = False) -> None:
+        """Bring the company's mirror up to date, unless another worker did so just now.
+
+        ``full``: read every transaction again (not just the changes) and mark the lines of
+        transactions that no longer exist as deleted. A refresh whose watermark has left the
+        CDC window does this by itself: a query cannot see deletions, a full re-read can.
+        """
+        if not full and self._fresh(*self.mirror.state(MIRROR), max_age):
             return
         lock = self.keys.mirror_lock(self.company)
         holder = uuid.uuid4().hex
@@ -190,23 +203,31 @@ class QboConnector(Connector):
             self.sleep(0.1)
             waited += 0.1
         try:
-            if waited:  # another worker refreshed while we waited: fresh unless it stopped
-                state, refreshed = self.mirror.state(MIRROR)
-                if refreshed is not None and not state.get("cursor") and \
-                        (datetime.now(UTC) - refreshed).total_seconds() < max_age:
-                    return
-            self._refresh(state, lambda: self.client.set(lock, holder, xx=True, px=LOCK_MS))
+            # Read under the lock: a refresh that finished just before we took it is seen.
+            state, refreshed = self.mirror.state(MIRROR)
+            if not full and self._fresh(state, refreshed, max_age):
+                return
+            self._refresh(state, full,
+                          lambda: self.client.set(lock, holder, xx=True, px=LOCK_MS))
         finally:
             if self.client.get(lock) == holder:
                 self.client.delete(lock)
 
-    def _refresh(self, state: dict[str, Any], renew: Callable[[], object]) -> None:
+    @staticmethod
+    def _fresh(state: dict[str, Any], refreshed: datetime | None, max_age: float) -> bool:
+        return refreshed is not None and not state.get("cursor") and \
+            (datetime.now(UTC) - refreshed).total_seconds() < max_age
+
+    def _refresh(self, state: dict[str, Any], full: bool, renew: Callable[[], object]) -> None:
         cursor: dict[str, Any] = state.get("cursor") or {}
         mark = state.get("mark")
         start_at = parse_time(mark) if mark else None
         entities = [*mapping.COST_ENTITIES, mapping.PAYMENT_ENTITY]
-        if cursor.get("m") == "cdc" or (not cursor and start_at is not None
-                                        and datetime.now(UTC) - start_at < CDC_WINDOW):
+        recent = start_at is not None and datetime.now(UTC) - start_at < CDC_WINDOW
+        if not cursor and (full or (mark and not recent)):
+            cursor = {"m": "query", "full": True}  # re-read everything, then sweep
+            self.client.delete(self._seen)
+        if cursor.get("m") == "cdc" or (not cursor and recent):
             since = str(cursor.get("since") or mark)
             while True:
                 body = self.api.cdc(entities, since)
@@ -219,37 +240,58 @@ class QboConnector(Connector):
                     # refresh reads the window with the paginated query instead.
                     cursor = {"m": "query", "mark": new_mark}
                     break
-                full = count >= self.cdc_max
-                nxt = {"m": "cdc", "since": newest, "mark": new_mark} if full else None
-                self._apply(groups, {"mark": mark if full else new_mark, "cursor": nxt},
-                            completed=not full)
+                more = count >= self.cdc_max
+                nxt = {"m": "cdc", "since": newest, "mark": new_mark} if more else None
+                self._apply(groups, {"mark": mark if more else new_mark, "cursor": nxt},
+                            completed=not more)
                 renew()
-                if not full:
+                if not more:
                     return
                 since, cursor = newest, nxt or {}
+        self._query_pages(cursor, mark, entities, renew)
+
+    @property
+    def _seen(self) -> str:
+        return self.keys.mirror_lock(self.company) + ":seen"
+
+    def _query_pages(self, cursor: dict[str, Any], mark: str | None, entities: list[str],
+                     renew: Callable[[], object]) -> None:
+        """The paginated read (resumable from ``cursor``); a full one ends with the sweep."""
+        full = bool(cursor.get("full"))
         new_mark = cursor.get("mark")
-        todo = entities[entities.index(cursor["entity"]):] if cursor.get("entity") else entities
+        todo = [] if cursor.get("entity") == SWEEP else \
+            entities[entities.index(cursor["entity"]):] if cursor.get("entity") else entities
         start = int(cursor.get("start", 1))
         for entity in todo:
             while True:
-                where = f" where Metadata.LastUpdatedTime > '{mark}'" if mark else ""
+                where = f" where Metadata.LastUpdatedTime > '{mark}'" if mark and not full \
+                    else ""
                 body = self.api.query(f"select * from {entity}{where} orderby Id "
                                       f"startposition {start} maxresults {PAGE}")
                 new_mark = new_mark or _mark(body)
                 rows = query_rows(body, entity)
                 more = len(rows) == PAGE
                 last = entity == todo[-1] and not more
-                nxt = None if last else {"m": "query", "mark": new_mark,
-                                         "entity": entity if more else
-                                         todo[todo.index(entity) + 1],
-                                         "start": start + PAGE if more else 1}
-                self._apply({entity: rows}, {"mark": new_mark if last else mark,
-                                             "cursor": nxt}, completed=last)
+                following = SWEEP if last and full else None if last else \
+                    entity if more else todo[todo.index(entity) + 1]
+                nxt = None if following is None else {
+                    "m": "query", "full": full, "mark": new_mark, "entity": following,
+                    "start": start + PAGE if more else 1}
+                if full and rows:
+                    self.client.sadd(self._seen, *(f"{entity}:{r.get('Id')}" for r in rows))
+                    self.client.expire(self._seen, 86_400)
+                self._apply({entity: rows}, {"mark": new_mark if nxt is None else mark,
+                                             "cursor": nxt}, completed=nxt is None)
                 renew()
                 if not more:
                     break
                 start += PAGE
             start = 1
+        if full:  # every transaction was read: the lines of those not seen are gone
+            seen = {str(t) for t in self.client.smembers(self._seen)}
+            gone = {t: None for t in self.mirror.live_txns() - seen}
+            self.mirror.apply(MIRROR, {"mark": new_mark, "cursor": None}, gone, completed=True)
+            self.client.delete(self._seen)
 
     def _apply(self, groups: dict[str, list[dict[str, Any]]], state: dict[str, Any],
                completed: bool) -> None:
