@@ -191,16 +191,22 @@ def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis,
     r.set(keys.company("acme"), '{"erp": "xero"}')
     r.hset(keys.projects("acme"), "p1", "{}")
     r.hset(keys.rate_limit_overrides, mapping={"xero": "L", "company:acme": "C"})
-    got = facts(keys=[keys.executed("t1"), runs, keys.company("acme"), keys.settings("acme"),
-                      keys.projects("acme"), keys.rate_limit_overrides,
-                      keys.cursor("acme", "vendors", None)], args=["t2", "p1", "company:acme"])
+    fact_keys = [keys.executed("t1"), runs, keys.company("acme"), keys.settings("acme"),
+                 keys.projects("acme"), keys.rate_limit_overrides,
+                 keys.cursor("acme", "vendors", None), keys.paused,
+                 keys.job_cost_optouts("acme")]
+    fact_args = ["t2", "p1", "company:acme", "acme"]
+    got = facts(keys=fact_keys, args=fact_args)
     assert got[:8] == [1, "{}", '{"erp": "xero"}', "", 1, "L", "C", ""]
     assert abs(int(got[8]) - r.time()[0]) <= 1  # Redis's clock
+    assert got[10:] == ["", 0]  # not paused, not opted out
+    r.hset(keys.paused, "*", '{"by": "ops"}')  # the fleet's pause counts for every company
+    r.sadd(keys.job_cost_optouts("acme"), "p1")
+    assert facts(keys=fact_keys, args=fact_args)[10:] == ['{"by": "ops"}', 1]
+    r.hset(keys.paused, "acme", '{"by": "al"}')  # the company's own comes first
+    assert facts(keys=fact_keys, args=fact_args)[10] == '{"by": "al"}'
     r.set(keys.company("acme"), "not json")
-    assert facts(keys=[keys.executed("t1"), runs, keys.company("acme"), keys.settings("acme"),
-                       keys.projects("acme"), keys.rate_limit_overrides,
-                       keys.cursor("acme", "vendors", None)],
-                 args=["t2", "p1", "company:acme"])[5] == ""
+    assert facts(keys=fact_keys, args=fact_args)[5] == ""
 
 
 def test_the_company_concurrency_cap_heartbeat_release_and_a_killed_runs_lock(
