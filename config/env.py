@@ -106,6 +106,12 @@ class Settings(BaseSettings):
         "putting a new one first and running `erp-sync connection rotate-key`). Generate one: "
         "`erp-sync connection new-key`. Required to connect a company to a real ERP.",
     )
+    audit_keep: int = Field(
+        200, ge=1, le=2000, description="Newest entries of each company's audit and security "
+        "logs (and of the operator log) kept in Redis; an hourly task moves older ones to the "
+        "database (`audit` and `operator-log` show both). At most 2000, the hard cap Redis "
+        "keeps when the task does not run.",
+    )
 
     @field_validator("key_prefix")
     @classmethod

@@ -17,6 +17,7 @@ from erp_sync.slots import ALERTS_QUEUE, COMPANY_QUEUE, TASK_NAMES, queue_for
 
 # tasks/maintenance.py; named here because erp_sync never imports the tasks.
 PRUNE_HISTORY_TASK = "erp_sync.prune_history"
+ARCHIVE_AUDIT_TASK = "erp_sync.archive_audit"
 
 
 def celery_config(env: Settings) -> dict[str, Any]:
@@ -56,6 +57,7 @@ def celery_config(env: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "task_routes": {**{name: {"queue": queue_for(kind)} for kind, name in TASK_NAMES.items()},
                         PRUNE_HISTORY_TASK: {"queue": ALERTS_QUEUE},
+                        ARCHIVE_AUDIT_TASK: {"queue": ALERTS_QUEUE},
                         "tasks.alerts.*": {"queue": ALERTS_QUEUE}},
         "worker_send_task_events": True,
         "task_send_sent_event": True,
@@ -66,6 +68,8 @@ def celery_config(env: Settings) -> dict[str, Any]:
         # (erp_sync/beat/static.py), consumed on `alerts` with the other housekeeping.
         "beat_schedule": {
             "prune-history": {"task": PRUNE_HISTORY_TASK, "schedule": 3600.0,
+                              "options": {"queue": ALERTS_QUEUE, "expires": 3600.0}},
+            "archive-audit": {"task": ARCHIVE_AUDIT_TASK, "schedule": 3600.0,
                               "options": {"queue": ALERTS_QUEUE, "expires": 3600.0}},
             "alerts.check_stale": {
                 "task": "tasks.alerts.check_stale", "schedule": env.alert_stale_check_seconds,

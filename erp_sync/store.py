@@ -49,9 +49,11 @@ from erp_sync.inputs import name as valid_name
 from erp_sync.inputs import timezone as valid_timezone
 from erp_sync.inputs import user_id
 
-# The newest audit (and refused-change) entries kept per company. The audit list is written in the
-# same transaction as the settings, so it lives in Redis; at ~250 B an entry the cap bounds it to
-# ~500 KB per company. Older entries are dropped, not archived, until the database exists.
+# The hard cap of each audit list (a company's audit and refused changes, the operator log). The
+# audit list is written in the same transaction as the settings, so the recent log lives in
+# Redis; the hourly `erp_sync.archive_audit` task moves all but the newest ERP_SYNC_AUDIT_KEEP
+# (200) to the database (erp_sync/db/audit.py). The cap is the backstop while that task does not
+# run: entries beyond it are dropped. ERP_SYNC_AUDIT_KEEP is validated against this value.
 AUDIT_CAP = 2_000
 CHANGE_STREAM_CAP = 100_000  # the default of ERP_SYNC_CHANGE_STREAM_MAXLEN
 MAX_ATTEMPTS = 200
@@ -295,7 +297,8 @@ class SettingsStore:
             pipe.execute()
 
     def audit(self, company_id: str, limit: int = 100) -> list[AuditEntry]:
-        """The audit log, newest first; it outlives a removed company (so does ``denied``)."""
+        """The audit log's recent part (Redis), newest first; it outlives a removed company (so
+        does ``denied``). Older entries are archived: ``erp_sync.db.audit.AuditArchive``."""
         if not self.client.exists(self.keys.audit(company_id)):
             self.get_company(company_id)
         raws = self.client.lrange(self.keys.audit(company_id), 0, max(limit, 1) - 1)
@@ -316,7 +319,7 @@ class SettingsStore:
         pipe.ltrim(self.keys.operator_log, 0, AUDIT_CAP - 1)
 
     def operator_log(self, limit: int = 100) -> list[AuditEntry]:
-        """Operator actions, newest first."""
+        """Operator actions, newest first (the recent part; older ones are archived)."""
         raws = self.client.lrange(self.keys.operator_log, 0, max(limit, 1) - 1)
         return [parse(AuditEntry, r, "operator log entry") for r in raws]
 

@@ -11,6 +11,7 @@ import click
 
 from config.models import Erp, PermissionLevel
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.db.audit import AuditArchive
 from erp_sync.lifecycle import Lifecycle
 from erp_sync.permissions import Permissions
 
@@ -188,8 +189,13 @@ def user_list(ctx: Ctx, company_id: str, as_json: bool) -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @pass_ctx
 def operator_log(ctx: Ctx, as_json: bool, limit: int) -> None:
-    """Operator actions no company admin made (company add, fleet pause), newest first."""
-    entries = ctx.store.operator_log(limit)
+    """Operator actions no company admin made (company add, fleet pause), newest first.
+
+    The newest entries come from Redis, older ones from the database (archived hourly)."""
+    entries, warning = AuditArchive(ctx.db).extend("operator", None,
+                                                   ctx.store.operator_log(limit), limit)
+    if warning:
+        click.echo(warning, err=True)
     if as_json:
         echo_json([e.model_dump(mode="json") for e in entries])
         return

@@ -20,6 +20,7 @@ from config.models import (
 )
 from erp_sync.applied import AppliedWaiter
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.db.audit import AuditArchive
 
 
 def not_supported(erp: str) -> list[str]:
@@ -134,8 +135,14 @@ def settings_set(ctx: Ctx, /, company_id: str, actor: str, wait: bool, as_json: 
               help="List refused settings changes (the security log) instead.")
 @pass_ctx
 def audit(ctx: Ctx, company_id: str, as_json: bool, limit: int, denied: bool) -> None:
-    """COMPANY's audit log, newest first: who changed what, when, old and new values."""
-    entries = (ctx.store.denied if denied else ctx.store.audit)(company_id, limit)
+    """COMPANY's audit log, newest first: who changed what, when, old and new values.
+
+    The newest entries come from Redis, older ones from the database (archived hourly)."""
+    recent = (ctx.store.denied if denied else ctx.store.audit)(company_id, limit)
+    entries, warning = AuditArchive(ctx.db).extend("denied" if denied else "audit", company_id,
+                                                   recent, limit)
+    if warning:
+        click.echo(warning, err=True)
     if as_json:
         echo_json([e.model_dump(mode="json") for e in entries])
         return

@@ -134,3 +134,29 @@ erp_mirror = Table(
     Column("state", Text, nullable=False),
     Column("refreshed_at", DateTime(timezone=True)),
 )
+
+# --- audit entries archived out of Redis -------------------------------------------------
+# Redis keeps each company's newest audit and security-log entries (and the operator log's) for
+# the atomic settings write; the hourly `erp_sync.archive_audit` task moves older ones here.
+# ``kind`` names the list (audit | denied | operator); ``company`` is the entry's own company
+# (operator entries name one too). ``digest`` (SHA-256 of the entry's canonical JSON) makes an
+# archive rerun a no-op: the same entry archived twice is one row. ``id`` grows in the order
+# entries were pushed (each batch is inserted oldest first), so it is the reading order.
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(20), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("company", String(ID), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("os_user", Text),
+    Column("action", Text, nullable=False),
+    Column("version", Integer),
+    Column("old", Text, nullable=False),
+    Column("new", Text, nullable=False),
+    Column("archived_at", DateTime(timezone=True), nullable=False),
+    Index(None, "kind", "digest", unique=True),
+    Index(None, "kind", "company", "id"),
+    Index(None, "kind", "id"),
+)
