@@ -27,12 +27,13 @@ from erp_sync.connectors.sandbox import SandboxErp
 from erp_sync.connectors.sandbox_data import collection
 from erp_sync.db import Database, RecordStore, RunLog, database
 from erp_sync.db.schema import COLLECTIONS
-from erp_sync.history import History, RunRecord
+from erp_sync.history import History
 from erp_sync.syncs import reconcile
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.pgproc import PostgresServer
 from tests.support.redisproc import RedisServer
+from tests.support.workers import Workers, finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
 
@@ -71,29 +72,14 @@ def sender(worker_env: dict[str, str]) -> Iterator[Sender]:
 
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Launch]:
-    started: list[procs.Proc] = []
+    workers = Workers({}, tmp_path)
 
     def _launch(env: dict[str, str], name: str = "w1", *, pool: str = "threads",
                 concurrency: int = 4, ready: bool = True) -> procs.Proc:
-        proc = procs.worker(name, env, tmp_path, pool=pool, concurrency=concurrency)
-        started.append(proc)
-        if ready:
-            proc.wait_for(" ready.", 30)
-        return proc
+        return workers.start(name, env, pool=pool, concurrency=concurrency, ready=ready)
 
     yield _launch
-    procs.stop_all(started)
-
-
-def finished(client: redis.Redis, keys: KeySpace, company: str, task_id: str,
-             timeout: float = 30) -> RunRecord:
-    history = History(client, keys)
-    procs.wait_until(lambda: (r := history.get(company, task_id)) is not None
-                     and r.status not in ("running", "deferred"), timeout,
-                     f"{task_id} never finished")
-    record = history.get(company, task_id)
-    assert record is not None
-    return record
+    workers.stop()
 
 
 def versions(db: Database) -> dict[str, dict[tuple[Any, ...], int]]:

@@ -19,7 +19,6 @@ from erp_sync.db import Database, RecordStore
 from erp_sync.history import RunRecord
 from erp_sync.ratelimit import CompanyLimit, set_company_limit
 from erp_sync.store import SettingsStore
-from tests.support import procs
 from tests.support.erp import Sender
 from tests.support.fake_qbo.client import FakeQbo, Seed
 from tests.support.qbo import (
@@ -33,7 +32,7 @@ from tests.support.qbo import (
     tokens,
 )
 from tests.support.redisproc import RedisServer
-from tests.test_workers_processes import Start, finished
+from tests.support.workers import Start, Workers, finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
 
@@ -69,18 +68,9 @@ def sender(worker_env: dict[str, str]) -> Iterator[Sender]:
 
 @pytest.fixture
 def start(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Start]:
-    started: list[procs.Proc] = []
-
-    def _start(name: str = "w1", env: dict[str, str] | None = None, *, pool: str = "threads",
-               concurrency: int = 4) -> procs.Proc:
-        proc = procs.worker(name, {**worker_env, **(env or {})}, tmp_path, pool=pool,
-                            concurrency=concurrency)
-        started.append(proc)
-        proc.wait_for(" ready.", 30)
-        return proc
-
-    yield _start
-    procs.stop_all(started)
+    workers = Workers(worker_env, tmp_path)
+    yield workers.start
+    workers.stop()
 
 
 def connected_with_projects(client: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo,

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 import redis
@@ -19,21 +18,15 @@ from config.keys import KeySpace
 from config.models import Erp, SyncKind
 from erp_sync.connectors.sandbox import SandboxErp
 from erp_sync.db import RecordStore, database
-from erp_sync.history import History, RunRecord
+from erp_sync.history import History
 from erp_sync.ratelimit import set_limit
 from erp_sync.syncs import reconcile
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.redisproc import RedisServer
+from tests.support.workers import Start, Workers, finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
-
-
-class Start(Protocol):
-    """Starts a worker on this test's redis-server and prefix, once it is ready to consume."""
-
-    def __call__(self, name: str = "w1", env: dict[str, str] | None = None, *,
-                 pool: str = "threads", concurrency: int = 4) -> procs.Proc: ...
 
 
 @pytest.fixture
@@ -50,29 +43,9 @@ def sender(worker_env: dict[str, str]) -> Iterator[Sender]:
 
 @pytest.fixture
 def start(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Start]:
-    started: list[procs.Proc] = []
-
-    def _start(name: str = "w1", env: dict[str, str] | None = None, *, pool: str = "threads",
-               concurrency: int = 4) -> procs.Proc:
-        proc = procs.worker(name, {**worker_env, **(env or {})}, tmp_path, pool=pool,
-                            concurrency=concurrency)
-        started.append(proc)
-        proc.wait_for(" ready.", 30)
-        return proc
-
-    yield _start
-    procs.stop_all(started)
-
-
-def finished(client: redis.Redis, keys: KeySpace, company: str, task_id: str,
-             timeout: float = 30) -> RunRecord:
-    history = History(client, keys)
-    procs.wait_until(lambda: (r := history.get(company, task_id)) is not None
-                     and r.status not in ("running", "deferred"), timeout,
-                     f"{task_id} never finished")
-    record = history.get(company, task_id)
-    assert record is not None
-    return record
+    workers = Workers(worker_env, tmp_path)
+    yield workers.start
+    workers.stop()
 
 
 def in_sync(client: redis.Redis, keys: KeySpace, kind: SyncKind, project: str | None) -> bool:
