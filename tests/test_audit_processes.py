@@ -1,0 +1,46 @@
+"""The audit archive task on a real Celery worker that consumes only the ``alerts`` queue: sent
+by name, routed by the app's configuration, it trims Redis to the keep and fills ``audit_log``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from config.env import get_settings
+from config.keys import KeySpace
+from erp_sync.celery_config import ARCHIVE_AUDIT_TASK
+from erp_sync.db import Database
+from erp_sync.db.audit import AuditArchive
+from erp_sync.publish import CeleryPublisher
+from erp_sync.store import SettingsStore
+from tests.support import procs
+from tests.support.redisproc import RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.processes]
+
+
+def test_a_real_worker_on_the_alerts_queue_archives_what_is_beyond_the_keep(
+        real: redis.Redis, redis_server: RedisServer, prefix: str, keys: KeySpace,
+        db: Database, tmp_path: Path) -> None:
+    store = SettingsStore(real, keys, os_user="ops")
+    store.add_company("acme", "viewpoint_vista", admin="alice")
+    for i in range(79):
+        store.grant("acme", f"user{i}", "read_only", actor="alice")
+    before = store.audit("acme", 1000)
+    env = procs.process_env({"ERP_SYNC_REDIS_URL": redis_server.url,
+                             "ERP_SYNC_KEY_PREFIX": prefix, "ERP_SYNC_AUDIT_KEEP": "30"})
+    worker = procs.worker("alerts", env, tmp_path, queues="alerts", concurrency=1)
+    publisher = CeleryPublisher(get_settings())
+    try:
+        worker.wait_for("ready")
+        publisher.app.send_task(ARCHIVE_AUDIT_TASK)  # no queue given: the route names it
+        worker.wait_for("archived audit: 50 entries", 30)
+    finally:
+        publisher.close()
+        procs.stop_all([worker])
+    assert real.llen(keys.audit("acme")) == 30
+    archive = AuditArchive(db)
+    assert archive.count("audit", "acme") == 50
+    assert archive.extend("audit", "acme", store.audit("acme", 1000), 1000)[0] == before
