@@ -31,7 +31,7 @@ from celery import Celery
 
 from config.keys import KeySpace
 from config.models import Company, StoredSettings, SyncKind, parse
-from erp_sync.applied import parse_applied
+from erp_sync.applied import Applied, parse_applied
 from erp_sync.beat.changes import ChangeFeed, FeedWatcher
 from erp_sync.beat.events import SentEvents
 from erp_sync.beat.index import NOT_LEADER, DueIndex
@@ -39,6 +39,7 @@ from erp_sync.beat.lease import Lease
 from erp_sync.beat.plan import (
     CompanyPlan,
     Dispatch,
+    member,
     plan_company,
     plan_dispatch,
     split_member,
@@ -124,6 +125,7 @@ class BeatEngine:
         self._threads_started = False
         self._peeked: tuple[float | None] | None = None  # next due time, when known this tick
         self._rebuild: _Rebuild | None = None  # a full rebuild in progress, a batch a step
+        self._applied_seen: dict[str, Applied | None] = {}  # raw record -> parsed
 
     # --- the step ---------------------------------------------------------------------------
     def step(self) -> float:
@@ -153,11 +155,13 @@ class BeatEngine:
                 log.info("resumed %s: its pause ended (--until); it continues at its next slot",
                          "the fleet" if field == "*" else f"company={field}")
         token = self.lease.token
-        rebuilding = self._rebuild is not None
-        if not more and not rebuilding and token is not None and not self.sweeper.tick(token):
+        # A full batch of changes means more are waiting: go on at once (a storm's backlog
+        # must not wait for the next wake-up), as while a rebuild runs or entries are due.
+        busy = more or self._rebuild is not None or applied >= self.config.change_batch
+        if not busy and token is not None and not self.sweeper.tick(token):
             self._lost()  # the sweep's repair was fenced out
         self._heartbeat("leader")
-        if not more and not rebuilding and self.lease.is_leader:
+        if not busy and self.lease.is_leader:
             self.watcher.event.wait(self._block_for())
         return 0.0
 
@@ -266,7 +270,7 @@ class BeatEngine:
             return len(batch)
         self.apply_companies(token, batch, rebuild.head)  # the last batch moves the cursor
         if self.lease.token is not None:
-            log.info("beat %s: rebuilt %d companies' schedules in %.1f s", self.node,
+            log.info("beat %s: rebuilt %d companies' schedules in %.2f s", self.node,
                      len(rebuild.ids), time.monotonic() - rebuild.started)
         self._rebuild = None
         return len(batch)
@@ -274,13 +278,7 @@ class BeatEngine:
     def apply_companies(self, token: str, companies: Iterable[str], cursor: str | None) -> None:
         ids = list(companies)
         now = self.clock()
-        pipe = self.client.pipeline(transaction=False)
-        for company in ids:
-            pipe.get(self.keys.company(company))
-            pipe.get(self.keys.settings(company))
-        # One company's key of the wrong Redis type must not fail the whole batch.
-        raws = pipe.execute(raise_on_error=False)
-        old = self.index.applied(ids)
+        raws, old, present = self._read_companies(ids)
         plans: list[CompanyPlan] = []
         versions: dict[str, int] = {}
         for n, company in enumerate(ids):
@@ -289,8 +287,8 @@ class BeatEngine:
                 continue
             record, stored = loaded
             try:
-                plans.append(plan_company(company, record, stored, old[company], now,
-                                          self.config.seconds_per_hour))
+                plans.append(plan_company(company, record, stored, old[n], now,
+                                          self.config.seconds_per_hour, present[n]))
             except Exception as exc:  # one company must never stop every other's changes
                 log.error("skipping company=%s: cannot plan its schedule: %s", company, exc)
                 continue
@@ -305,6 +303,42 @@ class BeatEngine:
                 f"{p.company}@{versions.get(p.company)}"
                 f"({','.join(sorted(p.applied.cadences)) if p.applied else '-'})"
                 for p in plans))
+
+    def _read_companies(self, ids: list[str]) -> tuple[list[object], list[Applied | None],
+                                                      list[set[SyncKind]]]:
+        """Each company's record and settings (flat, two per company), beat's applied record
+        and the kinds it has in the due index: three commands in one round trip."""
+        kinds = list(SyncKind)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget([k for c in ids for k in (self.keys.company(c), self.keys.settings(c))])
+        pipe.hmget(self.keys.beat_applied, ids)
+        pipe.zmscore(self.keys.due, [member(c, k) for c in ids for k in kinds])
+        raws, applied, scores = pipe.execute(raise_on_error=False)
+        for reply in (raws, applied, scores):
+            if isinstance(reply, Exception):
+                raise reply
+        missing = [i for i, raw in enumerate(raws) if raw is None]
+        if missing:  # MGET reads a key of the wrong type as missing: GET tells them apart
+            pipe = self.client.pipeline(transaction=False)
+            for i in missing:
+                pipe.get(self.keys.company(ids[i // 2]) if i % 2 == 0
+                         else self.keys.settings(ids[i // 2]))
+            # One company's key of the wrong Redis type must not fail the whole batch.
+            for i, raw in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+                raws[i] = raw
+        present = [{k for j, k in enumerate(kinds) if scores[n * len(kinds) + j] is not None}
+                   for n in range(len(ids))]
+        return raws, [self._applied(r) for r in applied], present
+
+    def _applied(self, raw: object) -> Applied | None:
+        """``parse_applied``, remembered by the raw record: most companies share a few."""
+        if not isinstance(raw, str):
+            return parse_applied(raw)
+        if raw not in self._applied_seen:
+            if len(self._applied_seen) >= 10_000:
+                self._applied_seen.clear()
+            self._applied_seen[raw] = parse_applied(raw)
+        return self._applied_seen[raw]
 
     def _load(self, company: str, raw_company: object, raw_settings: object
               ) -> tuple[Company | None, StoredSettings | None] | None:
@@ -385,7 +419,7 @@ class BeatEngine:
         for _, company in job_costs:
             pipe.smembers(self.keys.job_cost_optouts(company))
         replies = pipe.execute(raise_on_error=False)
-        applied = {c: parse_applied(r) for c, r in zip(companies, replies[0], strict=True)}
+        applied = {c: self._applied(r) for c, r in zip(companies, replies[0], strict=True)}
         n = len(project_level)
         projects = {e: p if isinstance(p, list) else []  # wrong type: no projects to fan out to
                     for (e, _), p in zip(project_level, replies[1:n + 1], strict=True)}
@@ -415,7 +449,7 @@ class BeatEngine:
         if d.next_score is None:
             return []
         targets: Sequence[str | None] = d.projects if d.kind.project_level else (None,)
-        return [self.messages.build(d.company, d.kind, p, d.slot) for p in targets]
+        return self.messages.build_many(d.company, d.kind, targets, d.slot)
 
     def _send(self, token: str, chunk: list[tuple[Dispatch, str, list[str]]]) -> bool:
         flags = self.index.dispatch(token, chunk)

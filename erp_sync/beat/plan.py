@@ -6,6 +6,7 @@ slot, a missed slot runs once) are unit-tested without Redis or a clock.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from config.models import Company, StoredSettings, SyncKind, is_identifier
@@ -42,8 +43,14 @@ class CompanyPlan:
 
 
 def plan_company(company_id: str, company: Company | None, stored: StoredSettings | None,
-                 old: Applied | None, now: float, seconds_per_hour: float) -> CompanyPlan:
-    """The due-index changes that make ``company_id``'s entries match its stored settings."""
+                 old: Applied | None, now: float, seconds_per_hour: float,
+                 present: Container[SyncKind] = ()) -> CompanyPlan:
+    """The due-index changes that make ``company_id``'s entries match its stored settings.
+
+    ``present``: the kinds whose entries the caller saw in the index. An unchanged entry that is
+    present needs no op at all (an ``nx`` add would do nothing), so its next slot is not even
+    computed: a rebuild or a storm of one-setting changes plans a fraction of the slots.
+    """
     old_cadences = old.cadences if old else {}
     if company is None or stored is None:  # the company is gone: drop its entries
         return CompanyPlan(company_id, None, [("rem", member(company_id, SyncKind(k)), 0.0)
@@ -51,12 +58,16 @@ def plan_company(company_id: str, company: Company | None, stored: StoredSetting
     new = cadences(stored.settings, company.timezone, seconds_per_hour)
     ops: list[tuple[str, str, float]] = []
     for kind, cadence in new.items():
-        op = "nx" if old_cadences.get(kind.value) == cadence.key else "set"
-        ops.append((op, member(company_id, kind), slot_after(cadence, company_id, kind, now)))
+        unchanged = old_cadences.get(kind.value) == cadence.key
+        if unchanged and kind in present:
+            continue
+        ops.append(("nx" if unchanged else "set", member(company_id, kind),
+                    slot_after(cadence, company_id, kind, now)))
     ops += [("rem", member(company_id, SyncKind(k)), 0.0) for k in old_cadences
             if SyncKind(k) not in new]
-    applied = Applied(version=stored.version,
-                      cadences={k.value: c.key for k, c in new.items()})
+    # Built from cadences just computed, so valid by construction: no re-validation per company.
+    applied = Applied.model_construct(version=stored.version,
+                                      cadences={k.value: c.key for k, c in new.items()})
     return CompanyPlan(company_id, applied, ops)
 
 
