@@ -44,7 +44,7 @@ from erp_sync.beat.engine import BeatEngine, EngineConfig, pid_of
 from erp_sync.beat.lease import holder_node
 from erp_sync.store import SettingsStore
 from tests.support.clock import Clock
-from tests.support.procs import Proc, beat
+from tests.support.procs import beat
 from tests.support.redisproc import RedisServer
 
 IDLE_REPS = 300
@@ -278,39 +278,6 @@ def failover_ours(url: str, logs: Path, rounds: int = 3) -> list[float]:
     return gaps
 
 
-def failover_redbeat(url: str, logs: Path) -> float:
-    client = redis.Redis.from_url(url, decode_responses=True)
-    client.flushall()
-    app = redbeat_app(url)
-    redbeat_seed(app, client, 0, 0)
-    (logs / "rbapp.py").write_text(
-        "from celery import Celery\n"
-        "app = Celery('rb')\n"
-        f"app.conf.update(broker_url={url!r}, redbeat_redis_url={url!r}, "
-        "redbeat_key_prefix='rb:', broker_transport_options={'global_keyprefix': 'rbq:'}, "
-        "beat_schedule={'tick': {'task': 'x.tick', 'schedule': 0.2}}, task_ignore_result=True)\n")
-    args = [sys.executable, "-m", "celery", "-A", "rbapp", "beat", "-l", "INFO", "-S",
-            "redbeat.RedBeatScheduler", "--max-interval", "5"]
-    procs = [Proc(f"rb{i}", args, {"PYTHONPATH": str(logs)}, logs) for i in range(2)]
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not any("Acquired lock" in p.output() for p in procs):
-            time.sleep(0.1)
-        time.sleep(2)
-        leader = next(p for p in procs if "Acquired lock" in p.output())
-        before = client.llen("rbq:celery")
-        leader.kill_group()
-        killed = time.monotonic()
-        time.sleep(0.3)
-        before = client.llen("rbq:celery")
-        while client.llen("rbq:celery") == before and time.monotonic() - killed < 120:
-            time.sleep(0.01)
-        return time.monotonic() - killed
-    finally:
-        for p in procs:
-            p.stop()
-
-
 def redbeat_change_latency(url: str, samples: int = 12) -> list[float]:
     """RedBeat has no change notification: a new/changed entry waits for the next tick."""
     from redbeat.schedulers import (
@@ -352,6 +319,20 @@ def redbeat_change_latency(url: str, samples: int = 12) -> list[float]:
     return out
 
 
+def failovers(url: str, logs: Path, results: dict[str, Any], rounds: int = 3) -> None:
+    """Ours (lease 3 s) and RedBeat at its defaults and tuned to our lease, ``rounds`` kills
+    each (bench/beat_ha.py; it also measures what each costs Redis while idle)."""
+    from bench.beat_ha import REDBEAT, failover_redbeat
+
+    results["failover_ours_s"] = failover_ours(url, logs, rounds)
+    print(f"failover ours: {results['failover_ours_s']}", flush=True)
+    save(results)
+    for config in REDBEAT:
+        results[f"failover_redbeat_{config}_s"] = failover_redbeat(url, logs, config, rounds)
+        print(f"failover redbeat {config}: {results[f'failover_redbeat_{config}_s']}",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -365,8 +346,7 @@ def main() -> None:
         server = RedisServer(Path(tmp) / "redis", extra=["--appendonly", "no"]).start()
         try:
             if args.only_failover:
-                results["failover_ours_s"] = failover_ours(server.url, Path(tmp))
-                results["failover_redbeat_s"] = failover_redbeat(server.url, Path(tmp))
+                failovers(server.url, Path(tmp), results)
                 print(json.dumps(results))
                 return
             for n in sizes:
@@ -382,11 +362,7 @@ def main() -> None:
                 c, p = (int(x) for x in args.projects.split("x"))
                 results["projects"] = run_side("projects", server.url, c, p)
                 print(f"projects: {results['projects']}", flush=True)
-                results["failover_ours_s"] = failover_ours(server.url, Path(tmp))
-                print(f"failover ours: {results['failover_ours_s']}", flush=True)
-                save(results)
-                results["failover_redbeat_s"] = failover_redbeat(server.url, Path(tmp))
-                print(f"failover redbeat: {results['failover_redbeat_s']}", flush=True)
+                failovers(server.url, Path(tmp), results)
         finally:
             server.stop()
     save(results)
