@@ -291,3 +291,10 @@ def test_sandbox_scripts_add_page_and_enter_calls(r: redis.Redis, keys: KeySpace
     assert enter(keys=[meta, jobs, calls], args=["nope", 2]) == ["{}", 0, 0, 0]
     enter(keys=[meta, jobs, calls], args=["-", 2])
     assert r.llen(calls) == 2
+
+
+def test_due_present_says_which_members_are_in_the_index(r: redis.Redis,
+                                                         keys: KeySpace) -> None:
+    r.zadd(keys.due, {"acme:vendors": 5.0, "acme:jobs": 7.0})
+    present = lua.load(r, "due_present")
+    assert present(keys=[keys.due], args=["acme:jobs", "acme:payments", "acme:vendors"]) == "101"

@@ -146,7 +146,7 @@ class BeatEngine:
         # One round trip decides an idle tick: Redis time, the feed after the cursor (with its
         # trim check) and the next due time.
         read, upcoming = self._read_tick()
-        rebuilt = self._rebuild_slice() if self._rebuild is not None else 0
+        rebuilt = self._rebuild_slices()
         applied = self.apply_changes(read)
         more = self.dispatch_due(None if applied or rebuilt else upcoming)
         self.send_static()
@@ -221,8 +221,19 @@ class BeatEngine:
         return read, (float(first[0][1]) if first else None,)
 
     def apply_changes(self, read: tuple[list[tuple[str, str]], bool] | None = None) -> int:
-        """Apply what the feed holds after the cursor (without waiting); ``read`` is the feed
-        read when the caller already made it (``_read_tick``)."""
+        """Apply what the feed holds after the cursor (without waiting), a batch at a time
+        for up to ``budget`` seconds; ``read`` is the first batch's feed read when the caller
+        already made it (``_read_tick``). Returns how many changes were applied."""
+        started, total = time.monotonic(), 0
+        while True:
+            applied = self._apply_batch(read)
+            total += applied
+            if applied < self.config.change_batch or self.cursor is None or \
+                    time.monotonic() - started > self.config.budget:
+                return total
+            read = None
+
+    def _apply_batch(self, read: tuple[list[tuple[str, str]], bool] | None) -> int:
         token, cursor = self.lease.token, self.cursor
         if token is None or cursor is None:
             return 0
@@ -257,6 +268,16 @@ class BeatEngine:
         log.warning("beat %s: %s; rebuilding every company's schedule (%d companies, %d a step)",
                     self.node, why, len(ids), self.config.change_batch)
 
+    def _rebuild_slices(self) -> int:
+        """Batches of the rebuild in progress for up to ``budget`` seconds, then the step goes
+        on to dispatch what is due (entries already valid never wait for the whole rebuild)."""
+        started, total = time.monotonic(), 0
+        while self._rebuild is not None:
+            total += self._rebuild_slice()
+            if time.monotonic() - started > self.config.budget:
+                break
+        return total
+
     def _rebuild_slice(self) -> int:
         """One batch of the rebuild in progress; the last one stores the cursor."""
         token, rebuild = self.lease.token, self._rebuild
@@ -281,6 +302,7 @@ class BeatEngine:
         raws, old, present = self._read_companies(ids)
         plans: list[CompanyPlan] = []
         versions: dict[str, int] = {}
+        moved: list[CompanyPlan] = []  # the plans that change something, named in the log
         for n, company in enumerate(ids):
             loaded = self._load(company, raws[2 * n], raws[2 * n + 1])
             if loaded is None:
@@ -293,30 +315,36 @@ class BeatEngine:
                 log.error("skipping company=%s: cannot plan its schedule: %s", company, exc)
                 continue
             versions[company] = stored.version if stored else 0
+            if plans[-1].ops or plans[-1].applied != old[n]:
+                moved.append(plans[-1])
         if self.index.apply(token, plans, versions, cursor) == NOT_LEADER:
             self._lost()
             return
         if cursor:
             self.cursor = cursor
-        if plans:  # one line per batch (a change storm applies hundreds per script call)
-            log.info("applied companies=%d: %s", len(plans), " ".join(
-                f"{p.company}@{versions.get(p.company)}"
-                f"({','.join(sorted(p.applied.cadences)) if p.applied else '-'})"
-                for p in plans))
+        same = len(plans) - len(moved)  # most of a rebuild: counted, not named
+        if moved:  # one line per batch naming each company whose schedule moved
+            log.info("applied companies=%d%s: %s", len(moved),
+                     f" (and {same} unchanged)" if same else "", " ".join(
+                         f"{p.company}@{versions.get(p.company)}"
+                         f"({','.join(sorted(p.applied.cadences)) if p.applied else '-'})"
+                         for p in moved))
+        elif plans:
+            log.debug("applied companies=%d, every one unchanged", len(plans))
 
     def _read_companies(self, ids: list[str]) -> tuple[list[object], list[Applied | None],
                                                       list[set[SyncKind]]]:
         """Each company's record and settings (flat, two per company), beat's applied record
-        and the kinds it has in the due index: three commands in one round trip."""
+        and the kinds it has in the due index: three commands, two round trips."""
         kinds = list(SyncKind)
         pipe = self.client.pipeline(transaction=False)
         pipe.mget([k for c in ids for k in (self.keys.company(c), self.keys.settings(c))])
         pipe.hmget(self.keys.beat_applied, ids)
-        pipe.zmscore(self.keys.due, [member(c, k) for c in ids for k in kinds])
-        raws, applied, scores = pipe.execute(raise_on_error=False)
-        for reply in (raws, applied, scores):
+        raws, applied = pipe.execute(raise_on_error=False)
+        for reply in (raws, applied):
             if isinstance(reply, Exception):
                 raise reply
+        found = self.index.present([member(c, k) for c in ids for k in kinds])
         missing = [i for i, raw in enumerate(raws) if raw is None]
         if missing:  # MGET reads a key of the wrong type as missing: GET tells them apart
             pipe = self.client.pipeline(transaction=False)
@@ -326,7 +354,7 @@ class BeatEngine:
             # One company's key of the wrong Redis type must not fail the whole batch.
             for i, raw in zip(missing, pipe.execute(raise_on_error=False), strict=True):
                 raws[i] = raw
-        present = [{k for j, k in enumerate(kinds) if scores[n * len(kinds) + j] is not None}
+        present = [{k for j, k in enumerate(kinds) if found[n * len(kinds) + j]}
                    for n in range(len(ids))]
         return raws, [self._applied(r) for r in applied], present
 

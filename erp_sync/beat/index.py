@@ -31,6 +31,7 @@ class DueIndex:
         self.client, self.keys = client, keys
         self._apply = lua.load(client, "due_apply")
         self._dispatch = lua.load(client, "due_dispatch")
+        self._present = lua.load(client, "due_present")
 
     def due(self, now: float, limit: int) -> list[tuple[str, float]]:
         rows = self.client.zrangebyscore(self.keys.due, "-inf", now, start=0, num=limit,
@@ -40,6 +41,13 @@ class DueIndex:
     def next_due(self) -> float | None:
         first = self.client.zrange(self.keys.due, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
+
+    def present(self, members: Sequence[str]) -> list[bool]:
+        """Whether each member is in the index (one script call, one short reply)."""
+        if not members:
+            return []
+        mask = str(self._present(keys=[self.keys.due], args=list(members)))
+        return [c == "1" for c in mask]
 
     def applied(self, companies: Sequence[str]) -> dict[str, Applied | None]:
         if not companies:

@@ -6,10 +6,11 @@ slot, a missed slot runs once) are unit-tested without Redis or a clock.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Container
 from dataclasses import dataclass, field
 
-from config.models import Company, StoredSettings, SyncKind, is_identifier
+from config.models import Company, StoredSettings, SyncKind, SyncSettings, is_identifier
 from erp_sync.applied import Applied
 from erp_sync.schedule import Cadence, cadences, slot_after, slot_at_or_before
 
@@ -55,7 +56,7 @@ def plan_company(company_id: str, company: Company | None, stored: StoredSetting
     if company is None or stored is None:  # the company is gone: drop its entries
         return CompanyPlan(company_id, None, [("rem", member(company_id, SyncKind(k)), 0.0)
                                               for k in old_cadences])
-    new = cadences(stored.settings, company.timezone, seconds_per_hour)
+    new, new_keys = _cadences(stored.settings, company.timezone, seconds_per_hour)
     ops: list[tuple[str, str, float]] = []
     for kind, cadence in new.items():
         unchanged = old_cadences.get(kind.value) == cadence.key
@@ -66,9 +67,17 @@ def plan_company(company_id: str, company: Company | None, stored: StoredSetting
     ops += [("rem", member(company_id, SyncKind(k)), 0.0) for k in old_cadences
             if SyncKind(k) not in new]
     # Built from cadences just computed, so valid by construction: no re-validation per company.
-    applied = Applied.model_construct(version=stored.version,
-                                      cadences={k.value: c.key for k, c in new.items()})
+    applied = Applied.model_construct(version=stored.version, cadences=dict(new_keys))
     return CompanyPlan(company_id, applied, ops)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cadences(settings: SyncSettings, timezone: str, seconds_per_hour: float
+              ) -> tuple[dict[SyncKind, Cadence], dict[str, str]]:
+    """``cadences`` and their keys, remembered: a fleet has few distinct (settings, zone) pairs,
+    and a rebuild or a storm plans thousands of companies a second. Callers never mutate them."""
+    new = cadences(settings, timezone, seconds_per_hour)
+    return new, {k.value: c.key for k, c in new.items()}
 
 
 @dataclass(frozen=True)
