@@ -15,83 +15,33 @@ than at its next poll.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
-import os
-import socket
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
 import redis
 from celery import Celery
 
 from config.keys import KeySpace
-from config.models import Company, StoredSettings, SyncKind, parse
-from erp_sync.applied import Applied, parse_applied
+from erp_sync.beat.apply import Applier, Rebuild
 from erp_sync.beat.changes import ChangeFeed, FeedWatcher
+from erp_sync.beat.config import EngineConfig
+from erp_sync.beat.dispatch import Dispatcher
 from erp_sync.beat.events import SentEvents
-from erp_sync.beat.index import NOT_LEADER, DueIndex
+from erp_sync.beat.index import DueIndex
 from erp_sync.beat.lease import Lease
-from erp_sync.beat.plan import (
-    CompanyPlan,
-    Dispatch,
-    member,
-    plan_company,
-    plan_dispatch,
-    split_member,
-)
+from erp_sync.beat.nodes import Heartbeats, new_node_id, pid_of
 from erp_sync.beat.publisher import MessageFactory
 from erp_sync.beat.static import StaticSchedule, read_entries
 from erp_sync.beat.sweep import Sweeper
 from erp_sync.clock import RedisClock
-from erp_sync.errors import CorruptRecord
 from erp_sync.inputs import os_user
 from erp_sync.pause import PauseKeeper, Pauses
-from erp_sync.slots import slot_iso
 from erp_sync.store import SettingsStore
 
+__all__ = ["BeatEngine", "EngineConfig", "new_node_id", "pid_of"]
+
 log = logging.getLogger("erp_sync.beat")
-
-
-def new_node_id() -> str:
-    """A beat's node id, unique per start: ``<host>:<pid>:<random>`` (``pid_of`` reads it)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def pid_of(node: str) -> int:
-    """The process id in a node id made by ``new_node_id``."""
-    return int(node.split(":")[-2])
-
-
-NODE_PRUNE_EVERY = 30.0  # seconds between the leader's looks for dead beats' heartbeats
-NODE_STALE_AFTER = 120.0  # a beat silent this long (and 20 leases) is forgotten
-
-
-@dataclass
-class _Rebuild:
-    """A full rebuild in progress: the companies, how far it got, the stream head at its start."""
-
-    ids: list[str]
-    head: str
-    started: float
-    pos: int = 0
-
-
-@dataclass
-class EngineConfig:
-    seconds_per_hour: float = 3600.0
-    lease_seconds: float = 3.0
-    due_batch: int = 250  # entries per dispatch script call
-    message_batch: int = 5000  # messages per dispatch script call (an entry is never split)
-    budget: float = 0.05  # seconds of dispatching before the feed is checked again
-    max_block: float = 1.0  # longest wait on the feed when nothing is due
-    change_batch: int = 500
-    sweep_seconds: float = 60.0  # one full pass of the schedule check over every company
-    log_dispatches: bool = True
 
 
 class BeatEngine:
@@ -118,14 +68,15 @@ class BeatEngine:
         # Ends the pauses whose --until has come (audited as "beat"), fenced by the lease.
         self.pauses = PauseKeeper(Pauses(SettingsStore(client, keys, os_user=os_user())),
                                   keys.beat_leader, self.clock)
+        self.applier = Applier(client, keys, self.index, self.clock, config.seconds_per_hour)
+        self.dispatcher = Dispatcher(client, keys, config, self.index, self.lease, self.messages,
+                                     self.events, self.clock, self.watcher, self.applier.applied,
+                                     self._lost)
         self.cursor: str | None = None
-        self._reported: set[tuple[str, int]] = set()
-        self._heartbeat_at = 0.0
-        self._pruned_at = 0.0
+        self.heartbeats = Heartbeats(client, keys, self.node, self.clock, config.lease_seconds)
         self._threads_started = False
         self._peeked: tuple[float | None] | None = None  # next due time, when known this tick
-        self._rebuild: _Rebuild | None = None  # a full rebuild in progress, a batch a step
-        self._applied_seen: dict[str, Applied | None] = {}  # raw record -> parsed
+        self._rebuild: Rebuild | None = None  # a full rebuild in progress, a few batches a step
 
     # --- the step ---------------------------------------------------------------------------
     def step(self) -> float:
@@ -258,15 +209,13 @@ class BeatEngine:
     def _begin_rebuild(self, why: str) -> None:
         """Start rebuilding every company's entries (first start, or changes lost to trimming).
 
-        It runs one batch per step, so entries that are already valid keep being dispatched
-        meanwhile; changes are applied again once it is done (from the stream's head at its
-        start, replayed idempotently).
+        It runs for up to ``budget`` a step, so entries that are already valid keep being
+        dispatched meanwhile; changes are applied again once it is done (from the stream's head
+        at its start, replayed idempotently).
         """
-        head = self.feed.head()  # taken first: changes after it are replayed, idempotently
-        ids = [str(c) for c in self.client.sscan_iter(self.keys.companies, count=1000)]
-        self._rebuild = _Rebuild(ids, head, time.monotonic())
-        log.warning("beat %s: %s; rebuilding every company's schedule (%d companies, %d a step)",
-                    self.node, why, len(ids), self.config.change_batch)
+        self._rebuild = Rebuild.begin(self.client, self.keys, self.feed)
+        log.warning("beat %s: %s; rebuilding every company's schedule (%d companies, %d a batch)",
+                    self.node, why, len(self._rebuild.ids), self.config.change_batch)
 
     def _rebuild_slices(self) -> int:
         """Batches of the rebuild in progress for up to ``budget`` seconds, then the step goes
@@ -284,108 +233,20 @@ class BeatEngine:
         if token is None or rebuild is None:
             self._rebuild = None  # fenced out half-way: the new leader rebuilds
             return 0
-        batch = rebuild.ids[rebuild.pos:rebuild.pos + self.config.change_batch]
-        rebuild.pos += len(batch)
-        if rebuild.pos < len(rebuild.ids):
-            self.apply_companies(token, batch, None)
-            return len(batch)
-        self.apply_companies(token, batch, rebuild.head)  # the last batch moves the cursor
-        if self.lease.token is not None:
-            log.info("beat %s: rebuilt %d companies' schedules in %.2f s", self.node,
-                     len(rebuild.ids), time.monotonic() - rebuild.started)
-        self._rebuild = None
+        batch, cursor = rebuild.next_batch(self.config.change_batch)
+        self.apply_companies(token, batch, cursor)  # the last batch moves the cursor
+        if rebuild.done:
+            if self.lease.token is not None:
+                log.info("beat %s: rebuilt %d companies' schedules in %.2f s", self.node,
+                         len(rebuild.ids), time.monotonic() - rebuild.started)
+            self._rebuild = None
         return len(batch)
 
     def apply_companies(self, token: str, companies: Iterable[str], cursor: str | None) -> None:
-        ids = list(companies)
-        now = self.clock()
-        raws, old, present = self._read_companies(ids)
-        plans: list[CompanyPlan] = []
-        versions: dict[str, int] = {}
-        moved: list[CompanyPlan] = []  # the plans that change something, named in the log
-        for n, company in enumerate(ids):
-            loaded = self._load(company, raws[2 * n], raws[2 * n + 1])
-            if loaded is None:
-                continue
-            record, stored = loaded
-            try:
-                plans.append(plan_company(company, record, stored, old[n], now,
-                                          self.config.seconds_per_hour, present[n]))
-            except Exception as exc:  # one company must never stop every other's changes
-                log.error("skipping company=%s: cannot plan its schedule: %s", company, exc)
-                continue
-            versions[company] = stored.version if stored else 0
-            if plans[-1].ops or plans[-1].applied != old[n]:
-                moved.append(plans[-1])
-        if self.index.apply(token, plans, versions, cursor) == NOT_LEADER:
+        if not self.applier.apply(token, companies, cursor):
             self._lost()
-            return
-        if cursor:
+        elif cursor:
             self.cursor = cursor
-        same = len(plans) - len(moved)  # most of a rebuild: counted, not named
-        if moved:  # one line per batch naming each company whose schedule moved
-            log.info("applied companies=%d%s: %s", len(moved),
-                     f" (and {same} unchanged)" if same else "", " ".join(
-                         f"{p.company}@{versions.get(p.company)}"
-                         f"({','.join(sorted(p.applied.cadences)) if p.applied else '-'})"
-                         for p in moved))
-        elif plans:
-            log.debug("applied companies=%d, every one unchanged", len(plans))
-
-    def _read_companies(self, ids: list[str]) -> tuple[list[object], list[Applied | None],
-                                                      list[set[SyncKind]]]:
-        """Each company's record and settings (flat, two per company), beat's applied record
-        and the kinds it has in the due index: three commands, two round trips."""
-        kinds = list(SyncKind)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.mget([k for c in ids for k in (self.keys.company(c), self.keys.settings(c))])
-        pipe.hmget(self.keys.beat_applied, ids)
-        raws, applied = pipe.execute(raise_on_error=False)
-        for reply in (raws, applied):
-            if isinstance(reply, Exception):
-                raise reply
-        found = self.index.present([member(c, k) for c in ids for k in kinds])
-        missing = [i for i, raw in enumerate(raws) if raw is None]
-        if missing:  # MGET reads a key of the wrong type as missing: GET tells them apart
-            pipe = self.client.pipeline(transaction=False)
-            for i in missing:
-                pipe.get(self.keys.company(ids[i // 2]) if i % 2 == 0
-                         else self.keys.settings(ids[i // 2]))
-            # One company's key of the wrong Redis type must not fail the whole batch.
-            for i, raw in zip(missing, pipe.execute(raise_on_error=False), strict=True):
-                raws[i] = raw
-        present = [{k for j, k in enumerate(kinds) if found[n * len(kinds) + j]}
-                   for n in range(len(ids))]
-        return raws, [self._applied(r) for r in applied], present
-
-    def _applied(self, raw: object) -> Applied | None:
-        """``parse_applied``, remembered by the raw record: most companies share a few."""
-        if not isinstance(raw, str):
-            return parse_applied(raw)
-        if raw not in self._applied_seen:
-            if len(self._applied_seen) >= 10_000:
-                self._applied_seen.clear()
-            self._applied_seen[raw] = parse_applied(raw)
-        return self._applied_seen[raw]
-
-    def _load(self, company: str, raw_company: object, raw_settings: object
-              ) -> tuple[Company | None, StoredSettings | None] | None:
-        if raw_company is None:
-            return None, None
-        try:
-            for raw, what in ((raw_company, "company"), (raw_settings, "settings")):
-                if isinstance(raw, Exception):
-                    raise CorruptRecord(f"stored {what} of {company!r} is unreadable "
-                                        f"({str(raw).splitlines()[0][:80]})")
-            record = parse(Company, str(raw_company), f"company {company!r}")
-            stored = parse(StoredSettings, str(raw_settings or ""), f"settings of {company!r}")
-        except CorruptRecord as exc:
-            marker = (company, hash(str(raw_settings)))
-            if marker not in self._reported:  # say it once, keep serving everyone else
-                self._reported.add(marker)
-                log.error("skipping company=%s: %s", company, exc)
-            return None
-        return record, stored
 
     # --- dispatch ---------------------------------------------------------------------------
     def send_static(self) -> None:
@@ -411,113 +272,7 @@ class BeatEngine:
         if upcoming is None or upcoming > self.clock():
             return False
         self._peeked = None
-        started = time.monotonic()
-        while self.lease.token is not None:
-            now = self.clock()
-            due = self.index.due(now, self.config.due_batch)
-            if not due:
-                return False
-            if not self._dispatch_batch(self.lease.token, due, now):
-                return False
-            if len(due) < self.config.due_batch:
-                return False
-            if self.watcher.event.is_set() or time.monotonic() - started > self.config.budget:
-                return True  # a change is waiting (or the budget is spent): apply it first
-        return False
-
-    def _dispatch_batch(self, token: str, due: Sequence[tuple[str, float]], now: float) -> bool:
-        entries: list[tuple[str, float, str, SyncKind]] = []
-        for entry, score in due:
-            try:
-                company, kind = split_member(entry)
-                if not math.isfinite(score):  # -inf would never match in the script: spin
-                    raise ValueError(f"due time {score}")
-            except ValueError as exc:  # a malformed member must not wedge the index
-                self._drop(entry, exc)
-                continue
-            entries.append((entry, score, company, kind))
-        companies = list(dict.fromkeys(company for _, _, company, _ in entries))
-        project_level = [(e, c) for e, _, c, kind in entries if kind.project_level]
-        pipe = self.client.pipeline(transaction=False)  # one round trip for everything read
-        pipe.hmget(self.keys.beat_applied, companies)
-        for _, company in project_level:
-            pipe.hkeys(self.keys.projects(company))
-        # Projects opted out of job-cost syncing leave the job-cost fan-out (read live, here).
-        job_costs = [(e, c) for e, _, c, kind in entries if kind is SyncKind.JOB_COSTS]
-        for _, company in job_costs:
-            pipe.smembers(self.keys.job_cost_optouts(company))
-        replies = pipe.execute(raise_on_error=False)
-        applied = {c: self._applied(r) for c, r in zip(companies, replies[0], strict=True)}
-        n = len(project_level)
-        projects = {e: p if isinstance(p, list) else []  # wrong type: no projects to fan out to
-                    for (e, _), p in zip(project_level, replies[1:n + 1], strict=True)}
-        for (e, _), out in zip(job_costs, replies[n + 1:], strict=True):
-            if isinstance(out, set):
-                projects[e] = [p for p in projects[e] if p not in out]
-        plans = []
-        for entry, score, company, _ in entries:
-            try:
-                plans.append(plan_dispatch(entry, score, applied.get(company),
-                                           [str(p) for p in projects.get(entry, [])], now))
-            except Exception as exc:  # a malformed record must not wedge the index either
-                self._drop(entry, exc)
-        chunk: list[tuple[Dispatch, str, list[str]]] = []
-        size = 0
-        for d in plans:
-            msgs = self._messages(d)
-            if chunk and size + len(msgs) > self.config.message_batch:
-                if not self._send(token, chunk):
-                    return False
-                chunk, size = [], 0
-            chunk.append((d, self.messages.queue_key(d.kind), msgs))
-            size += len(msgs)
-        return self._send(token, chunk) if chunk else True
-
-    def _messages(self, d: Dispatch) -> list[str]:
-        if d.next_score is None:
-            return []
-        targets: Sequence[str | None] = d.projects if d.kind.project_level else (None,)
-        return self.messages.build_many(d.company, d.kind, targets, d.slot)
-
-    def _send(self, token: str, chunk: list[tuple[Dispatch, str, list[str]]]) -> bool:
-        flags = self.index.dispatch(token, chunk)
-        if flags is None:
-            self._lost()
-            return False
-        sent: list[str] = []
-        events: list[tuple[str, SyncKind, Sequence[str | None], float]] = []
-        tasks = 0
-        detail = log.isEnabledFor(logging.DEBUG)
-        for (d, _queue, msgs), flag in zip(chunk, flags, strict=True):
-            if flag == "s":  # the invariant held: whatever computed this slot, it went once
-                log.warning("refused stale slot company=%s sync=%s slot=%s (already at or "
-                            "before the last slot dispatched); next=%s", d.company,
-                            d.kind.value, slot_iso(d.slot), slot_iso(d.next_score or 0))
-            elif flag == "d" and msgs and self.events.enabled:
-                events.append((d.company, d.kind,
-                               d.projects if d.kind.project_level else (None,), d.slot))
-            if flag == "d" and self.config.log_dispatches:
-                sent.append(f"{d.member}@{slot_iso(d.slot)}x{len(msgs)}")
-                tasks += len(msgs)
-                if detail:
-                    log.debug("dispatched company=%s sync=%s slot=%s tasks=%d next=%s",
-                              d.company, d.kind.value, slot_iso(d.slot), len(msgs),
-                              slot_iso(d.next_score) if d.next_score else "-")
-        self.events.add(events)
-        held = [f"{d.member}@{slot_iso(d.slot)}" for (d, _, _), f in zip(chunk, flags,
-                                                                         strict=True) if f == "p"]
-        if held:
-            log.info("paused: skipped slots=%d (nothing sent): %s", len(held), " ".join(held))
-        for (d, _, _), flag in zip(chunk, flags, strict=True):
-            if flag == "g":
-                log.info("dropped entry %s: company=%s was removed", d.member, d.company)
-        if sent:  # one line per batch, every slot named: `grep acme:vendors@` finds each one
-            log.info("dispatched slots=%d tasks=%d: %s", len(sent), tasks, " ".join(sent))
-        return True
-
-    def _drop(self, entry: str, exc: Exception) -> None:
-        log.error("dropping malformed due entry %r: %s", entry, exc)
-        self.client.zrem(self.keys.due, entry)
+        return self.dispatcher.run()
 
     # --- leadership and status --------------------------------------------------------------
     def _lost(self) -> None:
@@ -527,38 +282,15 @@ class BeatEngine:
         self._rebuild = None
 
     def _heartbeat(self, role: str) -> None:
-        now = self.clock()
-        if now - self._heartbeat_at < 1.0:
-            return
-        self._heartbeat_at = now
-        self.client.hset(self.keys.beat_nodes, self.node, json.dumps(
-            {"role": role, "last_tick": now, "pid": os.getpid(), "host": socket.gethostname()}))
-        if role == "leader" and now - self._pruned_at >= NODE_PRUNE_EVERY:
-            self._pruned_at = now
-            self.prune_nodes(now)
+        self.heartbeats.beat(role)
 
     def prune_nodes(self, now: float) -> list[str]:
-        """Forget beats whose heartbeat stopped long ago (each start is a new node id, and a
-        beat that died without a clean shutdown never removes its own entry)."""
-        stale = []
-        for node, raw in self.client.hgetall(self.keys.beat_nodes).items():
-            try:
-                last = float(json.loads(raw)["last_tick"])
-            except (ValueError, KeyError, TypeError):
-                last = 0.0  # unreadable: as good as dead
-            if now - last > max(NODE_STALE_AFTER, 20 * self.config.lease_seconds):
-                stale.append(str(node))
-        if stale:
-            self.client.hdel(self.keys.beat_nodes, *stale)
-            log.info("beat %s: forgot %d beat(s) silent for over %.0f s: %s", self.node,
-                     len(stale), NODE_STALE_AFTER, ", ".join(stale))
-        return stale
+        return self.heartbeats.prune(now)
 
     def close(self) -> None:
         """Step down cleanly so a standby takes over at once instead of after the TTL."""
         self.watcher.stop()
         self.events.close()
         self.lease.stop()
-        with contextlib.suppress(redis.RedisError):
-            self.client.hdel(self.keys.beat_nodes, self.node)
+        self.heartbeats.forget()
 
