@@ -44,6 +44,7 @@ from erp_sync.connectors import Connector, connector_for
 from erp_sync.db import Database, RunLog, database
 from erp_sync.delivery import Delivery, Facts, RunClock, attempt_of, skip_reason
 from erp_sync.errors import (
+    DatabaseError,
     DatabaseUnavailable,
     MustWait,
     PermanentConnectorError,
@@ -133,10 +134,10 @@ class Runner:
         """Run one delivery; a database that is down retries it like a transient ERP error."""
         try:
             return self._execute(d)
-        except DatabaseUnavailable as exc:
+        except DatabaseError as exc:  # down, locked, or a schema changed under a running worker
             return self._database_down(d, exc)
 
-    def _database_down(self, d: Delivery, exc: DatabaseUnavailable) -> Outcome:
+    def _database_down(self, d: Delivery, exc: DatabaseError) -> Outcome:
         """The database failed: nothing of the page it was writing was committed, and the run's
         lock was given back. Retry with backoff; when the budget is spent the run is recorded
         failed where it can be (Redis: the database is the part that is down)."""
@@ -172,12 +173,15 @@ class Runner:
             attempt=attempt_of(facts.previous))
         reason = skip_reason(d, facts)
         if facts.company is None or reason:
-            return Outcome(self._final(record.finish("skipped", error=reason, at=clock()), d))
+            # (a lock this task id parked when it deferred earlier is freed with it)
+            return Outcome(self._final(record.finish("skipped", error=reason, at=clock()), d,
+                                       f"{d.task_id}|deferred"))
         lost = record.attempt - 1 - d.retries
         if lost > MAX_REDELIVERIES:
             return Outcome(self._final(record.finish(
                 "failed", error=f"gave up: the run was interrupted {lost} times "
-                                "(worker killed or lost mid-run)", at=clock()), d))
+                                "(worker killed or lost mid-run)", at=clock()), d,
+                f"{d.task_id}|deferred"))
         lock = f"{d.task_id}|{uuid.uuid4().hex[:12]}"
         ttl_ms = int(self.lock_ttl * 1000)
         assert facts.limit is not None  # the company exists (checked above)
@@ -191,7 +195,7 @@ class Runner:
         if state == "ok":
             try:
                 self.runs.save(record)
-            except DatabaseUnavailable:
+            except BaseException:  # whatever failed, the lock just taken is given back
                 self._release(keys=[self._lock(d), self.keys.running(d.company)],
                               args=[lock, d.task_id])
                 raise
@@ -229,7 +233,12 @@ class Runner:
         if previous is None or previous.status != "running":
             return None
         at = RunClock(RedisClock(self.client).refresh())()  # its other times are Redis time
-        return self._final(previous.finish("failed", error=reason, at=at), d, lock="*")
+        final = previous.finish("failed", error=reason, at=at)
+        try:
+            return self._final(final, d, lock="*")
+        except DatabaseError as exc:  # no redelivery will come: close it in Redis at least
+            log.error("killed run task_id=%s recorded in Redis only: %s", d.task_id, exc)
+            return self._finish_in_redis(final, d, lock="*")
 
     def _run(self, d: Delivery, record: RunRecord, connector: Callable[[], Connector],
              watermarks: str, lock: str, clock: RunClock, beat: Heartbeat) -> Outcome:
@@ -240,7 +249,7 @@ class Runner:
                               connector(),
                               deadline=time.monotonic() + self.soft_limit,
                               watermarks=watermarks, lost=lambda: beat.lost)
-        except DatabaseUnavailable:
+        except DatabaseError:
             raise  # execute() retries it (the heartbeat's exit released the lock)
         except MustWait as exc:
             return self._defer(d, record, exc.seconds, exc.why, clock, lock, exc.ticket)

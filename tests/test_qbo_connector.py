@@ -36,7 +36,7 @@ from erp_sync.connectors.qbo.oauth import TokenManager
 from erp_sync.db import Database, RecordStore
 from erp_sync.db.schema import erp_mirror
 from erp_sync.delivery import Delivery
-from erp_sync.errors import BadCredentials
+from erp_sync.errors import BadCredentials, MustWait
 from erp_sync.history import RunRecord
 from erp_sync.ratelimit import (
     CompanyLimit,
@@ -547,3 +547,36 @@ def test_a_watermark_older_than_the_cdc_window_reads_by_query(
     assert stats["cdc"] == 0 and stats["queries"] >= 1 and stats["bad_requests"] == 0
     assert counts.updated == 1
     assert RecordStore(db, "acme").all("vendors")["4"]["name"] == "After the pause"
+
+
+def test_a_full_read_that_lost_its_record_of_what_it_read_sweeps_nothing(
+        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    connected(keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3,
+                                     lines_per_bill=2))
+    (project,) = linked_projects(keyed, keys, db, 1)
+    sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
+    connector = connector_for(keyed, keys, SettingsStore(keyed, keys).get_company("acme"))
+    assert isinstance(connector, QboConnector)
+    # As if the seen set had expired before the sweep: 9 ids were read, none are recorded.
+    connector._sweep(None, read=9)
+    assert RecordStore(db, "acme").deleted_ids("job_costs", project) == set()
+    age_mirror(db)
+    assert sync(keyed, keys, db, SyncKind.JOB_COSTS, project).deleted == 0
+
+
+def test_a_refresh_whose_mirror_lock_was_taken_over_stops_instead_of_writing_beside_it(
+        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    connected(keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3,
+                                     lines_per_bill=2))
+    connector = connector_for(keyed, keys, SettingsStore(keyed, keys).get_company("acme"))
+    assert isinstance(connector, QboConnector)
+
+    def taken_over(state: dict[str, object], full: bool, renew: Callable[[], None]) -> None:
+        keyed.set(keys.mirror_lock("acme"), "another worker")  # our lease lapsed, it took it
+        renew()
+
+    monkeypatch.setattr(connector, "_refresh", taken_over)
+    with pytest.raises(MustWait):
+        connector.refresh()
+    assert keyed.get(keys.mirror_lock("acme")) == "another worker"  # its lock left alone

@@ -21,6 +21,7 @@ harmless (the Procore side writes only what differs).
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from typing import Any
 import redis
 
 from config.keys import KeySpace
+from erp_sync import lua
 from erp_sync.connectors.base import Connector, Page, Record
 from erp_sync.connectors.qbo import mapping
 from erp_sync.connectors.qbo.api import PAGE, QboApi
@@ -44,6 +46,7 @@ FRESH = 15.0  # seconds a refreshed mirror serves project syncs without asking t
 MIRROR = "quickbooks_online"
 LOCK_MS = 120_000
 SWEEP = "_sweep"  # a full re-read's last step: mark what it did not see as deleted
+log = logging.getLogger("erp_sync.worker")
 
 
 def iso(at: datetime) -> str:
@@ -148,7 +151,8 @@ class QboConnector(Connector):
             # Name lists hide inactive records unless the query names Active.
             where = " where Active in (true, false)"
             if state["since"]:
-                where += f" and Metadata.LastUpdatedTime > '{state['since']}'"
+                op = ">=" if state.get("ge") else ">"
+                where += f" and Metadata.LastUpdatedTime {op} '{state['since']}'"
             body = self.api.query(f"select * from {entity}{where} orderby Id "
                                   f"startposition {state['start']} maxresults {PAGE}")
             rows = query_rows(body, entity)
@@ -162,7 +166,9 @@ class QboConnector(Connector):
         else:
             newest = max((_updated(r) for r in rows), default="")
             if not newest or newest == state["since"]:  # 1,000 changes in one instant
-                after = {"m": "query", "since": state["since"], "start": 1, "mark": mark}
+                # The query reads that instant again (>=): a `>` would skip its other changes.
+                after = {"m": "query", "since": state["since"], "start": 1, "mark": mark,
+                         "ge": True}
             else:
                 after = {**state, "since": newest, "mark": mark}
         return Page(items, json.dumps(after, sort_keys=True), watermark=mark, deleted=gone)
@@ -202,23 +208,30 @@ class QboConnector(Connector):
                 raise MustWait(5.0, "another worker's refresh of the company's ERP mirror")
             self.sleep(0.1)
             waited += 0.1
+        renew_script = lua.load(self.client, "lease_renew")
+
+        def renew() -> None:
+            # Only while the lock is still ours: a refresh whose lease lapsed stops at once
+            # (it committed its pages and cursor) rather than write beside the one that took
+            # the lock over; two writers could number lines alike and a project skip some.
+            if not int(renew_script(keys=[lock], args=[holder, LOCK_MS])):
+                raise MustWait(1.0, "the company's ERP mirror lock (its lease lapsed)")
+
         try:
             # Read under the lock: a refresh that finished just before we took it is seen.
             state, refreshed = self.mirror.state(MIRROR)
             if not full and self._fresh(state, refreshed, max_age):
                 return
-            self._refresh(state, full,
-                          lambda: self.client.set(lock, holder, xx=True, px=LOCK_MS))
+            self._refresh(state, full, renew)
         finally:
-            if self.client.get(lock) == holder:
-                self.client.delete(lock)
+            lua.load(self.client, "compare_and_delete")(keys=[lock], args=[holder])
 
     @staticmethod
     def _fresh(state: dict[str, Any], refreshed: datetime | None, max_age: float) -> bool:
         return refreshed is not None and not state.get("cursor") and \
             (datetime.now(UTC) - refreshed).total_seconds() < max_age
 
-    def _refresh(self, state: dict[str, Any], full: bool, renew: Callable[[], object]) -> None:
+    def _refresh(self, state: dict[str, Any], full: bool, renew: Callable[[], None]) -> None:
         cursor: dict[str, Any] = state.get("cursor") or {}
         mark = state.get("mark")
         start_at = parse_time(mark) if mark else None
@@ -237,8 +250,12 @@ class QboConnector(Connector):
                 newest = max((_updated(r) for v in groups.values() for r in v), default="")
                 if count >= self.cdc_max and (not newest or newest == since):
                     # A full response within one instant: CDC cannot page past it, so this
-                    # refresh reads the window with the paginated query instead.
+                    # refresh reads the window with the paginated query instead; a query
+                    # cannot see deletions, so the ones this response holds are kept first.
                     cursor = {"m": "query", "mark": new_mark}
+                    self._apply({e: [r for r in v if mapping.deleted(r)]
+                                 for e, v in groups.items()},
+                                {"mark": mark, "cursor": cursor}, completed=False)
                     break
                 more = count >= self.cdc_max
                 nxt = {"m": "cdc", "since": newest, "mark": new_mark} if more else None
@@ -255,10 +272,11 @@ class QboConnector(Connector):
         return self.keys.mirror_lock(self.company) + ":seen"
 
     def _query_pages(self, cursor: dict[str, Any], mark: str | None, entities: list[str],
-                     renew: Callable[[], object]) -> None:
+                     renew: Callable[[], None]) -> None:
         """The paginated read (resumable from ``cursor``); a full one ends with the sweep."""
         full = bool(cursor.get("full"))
         new_mark = cursor.get("mark")
+        read = int(cursor.get("read", 0))  # rows a full read added to the seen set so far
         todo = [] if cursor.get("entity") == SWEEP else \
             entities[entities.index(cursor["entity"]):] if cursor.get("entity") else entities
         start = int(cursor.get("start", 1))
@@ -274,12 +292,13 @@ class QboConnector(Connector):
                 last = entity == todo[-1] and not more
                 following = SWEEP if last and full else None if last else \
                     entity if more else todo[todo.index(entity) + 1]
+                if full and rows:
+                    read += int(self.client.sadd(
+                        self._seen, *(f"{entity}:{r.get('Id')}" for r in rows)))
+                    self.client.expire(self._seen, 86_400)
                 nxt = None if following is None else {
                     "m": "query", "full": full, "mark": new_mark, "entity": following,
-                    "start": start + PAGE if more else 1}
-                if full and rows:
-                    self.client.sadd(self._seen, *(f"{entity}:{r.get('Id')}" for r in rows))
-                    self.client.expire(self._seen, 86_400)
+                    "start": start + PAGE if more else 1, "read": read}
                 self._apply({entity: rows}, {"mark": new_mark if nxt is None else mark,
                                              "cursor": nxt}, completed=nxt is None)
                 renew()
@@ -287,11 +306,39 @@ class QboConnector(Connector):
                     break
                 start += PAGE
             start = 1
-        if full:  # every transaction was read: the lines of those not seen are gone
-            seen = {str(t) for t in self.client.smembers(self._seen)}
-            gone = {t: None for t in self.mirror.live_txns() - seen}
-            self.mirror.apply(MIRROR, {"mark": new_mark, "cursor": None}, gone, completed=True)
-            self.client.delete(self._seen)
+        if full:
+            self._sweep(new_mark, read)
+
+    def _sweep(self, new_mark: str | None, read: int) -> None:
+        """After a full read: the lines of transactions it did not see are marked deleted,
+        once QuickBooks confirms each is gone. Never on a partial record of what was read: a
+        seen set that lost members (it expired, or Redis lost it) sweeps nothing."""
+        seen = {str(t) for t in self.client.smembers(self._seen)}
+        gone: dict[str, list[Line] | None] = {}
+        if len(seen) < read:
+            log.warning("company=%s: the mirror's full read lost its record of what it read "
+                        "(%d of %d); no deletions swept this time", self.company, len(seen),
+                        read)
+        else:
+            gone = {t: None for t in self._confirmed_gone(self.mirror.live_txns() - seen)}
+        self.mirror.apply(MIRROR, {"mark": new_mark, "cursor": None}, gone, completed=True)
+        self.client.delete(self._seen)
+
+    def _confirmed_gone(self, candidates: set[str]) -> set[str]:
+        """The candidates QuickBooks no longer has: a row deleted while the full read paged
+        shifts the next page by one, so a transaction can go unseen without being gone."""
+        by_entity: dict[str, list[str]] = {}
+        for txn in candidates:
+            entity, _, erp_id = txn.partition(":")
+            by_entity.setdefault(entity, []).append(erp_id)
+        still: set[str] = set()
+        for entity, ids in by_entity.items():
+            for start in range(0, len(ids), 100):
+                chunk = ", ".join(f"'{i}'" for i in ids[start:start + 100])
+                body = self.api.query(f"select * from {entity} where Id in ({chunk}) "
+                                      f"maxresults {PAGE}")
+                still |= {f"{entity}:{r.get('Id')}" for r in query_rows(body, entity)}
+        return candidates - still
 
     def _apply(self, groups: dict[str, list[dict[str, Any]]], state: dict[str, Any],
                completed: bool) -> None:

@@ -33,8 +33,9 @@ from erp_sync.connectors.qbo.http import fault_message, request, tid
 from erp_sync.errors import BadCredentials, ConcurrentUpdate, CorruptRecord, ErpServerError
 
 MARGIN = 120.0  # seconds: a cached token is dropped this long before Intuit expires it
-LOCK_MS = 30_000  # the refresh lock's lease: well above one token request's timeouts
-WAIT = 35.0  # how long a worker waits for another's refresh before trying itself
+TOKEN_TIMEOUT = httpx.Timeout(10.0, connect=5.0)  # per phase: a token request ends within ~35 s
+LOCK_MS = 90_000  # the refresh lock's lease: well above one token request's timeouts
+WAIT = 95.0  # how long a worker waits for another's refresh before trying itself
 
 
 def reconnect_message(company: str) -> str:
@@ -97,10 +98,15 @@ class TokenManager:
                            data={"grant_type": "refresh_token",
                                  "refresh_token": secrets.refresh_token},
                            auth=(connection.client_id, secrets.client_secret),
-                           headers={"Accept": "application/json"})
+                           headers={"Accept": "application/json"}, timeout=TOKEN_TIMEOUT)
         body = _json(response)
         if response.status_code in (400, 401) and body.get("error") in ("invalid_grant",
                                                                           "invalid_client"):
+            if self.store.secrets(self.company)[1] != generation:
+                # Another worker stored a newer token meanwhile (its refresh outlived our
+                # wait): ours was superseded, the connection is fine. Try again with its token.
+                raise ErpServerError(f"the refresh token of {self.company} was rotated by "
+                                     "another worker meanwhile; retrying")
             self._refused(connection, str(body["error"]))
         if response.status_code >= 500 or response.status_code == 429:
             raise ErpServerError(f"the QuickBooks Online token endpoint replied "
