@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from config.keys import KeySpace
 from config.models import AuditEntry, Erp, parse
 from erp_sync.errors import ConcurrentUpdate, CorruptRecord, NotFound
-from erp_sync.store import AUDIT_CAP
+from erp_sync.store import SettingsStore
 from erp_sync.vault import Vault
 
 Status = Literal["connected", "reconnect_required"]
@@ -64,8 +64,11 @@ class Secrets(BaseModel):
 class ConnectionStore:
     """Reads and writes connections (client passed in; the vault only where secrets are)."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, vault: Vault | None = None) -> None:
+    def __init__(self, client: redis.Redis, keys: KeySpace, vault: Vault | None = None,
+                 store: SettingsStore | None = None) -> None:
         self.client, self.keys, self._vault = client, keys, vault
+        # Audit entries go the settings store's way (its cap, its OS user), in our transaction.
+        self._store = store or SettingsStore(client, keys)
 
     @property
     def vault(self) -> Vault:
@@ -82,7 +85,7 @@ class ConnectionStore:
             pipe.delete(key, self.keys.access_token(connection.company))
             pipe.hset(key, mapping={"meta": connection.model_dump_json(), "secret": sealed,
                                     "generation": 1})
-            _queue_audit(pipe, self.keys, audit)
+            self._store._queue_audit(pipe, audit)
             pipe.execute()
 
     def get(self, company: str) -> Connection | None:
@@ -143,7 +146,7 @@ class ConnectionStore:
         """Forget the connection (the company goes back to the sandbox ERP), audited."""
         with self.client.pipeline() as pipe:
             pipe.delete(self.keys.connection(company), self.keys.access_token(company))
-            _queue_audit(pipe, self.keys, audit)
+            self._store._queue_audit(pipe, audit)
             deleted, *_ = pipe.execute()
         return bool(deleted)
 
@@ -160,9 +163,3 @@ class ConnectionStore:
         return done
 
 
-
-def _queue_audit(pipe: redis.client.Pipeline, keys: KeySpace, entry: AuditEntry) -> None:
-    """The audit entry, in the same transaction and under the same cap as the settings store's
-    (``SettingsStore`` writes its own entries the same way)."""
-    pipe.lpush(keys.audit(entry.company), entry.model_dump_json())
-    pipe.ltrim(keys.audit(entry.company), 0, AUDIT_CAP - 1)

@@ -150,7 +150,8 @@ def test_connect_stores_encrypted_secrets_and_no_output_shows_them(
     assert shown_json["client_secret"] == shown_json["refresh_token"] == "********"
     assert (shown_json["status"], shown_json["realm_id"]) == ("connected", realm.realm_id)
     audit = json.loads(outputs["audit acme --json"])
-    assert audit[0]["action"] == "connection.connect" and audit[0]["actor"].startswith("alice")
+    assert audit[0]["action"] == "connection.connect" and audit[0]["actor"] == "alice"
+    assert audit[0]["os_user"]  # who ran the command on the host, in its own field
     assert audit[0]["new"]["client_id"] == realm.client_id
 
 

@@ -8,7 +8,6 @@ change to what its syncs do, and is audited (without the secrets).
 
 from __future__ import annotations
 
-import getpass
 import re
 import sys
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from erp_sync.cli.context import Ctx, echo_json, pass_ctx
 from erp_sync.connections import Connection, ConnectionStore, Secrets
 from erp_sync.connectors.qbo import PRODUCTION_API, TOKEN_URL
 from erp_sync.errors import InvalidInput
+from erp_sync.inputs import user_id
 from erp_sync.vault import Vault, new_key
 
 CONNECTABLE = (Erp.QUICKBOOKS_ONLINE.value,)
@@ -62,13 +62,6 @@ def _url(value: str, option: str) -> str:
     return str(url).rstrip("/")
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 @click.command("connect")
 @click.argument("company_id", metavar="COMPANY")
 @click.option("--as", "actor", required=True, metavar="USER", help="Acting user (admin).")
@@ -88,6 +81,7 @@ def connect(ctx: Ctx, company_id: str, actor: str, erp: str, realm_id: str, clie
             client_secret_file: str, refresh_token_file: str, base_url: str,
             token_url: str) -> None:
     """Connect COMPANY to its real ERP: its syncs then read it over HTTP."""
+    user_id(actor)  # the one validator: it is written to the audit log
     company = ctx.store.get_company(company_id)
     ctx.store.require(company_id, actor, PermissionLevel.ADMIN)
     if company.erp.value != erp:
@@ -101,14 +95,15 @@ def connect(ctx: Ctx, company_id: str, actor: str, erp: str, realm_id: str, clie
     stdin: list[bool] = []
     secrets = Secrets(client_secret=_secret(client_secret_file, "client secret", stdin),
                       refresh_token=_secret(refresh_token_file, "refresh token", stdin))
-    store = ConnectionStore(ctx.client, ctx.keys, Vault.from_settings())  # no key: no write
+    store = ConnectionStore(ctx.client, ctx.keys, Vault.from_settings(),  # no key: no write
+                            store=ctx.store)
     now = datetime.now(UTC)
     connection = Connection(company=company_id, erp=company.erp, realm_id=realm_id,
                             client_id=client_id, base_url=base, token_url=token,
                             connected_by=actor, connected_at=now)
     old = store.get(company_id)
     store.save(connection, secrets, AuditEntry(
-        at=now, actor=f"{actor} (os user {_os_user()})", action="connection.connect",
+        at=now, actor=actor, action="connection.connect",
         company=company_id,
         old=_public(old) if old else {}, new=_public(connection)))
     click.echo(f"{company_id} connected to {erp} realm {realm_id} (client id {client_id}); "
@@ -164,12 +159,13 @@ def connection_new_key() -> None:
 @pass_ctx
 def disconnect(ctx: Ctx, company_id: str, actor: str) -> None:
     """Forget COMPANY's ERP credentials: its syncs go back to the sandbox ERP."""
+    user_id(actor)
     ctx.store.get_company(company_id)
     ctx.store.require(company_id, actor, PermissionLevel.ADMIN)
-    store = ConnectionStore(ctx.client, ctx.keys)
+    store = ConnectionStore(ctx.client, ctx.keys, store=ctx.store)
     found = store.require(company_id)
     store.delete(company_id, AuditEntry(
-        at=datetime.now(UTC), actor=f"{actor} (os user {_os_user()})",
+        at=datetime.now(UTC), actor=actor,
         action="connection.disconnect", company=company_id, old=_public(found)))
     click.echo(f"{company_id} disconnected from {found.erp.value}; its syncs use the sandbox "
                "ERP again")
