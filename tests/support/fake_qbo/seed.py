@@ -69,6 +69,11 @@ class SeedSpec:
     inactive_every: int = 0
     history_days: int = 60
 
+    def to_json(self) -> JsonObject:
+        """The body ``POST /_admin/realms`` takes under ``seed`` (what ``from_json`` reads)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
     @classmethod
     def from_json(cls, data: JsonObject) -> SeedSpec:
         known = {f.name for f in fields(cls)}
