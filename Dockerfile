@@ -14,13 +14,14 @@ RUN groupadd --system --gid 10001 erpsync \
 WORKDIR /app
 
 # The package metadata first, then the modules listed in pyproject.toml (py-modules and packages).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY worker.py beat_schedule.py manage.py ./
 COPY config/ config/
 COPY tasks/ tasks/
 COPY erp_sync/ erp_sync/
 
-RUN pip install . \
+# The lock file's versions (scripts/lock.sh), as scripts/setup.sh and CI install them.
+RUN pip install -c constraints.txt . \
     && rm -rf build *.egg-info
 
 USER erpsync

@@ -67,7 +67,7 @@ class AppliedWaiter:
 
     def __init__(self, client: redis.Redis, keys: KeySpace, company: str) -> None:
         self.client, self.keys, self.company = client, keys, company
-        self.pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self.pubsub = client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(keys.applied_channel(company))
 
     def wait(self, version: int, timeout: float, started: float) -> float | None:

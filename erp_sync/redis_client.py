@@ -86,9 +86,9 @@ def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
         if target is None:
             client = redis.Redis.from_url(url, **DECODING, **options)
         else:
-            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            sentinel = Sentinel(
                 target.hosts, socket_connect_timeout=options["socket_connect_timeout"])
-            client = sentinel.master_for(  # type: ignore[no-untyped-call]
+            client = sentinel.master_for(
                 target.master, db=target.db, password=target.password, **DECODING, **options)
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {redact(url)}: {exc}") from None

@@ -8,7 +8,9 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+# Exactly the versions in constraints.txt (the lock file; scripts/lock.sh refreshes it), so a
+# clean clone installs what CI passed with, not whatever was released since.
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 if ! command -v redis-server >/dev/null 2>&1; then
   if [[ $(id -u) -eq 0 ]]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null

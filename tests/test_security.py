@@ -25,7 +25,7 @@ import redis
 from config.keys import KeySpace
 from erp_sync.history import History
 from tests.support import procs
-from tests.support.redisproc import RedisServer, free_port
+from tests.support.redisproc import RedisServer, free_port, skip_unless_ci
 
 PASSWORD = f"pw-{uuid.uuid4().hex}"
 Manage = Callable[..., subprocess.CompletedProcess[str]]
@@ -69,7 +69,7 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
 def locked(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own that requires a password."""
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed")
+        skip_unless_ci("redis-server not installed")
     server = RedisServer(tmp_path / "redis", password=PASSWORD).start()
     yield server
     server.kill()
@@ -178,7 +178,7 @@ def _certificates(where: Path) -> dict[str, Path]:
 
 def _tls_server(tmp_path: Path) -> tuple[RedisServer, int, Path]:
     if shutil.which("redis-server") is None or shutil.which("openssl") is None:
-        pytest.skip("redis-server or openssl not installed")
+        skip_unless_ci("redis-server or openssl not installed")
     certs = _certificates(tmp_path / "certs")
     tls_port = free_port()
     server = RedisServer(tmp_path / "redis", password=PASSWORD, extra=[
@@ -192,7 +192,7 @@ def _tls_server(tmp_path: Path) -> tuple[RedisServer, int, Path]:
         text = log.read_text(errors="replace") if log.exists() else ""
         server.kill()
         if "tls" in text.lower() or not text:
-            pytest.skip(f"this redis-server was built without TLS support: {text[-200:]}")
+            skip_unless_ci(f"this redis-server was built without TLS support: {text[-200:]}")
         raise
     return server, tls_port, certs["ca"]
 
