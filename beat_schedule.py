@@ -40,9 +40,12 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         if env.effective_broker_url != env.redis_url:
             # Beat queues task messages in the same Lua script that advances the due index
             # (that is what makes a slot's dispatch atomic), so the queues must be in that Redis.
-            log.critical("beat needs ERP_SYNC_BROKER_URL to be the same Redis as "
-                         "ERP_SYNC_REDIS_URL (got %s and %s); refusing to start",
-                         redact(env.effective_broker_url), redact(env.redis_url))
+            log.critical(
+                "beat needs ERP_SYNC_BROKER_URL to be the same Redis as "
+                "ERP_SYNC_REDIS_URL (got %s and %s); refusing to start",
+                redact(env.effective_broker_url),
+                redact(env.redis_url),
+            )
             raise SystemExit(2)
 
     @property
@@ -52,15 +55,27 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
             client = connect(env.redis_url, check=False, socket_timeout=5)
             lease_timeout = max(0.2, env.beat_lease_seconds / 3)
             self._engine = BeatEngine(
-                self.app, client, KeySpace(env.key_prefix),
-                EngineConfig(seconds_per_hour=env.seconds_per_hour,
-                             lease_seconds=env.beat_lease_seconds,
-                             sweep_seconds=env.sweep_seconds),
-                lease_client=connect(env.redis_url, check=False, socket_timeout=lease_timeout,
-                                     socket_connect_timeout=lease_timeout),
+                self.app,
+                client,
+                KeySpace(env.key_prefix),
+                EngineConfig(
+                    seconds_per_hour=env.seconds_per_hour,
+                    lease_seconds=env.beat_lease_seconds,
+                    sweep_seconds=env.sweep_seconds,
+                ),
+                lease_client=connect(
+                    env.redis_url,
+                    check=False,
+                    socket_timeout=lease_timeout,
+                    socket_connect_timeout=lease_timeout,
+                ),
             )
-            log.info("beat %s: schedule from %s, prefix %s", self._engine.node,
-                     redact(env.redis_url), env.key_prefix)
+            log.info(
+                "beat %s: schedule from %s, prefix %s",
+                self._engine.node,
+                redact(env.redis_url),
+                env.key_prefix,
+            )
         return self._engine
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
@@ -69,8 +84,11 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         except redis.RedisError as exc:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
-                log.warning("beat: Redis unavailable (%s); retrying, nothing is lost: due times "
-                            "and changes wait in Redis", str(exc).splitlines()[0])
+                log.warning(
+                    "beat: Redis unavailable (%s); retrying, nothing is lost: due times "
+                    "and changes wait in Redis",
+                    str(exc).splitlines()[0],
+                )
             return 1.0
         except Exception:
             # A bug or unexpected data must not kill the schedule for everyone: log it with
@@ -78,8 +96,7 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
             log.exception("beat: unexpected error in a tick; retrying in 1s")
             return 1.0
         if self._outage_since is not None:
-            log.warning("beat: Redis is back after %.1fs",
-                        time.monotonic() - self._outage_since)
+            log.warning("beat: Redis is back after %.1fs", time.monotonic() - self._outage_since)
             self._outage_since = None
         return delay
 

@@ -22,8 +22,9 @@ from erp_sync.errors import ErpSyncError
 # Worker, beat and Flower all use the Redis transport that survives a Redis restart mid-task
 # (erp_sync/broker.py: Celery 5.7 workers died of it). Process wiring, so here, not in the config.
 install_broker_fix()
-app = Celery("erp_sync", include=["tasks.company", "tasks.project", "tasks.maintenance",
-                                    "tasks.alerts"])
+app = Celery(
+    "erp_sync", include=["tasks.company", "tasks.project", "tasks.maintenance", "tasks.alerts"]
+)
 app.add_defaults(lambda: celery_config(get_settings()))
 
 

@@ -64,8 +64,14 @@ def side_ours(n: int, url: str) -> dict[str, Any]:
     seed(client, keys, n, ONLY_VENDORS)
     t0 = time.time()
     clock = Clock(t0)
-    engine = BeatEngine(Celery("bench"), client, keys, EngineConfig(
-        log_dispatches=False, max_block=0.0), clock=clock, node="bench")
+    engine = BeatEngine(
+        Celery("bench"),
+        client,
+        keys,
+        EngineConfig(log_dispatches=False, max_block=0.0),
+        clock=clock,
+        node="bench",
+    )
     started = time.perf_counter()
     engine.step()
     bootstrap = time.perf_counter() - started
@@ -88,17 +94,29 @@ def side_ours(n: int, url: str) -> dict[str, Any]:
     burst_n = int(client.hget(keys.beat_stats, "slots") or 0) - before
     assert client.llen(keys.queue("company")) == burst_n
     engine.close()
-    return {"bootstrap_s": bootstrap, "bytes_per_entry": mem, "idle_tick_ms": median(idle) * 1e3,
-            "tick_due_ms": tick_due * 1e3, "tick_due_n": due_n, "burst_n": burst_n,
-            "burst_rate": burst_n / burst, "rss_mib": rss_mib()}
+    return {
+        "bootstrap_s": bootstrap,
+        "bytes_per_entry": mem,
+        "idle_tick_ms": median(idle) * 1e3,
+        "tick_due_ms": tick_due * 1e3,
+        "tick_due_n": due_n,
+        "burst_n": burst_n,
+        "burst_rate": burst_n / burst,
+        "rss_mib": rss_mib(),
+    }
 
 
 def redbeat_app(url: str, max_interval: float = 5) -> Celery:
     app = Celery("rb")
-    app.conf.update(broker_url=url, redbeat_redis_url=url, redbeat_key_prefix="rb:",
-                    broker_transport_options={"global_keyprefix": "rbq:"},
-                    beat_max_loop_interval=max_interval, task_ignore_result=True,
-                    beat_scheduler="redbeat.RedBeatScheduler")
+    app.conf.update(
+        broker_url=url,
+        redbeat_redis_url=url,
+        redbeat_key_prefix="rb:",
+        broker_transport_options={"global_keyprefix": "rbq:"},
+        beat_max_loop_interval=max_interval,
+        task_ignore_result=True,
+        beat_scheduler="redbeat.RedBeatScheduler",
+    )
     return app
 
 
@@ -115,9 +133,15 @@ def redbeat_seed(app: Celery, client: redis.Redis, n: int, first_due_in: float) 
             due = now + first_due_in + i / n * 3600
             last = app.now().fromtimestamp(due - 3600, tz=app.timezone)
             key = f"rb:c{i}"
-            definition = {"name": f"c{i}", "task": "tasks.company.refresh_vendors",
-                          "args": [], "kwargs": {"company": f"c{i}"}, "options": {},
-                          "schedule": sched, "enabled": True}
+            definition = {
+                "name": f"c{i}",
+                "task": "tasks.company.refresh_vendors",
+                "args": [],
+                "kwargs": {"company": f"c{i}"},
+                "options": {},
+                "schedule": sched,
+                "enabled": True,
+            }
             pipe.hset(key, "definition", json.dumps(definition, cls=RedBeatJSONEncoder))
             pipe.hset(key, "meta", json.dumps({"last_run_at": last}, cls=RedBeatJSONEncoder))
             pipe.zadd("rb::schedule", {key: due})
@@ -135,8 +159,13 @@ def side_redbeat(n: int, url: str) -> dict[str, Any]:
     create = time.perf_counter() - started
     sched = RedBeatScheduler(app)
     acquire_distributed_beat_lock(sender=SimpleNamespace(scheduler=sched))
-    mem = sum(int(client.memory_usage(k, samples=0) or 0)
-              for k in client.scan_iter("rb:*", count=5000)) / n
+    mem = (
+        sum(
+            int(client.memory_usage(k, samples=0) or 0)
+            for k in client.scan_iter("rb:*", count=5000)
+        )
+        / n
+    )
     idle = []
     for _ in range(IDLE_REPS // 3):
         s = time.perf_counter()
@@ -150,8 +179,13 @@ def side_redbeat(n: int, url: str) -> dict[str, Any]:
     sched.tick()
     tick_due = time.perf_counter() - s
     due_n = client.llen("rbq:celery")
-    out = {"create_s": create, "bytes_per_entry": mem, "idle_tick_ms": median(idle) * 1e3,
-           "tick_due_ms": tick_due * 1e3, "tick_due_n": due_n}
+    out = {
+        "create_s": create,
+        "bytes_per_entry": mem,
+        "idle_tick_ms": median(idle) * 1e3,
+        "tick_due_ms": tick_due * 1e3,
+        "tick_due_n": due_n,
+    }
     if n <= 10_000:
         client.flushall()
         redbeat_seed(app, client, n, first_due_in=-3601)  # all due
@@ -160,8 +194,10 @@ def side_redbeat(n: int, url: str) -> dict[str, Any]:
         s = time.perf_counter()
         while client.llen("rbq:celery") < n and time.perf_counter() - s < 120:
             sched.tick()
-        out.update(burst_n=client.llen("rbq:celery"),
-                   burst_rate=client.llen("rbq:celery") / (time.perf_counter() - s))
+        out.update(
+            burst_n=client.llen("rbq:celery"),
+            burst_rate=client.llen("rbq:celery") / (time.perf_counter() - s),
+        )
     out["rss_mib"] = rss_mib()
     return out
 
@@ -173,8 +209,14 @@ def side_projects(companies: int, projects: int, url: str) -> dict[str, Any]:
     seed(client, keys, companies, ONLY_JOB_COSTS, projects=projects)
     t0 = time.time()
     clock = Clock(t0)
-    engine = BeatEngine(Celery("bench"), client, keys, EngineConfig(
-        log_dispatches=False, max_block=0.0), clock=clock, node="bench")
+    engine = BeatEngine(
+        Celery("bench"),
+        client,
+        keys,
+        EngineConfig(log_dispatches=False, max_block=0.0),
+        clock=clock,
+        node="bench",
+    )
     engine.step()
     state = key_bytes(client, keys.due, keys.beat_applied)
     used_before = int(client.info("memory")["used_memory"])
@@ -184,21 +226,33 @@ def side_projects(companies: int, projects: int, url: str) -> dict[str, Any]:
     queued = int(client.llen(keys.queue("project")))
     used_after = int(client.info("memory")["used_memory"])
     engine.close()
-    return {"projects": companies * projects, "enqueued": queued, "messages": messages,
-            "seconds": took, "rate": queued / took, "state_bytes_per_project":
-            state / (companies * projects), "queue_bytes_per_message":
-            (used_after - used_before) / max(queued, 1), "rss_mib": rss_mib()}
+    return {
+        "projects": companies * projects,
+        "enqueued": queued,
+        "messages": messages,
+        "seconds": took,
+        "rate": queued / took,
+        "state_bytes_per_project": state / (companies * projects),
+        "queue_bytes_per_message": (used_after - used_before) / max(queued, 1),
+        "rss_mib": rss_mib(),
+    }
 
 
 def run_side(kind: str, url: str, *args: int) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "bench.beat", "side", kind, url, *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.beat", "side", kind, url, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{kind} side failed:\n{done.stderr[-4000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 # --- scenarios with real beat processes ------------------------------------------------------
+
 
 def beat_env(url: str, **extra: str) -> dict[str, str]:
     return {"ERP_SYNC_REDIS_URL": url, "ERP_SYNC_KEY_PREFIX": "bench", **extra}
@@ -224,24 +278,35 @@ def change_latency(url: str, n: int, logs: Path, samples: int = 200) -> dict[str
         client.zadd(keys.due, dict.fromkeys(members, time.time() + 0.3), xx=True)
         time.sleep(0.3)
         before = int(client.hget(keys.beat_stats, "slots") or 0)
-        during = _changes(client, keys, store, range(samples // 4),
-                          until=lambda: int(client.hget(keys.beat_stats, "slots") or 0) -
-                          before >= burst_n)
+        during = _changes(
+            client,
+            keys,
+            store,
+            range(samples // 4),
+            until=lambda: int(client.hget(keys.beat_stats, "slots") or 0) - before >= burst_n,
+        )
     finally:
         proc.stop()
-    return {"p50": median(idle), "p99": pct(idle, 99), "burst_p50": median(during),
-            "burst_p99": pct(during, 99), "burst_samples": len(during)}
+    return {
+        "p50": median(idle),
+        "p99": pct(idle, 99),
+        "burst_p50": median(during),
+        "burst_p99": pct(during, 99),
+        "burst_samples": len(during),
+    }
 
 
-def _changes(client: redis.Redis, keys: KeySpace, store: SettingsStore, companies: range,
-             until: Any = None) -> list[float]:
+def _changes(
+    client: redis.Redis, keys: KeySpace, store: SettingsStore, companies: range, until: Any = None
+) -> list[float]:
     out = []
     for i in companies:
         if until is not None and until():
             break
         waiter = AppliedWaiter(client, keys, f"c{i}")
-        stored, _ = store.update_settings(f"c{i}", "admin", lambda s: {
-            "refresh_erp_job_list": not s.refresh_erp_job_list})
+        stored, _ = store.update_settings(
+            f"c{i}", "admin", lambda s: {"refresh_erp_job_list": not s.refresh_erp_job_list}
+        )
         ms = waiter.wait(stored.version, 10, time.monotonic())
         out.append(ms if ms is not None else float("inf"))
     return out
@@ -303,14 +368,20 @@ def redbeat_change_latency(url: str, samples: int = 12) -> list[float]:
     thread.start()
     out = []
     from celery.schedules import schedule as every
+
     rng = random.Random(7)
     for i in range(samples):
         time.sleep(rng.uniform(0.5, 5.5))  # land anywhere in RedBeat's tick cycle
         before = client.llen("rbq:celery")
         started = time.monotonic()
         # a change that makes an entry due now (its last run an hour ago), as an admin's would
-        RedBeatSchedulerEntry(f"new{i}", "tasks.company.refresh_vendors", every(3600), app=app,
-                              last_run_at=app.now() - timedelta(seconds=3601)).save()
+        RedBeatSchedulerEntry(
+            f"new{i}",
+            "tasks.company.refresh_vendors",
+            every(3600),
+            app=app,
+            last_run_at=app.now() - timedelta(seconds=3601),
+        ).save()
         while client.llen("rbq:celery") == before and time.monotonic() - started < 30:
             time.sleep(0.005)
         out.append((time.monotonic() - started) * 1000)
@@ -329,8 +400,7 @@ def failovers(url: str, logs: Path, results: dict[str, Any], rounds: int = 3) ->
     save(results)
     for config in REDBEAT:
         results[f"failover_redbeat_{config}_s"] = failover_redbeat(url, logs, config, rounds)
-        print(f"failover redbeat {config}: {results[f'failover_redbeat_{config}_s']}",
-              flush=True)
+        print(f"failover redbeat {config}: {results[f'failover_redbeat_{config}_s']}", flush=True)
 
 
 def main() -> None:
@@ -350,8 +420,10 @@ def main() -> None:
                 print(json.dumps(results))
                 return
             for n in sizes:
-                results["sizes"][n] = {"ours": run_side("ours", server.url, n),
-                                       "redbeat": run_side("redbeat", server.url, n)}
+                results["sizes"][n] = {
+                    "ours": run_side("ours", server.url, n),
+                    "redbeat": run_side("redbeat", server.url, n),
+                }
                 print(f"N={n}: {json.dumps(results['sizes'][n])}", flush=True)
             for n in sizes:
                 results["sizes"][n]["latency"] = change_latency(server.url, n, Path(tmp))
@@ -379,7 +451,10 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "side":
         kind, url, *nums = sys.argv[2:]
         sides: dict[str, Callable[..., dict[str, Any]]] = {
-            "ours": side_ours, "redbeat": side_redbeat, "projects": side_projects}
+            "ours": side_ours,
+            "redbeat": side_redbeat,
+            "projects": side_projects,
+        }
         fn = sides[kind]
         print(json.dumps(fn(*map(int, nums), url)))
     else:

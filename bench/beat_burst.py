@@ -55,24 +55,40 @@ def make_due(client: redis.Redis, keys: KeySpace) -> tuple[int, float]:
     return len(members), now
 
 
-def drain(env: dict[str, str], level: str, logs: Path, client: redis.Redis, keys: KeySpace,
-          counter: str, n: int) -> float:
+def drain(
+    env: dict[str, str],
+    level: str,
+    logs: Path,
+    client: redis.Redis,
+    keys: KeySpace,
+    counter: str,
+    n: int,
+) -> float:
     proc = beat(f"burst-{level}-{time.monotonic_ns()}", env, logs, extra=["-l", level])
     try:
-        wait_until(lambda: int(client.hget(keys.beat_stats, counter) or 0) > 0, 120,
-                   f"beat never dispatched:\n{proc.output()[-2000:]}", interval=0.005)
+        wait_until(
+            lambda: int(client.hget(keys.beat_stats, counter) or 0) > 0,
+            120,
+            f"beat never dispatched:\n{proc.output()[-2000:]}",
+            interval=0.005,
+        )
         started = time.monotonic()
         first = int(client.hget(keys.beat_stats, counter) or 0)
-        wait_until(lambda: int(client.hget(keys.beat_stats, counter) or 0) >= n, 900,
-                   "beat never drained the burst", interval=0.01)
+        wait_until(
+            lambda: int(client.hget(keys.beat_stats, counter) or 0) >= n,
+            900,
+            "beat never drained the burst",
+            interval=0.01,
+        )
         return (n - first) / (time.monotonic() - started)
     finally:
         proc.signal(signal.SIGTERM)
         proc.stop()
 
 
-def drain_in_process(client: redis.Redis, keys: KeySpace, now: float, counter: str,
-                     logs: Path) -> float:
+def drain_in_process(
+    client: redis.Redis, keys: KeySpace, now: float, counter: str, logs: Path
+) -> float:
     import worker  # the deployed app, imported only here (task-sent events on)
 
     gc.collect()
@@ -82,8 +98,14 @@ def drain_in_process(client: redis.Redis, keys: KeySpace, now: float, counter: s
     log = logging.getLogger("erp_sync.beat")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    engine = BeatEngine(worker.app, client, keys, EngineConfig(max_block=0.0),
-                        clock=Clock(now + 0.5), node="bench-inproc")
+    engine = BeatEngine(
+        worker.app,
+        client,
+        keys,
+        EngineConfig(max_block=0.0),
+        clock=Clock(now + 0.5),
+        node="bench-inproc",
+    )
     try:
         while engine.cursor is None:  # elected (its first step dispatches a batch or two)
             engine.step()
@@ -115,11 +137,19 @@ def main() -> None:
     target = args.companies * max(1, args.projects)
     print(f"load average at start: {os.getloadavg()}; logs in {workdir}", flush=True)
     try:
-        seed(client, keys, args.companies, ONLY_JOB_COSTS if args.projects else ONLY_VENDORS,
-             projects=args.projects)
+        seed(
+            client,
+            keys,
+            args.companies,
+            ONLY_JOB_COSTS if args.projects else ONLY_VENDORS,
+            projects=args.projects,
+        )
         builder: Proc = beat("build", env, workdir)
-        wait_until(lambda: int(client.zcard(keys.due)) >= args.companies, 300,
-                   "the first beat never built the schedules")
+        wait_until(
+            lambda: int(client.zcard(keys.due)) >= args.companies,
+            300,
+            "the first beat never built the schedules",
+        )
         builder.signal(signal.SIGTERM)
         builder.stop()
         rates: dict[str, list[float]] = {level: [] for level in args.levels.split(",") if level}
@@ -127,25 +157,33 @@ def main() -> None:
             for level in rates:
                 make_due(client, keys)
                 rates[level].append(drain(env, level, workdir, client, keys, counter, target))
-                print(f"  {level}: {rates[level][-1]:,.0f} /s (load {os.getloadavg()})",
-                      flush=True)
+                print(f"  {level}: {rates[level][-1]:,.0f} /s (load {os.getloadavg()})", flush=True)
         inproc = []
         for _ in range(args.runs if args.inprocess_runs is None else args.inprocess_runs):
             _, now = make_due(client, keys)
             inproc.append(drain_in_process(client, keys, now, counter, workdir))
             print(f"  in-process: {inproc[-1]:,.0f} /s (load {os.getloadavg()})", flush=True)
-        what = (f"{args.companies:,} companies x {args.projects} projects ({target:,} tasks)"
-                if args.projects else f"{args.companies:,} due entries")
-        print(f"\n{what}, median (min-max) of {args.runs} runs; load average at end: "
-              f"{os.getloadavg()}\n")
+        what = (
+            f"{args.companies:,} companies x {args.projects} projects ({target:,} tasks)"
+            if args.projects
+            else f"{args.companies:,} due entries"
+        )
+        print(
+            f"\n{what}, median (min-max) of {args.runs} runs; load average at end: "
+            f"{os.getloadavg()}\n"
+        )
         unit = "tasks/s" if args.projects else "dispatches/s"
         print(f"| process, log level | {unit} | seconds for {target:,} |\n|---|---|---|")
-        for name, values in [*[(f"real beat, {lv}", v) for lv, v in rates.items()],
-                             ("in-process engine (ceiling)", inproc)]:
+        for name, values in [
+            *[(f"real beat, {lv}", v) for lv, v in rates.items()],
+            ("in-process engine (ceiling)", inproc),
+        ]:
             if values:
                 med = statistics.median(values)
-                print(f"| {name} | {med:,.0f} ({min(values):,.0f}-{max(values):,.0f}) | "
-                      f"{target / med:.1f} |")
+                print(
+                    f"| {name} | {med:,.0f} ({min(values):,.0f}-{max(values):,.0f}) | "
+                    f"{target / med:.1f} |"
+                )
     finally:
         server.close_clients()
         server.kill()

@@ -33,30 +33,46 @@ from tests.support.redisproc import RedisServer
 # RedBeat as shipped: the lock lives 5 x max-interval. Tuned: our lease, polled every second.
 REDBEAT: dict[str, dict[str, float | None]] = {
     "default": {"max_interval": 5.0, "lock_timeout": None},
-    "tuned": {"max_interval": 1.0, "lock_timeout": 3.0}}
+    "tuned": {"max_interval": 1.0, "lock_timeout": 3.0},
+}
 # Only the payments sync, daily: at 10k companies about one slot every 9 s, so a window is idle.
-DAILY_ONLY = SyncSettings(sync_project_job_costs=False, refresh_erp_companies_list=False,
-                          refresh_erp_job_list=False)
+DAILY_ONLY = SyncSettings(
+    sync_project_job_costs=False, refresh_erp_companies_list=False, refresh_erp_job_list=False
+)
 OWN = ("info", "config|resetstat", "config")  # the bench's own commands, not the beat's
 
 
-def redbeat_module(logs: Path, url: str, name: str, lock_timeout: float | None,
-                   tick: bool) -> str:
+def redbeat_module(logs: Path, url: str, name: str, lock_timeout: float | None, tick: bool) -> str:
     """A tiny Celery app for ``celery -A <name> beat -S redbeat.RedBeatScheduler``."""
-    conf = (f"broker_url={url!r}, redbeat_redis_url={url!r}, redbeat_key_prefix='rb:', "
-            "broker_transport_options={'global_keyprefix': 'rbq:'}, task_ignore_result=True")
+    conf = (
+        f"broker_url={url!r}, redbeat_redis_url={url!r}, redbeat_key_prefix='rb:', "
+        "broker_transport_options={'global_keyprefix': 'rbq:'}, task_ignore_result=True"
+    )
     if lock_timeout is not None:
         conf += f", redbeat_lock_timeout={lock_timeout!r}"
     if tick:  # a static entry every 0.2 s: the queue grows while a leader runs
         conf += ", beat_schedule={'tick': {'task': 'x.tick', 'schedule': 0.2}}"
     (logs / f"{name}.py").write_text(
-        f"from celery import Celery\napp = Celery('rb')\napp.conf.update({conf})\n")
+        f"from celery import Celery\napp = Celery('rb')\napp.conf.update({conf})\n"
+    )
     return name
 
 
 def redbeat_proc(logs: Path, module: str, name: str, max_interval: float) -> Proc:
-    args = [sys.executable, "-m", "celery", "-A", module, "beat", "-l", "INFO", "-S",
-            "redbeat.RedBeatScheduler", "--max-interval", f"{max_interval:g}"]
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        module,
+        "beat",
+        "-l",
+        "INFO",
+        "-S",
+        "redbeat.RedBeatScheduler",
+        "--max-interval",
+        f"{max_interval:g}",
+    ]
     return Proc(name, args, {"PYTHONPATH": str(logs)}, logs)
 
 
@@ -67,13 +83,18 @@ def failover_redbeat(url: str, logs: Path, config: str, rounds: int = 3) -> list
     redbeat_seed(redbeat_app(url), client, 0, 0)
     conf = REDBEAT[config]
     module = redbeat_module(logs, url, f"rbfo_{config}", conf["lock_timeout"], tick=True)
-    procs = [redbeat_proc(logs, module, f"rbfo-{config}-{i}", conf["max_interval"] or 5)
-             for i in range(2)]
+    procs = [
+        redbeat_proc(logs, module, f"rbfo-{config}-{i}", conf["max_interval"] or 5)
+        for i in range(2)
+    ]
     gaps = []
     try:
         for r in range(rounds):
-            wait_until(lambda: any(p.alive() and "Acquired lock" in p.output() for p in procs),
-                       90, "no RedBeat leader")
+            wait_until(
+                lambda: any(p.alive() and "Acquired lock" in p.output() for p in procs),
+                90,
+                "no RedBeat leader",
+            )
             for p in procs:  # the standby is up (its own start must not cloud the gap)
                 p.wait_for("beat: Starting", 30)
             time.sleep(2)
@@ -86,8 +107,11 @@ def failover_redbeat(url: str, logs: Path, config: str, rounds: int = 3) -> list
                 time.sleep(0.01)
             gaps.append(time.monotonic() - killed)
             if r < rounds - 1:
-                procs.append(redbeat_proc(logs, module, f"rbfo-{config}-{len(procs)}",
-                                          conf["max_interval"] or 5))
+                procs.append(
+                    redbeat_proc(
+                        logs, module, f"rbfo-{config}-{len(procs)}", conf["max_interval"] or 5
+                    )
+                )
     finally:
         for p in procs:
             p.stop()
@@ -96,9 +120,11 @@ def failover_redbeat(url: str, logs: Path, config: str, rounds: int = 3) -> list
 
 
 def commandstats(client: redis.Redis) -> dict[str, int]:
-    return {name.removeprefix("cmdstat_"): int(v["calls"])
-            for name, v in client.info("commandstats").items()
-            if name.removeprefix("cmdstat_") not in OWN}
+    return {
+        name.removeprefix("cmdstat_"): int(v["calls"])
+        for name, v in client.info("commandstats").items()
+        if name.removeprefix("cmdstat_") not in OWN
+    }
 
 
 def window(client: redis.Redis, seconds: float) -> dict[str, int]:
@@ -159,12 +185,15 @@ def idle_redbeat(url: str, logs: Path, n: int, seconds: float, config: str) -> d
     return out
 
 
-def summary(calls: dict[str, int], seconds: float, ticks: int, dispatched: int
-            ) -> dict[str, Any]:
+def summary(calls: dict[str, int], seconds: float, ticks: int, dispatched: int) -> dict[str, Any]:
     total = sum(calls.values())
-    return {"per_s": total / seconds, "ticks": ticks, "per_tick": total / max(ticks, 1),
-            "dispatched": dispatched,
-            "by_command": dict(sorted(calls.items(), key=lambda kv: -kv[1]))}
+    return {
+        "per_s": total / seconds,
+        "ticks": ticks,
+        "per_tick": total / max(ticks, 1),
+        "dispatched": dispatched,
+        "by_command": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
+    }
 
 
 def load() -> str:
@@ -204,8 +233,9 @@ def main() -> None:
             server.stop()
     for key, value in results.items():
         if key.startswith("failover"):
-            print(f"{key}: median {median(value):.2f} s, min {min(value):.2f}, "
-                  f"max {max(value):.2f}")
+            print(
+                f"{key}: median {median(value):.2f} s, min {min(value):.2f}, max {max(value):.2f}"
+            )
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "beat_ha.json").write_text(json.dumps(results, indent=2))

@@ -64,34 +64,46 @@ def rebuilt_seconds(proc: Proc, after: int = 0) -> float:
     return float(found[after][1])
 
 
-def build(client: redis.Redis, keys: KeySpace, env: dict[str, str], logs: Path,
-          n: int) -> float:
+def build(client: redis.Redis, keys: KeySpace, env: dict[str, str], logs: Path, n: int) -> float:
     """Let a real beat build every company's schedule (first start); its rebuild seconds."""
     proc = start_beat("build", env, logs)
     try:
-        wait_until(lambda: REBUILT.search(proc.output()), 900,
-                   f"the first beat never built the schedules:\n{proc.output()[-2000:]}", 0.05)
+        wait_until(
+            lambda: REBUILT.search(proc.output()),
+            900,
+            f"the first beat never built the schedules:\n{proc.output()[-2000:]}",
+            0.05,
+        )
         assert int(client.hlen(keys.beat_applied)) >= n
         return rebuilt_seconds(proc)
     finally:
         stop(proc)
 
 
-def restart_rebuilding(client: redis.Redis, keys: KeySpace, env: dict[str, str],
-                       logs: Path) -> Proc:
+def restart_rebuilding(
+    client: redis.Redis, keys: KeySpace, env: dict[str, str], logs: Path
+) -> Proc:
     """Delete beat's change cursor and start a beat: it rebuilds every company's schedule (as
     after a trimmed change stream). Returns once it logged the start of the rebuild."""
     client.delete(keys.beat_cursor)
     proc = start_beat("rebuild", env, logs)
-    wait_until(lambda: "rebuilding every company" in proc.output(), 120,
-               f"beat never started a rebuild:\n{proc.output()[-2000:]}", interval=0.005)
+    wait_until(
+        lambda: "rebuilding every company" in proc.output(),
+        120,
+        f"beat never started a rebuild:\n{proc.output()[-2000:]}",
+        interval=0.005,
+    )
     return proc
 
 
 def rebuilt(proc: Proc) -> float:
     """Wait for a rebuild started by ``restart_rebuilding`` to end; its seconds (beat's log)."""
-    wait_until(lambda: REBUILT.search(proc.output()), 900,
-               f"beat never rebuilt:\n{proc.output()[-2000:]}", interval=0.02)
+    wait_until(
+        lambda: REBUILT.search(proc.output()),
+        900,
+        f"beat never rebuilt:\n{proc.output()[-2000:]}",
+        interval=0.02,
+    )
     return rebuilt_seconds(proc)
 
 
@@ -137,9 +149,16 @@ class Lateness:
         return max(self.samples, default=0.0)
 
 
-def settings_writes(client: redis.Redis, keys: KeySpace, companies: Iterable[str],
-                    frequency: PaymentsFrequency, version: int, maxlen: int,
-                    chunk: int = 200, pace: Callable[[int], None] | None = None) -> None:
+def settings_writes(
+    client: redis.Redis,
+    keys: KeySpace,
+    companies: Iterable[str],
+    frequency: PaymentsFrequency,
+    version: int,
+    maxlen: int,
+    chunk: int = 200,
+    pace: Callable[[int], None] | None = None,
+) -> None:
     """Change each company's payments frequency as ``update_settings`` writes it: the new
     settings with the version bumped, one audit entry (list capped) and one change on the stream,
     ``chunk`` companies a round trip. ``pace(done)`` is called before each round trip."""
@@ -154,16 +173,29 @@ def settings_writes(client: redis.Redis, keys: KeySpace, companies: Iterable[str
             pace(done)
         pipe = client.pipeline(transaction=False)
         for cid in batch:
-            stored = StoredSettings(company=cid, version=version, settings=settings,
-                                    updated_at=at, updated_by="bench")
+            stored = StoredSettings(
+                company=cid, version=version, settings=settings, updated_at=at, updated_by="bench"
+            )
             pipe.set(keys.settings(cid), stored.model_dump_json())
-            pipe.lpush(keys.audit(cid), AuditEntry(
-                at=at, actor="bench", action="settings.update", company=cid, version=version,
-                old={"payments_for_synced_invoices": "?"},
-                new={"payments_for_synced_invoices": frequency.value}).model_dump_json())
+            pipe.lpush(
+                keys.audit(cid),
+                AuditEntry(
+                    at=at,
+                    actor="bench",
+                    action="settings.update",
+                    company=cid,
+                    version=version,
+                    old={"payments_for_synced_invoices": "?"},
+                    new={"payments_for_synced_invoices": frequency.value},
+                ).model_dump_json(),
+            )
             pipe.ltrim(keys.audit(cid), 0, 1999)
-            pipe.xadd(keys.changes, {"company": cid, "version": str(version)}, maxlen=maxlen,
-                      approximate=True)
+            pipe.xadd(
+                keys.changes,
+                {"company": cid, "version": str(version)},
+                maxlen=maxlen,
+                approximate=True,
+            )
         pipe.execute()
         done += len(batch)
         batch.clear()

@@ -53,9 +53,14 @@ def in_process(client: redis.Redis, keys: KeySpace) -> tuple[float, float]:
 
     first = client.zrange(keys.due, 0, 0, withscores=True)
     clock = Clock(float(first[0][1]) - 0.5)  # nothing is due
-    engine = BeatEngine(worker.app, client, keys, EngineConfig(max_block=0.0,
-                                                               sweep_seconds=1e9),
-                        clock=clock, node="bench-inproc")
+    engine = BeatEngine(
+        worker.app,
+        client,
+        keys,
+        EngineConfig(max_block=0.0, sweep_seconds=1e9),
+        clock=clock,
+        node="bench-inproc",
+    )
     try:
         while engine.cursor is None:  # elected, cursor read
             engine.step()
@@ -89,8 +94,11 @@ def one_size(n: int, runs: int) -> dict[str, list[float]]:
         for i in range(100):
             store.grant(f"c{i}", "admin", "admin")
         sample = [f"c{i}" for i in range(0, n, max(1, n // 100))]
-        own = sum(int(client.memory_usage(k, samples=0) or 0) for c in sample
-                  for k in (keys.company(c), keys.settings(c), keys.audit(c))) / len(sample)
+        own = sum(
+            int(client.memory_usage(k, samples=0) or 0)
+            for c in sample
+            for k in (keys.company(c), keys.settings(c), keys.audit(c))
+        ) / len(sample)
         note("first_build_s", build(client, keys, env, workdir, n))
         proc = start_beat("leader", env, workdir)
         try:
@@ -106,8 +114,10 @@ def one_size(n: int, runs: int) -> dict[str, list[float]]:
         idle_ms, resync_s = in_process(client, keys)
         note("idle_step_ms_inproc", idle_ms)
         note("rebuild_rate_inproc", n / resync_s)
-        beat_bytes = sum(int(client.memory_usage(k, samples=0) or 0)
-                         for k in (keys.due, keys.beat_applied, keys.beat_slots))
+        beat_bytes = sum(
+            int(client.memory_usage(k, samples=0) or 0)
+            for k in (keys.due, keys.beat_applied, keys.beat_slots)
+        )
         note("beat_bytes_per_company", beat_bytes / n)
         note("own_bytes_per_company", own)
         return out
@@ -125,8 +135,10 @@ def main() -> None:
     print(f"load average at start {load()}", flush=True)
     sizes = [int(s) for s in args.sizes.split(",")]
     results = {n: one_size(n, args.runs) for n in sizes}
-    print(f"\nreal `celery -A worker beat -l INFO` unless marked in-process; median (min-max) "
-          f"of {args.runs} runs; load average at end {load()}\n")
+    print(
+        f"\nreal `celery -A worker beat -l INFO` unless marked in-process; median (min-max) "
+        f"of {args.runs} runs; load average at end {load()}\n"
+    )
     names = list(next(iter(results.values())))
     print("| figure | " + " | ".join(f"{n:,}" for n in sizes) + " |")
     print("|---|" + "---|" * len(sizes))

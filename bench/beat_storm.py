@@ -60,8 +60,12 @@ from erp_sync.store import SettingsStore
 from tests.support.procs import Proc, wait_until
 
 MAXLEN = 1_000_000
-FREQUENCIES = [PaymentsFrequency.HOURLY, PaymentsFrequency.EVERY_4_HOURS,
-               PaymentsFrequency.EVERY_2_HOURS, PaymentsFrequency.DAILY]
+FREQUENCIES = [
+    PaymentsFrequency.HOURLY,
+    PaymentsFrequency.EVERY_4_HOURS,
+    PaymentsFrequency.EVERY_2_HOURS,
+    PaymentsFrequency.DAILY,
+]
 
 
 def single_changes(client: redis.Redis, keys: KeySpace, samples: int = 100) -> list[float]:
@@ -70,8 +74,9 @@ def single_changes(client: redis.Redis, keys: KeySpace, samples: int = 100) -> l
     for i in range(samples):
         cid = f"c{i}"
         waiter = AppliedWaiter(client, keys, cid)
-        stored, _ = store.update_settings(cid, "admin", lambda s: {
-            "refresh_erp_job_list": not s.refresh_erp_job_list})
+        stored, _ = store.update_settings(
+            cid, "admin", lambda s: {"refresh_erp_job_list": not s.refresh_erp_job_list}
+        )
         ms = waiter.wait(stored.version, 10, time.monotonic())
         out.append(ms if ms is not None else float("inf"))
     return out
@@ -86,15 +91,23 @@ def _writer(url: str, prefix: str, n: int, frequency: str, version: int, within:
         if due > time.monotonic():
             time.sleep(due - time.monotonic())
 
-    settings_writes(client, KeySpace(prefix), (f"c{i}" for i in range(n)),
-                    PaymentsFrequency(frequency), version, MAXLEN,
-                    pace=pace if within > 0 else None)
+    settings_writes(
+        client,
+        KeySpace(prefix),
+        (f"c{i}" for i in range(n)),
+        PaymentsFrequency(frequency),
+        version,
+        MAXLEN,
+        pace=pace if within > 0 else None,
+    )
 
 
-def write_storm(url: str, keys: KeySpace, n: int, frequency: PaymentsFrequency, version: int,
-                within: float) -> BaseProcess:
+def write_storm(
+    url: str, keys: KeySpace, n: int, frequency: PaymentsFrequency, version: int, within: float
+) -> BaseProcess:
     proc = multiprocessing.get_context("fork").Process(
-        target=_writer, args=(url, keys.prefix, n, frequency.value, version, within))
+        target=_writer, args=(url, keys.prefix, n, frequency.value, version, within)
+    )
     proc.start()
     return proc
 
@@ -106,8 +119,9 @@ def added(client: redis.Redis, keys: KeySpace) -> int:
         return 0
 
 
-def storm(client: redis.Redis, url: str, keys: KeySpace, n: int, within: float,
-          run: int) -> dict[str, float]:
+def storm(
+    client: redis.Redis, url: str, keys: KeySpace, n: int, within: float, run: int
+) -> dict[str, float]:
     """One paced storm against the running leader."""
     samples: list[tuple[float, int, int]] = []  # (redis time, entries added, applied)
     done = threading.Event()
@@ -130,8 +144,12 @@ def storm(client: redis.Redis, url: str, keys: KeySpace, n: int, within: float,
         writer = write_storm(url, keys, n, FREQUENCIES[run % 3], 1000 + run, within)
         writer.join()
         t_written = now(client)
-        wait_until(lambda: stat(client, keys, "applied") - a0 >= n, 600,
-                   "beat never applied the storm", interval=0.01)
+        wait_until(
+            lambda: stat(client, keys, "applied") - a0 >= n,
+            600,
+            "beat never applied the storm",
+            interval=0.01,
+        )
         t_applied = now(client)
         done.set()
         sampler.join()
@@ -145,35 +163,53 @@ def storm(client: redis.Redis, url: str, keys: KeySpace, n: int, within: float,
             ai += 1
         t_app = samples[ai][0] if ai < len(samples) else t_applied
         lags.append(t_app - samples[wi][0])
-    return {"write_s": t_written - t0, "applied_after_s": t_applied - t0,
-            "rate": n / (t_applied - t0), "lag_p99_s": pct(lags, 99), "lag_max_s": max(lags),
-            "lateness_max_s": late.max}
+    return {
+        "write_s": t_written - t0,
+        "applied_after_s": t_applied - t0,
+        "rate": n / (t_applied - t0),
+        "lag_p99_s": pct(lags, 99),
+        "lag_max_s": max(lags),
+        "lateness_max_s": late.max,
+    }
 
 
-def backlog(client: redis.Redis, url: str, keys: KeySpace, env: dict[str, str], logs: Path,
-            n: int, run: int) -> tuple[float, Proc]:
+def backlog(
+    client: redis.Redis, url: str, keys: KeySpace, env: dict[str, str], logs: Path, n: int, run: int
+) -> tuple[float, Proc]:
     """N changes written while no beat runs; a beat started: its apply rate."""
     writer = write_storm(url, keys, n, FREQUENCIES[(run + 1) % 3], 2000 + run, 0)
     writer.join()
     a0 = stat(client, keys, "applied")
     proc = start_beat("backlog", env, logs)
-    wait_until(lambda: stat(client, keys, "applied") > a0, 120,
-               f"beat never applied:\n{proc.output()[-2000:]}", interval=0.005)
+    wait_until(
+        lambda: stat(client, keys, "applied") > a0,
+        120,
+        f"beat never applied:\n{proc.output()[-2000:]}",
+        interval=0.005,
+    )
     t0, first = time.monotonic(), stat(client, keys, "applied")
-    wait_until(lambda: stat(client, keys, "applied") - a0 >= n, 600,
-               "beat never applied the backlog", interval=0.005)
+    wait_until(
+        lambda: stat(client, keys, "applied") - a0 >= n,
+        600,
+        "beat never applied the backlog",
+        interval=0.005,
+    )
     return (n - (first - a0)) / (time.monotonic() - t0), proc
 
 
-def rebuild(client: redis.Redis, keys: KeySpace, env: dict[str, str], logs: Path,
-            n: int) -> tuple[float, float, int, Proc]:
+def rebuild(
+    client: redis.Redis, keys: KeySpace, env: dict[str, str], logs: Path, n: int
+) -> tuple[float, float, int, Proc]:
     """Rebuild every company while entries fall due: (seconds, max lateness, slots sent)."""
     proc = restart_rebuilding(client, keys, env, logs)
     t = now(client)
     picks = random.sample(range(n), min(n, 2000))
     span = max(2.0, n / 20_000)  # the target rebuild time
-    client.zadd(keys.due, {f"c{c}:vendors": t + 0.5 + span * k / len(picks)
-                           for k, c in enumerate(picks)}, xx=True)
+    client.zadd(
+        keys.due,
+        {f"c{c}:vendors": t + 0.5 + span * k / len(picks) for k, c in enumerate(picks)},
+        xx=True,
+    )
     s0 = stat(client, keys, "slots")
     time.sleep(0.5)  # what fell due while no beat ran is sent by its first steps
     with Lateness(client, keys) as late:
@@ -230,8 +266,10 @@ def main() -> None:
                 note("rebuild_rate", n / seconds)
                 note("rebuild_lateness_max_s", lateness)
                 note("rebuild_slots_sent", sent)
-        print(f"\n{n:,} companies, real `celery -A worker beat -l INFO`, median (min-max) of "
-              f"{args.runs} runs; load average at end {load()}\n")
+        print(
+            f"\n{n:,} companies, real `celery -A worker beat -l INFO`, median (min-max) of "
+            f"{args.runs} runs; load average at end {load()}\n"
+        )
         print("| figure | value |\n|---|---|")
         for name, values in results.items():
             print(f"| {name} | {med(values)} |")

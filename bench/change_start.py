@@ -50,24 +50,41 @@ from erp_sync.store import SettingsStore
 from tests.support.procs import Proc, beat, wait_until, worker
 from tests.support.redisproc import RedisServer
 
-ALL_OFF = SyncSettings(sync_project_job_costs=False, refresh_erp_companies_list=False,
-                       refresh_erp_job_list=False, sync_payments_for_synced_invoices=False)
+ALL_OFF = SyncSettings(
+    sync_project_job_costs=False,
+    refresh_erp_companies_list=False,
+    refresh_erp_job_list=False,
+    sync_payments_for_synced_invoices=False,
+)
 JOBS_ONLY = ALL_OFF.model_copy(update={"refresh_erp_job_list": True})
-TINY = {"vendors": 2, "cost_codes": 1, "extra_jobs": 0, "project_cost_codes": 1,
-        "costs_per_job": 1, "invoices_per_job": 1, "page_size": 1000, "latency_ms": 0}
+TINY = {
+    "vendors": 2,
+    "cost_codes": 1,
+    "extra_jobs": 0,
+    "project_cost_codes": 1,
+    "costs_per_job": 1,
+    "invoices_per_job": 1,
+    "page_size": 1000,
+    "latency_ms": 0,
+}
 REDBEAT = {"tuned": (1.0, 3.0), "default": (5.0, None)}  # max-interval, lock timeout
 
 
 class Side:
     """One side's private key prefix, companies and worker."""
 
-    def __init__(self, server: RedisServer, logs: Path, db_url: str, name: str,
-                 period: float) -> None:
+    def __init__(
+        self, server: RedisServer, logs: Path, db_url: str, name: str, period: float
+    ) -> None:
         self.name, self.logs = name, logs
         self.keys = KeySpace(f"cs{name}")
         self.client: redis.Redis = server.client()
-        self.env = {"ERP_SYNC_REDIS_URL": server.url, "ERP_SYNC_KEY_PREFIX": self.keys.prefix,
-                    "ERP_SYNC_DATABASE_URL": db_url, "ERP_SYNC_SECONDS_PER_HOUR": f"{period:g}"}
+        self.env = {
+            "ERP_SYNC_REDIS_URL": server.url,
+            "ERP_SYNC_KEY_PREFIX": self.keys.prefix,
+            "ERP_SYNC_DATABASE_URL": db_url,
+            "ERP_SYNC_SECONDS_PER_HOUR": f"{period:g}",
+        }
         self.store = SettingsStore(self.client, self.keys)
         self.history = History(self.client, self.keys)
 
@@ -106,8 +123,15 @@ class Side:
         return got
 
 
-def ours(server: RedisServer, logs: Path, db_url: str, runs: int, samples: int,
-         period: float, rng: random.Random) -> list[dict[str, float]]:
+def ours(
+    server: RedisServer,
+    logs: Path,
+    db_url: str,
+    runs: int,
+    samples: int,
+    period: float,
+    rng: random.Random,
+) -> list[dict[str, float]]:
     side = Side(server, logs, db_url, "ours", period)
     ids = [f"o{r}x{i}" for r in range(runs) for i in range(samples)]
     side.companies(ids, ALL_OFF)
@@ -123,27 +147,46 @@ def ours(server: RedisServer, logs: Path, db_url: str, runs: int, samples: int,
                 time.sleep(rng.uniform(0.2, 1.5))
                 waiter = AppliedWaiter(side.client, side.keys, company)
                 written = time.time()
-                stored, _ = side.store.update_settings(company, "admin", lambda s: {
-                    "refresh_erp_job_list": True})
+                stored, _ = side.store.update_settings(
+                    company, "admin", lambda s: {"refresh_erp_job_list": True}
+                )
                 ms = waiter.wait(stored.version, 10, time.monotonic())
                 slot = side.client.zscore(side.keys.due, member(company, SyncKind.JOBS))
-                batch[company] = {"run": r, "written": written, "applied_ms": ms or float("inf"),
-                                  "due": float(slot or "nan")}
+                batch[company] = {
+                    "run": r,
+                    "written": written,
+                    "applied_ms": ms or float("inf"),
+                    "due": float(slot or "nan"),
+                }
             for company, start in side.wait_starts(batch, 3 * period + 30).items():
                 row = batch[company]
-                out.append({**row, "start_s": start - row["written"],
-                            "late_ms": (start - row["due"]) * 1000})
+                out.append(
+                    {
+                        **row,
+                        "start_s": start - row["written"],
+                        "late_ms": (start - row["due"]) * 1000,
+                    }
+                )
             for company in batch:  # switch it off again: one first start per company
-                side.store.update_settings(company, "admin", lambda s: {
-                    "refresh_erp_job_list": False})
+                side.store.update_settings(
+                    company, "admin", lambda s: {"refresh_erp_job_list": False}
+                )
     finally:
         proc.stop()
         work.stop()
     return out
 
 
-def redbeat(server: RedisServer, logs: Path, db_url: str, runs: int, samples: int,
-            period: float, config: str, rng: random.Random) -> list[dict[str, float]]:
+def redbeat(
+    server: RedisServer,
+    logs: Path,
+    db_url: str,
+    runs: int,
+    samples: int,
+    period: float,
+    config: str,
+    rng: random.Random,
+) -> list[dict[str, float]]:
     from celery.schedules import schedule as every
     from redbeat.schedulers import RedBeatSchedulerEntry
 
@@ -156,17 +199,34 @@ def redbeat(server: RedisServer, logs: Path, db_url: str, runs: int, samples: in
     app.conf.update(redbeat_redis_url=server.url, redbeat_key_prefix=prefix)
     # RedBeat in the deployed app: our worker app, RedBeat's scheduler and its lock settings
     module = f"rbcs_{config}"
-    lines = ["from worker import app",
-             f"app.conf.update(redbeat_redis_url={server.url!r}, redbeat_key_prefix={prefix!r},"
-             " beat_schedule={})"]
+    lines = [
+        "from worker import app",
+        f"app.conf.update(redbeat_redis_url={server.url!r}, redbeat_key_prefix={prefix!r},"
+        " beat_schedule={})",
+    ]
     if lock_timeout is not None:
         lines.append(f"app.conf.redbeat_lock_timeout = {lock_timeout!r}")
     (logs / f"{module}.py").write_text("\n".join(lines) + "\n")
     work = side.worker()
-    proc = Proc(f"beat-{config}", [sys.executable, "-m", "celery", "-A", module, "beat", "-l",
-                                   "INFO", "-S", "redbeat.RedBeatScheduler", "--max-interval",
-                                   f"{max_interval:g}"],
-                {**side.env, "PYTHONPATH": f"{logs}{os.pathsep}{ROOT}"}, logs)
+    proc = Proc(
+        f"beat-{config}",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            module,
+            "beat",
+            "-l",
+            "INFO",
+            "-S",
+            "redbeat.RedBeatScheduler",
+            "--max-interval",
+            f"{max_interval:g}",
+        ],
+        {**side.env, "PYTHONPATH": f"{logs}{os.pathsep}{ROOT}"},
+        logs,
+    )
     out = []
     try:
         proc.wait_for("Acquired lock", 60)
@@ -181,19 +241,33 @@ def redbeat(server: RedisServer, logs: Path, db_url: str, runs: int, samples: in
                     now = app.now()
                     last = now - timedelta(seconds=period + 1) if k == "d" else now
                     entry = RedBeatSchedulerEntry(
-                        f"{company}-jobs", TASK_NAMES[SyncKind.JOBS], every(period, app=app),
+                        f"{company}-jobs",
+                        TASK_NAMES[SyncKind.JOBS],
+                        every(period, app=app),
                         kwargs={"company": company, "slot": slot_iso(time.time())},
-                        options={"queue": "company"}, app=app, last_run_at=last)
+                        options={"queue": "company"},
+                        app=app,
+                        last_run_at=last,
+                    )
                     written = time.time()
                     entry.save()
                     entries.append(entry)
                     due = written if k == "d" else entry.due_at.timestamp()
-                    batch[company] = {"run": r, "written": written, "due": due,
-                                      "due_now": float(k == "d")}
+                    batch[company] = {
+                        "run": r,
+                        "written": written,
+                        "due": due,
+                        "due_now": float(k == "d"),
+                    }
             for company, start in side.wait_starts(batch, 3 * period + 30).items():
                 row = batch[company]
-                out.append({**row, "start_s": start - row["written"],
-                            "late_ms": (start - row["due"]) * 1000})
+                out.append(
+                    {
+                        **row,
+                        "start_s": start - row["written"],
+                        "late_ms": (start - row["due"]) * 1000,
+                    }
+                )
             for entry in entries:
                 entry.delete()
     finally:
@@ -204,16 +278,25 @@ def redbeat(server: RedisServer, logs: Path, db_url: str, runs: int, samples: in
 
 def stats(values: list[float], runs: list[int]) -> dict[str, Any]:
     """Pooled median, p90, min-max, and the median of each run."""
-    per_run = [median([v for v, r in zip(values, runs, strict=True) if r == k])
-               for k in sorted(set(runs))]
-    return {"n": len(values), "median": median(values), "p90": pct(values, 90),
-            "min": min(values), "max": max(values), "run_medians": per_run}
+    per_run = [
+        median([v for v, r in zip(values, runs, strict=True) if r == k]) for k in sorted(set(runs))
+    ]
+    return {
+        "n": len(values),
+        "median": median(values),
+        "p90": pct(values, 90),
+        "min": min(values),
+        "max": max(values),
+        "run_medians": per_run,
+    }
 
 
 def report(name: str, rows: list[dict[str, float]]) -> dict[str, Any]:
     runs = [int(r["run"]) for r in rows]
-    out = {"start_s": stats([r["start_s"] for r in rows], runs),
-           "late_ms": stats([r["late_ms"] for r in rows], runs)}
+    out = {
+        "start_s": stats([r["start_s"] for r in rows], runs),
+        "late_ms": stats([r["late_ms"] for r in rows], runs),
+    }
     if rows and "applied_ms" in rows[0]:
         out["applied_ms"] = stats([r["applied_ms"] for r in rows], runs)
     print(name, json.dumps(out), "load", load(), flush=True)
@@ -244,12 +327,15 @@ def main() -> None:
                     rows = ours(server, logs, db_url, args.runs, args.samples, args.period, rng)
                     results["ours"] = {"rows": rows, **report("ours", rows)}
                 else:
-                    rows = redbeat(server, logs, db_url, args.runs, args.samples, args.period,
-                                   side, rng)
+                    rows = redbeat(
+                        server, logs, db_url, args.runs, args.samples, args.period, side, rng
+                    )
                     for k, label in ((1.0, "due_now"), (0.0, "new_cadence")):
                         part = [r for r in rows if r["due_now"] == k]
                         results[f"redbeat_{side}_{label}"] = {
-                            "rows": part, **report(f"redbeat {side} {label}", part)}
+                            "rows": part,
+                            **report(f"redbeat {side} {label}", part),
+                        }
                 results["load"].append(load())
         finally:
             server.stop()

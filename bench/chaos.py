@@ -19,8 +19,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--short", action="store_true", help="the short versions (as in CI)")
     parser.add_argument("--only", default="1,2,3,4,5", help="scenario numbers, comma-separated")
-    parser.add_argument("--keep", action="store_true", help="keep the logs (default: only "
-                        "when a scenario failed)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the logs (default: only when a scenario failed)"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
     print(f"chaos: {'short' if args.short else 'long'} run, logs in {workdir}")
@@ -32,8 +33,10 @@ def main() -> int:
     failed = [r.scenario for r in reports if r.problems]
     if not failed and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\n{len(reports) - len(failed)} of {len(reports)} scenarios held"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(
+        f"\n{len(reports) - len(failed)} of {len(reports)} scenarios held"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -13,14 +13,26 @@ from config.keys import KeySpace
 from config.models import Company, Erp, StoredSettings, SyncSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-ONLY_VENDORS = SyncSettings(sync_project_job_costs=False, refresh_erp_job_list=False,
-                            sync_payments_for_synced_invoices=False)
-ONLY_JOB_COSTS = SyncSettings(refresh_erp_companies_list=False, refresh_erp_job_list=False,
-                              sync_payments_for_synced_invoices=False)
+ONLY_VENDORS = SyncSettings(
+    sync_project_job_costs=False,
+    refresh_erp_job_list=False,
+    sync_payments_for_synced_invoices=False,
+)
+ONLY_JOB_COSTS = SyncSettings(
+    refresh_erp_companies_list=False,
+    refresh_erp_job_list=False,
+    sync_payments_for_synced_invoices=False,
+)
 
 
-def seed(client: redis.Redis, keys: KeySpace, n: int, settings: SyncSettings,
-         projects: int = 0, chunk: int = 2000) -> None:
+def seed(
+    client: redis.Redis,
+    keys: KeySpace,
+    n: int,
+    settings: SyncSettings,
+    projects: int = 0,
+    chunk: int = 2000,
+) -> None:
     """Write ``n`` companies (records, settings, optional projects) the way the store does,
     pipelined: the bench measures beat, not 100k optimistic transactions."""
     now = datetime.now(UTC)
@@ -28,17 +40,32 @@ def seed(client: redis.Redis, keys: KeySpace, n: int, settings: SyncSettings,
         pipe = client.pipeline(transaction=False)
         for i in range(start, min(n, start + chunk)):
             cid = f"c{i}"
-            pipe.set(keys.company(cid), Company(id=cid, name=cid, erp=Erp.XERO,
-                                                created_at=now).model_dump_json())
+            pipe.set(
+                keys.company(cid),
+                Company(id=cid, name=cid, erp=Erp.XERO, created_at=now).model_dump_json(),
+            )
             pipe.sadd(keys.companies, cid)
-            pipe.set(keys.settings(cid), StoredSettings(
-                company=cid, version=1, settings=settings, updated_at=now,
-                updated_by="bench").model_dump_json())
+            pipe.set(
+                keys.settings(cid),
+                StoredSettings(
+                    company=cid, version=1, settings=settings, updated_at=now, updated_by="bench"
+                ).model_dump_json(),
+            )
             if projects:
-                pipe.hset(keys.projects(cid), mapping={
-                    f"p{j}": json.dumps({"company": cid, "id": f"p{j}", "name": f"p{j}",
-                                         "created_at": now.isoformat()})
-                    for j in range(projects)})
+                pipe.hset(
+                    keys.projects(cid),
+                    mapping={
+                        f"p{j}": json.dumps(
+                            {
+                                "company": cid,
+                                "id": f"p{j}",
+                                "name": f"p{j}",
+                                "created_at": now.isoformat(),
+                            }
+                        )
+                        for j in range(projects)
+                    },
+                )
         pipe.execute()
 
 

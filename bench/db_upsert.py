@@ -78,9 +78,11 @@ TABLE = COLLECTIONS[COLLECTION].table
 COST_TYPES = ("L", "M", "S", "E", "O")
 DESCRIPTIONS = ("Concrete cost", "Rebar", "Formwork labour", "Crane hire", "Site office")
 SCENARIOS = ("initial", "rerun", "changed")
-LABELS = {"initial": "(a) initial load, empty table",
-          "rerun": "(b) rerun, nothing changed",
-          "changed": "(c) 1 % changed (rows/s over all scanned)"}
+LABELS = {
+    "initial": "(a) initial load, empty table",
+    "rerun": "(b) rerun, nothing changed",
+    "changed": "(c) 1 % changed (rows/s over all scanned)",
+}
 
 
 class JobCost:
@@ -110,11 +112,17 @@ registry().map_imperatively(JobCost, TABLE)
 
 def make_rows(n: int) -> list[Record]:
     rng = random.Random(12)
-    return [{"id": f"JC{i:06d}", "job": PROJECT, "cost_code": f"{PROJECT}-{i % 1000:03d}",
-             "cost_type": COST_TYPES[i % len(COST_TYPES)],
-             "amount_cents": rng.randrange(100, 10_000_000),
-             "description": DESCRIPTIONS[i % len(DESCRIPTIONS)]}
-            for i in range(1, n + 1)]
+    return [
+        {
+            "id": f"JC{i:06d}",
+            "job": PROJECT,
+            "cost_code": f"{PROJECT}-{i % 1000:03d}",
+            "cost_type": COST_TYPES[i % len(COST_TYPES)],
+            "amount_cents": rng.randrange(100, 10_000_000),
+            "description": DESCRIPTIONS[i % len(DESCRIPTIONS)],
+        }
+        for i in range(1, n + 1)
+    ]
 
 
 def changed_copy(rows: list[Record], seed: int) -> tuple[list[Record], int]:
@@ -127,10 +135,11 @@ def changed_copy(rows: list[Record], seed: int) -> tuple[list[Record], int]:
 
 
 def pages(rows: list[Record], size: int) -> list[list[Record]]:
-    return [rows[i:i + size] for i in range(0, len(rows), size)]
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 # --- the two writers ---------------------------------------------------------------------------
+
 
 def store_write(db: Database, page: list[Record]) -> Counts:
     """The product's path: one ``write_page`` per page."""
@@ -144,15 +153,28 @@ def orm_write(db: Database, page: list[Record]) -> Counts:
     with Session(db.engine) as session:
         for record in page:
             data = canonical(record)
-            fields = {"job": record["job"], "cost_code": record["cost_code"],
-                      "cost_type": record["cost_type"],
-                      "amount_cents": int(record["amount_cents"]),
-                      "description": record["description"]}
+            fields = {
+                "job": record["job"],
+                "cost_code": record["cost_code"],
+                "cost_type": record["cost_type"],
+                "amount_cents": int(record["amount_cents"]),
+                "description": record["description"],
+            }
             row = session.get(JobCost, (COMPANY, PROJECT, str(record["id"])))
             if row is None:
-                session.add(JobCost(company=COMPANY, project=PROJECT, erp_id=str(record["id"]),
-                                    data=data, first_seen=at, last_changed=at,
-                                    deleted_in_erp=False, version=1, **fields))
+                session.add(
+                    JobCost(
+                        company=COMPANY,
+                        project=PROJECT,
+                        erp_id=str(record["id"]),
+                        data=data,
+                        first_seen=at,
+                        last_changed=at,
+                        deleted_in_erp=False,
+                        version=1,
+                        **fields,
+                    )
+                )
                 counts.created += 1
             elif row.data != data or row.deleted_in_erp:
                 for name, value in fields.items():
@@ -167,10 +189,13 @@ def orm_write(db: Database, page: list[Record]) -> Counts:
 
 
 WRITERS: dict[str, Callable[[Database, list[Record]], Counts]] = {
-    "store": store_write, "orm": orm_write}
+    "store": store_write,
+    "orm": orm_write,
+}
 
 
 # --- one run -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Scenario:
@@ -198,14 +223,19 @@ class Mismatch(AssertionError):
 
 def table_state(db: Database) -> tuple[int, int]:
     with db.engine.connect() as conn:
-        n, total = conn.execute(select(func.count(), func.coalesce(func.sum(TABLE.c.version), 0))
-                                .where(TABLE.c.company == COMPANY,
-                                       TABLE.c.project == PROJECT)).one()
+        n, total = conn.execute(
+            select(func.count(), func.coalesce(func.sum(TABLE.c.version), 0)).where(
+                TABLE.c.company == COMPANY, TABLE.c.project == PROJECT
+            )
+        ).one()
     return int(n), int(total)
 
 
-def timed(db: Database, writer: Callable[[Database, list[Record]], Counts],
-          batches: Sequence[list[Record]]) -> tuple[float, Counts, int, int]:
+def timed(
+    db: Database,
+    writer: Callable[[Database, list[Record]], Counts],
+    batches: Sequence[list[Record]],
+) -> tuple[float, Counts, int, int]:
     _, before = table_state(db)
     counts = Counts()
     started = time.perf_counter()
@@ -221,8 +251,9 @@ def check(what: str, ok: bool, detail: str) -> None:
         raise Mismatch(f"{what}: {detail}")
 
 
-def one_scenario(db: Database, side: str, name: str, rows: list[Record], page_size: int,
-                 seed: int) -> Scenario:
+def one_scenario(
+    db: Database, side: str, name: str, rows: list[Record], page_size: int, seed: int
+) -> Scenario:
     """One scenario for one writer, asserted: (a) and (b) write ``rows``, (c) its 1 % change."""
     n = len(rows)
     data, k = changed_copy(rows, seed) if name == "changed" else (rows, 0)
@@ -231,19 +262,31 @@ def one_scenario(db: Database, side: str, name: str, rows: list[Record], page_si
     label = f"{side} {name}"
     check(label, stored == n, f"{stored} rows stored, expected {n}")
     if name == "initial":
-        check(label, counts.created == n and counts.written == n,
-              f"counts {counts.as_dict()}, expected {n} created")
+        check(
+            label,
+            counts.created == n and counts.written == n,
+            f"counts {counts.as_dict()}, expected {n} created",
+        )
         check(label, before == 0 and after == n, f"version sum {before} -> {after}")
     elif name == "rerun":
-        check(label, counts.written == 0 and counts.unchanged == n,
-              f"counts {counts.as_dict()}, expected 0 written")
+        check(
+            label,
+            counts.written == 0 and counts.unchanged == n,
+            f"counts {counts.as_dict()}, expected 0 written",
+        )
         check(label, after == before, f"version sum moved {before} -> {after}")
     else:
-        check(label, counts.updated == k and counts.written == k and counts.unchanged == n - k,
-              f"counts {counts.as_dict()}, expected exactly {k} updated")
+        check(
+            label,
+            counts.updated == k and counts.written == k and counts.unchanged == n - k,
+            f"counts {counts.as_dict()}, expected exactly {k} updated",
+        )
         check(label, after - before == k, f"version sum moved by {after - before}, not {k}")
-    print(f"    {side:5} {name:8} {n:>7,} rows {seconds:7.2f} s "
-          f"{n / seconds:>9,.0f} rows/s  {counts.as_dict()}", flush=True)
+    print(
+        f"    {side:5} {name:8} {n:>7,} rows {seconds:7.2f} s "
+        f"{n / seconds:>9,.0f} rows/s  {counts.as_dict()}",
+        flush=True,
+    )
     return Scenario(n, seconds, counts.as_dict(), before, after)
 
 
@@ -275,8 +318,9 @@ class Target:
                 (self.workdir / f"{name}.db{suffix}").unlink(missing_ok=True)
 
 
-def run_dialect(target: Target, rows: list[Record], baseline_rows: int, page_size: int,
-                runs: int) -> list[Run]:
+def run_dialect(
+    target: Target, rows: list[Record], baseline_rows: int, page_size: int, runs: int
+) -> list[Run]:
     out: list[Run] = []
     for r in range(runs):
         run = Run(load_before=os.getloadavg()[0])
@@ -288,7 +332,8 @@ def run_dialect(target: Target, rows: list[Record], baseline_rows: int, page_siz
             for name in SCENARIOS:
                 for side, data in sides.items():
                     run.scenarios[f"{side}.{name}"] = one_scenario(
-                        dbs[side], side, name, data, page_size, seed=1000 + r)
+                        dbs[side], side, name, data, page_size, seed=1000 + r
+                    )
         finally:
             for db in dbs.values():
                 target.done(db)
@@ -298,6 +343,7 @@ def run_dialect(target: Target, rows: list[Record], baseline_rows: int, page_siz
 
 
 # --- report ------------------------------------------------------------------------------------
+
 
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
@@ -311,7 +357,8 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         summary[name] = {
             "store_rows": runs[0].scenarios[f"store.{name}"].rows,
             "orm_rows": runs[0].scenarios[f"orm.{name}"].rows,
-            "store_rows_per_s": spread(store), "orm_rows_per_s": spread(orm),
+            "store_rows_per_s": spread(store),
+            "orm_rows_per_s": spread(orm),
             # ratio per run (both sides of a run saw the same load), then its median
             "ratio": spread([s / o for s, o in zip(store, orm, strict=True)]),
         }
@@ -325,14 +372,18 @@ def fmt(s: dict[str, float], unit: str = "") -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["| dialect | scenario | store rows/s | ORM per-row rows/s | ratio |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| dialect | scenario | store rows/s | ORM per-row rows/s | ratio |",
+        "|---|---|---|---|---|",
+    ]
     for dialect, block in results["dialects"].items():
         for name in SCENARIOS:
             s = block["summary"][name]
             orm_note = "" if s["orm_rows"] == s["store_rows"] else f" [{s['orm_rows']:,} rows]"
-            lines.append(f"| {dialect} | {LABELS[name]} | {fmt(s['store_rows_per_s'])} | "
-                         f"{fmt(s['orm_rows_per_s'])}{orm_note} | {fmt(s['ratio'], 'x')} |")
+            lines.append(
+                f"| {dialect} | {LABELS[name]} | {fmt(s['store_rows_per_s'])} | "
+                f"{fmt(s['orm_rows_per_s'])}{orm_note} | {fmt(s['ratio'], 'x')} |"
+            )
     return "\n".join(lines)
 
 
@@ -349,8 +400,11 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--page", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--baseline-rows", default="sqlite=20000,postgresql=10000",
-                        help="rows the ORM baseline writes, per dialect (at most --rows)")
+    parser.add_argument(
+        "--baseline-rows",
+        default="sqlite=20000,postgresql=10000",
+        help="rows the ORM baseline writes, per dialect (at most --rows)",
+    )
     parser.add_argument("--dialects", default="sqlite,postgresql")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "db_upsert.json")
     args = parser.parse_args()
@@ -360,10 +414,18 @@ def main() -> int:
     results: dict[str, Any] = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m bench.db_upsert " + " ".join(sys.argv[1:]),
-        "rows": args.rows, "page": args.page, "runs": args.runs, "cpus": os.cpu_count(),
-        "load_at_start": os.getloadavg(), "dialects": {}}
-    print(f"{args.rows:,} job-cost rows in pages of {args.page:,}, {args.runs} runs; "
-          f"load average at start: {results['load_at_start']}", flush=True)
+        "rows": args.rows,
+        "page": args.page,
+        "runs": args.runs,
+        "cpus": os.cpu_count(),
+        "load_at_start": os.getloadavg(),
+        "dialects": {},
+    }
+    print(
+        f"{args.rows:,} job-cost rows in pages of {args.page:,}, {args.runs} runs; "
+        f"load average at start: {results['load_at_start']}",
+        flush=True,
+    )
     started = time.perf_counter()
     pg: PostgresServer | None = None
     try:
@@ -374,10 +436,19 @@ def main() -> int:
             target = Target(dialect, workdir, pg if dialect == "postgresql" else None)
             runs = run_dialect(target, rows, baseline[dialect], args.page, args.runs)
             results["dialects"][dialect] = {
-                "baseline_rows": baseline[dialect], "summary": summarise(runs),
-                "runs": [{"load_before": r.load_before, "load_after": r.load_after,
-                          "scenarios": {k: {**vars(s), "rows_per_s": s.rate}
-                                        for k, s in r.scenarios.items()}} for r in runs]}
+                "baseline_rows": baseline[dialect],
+                "summary": summarise(runs),
+                "runs": [
+                    {
+                        "load_before": r.load_before,
+                        "load_after": r.load_after,
+                        "scenarios": {
+                            k: {**vars(s), "rows_per_s": s.rate} for k, s in r.scenarios.items()
+                        },
+                    }
+                    for r in runs
+                ],
+            }
     except Mismatch as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
@@ -391,16 +462,20 @@ def main() -> int:
     args.json.write_text(json.dumps(results, indent=2))
     loads = [r["load_before"] for d in results["dialects"].values() for r in d["runs"]]
     loads += [r["load_after"] for d in results["dialects"].values() for r in d["runs"]]
-    print(f"\nMedian (min-max) of {args.runs} runs; ratio = store / ORM per run. "
-          f"1-minute load average {min(loads):.2f}-{max(loads):.2f} "
-          f"(start {results['load_at_start'][0]:.2f}, end {results['load_at_end'][0]:.2f}); "
-          f"{results['seconds']:.0f} s in all; raw figures: {args.json}\n")
+    print(
+        f"\nMedian (min-max) of {args.runs} runs; ratio = store / ORM per run. "
+        f"1-minute load average {min(loads):.2f}-{max(loads):.2f} "
+        f"(start {results['load_at_start'][0]:.2f}, end {results['load_at_end'][0]:.2f}); "
+        f"{results['seconds']:.0f} s in all; raw figures: {args.json}\n"
+    )
     print(table(results))
     for dialect, block in results["dialects"].items():
         if block["baseline_rows"] != args.rows:
-            print(f"\n{dialect}: the ORM baseline ran on {block['baseline_rows']:,} rows "
-                  f"(1 % changed = {block['baseline_rows'] // 100:,}), the store on "
-                  f"{args.rows:,}; rows/s compares the same per-row work.")
+            print(
+                f"\n{dialect}: the ORM baseline ran on {block['baseline_rows']:,} rows "
+                f"(1 % changed = {block['baseline_rows'] // 100:,}), the store on "
+                f"{args.rows:,}; rows/s compares the same per-row work."
+            )
     return 0
 
 

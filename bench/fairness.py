@@ -101,19 +101,24 @@ SLOW_RATE = 1.0  # the slow company's ERP limit, calls/s (burst 1)
 SCENARIOS = ("alone", "neighbour", "before")
 # Opt-in (--only): ``before`` with the slow company's default cap (2), which still defers.
 EXTRA = ("before-capped",)
-LABELS = {"alone": "alone", "neighbour": "with slow neighbour",
-          "before": "with slow neighbour, before deferral (waits slept in the slot, slow cap "
-                    "50; shorter stream)",
-          "before-capped": "with slow neighbour, DEFER_AFTER=1000, slow cap 2 (cap still "
-                           "defers)"}
+LABELS = {
+    "alone": "alone",
+    "neighbour": "with slow neighbour",
+    "before": "with slow neighbour, before deferral (waits slept in the slot, slow cap "
+    "50; shorter stream)",
+    "before-capped": "with slow neighbour, DEFER_AFTER=1000, slow cap 2 (cap still defers)",
+}
 TARGET_RATIO = 1.5
 STATS = ("p50", "p99", "max", "first", "p99_steady")
 SLOT_BASE = 1_790_000_000  # slot epoch of the first publish; each publish gets its own slot
 FINISHED = re.compile(r"finished company=(\S+) .*? outcome=(\S+) .*?task_id=(\S+)")
-DEFERRED = re.compile(r"deferred company=(\S+) .* wait=\S+ for (the ERP rate limit|the company's "
-                      r"concurrency cap|the ERP|its earlier delivery)")
-LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]*\] (.*)$",
-                      re.MULTILINE)
+DEFERRED = re.compile(
+    r"deferred company=(\S+) .* wait=\S+ for (the ERP rate limit|the company's "
+    r"concurrency cap|the ERP|its earlier delivery)"
+)
+LOG_LINE = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]*\] (.*)$", re.MULTILINE
+)
 RECEIVED = re.compile(r"^Task \S+\[(sync:([^:]+):\S+)\] received$")
 EVENT = re.compile(r"^(deferred|finished) company=(\S+) ")
 # The project worker as scripts/devstack.py starts it.
@@ -128,8 +133,10 @@ def redis_now(client: redis.Redis) -> float:
 def log_events(log: str) -> list[tuple[float, str]]:
     """The worker log's timestamped lines as (epoch seconds, message); the worker logs in local
     time with milliseconds, on the same machine (and clock) as Redis."""
-    return [(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), text)
-            for stamp, text in LOG_LINE.findall(log)]
+    return [
+        (datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(), text)
+        for stamp, text in LOG_LINE.findall(log)
+    ]
 
 
 class CpuSampler(threading.Thread):
@@ -227,13 +234,12 @@ class Run:
         if name == "first":
             return values[0]
         if name == "p99_steady":
-            return pct(values[self.steady_from:], 99)
+            return pct(values[self.steady_from :], 99)
         return pct(values, float(name.removeprefix("p")))
 
 
 class Bench:
-    def __init__(self, workdir: Path, rate: float, seconds: float,
-                 before_seconds: float) -> None:
+    def __init__(self, workdir: Path, rate: float, seconds: float, before_seconds: float) -> None:
         self.dir = workdir
         self.rate, self.seconds, self.before_seconds = rate, seconds, before_seconds
         self.server = RedisServer(workdir / "redis", extra=["--appendonly", "no"]).start()
@@ -251,16 +257,21 @@ class Bench:
         result = Run(scenario, round_, prefix, os.getloadavg(), steady_from=round(self.rate))
         neighbour = scenario != "alone"
         small_company(self.client, keys, WARM, projects=("w0",)).ensure_seeded(WARM)
-        small_company(self.client, keys, HEALTHY, projects=HEALTHY_PROJECTS
-                      ).ensure_seeded(HEALTHY)
+        small_company(self.client, keys, HEALTHY, projects=HEALTHY_PROJECTS).ensure_seeded(HEALTHY)
         if neighbour:
             small_company(self.client, keys, SLOW, projects=SLOW_PROJECTS).ensure_seeded(SLOW)
-            set_company_limit(self.client, keys, SLOW, CompanyLimit(
-                rate=SLOW_RATE, burst=1,
-                concurrency=len(SLOW_PROJECTS) if scenario == "before" else None))
+            set_company_limit(
+                self.client,
+                keys,
+                SLOW,
+                CompanyLimit(
+                    rate=SLOW_RATE,
+                    burst=1,
+                    concurrency=len(SLOW_PROJECTS) if scenario == "before" else None,
+                ),
+            )
         name = f"{scenario}-{round_}"
-        worker = procs.Proc(name, [*procs.CELERY, *WORKER_ARGS, "-n", f"{name}@%h"], env,
-                            self.dir)
+        worker = procs.Proc(name, [*procs.CELERY, *WORKER_ARGS, "-n", f"{name}@%h"], env, self.dir)
         sender = Sender(env)
         sampler = CpuSampler(worker.pid)
         started = time.monotonic()
@@ -268,19 +279,24 @@ class Bench:
             worker.wait_for("ready", 60)
             warm = task_id(WARM, SyncKind.PAYMENTS, "w0", SLOT_BASE)
             sender.send(SyncKind.PAYMENTS, WARM, warm, "w0", slot_ts=SLOT_BASE)
-            procs.wait_until(lambda: self.client.exists(keys.executed(warm)), 60,
-                             f"the warm-up sync never finished; see {worker.log}")
+            procs.wait_until(
+                lambda: self.client.exists(keys.executed(warm)),
+                60,
+                f"the warm-up sync never finished; see {worker.log}",
+            )
             sampler.start()
             cpu0 = cpu_seconds(worker.pid)
             slow_published = self._publish_slow(sender) if neighbour else {}
             seconds = self.before_seconds if scenario == "before" else self.seconds
             healthy_published = self._publish_healthy(sender, seconds)
             result.healthy_published = len(healthy_published)
-            self._wait(keys, healthy_published, 60 + 2 * len(SLOW_PROJECTS) / SLOW_RATE,
-                       "healthy", result)
+            self._wait(
+                keys, healthy_published, 60 + 2 * len(SLOW_PROJECTS) / SLOW_RATE, "healthy", result
+            )
             if scenario == "neighbour":
-                self._wait(keys, slow_published, 60 + 3 * len(SLOW_PROJECTS) / SLOW_RATE,
-                           "slow", result)
+                self._wait(
+                    keys, slow_published, 60 + 3 * len(SLOW_PROJECTS) / SLOW_RATE, "slow", result
+                )
             result.worker_cpu_s = round(cpu_seconds(worker.pid) - cpu0, 2)
             if not worker.alive():
                 result.problems.append(f"the worker exited (code {worker.popen.returncode})")
@@ -296,8 +312,10 @@ class Bench:
         if neighbour:
             result.intake = self._intake(keys, log, healthy_published, sampler)
         if scenario == "before" and result.slow_deferrals:
-            result.problems.append(f"before: {result.slow_deferrals} slow syncs deferred (the old "
-                                   "behaviour never defers)")
+            result.problems.append(
+                f"before: {result.slow_deferrals} slow syncs deferred (the old "
+                "behaviour never defers)"
+            )
         if scenario == "neighbour":
             result.slow = self._slow(keys, slow_published, log, result)
         if result.problems:
@@ -332,19 +350,23 @@ class Bench:
             sender.send(SyncKind.PAYMENTS, HEALTHY, tid, project, slot_ts=slot)
         return published
 
-    def _wait(self, keys: KeySpace, published: dict[str, float], timeout: float, who: str,
-              result: Run) -> None:
+    def _wait(
+        self, keys: KeySpace, published: dict[str, float], timeout: float, who: str, result: Run
+    ) -> None:
         markers = [keys.executed(t) for t in published]
         try:
-            procs.wait_until(lambda: self.client.exists(*markers) == len(markers), timeout,
-                             interval=0.25)
+            procs.wait_until(
+                lambda: self.client.exists(*markers) == len(markers), timeout, interval=0.25
+            )
         except AssertionError:
             done = int(self.client.exists(*markers))
-            result.problems.append(f"{who}: only {done} of {len(markers)} syncs completed "
-                                   f"within {timeout:g} s")
+            result.problems.append(
+                f"{who}: only {done} of {len(markers)} syncs completed within {timeout:g} s"
+            )
 
-    def _records(self, keys: KeySpace, company: str,
-                 published: dict[str, float]) -> dict[str, RunRecord]:
+    def _records(
+        self, keys: KeySpace, company: str, published: dict[str, float]
+    ) -> dict[str, RunRecord]:
         records = History(self.client, keys).recent(company, 1000)
         return {r.task_id: r for r in records if r.task_id in published}
 
@@ -354,19 +376,21 @@ class Bench:
                 line = next(ln for ln in log.splitlines() if marker in ln)
                 result.problems.append(f"worker log has {marker!r} ({path.name}): {line[:300]}")
 
-    def _healthy(self, keys: KeySpace, published: dict[str, float], log: str,
-                 result: Run) -> None:
+    def _healthy(self, keys: KeySpace, published: dict[str, float], log: str, result: Run) -> None:
         records = self._records(keys, HEALTHY, published)
         result.healthy_statuses = dict(Counter(r.status for r in records.values()))
         result.healthy_deferrals = sum(1 for c, _why in DEFERRED.findall(log) if c == HEALTHY)
         result.healthy_ms = [
             round((records[t].started_at.timestamp() - at) * 1000, 1)
-            for t, at in published.items() if t in records]
+            for t, at in published.items()
+            if t in records
+        ]
         bad = {t: r.status for t, r in records.items() if r.status != "succeeded"}
         missing = sorted(set(published) - set(records))
         if missing:
-            result.problems.append(f"healthy: no history record for {missing[:5]} "
-                                   f"({len(missing)} missing)")
+            result.problems.append(
+                f"healthy: no history record for {missing[:5]} ({len(missing)} missing)"
+            )
         if bad:
             result.problems.append(f"healthy: not succeeded: {dict(list(bad.items())[:5])}")
         self._once(log, published, "healthy", result)
@@ -382,11 +406,13 @@ class Bench:
             result.problems.append(f"{who}: never finished: {never[:5]} ({len(never)})")
         return sum(lines.values())
 
-    def _intake(self, keys: KeySpace, log: str, healthy: dict[str, float],
-                sampler: CpuSampler) -> Intake | None:
+    def _intake(
+        self, keys: KeySpace, log: str, healthy: dict[str, float], sampler: CpuSampler
+    ) -> Intake | None:
         events = log_events(log)
-        received = [(t, m.group(1), m.group(2)) for t, text in events
-                    if (m := RECEIVED.match(text))]
+        received = [
+            (t, m.group(1), m.group(2)) for t, text in events if (m := RECEIVED.match(text))
+        ]
         first_slow = next((t for t, _tid, c in received if c == SLOW), None)
         first_healthy = next(((t, tid) for t, tid, c in received if c == HEALTHY), None)
         if first_slow is None or first_healthy is None:
@@ -399,24 +425,30 @@ class Bench:
                 slow_received += 1
                 first_deliveries += rid not in seen
                 seen.add(rid)
-        acts = Counter(m.group(1) for t, text in events
-                       if first_slow <= t < end and (m := EVENT.match(text))
-                       and m.group(2) == SLOW)
+        acts = Counter(
+            m.group(1)
+            for t, text in events
+            if first_slow <= t < end and (m := EVENT.match(text)) and m.group(2) == SLOW
+        )
         wall = (end - first_slow) * 1000
         cpu = (sampler.at(end) - sampler.at(first_slow)) * 1000
         deferrals = acts.get("deferred", 0)
         record = History(self.client, keys).get(HEALTHY, tid)
         started = record.started_at.timestamp() if record else float("nan")
         return Intake(
-            wall_ms=round(wall, 1), slow_received=slow_received, first_deliveries=first_deliveries,
-            deferrals=deferrals, finished=acts.get("finished", 0), cpu_ms=round(cpu, 1),
+            wall_ms=round(wall, 1),
+            slow_received=slow_received,
+            first_deliveries=first_deliveries,
+            deferrals=deferrals,
+            finished=acts.get("finished", 0),
+            cpu_ms=round(cpu, 1),
             wall_ms_per_deferral=round(wall / deferrals, 2) if deferrals else float("nan"),
             cpu_ms_per_deferral=round(cpu / deferrals, 2) if deferrals else float("nan"),
             first_published_to_received_ms=round((end - healthy[tid]) * 1000, 1),
-            first_received_to_started_ms=round((started - end) * 1000, 1))
+            first_received_to_started_ms=round((started - end) * 1000, 1),
+        )
 
-    def _slow(self, keys: KeySpace, published: dict[str, float], log: str,
-              result: Run) -> Slow:
+    def _slow(self, keys: KeySpace, published: dict[str, float], log: str, result: Run) -> Slow:
         records = self._records(keys, SLOW, published)
         statuses = Counter[str](r.status for r in records.values())
         calls = sorted(float(t) for t in self.client.lrange(keys.erp_calls(SLOW), 0, -1))
@@ -424,37 +456,59 @@ class Bench:
         window = max((sum(1 for u in calls if t <= u < t + 1.0) for t in calls), default=0)
         finishes = [r.finished_at.timestamp() for r in records.values() if r.finished_at]
         slow = Slow(
-            published=len(published), succeeded=statuses.get("succeeded", 0),
-            statuses=dict(statuses), finished_lines=self._once(log, published, "slow", result),
-            erp_calls=len(calls), min_gap_s=round(min(gaps), 4) if gaps else float("nan"),
+            published=len(published),
+            succeeded=statuses.get("succeeded", 0),
+            statuses=dict(statuses),
+            finished_lines=self._once(log, published, "slow", result),
+            erp_calls=len(calls),
+            min_gap_s=round(min(gaps), 4) if gaps else float("nan"),
             max_calls_in_1s=window,
             achieved_per_s=round((len(calls) - 1) / (calls[-1] - calls[0]), 3)
-            if len(calls) > 1 else float("nan"),
+            if len(calls) > 1
+            else float("nan"),
             deferrals=sum(1 for c, _why in DEFERRED.findall(log) if c == SLOW),
             deferral_reasons=dict(Counter(why for c, why in DEFERRED.findall(log) if c == SLOW)),
-            deferrals_per_call=round(sum(1 for c, _w in DEFERRED.findall(log) if c == SLOW)
-                                     / len(calls), 2) if calls else float("nan"),
+            deferrals_per_call=round(
+                sum(1 for c, _w in DEFERRED.findall(log) if c == SLOW) / len(calls), 2
+            )
+            if calls
+            else float("nan"),
             completed_s=round(max(finishes) - min(published.values()), 1)
-            if finishes else float("nan"))
+            if finishes
+            else float("nan"),
+        )
         if slow.succeeded != slow.published:
-            result.problems.append(f"slow: {slow.succeeded} of {slow.published} succeeded "
-                                   f"({slow.statuses})")
+            result.problems.append(
+                f"slow: {slow.succeeded} of {slow.published} succeeded ({slow.statuses})"
+            )
         if slow.erp_calls != slow.published:
-            result.problems.append(f"slow: {slow.erp_calls} ERP calls for {slow.published} "
-                                   "one-page syncs")
+            result.problems.append(
+                f"slow: {slow.erp_calls} ERP calls for {slow.published} one-page syncs"
+            )
         if gaps and min(gaps) < 1 / SLOW_RATE:
+
             def owner(call: float) -> str:
                 """The succeeded run whose start-finish span holds the call."""
                 for r in records.values():
-                    if r.status == "succeeded" and r.finished_at and \
-                            r.started_at.timestamp() <= call <= r.finished_at.timestamp():
-                        return (f"{r.task_id} (started {r.started_at.timestamp():.4f}, finished "
-                                f"{r.finished_at.timestamp():.4f}, attempt {r.attempt})")
+                    if (
+                        r.status == "succeeded"
+                        and r.finished_at
+                        and r.started_at.timestamp() <= call <= r.finished_at.timestamp()
+                    ):
+                        return (
+                            f"{r.task_id} (started {r.started_at.timestamp():.4f}, finished "
+                            f"{r.finished_at.timestamp():.4f}, attempt {r.attempt})"
+                        )
                 return "no succeeded run spans it"
-            close = [f"{a:.4f} by {owner(a)} and {b:.4f} by {owner(b)}: {b - a:.4f} s apart"
-                     for a, b in itertools.pairwise(calls) if b - a < 1 / SLOW_RATE]
-            result.problems.append(f"slow: ERP calls closer than {1 / SLOW_RATE:g} s: "
-                                   + "; ".join(close))
+
+            close = [
+                f"{a:.4f} by {owner(a)} and {b:.4f} by {owner(b)}: {b - a:.4f} s apart"
+                for a, b in itertools.pairwise(calls)
+                if b - a < 1 / SLOW_RATE
+            ]
+            result.problems.append(
+                f"slow: ERP calls closer than {1 / SLOW_RATE:g} s: " + "; ".join(close)
+            )
         return slow
 
 
@@ -465,12 +519,17 @@ def summary(runs: list[Run]) -> dict[str, Any]:
         mine = [r for r in runs if r.scenario == scenario and r.healthy_ms]
         if not mine:
             continue
-        row: dict[str, Any] = {"runs": len(mine),
-                               "healthy_syncs": [r.healthy_published for r in mine]}
+        row: dict[str, Any] = {
+            "runs": len(mine),
+            "healthy_syncs": [r.healthy_published for r in mine],
+        }
         for stat in STATS:
             values = [r.stat(stat) for r in mine]
-            row[stat] = {"median": statistics.median(values), "min": min(values),
-                         "max": max(values)}
+            row[stat] = {
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+            }
         row["healthy_deferrals"] = [r.healthy_deferrals for r in mine]
         row["slow_deferrals"] = [r.slow_deferrals for r in mine]
         row["worker_cpu_s"] = [r.worker_cpu_s for r in mine]
@@ -484,22 +543,28 @@ def summary(runs: list[Run]) -> dict[str, Any]:
                 "max_calls_in_1s": [s.max_calls_in_1s for s in slows],
                 "achieved_per_s": [s.achieved_per_s for s in slows],
                 "deferrals": [s.deferrals for s in slows],
-                "deferrals_rate_limit": [s.deferral_reasons.get("the ERP rate limit", 0)
-                                         for s in slows],
+                "deferrals_rate_limit": [
+                    s.deferral_reasons.get("the ERP rate limit", 0) for s in slows
+                ],
                 "deferrals_per_call": [s.deferrals_per_call for s in slows],
-                "completed_s": [s.completed_s for s in slows]}
+                "completed_s": [s.completed_s for s in slows],
+            }
         intakes = [r.intake for r in mine if r.intake is not None]
         if intakes:
-            row["intake"] = {name: [getattr(i, name) for i in intakes]
-                             for name in Intake.__dataclass_fields__}
+            row["intake"] = {
+                name: [getattr(i, name) for i in intakes] for name in Intake.__dataclass_fields__
+            }
         out[scenario] = row
     alone, neighbour = out.get("alone"), out.get("neighbour")
     if alone and neighbour:
         out["ratio_p99"] = neighbour["p99"]["median"] / alone["p99"]["median"]
         rounds = sorted({r.round for r in runs})
         by = {(r.scenario, r.round): r.stat("p99") for r in runs if r.healthy_ms}
-        per_round = [by[("neighbour", n)] / by[("alone", n)] for n in rounds
-                     if ("neighbour", n) in by and ("alone", n) in by]
+        per_round = [
+            by[("neighbour", n)] / by[("alone", n)]
+            for n in rounds
+            if ("neighbour", n) in by and ("alone", n) in by
+        ]
         out["ratio_p99_per_round"] = [round(x, 3) for x in per_round]
     return out
 
@@ -518,71 +583,99 @@ def listed(values: list[Any]) -> str:
     return f"{statistics.median(values):g} ({min(values):g}-{max(values):g})"
 
 
-def table(s: dict[str, Any], rate: float, seconds: float, before_seconds: float,
-          command: str, load: tuple[float, ...], cpus: int | None) -> str:
+def table(
+    s: dict[str, Any],
+    rate: float,
+    seconds: float,
+    before_seconds: float,
+    command: str,
+    load: tuple[float, ...],
+    cpus: int | None,
+) -> str:
     """The run as markdown, ready to paste into bench/README.md."""
-    lines = [f"```sh\n{command}\n```", "",
-             f"Load average at start {' '.join(f'{x:.2f}' for x in load)} ({cpus} CPUs). "
-             f"Healthy company: payments syncs at {rate:g}/s over {seconds:g} s "
-             f"({round(rate * seconds)} syncs; *before*: {before_seconds:g} s, "
-             f"{round(rate * before_seconds)} syncs); due-to-start latency in ms, median of runs "
-             "(min-max). *first*: the first healthy sync (published right behind the slow "
-             "backlog); *p99 after 1 s*: over the syncs published after the stream's first "
-             "second. p99 is nearest-rank (the 2nd largest of 60, the largest of 20).", "",
-             "| scenario | runs | healthy syncs | healthy p50 | healthy p99 | healthy max | first "
-             "| p99 after 1 s | slow deferrals | worker CPU (s) | load 1m |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"```sh\n{command}\n```",
+        "",
+        f"Load average at start {' '.join(f'{x:.2f}' for x in load)} ({cpus} CPUs). "
+        f"Healthy company: payments syncs at {rate:g}/s over {seconds:g} s "
+        f"({round(rate * seconds)} syncs; *before*: {before_seconds:g} s, "
+        f"{round(rate * before_seconds)} syncs); due-to-start latency in ms, median of runs "
+        "(min-max). *first*: the first healthy sync (published right behind the slow "
+        "backlog); *p99 after 1 s*: over the syncs published after the stream's first "
+        "second. p99 is nearest-rank (the 2nd largest of 60, the largest of 20).",
+        "",
+        "| scenario | runs | healthy syncs | healthy p50 | healthy p99 | healthy max | first "
+        "| p99 after 1 s | slow deferrals | worker CPU (s) | load 1m |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for scenario in (*SCENARIOS, *EXTRA):
         if scenario in s:
             row = s[scenario]
-            lines.append(f"| {LABELS[scenario]} | {row['runs']} | "
-                         f"{listed(row['healthy_syncs'])} | {spread(row, 'p50')} | "
-                         f"{spread(row, 'p99')} | {spread(row, 'max')} | "
-                         f"{spread(row, 'first')} | {spread(row, 'p99_steady')} | "
-                         f"{listed(row['slow_deferrals']) if scenario != 'alone' else '-'} | "
-                         f"{listed(row['worker_cpu_s'])} | {listed(row['load_1m'])} |")
+            lines.append(
+                f"| {LABELS[scenario]} | {row['runs']} | "
+                f"{listed(row['healthy_syncs'])} | {spread(row, 'p50')} | "
+                f"{spread(row, 'p99')} | {spread(row, 'max')} | "
+                f"{spread(row, 'first')} | {spread(row, 'p99_steady')} | "
+                f"{listed(row['slow_deferrals']) if scenario != 'alone' else '-'} | "
+                f"{listed(row['worker_cpu_s'])} | {listed(row['load_1m'])} |"
+            )
     if "ratio_p99" in s:
         per = s["ratio_p99_per_round"]
         verdict = "met" if s["ratio_p99"] <= TARGET_RATIO else "NOT met"
-        lines += ["", f"Ratio healthy p99 neighbour/alone: **{s['ratio_p99']:.2f}** (per round "
-                  f"{min(per):.2f}-{max(per):.2f}); target <= {TARGET_RATIO:g}: {verdict}"]
+        lines += [
+            "",
+            f"Ratio healthy p99 neighbour/alone: **{s['ratio_p99']:.2f}** (per round "
+            f"{min(per):.2f}-{max(per):.2f}); target <= {TARGET_RATIO:g}: {verdict}",
+        ]
         neighbour = s["neighbour"]
-        lines.append(f"Without the backlog's head of line (p99 after 1 s): "
-                     f"{neighbour['p99_steady']['median'] / s['alone']['p99_steady']['median']:.2f}"
-                     "x alone")
+        lines.append(
+            f"Without the backlog's head of line (p99 after 1 s): "
+            f"{neighbour['p99_steady']['median'] / s['alone']['p99_steady']['median']:.2f}"
+            "x alone"
+        )
     for scenario in ("before", *EXTRA):
         if scenario in s and "alone" in s:
             times = s[scenario]["p99"]["median"] / s["alone"]["p99"]["median"]
-            lines.append(f"{LABELS[scenario]}: healthy p99 "
-                         f"{s[scenario]['p99']['median']:.0f} ms, {times:.0f}x alone")
+            lines.append(
+                f"{LABELS[scenario]}: healthy p99 "
+                f"{s[scenario]['p99']['median']:.0f} ms, {times:.0f}x alone"
+            )
     slow = s.get("neighbour", {}).get("slow")
     if slow:
-        lines += ["", f"Slow company (50 one-page payments syncs, ERP {SLOW_RATE:g} call/s, "
-                  "burst 1), per neighbour run:", "",
-                  "| succeeded | ERP calls | min call gap (s) | max calls in 1 s | achieved "
-                  "calls/s | deferrals (of which for the rate limit) | deferrals per ERP call "
-                  "| completed after (s) |",
-                  "|---|---|---|---|---|---|---|---|",
-                  f"| {listed(slow['succeeded'])} | {listed(slow['erp_calls'])} | "
-                  f"{listed(slow['min_gap_s'])} | {listed(slow['max_calls_in_1s'])} | "
-                  f"{listed(slow['achieved_per_s'])} | {listed(slow['deferrals'])} "
-                  f"({listed(slow['deferrals_rate_limit'])}) | "
-                  f"{listed(slow['deferrals_per_call'])} | {listed(slow['completed_s'])} |"]
+        lines += [
+            "",
+            f"Slow company (50 one-page payments syncs, ERP {SLOW_RATE:g} call/s, "
+            "burst 1), per neighbour run:",
+            "",
+            "| succeeded | ERP calls | min call gap (s) | max calls in 1 s | achieved "
+            "calls/s | deferrals (of which for the rate limit) | deferrals per ERP call "
+            "| completed after (s) |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {listed(slow['succeeded'])} | {listed(slow['erp_calls'])} | "
+            f"{listed(slow['min_gap_s'])} | {listed(slow['max_calls_in_1s'])} | "
+            f"{listed(slow['achieved_per_s'])} | {listed(slow['deferrals'])} "
+            f"({listed(slow['deferrals_rate_limit'])}) | "
+            f"{listed(slow['deferrals_per_call'])} | {listed(slow['completed_s'])} |",
+        ]
     intake = s.get("neighbour", {}).get("intake")
     if intake:
-        lines += ["", "Head of line, per neighbour run: the worker's *intake* from the first slow "
-                  "message received to the first healthy one received (worker log; CPU sampled "
-                  "every 20 ms), and the first healthy sync's latency split:", "",
-                  "| intake (ms) | slow messages received (first deliveries) | deferrals in it "
-                  "| worker CPU in it (ms) | wall per deferral (ms) | CPU per deferral (ms) "
-                  "| first healthy: publish -> received (ms) | received -> started (ms) |",
-                  "|---|---|---|---|---|---|---|---|",
-                  f"| {listed(intake['wall_ms'])} | {listed(intake['slow_received'])} "
-                  f"({listed(intake['first_deliveries'])}) | {listed(intake['deferrals'])} | "
-                  f"{listed(intake['cpu_ms'])} | {listed(intake['wall_ms_per_deferral'])} | "
-                  f"{listed(intake['cpu_ms_per_deferral'])} | "
-                  f"{listed(intake['first_published_to_received_ms'])} | "
-                  f"{listed(intake['first_received_to_started_ms'])} |"]
+        lines += [
+            "",
+            "Head of line, per neighbour run: the worker's *intake* from the first slow "
+            "message received to the first healthy one received (worker log; CPU sampled "
+            "every 20 ms), and the first healthy sync's latency split:",
+            "",
+            "| intake (ms) | slow messages received (first deliveries) | deferrals in it "
+            "| worker CPU in it (ms) | wall per deferral (ms) | CPU per deferral (ms) "
+            "| first healthy: publish -> received (ms) | received -> started (ms) |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {listed(intake['wall_ms'])} | {listed(intake['slow_received'])} "
+            f"({listed(intake['first_deliveries'])}) | {listed(intake['deferrals'])} | "
+            f"{listed(intake['cpu_ms'])} | {listed(intake['wall_ms_per_deferral'])} | "
+            f"{listed(intake['cpu_ms_per_deferral'])} | "
+            f"{listed(intake['first_published_to_received_ms'])} | "
+            f"{listed(intake['first_received_to_started_ms'])} |",
+        ]
     return "\n".join(lines)
 
 
@@ -591,19 +684,29 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="rounds of every scenario (3)")
     parser.add_argument("--rate", type=float, default=5, help="healthy syncs per second (5)")
     parser.add_argument("--seconds", type=float, default=12, help="healthy publishing time (12)")
-    parser.add_argument("--before-seconds", type=float, default=4,
-                        help="healthy publishing time in the before scenario (4)")
-    parser.add_argument("--only", default=",".join(SCENARIOS),
-                        help=f"comma-separated scenarios ({','.join(SCENARIOS)}; also "
-                        f"{','.join(EXTRA)})")
+    parser.add_argument(
+        "--before-seconds",
+        type=float,
+        default=4,
+        help="healthy publishing time in the before scenario (4)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios ({','.join(SCENARIOS)}; also {','.join(EXTRA)})",
+    )
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON")
-    parser.add_argument("--keep", type=Path, metavar="DIR",
-                        help="copy every run's worker log into DIR")
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="copy every run's worker log into DIR"
+    )
     args = parser.parse_args()
     only = [s for s in (*SCENARIOS, *EXTRA) if s in args.only.split(",")]
     began, load_start = time.monotonic(), os.getloadavg()
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in load_start)} "
-          f"({os.cpu_count()} CPUs)", flush=True)
+    print(
+        f"load average at start: {' '.join(f'{x:.2f}' for x in load_start)} "
+        f"({os.cpu_count()} CPUs)",
+        flush=True,
+    )
     runs: list[Run] = []
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(Path(tmp), args.rate, args.seconds, args.before_seconds)
@@ -613,53 +716,85 @@ def main() -> None:
                     run = bench.run(scenario, round_)
                     if args.keep:
                         args.keep.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(Path(tmp) / f"{scenario}-{round_}.log",
-                                        args.keep / f"{scenario}-{round_}.log")
+                        shutil.copyfile(
+                            Path(tmp) / f"{scenario}-{round_}.log",
+                            args.keep / f"{scenario}-{round_}.log",
+                        )
                     runs.append(run)
                     slow, intake = run.slow, run.intake
-                    print(f"{scenario} #{round_}: load {run.load_before[0]:.2f}, "
-                          f"{run.healthy_published} healthy, "
-                          f"p50 {run.stat('p50'):.0f} ms, p99 {run.stat('p99'):.0f} ms, "
-                          f"max {run.stat('max'):.0f} ms, first {run.stat('first'):.0f} ms, "
-                          f"p99 after 1 s {run.stat('p99_steady'):.0f} ms, "
-                          f"healthy {run.healthy_statuses} "
-                          f"deferred {run.healthy_deferrals}x"
-                          + (f"; slow deferred {run.slow_deferrals}x"
-                             if scenario != "alone" else "")
-                          + (f"; slow {slow.statuses}, {slow.erp_calls} calls, min gap "
-                             f"{slow.min_gap_s} s, max {slow.max_calls_in_1s} in 1 s, "
-                             f"{slow.deferrals_per_call} deferrals per call, done after "
-                             f"{slow.completed_s} s" if slow else "")
-                          + (f"; intake {intake.wall_ms} ms, {intake.slow_received} slow "
-                             f"received, {intake.deferrals} deferrals, CPU {intake.cpu_ms} ms, "
-                             f"first healthy published->received "
-                             f"{intake.first_published_to_received_ms} ms, received->started "
-                             f"{intake.first_received_to_started_ms} ms" if intake else "")
-                          + f"; worker CPU {run.worker_cpu_s} s, wall {run.wall_s} s", flush=True)
+                    print(
+                        f"{scenario} #{round_}: load {run.load_before[0]:.2f}, "
+                        f"{run.healthy_published} healthy, "
+                        f"p50 {run.stat('p50'):.0f} ms, p99 {run.stat('p99'):.0f} ms, "
+                        f"max {run.stat('max'):.0f} ms, first {run.stat('first'):.0f} ms, "
+                        f"p99 after 1 s {run.stat('p99_steady'):.0f} ms, "
+                        f"healthy {run.healthy_statuses} "
+                        f"deferred {run.healthy_deferrals}x"
+                        + (f"; slow deferred {run.slow_deferrals}x" if scenario != "alone" else "")
+                        + (
+                            f"; slow {slow.statuses}, {slow.erp_calls} calls, min gap "
+                            f"{slow.min_gap_s} s, max {slow.max_calls_in_1s} in 1 s, "
+                            f"{slow.deferrals_per_call} deferrals per call, done after "
+                            f"{slow.completed_s} s"
+                            if slow
+                            else ""
+                        )
+                        + (
+                            f"; intake {intake.wall_ms} ms, {intake.slow_received} slow "
+                            f"received, {intake.deferrals} deferrals, CPU {intake.cpu_ms} ms, "
+                            f"first healthy published->received "
+                            f"{intake.first_published_to_received_ms} ms, received->started "
+                            f"{intake.first_received_to_started_ms} ms"
+                            if intake
+                            else ""
+                        )
+                        + f"; worker CPU {run.worker_cpu_s} s, wall {run.wall_s} s",
+                        flush=True,
+                    )
                     for problem in run.problems:
                         print(f"  PROBLEM: {problem}", flush=True)
         finally:
             bench.close()
-    result = {"rate": args.rate, "seconds": args.seconds, "before_seconds": args.before_seconds,
-              "load_start": load_start, "load_end": os.getloadavg(), "cpus": os.cpu_count(),
-              "wall_s": round(time.monotonic() - began, 1),
-              "summary": summary(runs), "runs": [asdict(r) for r in runs]}
+    result = {
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "before_seconds": args.before_seconds,
+        "load_start": load_start,
+        "load_end": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "wall_s": round(time.monotonic() - began, 1),
+        "summary": summary(runs),
+        "runs": [asdict(r) for r in runs],
+    }
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "fairness.json").write_text(json.dumps(result, indent=2))
     if args.json:
         print(json.dumps(result, indent=2))
     defaults = parser.parse_args([])
-    options = [f"--{name.replace('_', '-')} {getattr(args, name)}"
-               for name in ("runs", "rate", "seconds", "before_seconds", "only")
-               if getattr(args, name) != getattr(defaults, name)]
+    options = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}"
+        for name in ("runs", "rate", "seconds", "before_seconds", "only")
+        if getattr(args, name) != getattr(defaults, name)
+    ]
     command = " ".join([".venv/bin/python -m bench.fairness", *options])
     print()
-    print(table(result["summary"], args.rate, args.seconds, args.before_seconds, command,
-                load_start, os.cpu_count()))
+    print(
+        table(
+            result["summary"],
+            args.rate,
+            args.seconds,
+            args.before_seconds,
+            command,
+            load_start,
+            os.cpu_count(),
+        )
+    )
     print()
-    print(f"load average at end: {' '.join(f'{x:.2f}' for x in result['load_end'])}; "
-          f"whole run {result['wall_s']} s; raw numbers in bench/results/fairness.json")
+    print(
+        f"load average at end: {' '.join(f'{x:.2f}' for x in result['load_end'])}; "
+        f"whole run {result['wall_s']} s; raw numbers in bench/results/fairness.json"
+    )
     problems = [f"{r.scenario} #{r.round}: {p}" for r in runs for p in r.problems]
     if problems:
         print(f"\n{len(problems)} PROBLEM(S): the product misbehaved, see above")

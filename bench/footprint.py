@@ -74,42 +74,73 @@ def family(key: str) -> str:
     return parts[1]
 
 
-def template(server: RedisServer, logs: Path, keys: KeySpace, company: str, projects: int,
-             users: int, changes: int) -> None:
+def template(
+    server: RedisServer,
+    logs: Path,
+    keys: KeySpace,
+    company: str,
+    projects: int,
+    users: int,
+    changes: int,
+) -> None:
     """One company as the product leaves it after one round of its syncs."""
     client = server.client()
     store = SettingsStore(client, keys)
-    store.add_company(company, Erp.XERO.value, name="Acme Construction Group LLC",
-                      timezone="America/Chicago")
+    store.add_company(
+        company, Erp.XERO.value, name="Acme Construction Group LLC", timezone="America/Chicago"
+    )
     for u in range(users):
-        store.grant(company, f"user{u:02d}@acme-construction.example", "admin" if u == 0
-                    else "standard")
+        store.grant(
+            company, f"user{u:02d}@acme-construction.example", "admin" if u == 0 else "standard"
+        )
     for p in range(projects):
         store.add_project(company, f"p{p:03d}", name=f"Project {p:03d} - 1200 Main St tower")
     admin = "user00@acme-construction.example"
     for n in range(changes):
-        store.update_settings(company, admin, {"payments_for_synced_invoices":
-                                               FREQS[n % len(FREQS)]})
+        store.update_settings(
+            company, admin, {"payments_for_synced_invoices": FREQS[n % len(FREQS)]}
+        )
     data = SandboxData(client, keys)
-    data.configure(company, latency_ms=0, vendors=50, cost_codes=5, extra_jobs=0,
-                   project_cost_codes=3, costs_per_job=20, invoices_per_job=10)
+    data.configure(
+        company,
+        latency_ms=0,
+        vendors=50,
+        cost_codes=5,
+        extra_jobs=0,
+        project_cost_codes=3,
+        costs_per_job=20,
+        invoices_per_job=10,
+    )
     data.ensure_seeded(company)
     set_limit(client, keys, Erp.XERO.value, 10_000, 10_000)
     env = {"ERP_SYNC_REDIS_URL": server.url, "ERP_SYNC_KEY_PREFIX": keys.prefix}
     worker = procs.worker("fp-worker", env, logs, concurrency=4, extra=["-l", "WARNING"])
     sender = Sender(env)
     try:
-        ids = [sender.send(SyncKind.VENDORS, company, f"sync:{company}:vendors:-:{SLOT:.0f}",
-                           slot_ts=SLOT),
-               sender.send(SyncKind.JOBS, company, f"sync:{company}:jobs:-:{SLOT:.0f}",
-                           slot_ts=SLOT)]
+        ids = [
+            sender.send(
+                SyncKind.VENDORS, company, f"sync:{company}:vendors:-:{SLOT:.0f}", slot_ts=SLOT
+            ),
+            sender.send(SyncKind.JOBS, company, f"sync:{company}:jobs:-:{SLOT:.0f}", slot_ts=SLOT),
+        ]
         for kind in (SyncKind.JOB_COSTS, SyncKind.PAYMENTS):
-            ids += [sender.send(kind, company, f"sync:{company}:{kind.value}:p{p:03d}:"
-                                f"{SLOT:.0f}", f"p{p:03d}", slot_ts=SLOT)
-                    for p in range(projects)]
+            ids += [
+                sender.send(
+                    kind,
+                    company,
+                    f"sync:{company}:{kind.value}:p{p:03d}:{SLOT:.0f}",
+                    f"p{p:03d}",
+                    slot_ts=SLOT,
+                )
+                for p in range(projects)
+            ]
         markers = [keys.executed(i) for i in ids]
-        procs.wait_until(lambda: client.exists(*markers) == len(ids), 180,
-                         f"template syncs did not finish; see {worker.log}", interval=0.2)
+        procs.wait_until(
+            lambda: client.exists(*markers) == len(ids),
+            180,
+            f"template syncs did not finish; see {worker.log}",
+            interval=0.2,
+        )
     finally:
         sender.close()
         worker.stop()
@@ -128,8 +159,9 @@ def by_family(client: redis.Redis, names: list[str]) -> dict[str, dict[str, int]
     return dict(out)
 
 
-def clone(raw: redis.Redis, names: list[str], source: str, targets: list[str],
-          keys: KeySpace) -> None:
+def clone(
+    raw: redis.Redis, names: list[str], source: str, targets: list[str], keys: KeySpace
+) -> None:
     """Copy ``source``'s keys to each target id (same length), TTLs kept, and enrol them."""
     pipe = raw.pipeline(transaction=False)
     for name in names:
@@ -139,7 +171,7 @@ def clone(raw: redis.Redis, names: list[str], source: str, targets: list[str],
     dumps = list(zip(names, replies[0::2], replies[1::2], strict=True))
     for start in range(0, len(targets), 200):
         pipe = raw.pipeline(transaction=False)
-        for target in targets[start:start + 200]:
+        for target in targets[start : start + 200]:
             for name, blob, ttl in dumps:
                 pipe.restore(name.replace(source, target), max(int(ttl), 0), blob)
             pipe.sadd(keys.companies, target)
@@ -152,25 +184,38 @@ def fill_caps(client: redis.Redis, keys: KeySpace, company: str) -> dict[str, in
     store = SettingsStore(client, keys)
     admin, other = "user00@acme-construction.example", "user01@acme-construction.example"
     for n in range(AUDIT_CAP):
-        store.update_settings(company, admin, {"payments_for_synced_invoices":
-                                               FREQS[n % len(FREQS)]})
+        store.update_settings(
+            company, admin, {"payments_for_synced_invoices": FREQS[n % len(FREQS)]}
+        )
     for n in range(AUDIT_CAP):
         with contextlib.suppress(PermissionDenied):  # refused: a denied-change entry
-            store.update_settings(company, other, {"payments_for_synced_invoices":
-                                                   FREQS[n % len(FREQS)]})
+            store.update_settings(
+                company, other, {"payments_for_synced_invoices": FREQS[n % len(FREQS)]}
+            )
     history = History(client, keys)
     real = history.recent(company, HISTORY_CAP)
     for n in range(HISTORY_CAP):
         record = real[n % len(real)]
         slot = SLOT + 3600 * (n + 1)
-        history.save(record.model_copy(update={  # a copied record names the template
-            "company": company, "task_id": task_id(company, SyncKind(record.kind),
-                                                   record.project, slot)}))
+        history.save(
+            record.model_copy(
+                update={  # a copied record names the template
+                    "company": company,
+                    "task_id": task_id(company, SyncKind(record.kind), record.project, slot),
+                }
+            )
+        )
     assert client.llen(keys.history(company)) == HISTORY_CAP
     assert client.llen(keys.audit(company)) == AUDIT_CAP
-    out = {name: int(client.memory_usage(key, samples=0) or 0) for name, key in (
-        ("audit", keys.audit(company)), ("denied", keys.denied(company)),
-        ("history", keys.history(company)), ("runs", keys.runs(company)))}
+    out = {
+        name: int(client.memory_usage(key, samples=0) or 0)
+        for name, key in (
+            ("audit", keys.audit(company)),
+            ("denied", keys.denied(company)),
+            ("history", keys.history(company)),
+            ("runs", keys.runs(company)),
+        )
+    }
     scratch = f"{keys.prefix}:scratch:audit"  # the audit as the archive task leaves it
     client.copy(keys.audit(company), scratch)
     client.ltrim(scratch, 0, AUDIT_KEEP - 1)
@@ -186,13 +231,19 @@ def messages(client: redis.Redis, keys: KeySpace, count: int) -> dict[str, dict[
         queue = f"{keys.prefix}:scratch:{kind.value}"
         before = used(client)
         for start in range(0, count, 1000):
-            client.lpush(queue, *(factory.build(cid(start + i), kind, project, SLOT)
-                                  for i in range(min(1000, count - start))))
+            client.lpush(
+                queue,
+                *(
+                    factory.build(cid(start + i), kind, project, SLOT)
+                    for i in range(min(1000, count - start))
+                ),
+            )
         sample = factory.build(cid(0), kind, project, SLOT)
-        out[kind.value] = {"json_bytes": len(sample.encode()),
-                           "used_memory_per_message": (used(client) - before) / count,
-                           "memory_usage_per_message":
-                           int(client.memory_usage(queue, samples=0) or 0) / count}
+        out[kind.value] = {
+            "json_bytes": len(sample.encode()),
+            "used_memory_per_message": (used(client) - before) / count,
+            "memory_usage_per_message": int(client.memory_usage(queue, samples=0) or 0) / count,
+        }
         client.delete(queue)
     return out
 
@@ -225,36 +276,56 @@ def main() -> None:
             clone(raw, names, source, [cid(n) for n in range(1, args.companies)], keys)
             results["clone_s"] = time.perf_counter() - started
             after_clone = used(client)
-            engine = BeatEngine(Celery("fp"), client, keys, EngineConfig(
-                log_dispatches=False, max_block=0.0), node="footprint")
+            engine = BeatEngine(
+                Celery("fp"),
+                client,
+                keys,
+                EngineConfig(log_dispatches=False, max_block=0.0),
+                node="footprint",
+            )
             engine.step()
             engine.resync()
-            members = cast(list[tuple[str, float]],
-                           client.zrange(keys.due, 0, -1, withscores=True))
+            members = cast(list[tuple[str, float]], client.zrange(keys.due, 0, -1, withscores=True))
             pipe = client.pipeline(transaction=False)
             for start in range(0, len(members), 5000):  # each entry's last dispatched slot
-                pipe.hset(keys.beat_slots, mapping={
-                    str(m): repr(float(s) - 3600) for m, s in members[start:start + 5000]})
+                pipe.hset(
+                    keys.beat_slots,
+                    mapping={
+                        str(m): repr(float(s) - 3600) for m, s in members[start : start + 5000]
+                    },
+                )
             pipe.execute()
             engine.close()
             after_rebuild = used(client)
             n = args.companies
             assert client.hlen(keys.beat_applied) == n and client.scard(keys.companies) == n
-            shared = [keys.companies, keys.company_folds, keys.due, keys.beat_applied,
-                      keys.beat_slots, keys.changes]
-            results["fleet"] = {k.removeprefix(f"{PREFIX}:"): int(
-                client.memory_usage(k, samples=0) or 0) for k in shared}
+            shared = [
+                keys.companies,
+                keys.company_folds,
+                keys.due,
+                keys.beat_applied,
+                keys.beat_slots,
+                keys.changes,
+            ]
+            results["fleet"] = {
+                k.removeprefix(f"{PREFIX}:"): int(client.memory_usage(k, samples=0) or 0)
+                for k in shared
+            }
             results["stream_entries"] = int(client.xlen(keys.changes))
-            results["info"] = {"base": base, "template_and_sandbox": before - base,
-                               "clone_per_company": (after_clone - before) / (n - 1),
-                               "rebuild_per_company": (after_rebuild - after_clone) / n,
-                               "used_memory_total": after_rebuild, "companies": n}
+            results["info"] = {
+                "base": base,
+                "template_and_sandbox": before - base,
+                "clone_per_company": (after_clone - before) / (n - 1),
+                "rebuild_per_company": (after_rebuild - after_clone) / n,
+                "used_memory_total": after_rebuild,
+                "companies": n,
+            }
             caps = [fill_caps(client, keys, cid(k)) for k in range(3)]
             results["caps"] = {name: [c[name] for c in caps] for name in caps[0]}
-            results["caps_len"] = {"audit": AUDIT_CAP, "denied": AUDIT_CAP,
-                                   "history": HISTORY_CAP}
-            results["stream_bytes_per_entry"] = int(client.memory_usage(
-                keys.changes, samples=0) or 0) / max(int(client.xlen(keys.changes)), 1)
+            results["caps_len"] = {"audit": AUDIT_CAP, "denied": AUDIT_CAP, "history": HISTORY_CAP}
+            results["stream_bytes_per_entry"] = int(
+                client.memory_usage(keys.changes, samples=0) or 0
+            ) / max(int(client.xlen(keys.changes)), 1)
             results["messages"] = messages(client, keys, args.messages)
             results["load"].append(os.getloadavg()[0])
         finally:
@@ -281,18 +352,24 @@ def print_report(r: dict[str, Any]) -> None:
             print(f"| {name} (fleet-wide, / {n:,}) | - | {size / n:,.0f} |")
     print(f"| **MEMORY USAGE sum** | | **{total:,.0f}** |")
     info = r["info"]
-    print(f"INFO used_memory per company: copy {info['clone_per_company']:,.0f} + schedule "
-          f"{info['rebuild_per_company']:,.0f} = "
-          f"{info['clone_per_company'] + info['rebuild_per_company']:,.0f} B; "
-          f"whole server {info['used_memory_total'] / 2**20:,.1f} MiB for {n:,} companies")
+    print(
+        f"INFO used_memory per company: copy {info['clone_per_company']:,.0f} + schedule "
+        f"{info['rebuild_per_company']:,.0f} = "
+        f"{info['clone_per_company'] + info['rebuild_per_company']:,.0f} B; "
+        f"whole server {info['used_memory_total'] / 2**20:,.1f} MiB for {n:,} companies"
+    )
     for name, sizes in r["caps"].items():
-        print(f"at cap: {name}: median {median(sizes):,.0f} B (min {min(sizes):,}, "
-              f"max {max(sizes):,})")
+        print(
+            f"at cap: {name}: median {median(sizes):,.0f} B (min {min(sizes):,}, "
+            f"max {max(sizes):,})"
+        )
     print(f"change stream: {r['stream_bytes_per_entry']:,.0f} B per entry")
     for kind, m in r["messages"].items():
-        print(f"queued {kind} message: {m['json_bytes']:,} B of JSON, "
-              f"{m['used_memory_per_message']:,.0f} B used_memory, "
-              f"{m['memory_usage_per_message']:,.0f} B MEMORY USAGE")
+        print(
+            f"queued {kind} message: {m['json_bytes']:,} B of JSON, "
+            f"{m['used_memory_per_message']:,.0f} B used_memory, "
+            f"{m['memory_usage_per_message']:,.0f} B MEMORY USAGE"
+        )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,19 @@ READS = 7
 
 def fill(db: Database, n: int) -> None:
     base = datetime(2026, 11, 1, tzinfo=UTC)
-    RunLog(db).import_many(RunRecord(
-        kind=KINDS[i % 4], company=f"c{i % 1000}", project=None, scheduled_for="s",
-        started_at=base + timedelta(seconds=i), finished_at=base + timedelta(seconds=i + 1),
-        status="succeeded" if i % 10 else "failed", task_id=f"t{i}") for i in range(n))
+    RunLog(db).import_many(
+        RunRecord(
+            kind=KINDS[i % 4],
+            company=f"c{i % 1000}",
+            project=None,
+            scheduled_for="s",
+            started_at=base + timedelta(seconds=i),
+            finished_at=base + timedelta(seconds=i + 1),
+            status="succeeded" if i % 10 else "failed",
+            task_id=f"t{i}",
+        )
+        for i in range(n)
+    )
 
 
 def timed(read: object) -> tuple[float, float, float]:
@@ -52,13 +61,17 @@ def timed(read: object) -> tuple[float, float, float]:
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="history-summary-"))
     print(f"load before: {os.getloadavg()[0]:.2f}")
-    query = select(sync_runs.c.kind, sync_runs.c.status, func.max(sync_runs.c.finished_at)) \
-        .where(sync_runs.c.status.in_(["succeeded", "failed"])) \
+    query = (
+        select(sync_runs.c.kind, sync_runs.c.status, func.max(sync_runs.c.finished_at))
+        .where(sync_runs.c.status.in_(["succeeded", "failed"]))
         .group_by(sync_runs.c.kind, sync_runs.c.status)
+    )
     pg = start_postgres(tmp)
     try:
-        for name, url in (("sqlite", f"sqlite:///{tmp}/runs.db"),
-                          ("postgresql", pg.create_database("history_summary"))):
+        for name, url in (
+            ("sqlite", f"sqlite:///{tmp}/runs.db"),
+            ("postgresql", pg.create_database("history_summary")),
+        ):
             db = Database(url)
             db.upgrade()
             fill(db, RUNS)
@@ -66,6 +79,7 @@ def main() -> None:
             def read(db: Database = db) -> None:
                 with db.engine.connect() as conn:
                     conn.execute(query).all()
+
             med, lo, hi = timed(read)
             print(f"{name:10} table, {RUNS:,} runs: median {med:.1f} ms ({lo:.1f}-{hi:.1f})")
             db.dispose()
@@ -75,9 +89,14 @@ def main() -> None:
     server = RedisServer(tmp / "redis").start()
     try:
         client = server.client()
-        client.hset("bench:runs:last", mapping={
-            f"{s}:{k}": '{"company":"c1","finished_at":"2026-11-26T00:00:00+00:00"}'
-            for s in ("succeeded", "failed") for k in KINDS})
+        client.hset(
+            "bench:runs:last",
+            mapping={
+                f"{s}:{k}": '{"company":"c1","finished_at":"2026-11-26T00:00:00+00:00"}'
+                for s in ("succeeded", "failed")
+                for k in KINDS
+            },
+        )
         med, lo, hi = timed(lambda: client.hgetall("bench:runs:last"))
         print(f"{'redis':10} summary (HGETALL): median {med:.3f} ms ({lo:.3f}-{hi:.3f})")
     finally:

@@ -64,15 +64,25 @@ COMPANY, REALM = "qbo-bench", "9130350000000001"
 CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"
 # 1,000 projects x 100 lines: 40 Bills of 2 lines, 8 Purchases of 2 lines and 4 VendorCredits of
 # 1 line per project (the fake's default two lines a bill), and 20 BillPayments per project.
-SHAPE = Seed(vendors=10_000, projects=1_000, bills_per_project=40, lines_per_bill=2,
-             purchases_per_project=8, vendor_credits_per_project=4, payments_per_project=20)
+SHAPE = Seed(
+    vendors=10_000,
+    projects=1_000,
+    bills_per_project=40,
+    lines_per_bill=2,
+    purchases_per_project=8,
+    vendor_credits_per_project=4,
+    payments_per_project=20,
+)
 MIRRORED = ("Bill", "Purchase", "VendorCredit", "BillPayment")
 
 
 def scaled(seed: Seed, scale: float) -> Seed:
     """A smaller (or larger) company of the same shape, for a quick look."""
-    return replace(seed, vendors=max(1, round(seed.vendors * scale)),
-                   projects=max(1, round(seed.projects * scale)))
+    return replace(
+        seed,
+        vendors=max(1, round(seed.vendors * scale)),
+        projects=max(1, round(seed.projects * scale)),
+    )
 
 
 def listing_requests(count: int) -> int:
@@ -82,8 +92,9 @@ def listing_requests(count: int) -> int:
 
 def floor_requests(entities: dict[str, int]) -> dict[str, int]:
     """The fewest requests a first sync of these entity counts needs, per listing."""
-    return {name: listing_requests(entities.get(name, 0))
-            for name in ("Vendor", "Customer", *MIRRORED)}
+    return {
+        name: listing_requests(entities.get(name, 0)) for name in ("Vendor", "Customer", *MIRRORED)
+    }
 
 
 def floor_seconds(requests: int) -> float:
@@ -142,13 +153,15 @@ class Run:
         Database(self.db_url).upgrade()
         self.db = Database(self.db_url)
         self.secret_key = new_key()
-        self.env = {"ERP_SYNC_REDIS_URL": server.url, "ERP_SYNC_KEY_PREFIX": self.keys.prefix,
-                    "ERP_SYNC_DATABASE_URL": self.db_url,
-                    "ERP_SYNC_SECRET_KEY": self.secret_key}
+        self.env = {
+            "ERP_SYNC_REDIS_URL": server.url,
+            "ERP_SYNC_KEY_PREFIX": self.keys.prefix,
+            "ERP_SYNC_DATABASE_URL": self.db_url,
+            "ERP_SYNC_SECRET_KEY": self.secret_key,
+        }
         self.qbo = FakeQbo.start(workdir / "fake")
         started = time.monotonic()
-        created = self.qbo.create_realm(REALM, CLIENT_ID, CLIENT_SECRET, "rt-bench-0",
-                                        seed=seed)
+        created = self.qbo.create_realm(REALM, CLIENT_ID, CLIENT_SECRET, "rt-bench-0", seed=seed)
         self.seed_s = time.monotonic() - started
         self.entities: dict[str, int] = created["entities"]
         self.workers: list[procs.Proc] = []
@@ -165,25 +178,45 @@ class Run:
         pipe = self.client.pipeline(transaction=False)
         now = datetime.now(UTC)
         for project in projects:
-            pipe.hset(self.keys.projects(COMPANY), project, json.dumps(
-                {"company": COMPANY, "id": project, "name": project,
-                 "created_at": now.isoformat()}))
+            pipe.hset(
+                self.keys.projects(COMPANY),
+                project,
+                json.dumps(
+                    {
+                        "company": COMPANY,
+                        "id": project,
+                        "name": project,
+                        "created_at": now.isoformat(),
+                    }
+                ),
+            )
         pipe.execute()
         connections = ConnectionStore(self.client, self.keys, Vault([self.secret_key]))
         connections.save(
-            Connection(company=COMPANY, erp=Erp.QUICKBOOKS_ONLINE, realm_id=REALM,
-                       client_id=CLIENT_ID, base_url=self.qbo.url,
-                       token_url=self.qbo.token_url, connected_by="bench", connected_at=now),
+            Connection(
+                company=COMPANY,
+                erp=Erp.QUICKBOOKS_ONLINE,
+                realm_id=REALM,
+                client_id=CLIENT_ID,
+                base_url=self.qbo.url,
+                token_url=self.qbo.token_url,
+                connected_by="bench",
+                connected_at=now,
+            ),
             Secrets(client_secret=CLIENT_SECRET, refresh_token="rt-bench-0"),
-            AuditEntry(at=now, actor="bench", action="connection.connect", company=COMPANY))
+            AuditEntry(at=now, actor="bench", action="connection.connect", company=COMPANY),
+        )
         return projects
 
     def start_workers(self) -> None:
         self.workers = [
-            procs.worker("company", self.env, self.dir, queues="company", pool="threads",
-                         concurrency=4),
-            procs.worker("project", self.env, self.dir, queues="project", pool="threads",
-                         concurrency=8)]
+            procs.worker(
+                "company", self.env, self.dir, queues="company", pool="threads", concurrency=4
+            ),
+            procs.worker(
+                "project", self.env, self.dir, queues="project", pool="threads", concurrency=8
+            ),
+        ]
         for worker in self.workers:
             worker.wait_for(" ready.", 60)
 
@@ -199,32 +232,48 @@ class Run:
             ids.append(sender.send(SyncKind.VENDORS, COMPANY, f"{name}-vendors"))
             ids.append(sender.send(SyncKind.JOBS, COMPANY, f"{name}-jobs"))
             for project in projects:
-                ids.append(sender.send(SyncKind.JOB_COSTS, COMPANY, f"{name}-jc-{project}",
-                                       project))
-                ids.append(sender.send(SyncKind.PAYMENTS, COMPANY, f"{name}-pay-{project}",
-                                       project))
+                ids.append(
+                    sender.send(SyncKind.JOB_COSTS, COMPANY, f"{name}-jc-{project}", project)
+                )
+                ids.append(
+                    sender.send(SyncKind.PAYMENTS, COMPANY, f"{name}-pay-{project}", project)
+                )
             markers = [self.keys.executed(i) for i in ids]
-            procs.wait_until(lambda: self.client.exists(*markers) == len(ids), 900,
-                             f"{name}: the syncs did not finish; see {self.dir}/*.log",
-                             interval=0.25)
+            procs.wait_until(
+                lambda: self.client.exists(*markers) == len(ids),
+                900,
+                f"{name}: the syncs did not finish; see {self.dir}/*.log",
+                interval=0.25,
+            )
         finally:
             sender.close()
         wall = time.monotonic() - started
         wanted = set(ids)
-        runs = [r for r in RunLog(self.db).recent(COMPANY, 10 * len(ids))
-                if r.task_id in wanted]
+        runs = [r for r in RunLog(self.db).recent(COMPANY, 10 * len(ids)) if r.task_id in wanted]
         stats = self.qbo.stats(REALM)
-        return self._phase(runs, wall, stats, minimum, f"{load_before} -> {load()}",
-                           self.deferrals() - deferred_before)
+        return self._phase(
+            runs,
+            wall,
+            stats,
+            minimum,
+            f"{load_before} -> {load()}",
+            self.deferrals() - deferred_before,
+        )
 
     def deferrals(self) -> int:
         """Deferrals the workers logged so far (a rate-limit wait or the company's cap)."""
         return sum(w.output().count(f"deferred company={COMPANY} ") for w in self.workers)
 
-    def _phase(self, runs: list[RunRecord], wall: float, stats: dict[str, Any], minimum: int,
-               load_seen: str, deferrals: int) -> Phase:
-        written = sum(r.counts.get(k, 0) for r in runs for k in ("created", "updated",
-                                                                   "deleted"))
+    def _phase(
+        self,
+        runs: list[RunRecord],
+        wall: float,
+        stats: dict[str, Any],
+        minimum: int,
+        load_seen: str,
+        deferrals: int,
+    ) -> Phase:
+        written = sum(r.counts.get(k, 0) for r in runs for k in ("created", "updated", "deleted"))
         unchanged = sum(r.counts.get("unchanged", 0) for r in runs)
         requests = int(stats["requests"])
         floor = floor_seconds(minimum)
@@ -236,21 +285,30 @@ class Run:
         ends = [t for t in [*company, min(t for t in project if t)] if t is not None]
         erp_read = (max(ends) - start).total_seconds()
         return Phase(
-            wall_s=round(wall, 2), syncs=len(runs),
+            wall_s=round(wall, 2),
+            syncs=len(runs),
             failed=sum(r.status != "succeeded" for r in runs),
-            records_written=written, records_unchanged=unchanged,
-            records_per_s=round(written / wall, 1), syncs_per_s=round(len(runs) / wall, 1),
-            erp_read_s=round(erp_read, 2), requests=requests, queries=int(stats["queries"]),
+            records_written=written,
+            records_unchanged=unchanged,
+            records_per_s=round(written / wall, 1),
+            syncs_per_s=round(len(runs) / wall, 1),
+            erp_read_s=round(erp_read, 2),
+            requests=requests,
+            queries=int(stats["queries"]),
             cdc=int(stats["cdc"]),
-            minimum_requests=minimum, floor_s=round(floor, 2),
+            minimum_requests=minimum,
+            floor_s=round(floor, 2),
             bucket_floor_s=round(bucket_seconds(minimum), 2),
             ratio_requests=round(requests / minimum, 2),
             ratio_wall_to_floor=round(wall / floor, 2) if floor else 0.0,
             ratio_erp_read_to_floor=round(erp_read / floor, 2) if floor else 0.0,
-            throttled_429=int(stats["throttled"]), max_in_flight=int(stats["max_concurrency"]),
+            throttled_429=int(stats["throttled"]),
+            max_in_flight=int(stats["max_concurrency"]),
             max_requests_per_minute=int(stats["max_requests_per_minute"]),
             deferrals=deferrals,
-            token_refreshes=int(stats["refreshes"]), load=load_seen)
+            token_refreshes=int(stats["refreshes"]),
+            load=load_seen,
+        )
 
     def change_one_percent(self) -> dict[str, int]:
         """1 % of vendors (a new city: the vendor record changes) and of Bills (a new
@@ -281,9 +339,14 @@ def one_run(workdir: Path, server: RedisServer, seed: Seed, latency_ms: float) -
         # The incremental minimum: one CDC request each for Vendor, Customer and the four
         # transaction entities together (every change fits in one CDC response of 1,000).
         again = run.wave("incremental", projects, 3)
-        return {"seed_s": round(run.seed_s, 1), "entities": run.entities,
-                "floor_requests": per_listing, "first": asdict(first), "changed": changed,
-                "incremental": asdict(again)}
+        return {
+            "seed_s": round(run.seed_s, 1),
+            "entities": run.entities,
+            "floor_requests": per_listing,
+            "first": asdict(first),
+            "changed": changed,
+            "incremental": asdict(again),
+        }
     finally:
         run.close()
 
@@ -298,8 +361,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 values = [row[key] for row in rows]
                 med = statistics.median(values)
-                out[phase][key] = (f"{med:g}" if len(values) == 1 else
-                                   f"{med:g} ({min(values):g}-{max(values):g})")
+                out[phase][key] = (
+                    f"{med:g}" if len(values) == 1 else f"{med:g} ({min(values):g}-{max(values):g})"
+                )
             else:
                 out[phase][key] = " | ".join(str(row[key]) for row in rows)
     return out
@@ -309,8 +373,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=50)
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="vendors and projects times this (1.0: 10k vendors, 1k projects)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="vendors and projects times this (1.0: 10k vendors, 1k projects)",
+    )
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "qbo.json")
     args = parser.parse_args()
@@ -323,18 +391,27 @@ def main() -> None:
             for n in range(args.runs):
                 result = one_run(Path(tmp) / f"run{n}", server, seed, args.latency_ms)
                 results.append(result)
-                print(f"run {n + 1}/{args.runs}: first {result['first']['wall_s']} s, "
-                      f"{result['first']['requests']} requests (minimum "
-                      f"{result['first']['minimum_requests']}); incremental "
-                      f"{result['incremental']['wall_s']} s, "
-                      f"{result['incremental']['requests']} requests", flush=True)
+                print(
+                    f"run {n + 1}/{args.runs}: first {result['first']['wall_s']} s, "
+                    f"{result['first']['requests']} requests (minimum "
+                    f"{result['first']['minimum_requests']}); incremental "
+                    f"{result['incremental']['wall_s']} s, "
+                    f"{result['incremental']['requests']} requests",
+                    flush=True,
+                )
         finally:
             server.kill()
-    report = {"measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-              "mode": "celery worker processes (company: threads -c 4; project: threads -c 8)",
-              "latency_ms": args.latency_ms, "seed": asdict(seed), "runs": len(results),
-              "cpus": os.cpu_count(), "total_s": round(time.monotonic() - began, 1),
-              "summary": summarise(results), "each": results}
+    report = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "celery worker processes (company: threads -c 4; project: threads -c 8)",
+        "latency_ms": args.latency_ms,
+        "seed": asdict(seed),
+        "runs": len(results),
+        "cpus": os.cpu_count(),
+        "total_s": round(time.monotonic() - began, 1),
+        "summary": summarise(results),
+        "each": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     if args.json:

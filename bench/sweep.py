@@ -54,9 +54,14 @@ def run(url: str, n: int) -> dict[str, float]:
     client.flushall()
     keys = KeySpace("bench")
     seed(client, keys, n, SyncSettings(payments_for_synced_invoices="hourly"))
-    engine = BeatEngine(Celery("bench", set_as_current=False), client, keys,
-                        EngineConfig(log_dispatches=False, max_block=0.0),
-                        clock=Clock(time.time()), node="bench")
+    engine = BeatEngine(
+        Celery("bench", set_as_current=False),
+        client,
+        keys,
+        EngineConfig(log_dispatches=False, max_block=0.0),
+        clock=Clock(time.time()),
+        node="bench",
+    )
     engine.step()  # leads and builds every schedule
     healthy, fixed_healthy = one_pass(engine)
     client.delete(keys.due)
@@ -65,12 +70,17 @@ def run(url: str, n: int) -> dict[str, float]:
     client.close()
     assert fixed_healthy == 0 and fixed == n, (fixed_healthy, fixed)
     healthy_s, damaged_s = sum(healthy), sum(damaged)
-    return {"companies": n, "slices": len(healthy),
-            "healthy_slice_ms": statistics.median(healthy) * 1000,
-            "healthy_pass_s": healthy_s, "healthy_per_s": n / healthy_s,
-            "repair_slice_ms": statistics.median(damaged) * 1000,
-            "repair_pass_s": damaged_s, "repair_per_s": n / damaged_s,
-            "core_share_at_60s": healthy_s / PERIOD}
+    return {
+        "companies": n,
+        "slices": len(healthy),
+        "healthy_slice_ms": statistics.median(healthy) * 1000,
+        "healthy_pass_s": healthy_s,
+        "healthy_per_s": n / healthy_s,
+        "repair_slice_ms": statistics.median(damaged) * 1000,
+        "repair_pass_s": damaged_s,
+        "repair_per_s": n / damaged_s,
+        "core_share_at_60s": healthy_s / PERIOD,
+    }
 
 
 def main() -> None:
@@ -81,8 +91,10 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     server = RedisServer(Path(tempfile.mkdtemp(prefix="bench-sweep-"))).start()
     print(f"load average at start: {os.getloadavg()}")
-    print("| companies | slice ms (healthy) | pass s (healthy) | checked/s | slice ms (all "
-          "rebuilt) | pass s (all rebuilt) | rebuilt/s | one core, pass over 60 s |")
+    print(
+        "| companies | slice ms (healthy) | pass s (healthy) | checked/s | slice ms (all "
+        "rebuilt) | pass s (all rebuilt) | rebuilt/s | one core, pass over 60 s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     try:
         for n in sizes:
@@ -90,13 +102,18 @@ def main() -> None:
 
             def cell(name: str, fmt: str = "{:.1f}", runs: list[dict[str, float]] = runs) -> str:
                 values = [r[name] for r in runs]
-                return (f"{fmt.format(statistics.median(values))} "
-                        f"({fmt.format(min(values))}-{fmt.format(max(values))})")
+                return (
+                    f"{fmt.format(statistics.median(values))} "
+                    f"({fmt.format(min(values))}-{fmt.format(max(values))})"
+                )
 
-            print(f"| {n:,} | {cell('healthy_slice_ms')} | {cell('healthy_pass_s', '{:.2f}')} | "
-                  f"{cell('healthy_per_s', '{:,.0f}')} | {cell('repair_slice_ms')} | "
-                  f"{cell('repair_pass_s', '{:.2f}')} | {cell('repair_per_s', '{:,.0f}')} | "
-                  f"{cell('core_share_at_60s', '{:.1%}')} |", flush=True)
+            print(
+                f"| {n:,} | {cell('healthy_slice_ms')} | {cell('healthy_pass_s', '{:.2f}')} | "
+                f"{cell('healthy_per_s', '{:,.0f}')} | {cell('repair_slice_ms')} | "
+                f"{cell('repair_pass_s', '{:.2f}')} | {cell('repair_per_s', '{:,.0f}')} | "
+                f"{cell('core_share_at_60s', '{:.1%}')} |",
+                flush=True,
+            )
     finally:
         server.close_clients()
         server.kill()

@@ -41,8 +41,15 @@ from tests.support import procs
 from tests.support.erp import Sender
 from tests.support.redisproc import RedisServer
 
-TINY = {"vendors": 5, "cost_codes": 2, "extra_jobs": 0, "project_cost_codes": 1,
-        "costs_per_job": 2, "invoices_per_job": 2, "page_size": 1000}
+TINY = {
+    "vendors": 5,
+    "cost_codes": 2,
+    "extra_jobs": 0,
+    "project_cost_codes": 1,
+    "costs_per_job": 2,
+    "invoices_per_job": 2,
+    "page_size": 1000,
+}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -71,9 +78,15 @@ class Bench:
         env = {"ERP_SYNC_REDIS_URL": self.server.url, "ERP_SYNC_KEY_PREFIX": prefix}
         return KeySpace(prefix), env
 
-    def companies(self, keys: KeySpace, count: int, projects: int = 0,
-                  erp: Erp = Erp.QUICKBOOKS_ONLINE, name: str = "c",
-                  **sandbox: int) -> list[str]:
+    def companies(
+        self,
+        keys: KeySpace,
+        count: int,
+        projects: int = 0,
+        erp: Erp = Erp.QUICKBOOKS_ONLINE,
+        name: str = "c",
+        **sandbox: int,
+    ) -> list[str]:
         store, data = SettingsStore(self.client, keys), SandboxData(self.client, keys)
         ids = [f"{name}{n:04d}" for n in range(count)]
         for company in ids:
@@ -84,8 +97,14 @@ class Bench:
             data.ensure_seeded(company)
         return ids
 
-    def throughput(self, pool: str, concurrency: int, seconds: float, per_sync: int = 1,
-                   extra: list[str] | None = None) -> dict[str, Any]:
+    def throughput(
+        self,
+        pool: str,
+        concurrency: int,
+        seconds: float,
+        per_sync: int = 1,
+        extra: list[str] | None = None,
+    ) -> dict[str, Any]:
         """``per_sync`` ERP calls per sync: 1 (a refresh with nothing new, companies reused) or
         more (a first full read of ``per_sync - 1`` pages of 10 vendors, one company per sync)."""
         keys, env = self.fresh()
@@ -96,21 +115,30 @@ class Bench:
             companies = self.companies(keys, max(4 * concurrency, 32))
         else:
             companies = self.companies(keys, total, vendors=10 * (per_sync - 1), page_size=10)
-        worker = procs.worker(f"{pool}{concurrency}", env, self.dir, queues="company",
-                              pool=pool, concurrency=concurrency,
-                              extra=["-l", "WARNING", *(extra or [])])
+        worker = procs.worker(
+            f"{pool}{concurrency}",
+            env,
+            self.dir,
+            queues="company",
+            pool=pool,
+            concurrency=concurrency,
+            extra=["-l", "WARNING", *(extra or [])],
+        )
         sender = Sender(env)
         try:
             self._warm_up(worker, keys, sender, SyncKind.VENDORS)
             cpu0 = cpu_seconds(worker.pid)
-            ids = [sender.send(SyncKind.VENDORS, companies[n % len(companies)], f"b{n}")
-                   for n in range(total)]
+            ids = [
+                sender.send(SyncKind.VENDORS, companies[n % len(companies)], f"b{n}")
+                for n in range(total)
+            ]
             self._wait(keys, ids)
             cpu = cpu_seconds(worker.pid) - cpu0
             history = History(self.client, keys)
             wanted = set(ids)
-            records = [r for c in companies for r in history.recent(c, 10_000)
-                       if r.task_id in wanted]
+            records = [
+                r for c in companies for r in history.recent(c, 10_000) if r.task_id in wanted
+            ]
         finally:
             sender.close()
             worker.stop()
@@ -120,41 +148,57 @@ class Bench:
         end = max(r.finished_at for r in records if r.finished_at)
         rate = total / (end - start).total_seconds()
         flags = f" {' '.join(extra)}" if extra else ""
-        return {"scenario": f"throughput {pool} -c {concurrency}{flags}, "
-                            f"{per_sync} call(s)/sync",
-                "syncs": total,
-                "erp_calls": calls, "mean_run_ms": round(
-                    sum(r.duration_ms or 0 for r in records) / total, 1),
-                "worker_cpu_ms_per_sync": round(cpu * 1000 / total, 2),
-                "syncs_per_s": round(rate, 1), "ideal": round(ideal, 1),
-                "ratio": round(rate / ideal, 3)}
+        return {
+            "scenario": f"throughput {pool} -c {concurrency}{flags}, {per_sync} call(s)/sync",
+            "syncs": total,
+            "erp_calls": calls,
+            "mean_run_ms": round(sum(r.duration_ms or 0 for r in records) / total, 1),
+            "worker_cpu_ms_per_sync": round(cpu * 1000 / total, 2),
+            "syncs_per_s": round(rate, 1),
+            "ideal": round(ideal, 1),
+            "ratio": round(rate / ideal, 3),
+        }
 
-    def _warm_up(self, worker: procs.Proc, keys: KeySpace, sender: Sender,
-                 kind: SyncKind) -> None:
+    def _warm_up(self, worker: procs.Proc, keys: KeySpace, sender: Sender, kind: SyncKind) -> None:
         """One sync on a company of its own, so the pool is up before the clock runs."""
         (company,) = self.companies(keys, 1, projects=1, erp=Erp.XERO, name="warm")
         set_limit(self.client, keys, Erp.XERO.value, 10_000, 10_000)
         sender.send(kind, company, "warmup", "p000" if kind.project_level else None)
-        procs.wait_until(lambda: self.client.exists(keys.executed("warmup")), 60,
-                         "warm-up sync never finished; see the worker log")
+        procs.wait_until(
+            lambda: self.client.exists(keys.executed("warmup")),
+            60,
+            "warm-up sync never finished; see the worker log",
+        )
 
     def _wait(self, keys: KeySpace, ids: list[str]) -> None:
         markers = [keys.executed(i) for i in ids]
-        procs.wait_until(lambda: self.client.exists(*markers) == len(ids), 300,
-                         "benchmark syncs did not finish", interval=0.25)
+        procs.wait_until(
+            lambda: self.client.exists(*markers) == len(ids),
+            300,
+            "benchmark syncs did not finish",
+            interval=0.25,
+        )
 
     def rate_limit(self, rate: float, seconds: float) -> dict[str, Any]:
         keys, env = self.fresh()
         demand = int(rate * seconds)
         (company,) = self.companies(keys, 1, projects=demand)
         set_limit(self.client, keys, Erp.QUICKBOOKS_ONLINE.value, rate, 1)
-        worker = procs.worker("ratelimit", env, self.dir, queues="project", pool="threads",
-                              concurrency=16, extra=["-l", "WARNING"])
+        worker = procs.worker(
+            "ratelimit",
+            env,
+            self.dir,
+            queues="project",
+            pool="threads",
+            concurrency=16,
+            extra=["-l", "WARNING"],
+        )
         sender = Sender(env)
         try:
             self._warm_up(worker, keys, sender, SyncKind.PAYMENTS)
-            ids = [sender.send(SyncKind.PAYMENTS, company, f"r{p}", f"p{p:03d}")
-                   for p in range(demand)]
+            ids = [
+                sender.send(SyncKind.PAYMENTS, company, f"r{p}", f"p{p:03d}") for p in range(demand)
+            ]
             self._wait(keys, ids)
             records = History(self.client, keys).recent(company, demand + 10)
         finally:
@@ -164,10 +208,15 @@ class Bench:
         calls = sorted(float(t) for t in self.client.lrange(keys.erp_calls(company), 0, -1))
         achieved = (len(calls) - 1) / (calls[-1] - calls[0])
         window = max(bisect.bisect_right(calls, t + 1.0) - i for i, t in enumerate(calls))
-        return {"scenario": f"rate limit {rate:g}/s, burst 1", "erp_calls": len(calls),
-                "achieved_per_s": round(achieved, 3), "limit": rate,
-                "ratio": round(achieved / rate, 4), "max_calls_in_1s": window,
-                "allowed_in_1s": int(1 + rate)}
+        return {
+            "scenario": f"rate limit {rate:g}/s, burst 1",
+            "erp_calls": len(calls),
+            "achieved_per_s": round(achieved, 3),
+            "limit": rate,
+            "ratio": round(achieved / rate, 4),
+            "max_calls_in_1s": window,
+            "allowed_in_1s": int(1 + rate),
+        }
 
     def close(self) -> None:
         self.server.kill()

@@ -27,16 +27,20 @@ class AlertEvent(StrEnum):
 def _webhook_url(value: str) -> str:
     """http(s), a host, no spaces or control characters, at most 2,000 characters."""
     if len(value) > 2000 or any(c.isspace() or not c.isprintable() for c in value):
-        raise ValueError(f"{shorten(value)} is not a valid webhook URL (no spaces or control "
-                         "characters; at most 2000 characters)")
+        raise ValueError(
+            f"{shorten(value)} is not a valid webhook URL (no spaces or control "
+            "characters; at most 2000 characters)"
+        )
     try:
         parts = urlsplit(value)
         _ = parts.port  # a non-numeric or out-of-range port raises here
     except ValueError:
         raise ValueError(f"{shorten(value)} is not a valid webhook URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{shorten(redact_url(value))} is not a valid webhook URL (need "
-                         "http:// or https:// and a host)")
+        raise ValueError(
+            f"{shorten(redact_url(value))} is not a valid webhook URL (need "
+            "http:// or https:// and a host)"
+        )
     return value
 
 
@@ -51,8 +55,9 @@ def redact_url(url: str) -> str:
     user = parts.username or ""
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query,
-                       parts.fragment))
+    return urlunsplit(
+        (parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment)
+    )
 
 
 WebhookUrl = Annotated[str, AfterValidator(_webhook_url)]

@@ -33,8 +33,9 @@ class Settings(BaseSettings):
         "`sentinel://host:port[,host:port]/db?master=NAME`.",
     )
     broker_url: str | None = Field(
-        None, description="Celery broker URL. Leave unset: beat queues tasks atomically with "
-        "its schedule, so it refuses a broker that is not the Redis URL."
+        None,
+        description="Celery broker URL. Leave unset: beat queues tasks atomically with "
+        "its schedule, so it refuses a broker that is not the Redis URL.",
     )
     key_prefix: str = Field(
         "erp_sync", description="Prefix of every Redis key and channel of this deployment."
@@ -52,35 +53,47 @@ class Settings(BaseSettings):
         900.0, gt=0, description="Hard time limit of one sync (seconds); the child is killed."
     )
     visibility_timeout: float = Field(
-        3600.0, gt=0,
+        3600.0,
+        gt=0,
         description="Seconds before an unacknowledged sync is redelivered; above the hard limit.",
     )
     defer_after_seconds: float = Field(
-        1.0, ge=0, description="A sync that must wait longer than this for a rate-limit token "
+        1.0,
+        ge=0,
+        description="A sync that must wait longer than this for a rate-limit token "
         "gives its worker slot back and is re-queued on its turn instead of sleeping in it "
         "(the ERP's Retry-After and the company's concurrency cap always defer).",
     )
     run_lock_seconds: float = Field(
-        10.0, gt=0, description="TTL of a running sync's lock, renewed by its heartbeat: a "
+        10.0,
+        gt=0,
+        description="TTL of a running sync's lock, renewed by its heartbeat: a "
         "sync whose worker died is rerun by its redelivery this long after it stopped "
         "(at most a quarter of the visibility timeout).",
     )
     change_stream_maxlen: int = Field(
-        100_000, ge=10, description="Changes kept on the change stream; a beat further behind "
+        100_000,
+        ge=10,
+        description="Changes kept on the change stream; a beat further behind "
         "than this notices the trim and rebuilds every schedule.",
     )
     sweep_seconds: float = Field(
-        60.0, gt=0, description="Time for one full pass of the leader's schedule check over "
+        60.0,
+        gt=0,
+        description="Time for one full pass of the leader's schedule check over "
         "every company (lost or corrupt schedule state is rebuilt from settings).",
     )
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL of the database the syncs write into (Procore-side "
+        None,
+        description="SQLAlchemy URL of the database the syncs write into (Procore-side "
         "records, run history). Default: an embedded SQLite file, "
         "`$XDG_DATA_HOME/erp-sync/<key prefix>.db` (`~/.local/share/erp-sync/...`). "
         "Production: `postgresql+psycopg://user:password@host/db`.",
     )
     history_days: int = Field(
-        90, ge=1, description="Days of run history kept in the database; older runs are pruned "
+        90,
+        ge=1,
+        description="Days of run history kept in the database; older runs are pruned "
         "by a periodic task.",
     )
     settings_wait_seconds: float = Field(
@@ -96,18 +109,24 @@ class Settings(BaseSettings):
         2.0, gt=0, description="Backoff before an alert's second attempt; doubles each time."
     )
     alert_stale_check_seconds: float = Field(
-        60.0, gt=0, description="How often the `alerts` queue checks for stale syncs (only "
-        "deadlines that passed are read, never every company)."
+        60.0,
+        gt=0,
+        description="How often the `alerts` queue checks for stale syncs (only "
+        "deadlines that passed are read, never every company).",
     )
 
     secret_key: SecretStr | None = Field(
-        None, description="Keys that encrypt stored ERP credentials (Fernet keys, comma "
+        None,
+        description="Keys that encrypt stored ERP credentials (Fernet keys, comma "
         "separated, newest first: the first encrypts, all decrypt, so a key is rotated by "
         "putting a new one first and running `erp-sync connection rotate-key`). Generate one: "
         "`erp-sync connection new-key`. Required to connect a company to a real ERP.",
     )
     audit_keep: int = Field(
-        200, ge=1, le=2000, description="Newest entries of each company's audit and security "
+        200,
+        ge=1,
+        le=2000,
+        description="Newest entries of each company's audit and security "
         "logs (and of the operator log) kept in Redis; an hourly task moves older ones to the "
         "database (`audit` and `operator-log` show both). At most 2000, the hard cap Redis "
         "keeps when the task does not run.",
@@ -124,9 +143,7 @@ class Settings(BaseSettings):
     def _limits_are_ordered(self) -> Settings:
         # A visibility timeout below the hard limit would redeliver syncs that are still running.
         if not self.task_soft_time_limit < self.task_time_limit < self.visibility_timeout:
-            raise ValueError(
-                "need task_soft_time_limit < task_time_limit < visibility_timeout"
-            )
+            raise ValueError("need task_soft_time_limit < task_time_limit < visibility_timeout")
         return self
 
     @property
@@ -149,8 +166,11 @@ def _reject_unknown_variables() -> None:
     process, and is left alone.
     """
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known
-                     and not k.startswith(TEST_PREFIX))
+    unknown = sorted(
+        k
+        for k in os.environ
+        if k.startswith(ENV_PREFIX) and k not in known and not k.startswith(TEST_PREFIX)
+    )
     if unknown:
         raise ConfigError(
             f"unknown environment variable {unknown[0]} (known: {', '.join(sorted(known))})"

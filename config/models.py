@@ -52,8 +52,9 @@ def _timezone(value: str) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, too long
-        raise ValueError(f"{shorten(value)} is not an IANA time zone "
-                         "(e.g. America/Chicago)") from None
+        raise ValueError(
+            f"{shorten(value)} is not an IANA time zone (e.g. America/Chicago)"
+        ) from None
     return value
 
 

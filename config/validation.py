@@ -25,8 +25,18 @@ SHOWN = 40  # characters of a bad value echoed back in an error message
 # Canonical IANA zones live under these areas (plus "UTC"). What is left out depends on the host
 # or is a legacy alias: "localtime" (whatever the host's /etc/localtime is), "posixrules",
 # "Factory", "US/*" and other backward links, "Etc/*" fixed offsets, "EST5EDT"-style POSIX rules.
-_AREAS = ("Africa/", "America/", "Antarctica/", "Arctic/", "Asia/", "Atlantic/", "Australia/",
-          "Europe/", "Indian/", "Pacific/")
+_AREAS = (
+    "Africa/",
+    "America/",
+    "Antarctica/",
+    "Arctic/",
+    "Asia/",
+    "Atlantic/",
+    "Australia/",
+    "Europe/",
+    "Indian/",
+    "Pacific/",
+)
 
 
 def shorten(value: str) -> str:
@@ -40,11 +50,12 @@ def check_user_id(value: str) -> str:
     """A user id: 1-200 printable characters, no control characters (so no forged log rows)."""
     if not 1 <= len(value) <= USER_ID_MAX:
         raise ValueError(f"user id must be 1-{USER_ID_MAX} characters, got {len(value)}")
-    bad = next((c for c in value if not c.isprintable() or unicodedata.category(c)[0] == "C"),
-               None)
+    bad = next((c for c in value if not c.isprintable() or unicodedata.category(c)[0] == "C"), None)
     if bad is not None:
-        raise ValueError(f"user id {shorten(value)} contains a control or non-printable "
-                         f"character (U+{ord(bad):04X})")
+        raise ValueError(
+            f"user id {shorten(value)} contains a control or non-printable "
+            f"character (U+{ord(bad):04X})"
+        )
     if value != value.strip():
         raise ValueError(f"user id {shorten(value)} has leading or trailing spaces")
     return value
@@ -59,8 +70,10 @@ def check_timezone(value: str) -> str:
     """A canonical IANA time zone name (``America/Chicago``, ``UTC``), never a host-dependent
     one."""
     if value not in _canonical_zones():
-        raise ValueError(f"{shorten(value)} is not an IANA time zone in canonical form "
-                         "(e.g. America/Chicago, Europe/London, UTC)")
+        raise ValueError(
+            f"{shorten(value)} is not an IANA time zone in canonical form "
+            "(e.g. America/Chicago, Europe/London, UTC)"
+        )
     return value
 
 

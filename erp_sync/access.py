@@ -16,12 +16,16 @@ from erp_sync.errors import PermissionDenied
 
 def level_from(raw: object) -> PermissionLevel:
     """A stored level; anything missing or unknown reads as ``none``."""
-    return PermissionLevel(raw) if isinstance(raw, str) and raw in set(PermissionLevel) \
+    return (
+        PermissionLevel(raw)
+        if isinstance(raw, str) and raw in set(PermissionLevel)
         else PermissionLevel.NONE
+    )
 
 
-def require_level(company_id: str, user: str, level: PermissionLevel,
-                  needed: PermissionLevel) -> None:
+def require_level(
+    company_id: str, user: str, level: PermissionLevel, needed: PermissionLevel
+) -> None:
     """``PermissionDenied`` unless ``level`` is at least ``needed``."""
     if level.rank < needed.rank:
         raise PermissionDenied(
@@ -30,8 +34,11 @@ def require_level(company_id: str, user: str, level: PermissionLevel,
         )
 
 
-def require_admin(pipe: redis.client.Pipeline, keys: KeySpace, company_id: str,
-                  actor: str) -> None:
+def require_admin(pipe: redis.client.Pipeline, keys: KeySpace, company_id: str, actor: str) -> None:
     """Inside a transaction that WATCHes the company's users hash: ``actor`` must be admin."""
-    require_level(company_id, actor, level_from(pipe.hget(keys.users(company_id), actor)),
-                  PermissionLevel.ADMIN)
+    require_level(
+        company_id,
+        actor,
+        level_from(pipe.hget(keys.users(company_id), actor)),
+        PermissionLevel.ADMIN,
+    )

@@ -31,7 +31,8 @@ class _Survives:
         if self.connection is None or self.connection.client is None:
             raise redis.ConnectionError("the broker connection was already torn down")
         params: dict[str, Any] = super()._connparams(  # type: ignore[misc]
-            asynchronous=asynchronous)
+            asynchronous=asynchronous
+        )
         return params
 
 
@@ -51,8 +52,11 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = SentinelChannel
 
 
-SCHEMES = {"redis": f"{__name__}:Transport", "rediss": f"{__name__}:Transport",
-           "sentinel": f"{__name__}:SentinelTransport"}
+SCHEMES = {
+    "redis": f"{__name__}:Transport",
+    "rediss": f"{__name__}:Transport",
+    "sentinel": f"{__name__}:SentinelTransport",
+}
 
 
 def install() -> None:

@@ -55,10 +55,12 @@ def celery_config(env: Settings) -> dict[str, Any]:
         "task_time_limit": env.task_time_limit,
         "task_default_queue": COMPANY_QUEUE,
         "task_create_missing_queues": True,
-        "task_routes": {**{name: {"queue": queue_for(kind)} for kind, name in TASK_NAMES.items()},
-                        PRUNE_HISTORY_TASK: {"queue": ALERTS_QUEUE},
-                        ARCHIVE_AUDIT_TASK: {"queue": ALERTS_QUEUE},
-                        "tasks.alerts.*": {"queue": ALERTS_QUEUE}},
+        "task_routes": {
+            **{name: {"queue": queue_for(kind)} for kind, name in TASK_NAMES.items()},
+            PRUNE_HISTORY_TASK: {"queue": ALERTS_QUEUE},
+            ARCHIVE_AUDIT_TASK: {"queue": ALERTS_QUEUE},
+            "tasks.alerts.*": {"queue": ALERTS_QUEUE},
+        },
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_scheduler": "beat_schedule:RedisScheduler",
@@ -67,13 +69,21 @@ def celery_config(env: Settings) -> dict[str, Any]:
         # The app's own periodic work, sent by the leader only under its lease
         # (erp_sync/beat/static.py), consumed on `alerts` with the other housekeeping.
         "beat_schedule": {
-            "prune-history": {"task": PRUNE_HISTORY_TASK, "schedule": 3600.0,
-                              "options": {"queue": ALERTS_QUEUE, "expires": 3600.0}},
-            "archive-audit": {"task": ARCHIVE_AUDIT_TASK, "schedule": 3600.0,
-                              "options": {"queue": ALERTS_QUEUE, "expires": 3600.0}},
+            "prune-history": {
+                "task": PRUNE_HISTORY_TASK,
+                "schedule": 3600.0,
+                "options": {"queue": ALERTS_QUEUE, "expires": 3600.0},
+            },
+            "archive-audit": {
+                "task": ARCHIVE_AUDIT_TASK,
+                "schedule": 3600.0,
+                "options": {"queue": ALERTS_QUEUE, "expires": 3600.0},
+            },
             "alerts.check_stale": {
-                "task": "tasks.alerts.check_stale", "schedule": env.alert_stale_check_seconds,
-                "options": {"queue": ALERTS_QUEUE, "expires": env.alert_stale_check_seconds}},
+                "task": "tasks.alerts.check_stale",
+                "schedule": env.alert_stale_check_seconds,
+                "options": {"queue": ALERTS_QUEUE, "expires": env.alert_stale_check_seconds},
+            },
         },
         "timezone": "UTC",
         "enable_utc": True,

@@ -64,8 +64,13 @@ class Secrets(BaseModel):
 class ConnectionStore:
     """Reads and writes connections (client passed in; the vault only where secrets are)."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, vault: Vault | None = None,
-                 store: SettingsStore | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        vault: Vault | None = None,
+        store: SettingsStore | None = None,
+    ) -> None:
         self.client, self.keys, self._vault = client, keys, vault
         # Audit entries go the settings store's way (its cap, its OS user), in our transaction.
         self._store = store or SettingsStore(client, keys)
@@ -83,8 +88,10 @@ class ConnectionStore:
         key = self.keys.connection(connection.company)
         with self.client.pipeline() as pipe:
             pipe.delete(key, self.keys.access_token(connection.company))
-            pipe.hset(key, mapping={"meta": connection.model_dump_json(), "secret": sealed,
-                                    "generation": 1})
+            pipe.hset(
+                key,
+                mapping={"meta": connection.model_dump_json(), "secret": sealed, "generation": 1},
+            )
             self._store._queue_audit(pipe, audit)
             pipe.execute()
 
@@ -100,8 +107,9 @@ class ConnectionStore:
 
     def secrets(self, company: str) -> tuple[Secrets, int]:
         """The decrypted secrets and the generation they belong to."""
-        sealed, generation = self.client.hmget(self.keys.connection(company),
-                                               ["secret", "generation"])
+        sealed, generation = self.client.hmget(
+            self.keys.connection(company), ["secret", "generation"]
+        )
         if not sealed:
             raise NotFound(f"{company!r} is not connected to an ERP")
         data = self.vault.open(str(sealed), f"the credentials of {company!r}")
@@ -110,8 +118,9 @@ class ConnectionStore:
         except ValidationError:
             raise CorruptRecord(f"the credentials of {company!r} are incomplete") from None
 
-    def rotate_refresh_token(self, company: str, generation: int, refresh_token: str,
-                             refreshed_at: datetime) -> None:
+    def rotate_refresh_token(
+        self, company: str, generation: int, refresh_token: str, refreshed_at: datetime
+    ) -> None:
         """Store the newest refresh token, if ``generation`` is still the stored one."""
         key = self.keys.connection(company)
         with self.client.pipeline() as pipe:
@@ -124,22 +133,29 @@ class ConnectionStore:
             old, _ = self.secrets(company)
             sealed = self.vault.seal({**old.model_dump(), "refresh_token": refresh_token})
             updated = parse(Connection, meta, "connection").model_copy(
-                update={"refreshed_at": refreshed_at})
+                update={"refreshed_at": refreshed_at}
+            )
             pipe.multi()
-            pipe.hset(key, mapping={"secret": sealed, "generation": generation + 1,
-                                    "meta": updated.model_dump_json()})
+            pipe.hset(
+                key,
+                mapping={
+                    "secret": sealed,
+                    "generation": generation + 1,
+                    "meta": updated.model_dump_json(),
+                },
+            )
             try:
                 pipe.execute()
             except redis.WatchError:
-                raise ConcurrentUpdate(f"the connection of {company!r} changed meanwhile"
-                                       ) from None
+                raise ConcurrentUpdate(f"the connection of {company!r} changed meanwhile") from None
 
     def mark(self, company: str, status: Status, error: str | None) -> None:
         key = self.keys.connection(company)
         raw = self.client.hget(key, "meta")
         if raw:
             meta = parse(Connection, raw, "connection").model_copy(
-                update={"status": status, "error": error})
+                update={"status": status, "error": error}
+            )
             self.client.hset(key, "meta", meta.model_dump_json())
 
     def delete(self, company: str, audit: AuditEntry) -> bool:
@@ -161,5 +177,3 @@ class ConnectionStore:
                 self.client.hset(key, "secret", self.vault.rotate(str(sealed)))
                 done += 1
         return done
-
-

@@ -72,7 +72,8 @@ def skip_reason(d: Delivery, facts: Facts) -> str | None:
     if d.kind not in CAPABILITIES[company.erp]:
         return f"{company.erp.value} does not support the {d.kind.value} sync"
     if d.trigger != "manual" and (
-            facts.settings is None or d.kind not in facts.settings.settings.enabled_kinds()):
+        facts.settings is None or d.kind not in facts.settings.settings.enabled_kinds()
+    ):
         return f"the {d.kind.value} sync is switched off in {d.company!r}'s settings"
     if d.kind.project_level and (d.project is None or not facts.project_exists):
         return f"project {d.project!r} no longer exists in {d.company!r}"

@@ -12,11 +12,28 @@ from __future__ import annotations
 from config.errors import ConfigError, CorruptRecord, ErpSyncError, StoreError
 
 __all__ = [
-    "AlreadyExists", "BadCredentials", "ConcurrentUpdate", "ConfigError", "ConnectorError",
-    "CorruptRecord", "ErpServerError", "ErpSyncError", "ErpTimeout", "InvalidInput", "MustWait",
-    "NotFound", "PermanentConnectorError", "PermissionDenied", "RateLimited", "RedisUnavailable",
-    "StoreError", "SyncTimedOut", "TransientConnectorError", "UnknownErpObject",
-    "UnsupportedSetting", "WorkerError",
+    "AlreadyExists",
+    "BadCredentials",
+    "ConcurrentUpdate",
+    "ConfigError",
+    "ConnectorError",
+    "CorruptRecord",
+    "ErpServerError",
+    "ErpSyncError",
+    "ErpTimeout",
+    "InvalidInput",
+    "MustWait",
+    "NotFound",
+    "PermanentConnectorError",
+    "PermissionDenied",
+    "RateLimited",
+    "RedisUnavailable",
+    "StoreError",
+    "SyncTimedOut",
+    "TransientConnectorError",
+    "UnknownErpObject",
+    "UnsupportedSetting",
+    "WorkerError",
 ]
 
 # --- settings store -------------------------------------------------------------------------

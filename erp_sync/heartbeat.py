@@ -23,8 +23,16 @@ log = logging.getLogger("erp_sync.worker")
 class Heartbeat:
     """``with Heartbeat(...):`` renews the lock every third of its TTL until the block ends."""
 
-    def __init__(self, script: Script, lock_key: str, running_key: str, value: str,
-                 task_id: str, ttl_ms: int, max_run: float = float("inf")) -> None:
+    def __init__(
+        self,
+        script: Script,
+        lock_key: str,
+        running_key: str,
+        value: str,
+        task_id: str,
+        ttl_ms: int,
+        max_run: float = float("inf"),
+    ) -> None:
         self.script, self.keys = script, [lock_key, running_key]
         self.args: list[str | int] = [value, ttl_ms, task_id]
         self.interval = ttl_ms / 3000
@@ -33,16 +41,19 @@ class Heartbeat:
         # forever.
         self.until = time.monotonic() + max_run
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{task_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{task_id}", daemon=True)
         self.lost = False  # the lock is no longer surely ours: run_sync stops between pages
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 
@@ -50,8 +61,11 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             if time.monotonic() > self.until:
                 self.lost = True
-                log.warning("run %s has run for over four visibility timeouts; its lock is left "
-                            "to expire so later slots are not blocked", self.args[2])
+                log.warning(
+                    "run %s has run for over four visibility timeouts; its lock is left "
+                    "to expire so later slots are not blocked",
+                    self.args[2],
+                )
                 return
             try:
                 renewed = self.script(keys=self.keys, args=self.args)
@@ -60,5 +74,8 @@ class Heartbeat:
                 continue
             if not renewed and not self.lost:
                 self.lost = True
-                log.warning("run %s lost its lock (it expired while Redis or this worker was "
-                            "stalled); a redelivery may run it again", self.args[2])
+                log.warning(
+                    "run %s lost its lock (it expired while Redis or this worker was "
+                    "stalled); a redelivery may run it again",
+                    self.args[2],
+                )

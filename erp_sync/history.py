@@ -27,7 +27,6 @@ HISTORY_CAP = 200
 Status = Literal["succeeded", "failed", "skipped", "running", "deferred"]
 
 
-
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -51,13 +50,24 @@ class RunRecord(BaseModel):
     attempt: int = 1
     duration_ms: float | None = None
 
-    def finish(self, status: Status, *, error: str | None = None,
-               counts: dict[str, int] | None = None, at: datetime | None = None) -> RunRecord:
+    def finish(
+        self,
+        status: Status,
+        *,
+        error: str | None = None,
+        counts: dict[str, int] | None = None,
+        at: datetime | None = None,
+    ) -> RunRecord:
         end = at or now()
-        return self.model_copy(update={
-            "status": status, "error": error, "counts": counts or {}, "finished_at": end,
-            "duration_ms": round((end - self.started_at).total_seconds() * 1000, 1),
-        })
+        return self.model_copy(
+            update={
+                "status": status,
+                "error": error,
+                "counts": counts or {},
+                "finished_at": end,
+                "duration_ms": round((end - self.started_at).total_seconds() * 1000, 1),
+            }
+        )
 
 
 class History:
@@ -68,8 +78,10 @@ class History:
         self._save = lua.load(client, "history_save")
 
     def save(self, record: RunRecord) -> None:
-        self._save(keys=[self.keys.runs(record.company), self.keys.history(record.company)],
-                   args=[record.task_id, record.model_dump_json(), self.cap])
+        self._save(
+            keys=[self.keys.runs(record.company), self.keys.history(record.company)],
+            args=[record.task_id, record.model_dump_json(), self.cap],
+        )
 
     def get(self, company: str, task_id: str) -> RunRecord | None:
         raw = self.client.hget(self.keys.runs(company), task_id)
@@ -81,5 +93,8 @@ class History:
         if not ids:
             return []
         raws = self.client.hmget(self.keys.runs(company), ids)
-        return [parse(RunRecord, r, f"run {i!r} of {company!r}")
-                for i, r in zip(ids, raws, strict=True) if r]
+        return [
+            parse(RunRecord, r, f"run {i!r} of {company!r}")
+            for i, r in zip(ids, raws, strict=True)
+            if r
+        ]

@@ -26,9 +26,16 @@ POLL = 0.02
 class RequestSlots:
     """At most ``cap`` requests of one company in flight at once, fleet-wide."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, company: str, cap: int,
-                 lease: float = 60.0, max_wait: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        company: str,
+        cap: int,
+        lease: float = 60.0,
+        max_wait: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.client, self.key, self.cap = client, keys.request_slots(company), cap
         self.lease_ms, self.max_wait, self.sleep = int(lease * 1000), max_wait, sleep
         self._acquire = lua.load(client, "inflight_acquire")

@@ -53,9 +53,15 @@ class Lifecycle:
         # Inside the transaction (users hash watched): a demotion racing this write wins.
         require_admin(pipe, self.keys, company_id, actor)
 
-    def _transact(self, company_id: str, actor: str, action: str, watched: list[str],
-                  write: Callable[[redis.client.Pipeline], None],
-                  requested: dict[str, object]) -> None:
+    def _transact(
+        self,
+        company_id: str,
+        actor: str,
+        action: str,
+        watched: list[str],
+        write: Callable[[redis.client.Pipeline], None],
+        requested: dict[str, object],
+    ) -> None:
         """The store's transaction; a permission refusal lands in the security log."""
         try:
             self.store._transact(watched, write)
@@ -63,16 +69,25 @@ class Lifecycle:
             record_denied(self.store, company_id, actor, action, requested)
             raise
 
-    def _audit(self, pipe: redis.client.Pipeline, company_id: str, actor: str, action: str,
-               old: dict[str, Any], new: dict[str, Any]) -> AuditEntry:
-        entry = AuditEntry(at=self.store.clock(), actor=actor, action=action,
-                           company=company_id, old=old, new=new)
+    def _audit(
+        self,
+        pipe: redis.client.Pipeline,
+        company_id: str,
+        actor: str,
+        action: str,
+        old: dict[str, Any],
+        new: dict[str, Any],
+    ) -> AuditEntry:
+        entry = AuditEntry(
+            at=self.store.clock(), actor=actor, action=action, company=company_id, old=old, new=new
+        )
         self.store._queue_audit(pipe, entry)
         return entry
 
     # --- companies --------------------------------------------------------------------------
-    def set_company(self, company_id: str, actor: str, *, name: str | None = None,
-                    timezone: str | None = None) -> tuple[Company, bool]:
+    def set_company(
+        self, company_id: str, actor: str, *, name: str | None = None, timezone: str | None = None
+    ) -> tuple[Company, bool]:
         """Rename or re-zone a company; a time-zone change moves its ``daily`` runs live."""
         user_id(actor)
         if name is None and timezone is None:
@@ -101,22 +116,37 @@ class Lifecycle:
             version = _version(pipe.get(self.keys.settings(company_id)))
             pipe.multi()
             pipe.set(key, updated.model_dump_json())
-            self._audit(pipe, company_id, actor, "company.update",
-                        {k: getattr(current, k) for k in diff}, diff)
+            self._audit(
+                pipe,
+                company_id,
+                actor,
+                "company.update",
+                {k: getattr(current, k) for k in diff},
+                diff,
+            )
             if "timezone" in diff:  # beat re-plans: a daily cadence's key names its zone
                 self.store._queue_change(pipe, company_id, version)
             result.append((updated, True))
 
-        self._transact(company_id, actor, "company.update", [key, self.keys.users(company_id)],
-                       write, dict(change))
+        self._transact(
+            company_id,
+            actor,
+            "company.update",
+            [key, self.keys.users(company_id)],
+            write,
+            dict(change),
+        )
         return result[-1]
 
     def remove_company(self, company_id: str, actor: str) -> None:
         """Remove a company: its schedule stops at once; history and audit stay."""
         user_id(actor)
         company = self.store.get_company(company_id)
-        watched = [self.keys.company(company_id), self.keys.users(company_id),
-                   self.keys.projects(company_id)]
+        watched = [
+            self.keys.company(company_id),
+            self.keys.users(company_id),
+            self.keys.projects(company_id),
+        ]
 
         def write(pipe: redis.client.Pipeline) -> None:
             if not pipe.exists(self.keys.company(company_id)):
@@ -127,36 +157,50 @@ class Lifecycle:
             pipe.multi()
             pipe.srem(self.keys.companies, company_id)
             pipe.hdel(self.keys.company_folds, casefold_key(company_id))
-            pipe.delete(self.keys.company(company_id), self.keys.settings(company_id),
-                        self.keys.projects(company_id), self.keys.users(company_id),
-                        self.keys.job_cost_optouts(company_id), self.keys.alerts(company_id),
-                        self.keys.alert_state(company_id),
-                        *self._watermarks(company_id, projects, company_level=True))
+            pipe.delete(
+                self.keys.company(company_id),
+                self.keys.settings(company_id),
+                self.keys.projects(company_id),
+                self.keys.users(company_id),
+                self.keys.job_cost_optouts(company_id),
+                self.keys.alerts(company_id),
+                self.keys.alert_state(company_id),
+                *self._watermarks(company_id, projects, company_level=True),
+            )
             pipe.hdel(self.keys.paused, company_id)
             pipe.zrem(self.keys.paused_until, company_id)
             pipe.zrem(self.keys.due, *members)
             pipe.hdel(self.keys.beat_slots, *members)
             pipe.hdel(self.keys.beat_applied, company_id)
             deadlines = [deadline_member(company_id, k.value, None) for k in COMPANY_KINDS] + [
-                deadline_member(company_id, k.value, p) for k in PROJECT_KINDS for p in projects]
+                deadline_member(company_id, k.value, p) for k in PROJECT_KINDS for p in projects
+            ]
             pipe.zrem(self.keys.alert_deadlines, *deadlines)
-            entry = self._audit(pipe, company_id, actor, "company.remove",
-                                {"erp": company.erp.value, "projects": len(projects)}, {})
+            entry = self._audit(
+                pipe,
+                company_id,
+                actor,
+                "company.remove",
+                {"erp": company.erp.value, "projects": len(projects)},
+                {},
+            )
             self.store._queue_operator(pipe, entry)
             self.store._queue_change(pipe, company_id, 0)  # beats drop what they still hold
 
         self._transact(company_id, actor, "company.remove", watched, write, {})
 
-    def _watermarks(self, company_id: str, projects: list[str], *,
-                    company_level: bool) -> list[str]:
+    def _watermarks(
+        self, company_id: str, projects: list[str], *, company_level: bool
+    ) -> list[str]:
         keys = [self.keys.cursor(company_id, k.value, p) for k in PROJECT_KINDS for p in projects]
         if company_level:
             keys += [self.keys.cursor(company_id, k.value, None) for k in COMPANY_KINDS]
         return keys
 
     # --- projects ---------------------------------------------------------------------------
-    def set_project(self, company_id: str, project_id: str, actor: str, *,
-                    sync_job_costs: bool | None) -> tuple[Project, bool]:
+    def set_project(
+        self, company_id: str, project_id: str, actor: str, *, sync_job_costs: bool | None
+    ) -> tuple[Project, bool]:
         """Opt a project in or out of job-cost syncing; beat's next fan-out follows it."""
         user_id(actor)
         if sync_job_costs is None:
@@ -179,14 +223,24 @@ class Lifecycle:
                 pipe.srem(optouts, project_id)
             else:
                 pipe.sadd(optouts, project_id)
-            self._audit(pipe, company_id, actor, "project.update",
-                        {"project": project_id, "sync_job_costs": current.sync_job_costs},
-                        {"project": project_id, "sync_job_costs": sync_job_costs})
+            self._audit(
+                pipe,
+                company_id,
+                actor,
+                "project.update",
+                {"project": project_id, "sync_job_costs": current.sync_job_costs},
+                {"project": project_id, "sync_job_costs": sync_job_costs},
+            )
             result.append((updated, True))
 
-        self._transact(company_id, actor, "project.update",
-                       [self.keys.projects(company_id), self.keys.users(company_id)], write,
-                       {"project": project_id, "sync_job_costs": sync_job_costs})
+        self._transact(
+            company_id,
+            actor,
+            "project.update",
+            [self.keys.projects(company_id), self.keys.users(company_id)],
+            write,
+            {"project": project_id, "sync_job_costs": sync_job_costs},
+        )
         return result[-1]
 
     def remove_project(self, company_id: str, project_id: str, actor: str) -> None:
@@ -201,16 +255,31 @@ class Lifecycle:
             pipe.hdel(self.keys.projects(company_id), project_id)
             pipe.srem(self.keys.job_cost_optouts(company_id), project_id)
             pipe.delete(*self._watermarks(company_id, [project_id], company_level=False))
-            pipe.hdel(self.keys.alert_state(company_id),
-                      *[target(k.value, project_id) for k in PROJECT_KINDS])
-            pipe.zrem(self.keys.alert_deadlines,
-                      *[deadline_member(company_id, k.value, project_id) for k in PROJECT_KINDS])
-            self._audit(pipe, company_id, actor, "project.remove",
-                        {"project": project_id, "name": current.name}, {})
+            pipe.hdel(
+                self.keys.alert_state(company_id),
+                *[target(k.value, project_id) for k in PROJECT_KINDS],
+            )
+            pipe.zrem(
+                self.keys.alert_deadlines,
+                *[deadline_member(company_id, k.value, project_id) for k in PROJECT_KINDS],
+            )
+            self._audit(
+                pipe,
+                company_id,
+                actor,
+                "project.remove",
+                {"project": project_id, "name": current.name},
+                {},
+            )
 
-        self._transact(company_id, actor, "project.remove",
-                       [self.keys.projects(company_id), self.keys.users(company_id)], write,
-                       {"project": project_id})
+        self._transact(
+            company_id,
+            actor,
+            "project.remove",
+            [self.keys.projects(company_id), self.keys.users(company_id)],
+            write,
+            {"project": project_id},
+        )
 
     def _project(self, pipe: redis.client.Pipeline, company_id: str, project_id: str) -> Project:
         raw = pipe.hget(self.keys.projects(company_id), project_id)

@@ -34,49 +34,74 @@ class FleetCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        leader = GaugeMetricFamily("erp_sync_beat_leader", "1 while a beat holds the lease",
-                                   labels=["node"])
+        leader = GaugeMetricFamily(
+            "erp_sync_beat_leader", "1 while a beat holds the lease", labels=["node"]
+        )
         leader.add_metric([status.leader or ""], 1 if status.leader else 0)
         yield leader
-        age = GaugeMetricFamily("erp_sync_beat_last_tick_age_seconds",
-                                "Seconds since each beat's last heartbeat", labels=["node", "role"])
+        age = GaugeMetricFamily(
+            "erp_sync_beat_last_tick_age_seconds",
+            "Seconds since each beat's last heartbeat",
+            labels=["node", "role"],
+        )
         for beat in status.beats:
             age.add_metric([beat.node, beat.role], beat.last_tick_age_s)
         yield age
-        yield GaugeMetricFamily("erp_sync_due_backlog", "Schedule entries due and not dispatched",
-                                value=status.due_backlog)
-        yield GaugeMetricFamily("erp_sync_schedule_entries", "Entries in the due index",
-                                value=status.entries)
-        yield CounterMetricFamily("erp_sync_dispatched_slots", "Slots dispatched by beat",
-                                  value=status.dispatched_slots)
-        yield CounterMetricFamily("erp_sync_dispatched_tasks", "Sync tasks queued by beat",
-                                  value=status.dispatched_tasks)
-        yield CounterMetricFamily("erp_sync_applied_changes", "Settings changes applied by beat",
-                                  value=status.applied_changes)
-        yield CounterMetricFamily("erp_sync_schedule_repairs",
-                                  "Companies whose schedule state the sweep rebuilt from settings",
-                                  value=status.repairs)
-        yield CounterMetricFamily("erp_sync_stale_slots_refused",
-                                  "Slots refused because they were not newer than the last sent",
-                                  value=status.stale_slots)
-        yield CounterMetricFamily("erp_sync_paused_slots",
-                                  "Slots skipped (advanced, nothing sent) while paused",
-                                  value=status.paused_slots)
-        paused = GaugeMetricFamily("erp_sync_paused",
-                                   "1 per pause in force (company '*' is the whole fleet)",
-                                   labels=["company", "by", "until"])
+        yield GaugeMetricFamily(
+            "erp_sync_due_backlog",
+            "Schedule entries due and not dispatched",
+            value=status.due_backlog,
+        )
+        yield GaugeMetricFamily(
+            "erp_sync_schedule_entries", "Entries in the due index", value=status.entries
+        )
+        yield CounterMetricFamily(
+            "erp_sync_dispatched_slots", "Slots dispatched by beat", value=status.dispatched_slots
+        )
+        yield CounterMetricFamily(
+            "erp_sync_dispatched_tasks", "Sync tasks queued by beat", value=status.dispatched_tasks
+        )
+        yield CounterMetricFamily(
+            "erp_sync_applied_changes",
+            "Settings changes applied by beat",
+            value=status.applied_changes,
+        )
+        yield CounterMetricFamily(
+            "erp_sync_schedule_repairs",
+            "Companies whose schedule state the sweep rebuilt from settings",
+            value=status.repairs,
+        )
+        yield CounterMetricFamily(
+            "erp_sync_stale_slots_refused",
+            "Slots refused because they were not newer than the last sent",
+            value=status.stale_slots,
+        )
+        yield CounterMetricFamily(
+            "erp_sync_paused_slots",
+            "Slots skipped (advanced, nothing sent) while paused",
+            value=status.paused_slots,
+        )
+        paused = GaugeMetricFamily(
+            "erp_sync_paused",
+            "1 per pause in force (company '*' is the whole fleet)",
+            labels=["company", "by", "until"],
+        )
         for company, record in status.paused.items():
-            paused.add_metric([company, record.by,
-                               record.until.isoformat() if record.until else ""], 1)
+            paused.add_metric(
+                [company, record.by, record.until.isoformat() if record.until else ""], 1
+            )
         yield paused
-        queues = GaugeMetricFamily("erp_sync_queue_length", "Messages waiting per Celery queue",
-                                   labels=["queue"])
+        queues = GaugeMetricFamily(
+            "erp_sync_queue_length", "Messages waiting per Celery queue", labels=["queue"]
+        )
         for name, length in status.queues.items():
             queues.add_metric([name], length)
         yield queues
-        last = GaugeMetricFamily("erp_sync_last_run_timestamp_seconds",
-                                 "When the latest run of each sync kind finished, by outcome",
-                                 labels=["kind", "status"])
+        last = GaugeMetricFamily(
+            "erp_sync_last_run_timestamp_seconds",
+            "When the latest run of each sync kind finished, by outcome",
+            labels=["kind", "status"],
+        )
         for kind, runs in status.last_runs.items():
             for outcome, run in runs.items():
                 if run and run.finished_at:

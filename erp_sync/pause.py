@@ -56,8 +56,10 @@ def parse_until(value: str, now: float) -> float:
         try:
             when = datetime.fromisoformat(text)
         except ValueError:
-            raise InvalidInput(f"--until {text[:40]!r} is neither a duration (30m, 2h, 1d) nor "
-                               "an ISO time (2030-01-31T06:00:00+00:00)") from None
+            raise InvalidInput(
+                f"--until {text[:40]!r} is neither a duration (30m, 2h, 1d) nor "
+                "an ISO time (2030-01-31T06:00:00+00:00)"
+            ) from None
         until = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     if not now < until <= now + MAX_PAUSE:
         raise InvalidInput("--until must be in the future and at most a year away")
@@ -83,8 +85,9 @@ class Pauses:
         raw = self.client.hgetall(self.keys.paused)
         return {str(k): parse(PauseRecord, str(v), "pause record") for k, v in raw.items()}
 
-    def pause(self, company_id: str | None, actor: str, *, reason: str | None,
-              until: float | None) -> PauseRecord:
+    def pause(
+        self, company_id: str | None, actor: str, *, reason: str | None, until: float | None
+    ) -> PauseRecord:
         """Pause a company as ``actor`` (an admin), or the fleet (``company_id`` None)."""
         user_id(actor)
         if reason is not None and (len(reason) > 500 or not reason.isprintable()):
@@ -92,8 +95,12 @@ class Pauses:
         if company_id is not None:
             self.store.get_company(company_id)
         record = PauseRecord(
-            by=actor, reason=reason, since=self.store.clock(), os_user=self.store.os_user,
-            until=datetime.fromtimestamp(until, UTC) if until is not None else None)
+            by=actor,
+            reason=reason,
+            since=self.store.clock(),
+            os_user=self.store.os_user,
+            until=datetime.fromtimestamp(until, UTC) if until is not None else None,
+        )
         field = scope(company_id)
 
         def write(pipe: redis.client.Pipeline) -> None:
@@ -105,15 +112,20 @@ class Pauses:
                 pipe.zrem(self.keys.paused_until, field)
             else:
                 pipe.zadd(self.keys.paused_until, {field: until})
-            self._audit(pipe, company_id, actor, "pause", {"paused": old is not None},
-                        record.model_dump(mode="json", exclude={"os_user"}))
+            self._audit(
+                pipe,
+                company_id,
+                actor,
+                "pause",
+                {"paused": old is not None},
+                record.model_dump(mode="json", exclude={"os_user"}),
+            )
 
         try:
             self.store._transact(self._watched(company_id), write)
         except PermissionDenied:
             if company_id is not None:
-                record_denied(self.store, company_id, actor, "company.pause",
-                              {"reason": reason})
+                record_denied(self.store, company_id, actor, "company.pause", {"reason": reason})
             raise
         return record
 
@@ -123,21 +135,27 @@ class Pauses:
         if company_id is not None:
             self.store.get_company(company_id)
         try:
-            ended = self._end(company_id, actor,
-                              check=lambda pipe: self._check(pipe, company_id, actor))
+            ended = self._end(
+                company_id, actor, check=lambda pipe: self._check(pipe, company_id, actor)
+            )
         except PermissionDenied:
             if company_id is not None:
                 record_denied(self.store, company_id, actor, "company.resume", {})
             raise
         if ended is None:
-            raise InvalidInput(f"{'the fleet' if company_id is None else repr(company_id)} "
-                               "is not paused")
+            raise InvalidInput(
+                f"{'the fleet' if company_id is None else repr(company_id)} is not paused"
+            )
         return ended
 
-    def _end(self, company_id: str | None, actor: str,
-             check: Callable[[redis.client.Pipeline], None],
-             extra_watch: tuple[str, ...] = (),
-             due_by: float | None = None) -> PauseRecord | None:
+    def _end(
+        self,
+        company_id: str | None,
+        actor: str,
+        check: Callable[[redis.client.Pipeline], None],
+        extra_watch: tuple[str, ...] = (),
+        due_by: float | None = None,
+    ) -> PauseRecord | None:
         field = scope(company_id)
         ended: list[PauseRecord] = []
 
@@ -148,15 +166,19 @@ class Pauses:
             if raw is None:
                 return
             record = parse(PauseRecord, str(raw), "pause record")
-            if due_by is not None and (record.until is None
-                                       or record.until.timestamp() > due_by):
+            if due_by is not None and (record.until is None or record.until.timestamp() > due_by):
                 return  # re-paused meanwhile: not this pause's time yet
             pipe.multi()
             pipe.hdel(self.keys.paused, field)
             pipe.zrem(self.keys.paused_until, field)
-            self._audit(pipe, company_id, actor, "resume",
-                        record.model_dump(mode="json", exclude={"os_user"}),
-                        {"automatic": due_by is not None})
+            self._audit(
+                pipe,
+                company_id,
+                actor,
+                "resume",
+                record.model_dump(mode="json", exclude={"os_user"}),
+                {"automatic": due_by is not None},
+            )
             ended.append(record)
 
         self.store._transact([*self._watched(company_id), *extra_watch], write)
@@ -164,8 +186,12 @@ class Pauses:
 
     def expire(self, now: float, lease_key: str, token: str, limit: int = 100) -> list[str]:
         """End the pauses whose time has come, as the leader holding ``token`` (fenced)."""
-        due = [str(m) for m in self.client.zrangebyscore(self.keys.paused_until, "-inf", now,
-                                                         start=0, num=limit)]
+        due = [
+            str(m)
+            for m in self.client.zrangebyscore(
+                self.keys.paused_until, "-inf", now, start=0, num=limit
+            )
+        ]
         resumed = []
         for field in due:
             company = None if field == FLEET else field
@@ -202,11 +228,23 @@ class Pauses:
             raise InvalidInput(f"company {company_id!r} was removed")
         require_admin(pipe, self.keys, company_id, actor)
 
-    def _audit(self, pipe: redis.client.Pipeline, company_id: str | None, actor: str,
-               action: str, old: dict[str, object], new: dict[str, object]) -> None:
-        entry = AuditEntry(at=self.store.clock(), actor=actor,
-                           action=f"{'fleet' if company_id is None else 'company'}.{action}",
-                           company=scope(company_id), old=old, new=new)
+    def _audit(
+        self,
+        pipe: redis.client.Pipeline,
+        company_id: str | None,
+        actor: str,
+        action: str,
+        old: dict[str, object],
+        new: dict[str, object],
+    ) -> None:
+        entry = AuditEntry(
+            at=self.store.clock(),
+            actor=actor,
+            action=f"{'fleet' if company_id is None else 'company'}.{action}",
+            company=scope(company_id),
+            old=old,
+            new=new,
+        )
         if company_id is None:
             self.store._queue_operator(pipe, entry)
         else:
@@ -220,8 +258,9 @@ class _Fenced(Exception):
 class PauseKeeper:
     """The leader's check for pauses that end by themselves, at most once a second."""
 
-    def __init__(self, pauses: Pauses, lease_key: str, clock: Callable[[], float],
-                 every: float = 1.0) -> None:
+    def __init__(
+        self, pauses: Pauses, lease_key: str, clock: Callable[[], float], every: float = 1.0
+    ) -> None:
         self.pauses, self.lease_key, self.clock, self.every = pauses, lease_key, clock, every
         self._next_at = 0.0
 

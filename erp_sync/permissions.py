@@ -45,8 +45,9 @@ class Permissions:
         """Remove ``user``'s level as ``actor`` (an admin); returns the previous level."""
         return self._change(company_id, user, None, actor, "user.revoke")
 
-    def _change(self, company_id: str, user: str, level: PermissionLevel | None, actor: str,
-                action: str) -> str | None:
+    def _change(
+        self, company_id: str, user: str, level: PermissionLevel | None, actor: str, action: str
+    ) -> str | None:
         user_id(actor)
         user_id(user)
         self.store.get_company(company_id)
@@ -58,11 +59,14 @@ class Permissions:
             current = {str(u): str(v) for u, v in pipe.hgetall(users_key).items()}
             # A company with no admin at all (made before `company add --admin`, or without
             # it) gets its first one by an operator: that grant is also in the operator log.
-            bootstrap = level is PermissionLevel.ADMIN and \
-                PermissionLevel.ADMIN.value not in current.values()
+            bootstrap = (
+                level is PermissionLevel.ADMIN
+                and PermissionLevel.ADMIN.value not in current.values()
+            )
             if not bootstrap:
-                require_level(company_id, actor, level_from(current.get(actor)),
-                              PermissionLevel.ADMIN)
+                require_level(
+                    company_id, actor, level_from(current.get(actor)), PermissionLevel.ADMIN
+                )
             old = current.get(user)
             if level is None and old is None:
                 raise NotFound(f"user {user!r} has no permission on {company_id!r}")
@@ -71,40 +75,61 @@ class Permissions:
                 after.pop(user, None)
             else:
                 after[user] = level.value
-            if old == PermissionLevel.ADMIN.value and PermissionLevel.ADMIN.value not in \
-                    after.values():
-                raise InvalidInput(f"{user!r} is the last admin of {company_id!r}; grant admin "
-                                   "to someone else first")
+            if (
+                old == PermissionLevel.ADMIN.value
+                and PermissionLevel.ADMIN.value not in after.values()
+            ):
+                raise InvalidInput(
+                    f"{user!r} is the last admin of {company_id!r}; grant admin "
+                    "to someone else first"
+                )
             pipe.multi()
             if level is None:
                 pipe.hdel(users_key, user)
             else:
                 pipe.hset(users_key, user, level.value)
             entry = AuditEntry(
-                at=self.store.clock(), actor=actor, action=action, company=company_id,
+                at=self.store.clock(),
+                actor=actor,
+                action=action,
+                company=company_id,
                 old={"user": user, "level": old},
-                new={"user": user, "level": level.value if level else None})
+                new={"user": user, "level": level.value if level else None},
+            )
             self.store._queue_audit(pipe, entry)
             if bootstrap:
-                self.store._queue_operator(pipe, entry.model_copy(
-                    update={"action": "user.grant_first_admin"}))
+                self.store._queue_operator(
+                    pipe, entry.model_copy(update={"action": "user.grant_first_admin"})
+                )
             previous.append(old)
 
         try:
             self.store._transact([users_key], write)
         except PermissionDenied:
-            record_denied(self.store, company_id, actor, action,
-                          {"user": user, "level": level.value if level else None})
+            record_denied(
+                self.store,
+                company_id,
+                actor,
+                action,
+                {"user": user, "level": level.value if level else None},
+            )
             raise
         return previous[-1] if previous else None
 
 
-def record_denied(store: SettingsStore, company_id: str, actor: str, action: str,
-                  requested: dict[str, object]) -> None:
+def record_denied(
+    store: SettingsStore, company_id: str, actor: str, action: str, requested: dict[str, object]
+) -> None:
     """One row in the company's security log (``audit --denied``) for a refused admin action;
     ``actor`` has passed the user-id validator, so it cannot forge a row."""
-    entry = AuditEntry(at=store.clock(), actor=actor, action=f"{action}.denied",
-                       company=company_id, os_user=store.os_user, new=requested)
+    entry = AuditEntry(
+        at=store.clock(),
+        actor=actor,
+        action=f"{action}.denied",
+        company=company_id,
+        os_user=store.os_user,
+        new=requested,
+    )
     with store.client.pipeline() as pipe:
         pipe.lpush(store.keys.denied(company_id), entry.model_dump_json())
         pipe.ltrim(store.keys.denied(company_id), 0, AUDIT_CAP - 1)

@@ -95,8 +95,7 @@ def company_field(company: str) -> str:
     return f"company:{company}"
 
 
-def effective_limit(erp: Erp, erp_override: str | None, company_override: str | None
-                    ) -> RateLimit:
+def effective_limit(erp: Erp, erp_override: str | None, company_override: str | None) -> RateLimit:
     """The limit a company's syncs obey: default or ERP override, then the company's own."""
     limit = RateLimit.model_validate_json(erp_override) if erp_override else DEFAULT_LIMITS[erp]
     if company_override:
@@ -104,17 +103,28 @@ def effective_limit(erp: Erp, erp_override: str | None, company_override: str | 
     return limit
 
 
-def limit_for(client: redis.Redis, keys: KeySpace, erp: Erp,
-              company: str | None = None) -> RateLimit:
+def limit_for(
+    client: redis.Redis, keys: KeySpace, erp: Erp, company: str | None = None
+) -> RateLimit:
     """The limit of ``erp`` (and of ``company`` on it, when given), overrides applied."""
     fields = [erp.value, company_field(company) if company else ""]
     erp_raw, company_raw = client.hmget(keys.rate_limit_overrides, fields)
-    return effective_limit(erp, str(erp_raw) if erp_raw else None,
-                           str(company_raw) if company and company_raw else None)
+    return effective_limit(
+        erp,
+        str(erp_raw) if erp_raw else None,
+        str(company_raw) if company and company_raw else None,
+    )
 
 
-def set_limit(client: redis.Redis, keys: KeySpace, erp: str, rate: float, burst: float,
-              concurrency: int = DEFAULT_CONCURRENCY, requests: int | None = None) -> RateLimit:
+def set_limit(
+    client: redis.Redis,
+    keys: KeySpace,
+    erp: str,
+    rate: float,
+    burst: float,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    requests: int | None = None,
+) -> RateLimit:
     """Store an override for every company on ``erp`` (validated; takes effect on the next call).
 
     ``requests`` (in flight at once) defaults to the ERP's own cap, which an override of the
@@ -122,16 +132,21 @@ def set_limit(client: redis.Redis, keys: KeySpace, erp: str, rate: float, burst:
     if erp not in set(Erp):
         raise InvalidInput(f"unknown ERP {erp!r} (one of: {', '.join(Erp)})")
     try:
-        limit = RateLimit(rate=rate, burst=burst, concurrency=concurrency,
-                          requests=requests or DEFAULT_LIMITS[Erp(erp)].requests)
+        limit = RateLimit(
+            rate=rate,
+            burst=burst,
+            concurrency=concurrency,
+            requests=requests or DEFAULT_LIMITS[Erp(erp)].requests,
+        )
     except ValidationError as exc:
         raise InvalidInput(f"invalid rate limit {first_error(exc)}") from None
     client.hset(keys.rate_limit_overrides, erp, limit.model_dump_json())
     return limit
 
 
-def set_company_limit(client: redis.Redis, keys: KeySpace, company: str,
-                      change: CompanyLimit) -> CompanyLimit:
+def set_company_limit(
+    client: redis.Redis, keys: KeySpace, company: str, change: CompanyLimit
+) -> CompanyLimit:
     """Store (merge) a company's own override; fields left unset keep the ERP's value."""
     raw = client.hget(keys.rate_limit_overrides, company_field(company))
     current = CompanyLimit.model_validate_json(raw) if raw else CompanyLimit()
@@ -152,9 +167,16 @@ class TokenBucket:
     always sleep, for callers outside a worker such as ``reconcile``).
     """
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, company: str, limit: RateLimit,
-                 sleep: Callable[[float], None] = time.sleep,
-                 defer_after: float | None = None, ticket: float | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        company: str,
+        limit: RateLimit,
+        sleep: Callable[[float], None] = time.sleep,
+        defer_after: float | None = None,
+        ticket: float | None = None,
+    ) -> None:
         self.key = keys.rate_limit(company)
         self.limit = limit
         self.sleep = sleep
@@ -168,9 +190,16 @@ class TokenBucket:
         reserve = self.defer_after if self.defer_after is not None else MAX_RESERVE
         waited = 0.0
         while True:
-            granted, wait, ticket = self._take(keys=[self.key], args=[
-                self.limit.rate * HEADROOM, self.limit.burst, reserve, self.ticket or 0,
-                1 if defer else 0])
+            granted, wait, ticket = self._take(
+                keys=[self.key],
+                args=[
+                    self.limit.rate * HEADROOM,
+                    self.limit.burst,
+                    reserve,
+                    self.ticket or 0,
+                    1 if defer else 0,
+                ],
+            )
             delay = float(wait)
             if int(granted):
                 self.ticket = None  # our turn was used

@@ -87,9 +87,11 @@ def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
             client = redis.Redis.from_url(url, **DECODING, **options)
         else:
             sentinel = Sentinel(
-                target.hosts, socket_connect_timeout=options["socket_connect_timeout"])
+                target.hosts, socket_connect_timeout=options["socket_connect_timeout"]
+            )
             client = sentinel.master_for(
-                target.master, db=target.db, password=target.password, **DECODING, **options)
+                target.master, db=target.db, password=target.password, **DECODING, **options
+            )
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {redact(url)}: {exc}") from None
     if check:

@@ -23,6 +23,7 @@ back under the same task id, resuming from the page it reached, without spending
 other transient error releases the lock and asks the caller to retry after a backoff
 (exponential with jitter, never sooner than ``retry_after``).
 """
+
 from __future__ import annotations
 
 import json
@@ -76,7 +77,7 @@ class RetryPolicy:
     cap: float = 60.0
 
     def delay(self, retries: int, retry_after: float | None, rng: random.Random) -> float:
-        step = min(self.cap, self.base * 2 ** retries)
+        step = min(self.cap, self.base * 2**retries)
         backoff = step / 2 + rng.uniform(0, step / 2)
         if retry_after:
             # Never sooner than the ERP asked; a little spread so waiters do not return together.
@@ -143,22 +144,52 @@ class Runner:
         failed where it can be (Redis: the database is the part that is down)."""
         previous = self.history.get(d.company, d.task_id)
         if d.retries >= self.policy.max_retries:
-            log.error("database unavailable company=%s project=%s sync=%s task_id=%s: %s "
-                      "(gave up after %s retries)", d.company, d.project or "-", d.kind.value,
-                      d.task_id, exc, d.retries)
+            log.error(
+                "database unavailable company=%s project=%s sync=%s task_id=%s: %s "
+                "(gave up after %s retries)",
+                d.company,
+                d.project or "-",
+                d.kind.value,
+                d.task_id,
+                exc,
+                d.retries,
+            )
             at = RunClock(RedisClock(self.client).refresh())()
             record = previous or RunRecord(
-                kind=d.kind.value, company=d.company, project=d.project, scheduled_for=d.slot,
-                started_at=at, task_id=d.task_id, trigger=d.trigger)
-            return Outcome(self._finish_in_redis(record.finish(
-                "failed", error=f"{exc} (gave up after {d.retries} retries)", at=at), d, "*"))
+                kind=d.kind.value,
+                company=d.company,
+                project=d.project,
+                scheduled_for=d.slot,
+                started_at=at,
+                task_id=d.task_id,
+                trigger=d.trigger,
+            )
+            return Outcome(
+                self._finish_in_redis(
+                    record.finish(
+                        "failed", error=f"{exc} (gave up after {d.retries} retries)", at=at
+                    ),
+                    d,
+                    "*",
+                )
+            )
         delay = min(self.policy.delay(d.retries, None, self.rng), self.max_retry_delay)
         if previous is not None:
-            self.history.save(previous.model_copy(update={
-                "error": f"{exc}; retry {d.retries + 1} in {delay:.1f}s"}))
-        log.warning("database unavailable company=%s project=%s sync=%s task_id=%s: %s; "
-                    "retry %s in %.1fs", d.company, d.project or "-", d.kind.value, d.task_id,
-                    exc, d.retries + 1, delay)
+            self.history.save(
+                previous.model_copy(
+                    update={"error": f"{exc}; retry {d.retries + 1} in {delay:.1f}s"}
+                )
+            )
+        log.warning(
+            "database unavailable company=%s project=%s sync=%s task_id=%s: %s; retry %s in %.1fs",
+            d.company,
+            d.project or "-",
+            d.kind.value,
+            d.task_id,
+            exc,
+            d.retries + 1,
+            delay,
+        )
         return Outcome(previous, retry_in=delay)
 
     def _execute(self, d: Delivery) -> Outcome:
@@ -168,59 +199,123 @@ class Runner:
         # Timestamps on Redis's clock (the fleet's one clock), extended by the monotonic clock.
         clock = RunClock(facts.redis_time)
         record = RunRecord(
-            kind=d.kind.value, company=d.company, project=d.project, scheduled_for=d.slot,
-            started_at=clock(), task_id=d.task_id, trigger=d.trigger,
-            attempt=attempt_of(facts.previous))
+            kind=d.kind.value,
+            company=d.company,
+            project=d.project,
+            scheduled_for=d.slot,
+            started_at=clock(),
+            task_id=d.task_id,
+            trigger=d.trigger,
+            attempt=attempt_of(facts.previous),
+        )
         reason = skip_reason(d, facts)
         if facts.company is None or reason:
             # (a lock this task id parked when it deferred earlier is freed with it)
-            return Outcome(self._final(record.finish("skipped", error=reason, at=clock()), d,
-                                       f"{d.task_id}|deferred"))
+            return Outcome(
+                self._final(
+                    record.finish("skipped", error=reason, at=clock()), d, f"{d.task_id}|deferred"
+                )
+            )
         lost = record.attempt - 1 - d.retries
         if lost > MAX_REDELIVERIES:
-            return Outcome(self._final(record.finish(
-                "failed", error=f"gave up: the run was interrupted {lost} times "
-                                "(worker killed or lost mid-run)", at=clock()), d,
-                f"{d.task_id}|deferred"))
+            return Outcome(
+                self._final(
+                    record.finish(
+                        "failed",
+                        error=f"gave up: the run was interrupted {lost} times "
+                        "(worker killed or lost mid-run)",
+                        at=clock(),
+                    ),
+                    d,
+                    f"{d.task_id}|deferred",
+                )
+            )
         lock = f"{d.task_id}|{uuid.uuid4().hex[:12]}"
         ttl_ms = int(self.lock_ttl * 1000)
         assert facts.limit is not None  # the company exists (checked above)
         state, *detail = self._start(
-            keys=[self._lock(d), self.keys.runs(d.company), self.keys.history(d.company),
-                  self.keys.running(d.company), self.keys.executed(d.task_id)],
-            args=[lock, ttl_ms, record.model_dump_json(), self.history.cap,
-                  facts.limit.concurrency, d.task_id])
+            keys=[
+                self._lock(d),
+                self.keys.runs(d.company),
+                self.keys.history(d.company),
+                self.keys.running(d.company),
+                self.keys.executed(d.task_id),
+            ],
+            args=[
+                lock,
+                ttl_ms,
+                record.model_dump_json(),
+                self.history.cap,
+                facts.limit.concurrency,
+                d.task_id,
+            ],
+        )
         if state == "done":  # its twin finished between our read and our start
             return Outcome(self.history.get(d.company, d.task_id), duplicate=True)
         if state == "ok":
             try:
                 self.runs.save(record)
             except BaseException:  # whatever failed, the lock just taken is given back
-                self._release(keys=[self._lock(d), self.keys.running(d.company)],
-                              args=[lock, d.task_id])
+                self._release(
+                    keys=[self._lock(d), self.keys.running(d.company)], args=[lock, d.task_id]
+                )
                 raise
         if state == "held":
-            return Outcome(self._final(record.finish(
-                "skipped", error=f"the previous run ({detail[0]}) is still running", at=clock()),
-                d))
+            return Outcome(
+                self._final(
+                    record.finish(
+                        "skipped",
+                        error=f"the previous run ({detail[0]}) is still running",
+                        at=clock(),
+                    ),
+                    d,
+                )
+            )
         if state == "alive":
             # Never given up on: failing it would mark the task id executed under the feet of
             # its live twin, which finishes the slot itself.
-            return self._defer(d, record, int(detail[0]) / 1000 + 0.1,
-                               "its earlier delivery, which is still running", clock, None,
-                               may_give_up=False)
+            return self._defer(
+                d,
+                record,
+                int(detail[0]) / 1000 + 0.1,
+                "its earlier delivery, which is still running",
+                clock,
+                None,
+                may_give_up=False,
+            )
         if state == "busy":
-            return self._defer(d, record, self._cap_wait(d), f"the company's concurrency cap "
-                               f"({detail[0]} of {facts.limit.concurrency} running)", clock, None)
+            return self._defer(
+                d,
+                record,
+                self._cap_wait(d),
+                f"the company's concurrency cap ({detail[0]} of {facts.limit.concurrency} running)",
+                clock,
+                None,
+            )
         try:
-            with Heartbeat(self._heartbeat, self._lock(d), self.keys.running(d.company), lock,
-                           d.task_id, ttl_ms, self.max_run) as beat:
+            with Heartbeat(
+                self._heartbeat,
+                self._lock(d),
+                self.keys.running(d.company),
+                lock,
+                d.task_id,
+                ttl_ms,
+                self.max_run,
+            ) as beat:
                 company, limit = facts.company, facts.limit
-                return self._run(d, record, lambda: self._connector(company, limit, d.ticket),
-                                 facts.watermarks, lock, clock, beat)
+                return self._run(
+                    d,
+                    record,
+                    lambda: self._connector(company, limit, d.ticket),
+                    facts.watermarks,
+                    lock,
+                    clock,
+                    beat,
+                )
         except BaseException:
-            self._release(keys=[self._lock(d), self.keys.running(d.company)],
-                          args=[lock, d.task_id])
+            self._release(
+                keys=[self._lock(d), self.keys.running(d.company)], args=[lock, d.task_id]
+            )
             raise
 
     def killed(self, d: Delivery, reason: str) -> RunRecord | None:
@@ -240,15 +335,31 @@ class Runner:
             log.error("killed run task_id=%s recorded in Redis only: %s", d.task_id, exc)
             return self._finish_in_redis(final, d, lock="*")
 
-    def _run(self, d: Delivery, record: RunRecord, connector: Callable[[], Connector],
-             watermarks: str, lock: str, clock: RunClock, beat: Heartbeat) -> Outcome:
+    def _run(
+        self,
+        d: Delivery,
+        record: RunRecord,
+        connector: Callable[[], Connector],
+        watermarks: str,
+        lock: str,
+        clock: RunClock,
+        beat: Heartbeat,
+    ) -> Outcome:
         try:
             # Made inside: a connector that cannot be built (a connection whose credentials
             # were refused) fails the run like any other connector error.
-            counts = run_sync(self.client, self.keys, self.database, d.company, d.kind, d.project,
-                              connector(),
-                              deadline=time.monotonic() + self.soft_limit,
-                              watermarks=watermarks, lost=lambda: beat.lost)
+            counts = run_sync(
+                self.client,
+                self.keys,
+                self.database,
+                d.company,
+                d.kind,
+                d.project,
+                connector(),
+                deadline=time.monotonic() + self.soft_limit,
+                watermarks=watermarks,
+                lost=lambda: beat.lost,
+            )
         except DatabaseError:
             raise  # execute() retries it (the heartbeat's exit released the lock)
         except MustWait as exc:
@@ -258,55 +369,110 @@ class Runner:
             return self._defer(d, record, wait, f"the ERP ({_describe(exc)})", clock, lock)
         except TransientConnectorError as exc:
             if d.retries >= self.policy.max_retries:
-                return Outcome(self._final(record.finish(
-                    "failed", error=f"{_describe(exc)} (gave up after {d.retries} retries)",
-                    at=clock()), d, lock))
-            delay = min(self.policy.delay(d.retries, exc.retry_after, self.rng),
-                        self.max_retry_delay)
-            self._note(record.model_copy(update={
-                "error": f"{_describe(exc)}; retry {d.retries + 1} in {delay:.1f}s"}))
+                return Outcome(
+                    self._final(
+                        record.finish(
+                            "failed",
+                            error=f"{_describe(exc)} (gave up after {d.retries} retries)",
+                            at=clock(),
+                        ),
+                        d,
+                        lock,
+                    )
+                )
+            delay = min(
+                self.policy.delay(d.retries, exc.retry_after, self.rng), self.max_retry_delay
+            )
+            self._note(
+                record.model_copy(
+                    update={"error": f"{_describe(exc)}; retry {d.retries + 1} in {delay:.1f}s"}
+                )
+            )
             # The retry takes the lock again; a slot arriving meanwhile may run (not overlap).
-            self._release(keys=[self._lock(d), self.keys.running(d.company)],
-                          args=[lock, d.task_id])
+            self._release(
+                keys=[self._lock(d), self.keys.running(d.company)], args=[lock, d.task_id]
+            )
             return Outcome(record, retry_in=delay)
         except (PermanentConnectorError, SyncTimedOut) as exc:
-            return Outcome(self._final(record.finish("failed", error=_describe(exc),
-                                                     at=clock()), d, lock))
+            return Outcome(
+                self._final(record.finish("failed", error=_describe(exc), at=clock()), d, lock)
+            )
         except SoftTimeLimitExceeded:  # raised inside prefork children by Celery's soft limit
-            return Outcome(self._final(record.finish(
-                "failed", error=f"soft time limit exceeded after {self.soft_limit:g}s",
-                at=clock()), d, lock))
+            return Outcome(
+                self._final(
+                    record.finish(
+                        "failed",
+                        error=f"soft time limit exceeded after {self.soft_limit:g}s",
+                        at=clock(),
+                    ),
+                    d,
+                    lock,
+                )
+            )
         except Exception as exc:
-            self._final(record.finish("failed", error=f"internal error: {_describe(exc)}",
-                                      at=clock()), d, lock)
+            self._final(
+                record.finish("failed", error=f"internal error: {_describe(exc)}", at=clock()),
+                d,
+                lock,
+            )
             raise
-        return Outcome(self._final(record.finish("succeeded", counts=counts.as_dict(),
-                                                 at=clock()), d, lock))
+        return Outcome(
+            self._final(record.finish("succeeded", counts=counts.as_dict(), at=clock()), d, lock)
+        )
 
-    def _defer(self, d: Delivery, record: RunRecord, seconds: float, why: str,
-               clock: RunClock, lock: str | None, ticket: float | None = None,
-               may_give_up: bool = True) -> Outcome:
+    def _defer(
+        self,
+        d: Delivery,
+        record: RunRecord,
+        seconds: float,
+        why: str,
+        clock: RunClock,
+        lock: str | None,
+        ticket: float | None = None,
+        may_give_up: bool = True,
+    ) -> Outcome:
         """Give the worker slot back: re-queued under the same task id after ``seconds``.
 
         With a ``ticket`` (a place in the rate limit's queue) it returns exactly on its turn;
         other waits get a little jitter so that waiters do not return together.
         """
         if d.deferrals >= self.max_deferrals and may_give_up:
-            return Outcome(self._final(record.finish(
-                "failed", error=f"gave up after deferring {d.deferrals} times (waiting for "
-                                f"{why})", at=clock()), d, lock))
+            return Outcome(
+                self._final(
+                    record.finish(
+                        "failed",
+                        error=f"gave up after deferring {d.deferrals} times (waiting for {why})",
+                        at=clock(),
+                    ),
+                    d,
+                    lock,
+                )
+            )
         spread = 0.0 if ticket else self.rng.uniform(0, 0.1)
         delay = min(max(seconds, 0.05) * (1 + spread), self.max_retry_delay)
         if may_give_up:  # (a twin that still runs owns the record: leave it alone)
-            self._note(record.finish("deferred", at=clock(),
-                                     error=f"deferred {delay:.1f}s: waiting for {why}"))
+            self._note(
+                record.finish(
+                    "deferred", at=clock(), error=f"deferred {delay:.1f}s: waiting for {why}"
+                )
+            )
         if lock is not None:
             # Parked, not released: the sync still counts as running while it waits, so a
             # slot arriving meanwhile is skipped; only this task id takes the lock back.
-            self._park(keys=[self._lock(d), self.keys.running(d.company)],
-                       args=[lock, d.task_id, int((delay + self.lock_ttl) * 1000)])
-        log.info("deferred company=%s project=%s sync=%s slot=%s task_id=%s wait=%.1fs for %s",
-                 d.company, d.project or "-", d.kind.value, d.slot, d.task_id, delay, why)
+            self._park(
+                keys=[self._lock(d), self.keys.running(d.company)],
+                args=[lock, d.task_id, int((delay + self.lock_ttl) * 1000)],
+            )
+        log.info(
+            "deferred company=%s project=%s sync=%s slot=%s task_id=%s wait=%.1fs for %s",
+            d.company,
+            d.project or "-",
+            d.kind.value,
+            d.slot,
+            d.task_id,
+            delay,
+            why,
+        )
         return Outcome(record, defer_in=delay, ticket=ticket)
 
     def _cap_wait(self, d: Delivery) -> float:
@@ -316,30 +482,69 @@ class Runner:
     def _read(self, d: Delivery) -> Facts:
         """Everything the checks need, in one round trip."""
         k = self.keys
-        (executed, previous, company, settings, project, erp_limit, company_limit, marks,
-         seconds, micros, paused, opted_out) = self._read_facts(
-            keys=[k.executed(d.task_id), k.runs(d.company), k.company(d.company),
-                  k.settings(d.company), k.projects(d.company), k.rate_limit_overrides,
-                  k.cursor(d.company, d.kind.value, d.project), k.paused,
-                  k.job_cost_optouts(d.company)],
-            args=[d.task_id, d.project or "-", company_field(d.company), d.company])
+        (
+            executed,
+            previous,
+            company,
+            settings,
+            project,
+            erp_limit,
+            company_limit,
+            marks,
+            seconds,
+            micros,
+            paused,
+            opted_out,
+        ) = self._read_facts(
+            keys=[
+                k.executed(d.task_id),
+                k.runs(d.company),
+                k.company(d.company),
+                k.settings(d.company),
+                k.projects(d.company),
+                k.rate_limit_overrides,
+                k.cursor(d.company, d.kind.value, d.project),
+                k.paused,
+                k.job_cost_optouts(d.company),
+            ],
+            args=[d.task_id, d.project or "-", company_field(d.company), d.company],
+        )
         record = parse(Company, company, f"company {d.company!r}") if company else None
-        limit = effective_limit(record.erp, str(erp_limit) or None, str(company_limit) or None) \
-            if record is not None else None
+        limit = (
+            effective_limit(record.erp, str(erp_limit) or None, str(company_limit) or None)
+            if record is not None
+            else None
+        )
         return Facts(
             executed=bool(executed),
             previous=RunRecord.model_validate_json(previous) if previous else None,
             company=record,
             settings=parse(StoredSettings, settings, "settings") if settings else None,
-            project_exists=bool(project), limit=limit, watermarks=str(marks),
+            project_exists=bool(project),
+            limit=limit,
+            watermarks=str(marks),
             redis_time=int(seconds) + int(micros) / 1_000_000,
-            paused=str(paused) or None, opted_out=bool(int(opted_out)))
+            paused=str(paused) or None,
+            opted_out=bool(int(opted_out)),
+        )
 
     def _connector(self, company: Company, limit: RateLimit, ticket: float | None) -> Connector:
-        inner = self.connector(company) if self.connector else \
-            connector_for(self.client, self.keys, company)
-        return throttled(inner, TokenBucket(self.client, self.keys, company.id, limit,
-                                            defer_after=self.defer_after, ticket=ticket))
+        inner = (
+            self.connector(company)
+            if self.connector
+            else connector_for(self.client, self.keys, company)
+        )
+        return throttled(
+            inner,
+            TokenBucket(
+                self.client,
+                self.keys,
+                company.id,
+                limit,
+                defer_after=self.defer_after,
+                ticket=ticket,
+            ),
+        )
 
     def _lock(self, d: Delivery) -> str:
         return self.keys.run_lock(d.company, d.kind.value, d.project)
@@ -354,8 +559,11 @@ class Runner:
         try:
             self.runs.save(record)
         except DatabaseUnavailable as exc:
-            log.warning("history not updated for task_id=%s (%s); its next state will be",
-                        record.task_id, exc)
+            log.warning(
+                "history not updated for task_id=%s (%s); its next state will be",
+                record.task_id,
+                exc,
+            )
 
     def _final(self, record: RunRecord, d: Delivery, lock: str | None = None) -> RunRecord:
         """Save a finished record in the history, then (atomically, in Redis) mark the task id
@@ -364,23 +572,52 @@ class Runner:
         self.runs.save(record)
         return self._finish_in_redis(record, d, lock)
 
-    def _finish_in_redis(self, record: RunRecord, d: Delivery,
-                         lock: str | None = None) -> RunRecord:
-        last = json.dumps({"company": record.company, "project": record.project,
-                           "task_id": record.task_id, "error": record.error,
-                           "finished_at": record.finished_at.isoformat()
-                           if record.finished_at else None})
-        self._finish(keys=[self.keys.runs(record.company), self.keys.history(record.company),
-                           self.keys.executed(record.task_id), self._lock(d),
-                           self.keys.last_runs, self.keys.running(record.company)],
-                     args=[record.task_id, record.model_dump_json(), self.history.cap,
-                           record.status, int(self.executed_ttl * 1000),
-                           f"{record.status}:{record.kind}", last, lock or ""])
+    def _finish_in_redis(
+        self, record: RunRecord, d: Delivery, lock: str | None = None
+    ) -> RunRecord:
+        last = json.dumps(
+            {
+                "company": record.company,
+                "project": record.project,
+                "task_id": record.task_id,
+                "error": record.error,
+                "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+            }
+        )
+        self._finish(
+            keys=[
+                self.keys.runs(record.company),
+                self.keys.history(record.company),
+                self.keys.executed(record.task_id),
+                self._lock(d),
+                self.keys.last_runs,
+                self.keys.running(record.company),
+            ],
+            args=[
+                record.task_id,
+                record.model_dump_json(),
+                self.history.cap,
+                record.status,
+                int(self.executed_ttl * 1000),
+                f"{record.status}:{record.kind}",
+                last,
+                lock or "",
+            ],
+        )
         # One line per finished run, key=value so it greps with beat's "dispatched" lines.
-        log.info("finished company=%s project=%s sync=%s slot=%s outcome=%s duration_ms=%s "
-                 "attempt=%s task_id=%s%s", record.company, record.project or "-", record.kind,
-                 record.scheduled_for, record.status, record.duration_ms, record.attempt,
-                 record.task_id, f" error={record.error!r}" if record.error else "")
+        log.info(
+            "finished company=%s project=%s sync=%s slot=%s outcome=%s duration_ms=%s "
+            "attempt=%s task_id=%s%s",
+            record.company,
+            record.project or "-",
+            record.kind,
+            record.scheduled_for,
+            record.status,
+            record.duration_ms,
+            record.attempt,
+            record.task_id,
+            f" error={record.error!r}" if record.error else "",
+        )
         return record
 
 

@@ -55,12 +55,12 @@ class Cadence:
 
     def describe(self) -> str:
         """How people read it (``schedule`` output)."""
-        return f"daily ({self.timezone} local time)" if self.timezone else \
-            f"every {self.period:g}s"
+        return f"daily ({self.timezone} local time)" if self.timezone else f"every {self.period:g}s"
 
 
-def cadence_for(kind: SyncKind, settings: SyncSettings, timezone: str,
-                seconds_per_hour: float) -> Cadence | None:
+def cadence_for(
+    kind: SyncKind, settings: SyncSettings, timezone: str, seconds_per_hour: float
+) -> Cadence | None:
     """The cadence of ``kind`` under ``settings``, or ``None`` when it does not run."""
     if kind not in settings.enabled_kinds():
         return None
@@ -74,8 +74,9 @@ def cadence_for(kind: SyncKind, settings: SyncSettings, timezone: str,
     return Cadence(FIXED_HOURS[kind] * seconds_per_hour)
 
 
-def cadences(settings: SyncSettings, timezone: str, seconds_per_hour: float) -> dict[SyncKind,
-                                                                                    Cadence]:
+def cadences(
+    settings: SyncSettings, timezone: str, seconds_per_hour: float
+) -> dict[SyncKind, Cadence]:
     """Every enabled sync of a company with its cadence."""
     out = {}
     for kind in SyncKind:

@@ -48,8 +48,9 @@ def parse_task_id(value: str) -> tuple[str, SyncKind, str | None, int]:
     return company, SyncKind(kind), None if project == "-" else project, int(slot)
 
 
-def task_kwargs(company: str, kind: SyncKind, project: str | None, slot_ts: float,
-                trigger: str = "schedule") -> dict[str, Any]:
+def task_kwargs(
+    company: str, kind: SyncKind, project: str | None, slot_ts: float, trigger: str = "schedule"
+) -> dict[str, Any]:
     """Keyword arguments of a sync task; project-level tasks also get ``project``."""
     kwargs: dict[str, Any] = {"company": company, "slot": slot_iso(slot_ts), "trigger": trigger}
     if kind.project_level:

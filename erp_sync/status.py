@@ -81,28 +81,40 @@ def fleet_status(client: redis.Redis, keys: KeySpace) -> FleetStatus:
     pipe.hgetall(keys.paused)  # only what is paused: not a scan of the fleet
     for queue in (COMPANY_QUEUE, PROJECT_QUEUE):
         pipe.llen(keys.queue(queue))
-    leader, ttl, nodes, backlog, entries, stats, last, paused, q_company, q_project = \
-        pipe.execute()
+    leader, ttl, nodes, backlog, entries, stats, last, paused, q_company, q_project = pipe.execute()
     beats = []
     for node, raw in sorted(nodes.items()):
         beat = json.loads(raw)
-        beats.append(BeatNode(node=node, role=beat["role"], pid=beat["pid"],
-                              last_tick_age_s=round(now - float(beat["last_tick"]), 2)))
+        beats.append(
+            BeatNode(
+                node=node,
+                role=beat["role"],
+                pid=beat["pid"],
+                last_tick_age_s=round(now - float(beat["last_tick"]), 2),
+            )
+        )
     last_runs = {
-        kind.value: {status: _last(last.get(f"{status}:{kind.value}"))
-                     for status in ("succeeded", "failed")}
+        kind.value: {
+            status: _last(last.get(f"{status}:{kind.value}")) for status in ("succeeded", "failed")
+        }
         for kind in SyncKind
     }
     return FleetStatus(
-        leader=holder_node(leader), lease_ttl_ms=ttl if leader else None, beats=beats,
-        due_backlog=backlog, entries=entries,
+        leader=holder_node(leader),
+        lease_ttl_ms=ttl if leader else None,
+        beats=beats,
+        due_backlog=backlog,
+        entries=entries,
         dispatched_slots=int(stats.get("slots", 0)),
         dispatched_tasks=int(stats.get("messages", 0)),
         applied_changes=int(stats.get("applied", 0)),
-        repairs=int(stats.get("repairs", 0)), stale_slots=int(stats.get("stale_slots", 0)),
-        queues={COMPANY_QUEUE: q_company, PROJECT_QUEUE: q_project}, last_runs=last_runs,
+        repairs=int(stats.get("repairs", 0)),
+        stale_slots=int(stats.get("stale_slots", 0)),
+        queues={COMPANY_QUEUE: q_company, PROJECT_QUEUE: q_project},
+        last_runs=last_runs,
         paused={str(k): PauseRecord.model_validate_json(v) for k, v in paused.items()},
-        paused_slots=int(stats.get("paused_slots", 0)))
+        paused_slots=int(stats.get("paused_slots", 0)),
+    )
 
 
 def _last(raw: str | None) -> LastRun | None:

@@ -69,8 +69,12 @@ class SettingsStore:
     """Reads and writes one deployment's schedule state; the Redis client is passed in."""
 
     def __init__(
-        self, client: redis.Redis, keys: KeySpace, clock: Callable[[], datetime] = utcnow,
-        change_stream_maxlen: int = CHANGE_STREAM_CAP, os_user: str | None = None,
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        clock: Callable[[], datetime] = utcnow,
+        change_stream_maxlen: int = CHANGE_STREAM_CAP,
+        os_user: str | None = None,
     ) -> None:
         self.client = client
         # Stamped on every audit entry this store writes (the CLI passes the host user).
@@ -81,8 +85,14 @@ class SettingsStore:
 
     # --- companies --------------------------------------------------------------------------
     def add_company(
-        self, company_id: str, erp: str, *, name: str | None = None, timezone: str = "UTC",
-        actor: str = "operator", admin: str | None = None,
+        self,
+        company_id: str,
+        erp: str,
+        *,
+        name: str | None = None,
+        timezone: str = "UTC",
+        actor: str = "operator",
+        admin: str | None = None,
     ) -> Company:
         """Create a company with its ERP's default settings (version 1) and tell beat.
 
@@ -94,19 +104,33 @@ class SettingsStore:
         try:
             company = Company(
                 # The id is a valid name; the model checks it first when it stands in for one.
-                id=company_id, name=valid_name(name) if name is not None else company_id,
-                erp=erp, timezone=valid_timezone(timezone), created_at=self.clock(),
+                id=company_id,
+                name=valid_name(name) if name is not None else company_id,
+                erp=erp,
+                timezone=valid_timezone(timezone),
+                created_at=self.clock(),
             )
         except ValidationError as exc:
             raise InvalidInput(_erp_hint(exc, erp)) from None
         settings = StoredSettings(
-            company=company.id, version=1, settings=SyncSettings.defaults_for(company.erp),
-            updated_at=company.created_at, updated_by=actor,
+            company=company.id,
+            version=1,
+            settings=SyncSettings.defaults_for(company.erp),
+            updated_at=company.created_at,
+            updated_by=actor,
         )
         entry = AuditEntry(
-            at=company.created_at, actor=actor, action="company.create", company=company.id,
-            version=1, new={"erp": company.erp.value, "timezone": company.timezone,
-                            "admin": admin, **settings.settings.model_dump(mode="json")},
+            at=company.created_at,
+            actor=actor,
+            action="company.create",
+            company=company.id,
+            version=1,
+            new={
+                "erp": company.erp.value,
+                "timezone": company.timezone,
+                "admin": admin,
+                **settings.settings.model_dump(mode="json"),
+            },
         )
         fold = casefold_key(company.id)
         self._backfill_folds()
@@ -117,8 +141,10 @@ class SettingsStore:
             raw = pipe.hget(self.keys.company_folds, fold)
             other = None if raw is None else str(raw)
             if other not in (None, company.id) and pipe.exists(self.keys.company(str(other))):
-                raise AlreadyExists(f"company {other!r} already exists (ids differ only in "
-                                    "case; ids are compared without case)")
+                raise AlreadyExists(
+                    f"company {other!r} already exists (ids differ only in "
+                    "case; ids are compared without case)"
+                )
             pipe.multi()
             pipe.set(self.keys.company(company.id), company.model_dump_json())
             pipe.sadd(self.keys.companies, company.id)
@@ -160,20 +186,30 @@ class SettingsStore:
         self.get_company(company_id)
         try:
             project = Project(
-                company=company_id, id=project_id,
+                company=company_id,
+                id=project_id,
                 name=valid_name(name) if name is not None else project_id,
                 created_at=self.clock(),
             )
         except ValidationError as exc:
             raise InvalidInput(first_error(exc)) from None
         fold = casefold_key(project.id)
-        clash = next((str(p) for p in self.client.hkeys(self.keys.projects(company_id))
-                      if casefold_key(str(p)) == fold and str(p) != project.id), None)
+        clash = next(
+            (
+                str(p)
+                for p in self.client.hkeys(self.keys.projects(company_id))
+                if casefold_key(str(p)) == fold and str(p) != project.id
+            ),
+            None,
+        )
         if clash is not None:
-            raise AlreadyExists(f"project {clash!r} already exists in {company_id!r} (ids "
-                                "differ only in case; ids are compared without case)")
-        if not self.client.hsetnx(self.keys.projects(company_id), project.id,
-                                  project.model_dump_json()):
+            raise AlreadyExists(
+                f"project {clash!r} already exists in {company_id!r} (ids "
+                "differ only in case; ids are compared without case)"
+            )
+        if not self.client.hsetnx(
+            self.keys.projects(company_id), project.id, project.model_dump_json()
+        ):
             raise AlreadyExists(f"project {project.id!r} already exists in {company_id!r}")
         return project
 
@@ -189,19 +225,24 @@ class SettingsStore:
         """Set a user's permission level on the company's ERP Integrations tool (audited)."""
         self.get_company(company_id)
         if level not in set(PermissionLevel):
-            raise InvalidInput(
-                f"invalid level {level!r} (one of: {', '.join(PermissionLevel)})"
-            )
+            raise InvalidInput(f"invalid level {level!r} (one of: {', '.join(PermissionLevel)})")
         user_id(user)
 
         def write(pipe: redis.client.Pipeline) -> None:
             old = pipe.hget(self.keys.users(company_id), user)
             pipe.multi()
             pipe.hset(self.keys.users(company_id), user, level)
-            self._queue_audit(pipe, AuditEntry(
-                at=self.clock(), actor=actor, action="user.grant", company=company_id,
-                old={"user": user, "level": old}, new={"user": user, "level": level},
-            ))
+            self._queue_audit(
+                pipe,
+                AuditEntry(
+                    at=self.clock(),
+                    actor=actor,
+                    action="user.grant",
+                    company=company_id,
+                    old={"user": user, "level": old},
+                    new={"user": user, "level": level},
+                ),
+            )
 
         self._transact([self.keys.users(company_id)], write)
 
@@ -255,22 +296,35 @@ class SettingsStore:
                 result.append((current, False))
                 return
             stored = StoredSettings(
-                company=company_id, version=current.version + 1, settings=new,
-                updated_at=self.clock(), updated_by=actor,
+                company=company_id,
+                version=current.version + 1,
+                settings=new,
+                updated_at=self.clock(),
+                updated_by=actor,
             )
             pipe.multi()
             pipe.set(self.keys.settings(company_id), stored.model_dump_json())
-            self._queue_audit(pipe, AuditEntry(
-                at=stored.updated_at, actor=actor, action="settings.update", company=company_id,
-                version=stored.version, old={k: old_d[k] for k in sorted(diff)},
-                new={k: new_d[k] for k in sorted(diff)},
-            ))
+            self._queue_audit(
+                pipe,
+                AuditEntry(
+                    at=stored.updated_at,
+                    actor=actor,
+                    action="settings.update",
+                    company=company_id,
+                    version=stored.version,
+                    old={k: old_d[k] for k in sorted(diff)},
+                    new={k: new_d[k] for k in sorted(diff)},
+                ),
+            )
             self._queue_change(pipe, company_id, stored.version)
             result.append((stored, True))
 
         try:
-            self._transact([self.keys.settings(company_id), self.keys.users(company_id)], write,
-                           reset=result.clear)
+            self._transact(
+                [self.keys.settings(company_id), self.keys.users(company_id)],
+                write,
+                reset=result.clear,
+            )
         except PermissionDenied:  # demoted while this write was being prepared
             self._record_denied(company_id, actor, change)
             raise
@@ -283,14 +337,26 @@ class SettingsStore:
         raws = self.client.lrange(self.keys.denied(company_id), 0, max(limit, 1) - 1)
         return [parse(AuditEntry, r, "denied entry") for r in raws]
 
-    def _record_denied(self, company_id: str, actor: str,
-                       change: Mapping[str, Any] | Mutator) -> None:
+    def _record_denied(
+        self, company_id: str, actor: str, change: Mapping[str, Any] | Mutator
+    ) -> None:
         """Log a refused change on its own key: settings, version, audit and stream stay as is."""
-        requested = {} if callable(change) else {
-            str(k)[:64]: v if isinstance(v, bool | int | float | None) else str(v)[:200]
-            for k, v in list(change.items())[:20]}
-        entry = AuditEntry(at=self.clock(), actor=user_id(actor), action="settings.denied",
-                           company=company_id, new=requested, os_user=self.os_user)
+        requested = (
+            {}
+            if callable(change)
+            else {
+                str(k)[:64]: v if isinstance(v, bool | int | float | None) else str(v)[:200]
+                for k, v in list(change.items())[:20]
+            }
+        )
+        entry = AuditEntry(
+            at=self.clock(),
+            actor=user_id(actor),
+            action="settings.denied",
+            company=company_id,
+            new=requested,
+            os_user=self.os_user,
+        )
         with self.client.pipeline() as pipe:
             pipe.lpush(self.keys.denied(company_id), entry.model_dump_json())
             pipe.ltrim(self.keys.denied(company_id), 0, AUDIT_CAP - 1)
@@ -324,13 +390,18 @@ class SettingsStore:
         return [parse(AuditEntry, r, "operator log entry") for r in raws]
 
     def _queue_change(self, pipe: redis.client.Pipeline, company_id: str, version: int) -> None:
-        pipe.xadd(self.keys.changes, {"company": company_id, "version": str(version)},
-                  # Approximate trimming (whole stream nodes) is cheaper; a small cap is exact.
-                  maxlen=self.change_stream_maxlen,
-                  approximate=self.change_stream_maxlen >= 1000)
+        pipe.xadd(
+            self.keys.changes,
+            {"company": company_id, "version": str(version)},
+            # Approximate trimming (whole stream nodes) is cheaper; a small cap is exact.
+            maxlen=self.change_stream_maxlen,
+            approximate=self.change_stream_maxlen >= 1000,
+        )
 
     def _transact(
-        self, watch: list[str], write: Callable[[redis.client.Pipeline], None],
+        self,
+        watch: list[str],
+        write: Callable[[redis.client.Pipeline], None],
         reset: Callable[[], None] | None = None,
     ) -> None:
         """Run ``write`` under WATCH until it commits without a conflicting writer."""
@@ -370,8 +441,10 @@ def check_supported(erp: Erp, changed: set[str], new: SyncSettings) -> None:
     for field in sorted(changed):
         kind = TOGGLES.get(field, SyncKind.PAYMENTS)
         enabling = field not in TOGGLES or bool(getattr(new, field))
-        if field == "payments_for_synced_invoices" and new.payments_for_synced_invoices is \
-                PaymentsFrequency.NEVER:
+        if (
+            field == "payments_for_synced_invoices"
+            and new.payments_for_synced_invoices is PaymentsFrequency.NEVER
+        ):
             enabling = False
         if enabling and kind not in supported:
             raise UnsupportedSetting(f"{erp.value} does not support {field}")

@@ -62,10 +62,18 @@ def streams(kind: SyncKind, connector: Connector, project: str | None) -> list[S
     return [Stream("payments", project, partial(connector.bill_payments, project))]
 
 
-def run_sync(client: redis.Redis, keys: KeySpace, db: Database, company: str, kind: SyncKind,
-             project: str | None, connector: Connector,
-             deadline: float | None = None, watermarks: str | None = None,
-             lost: Callable[[], bool] | None = None) -> Counts:
+def run_sync(
+    client: redis.Redis,
+    keys: KeySpace,
+    db: Database,
+    company: str,
+    kind: SyncKind,
+    project: str | None,
+    connector: Connector,
+    deadline: float | None = None,
+    watermarks: str | None = None,
+    lost: Callable[[], bool] | None = None,
+) -> Counts:
     """Sync ``kind`` for ``company`` (and ``project``); returns counts over all streams.
 
     ``deadline`` (a ``time.monotonic()`` value) is the soft time limit, checked between pages so
@@ -91,7 +99,7 @@ def run_sync(client: redis.Redis, keys: KeySpace, db: Database, company: str, ki
     total = Counts()
     todo = streams(kind, connector, project)
     if resume is not None and resume.get("stream") in {s.name for s in todo}:
-        todo = todo[[s.name for s in todo].index(resume["stream"]):]
+        todo = todo[[s.name for s in todo].index(resume["stream"]) :]
     else:
         resume = None
     for stream in todo:
@@ -100,8 +108,9 @@ def run_sync(client: redis.Redis, keys: KeySpace, db: Database, company: str, ki
         resume = None
         try:
             for page in pages(partial(stream.fetch, since), cursor):
-                total.add(store.write_page(stream.collection, stream.project, page.items,
-                                           page.deleted))
+                total.add(
+                    store.write_page(stream.collection, stream.project, page.items, page.deleted)
+                )
                 if page.next_cursor is None:
                     if page.watermark is not None:
                         marks[stream.name] = page.watermark
@@ -110,16 +119,22 @@ def run_sync(client: redis.Redis, keys: KeySpace, db: Database, company: str, ki
                 if deadline is not None and time.monotonic() > deadline:
                     raise SyncTimedOut(
                         f"{kind.value} sync of {company!r} passed its soft time limit; it "
-                        "stopped between pages and resumes from there next run")
+                        "stopped between pages and resumes from there next run"
+                    )
                 if lost is not None and lost():
                     raise SyncTimedOut(
                         f"{kind.value} sync of {company!r} lost its run lock (a stall longer "
                         "than the lock's TTL, or a run far past the visibility timeout); it "
-                        "stopped between pages and resumes from there next run")
+                        "stopped between pages and resumes from there next run"
+                    )
         except (MustWait, SyncTimedOut):
-            client.set(mark_key, json.dumps(
-                {**marks, RESUME: {"stream": stream.name, "since": since, "cursor": cursor}},
-                sort_keys=True))
+            client.set(
+                mark_key,
+                json.dumps(
+                    {**marks, RESUME: {"stream": stream.name, "since": since, "cursor": cursor}},
+                    sort_keys=True,
+                ),
+            )
             raise
     if marks != old_marks or resumed:
         client.set(mark_key, json.dumps(marks, sort_keys=True))
@@ -131,9 +146,15 @@ def full_listing(stream: Stream) -> list[Record]:
     return [item for page in pages(partial(stream.fetch, None)) for item in page.items]
 
 
-def reconcile(db: Database, company: str, kind: SyncKind, project: str | None,
-              connector: Connector, fix: bool = False,
-              skip: Collection[str] = ()) -> dict[str, Drift]:
+def reconcile(
+    db: Database,
+    company: str,
+    kind: SyncKind,
+    project: str | None,
+    connector: Connector,
+    fix: bool = False,
+    skip: Collection[str] = (),
+) -> dict[str, Drift]:
     """Compare the Procore side with the ERP's full data for ``kind``: drift per collection.
 
     With ``fix``, each drifted collection is then made equal to the ERP (missing and different

@@ -27,15 +27,19 @@ class Vault:
 
     def __init__(self, keys: list[str]) -> None:
         if not keys:
-            raise ConfigError("ERP_SYNC_SECRET_KEY is not set: stored secrets (ERP credentials, "
-                              "alert signing secrets) are encrypted "
-                              "encrypted and need it (generate one: erp-sync connection new-key)")
+            raise ConfigError(
+                "ERP_SYNC_SECRET_KEY is not set: stored secrets (ERP credentials, "
+                "alert signing secrets) are encrypted "
+                "encrypted and need it (generate one: erp-sync connection new-key)"
+            )
         try:
             self._fernet = MultiFernet([Fernet(k.strip().encode()) for k in keys])
         except ValueError:
-            raise ConfigError("ERP_SYNC_SECRET_KEY must be Fernet keys (32 url-safe base64 "
-                              "bytes each, comma separated): generate one with "
-                              "erp-sync connection new-key") from None
+            raise ConfigError(
+                "ERP_SYNC_SECRET_KEY must be Fernet keys (32 url-safe base64 "
+                "bytes each, comma separated): generate one with "
+                "erp-sync connection new-key"
+            ) from None
 
     @classmethod
     def from_settings(cls) -> Vault:
@@ -50,8 +54,10 @@ class Vault:
         try:
             data = json.loads(self._fernet.decrypt(token.encode()))
         except InvalidToken:
-            raise CorruptRecord(f"{what} cannot be decrypted with ERP_SYNC_SECRET_KEY (was its "
-                                "key removed before `connection rotate-key` ran?)") from None
+            raise CorruptRecord(
+                f"{what} cannot be decrypted with ERP_SYNC_SECRET_KEY (was its "
+                "key removed before `connection rotate-key` ran?)"
+            ) from None
         if not isinstance(data, dict):
             raise CorruptRecord(f"{what} is not a secret record")
         return data
@@ -61,5 +67,6 @@ class Vault:
         try:
             return self._fernet.rotate(token.encode()).decode()
         except InvalidToken:
-            raise CorruptRecord("a stored secret cannot be decrypted with ERP_SYNC_SECRET_KEY"
-                                ) from None
+            raise CorruptRecord(
+                "a stored secret cannot be decrypted with ERP_SYNC_SECRET_KEY"
+            ) from None

@@ -157,9 +157,15 @@ class Child:
         self.name, self.log = name, log
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()))
+                cmd,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
 
     @property
     def pid(self) -> int:
@@ -192,11 +198,13 @@ class Stack:
     def check_children(self) -> None:
         for child in self.children:
             if not child.alive():
-                raise StackFailed(f"{child.name} exited with code {child.proc.returncode}; "
-                                  f"see {shown(child.log)}")
+                raise StackFailed(
+                    f"{child.name} exited with code {child.proc.returncode}; see {shown(child.log)}"
+                )
 
-    def wait_ready(self, what: str, failed: str, blame: Callable[[], str | None],
-                   timeout: float) -> None:
+    def wait_ready(
+        self, what: str, failed: str, blame: Callable[[], str | None], timeout: float
+    ) -> None:
         """Poll ``blame`` (``None`` once ready, else the log to look at) for up to ``timeout``."""
         print(f"waiting for {what}...", flush=True)
         deadline = time.monotonic() + timeout
@@ -238,8 +246,9 @@ def lock_run_dir(run: Path) -> IO[str]:
         handle.seek(0)
         other = handle.read().strip() or "?"
         handle.close()
-        raise StackFailed(f"another devstack (pid {other}) is running with {shown(run)}; "
-                          "stop it first") from None
+        raise StackFailed(
+            f"another devstack (pid {other}) is running with {shown(run)}; stop it first"
+        ) from None
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
@@ -249,8 +258,9 @@ def lock_run_dir(run: Path) -> IO[str]:
 def redis_dir_of(url: str) -> str | None:
     """The data directory of the Redis at ``url``, ``None`` when it does not answer."""
     try:
-        with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2,
-                                  decode_responses=True) as client:
+        with redis.Redis.from_url(
+            url, socket_connect_timeout=1, socket_timeout=2, decode_responses=True
+        ) as client:
             return str(client.config_get("dir").get("dir", ""))
     except (redis.RedisError, ValueError):
         return None
@@ -259,8 +269,10 @@ def redis_dir_of(url: str) -> str | None:
 def start_redis(stack: Stack) -> tuple[str, Child]:
     binary = shutil.which("redis-server")
     if binary is None:
-        raise StackFailed("no Redis answers at ERP_SYNC_REDIS_URL and redis-server is not "
-                          "installed (scripts/setup.sh installs it)")
+        raise StackFailed(
+            "no Redis answers at ERP_SYNC_REDIS_URL and redis-server is not "
+            "installed (scripts/setup.sh installs it)"
+        )
     data = stack.run / "redis"
     data.mkdir(parents=True, exist_ok=True)
     port_file = data / "port"
@@ -271,16 +283,34 @@ def start_redis(stack: Stack) -> tuple[str, Child]:
     if remembered is not None:
         running = redis_dir_of(f"redis://{HOST}:{remembered}/0")
         if running is not None and Path(running).resolve() == data.resolve():
-            raise StackFailed(f"a redis-server with the data in {shown(data)} is still running on "
-                              f"port {remembered} (left from an earlier start); stop it with "
-                              f"`redis-cli -p {remembered} shutdown` and start again")
+            raise StackFailed(
+                f"a redis-server with the data in {shown(data)} is still running on "
+                f"port {remembered} (left from an earlier start); stop it with "
+                f"`redis-cli -p {remembered} shutdown` and start again"
+            )
     port = free_port(remembered or 6390)
     if remembered is not None and port != remembered:
         print(f"port {remembered} (used last time) is taken; the private Redis moves to {port}")
     log = stack.logs / "redis.log"
-    child = stack.start("redis", [binary, "--port", str(port), "--bind", HOST, "--dir", str(data),
-                                  "--appendonly", "yes", "--maxmemory-policy", "noeviction",
-                                  "--logfile", str(log)], dict(os.environ))
+    child = stack.start(
+        "redis",
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            HOST,
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+            "--logfile",
+            str(log),
+        ],
+        dict(os.environ),
+    )
     url = f"redis://{HOST}:{port}/0"
     deadline = time.monotonic() + 10
     while not answers(url):
@@ -294,8 +324,9 @@ def start_redis(stack: Stack) -> tuple[str, Child]:
 
 def migrate(py: str, env: dict[str, str]) -> None:
     """Create or migrate the database's schema (workers refuse a schema that is behind)."""
-    done = subprocess.run([py, "manage.py", "db", "upgrade"], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [py, "manage.py", "db", "upgrade"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise StackFailed(f"`manage.py db upgrade` failed: {done.stderr.strip() or done.stdout}")
     print(done.stdout.strip(), flush=True)
@@ -319,17 +350,31 @@ def seed_demo(py: str, env: dict[str, str], url: str, prefix: str, signals: Sign
             print(f"demo data already there ({', '.join(sorted(wanted))}); left as it is")
             return
         print(f"seeding demo data ({', '.join(sorted(missing))})...", flush=True)
-        done = subprocess.run([py, "manage.py", "demo", "--companies", str(DEMO_COMPANIES),
-                               "--projects", str(DEMO_PROJECTS)], cwd=ROOT, env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                py,
+                "manage.py",
+                "demo",
+                "--companies",
+                str(DEMO_COMPANIES),
+                "--projects",
+                str(DEMO_PROJECTS),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
         signals.check()
         if done.returncode != 0:
             sys.stderr.write(done.stdout + done.stderr)
             raise StackFailed(f"`manage.py demo` failed with code {done.returncode} (output above)")
         for company in store.list_companies():
             if company.id in missing and SyncKind.PAYMENTS in CAPABILITIES[company.erp]:
-                store.update_settings(company.id, f"{company.id}-admin",
-                                      {"payments_for_synced_invoices": "hourly"})
+                store.update_settings(
+                    company.id, f"{company.id}-admin", {"payments_for_synced_invoices": "hourly"}
+                )
 
 
 # --- the QuickBooks Online demo company, on a fake QuickBooks Online server -----------------
@@ -337,9 +382,15 @@ QBO_COMPANY, QBO_ADMIN = "demo-qbo", "demo-qbo-admin"
 QBO_REALM, QBO_CLIENT_ID = "9341453050000001", "demo-qbo-client"
 QBO_PORT = 8790  # preferred; the port used last time is kept in <run-dir>/fake-qbo/port
 # ~200 vendors, 3 projects with bills, expenses, a vendor credit and payments; no latency.
-QBO_SEED = {"vendors": 200, "projects": 3, "bills_per_project": 4, "lines_per_bill": 2,
-            "purchases_per_project": 2, "vendor_credits_per_project": 1,
-            "payments_per_project": 2}
+QBO_SEED = {
+    "vendors": 200,
+    "projects": 3,
+    "bills_per_project": 4,
+    "lines_per_bill": 2,
+    "purchases_per_project": 2,
+    "vendor_credits_per_project": 1,
+    "payments_per_project": 2,
+}
 
 
 def write_private(path: Path, text: str) -> None:
@@ -373,12 +424,17 @@ def secret_key(run: Path, env: dict[str, str]) -> str:
     return shown(run / "secret.key")
 
 
-def admin_call(base: str, method: str, path: str, body: dict[str, object] | None = None
-               ) -> tuple[int, dict[str, object]]:
+def admin_call(
+    base: str, method: str, path: str, body: dict[str, object] | None = None
+) -> tuple[int, dict[str, object]]:
     """One call to the fake's ``/_admin/`` API: (status, JSON answer)."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{base}/_admin{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}/_admin{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -387,8 +443,7 @@ def admin_call(base: str, method: str, path: str, body: dict[str, object] | None
             return exc.code, json.loads(exc.read() or b"{}")
 
 
-def start_fake_qbo(stack: Stack, py: str, env: dict[str, str], timeout: float
-                   ) -> tuple[str, Child]:
+def start_fake_qbo(stack: Stack, py: str, env: dict[str, str], timeout: float) -> tuple[str, Child]:
     """The fake QuickBooks Online server (``tests.support.fake_qbo``) as a child: its port kept
     in ``<run>/fake-qbo/port`` and reused while free, its companies saved at a clean stop
     (``--state``) so a restart serves the same data and refresh token."""
@@ -403,9 +458,23 @@ def start_fake_qbo(stack: Stack, py: str, env: dict[str, str], timeout: float
     port = free_port(remembered or QBO_PORT)
     ready = data / "listening"
     ready.unlink(missing_ok=True)
-    child = stack.start("fake-qbo", [py, "-m", "tests.support.fake_qbo", "--port", str(port),
-                                     "--host", HOST, "--port-file", str(ready),
-                                     "--state", str(data / "state.json")], env)
+    child = stack.start(
+        "fake-qbo",
+        [
+            py,
+            "-m",
+            "tests.support.fake_qbo",
+            "--port",
+            str(port),
+            "--host",
+            HOST,
+            "--port-file",
+            str(ready),
+            "--state",
+            str(data / "state.json"),
+        ],
+        env,
+    )
     base = f"http://{HOST}:{port}"
 
     def blame() -> str | None:
@@ -416,14 +485,19 @@ def start_fake_qbo(stack: Stack, py: str, env: dict[str, str], timeout: float
         except (OSError, ValueError):
             return shown(child.log)
 
-    stack.wait_ready("the fake QuickBooks Online server", "the fake QuickBooks Online server "
-                     "did not answer", blame, timeout)
+    stack.wait_ready(
+        "the fake QuickBooks Online server",
+        "the fake QuickBooks Online server did not answer",
+        blame,
+        timeout,
+    )
     port_file.write_text(f"{port}\n")
     return base, child
 
 
-def connect_qbo_demo(py: str, env: dict[str, str], url: str, prefix: str, run: Path,
-                     base: str) -> None:
+def connect_qbo_demo(
+    py: str, env: dict[str, str], url: str, prefix: str, run: Path, base: str
+) -> None:
     """The demo-qbo company on quickbooks_online, connected to the fake with the CLI.
 
     The realm is made once (the fake keeps it across clean restarts); the company once; the
@@ -438,21 +512,33 @@ def connect_qbo_demo(py: str, env: dict[str, str], url: str, prefix: str, run: P
     from erp_sync.store import SettingsStore
 
     secrets_dir = run / "fake-qbo"
-    client_secret = read_or_make_private(secrets_dir / "client_secret",
-                                         lambda: secrets.token_urlsafe(24))
+    client_secret = read_or_make_private(
+        secrets_dir / "client_secret", lambda: secrets.token_urlsafe(24)
+    )
     status, realm = admin_call(base, "GET", f"/realms/{QBO_REALM}")
     if status == 404:
         print("seeding the fake QuickBooks Online company...", flush=True)
-        status, realm = admin_call(base, "POST", "/realms", {
-            "realm_id": QBO_REALM, "client_id": QBO_CLIENT_ID, "client_secret": client_secret,
-            "refresh_token": f"rt-{secrets.token_urlsafe(18)}", "seed": QBO_SEED})
+        status, realm = admin_call(
+            base,
+            "POST",
+            "/realms",
+            {
+                "realm_id": QBO_REALM,
+                "client_id": QBO_CLIENT_ID,
+                "client_secret": client_secret,
+                "refresh_token": f"rt-{secrets.token_urlsafe(18)}",
+                "seed": QBO_SEED,
+            },
+        )
         if status != 201:
-            raise StackFailed(f"the fake QuickBooks Online server refused the demo company: "
-                              f"{realm.get('error')}")
+            raise StackFailed(
+                f"the fake QuickBooks Online server refused the demo company: {realm.get('error')}"
+            )
         status, realm = admin_call(base, "GET", f"/realms/{QBO_REALM}")
     if status != 200:
-        raise StackFailed(f"the fake QuickBooks Online server answered {status} for the demo "
-                          "company")
+        raise StackFailed(
+            f"the fake QuickBooks Online server answered {status} for the demo company"
+        )
     with redis.Redis.from_url(url, decode_responses=True) as client:
         keys = KeySpace(prefix)
         store = SettingsStore(client, keys)
@@ -466,29 +552,52 @@ def connect_qbo_demo(py: str, env: dict[str, str], url: str, prefix: str, run: P
             for n in range(QBO_SEED["projects"]):
                 store.add_project(QBO_COMPANY, str(2 + n), name=f"QBO project {n + 1}")
             if SyncKind.PAYMENTS in CAPABILITIES[store.get_company(QBO_COMPANY).erp]:
-                store.update_settings(QBO_COMPANY, QBO_ADMIN,
-                                      {"payments_for_synced_invoices": "hourly"})
+                store.update_settings(
+                    QBO_COMPANY, QBO_ADMIN, {"payments_for_synced_invoices": "hourly"}
+                )
         connection = ConnectionStore(client, keys).get(QBO_COMPANY)
-    if connection is not None and connection.base_url == base and \
-            connection.status == "connected":
+    if connection is not None and connection.base_url == base and connection.status == "connected":
         return
     live = realm.get("refresh_token")
     if not isinstance(live, str) or not live:
         raise StackFailed("the fake QuickBooks Online company has no live refresh token")
     token_file = secrets_dir / "refresh_token"
     write_private(token_file, live)
-    done = subprocess.run([py, "manage.py", "connect", QBO_COMPANY, "--as", QBO_ADMIN,
-                           "--erp", "quickbooks_online", "--realm-id", QBO_REALM,
-                           "--client-id", QBO_CLIENT_ID,
-                           "--client-secret-file", str(secrets_dir / "client_secret"),
-                           "--refresh-token-file", str(token_file), "--base-url", base,
-                           "--token-url", f"{base}/oauth2/v1/tokens/bearer"],
-                          cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [
+            py,
+            "manage.py",
+            "connect",
+            QBO_COMPANY,
+            "--as",
+            QBO_ADMIN,
+            "--erp",
+            "quickbooks_online",
+            "--realm-id",
+            QBO_REALM,
+            "--client-id",
+            QBO_CLIENT_ID,
+            "--client-secret-file",
+            str(secrets_dir / "client_secret"),
+            "--refresh-token-file",
+            str(token_file),
+            "--base-url",
+            base,
+            "--token-url",
+            f"{base}/oauth2/v1/tokens/bearer",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
     token_file.unlink(missing_ok=True)  # the connection holds it now (encrypted)
     if done.returncode != 0:
-        raise StackFailed(f"`manage.py connect {QBO_COMPANY}` failed: "
-                          f"{done.stderr.strip() or done.stdout.strip()}")
+        raise StackFailed(
+            f"`manage.py connect {QBO_COMPANY}` failed: "
+            f"{done.stderr.strip() or done.stdout.strip()}"
+        )
     print(done.stdout.strip(), flush=True)
 
 
@@ -517,15 +626,18 @@ def leader_blame(url: str, prefix: str, beats: list[Child]) -> Callable[[], str 
     return blame
 
 
-def flower_blame(port: int, auth: str, workers: dict[str, Child],
-                 flower: Child) -> Callable[[], str | None]:
+def flower_blame(
+    port: int, auth: str, workers: dict[str, Child], flower: Child
+) -> Callable[[], str | None]:
     token = base64.b64encode(auth.encode()).decode()
 
     def blame() -> str | None:
         # refresh=1: Flower inspects the workers now (without it /api/workers stays empty
         # until someone refreshes the page).
-        request = urllib.request.Request(f"http://{HOST}:{port}/api/workers?refresh=1",
-                                         headers={"Authorization": f"Basic {token}"})
+        request = urllib.request.Request(
+            f"http://{HOST}:{port}/api/workers?refresh=1",
+            headers={"Authorization": f"Basic {token}"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 listed = set(json.loads(response.read()))
@@ -539,11 +651,21 @@ def flower_blame(port: int, auth: str, workers: dict[str, Child],
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run the whole erp-sync stack on this machine.")
-    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run", metavar="DIR",
-                        help="where the private Redis keeps its data and port, and the logs "
-                        "go (default: .run in the repo)")
-    parser.add_argument("--ready-timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="how long each component may take to become ready (default: 60)")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=ROOT / ".run",
+        metavar="DIR",
+        help="where the private Redis keeps its data and port, and the logs "
+        "go (default: .run in the repo)",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long each component may take to become ready (default: 60)",
+    )
     return parser.parse_args(argv)
 
 
@@ -618,38 +740,72 @@ def run_stack(stack: Stack, ready_timeout: float) -> int:
     user, password = "admin", secrets.token_urlsafe(12)
     flower_port = free_port(5555)
     celery = [py, "-m", "celery", "-A", "worker"]
-    names = {"beat-1": "beat-1@%h", "beat-2": "beat-2@%h",
-             "worker-company": "company@%h", "worker-project": "project@%h"}
-    beats = [stack.start(name, [*celery, "beat", "-n", names[name], "-l", "INFO"], env)
-             for name in ("beat-1", "beat-2")]
+    names = {
+        "beat-1": "beat-1@%h",
+        "beat-2": "beat-2@%h",
+        "worker-company": "company@%h",
+        "worker-project": "project@%h",
+    }
+    beats = [
+        stack.start(name, [*celery, "beat", "-n", names[name], "-l", "INFO"], env)
+        for name in ("beat-1", "beat-2")
+    ]
     workers = {
         host_format(names[name]): stack.start(
-            name, [*celery, "worker", "-Q", queue, "-P", "threads", "-c", "8", "-n", names[name],
-                   "-l", "INFO", "-E"], env)
-        for name, queue in (("worker-company", "company,alerts"), ("worker-project", "project"))}
+            name,
+            [
+                *celery,
+                "worker",
+                "-Q",
+                queue,
+                "-P",
+                "threads",
+                "-c",
+                "8",
+                "-n",
+                names[name],
+                "-l",
+                "INFO",
+                "-E",
+            ],
+            env,
+        )
+        for name, queue in (("worker-company", "company,alerts"), ("worker-project", "project"))
+    }
     # The password goes in Flower's environment (FLOWER_BASIC_AUTH), not on its command line,
     # where `ps` would show it to every user of the machine.
-    flower = stack.start("flower", [*celery, "flower", f"--port={flower_port}",
-                                    f"--address={HOST}"],
-                         {**env, "FLOWER_BASIC_AUTH": f"{user}:{password}"})
-    print(f"started {', '.join(c.name for c in stack.children if c.name != 'redis')} "
-          f"(logs in {shown(stack.logs)})", flush=True)
-    stack.wait_ready("a beat to lead", "no beat took the lease",
-                     leader_blame(url, prefix, beats), ready_timeout)
-    stack.wait_ready(f"Flower to list the workers ({', '.join(workers)})",
-                     f"Flower did not list {' and '.join(workers)}",
-                     flower_blame(flower_port, f"{user}:{password}", workers, flower),
-                     ready_timeout)
+    flower = stack.start(
+        "flower",
+        [*celery, "flower", f"--port={flower_port}", f"--address={HOST}"],
+        {**env, "FLOWER_BASIC_AUTH": f"{user}:{password}"},
+    )
+    print(
+        f"started {', '.join(c.name for c in stack.children if c.name != 'redis')} "
+        f"(logs in {shown(stack.logs)})",
+        flush=True,
+    )
+    stack.wait_ready(
+        "a beat to lead", "no beat took the lease", leader_blame(url, prefix, beats), ready_timeout
+    )
+    stack.wait_ready(
+        f"Flower to list the workers ({', '.join(workers)})",
+        f"Flower did not list {' and '.join(workers)}",
+        flower_blame(flower_port, f"{user}:{password}", workers, flower),
+        ready_timeout,
+    )
 
     hour = env["ERP_SYNC_SECONDS_PER_HOUR"]
     database = env["ERP_SYNC_DATABASE_URL"]
-    exports = (f"ERP_SYNC_REDIS_URL={url} ERP_SYNC_SECONDS_PER_HOUR={hour} "
-               f"ERP_SYNC_DATABASE_URL={database}")
+    exports = (
+        f"ERP_SYNC_REDIS_URL={url} ERP_SYNC_SECONDS_PER_HOUR={hour} "
+        f"ERP_SYNC_DATABASE_URL={database}"
+    )
     if "ERP_SYNC_KEY_PREFIX" in env:
         exports += f" ERP_SYNC_KEY_PREFIX={prefix}"
     if key_source != "ERP_SYNC_SECRET_KEY":  # the file's name, never the key itself
         exports += f" ERP_SYNC_SECRET_KEY=$(cat {key_source})"
-    print(f"""
+    print(
+        f"""
 erp-sync is running (one schedule hour = {hour} s).
   Redis:   {redis_line}
   Database: {mask(database)}
@@ -664,7 +820,9 @@ erp-sync is running (one schedule hour = {hour} s).
            .venv/bin/erp-sync history demo-qbo
            .venv/bin/erp-sync connection show demo-qbo
            .venv/bin/erp-sync settings set demo-01 --as demo-01-admin --payments-frequency daily
-Ctrl-C stops everything (in the background: kill -INT {os.getpid()}).""", flush=True)
+Ctrl-C stops everything (in the background: kill -INT {os.getpid()}).""",
+        flush=True,
+    )
     while True:
         stack.signals.check()
         stack.check_children()

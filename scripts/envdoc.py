@@ -13,8 +13,13 @@ def env_table() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "(the Redis URL)" if name == "broker_url" else f"`{default:g}`" if isinstance(
-            default, float) else f"`{default}`"
+        shown = (
+            "(the Redis URL)"
+            if name == "broker_url"
+            else f"`{default:g}`"
+            if isinstance(default, float)
+            else f"`{default}`"
+        )
         rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(rows)
 

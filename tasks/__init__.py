@@ -31,15 +31,26 @@ from erp_sync.slots import ALERTS_QUEUE, KIND_OF_TASK
 class SyncTask(Task):  # type: ignore[misc]
     """Base of the sync tasks: closes the record of a run killed by the hard time limit."""
 
-    def on_failure(self, exc: BaseException, task_id: str, args: tuple[Any, ...],
-                   kwargs: dict[str, Any], einfo: Any) -> None:
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
         # Celery calls this in the worker's main process after killing the child; every other
         # failure was already recorded by the runner inside the task.
         if not isinstance(exc, TimeLimitExceeded):
             return
-        delivery = Delivery(task_id=task_id, company=kwargs["company"],
-                            kind=KIND_OF_TASK[self.name], project=kwargs.get("project"),
-                            slot=kwargs.get("slot", ""), trigger=kwargs.get("trigger", ""))
+        delivery = Delivery(
+            task_id=task_id,
+            company=kwargs["company"],
+            kind=KIND_OF_TASK[self.name],
+            project=kwargs.get("project"),
+            slot=kwargs.get("slot", ""),
+            trigger=kwargs.get("trigger", ""),
+        )
         runner().killed(delivery, f"hard time limit exceeded ({exc}); the worker killed the run")
 
 
@@ -49,7 +60,10 @@ class Deferred(Exception):
 
 # Options every sync task shares (the app config sets the same; explicit here for readers).
 TASK_OPTIONS: dict[str, Any] = {
-    "bind": True, "base": SyncTask, "acks_late": True, "reject_on_worker_lost": True,
+    "bind": True,
+    "base": SyncTask,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
     "max_retries": None,
 }
 
@@ -59,7 +73,8 @@ def runner() -> Runner:
     """One runner per worker process (created lazily, so after a prefork child forks)."""
     env = get_settings()
     return Runner(
-        connect(env.redis_url, check=False), KeySpace(env.key_prefix),
+        connect(env.redis_url, check=False),
+        KeySpace(env.key_prefix),
         soft_limit=env.task_soft_time_limit,
         # Renewed by the live run's heartbeat; well under the visibility timeout, so the
         # redelivery of a run whose worker died takes over soon after the broker hands it out.
@@ -74,9 +89,16 @@ def runner() -> Runner:
     )
 
 
-def perform(task: Task, kind: SyncKind, company: str, slot: str, trigger: str,
-            project: str | None = None, deferrals: int = 0,
-            ticket: float | None = None) -> dict[str, Any]:
+def perform(
+    task: Task,
+    kind: SyncKind,
+    company: str,
+    slot: str,
+    trigger: str,
+    project: str | None = None,
+    deferrals: int = 0,
+    ticket: float | None = None,
+) -> dict[str, Any]:
     """Run one delivery; returns its status and counts (the full record is in the history).
 
     A transient error retries with the runner's backoff; a sync that must wait is *deferred*:
@@ -86,19 +108,28 @@ def perform(task: Task, kind: SyncKind, company: str, slot: str, trigger: str,
     """
     request = task.request
     retries = int(request.retries or 0) - deferrals  # Celery counts both kinds of re-queue
-    delivery = Delivery(task_id=str(request.id), company=company, kind=kind, project=project,
-                        slot=slot, trigger=trigger, retries=retries, deferrals=deferrals,
-                        ticket=ticket)
+    delivery = Delivery(
+        task_id=str(request.id),
+        company=company,
+        kind=kind,
+        project=project,
+        slot=slot,
+        trigger=trigger,
+        retries=retries,
+        deferrals=deferrals,
+        ticket=ticket,
+    )
     try:
         outcome = runner().execute(delivery)
         if outcome.defer_in is not None:
-            raise task.retry(countdown=outcome.defer_in, max_retries=None,
-                             kwargs={**request.kwargs, "deferrals": deferrals + 1,
-                                     "ticket": outcome.ticket},
-                             exc=Deferred(f"deferred {outcome.defer_in:.1f}s"))
+            raise task.retry(
+                countdown=outcome.defer_in,
+                max_retries=None,
+                kwargs={**request.kwargs, "deferrals": deferrals + 1, "ticket": outcome.ticket},
+                exc=Deferred(f"deferred {outcome.defer_in:.1f}s"),
+            )
         if outcome.retry_in is not None:  # a retry queues afresh: no rate-limit turn carried
-            raise task.retry(countdown=outcome.retry_in,
-                             kwargs={**request.kwargs, "ticket": None})
+            raise task.retry(countdown=outcome.retry_in, kwargs={**request.kwargs, "ticket": None})
     except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
         # Our own Redis failed (not the sync, not the ERP). Raised as a task error, Celery
         # would acknowledge the message as failed and the slot would be lost with its record
@@ -107,25 +138,40 @@ def perform(task: Task, kind: SyncKind, company: str, slot: str, trigger: str,
         raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
     record = outcome.record
     if record is not None and not outcome.duplicate:
-        evaluate_alerts(RunOutcome(record.company, record.kind, record.project, record.status,
-                                   record.error, record.scheduled_for))
+        evaluate_alerts(
+            RunOutcome(
+                record.company,
+                record.kind,
+                record.project,
+                record.status,
+                record.error,
+                record.scheduled_for,
+            )
+        )
     # Small on purpose: Celery reprs the result into every task-succeeded event.
-    return {"status": "duplicate" if outcome.duplicate else record.status if record else None,
-            "counts": record.counts if record else {}}
+    return {
+        "status": "duplicate" if outcome.duplicate else record.status if record else None,
+        "counts": record.counts if record else {},
+    }
 
 
 def send_alert(rule: AlertRule, message: dict[str, Any]) -> None:
     """Queue one webhook delivery on the ``alerts`` queue (never posted from a sync's slot)."""
-    current_app.send_task("tasks.alerts.deliver", queue=ALERTS_QUEUE,
-                          kwargs={"company": rule.company, "alert": rule.id, "message": message})
+    current_app.send_task(
+        "tasks.alerts.deliver",
+        queue=ALERTS_QUEUE,
+        kwargs={"company": rule.company, "alert": rule.id, "message": message},
+    )
 
 
 def evaluate_alerts(outcome: RunOutcome) -> None:
     """The run-outcome hook: one alert per incident, queued; a failure here never fails a sync."""
     env = get_settings()
     try:
-        Evaluator(runner().client, KeySpace(env.key_prefix), env.seconds_per_hour,
-                  send_alert).on_run(outcome)
+        Evaluator(
+            runner().client, KeySpace(env.key_prefix), env.seconds_per_hour, send_alert
+        ).on_run(outcome)
     except Exception:  # alerts are best effort next to the sync itself
         logging.getLogger("erp_sync.alerts").exception(
-            "alert evaluation failed company=%s sync=%s", outcome.company, outcome.kind)
+            "alert evaluation failed company=%s sync=%s", outcome.company, outcome.kind
+        )

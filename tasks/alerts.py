@@ -32,16 +32,32 @@ def _client() -> redis.Redis:
 
 
 @app.task(  # type: ignore[untyped-decorator]
-    name=DELIVER, bind=True, acks_late=True, max_retries=None)
+    name=DELIVER, bind=True, acks_late=True, max_retries=None
+)
 def deliver(self: Task, *, company: str, alert: str, message: dict[str, Any]) -> str:
     """Post one alert; on failure retry after ``ALERT_RETRY_SECONDS * 2**(attempt-1)``."""
     env = get_settings()
     attempt = int(self.request.retries or 0) + 1
     final = attempt >= env.alert_attempts
-    outcome = deliver_once(_client(), KeySpace(env.key_prefix), company, alert, message,
-                           attempt, final, env.alert_timeout_seconds)
-    log.info("alert company=%s alert=%s event=%s delivery=%s attempt=%d outcome=%s", company,
-             alert, message.get("event"), message.get("delivery"), attempt, outcome)
+    outcome = deliver_once(
+        _client(),
+        KeySpace(env.key_prefix),
+        company,
+        alert,
+        message,
+        attempt,
+        final,
+        env.alert_timeout_seconds,
+    )
+    log.info(
+        "alert company=%s alert=%s event=%s delivery=%s attempt=%d outcome=%s",
+        company,
+        alert,
+        message.get("event"),
+        message.get("delivery"),
+        attempt,
+        outcome,
+    )
     if outcome == "retrying":
         raise self.retry(countdown=env.alert_retry_seconds * 2 ** (attempt - 1))
     return outcome
@@ -51,8 +67,9 @@ def deliver(self: Task, *, company: str, alert: str, message: dict[str, Any]) ->
 def check_stale() -> int:
     """Alert the syncs whose no-success deadline has passed (a read of due deadlines only)."""
     env = get_settings()
-    found = Evaluator(_client(), KeySpace(env.key_prefix), env.seconds_per_hour,
-                      send_alert).check_stale()
+    found = Evaluator(
+        _client(), KeySpace(env.key_prefix), env.seconds_per_hour, send_alert
+    ).check_stale()
     if found:
         log.info("stale syncs alerted: %s", " ".join(found))
     return len(found)

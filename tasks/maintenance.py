@@ -34,26 +34,48 @@ def _client() -> redis.Redis:
     return connect(get_settings().redis_url, check=False)
 
 
-@app.task(name=PRUNE_HISTORY_TASK, bind=True, acks_late=True,  # type: ignore[untyped-decorator]
-          autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
+@app.task(
+    name=PRUNE_HISTORY_TASK,
+    bind=True,
+    acks_late=True,  # type: ignore[untyped-decorator]
+    autoretry_for=(Exception,),
+    retry_backoff=True,
+    max_retries=5,
+)
 def prune_history(self: Task) -> dict[str, Any]:
     """Delete runs older than the history's retention (``ERP_SYNC_HISTORY_DAYS``)."""
     days = get_settings().history_days
     before = datetime.now(UTC) - timedelta(days=days)
     deleted = RunLog(database()).prune(before)
-    log.info("pruned history: %s runs started before %s (%s days kept)", deleted,
-             before.isoformat(timespec="seconds"), days)
+    log.info(
+        "pruned history: %s runs started before %s (%s days kept)",
+        deleted,
+        before.isoformat(timespec="seconds"),
+        days,
+    )
     return {"deleted": deleted, "before": before.isoformat()}
 
 
-@app.task(name=ARCHIVE_AUDIT_TASK, bind=True, acks_late=True,  # type: ignore[untyped-decorator]
-          autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
+@app.task(
+    name=ARCHIVE_AUDIT_TASK,
+    bind=True,
+    acks_late=True,  # type: ignore[untyped-decorator]
+    autoretry_for=(Exception,),
+    retry_backoff=True,
+    max_retries=5,
+)
 def archive_audit(self: Task) -> dict[str, int]:
     """Move audit entries beyond the newest ``ERP_SYNC_AUDIT_KEEP`` per list to the database."""
     env = get_settings()
-    moved = archive_all(_client(), KeySpace(env.key_prefix), AuditArchive(database()),
-                        env.audit_keep)
-    log.info("archived audit: %s entries beyond the newest %s per list (audit=%s denied=%s "
-             "operator=%s)", sum(moved.values()), env.audit_keep, moved["audit"],
-             moved["denied"], moved["operator"])
+    moved = archive_all(
+        _client(), KeySpace(env.key_prefix), AuditArchive(database()), env.audit_keep
+    )
+    log.info(
+        "archived audit: %s entries beyond the newest %s per list (audit=%s denied=%s operator=%s)",
+        sum(moved.values()),
+        env.audit_keep,
+        moved["audit"],
+        moved["denied"],
+        moved["operator"],
+    )
     return moved

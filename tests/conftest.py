@@ -91,8 +91,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def db_url(sqlite_template: Path, tmp_path: Path,
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def db_url(sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Every test's own SQLite database (ERP_SYNC_DATABASE_URL, inherited by the processes it
     starts), so no test writes to a developer's default database or to another test's."""
     path = tmp_path / "erp_sync.db"
@@ -127,8 +126,7 @@ def any_db(request: pytest.FixtureRequest) -> Database:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, prefix: str,
-        db_url: str) -> Iterator[pytest.MonkeyPatch]:
+def env(monkeypatch: pytest.MonkeyPatch, prefix: str, db_url: str) -> Iterator[pytest.MonkeyPatch]:
     """Process settings isolated for this test (prefix and database set; cache cleared)."""
     for name in list(os.environ):
         if name.startswith("ERP_SYNC_") and not name.startswith("ERP_SYNC_TEST_"):

@@ -38,9 +38,14 @@ class World:
         self.engines: list[BeatEngine] = []
 
     def engine(self, seconds_per_hour: float = H) -> BeatEngine:
-        engine = BeatEngine(Celery("test"), self.client, self.keys,
-                            EngineConfig(seconds_per_hour=seconds_per_hour, lease_seconds=2,
-                                         max_block=0.01), clock=self.clock, node="a")
+        engine = BeatEngine(
+            Celery("test"),
+            self.client,
+            self.keys,
+            EngineConfig(seconds_per_hour=seconds_per_hour, lease_seconds=2, max_block=0.01),
+            clock=self.clock,
+            node="a",
+        )
         self.engines.append(engine)
         return engine
 
@@ -48,8 +53,10 @@ class World:
         """Every queued slot as (company, kind, project, slot), in no particular order."""
         out: list[Any] = []
         for q in ("company", "project"):
-            out += [parse_task_id(json.loads(m)["headers"]["id"])
-                    for m in self.client.lrange(self.keys.queue(q), 0, -1)]
+            out += [
+                parse_task_id(json.loads(m)["headers"]["id"])
+                for m in self.client.lrange(self.keys.queue(q), 0, -1)
+            ]
         return out
 
     def run_until(self, engine: BeatEngine, t: float) -> None:
@@ -84,8 +91,7 @@ def test_a_paused_company_dispatches_nothing_and_resumes_at_the_next_slot(world:
     vendors = [slot for c, k, _, slot in world.sent() if (c, k) == ("acme", SyncKind.VENDORS)]
     # exactly one vendors slot in the hour after resuming: the next one, no catch-up storm
     assert vendors == [int(slot_after(Cadence(H), "acme", SyncKind.VENDORS, resumed_at))]
-    assert [e.action for e in world.store.audit("acme", 2)] == ["company.resume",
-                                                               "company.pause"]
+    assert [e.action for e in world.store.audit("acme", 2)] == ["company.resume", "company.pause"]
 
 
 def test_a_fleet_pause_stops_every_company_until_resumed(world: World) -> None:
@@ -109,8 +115,7 @@ def test_a_pause_until_a_time_is_ended_by_the_leader_and_audited(world: World) -
     world.run_until(engine, T0 + 2 * H + 60)
     assert world.pauses.get("acme") is None
     [entry] = world.store.audit("acme", 1)
-    assert (entry.actor, entry.action, entry.new) == ("beat", "company.resume",
-                                                      {"automatic": True})
+    assert (entry.actor, entry.action, entry.new) == ("beat", "company.resume", {"automatic": True})
     assert world.client.zcard(world.keys.paused_until) == 0
     world.run_until(engine, world.clock.t + H + 60)
     assert "acme" in {c for c, *_ in world.sent()}
@@ -122,8 +127,7 @@ def test_a_fenced_out_beat_cannot_end_a_pause(world: World) -> None:
     assert world.pauses.get("acme") is not None
 
 
-def test_a_removed_company_stops_at_once_and_the_sweep_does_not_bring_it_back(
-        world: World) -> None:
+def test_a_removed_company_stops_at_once_and_the_sweep_does_not_bring_it_back(world: World) -> None:
     engine = world.engine()
     engine.step()
     world.client.set(world.keys.cursor("acme", "job_costs", "p1"), "w1")
@@ -132,8 +136,12 @@ def test_a_removed_company_stops_at_once_and_the_sweep_does_not_bring_it_back(
     members = zmembers(world.client, world.keys.due)
     assert not [m for m in members if m.startswith("acme:")]
     assert world.client.hget(world.keys.beat_applied, "acme") is None
-    assert world.client.exists(world.keys.cursor("acme", "job_costs", "p1"),
-                               world.keys.cursor("acme", "vendors", None)) == 0
+    assert (
+        world.client.exists(
+            world.keys.cursor("acme", "job_costs", "p1"), world.keys.cursor("acme", "vendors", None)
+        )
+        == 0
+    )
     engine.sweeper.start_pass()
     for _ in range(3):
         engine.sweeper.slice(str(engine.lease.token))

@@ -25,8 +25,10 @@ from tests.support.stack import ProcStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
 RECEIVED = re.compile(r"Task [\w.]+\[(sync:\S+)\] received")
-FINISHED = re.compile(r"finished company=(\S+) project=\S+ sync=(\S+) slot=\S+ "
-                      r"outcome=(\S+) .*task_id=(\S+)")
+FINISHED = re.compile(
+    r"finished company=(\S+) project=\S+ sync=(\S+) slot=\S+ "
+    r"outcome=(\S+) .*task_id=(\S+)"
+)
 
 
 @dataclass
@@ -47,10 +49,18 @@ class Stack(ProcStack):
 @pytest.fixture
 def stack(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[Stack]:
     client = redis_server.client()
-    s = Stack(env={"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-                   "ERP_SYNC_SECONDS_PER_HOUR": "2", "ERP_SYNC_BEAT_LEASE_SECONDS": "2",
-                   "ERP_SYNC_SETTINGS_WAIT_SECONDS": "0"},
-              client=client, keys=KeySpace(prefix), logs=tmp_path)
+    s = Stack(
+        env={
+            "ERP_SYNC_REDIS_URL": redis_server.url,
+            "ERP_SYNC_KEY_PREFIX": prefix,
+            "ERP_SYNC_SECONDS_PER_HOUR": "2",
+            "ERP_SYNC_BEAT_LEASE_SECONDS": "2",
+            "ERP_SYNC_SETTINGS_WAIT_SECONDS": "0",
+        },
+        client=client,
+        keys=KeySpace(prefix),
+        logs=tmp_path,
+    )
     small_company(client, s.keys, "acme", projects=("p1", "p2"))
     small_company(client, s.keys, "stone", projects=())
     yield s
@@ -58,22 +68,31 @@ def stack(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[St
 
 
 def test_opt_out_pause_resume_and_remove_change_what_real_processes_run(stack: Stack) -> None:
-    stack.manage("settings", "set", "acme", "--as", "alice", "--payments-frequency", "hourly",
-                 "--no-wait")
+    stack.manage(
+        "settings", "set", "acme", "--as", "alice", "--payments-frequency", "hourly", "--no-wait"
+    )
     stack.manage("project", "set", "acme", "p2", "--as", "alice", "--no-sync-job-costs")
-    stack.procs += [beat("beat", stack.env, stack.logs),
-                    worker("worker1", stack.env, stack.logs)]
+    stack.procs += [beat("beat", stack.env, stack.logs), worker("worker1", stack.env, stack.logs)]
 
     # Opt-out: p1 gets job costs, p2 does not; p2 still gets payments.
-    wait_until(lambda: len(stack.slots("acme", "job_costs", "p1")) >= 2
-               and stack.slots("acme", "payments", "p2"), 60, "acme's project syncs never ran")
+    wait_until(
+        lambda: (
+            len(stack.slots("acme", "job_costs", "p1")) >= 2
+            and stack.slots("acme", "payments", "p2")
+        ),
+        60,
+        "acme's project syncs never ran",
+    )
     assert stack.slots("acme", "job_costs", "p2") == []
 
     # Pause: nothing of acme is received for slots after the pause; stone carries on.
     stack.manage("pause", "acme", "--as", "alice", "--reason", "ERP upgrade")
     paused_at = stack.now()
-    wait_until(lambda: len([s for s in stack.slots("stone", "vendors") if s > paused_at]) >= 3,
-               60, "stone stopped running while acme was paused")
+    wait_until(
+        lambda: len([s for s in stack.slots("stone", "vendors") if s > paused_at]) >= 3,
+        60,
+        "stone stopped running while acme was paused",
+    )
     assert [r for r in stack.received() if r[0] == "acme" and r[3] > paused_at] == []
     assert "paused: skipped slots=" in stack.procs[0].output()
 
@@ -81,8 +100,11 @@ def test_opt_out_pause_resume_and_remove_change_what_real_processes_run(stack: S
     resuming_at = stack.now()  # before the command: every slot before this was due paused
     stack.manage("resume", "acme", "--as", "alice")
     resumed_at = stack.now()
-    wait_until(lambda: len([s for s in stack.slots("acme", "vendors") if s > resumed_at]) >= 2,
-               60, "acme never resumed")
+    wait_until(
+        lambda: len([s for s in stack.slots("acme", "vendors") if s > resumed_at]) >= 2,
+        60,
+        "acme never resumed",
+    )
     # A slot due in the last second before the resume may be read by beat's next tick, after
     # the resume (beat ticks at least once a second): that one may run. None before it.
     during = [s for s in stack.slots("acme", "vendors") if paused_at < s < resuming_at - 1]
@@ -96,32 +118,47 @@ def test_opt_out_pause_resume_and_remove_change_what_real_processes_run(stack: S
     stack.manage("company", "remove", "acme", "--as", "alice", "--yes")
     removed_at = stack.now()
     stack.procs.append(worker("worker2", stack.env, stack.logs))
-    wait_until(lambda: any(m[0] == "acme" and m[2] == "skipped"
-                           for m in FINISHED.findall(stack.procs[-1].output())), 60,
-               "the queued sync of the removed company was not recorded skipped")
-    wait_until(lambda: len([s for s in stack.slots("stone", "vendors") if s > removed_at]) >= 3,
-               60, "stone stopped running after acme was removed")
+    wait_until(
+        lambda: any(
+            m[0] == "acme" and m[2] == "skipped" for m in FINISHED.findall(stack.procs[-1].output())
+        ),
+        60,
+        "the queued sync of the removed company was not recorded skipped",
+    )
+    wait_until(
+        lambda: len([s for s in stack.slots("stone", "vendors") if s > removed_at]) >= 3,
+        60,
+        "stone stopped running after acme was removed",
+    )
     assert [r for r in stack.received() if r[0] == "acme" and r[3] > removed_at] == []
     assert not [m for m in zmembers(stack.client, stack.keys.due) if m.startswith("acme:")]
 
 
 def test_a_fleet_pause_with_until_is_ended_by_the_leading_beat(stack: Stack) -> None:
-    stack.procs += [beat("beat", stack.env, stack.logs),
-                    worker("worker1", stack.env, stack.logs)]
+    stack.procs += [beat("beat", stack.env, stack.logs), worker("worker1", stack.env, stack.logs)]
     wait_until(lambda: stack.slots("stone", "vendors"), 60, "stone never ran")
     stack.manage("pause", "--all", "--reason", "maintenance night", "--until", "6s")
     paused_at = stack.now()
     status = json.loads(stack.manage("status", "--json"))
     assert status["paused"]["*"]["reason"] == "maintenance night"
     until = datetime.fromisoformat(status["paused"]["*"]["until"]).timestamp()
-    wait_until(lambda: "fleet.resume" in stack.manage("operator-log"), 60,
-               "the leading beat never ended the pause")
-    [entry] = [e for e in json.loads(stack.manage("operator-log", "--json"))
-               if e["action"] == "fleet.resume"]
+    wait_until(
+        lambda: "fleet.resume" in stack.manage("operator-log"),
+        60,
+        "the leading beat never ended the pause",
+    )
+    [entry] = [
+        e
+        for e in json.loads(stack.manage("operator-log", "--json"))
+        if e["action"] == "fleet.resume"
+    ]
     assert entry["actor"] == "beat" and entry["new"] == {"automatic": True}
     # No slot due while the pause was in force was sent (slot ids are whole seconds).
     assert [r for r in stack.received() if paused_at < r[3] < until - 1] == []
     resumed_at = stack.now()
-    wait_until(lambda: [s for s in stack.slots("stone", "vendors") if s > resumed_at], 60,
-               "stone did not run again after the pause ended")
+    wait_until(
+        lambda: [s for s in stack.slots("stone", "vendors") if s > resumed_at],
+        60,
+        "stone did not run again after the pause ended",
+    )
     assert "resumed the fleet" in stack.procs[0].output()

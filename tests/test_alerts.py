@@ -48,12 +48,21 @@ def run(fake: redis.Redis, env: pytest.MonkeyPatch) -> Invoke:
 
 
 def test_a_signing_secret_needs_the_key_and_without_it_nothing_is_written(
-        run: Invoke, secret_file: str, fake: redis.Redis, prefix: str,
-        env: pytest.MonkeyPatch) -> None:
+    run: Invoke, secret_file: str, fake: redis.Redis, prefix: str, env: pytest.MonkeyPatch
+) -> None:
     env.delenv("ERP_SYNC_SECRET_KEY")
     get_settings.cache_clear()
-    code, _, err = run("alert", "add", "acme", "--as", "al", "--url", "https://example.com/x",
-                       "--secret-file", secret_file)
+    code, _, err = run(
+        "alert",
+        "add",
+        "acme",
+        "--as",
+        "al",
+        "--url",
+        "https://example.com/x",
+        "--secret-file",
+        secret_file,
+    )
     assert code == 1 and "ERP_SYNC_SECRET_KEY is not set" in err
     assert not fake.exists(f"{prefix}:alerts:acme")
 
@@ -76,16 +85,40 @@ def added_id(out: str) -> str:
 
 
 def test_alert_add_list_remove_never_show_the_secret_or_a_url_password(
-        run: Invoke, secret_file: str, fake: redis.Redis, prefix: str) -> None:
-    out = ok(run, "alert", "add", "acme", "--as", "al", "--url",
-             "https://hook:pa55word@example.com/x", "--events", "failed,recovered",
-             "--failures", "3", "--secret-file", secret_file)
+    run: Invoke, secret_file: str, fake: redis.Redis, prefix: str
+) -> None:
+    out = ok(
+        run,
+        "alert",
+        "add",
+        "acme",
+        "--as",
+        "al",
+        "--url",
+        "https://hook:pa55word@example.com/x",
+        "--events",
+        "failed,recovered",
+        "--failures",
+        "3",
+        "--secret-file",
+        secret_file,
+    )
     alert_id = added_id(out)
     [shown] = json.loads(ok(run, "alert", "list", "acme", "--json"))
-    assert shown == {**shown, "id": alert_id, "url": "https://hook:***@example.com/x",
-                     "events": ["failed", "recovered"], "failures": 3, "signed": True}
-    texts = [out, ok(run, "alert", "list", "acme"), ok(run, "alert", "list", "acme", "--json"),
-             ok(run, "audit", "acme", "--json")]
+    assert shown == {
+        **shown,
+        "id": alert_id,
+        "url": "https://hook:***@example.com/x",
+        "events": ["failed", "recovered"],
+        "failures": 3,
+        "signed": True,
+    }
+    texts = [
+        out,
+        ok(run, "alert", "list", "acme"),
+        ok(run, "alert", "list", "acme", "--json"),
+        ok(run, "audit", "acme", "--json"),
+    ]
     assert not [t for t in texts if SECRET in t or "pa55word" in t]
     stored = "".join(str(v) for v in fake.hvals(f"{prefix}:alerts:acme"))
     assert SECRET not in stored and "fernet:" in stored  # sealed at rest
@@ -96,22 +129,37 @@ def test_alert_add_list_remove_never_show_the_secret_or_a_url_password(
 
 
 def test_alert_test_posts_a_signed_test_event_that_verifies(
-        run: Invoke, secret_file: str, receiver: Receiver) -> None:
-    alert_id = added_id(ok(run, "alert", "add", "acme", "--as", "al", "--url", receiver.url,
-                           "--secret-file", secret_file))
+    run: Invoke, secret_file: str, receiver: Receiver
+) -> None:
+    alert_id = added_id(
+        ok(
+            run,
+            "alert",
+            "add",
+            "acme",
+            "--as",
+            "al",
+            "--url",
+            receiver.url,
+            "--secret-file",
+            secret_file,
+        )
+    )
     assert "delivered test alert" in ok(run, "alert", "test", "acme", alert_id)
     [got] = receiver.got
     expected = "sha256=" + hmac.new(SECRET.encode(), got.raw, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(got.header(SIGNATURE_HEADER) or "", expected)
     assert got.body["event"] == "test" and got.body["company"] == "acme"
-    assert {"company", "kind", "project", "slot", "status", "error", "time", "summary"} <= \
-        set(got.body)
+    assert {"company", "kind", "project", "slot", "status", "error", "time", "summary"} <= set(
+        got.body
+    )
     [logged] = json.loads(ok(run, "alert", "log", "acme", "--json"))
     assert (logged["outcome"], logged["status_code"]) == ("delivered", 200)
 
 
 def test_alert_test_to_a_failing_receiver_is_one_error_line(
-        run: Invoke, receiver: Receiver) -> None:
+    run: Invoke, receiver: Receiver
+) -> None:
     alert_id = added_id(ok(run, "alert", "add", "acme", "--as", "al", "--url", receiver.url))
     receiver.statuses = [500]
     code, _, err = run("alert", "test", "acme", alert_id)
@@ -124,19 +172,24 @@ BAD = {
     "space": (["--url", "http://exa mple.com/"], "not a valid webhook URL"),
     "bad port": (["--url", "http://example.com:99999/"], "not a valid webhook URL"),
     "too long": (["--url", "http://example.com/" + "a" * 3000], "characters)"),
-    "bad event": (["--url", "http://example.com/", "--events", "failed,exploded"],
-                  "'exploded' is not an event"),
+    "bad event": (
+        ["--url", "http://example.com/", "--events", "failed,exploded"],
+        "'exploded' is not an event",
+    ),
     "no event": (["--url", "http://example.com/", "--events", ","], "nothing is not an event"),
     "zero failures": (["--url", "http://example.com/", "--failures", "0"], "0"),
-    "missing secret file": (["--url", "http://example.com/", "--secret-file", "/nonexistent"],
-                            "cannot read --secret-file"),
+    "missing secret file": (
+        ["--url", "http://example.com/", "--secret-file", "/nonexistent"],
+        "cannot read --secret-file",
+    ),
     "non-admin": (["--url", "http://example.com/"], "'standard'"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_alert_input_is_one_line_and_writes_nothing(
-        case: str, run: Invoke, fake: redis.Redis, prefix: str) -> None:
+    case: str, run: Invoke, fake: redis.Redis, prefix: str
+) -> None:
     extra, text = BAD[case]
     actor = "sam" if case == "non-admin" else "al"
     before = snapshot(fake, prefix)
@@ -149,8 +202,10 @@ def test_bad_alert_input_is_one_line_and_writes_nothing(
 
 
 def test_remove_and_test_of_an_unknown_alert_are_errors(run: Invoke) -> None:
-    for args in (["alert", "remove", "acme", "nope", "--as", "al"],
-                 ["alert", "test", "acme", "nope"]):
+    for args in (
+        ["alert", "remove", "acme", "nope", "--as", "al"],
+        ["alert", "test", "acme", "nope"],
+    ):
         code, _, err = run(*args)
         assert code == 1 and "unknown alert 'nope'" in err
 
@@ -172,12 +227,19 @@ def evaluator(fake: redis.Redis, prefix: str, outbox: Outbox) -> Evaluator:
 
 
 def outcome(status: str, project: str | None = None, kind: str = "vendors") -> RunOutcome:
-    return RunOutcome("acme", kind, project, status, "ERP said no" if status == "failed" else None,
-                      "2030-01-01T00:00:00Z")
+    return RunOutcome(
+        "acme",
+        kind,
+        project,
+        status,
+        "ERP said no" if status == "failed" else None,
+        "2030-01-01T00:00:00Z",
+    )
 
 
 def test_failures_alert_once_per_incident_and_recovery_alerts_once(
-        run: Invoke, fake: redis.Redis, prefix: str) -> None:
+    run: Invoke, fake: redis.Redis, prefix: str
+) -> None:
     ok(run, "alert", "add", "acme", "--as", "al", "--url", "http://example.com/")
     outbox = Outbox()
     ev = evaluator(fake, prefix, outbox)
@@ -193,9 +255,9 @@ def test_failures_alert_once_per_incident_and_recovery_alerts_once(
 
 
 def test_n_consecutive_failures_make_the_incident_when_configured(
-        run: Invoke, fake: redis.Redis, prefix: str) -> None:
-    ok(run, "alert", "add", "acme", "--as", "al", "--url", "http://example.com/",
-       "--failures", "3")
+    run: Invoke, fake: redis.Redis, prefix: str
+) -> None:
+    ok(run, "alert", "add", "acme", "--as", "al", "--url", "http://example.com/", "--failures", "3")
     outbox = Outbox()
     ev = evaluator(fake, prefix, outbox)
     for status in ("failed", "failed", "succeeded", "failed", "failed"):
@@ -209,9 +271,20 @@ def test_n_consecutive_failures_make_the_incident_when_configured(
 
 
 def test_stale_is_found_from_passed_deadlines_only_and_alerts_once(
-        run: Invoke, fake: redis.Redis, prefix: str) -> None:
-    ok(run, "alert", "add", "acme", "--as", "al", "--url", "http://example.com/",
-       "--events", "stale,recovered")
+    run: Invoke, fake: redis.Redis, prefix: str
+) -> None:
+    ok(
+        run,
+        "alert",
+        "add",
+        "acme",
+        "--as",
+        "al",
+        "--url",
+        "http://example.com/",
+        "--events",
+        "stale,recovered",
+    )
     keys = KeySpace(prefix)
     # Seeded at add: one deadline per enabled sync (and project), two periods ahead.
     members = set(fake.zrange(keys.alert_deadlines, 0, -1))
@@ -234,7 +307,8 @@ def test_stale_is_found_from_passed_deadlines_only_and_alerts_once(
 
 
 def test_a_paused_or_switched_off_sync_is_not_stale(
-        run: Invoke, fake: redis.Redis, prefix: str) -> None:
+    run: Invoke, fake: redis.Redis, prefix: str
+) -> None:
     ok(run, "alert", "add", "acme", "--as", "al", "--url", "http://example.com/")
     ok(run, "pause", "acme", "--as", "al")
     ok(run, "settings", "set", "acme", "--as", "al", "--no-refresh-jobs", "--no-wait")
@@ -249,7 +323,8 @@ def test_a_paused_or_switched_off_sync_is_not_stale(
 
 
 def test_an_unreachable_receiver_is_logged_retrying_then_failed(
-        run: Invoke, fake: redis.Redis, prefix: str, receiver: Receiver) -> None:
+    run: Invoke, fake: redis.Redis, prefix: str, receiver: Receiver
+) -> None:
     alert_id = added_id(ok(run, "alert", "add", "acme", "--as", "al", "--url", receiver.url))
     keys = KeySpace(prefix)
     port = receiver.server.server_address[1]

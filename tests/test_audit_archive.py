@@ -64,11 +64,14 @@ def whole(store: SettingsStore, archive: AuditArchive, kind: str = "audit") -> l
 
 
 def test_entries_beyond_the_keep_move_to_the_database_and_read_back_in_order(
-        store: SettingsStore, any_db: Database) -> None:
+    store: SettingsStore, any_db: Database
+) -> None:
     grants(store, 449)
     refusals(store, 60)
-    before = {kind: store.audit("acme", 10_000) if kind == "audit" else
-              store.denied("acme", 10_000) for kind in ("audit", "denied")}
+    before = {
+        kind: store.audit("acme", 10_000) if kind == "audit" else store.denied("acme", 10_000)
+        for kind in ("audit", "denied")
+    }
     archive = AuditArchive(any_db)
 
     moved = archive_all(store.client, store.keys, archive, keep=50)
@@ -82,7 +85,8 @@ def test_entries_beyond_the_keep_move_to_the_database_and_read_back_in_order(
 
 
 def test_archiving_twice_or_after_a_crash_before_the_trim_stores_each_entry_once(
-        store: SettingsStore, any_db: Database) -> None:
+    store: SettingsStore, any_db: Database
+) -> None:
     grants(store, 299)
     before = store.audit("acme", 10_000)
     archive, key = AuditArchive(any_db), store.keys.audit("acme")
@@ -97,11 +101,16 @@ def test_archiving_twice_or_after_a_crash_before_the_trim_stores_each_entry_once
 
 
 def test_entries_pushed_while_a_list_is_archived_are_all_kept_once_in_order(
-        store: SettingsStore, real: redis.Redis, db: Database) -> None:
+    store: SettingsStore, real: redis.Redis, db: Database
+) -> None:
     grants(store, 300)
     archive, key = AuditArchive(db), store.keys.audit("acme")
-    writer = SettingsStore(redis.Redis(connection_pool=real.connection_pool), store.keys,
-                           clock=store.clock, os_user="ops")
+    writer = SettingsStore(
+        redis.Redis(connection_pool=real.connection_pool),
+        store.keys,
+        clock=store.clock,
+        os_user="ops",
+    )
     done = threading.Event()
 
     def push() -> None:
@@ -125,7 +134,8 @@ def test_entries_pushed_while_a_list_is_archived_are_all_kept_once_in_order(
 
 
 def test_a_trim_removes_only_archived_entries_still_at_the_tail_when_the_cap_dropped_some(
-        store: SettingsStore, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: SettingsStore, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("erp_sync.store.AUDIT_CAP", 30)
     grants(store, 40)  # at the cap: 30 entries
     key, archive = store.keys.audit("acme"), AuditArchive(db)
@@ -139,19 +149,22 @@ def test_a_trim_removes_only_archived_entries_still_at_the_tail_when_the_cap_dro
     assert trimmed == 7
     assert store.audit("acme", 100) == after_pushes[:23]  # nothing newer than the batch went
     assert whole(store, AuditArchive(db)) == after_pushes + [
-        AuditEntry.model_validate_json(r) for r in batch[-3:]]  # dropped by the cap, archived
+        AuditEntry.model_validate_json(r) for r in batch[-3:]
+    ]  # dropped by the cap, archived
 
 
 def test_a_trim_removes_nothing_when_the_tail_is_no_longer_what_was_read(
-        store: SettingsStore) -> None:
+    store: SettingsStore,
+) -> None:
     grants(store, 5)
     key = store.keys.audit("acme")
     assert lua.load(store.client, "audit_trim")(keys=[key], args=["x", "y"]) == 0
     assert store.client.llen(key) == 6
 
 
-def test_the_operator_log_is_archived_like_a_company_log(store: SettingsStore,
-                                                         db: Database) -> None:
+def test_the_operator_log_is_archived_like_a_company_log(
+    store: SettingsStore, db: Database
+) -> None:
     for i in range(12):
         store.add_company(f"co{i}", "viewpoint_vista")
     before = store.operator_log(100)
@@ -162,7 +175,8 @@ def test_the_operator_log_is_archived_like_a_company_log(store: SettingsStore,
 
 
 def test_audit_shows_redis_then_the_archive_newest_first_with_the_limit_across_both(
-        store: SettingsStore, db: Database) -> None:
+    store: SettingsStore, db: Database
+) -> None:
     grants(store, 99)
     refusals(store, 15)
     before, denied = store.audit("acme", 1000), store.denied("acme", 1000)
@@ -193,7 +207,8 @@ def test_operator_log_shows_redis_then_the_archive(store: SettingsStore, db: Dat
 
 
 def test_with_the_database_down_audit_shows_the_recent_part_and_says_so_in_one_line(
-        store: SettingsStore, db: Database, env: pytest.MonkeyPatch) -> None:
+    store: SettingsStore, db: Database, env: pytest.MonkeyPatch
+) -> None:
     grants(store, 29)
     archive_all(store.client, store.keys, AuditArchive(db), keep=10)
     env.setenv("ERP_SYNC_DATABASE_URL", "postgresql+psycopg://u:hunter2@127.0.0.1:9/gone")
@@ -208,7 +223,8 @@ def test_with_the_database_down_audit_shows_the_recent_part_and_says_so_in_one_l
 
 
 def test_the_archive_task_runs_through_celery_and_is_sent_hourly_on_alerts(
-        store: SettingsStore, env: pytest.MonkeyPatch, db: Database) -> None:
+    store: SettingsStore, env: pytest.MonkeyPatch, db: Database
+) -> None:
     from tasks import maintenance
 
     grants(store, 59)
@@ -230,8 +246,7 @@ def test_the_archive_task_runs_through_celery_and_is_sent_hourly_on_alerts(
 
 
 @pytest.mark.parametrize("value", ["0", "2001", "many"])
-def test_a_bad_audit_keep_is_a_one_line_config_error(env: pytest.MonkeyPatch,
-                                                     value: str) -> None:
+def test_a_bad_audit_keep_is_a_one_line_config_error(env: pytest.MonkeyPatch, value: str) -> None:
     env.setenv("ERP_SYNC_AUDIT_KEEP", value)
     get_settings.cache_clear()
     with pytest.raises(ConfigError, match="ERP_SYNC_AUDIT_KEEP") as raised:

@@ -25,15 +25,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.processes]
 
 
 def test_a_real_worker_on_the_alerts_queue_archives_what_is_beyond_the_keep(
-        real: redis.Redis, redis_server: RedisServer, prefix: str, keys: KeySpace,
-        db: Database, tmp_path: Path) -> None:
+    real: redis.Redis,
+    redis_server: RedisServer,
+    prefix: str,
+    keys: KeySpace,
+    db: Database,
+    tmp_path: Path,
+) -> None:
     store = SettingsStore(real, keys, os_user="ops")
     store.add_company("acme", "viewpoint_vista", admin="alice")
     for i in range(79):
         store.grant("acme", f"user{i}", "read_only", actor="alice")
     before = store.audit("acme", 1000)
-    env = procs.process_env({"ERP_SYNC_REDIS_URL": redis_server.url,
-                             "ERP_SYNC_KEY_PREFIX": prefix, "ERP_SYNC_AUDIT_KEEP": "30"})
+    env = procs.process_env(
+        {
+            "ERP_SYNC_REDIS_URL": redis_server.url,
+            "ERP_SYNC_KEY_PREFIX": prefix,
+            "ERP_SYNC_AUDIT_KEEP": "30",
+        }
+    )
     worker = procs.worker("alerts", env, tmp_path, queues="alerts", concurrency=1)
     publisher = CeleryPublisher(get_settings())
     try:
@@ -50,19 +60,31 @@ def test_a_real_worker_on_the_alerts_queue_archives_what_is_beyond_the_keep(
 
 
 def test_a_real_worker_on_the_alerts_queue_prunes_runs_older_than_the_history_days(
-        real: redis.Redis, redis_server: RedisServer, prefix: str, db: Database,
-        tmp_path: Path) -> None:
+    real: redis.Redis, redis_server: RedisServer, prefix: str, db: Database, tmp_path: Path
+) -> None:
     """DESIGN.md: the history is kept by age (ERP_SYNC_HISTORY_DAYS), pruned by housekeeping
     on the `alerts` queue; here by a real worker, the task sent by name and routed by config."""
     log = RunLog(db)
     now = datetime.now(UTC)
     for n, age in enumerate((1, 5, 9, 12)):  # days
         started = now - timedelta(days=age)
-        log.save(RunRecord(kind="vendors", company="acme", project=None, task_id=f"t{n}",
-                           scheduled_for=started.isoformat(), started_at=started)
-                 .finish("succeeded", at=started + timedelta(seconds=1)))
-    env = procs.process_env({"ERP_SYNC_REDIS_URL": redis_server.url,
-                             "ERP_SYNC_KEY_PREFIX": prefix, "ERP_SYNC_HISTORY_DAYS": "7"})
+        log.save(
+            RunRecord(
+                kind="vendors",
+                company="acme",
+                project=None,
+                task_id=f"t{n}",
+                scheduled_for=started.isoformat(),
+                started_at=started,
+            ).finish("succeeded", at=started + timedelta(seconds=1))
+        )
+    env = procs.process_env(
+        {
+            "ERP_SYNC_REDIS_URL": redis_server.url,
+            "ERP_SYNC_KEY_PREFIX": prefix,
+            "ERP_SYNC_HISTORY_DAYS": "7",
+        }
+    )
     worker = procs.worker("alerts", env, tmp_path, queues="alerts", concurrency=1)
     publisher = CeleryPublisher(get_settings())
     try:

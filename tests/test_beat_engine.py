@@ -49,8 +49,9 @@ def make_engine(world: World) -> Iterator[MakeEngine]:
     app = Celery("test")
 
     def build(clock: Clock, node: str) -> BeatEngine:
-        engine = BeatEngine(app, client, keys, EngineConfig(lease_seconds=2, max_block=0.01),
-                            clock=clock, node=node)
+        engine = BeatEngine(
+            app, client, keys, EngineConfig(lease_seconds=2, max_block=0.01), clock=clock, node=node
+        )
         engines.append(engine)
         return engine
 
@@ -71,19 +72,25 @@ def ids(client: redis.Redis, keys: KeySpace) -> list[str]:
     return sorted(str(m["headers"]["id"]) for m in queued(client, keys))
 
 
-def test_first_start_builds_every_company_schedule(
-        world: World, make_engine: MakeEngine) -> None:
+def test_first_start_builds_every_company_schedule(world: World, make_engine: MakeEngine) -> None:
     client, keys, _ = world
     engine = make_engine(Clock(T0), "a")
     engine.step()
     assert sorted(client.zrange(keys.due, 0, -1)) == [
-        "acme:job_costs", "acme:jobs", "acme:payments", "acme:vendors",
-        "stone:job_costs", "stone:jobs", "stone:vendors"]
+        "acme:job_costs",
+        "acme:jobs",
+        "acme:payments",
+        "acme:vendors",
+        "stone:job_costs",
+        "stone:jobs",
+        "stone:vendors",
+    ]
     assert applied_version(client, keys, "acme") == 1
 
 
 def test_due_slots_are_dispatched_once_with_deterministic_ids(
-        world: World, make_engine: MakeEngine) -> None:
+    world: World, make_engine: MakeEngine
+) -> None:
     client, keys, _ = world
     clock = Clock(T0)
     engine = make_engine(clock, "a")
@@ -99,14 +106,16 @@ def test_due_slots_are_dispatched_once_with_deterministic_ids(
     assert task_id("acme", SyncKind.VENDORS, None, latest) in got  # missed slot ran once
     slots = [parse_task_id(i) for i in got]
     assert sorted(p or "" for c, k, p, _ in slots if (c, k) == ("acme", SyncKind.JOB_COSTS)) == [
-        "p1", "p2", "p3"]
+        "p1",
+        "p2",
+        "p3",
+    ]
     assert not [s for s in slots if s[1] == SyncKind.PAYMENTS]  # daily: not due yet
     # stone has no projects: its job-cost entry fires and fans out to nobody
     assert [k for c, k, _, _ in slots if c == "stone"] == [SyncKind.JOBS, SyncKind.VENDORS]
 
 
-def test_messages_are_what_celery_workers_consume(
-        world: World, make_engine: MakeEngine) -> None:
+def test_messages_are_what_celery_workers_consume(world: World, make_engine: MakeEngine) -> None:
     client, keys, _ = world
     clock = Clock(T0)
     engine = make_engine(clock, "a")
@@ -114,8 +123,10 @@ def test_messages_are_what_celery_workers_consume(
     clock.t = T0 + 2 * H + 1
     engine.step()
     url = client.connection_pool.connection_kwargs
-    with Connection(f"redis://127.0.0.1:{url['port']}/0",  # type: ignore[no-untyped-call]
-                    transport_options={"global_keyprefix": keys.broker_prefix}) as conn:
+    with Connection(
+        f"redis://127.0.0.1:{url['port']}/0",  # type: ignore[no-untyped-call]
+        transport_options={"global_keyprefix": keys.broker_prefix},
+    ) as conn:
         queue = conn.SimpleQueue("project")
         message = queue.get(timeout=2)
         assert message.headers["task"] == "tasks.project.sync_job_costs"
@@ -123,20 +134,23 @@ def test_messages_are_what_celery_workers_consume(
         assert args == [] and set(kwargs) == {"company", "project", "slot", "trigger"}
         slot = parse_task_id(message.headers["id"])[3]
         assert message.headers["id"] == task_id(
-            kwargs["company"], SyncKind.JOB_COSTS, kwargs["project"], slot)
+            kwargs["company"], SyncKind.JOB_COSTS, kwargs["project"], slot
+        )
         assert kwargs["slot"] == slot_iso(slot)
         message.ack()
         queue.close()
 
 
 def test_a_change_is_applied_by_message_and_announced(
-        world: World, make_engine: MakeEngine) -> None:
+    world: World, make_engine: MakeEngine
+) -> None:
     client, keys, store = world
     engine = make_engine(Clock(T0), "a")
     engine.step()
     before = zscores(client, keys.due)
-    store.update_settings("acme", "al", {"payments_for_synced_invoices": "hourly",
-                                         "refresh_erp_job_list": False})
+    store.update_settings(
+        "acme", "al", {"payments_for_synced_invoices": "hourly", "refresh_erp_job_list": False}
+    )
     engine.step()
     after = zscores(client, keys.due)
     assert applied_version(client, keys, "acme") == 2
@@ -170,7 +184,8 @@ def test_only_the_leader_dispatches_and_a_fenced_out_leader_writes_nothing(
 
 
 def test_a_change_made_while_no_beat_ran_is_applied_on_start(
-        world: World, make_engine: MakeEngine) -> None:
+    world: World, make_engine: MakeEngine
+) -> None:
     client, keys, store = world
     first = make_engine(Clock(T0), "a")
     first.step()
@@ -181,11 +196,14 @@ def test_a_change_made_while_no_beat_ran_is_applied_on_start(
     second.step()
     assert applied_version(client, keys, "acme") == 3
     assert sorted(m for m in zmembers(client, keys.due) if m.startswith("acme:")) == [
-        "acme:jobs", "acme:vendors"]
+        "acme:jobs",
+        "acme:vendors",
+    ]
 
 
 def test_changes_trimmed_from_the_feed_force_a_full_rebuild(
-        world: World, make_engine: MakeEngine) -> None:
+    world: World, make_engine: MakeEngine
+) -> None:
     client, keys, store = world
     first = make_engine(Clock(T0), "a")
     first.step()
@@ -220,8 +238,14 @@ def test_redis_restart_keeps_due_times_and_beat_carries_on(
     client = own_redis.client()
     keys = KeySpace(prefix)
     SettingsStore(client, keys).add_company("acme", "xero")
-    engine = BeatEngine(Celery("t"), client, keys, EngineConfig(lease_seconds=2, max_block=0.01),
-                        clock=Clock(T0), node="a")
+    engine = BeatEngine(
+        Celery("t"),
+        client,
+        keys,
+        EngineConfig(lease_seconds=2, max_block=0.01),
+        clock=Clock(T0),
+        node="a",
+    )
     engine.step()
     before = client.zrange(keys.due, 0, -1, withscores=True)
     own_redis.restart()
@@ -303,16 +327,21 @@ def test_a_leader_whose_renewal_replies_were_lost_keeps_leading_and_applying(
 
 
 def test_the_leader_forgets_beats_whose_heartbeat_stopped_long_ago(
-        world: World, make_engine: MakeEngine) -> None:
+    world: World, make_engine: MakeEngine
+) -> None:
     client, keys, _ = world
     clock = Clock(T0)
     leader, standby = make_engine(clock, "a"), make_engine(clock, "b")
     leader.step()
     standby.step()
-    client.hset(keys.beat_nodes, mapping={  # two beats SIGKILLed long ago, one unreadable
-        "dead-1": json.dumps({"role": "leader", "last_tick": T0 - 3600, "pid": 1, "host": "h"}),
-        "dead-2": json.dumps({"role": "standby", "last_tick": T0 - 200, "pid": 2, "host": "h"}),
-        "garbage": "not json"})
+    client.hset(
+        keys.beat_nodes,
+        mapping={  # two beats SIGKILLed long ago, one unreadable
+            "dead-1": json.dumps({"role": "leader", "last_tick": T0 - 3600, "pid": 1, "host": "h"}),
+            "dead-2": json.dumps({"role": "standby", "last_tick": T0 - 200, "pid": 2, "host": "h"}),
+            "garbage": "not json",
+        },
+    )
     clock.t = T0 + 31  # the leader looks every 30 s, on its heartbeat
     standby.step()
     leader.step()
@@ -320,7 +349,8 @@ def test_the_leader_forgets_beats_whose_heartbeat_stopped_long_ago(
 
 
 def test_an_applied_record_beat_cannot_plan_from_is_rebuilt_and_stops_nobody(
-        world: World, make_engine: MakeEngine) -> None:
+    world: World, make_engine: MakeEngine
+) -> None:
     client, keys, store = world
     clock = Clock(T0)
     engine = make_engine(clock, "a")

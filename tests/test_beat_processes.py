@@ -54,11 +54,17 @@ class BeatStack:
         node = self.leader()
         return None if node is None else pid_of(node)
 
-    def manage(self, *args: str, extra: dict[str, str] | None = None
-               ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT,
-                              env=process_env({**self.env, **(extra or {})}),
-                              capture_output=True, text=True, timeout=60)
+    def manage(
+        self, *args: str, extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=process_env({**self.env, **(extra or {})}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def queued(self) -> list[tuple[str, str]]:
         """(task id, origin) of every message beat queued (no worker consumes them here)."""
@@ -77,9 +83,18 @@ class BeatStack:
 def stack(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[BeatStack]:
     client = redis_server.client()
     keys = KeySpace(prefix)
-    ctx = BeatStack(env={"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-                         "ERP_SYNC_SECONDS_PER_HOUR": "3600", "ERP_SYNC_BEAT_LEASE_SECONDS": "2"},
-                    client=client, keys=keys, store=SettingsStore(client, keys), logs=tmp_path)
+    ctx = BeatStack(
+        env={
+            "ERP_SYNC_REDIS_URL": redis_server.url,
+            "ERP_SYNC_KEY_PREFIX": prefix,
+            "ERP_SYNC_SECONDS_PER_HOUR": "3600",
+            "ERP_SYNC_BEAT_LEASE_SECONDS": "2",
+        },
+        client=client,
+        keys=keys,
+        store=SettingsStore(client, keys),
+        logs=tmp_path,
+    )
     yield ctx
     stop_all(ctx.procs)
 
@@ -94,8 +109,17 @@ def test_a_change_is_live_without_restart_and_set_reports_it_applied(stack: Beat
     stack.store.grant("acme", "al", "admin")
     stack.start_beat("beat1")
     wait_until(stack.leader, 30, "no beat took the lease")
-    done = stack.manage("settings", "set", "acme", "--as", "al", "--payments-frequency",
-                        "hourly", "--no-refresh-jobs", "--json")
+    done = stack.manage(
+        "settings",
+        "set",
+        "acme",
+        "--as",
+        "al",
+        "--payments-frequency",
+        "hourly",
+        "--no-refresh-jobs",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["version"] == 2 and isinstance(out["applied_ms"], float)
@@ -117,16 +141,26 @@ def test_changes_made_while_beat_is_down_are_applied_when_it_starts(stack: BeatS
     first = stack.start_beat("beat1")
     wait_until(lambda: client.hget(keys.beat_applied, "acme"), 30, "no beat applied version 1")
     first.stop()
-    down = stack.manage("settings", "set", "acme", "--as", "al", "--no-sync-payments", "--json",
-                        extra={"ERP_SYNC_SETTINGS_WAIT_SECONDS": "0.3"})
+    down = stack.manage(
+        "settings",
+        "set",
+        "acme",
+        "--as",
+        "al",
+        "--no-sync-payments",
+        "--json",
+        extra={"ERP_SYNC_SETTINGS_WAIT_SECONDS": "0.3"},
+    )
     assert down.returncode == 0
     assert json.loads(down.stdout)["applied"] is False
     assert "no beat applied version 2" in down.stderr
     store.update_settings("acme", "al", {"refresh_erp_job_list": False})
     stack.start_beat("beat2")
-    wait_until(lambda: sorted(client.zrange(keys.due, 0, -1)) == ["acme:job_costs",
-                                                                  "acme:vendors"], 30,
-               "the changes made while beat was down were never applied")
+    wait_until(
+        lambda: sorted(client.zrange(keys.due, 0, -1)) == ["acme:job_costs", "acme:vendors"],
+        30,
+        "the changes made while beat was down were never applied",
+    )
     assert applied_version(client, keys, "acme") == 3
 
 
@@ -142,8 +176,7 @@ def slots_by_series(ids: list[str]) -> dict[Series, list[int]]:
     return slots
 
 
-def test_a_killed_leader_is_replaced_and_no_slot_is_missed_or_sent_twice(
-        stack: BeatStack) -> None:
+def test_a_killed_leader_is_replaced_and_no_slot_is_missed_or_sent_twice(stack: BeatStack) -> None:
     stack.env["ERP_SYNC_SECONDS_PER_HOUR"] = "6"  # vendors/jobs every 6 s, job costs 12 s
     store = stack.store
     for n in range(120):
@@ -168,14 +201,14 @@ def test_a_killed_leader_is_replaced_and_no_slot_is_missed_or_sent_twice(
         slots = slots_by_series(stack.queued_ids())
         return len(slots) == 120 * 6 and all(max(s) > took_over for s in slots.values())
 
-    wait_until(every_entry_fired_again, 40, "an entry never fired under the new leader",
-               interval=0.5)
+    wait_until(
+        every_entry_fired_again, 40, "an entry never fired under the new leader", interval=0.5
+    )
     ended = time.time()
     ids = stack.queued_ids()
     assert len(ids) == len(set(ids)), "a slot was dispatched twice"
     slots = slots_by_series(ids)
-    period = {SyncKind.VENDORS: 6, SyncKind.JOBS: 6, SyncKind.PAYMENTS: 6,
-              SyncKind.JOB_COSTS: 12}
+    period = {SyncKind.VENDORS: 6, SyncKind.JOBS: 6, SyncKind.PAYMENTS: 6, SyncKind.JOB_COSTS: 12}
     assert len(slots) == 120 * 6
     for (company, kind, project), seen in slots.items():
         seen.sort()
@@ -208,8 +241,11 @@ def test_a_paused_leader_dispatches_nothing_after_it_resumes(stack: BeatStack) -
         victim.signal(signal.SIGCONT)
     # The resumed beat runs its stale loop until it sees it lost the lease (renewal refused) or
     # is fenced out; anything it dispatched before that would already be queued.
-    wait_until(lambda: stepped_down(victim), 30,
-               "the resumed beat never stepped down:\n" + victim.output()[-2000:])
+    wait_until(
+        lambda: stepped_down(victim),
+        30,
+        "the resumed beat never stepped down:\n" + victim.output()[-2000:],
+    )
     assert sum(o == origin for _, o in stack.queued()) == from_paused
     assert stack.leader() != paused
     ids = stack.queued_ids()
@@ -222,10 +258,27 @@ def test_beat_answers_celery_inspect_ping(stack: BeatStack) -> None:
     wait_until(stack.leader, 30, "no beat took the lease")
     node = f"celerybeat@{socket.gethostname()}"
     # Addressed to beat's node, the command returns on its reply instead of waiting out -t.
-    done = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "inspect", "ping",
-                           "--json", "-t", "5", "-d", node], cwd=ROOT,
-                          env=process_env(stack.env), capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "inspect",
+            "ping",
+            "--json",
+            "-t",
+            "5",
+            "-d",
+            node,
+        ],
+        cwd=ROOT,
+        env=process_env(stack.env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert node in done.stdout, done.stdout + done.stderr
 
 
@@ -237,8 +290,11 @@ def test_beat_survives_a_redis_restart_and_applies_a_change_made_after_it(
     store = SettingsStore(client, keys)
     store.add_company("acme", "xero")
     store.grant("acme", "al", "admin")
-    env = {"ERP_SYNC_REDIS_URL": own_redis.url, "ERP_SYNC_KEY_PREFIX": prefix,
-           "ERP_SYNC_BEAT_LEASE_SECONDS": "2"}
+    env = {
+        "ERP_SYNC_REDIS_URL": own_redis.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_BEAT_LEASE_SECONDS": "2",
+    }
     proc = beat("beat1", env, tmp_path)
     try:
         wait_until(lambda: client.hget(keys.beat_applied, "acme"), 30, "beat never applied")
@@ -251,8 +307,11 @@ def test_beat_survives_a_redis_restart_and_applies_a_change_made_after_it(
         client = own_redis.client()
         assert client.zrange(keys.due, 0, -1, withscores=True) == due_before
         SettingsStore(client, keys).update_settings("acme", "al", {"refresh_erp_job_list": False})
-        wait_until(lambda: _jobs_gone(client, keys), 30,
-                   "beat did not apply a change after Redis came back:\n" + proc.output()[-2000:])
+        wait_until(
+            lambda: _jobs_gone(client, keys),
+            30,
+            "beat did not apply a change after Redis came back:\n" + proc.output()[-2000:],
+        )
         assert proc.alive()
         # (whether beat logged the outage depends on whether a command failed while Redis was
         # down or redis-py's own retries bridged it; either way beat lives and catches up)
@@ -260,10 +319,14 @@ def test_beat_survives_a_redis_restart_and_applies_a_change_made_after_it(
         proc.stop()
 
 
-def test_beat_refuses_a_broker_that_is_not_its_redis(redis_server: RedisServer, prefix: str,
-                                                      tmp_path: Path) -> None:
-    env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-           "ERP_SYNC_BROKER_URL": redis_server.url.replace("/0", "/3")}
+def test_beat_refuses_a_broker_that_is_not_its_redis(
+    redis_server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
+    env = {
+        "ERP_SYNC_REDIS_URL": redis_server.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_BROKER_URL": redis_server.url.replace("/0", "/3"),
+    }
     proc = beat("beat1", env, tmp_path)
     proc.popen.wait(60)
     proc.stop()
@@ -281,7 +344,8 @@ DOWN = 3  # seconds with no beat: three periods of each entry below
 
 
 def test_after_downtime_each_missed_entry_runs_once_not_once_per_missed_period(
-        stack: BeatStack) -> None:
+    stack: BeatStack,
+) -> None:
     stack.env["ERP_SYNC_SECONDS_PER_HOUR"] = "1"  # vendors and jobs every second
     store = stack.store
     store.add_company("acme", "sage_100")
@@ -296,8 +360,11 @@ def test_after_downtime_each_missed_entry_runs_once_not_once_per_missed_period(
     # no event to wait for here.
     time.sleep(DOWN)
     stack.start_beat("beat2")
-    wait_until(lambda: len(set(stack.queued_ids()) - before) >= 6, 30,
-               "the restarted beat dispatched nothing")
+    wait_until(
+        lambda: len(set(stack.queued_ids()) - before) >= 6,
+        30,
+        "the restarted beat dispatched nothing",
+    )
     new = [parse_task_id(t) for t in sorted(set(stack.queued_ids()) - before)]
     for kind in (SyncKind.VENDORS, SyncKind.JOBS):
         slots = sorted(slot for _, k, _, slot in new if k == kind)

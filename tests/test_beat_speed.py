@@ -30,36 +30,58 @@ from tests.support.reads import zscores
 
 H = 3600.0
 T0 = 1_800_000_000.0
-ACME = Company(id="acme", name="Acme", erp="xero", timezone="America/Chicago",
-               created_at=datetime.now(UTC))
+ACME = Company(
+    id="acme", name="Acme", erp="xero", timezone="America/Chicago", created_at=datetime.now(UTC)
+)
 
 
 def _stored(settings: SyncSettings, version: int = 1) -> StoredSettings:
-    return StoredSettings(company="acme", version=version, settings=settings,
-                          updated_at=datetime.now(UTC), updated_by="t")
+    return StoredSettings(
+        company="acme",
+        version=version,
+        settings=settings,
+        updated_at=datetime.now(UTC),
+        updated_by="t",
+    )
 
 
 def test_an_unchanged_entry_seen_in_the_index_gets_no_op_and_an_unseen_one_is_added() -> None:
     first = plan_company("acme", ACME, _stored(SyncSettings()), None, T0, H)
     changed = plan_company(
-        "acme", ACME, _stored(SyncSettings(payments_for_synced_invoices=PaymentsFrequency.HOURLY),
-                              2), first.applied, T0 + 10, H,
-        present={SyncKind.VENDORS, SyncKind.JOBS, SyncKind.PAYMENTS})
+        "acme",
+        ACME,
+        _stored(SyncSettings(payments_for_synced_invoices=PaymentsFrequency.HOURLY), 2),
+        first.applied,
+        T0 + 10,
+        H,
+        present={SyncKind.VENDORS, SyncKind.JOBS, SyncKind.PAYMENTS},
+    )
     assert changed.ops == [
         ("nx", "acme:job_costs", slot_after(Cadence(2 * H), "acme", SyncKind.JOB_COSTS, T0 + 10)),
-        ("set", "acme:payments", slot_after(Cadence(H), "acme", SyncKind.PAYMENTS, T0 + 10))]
-    assert changed.applied == Applied(version=2, cadences={
-        "vendors": "every:3600", "jobs": "every:3600", "job_costs": "every:7200",
-        "payments": "every:3600"})
+        ("set", "acme:payments", slot_after(Cadence(H), "acme", SyncKind.PAYMENTS, T0 + 10)),
+    ]
+    assert changed.applied == Applied(
+        version=2,
+        cadences={
+            "vendors": "every:3600",
+            "jobs": "every:3600",
+            "job_costs": "every:7200",
+            "payments": "every:3600",
+        },
+    )
 
 
-@pytest.mark.parametrize("kind,targets", [
-    (SyncKind.VENDORS, [None]),
-    (SyncKind.JOB_COSTS, ["p1", "tower-2.b", "Z_9"]),
-    (SyncKind.PAYMENTS, ["p1"]),
-])
+@pytest.mark.parametrize(
+    "kind,targets",
+    [
+        (SyncKind.VENDORS, [None]),
+        (SyncKind.JOB_COSTS, ["p1", "tower-2.b", "Z_9"]),
+        (SyncKind.PAYMENTS, ["p1"]),
+    ],
+)
 def test_templated_messages_are_exactly_what_envelope_makes(
-        kind: SyncKind, targets: list[str | None]) -> None:
+    kind: SyncKind, targets: list[str | None]
+) -> None:
     factory = MessageFactory(Celery("t"), KeySpace("pfx"), origin="beat@host:1:abc")
     built = factory.build_many("ac-me.1", kind, targets, T0 + 0.25)
     assert len(built) == len(targets)
@@ -70,8 +92,13 @@ def test_templated_messages_are_exactly_what_envelope_makes(
         kwargs = task_kwargs("ac-me.1", kind, project, T0 + 0.25)
         tag = ours["properties"]["delivery_tag"]
         tags.add(tag)
-        reference = envelope({**factory._headers[kind], "id": tid, "root_id": tid,
-                              "kwargsrepr": repr(kwargs)}, [], kwargs, queue_for(kind), tag)
+        reference = envelope(
+            {**factory._headers[kind], "id": tid, "root_id": tid, "kwargsrepr": repr(kwargs)},
+            [],
+            kwargs,
+            queue_for(kind),
+            tag,
+        )
         assert message == reference
     assert len(tags) == len(targets)  # a delivery tag per message
 
@@ -80,18 +107,33 @@ def test_task_sent_events_are_what_celerys_dispatcher_sends() -> None:
     class Dispatcher:
         hostname, pid, clock = "beat@host", 42, kombu.clocks.LamportClock()
 
-    events = [json.loads(e) for e in SentEvents._events(
-        Dispatcher, "acme", SyncKind.JOB_COSTS, ["p1", "p2"], T0)]
+    events = [
+        json.loads(e)
+        for e in SentEvents._events(Dispatcher, "acme", SyncKind.JOB_COSTS, ["p1", "p2"], T0)
+    ]
     assert [e["clock"] for e in events] == [1, 2]
     for event, project in zip(events, ["p1", "p2"], strict=True):
         tid = task_id("acme", SyncKind.JOB_COSTS, project, T0)
         routing = queue_for(SyncKind.JOB_COSTS)
         expected: dict[str, Any] = Event(
-            "task-sent", hostname="beat@host", utcoffset=utcoffset(), pid=42,
-            clock=event["clock"], uuid=tid, root_id=tid, parent_id=None,
-            name=TASK_NAMES[SyncKind.JOB_COSTS], args="()",
-            kwargs=repr(task_kwargs("acme", SyncKind.JOB_COSTS, project, T0)), retries=0,
-            eta=None, expires=None, queue=routing, exchange="", routing_key=routing)
+            "task-sent",
+            hostname="beat@host",
+            utcoffset=utcoffset(),
+            pid=42,
+            clock=event["clock"],
+            uuid=tid,
+            root_id=tid,
+            parent_id=None,
+            name=TASK_NAMES[SyncKind.JOB_COSTS],
+            args="()",
+            kwargs=repr(task_kwargs("acme", SyncKind.JOB_COSTS, project, T0)),
+            retries=0,
+            eta=None,
+            expires=None,
+            queue=routing,
+            exchange="",
+            routing_key=routing,
+        )
         expected["timestamp"] = event["timestamp"]
         assert event == expected
 
@@ -110,14 +152,21 @@ class _Waits(threading.Event):
 
 @pytest.mark.integration
 def test_a_backlog_longer_than_a_batch_is_applied_batch_after_batch_without_waiting(
-        real: redis.Redis, prefix: str) -> None:
+    real: redis.Redis, prefix: str
+) -> None:
     keys = KeySpace(prefix)
     store = SettingsStore(real, keys)
     for c in ("a", "b", "c", "d", "e"):
         store.add_company(c, "xero")
         store.grant(c, "al", "admin")
-    engine = BeatEngine(Celery("t"), real, keys, EngineConfig(change_batch=2, max_block=5.0),
-                        clock=Clock(T0), node="n")
+    engine = BeatEngine(
+        Celery("t"),
+        real,
+        keys,
+        EngineConfig(change_batch=2, max_block=5.0),
+        clock=Clock(T0),
+        node="n",
+    )
     try:
         engine.step()
         while engine.cursor is None:  # the first start's rebuild
@@ -136,12 +185,14 @@ def test_a_backlog_longer_than_a_batch_is_applied_batch_after_batch_without_wait
 
 @pytest.mark.integration
 def test_a_rebuild_keeps_the_timing_of_entries_it_finds_and_restores_lost_ones(
-        real: redis.Redis, prefix: str) -> None:
+    real: redis.Redis, prefix: str
+) -> None:
     keys = KeySpace(prefix)
     store = SettingsStore(real, keys)
     store.add_company("acme", "xero")
-    engine = BeatEngine(Celery("t"), real, keys, EngineConfig(max_block=0.0),
-                        clock=Clock(T0), node="n")
+    engine = BeatEngine(
+        Celery("t"), real, keys, EngineConfig(max_block=0.0), clock=Clock(T0), node="n"
+    )
     try:
         engine.step()
         real.zadd(keys.due, {"acme:vendors": T0 + 5})  # a timing the rebuild must keep

@@ -31,14 +31,16 @@ def test_the_app_uses_the_fixed_transport_and_keeps_the_redis_url() -> None:
 
 
 def test_a_channel_of_a_collected_connection_fails_with_a_connection_error(
-        redis_server: RedisServer, prefix: str) -> None:
+    redis_server: RedisServer, prefix: str
+) -> None:
     # Celery 5.7's consumer, when Redis goes away mid-poll, collect()s the connection (dropping
     # the transport's client) and then closes it, which restores unacked messages through a new
     # client. kombu's own channel raised AttributeError there (not ignored: the worker died);
     # ours raises a connection error, which the consumer ignores before it reconnects.
     install()
     conn = Connection(  # type: ignore[no-untyped-call]
-        redis_server.url, transport_options={"global_keyprefix": f"{prefix}:"})
+        redis_server.url, transport_options={"global_keyprefix": f"{prefix}:"}
+    )
     channel = conn.default_channel
     assert isinstance(channel, Channel)
     conn.transport.client = None  # what collect() leaves when the channel's close failed mid-poll

@@ -24,8 +24,7 @@ from tests.support.chaos import (
 from tests.support.chaos_kit import Report
 from tests.support.redisproc import require_redis_server
 
-pytestmark = [pytest.mark.integration, pytest.mark.processes, pytest.mark.chaos,
-              pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.processes, pytest.mark.chaos, pytest.mark.slow]
 
 GENEROUS = 15.0  # seconds: a bound that only a hang or a lost wake-up would break
 
@@ -72,11 +71,13 @@ def test_killed_workers_lose_no_sync_and_duplicate_no_record(workdir: Path) -> N
 def test_beats_and_workers_resume_after_a_redis_restart_and_an_outage(workdir: Path) -> None:
     figures = ran(redis_restart(workdir, short=True))
     assert figures["restart: settings/due/history intact"] == "yes"
-    for name in ("restart: Redis back -> next dispatch s",
-                 "restart: Redis back -> next successful run s",
-                 "outage: Redis back -> next dispatch s",
-                 "outage: Redis back -> next successful run s",
-                 "outage: change made just before it, applied after s"):
+    for name in (
+        "restart: Redis back -> next dispatch s",
+        "restart: Redis back -> next successful run s",
+        "outage: Redis back -> next dispatch s",
+        "outage: Redis back -> next successful run s",
+        "outage: change made just before it, applied after s",
+    ):
         value = figures[name]
         assert isinstance(value, float) and value <= 2 * GENEROUS, (name, value)
     assert figures["processes alive after both"] == "3 / 3"

@@ -21,8 +21,20 @@ def run(fake: redis.Redis, env: pytest.MonkeyPatch) -> Invoke:
 
 @pytest.fixture
 def seeded(run: Invoke) -> Invoke:
-    assert run("company", "add", "acme", "--erp", "xero", "--timezone", "Europe/London",
-               "--admin", "alice")[0] == 0
+    assert (
+        run(
+            "company",
+            "add",
+            "acme",
+            "--erp",
+            "xero",
+            "--timezone",
+            "Europe/London",
+            "--admin",
+            "alice",
+        )[0]
+        == 0
+    )
     assert run("company", "add", "stone", "--erp", "sage_100", "--admin", "alice")[0] == 0
     assert run("project", "add", "acme", "p1", "--name", "Tower")[0] == 0
     assert run("user", "grant", "acme", "rita", "--level", "read_only", "--as", "alice")[0] == 0
@@ -33,18 +45,27 @@ def test_settings_show_json_has_the_fixed_shape(seeded: Invoke) -> None:
     code, out, _ = seeded("settings", "show", "acme", "--json")
     assert code == 0
     assert json.loads(out) == {
-        "company": "acme", "erp": "xero", "version": 1,
-        "settings": {"payments_for_synced_invoices": "daily", "sync_project_job_costs": True,
-                     "refresh_erp_companies_list": True, "refresh_erp_job_list": True,
-                     "sync_payments_for_synced_invoices": True},
-        "not_supported": []}
+        "company": "acme",
+        "erp": "xero",
+        "version": 1,
+        "settings": {
+            "payments_for_synced_invoices": "daily",
+            "sync_project_job_costs": True,
+            "refresh_erp_companies_list": True,
+            "refresh_erp_job_list": True,
+            "sync_payments_for_synced_invoices": True,
+        },
+        "not_supported": [],
+    }
 
 
 def test_settings_show_marks_what_the_erp_does_not_support(seeded: Invoke) -> None:
     code, out, _ = seeded("settings", "show", "stone", "--json")
     assert code == 0
-    assert json.loads(out)["not_supported"] == ["payments_for_synced_invoices",
-                                                "sync_payments_for_synced_invoices"]
+    assert json.loads(out)["not_supported"] == [
+        "payments_for_synced_invoices",
+        "sync_payments_for_synced_invoices",
+    ]
     code, out, _ = seeded("settings", "show", "stone")
     rows = [line for line in out.splitlines() if "payments" in line]
     assert len(rows) == 2 and all("not supported by sage_100" in r for r in rows)
@@ -52,16 +73,28 @@ def test_settings_show_marks_what_the_erp_does_not_support(seeded: Invoke) -> No
 
 
 def test_settings_set_prints_the_new_settings(seeded: Invoke) -> None:
-    code, out, _ = seeded("settings", "set", "acme", "--as", "alice", "--payments-frequency",
-                          "every_4_hours", "--no-refresh-jobs", "--no-wait", "--json")
+    code, out, _ = seeded(
+        "settings",
+        "set",
+        "acme",
+        "--as",
+        "alice",
+        "--payments-frequency",
+        "every_4_hours",
+        "--no-refresh-jobs",
+        "--no-wait",
+        "--json",
+    )
     assert code == 0
     shown = json.loads(out)
     assert shown["version"] == 2
     assert shown["settings"]["payments_for_synced_invoices"] == "every_4_hours"
     assert shown["settings"]["refresh_erp_job_list"] is False
     code, out, _ = seeded("audit", "acme", "--json")
-    assert json.loads(out)[0]["new"] == {"payments_for_synced_invoices": "every_4_hours",
-                                         "refresh_erp_job_list": False}
+    assert json.loads(out)[0]["new"] == {
+        "payments_for_synced_invoices": "every_4_hours",
+        "refresh_erp_job_list": False,
+    }
 
 
 def test_lists_are_readable_and_json(seeded: Invoke) -> None:
@@ -74,23 +107,32 @@ def test_lists_are_readable_and_json(seeded: Invoke) -> None:
 
 
 BAD_COMMANDS = {
-    "unknown company": (["settings", "set", "nope", "--as", "alice", "--no-refresh-jobs"],
-                        "unknown company 'nope'"),
+    "unknown company": (
+        ["settings", "set", "nope", "--as", "alice", "--no-refresh-jobs"],
+        "unknown company 'nope'",
+    ),
     "unknown erp": (["company", "add", "x", "--erp", "oracle"], "unknown ERP 'oracle'"),
     "duplicate company": (["company", "add", "acme", "--erp", "xero"], "already exists"),
-    "bad timezone": (["company", "add", "x", "--erp", "xero", "--timezone", "Nowhere/Land"],
-                     "not an IANA time zone"),
-    "bad frequency": (["settings", "set", "acme", "--as", "alice", "--payments-frequency",
-                       "weekly"], "'weekly' is not one of"),
-    "unsupported setting": (["settings", "set", "stone", "--as", "alice", "--sync-payments"],
-                            "sage_100 does not support sync_payments_for_synced_invoices"),
-    "non-admin": (["settings", "set", "acme", "--as", "rita", "--no-refresh-jobs"],
-                  "'read_only'"),
+    "bad timezone": (
+        ["company", "add", "x", "--erp", "xero", "--timezone", "Nowhere/Land"],
+        "not an IANA time zone",
+    ),
+    "bad frequency": (
+        ["settings", "set", "acme", "--as", "alice", "--payments-frequency", "weekly"],
+        "'weekly' is not one of",
+    ),
+    "unsupported setting": (
+        ["settings", "set", "stone", "--as", "alice", "--sync-payments"],
+        "sage_100 does not support sync_payments_for_synced_invoices",
+    ),
+    "non-admin": (["settings", "set", "acme", "--as", "rita", "--no-refresh-jobs"], "'read_only'"),
     "unknown user": (["settings", "set", "acme", "--as", "zed", "--no-refresh-jobs"], "'none'"),
     "missing --as": (["settings", "set", "acme", "--no-refresh-jobs"], "--as"),
     "nothing to change": (["settings", "set", "acme", "--as", "alice"], "nothing to change"),
-    "bad level": (["user", "grant", "acme", "bob", "--level", "owner", "--as", "alice"],
-                  "'owner' is not one of"),
+    "bad level": (
+        ["user", "grant", "acme", "bob", "--level", "owner", "--as", "alice"],
+        "'owner' is not one of",
+    ),
     "unknown project company": (["project", "add", "nope", "p1"], "unknown company"),
     "unknown command": (["frobnicate"], "No such command"),
 }
@@ -123,7 +165,10 @@ def test_audit_denied_lists_refused_changes(seeded: Invoke) -> None:
     assert code == 0
     [entry] = json.loads(out)
     assert (entry["actor"], entry["action"], entry["new"]) == (
-        "rita", "settings.denied", {"refresh_erp_job_list": False})
+        "rita",
+        "settings.denied",
+        {"refresh_erp_job_list": False},
+    )
     code, out, _ = seeded("audit", "acme", "--denied")
     assert code == 0 and "settings.denied" in out and "rita" in out
     code, out, _ = seeded("audit", "acme", "--json")

@@ -77,6 +77,7 @@ def invoke(real: redis.Redis) -> Invoke:
     def run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
         result = CliRunner().invoke(cli, list(args), input=stdin, obj=Ctx(_client=real))
         return result.exit_code, result.stdout, result.stderr
+
     return run
 
 
@@ -94,18 +95,38 @@ def secret_files(tmp_path: Path, realm: QboRealm) -> tuple[str, str]:
     return str(tmp_path / "client_secret"), str(tmp_path / "refresh_token")
 
 
-def connect_args(realm: QboRealm, secret: str, refresh: str, company: str = "acme",
-                 actor: str = "alice") -> list[str]:
-    return ["connect", company, "--as", actor, "--erp", "quickbooks_online",
-            "--realm-id", realm.realm_id, "--client-id", realm.client_id,
-            "--client-secret-file", secret, "--refresh-token-file", refresh,
-            "--base-url", realm.qbo.url, "--token-url", realm.qbo.token_url]
+def connect_args(
+    realm: QboRealm, secret: str, refresh: str, company: str = "acme", actor: str = "alice"
+) -> list[str]:
+    return [
+        "connect",
+        company,
+        "--as",
+        actor,
+        "--erp",
+        "quickbooks_online",
+        "--realm-id",
+        realm.realm_id,
+        "--client-id",
+        realm.client_id,
+        "--client-secret-file",
+        secret,
+        "--refresh-token-file",
+        refresh,
+        "--base-url",
+        realm.qbo.url,
+        "--token-url",
+        realm.qbo.token_url,
+    ]
 
 
-def nothing_written(client: redis.Redis, keys: KeySpace, audit_before: int,
-                    company: str = "acme") -> bool:
-    return (not client.exists(keys.connection(company))
-            and client.llen(keys.audit(company)) == audit_before)
+def nothing_written(
+    client: redis.Redis, keys: KeySpace, audit_before: int, company: str = "acme"
+) -> bool:
+    return (
+        not client.exists(keys.connection(company))
+        and client.llen(keys.audit(company)) == audit_before
+    )
 
 
 def one_line_error(code: int, out: str, err: str) -> str:
@@ -118,29 +139,48 @@ def one_line_error(code: int, out: str, err: str) -> str:
 
 
 def test_connect_stores_encrypted_secrets_and_no_output_shows_them(
-        real: redis.Redis, keys: KeySpace, key: str, db: Database, realm: QboRealm,
-        invoke: Invoke, tmp_path: Path) -> None:
+    real: redis.Redis,
+    keys: KeySpace,
+    key: str,
+    db: Database,
+    realm: QboRealm,
+    invoke: Invoke,
+    tmp_path: Path,
+) -> None:
     code, out, err = invoke(*connect_args(realm, *secret_files(tmp_path, realm)))
     assert (code, err) == (0, ""), err
     assert f"acme connected to quickbooks_online realm {realm.realm_id}" in out
-    assert isinstance(connector_for(real, keys, SettingsStore(real, keys).get_company("acme")),
-                      QboConnector)
+    assert isinstance(
+        connector_for(real, keys, SettingsStore(real, keys).get_company("acme")), QboConnector
+    )
     # At rest: no secret in any Redis value of the connection.
     stored = json.dumps(real.hgetall(keys.connection("acme")))
     assert leaked(stored, {realm.client_secret, realm.refresh_token}) == []
 
     runner = Runner(real, keys, db=db, rng=random.Random(1))
-    record = runner.execute(Delivery(task_id="v1", company="acme", kind=SyncKind.VENDORS,
-                                     project=None, slot="2026-01-01T00:00:00+00:00"))
+    record = runner.execute(
+        Delivery(
+            task_id="v1",
+            company="acme",
+            kind=SyncKind.VENDORS,
+            project=None,
+            slot="2026-01-01T00:00:00+00:00",
+        )
+    )
     assert record.record is not None and record.record.status == "succeeded"
     assert len(RecordStore(db, "acme").all("vendors")) == 40
     seen = {realm.client_secret, realm.refresh_token} | tokens(real, keys)
     assert len(seen) == 4  # the secret, the first and the rotated refresh token, an access token
 
     outputs = {"connect": out}
-    for args in (["connection", "show", "acme"], ["connection", "show", "acme", "--json"],
-                 ["audit", "acme"], ["audit", "acme", "--json"], ["history", "acme", "--json"],
-                 ["history", "acme"]):
+    for args in (
+        ["connection", "show", "acme"],
+        ["connection", "show", "acme", "--json"],
+        ["audit", "acme"],
+        ["audit", "acme", "--json"],
+        ["history", "acme", "--json"],
+        ["history", "acme"],
+    ):
         code, shown, err = invoke(*args)
         assert (code, err) == (0, ""), (args, err)
         outputs[" ".join(args)] = shown
@@ -156,8 +196,13 @@ def test_connect_stores_encrypted_secrets_and_no_output_shows_them(
 
 
 def test_connect_without_a_secret_key_is_one_clear_error_and_writes_nothing(
-        real: redis.Redis, keys: KeySpace, env: pytest.MonkeyPatch, realm: QboRealm,
-        invoke: Invoke, tmp_path: Path) -> None:
+    real: redis.Redis,
+    keys: KeySpace,
+    env: pytest.MonkeyPatch,
+    realm: QboRealm,
+    invoke: Invoke,
+    tmp_path: Path,
+) -> None:
     set_key(env, None)
     before = real.llen(keys.audit("acme"))
     err = one_line_error(*invoke(*connect_args(realm, *secret_files(tmp_path, realm))))
@@ -167,17 +212,32 @@ def test_connect_without_a_secret_key_is_one_clear_error_and_writes_nothing(
 
 
 def test_a_secret_cannot_come_from_the_command_line(
-        real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke) -> None:
+    real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke
+) -> None:
     help_text = invoke("connect", "--help")[1]
     assert "--client-secret-file" in help_text and "--refresh-token-file" in help_text
     options = [w for w in help_text.split() if w.startswith("--")]
-    assert not [o for o in options if ("secret" in o or "token" in o)
-                and not o.endswith("-file") and o != "--token-url"], options
+    assert not [
+        o
+        for o in options
+        if ("secret" in o or "token" in o) and not o.endswith("-file") and o != "--token-url"
+    ], options
     before = real.llen(keys.audit("acme"))
     for option in ("--client-secret", "--refresh-token"):
-        code, _, err = invoke("connect", "acme", "--as", "alice", "--erp", "quickbooks_online",
-                              "--realm-id", realm.realm_id, "--client-id", realm.client_id,
-                              option, realm.client_secret)
+        code, _, err = invoke(
+            "connect",
+            "acme",
+            "--as",
+            "alice",
+            "--erp",
+            "quickbooks_online",
+            "--realm-id",
+            realm.realm_id,
+            "--client-id",
+            realm.client_id,
+            option,
+            realm.client_secret,
+        )
         assert code == 2 and "No such option" in err and err.count("\n") == 1, err
         assert realm.client_secret not in err
     assert nothing_written(real, keys, before)
@@ -185,8 +245,14 @@ def test_a_secret_cannot_come_from_the_command_line(
 
 @pytest.mark.parametrize("case", ["empty", "missing", "two stdins", "spaces"])
 def test_a_bad_secret_file_is_a_one_line_error_and_writes_nothing(
-        real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke,
-        tmp_path: Path, case: str) -> None:
+    real: redis.Redis,
+    keys: KeySpace,
+    key: str,
+    realm: QboRealm,
+    invoke: Invoke,
+    tmp_path: Path,
+    case: str,
+) -> None:
     secret, refresh = secret_files(tmp_path, realm)
     stdin = None
     if case == "empty":
@@ -208,8 +274,8 @@ def test_a_bad_secret_file_is_a_one_line_error_and_writes_nothing(
 
 
 def test_only_an_admin_can_connect_and_only_a_quickbooks_online_company(
-        real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke,
-        tmp_path: Path) -> None:
+    real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke, tmp_path: Path
+) -> None:
     files = secret_files(tmp_path, realm)
     store = SettingsStore(real, keys)
     store.grant("acme", "sam", "standard")
@@ -230,8 +296,15 @@ def test_only_an_admin_can_connect_and_only_a_quickbooks_online_company(
 
 
 def test_rotate_key_re_encrypts_so_syncs_work_with_only_the_new_key(
-        real: redis.Redis, keys: KeySpace, key: str, env: pytest.MonkeyPatch, db: Database,
-        realm: QboRealm, invoke: Invoke, tmp_path: Path) -> None:
+    real: redis.Redis,
+    keys: KeySpace,
+    key: str,
+    env: pytest.MonkeyPatch,
+    db: Database,
+    realm: QboRealm,
+    invoke: Invoke,
+    tmp_path: Path,
+) -> None:
     assert invoke(*connect_args(realm, *secret_files(tmp_path, realm)))[0] == 0
     assert sync(real, keys, db, SyncKind.VENDORS).created == 40
     code, new_key, _ = invoke("connection", "new-key")
@@ -256,13 +329,26 @@ def test_rotate_key_re_encrypts_so_syncs_work_with_only_the_new_key(
 
 
 def test_a_revoked_connection_shows_reconnect_required_and_reconnecting_clears_it(
-        real: redis.Redis, keys: KeySpace, key: str, db: Database, realm: QboRealm,
-        invoke: Invoke, tmp_path: Path) -> None:
+    real: redis.Redis,
+    keys: KeySpace,
+    key: str,
+    db: Database,
+    realm: QboRealm,
+    invoke: Invoke,
+    tmp_path: Path,
+) -> None:
     assert invoke(*connect_args(realm, *secret_files(tmp_path, realm)))[0] == 0
     realm.qbo.switches(realm.realm_id, revoke_refresh_token=True)
     runner = Runner(real, keys, db=db, rng=random.Random(1))
-    outcome = runner.execute(Delivery(task_id="r1", company="acme", kind=SyncKind.VENDORS,
-                                      project=None, slot="2026-01-01T00:00:00+00:00"))
+    outcome = runner.execute(
+        Delivery(
+            task_id="r1",
+            company="acme",
+            kind=SyncKind.VENDORS,
+            project=None,
+            slot="2026-01-01T00:00:00+00:00",
+        )
+    )
     assert outcome.record is not None and outcome.record.status == "failed"
     code, out, _ = invoke("connection", "show", "acme")
     assert code == 0 and "reconnect_required" in out
@@ -272,16 +358,19 @@ def test_a_revoked_connection_shows_reconnect_required_and_reconnecting_clears_i
     fresh = f"rt-again-{realm.realm_id}"
     realm.qbo.switches(realm.realm_id, set_refresh_token=fresh)
     (tmp_path / "refresh_token").write_text(fresh)
-    assert invoke(*connect_args(realm, str(tmp_path / "client_secret"),
-                                str(tmp_path / "refresh_token")))[0] == 0
-    assert json.loads(invoke("connection", "show", "acme", "--json")[1])["status"] == \
-        "connected"
+    assert (
+        invoke(
+            *connect_args(realm, str(tmp_path / "client_secret"), str(tmp_path / "refresh_token"))
+        )[0]
+        == 0
+    )
+    assert json.loads(invoke("connection", "show", "acme", "--json")[1])["status"] == "connected"
     assert sync(real, keys, db, SyncKind.VENDORS).created == 40
 
 
 def test_disconnect_puts_the_company_back_on_the_sandbox_and_is_audited(
-        real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke,
-        tmp_path: Path) -> None:
+    real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke, tmp_path: Path
+) -> None:
     assert invoke(*connect_args(realm, *secret_files(tmp_path, realm)))[0] == 0
     SettingsStore(real, keys).grant("acme", "sam", "standard")
     one_line_error(*invoke("disconnect", "acme", "--as", "sam"))
@@ -303,14 +392,27 @@ def test_disconnect_puts_the_company_back_on_the_sandbox_and_is_audited(
 
 
 def manage(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=procs.ROOT,
-                          env=procs.process_env(env), input=stdin, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=procs.ROOT,
+        env=procs.process_env(env),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_connect_reads_a_secret_from_stdin_and_refuses_without_a_key_in_a_real_process(
-        real: redis.Redis, keys: KeySpace, key: str, redis_server: RedisServer,
-        realm: QboRealm, prefix: str, tmp_path: Path) -> None:
+    real: redis.Redis,
+    keys: KeySpace,
+    key: str,
+    redis_server: RedisServer,
+    realm: QboRealm,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
     _, refresh = secret_files(tmp_path, realm)
     env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix}
     args = connect_args(realm, "-", refresh)
@@ -325,10 +427,13 @@ def test_connect_reads_a_secret_from_stdin_and_refuses_without_a_key_in_a_real_p
     done = manage(env, *args, stdin=realm.client_secret + "\n")
     assert done.returncode == 0, done.stderr
     secrets, _ = ConnectionStore(real, keys).secrets("acme")
-    assert (secrets.client_secret, secrets.refresh_token) == (realm.client_secret,
-                                                              realm.refresh_token)
+    assert (secrets.client_secret, secrets.refresh_token) == (
+        realm.client_secret,
+        realm.refresh_token,
+    )
     shown = manage(env, "connection", "show", "acme", "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["client_secret"] == "********"
     for result in (refused, done, shown):
-        assert leaked(result.stdout + result.stderr,
-                      {realm.client_secret, realm.refresh_token}) == []
+        assert (
+            leaked(result.stdout + result.stderr, {realm.client_secret, realm.refresh_token}) == []
+        )

@@ -55,19 +55,30 @@ def one_line(err: str) -> str:
 
 # --- db current / db upgrade ----------------------------------------------------------------
 
+
 def test_db_current_before_and_after_db_upgrade(run: Invoke, unmigrated: str) -> None:
     head = head_revision()
     code, out, _ = run("db", "current")
-    assert (code, out) == (0, f"{unmigrated}: at no schema, needs {head} "
-                              "(behind: run `erp-sync db upgrade`)\n")
+    assert (code, out) == (
+        0,
+        f"{unmigrated}: at no schema, needs {head} (behind: run `erp-sync db upgrade`)\n",
+    )
     assert json.loads(run("db", "current", "--json")[1]) == {
-        "url": unmigrated, "current": None, "head": head, "up_to_date": False}
+        "url": unmigrated,
+        "current": None,
+        "head": head,
+        "up_to_date": False,
+    }
     code, out, _ = run("db", "upgrade")
     assert (code, out) == (0, f"{unmigrated}: upgraded from an empty database to {head}\n")
     code, out, _ = run("db", "current")
     assert (code, out) == (0, f"{unmigrated}: at {head}, needs {head} (up to date)\n")
     assert json.loads(run("db", "current", "--json")[1]) == {
-        "url": unmigrated, "current": head, "head": head, "up_to_date": True}
+        "url": unmigrated,
+        "current": head,
+        "head": head,
+        "up_to_date": True,
+    }
 
 
 def test_db_upgrade_twice_is_idempotent(run: Invoke, unmigrated: str) -> None:
@@ -79,7 +90,8 @@ def test_db_upgrade_twice_is_idempotent(run: Invoke, unmigrated: str) -> None:
 
 @pytest.mark.integration
 def test_db_upgrade_on_postgresql_masks_the_password(
-        run: Invoke, env: pytest.MonkeyPatch, pg_url: str) -> None:
+    run: Invoke, env: pytest.MonkeyPatch, pg_url: str
+) -> None:
     # The private cluster trusts local connections: the password is sent and ignored.
     url = pg_url.replace("postgres@", "postgres:s3cret-pw@", 1)
     env.setenv("ERP_SYNC_DATABASE_URL", url)
@@ -94,46 +106,67 @@ def test_db_upgrade_on_postgresql_masks_the_password(
         database(url).dispose()
 
 
-@pytest.mark.parametrize("args", [
-    ("history", "acme"),
-    ("history", "acme", "--status", "failed", "--json"),
-    ("reconcile", "acme"),
-    ("reconcile", "acme", "--fix"),
-    ("db", "import-redis", "--delete"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("history", "acme"),
+        ("history", "acme", "--status", "failed", "--json"),
+        ("reconcile", "acme"),
+        ("reconcile", "acme", "--fix"),
+        ("db", "import-redis", "--delete"),
+    ],
+)
 def test_a_command_on_an_unmigrated_database_says_so_in_one_line(
-        run: Invoke, unmigrated: str, fake: redis.Redis, keys: KeySpace,
-        args: tuple[str, ...]) -> None:
+    run: Invoke, unmigrated: str, fake: redis.Redis, keys: KeySpace, args: tuple[str, ...]
+) -> None:
     fake.hset(keys.procore("acme", "vendors"), "V1", json.dumps({"id": "V1"}))
     before = snapshot(fake, keys.prefix)
     code, out, err = run(*args)
     assert code == 1 and out == ""
-    assert one_line(err) == (f"error: the database {unmigrated} is empty (no schema), this "
-                             f"code needs {head_revision()}: run `erp-sync db upgrade`")
+    assert one_line(err) == (
+        f"error: the database {unmigrated} is empty (no schema), this "
+        f"code needs {head_revision()}: run `erp-sync db upgrade`"
+    )
     if args[0] != "reconcile":  # (reconcile's ERP reads seed the sandbox and take tokens)
         assert snapshot(fake, keys.prefix) == before
 
 
 # --- history --------------------------------------------------------------------------------
 
-def record(task_id: str, started: datetime, kind: str = "vendors", project: str | None = None,
-           status: Status = "succeeded") -> RunRecord:
-    return RunRecord(kind=kind, company="acme", project=project, task_id=task_id,
-                     scheduled_for=f"{started:%Y-%m-%dT%H:%M:%SZ}", started_at=started).finish(
-        status, at=started + timedelta(seconds=3),
+
+def record(
+    task_id: str,
+    started: datetime,
+    kind: str = "vendors",
+    project: str | None = None,
+    status: Status = "succeeded",
+) -> RunRecord:
+    return RunRecord(
+        kind=kind,
+        company="acme",
+        project=project,
+        task_id=task_id,
+        scheduled_for=f"{started:%Y-%m-%dT%H:%M:%SZ}",
+        started_at=started,
+    ).finish(
+        status,
+        at=started + timedelta(seconds=3),
         counts={"created": 7, "updated": 1} if status == "succeeded" else None,
-        error="ErpServerError: 503" if status == "failed" else None)
+        error="ErpServerError: 503" if status == "failed" else None,
+    )
 
 
 @pytest.fixture
 def runs(db: Database) -> list[RunRecord]:
     """Runs over the last weeks, on real time (``--since`` counts back from Redis's clock)."""
     now = datetime.now(UTC).replace(microsecond=0)
-    saved = [record("v-old", now - timedelta(days=20)),
-             record("c-p1-old", now - timedelta(days=9), "job_costs", "p1", "failed"),
-             record("c-p2", now - timedelta(days=3), "job_costs", "p2"),
-             record("pay-p1", now - timedelta(days=1), "payments", "p1", "failed"),
-             record("v-new", now - timedelta(hours=1))]
+    saved = [
+        record("v-old", now - timedelta(days=20)),
+        record("c-p1-old", now - timedelta(days=9), "job_costs", "p1", "failed"),
+        record("c-p2", now - timedelta(days=3), "job_costs", "p2"),
+        record("pay-p1", now - timedelta(days=1), "payments", "p1", "failed"),
+        record("v-new", now - timedelta(hours=1)),
+    ]
     log = RunLog(db)
     for r in saved:
         log.save(r)
@@ -147,7 +180,8 @@ def shown(run: Invoke, *args: str) -> list[str]:
 
 
 def test_history_reads_the_database_newest_first_with_filters(
-        run: Invoke, runs: list[RunRecord]) -> None:
+    run: Invoke, runs: list[RunRecord]
+) -> None:
     assert shown(run) == ["v-new", "pay-p1", "c-p2", "c-p1-old", "v-old"]
     assert shown(run, "--status", "failed") == ["pay-p1", "c-p1-old"]
     assert shown(run, "--kind", "job_costs") == ["c-p2", "c-p1-old"]
@@ -166,20 +200,25 @@ def test_history_reads_the_database_newest_first_with_filters(
     assert len(out.splitlines()) == 4 and "created=7 updated=1" in out
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("--since", "yesterday"), "--since must be like 7d, 12h, 30m or an ISO date"),
-    (("--since", "7y"), "--since must be like 7d"),
-    (("--status", "lost"), "'lost' is not one of"),
-    (("--kind", "invoices"), "'invoices' is not one of"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--since", "yesterday"), "--since must be like 7d, 12h, 30m or an ISO date"),
+        (("--since", "7y"), "--since must be like 7d"),
+        (("--status", "lost"), "'lost' is not one of"),
+        (("--kind", "invoices"), "'invoices' is not one of"),
+    ],
+)
 def test_a_bad_history_filter_is_a_one_line_error(
-        run: Invoke, runs: list[RunRecord], args: tuple[str, ...], message: str) -> None:
+    run: Invoke, runs: list[RunRecord], args: tuple[str, ...], message: str
+) -> None:
     code, out, err = run("history", "acme", *args)
     assert code != 0 and out == ""
     assert message in one_line(err)
 
 
 # --- reconcile ------------------------------------------------------------------------------
+
 
 def drifted(run: Invoke, *args: str) -> dict[str, dict[str, list[str]]]:
     code, out, err = run("reconcile", "acme", "--json", *args)
@@ -188,11 +227,20 @@ def drifted(run: Invoke, *args: str) -> dict[str, dict[str, list[str]]]:
 
 
 def test_reconcile_reports_drift_fix_repairs_it_and_a_rerun_is_clean(
-        run: Invoke, fake: redis.Redis, keys: KeySpace, db: Database) -> None:
+    run: Invoke, fake: redis.Redis, keys: KeySpace, db: Database
+) -> None:
     first = drifted(run)  # nothing synced yet: every collection is missing everything
-    assert set(first) == {"vendors", "jobs", "cost_codes", "project_cost_codes:p1",
-                          "project_cost_codes:p2", "job_costs:p1", "job_costs:p2",
-                          "payments:p1", "payments:p2"}
+    assert set(first) == {
+        "vendors",
+        "jobs",
+        "cost_codes",
+        "project_cost_codes:p1",
+        "project_cost_codes:p2",
+        "job_costs:p1",
+        "job_costs:p2",
+        "payments:p1",
+        "payments:p2",
+    }
     assert len(first["vendors"]["missing"]) == 30 and len(first["job_costs:p2"]["missing"]) == 25
     code, out, _ = run("reconcile", "acme", "--fix")
     assert code == 0 and "drifted collection(s) from the ERP's full listing" in out
@@ -202,10 +250,12 @@ def test_reconcile_reports_drift_fix_repairs_it_and_a_rerun_is_clean(
     data.delete("acme", "vendors", "V00003")
     changed = {**data.all("acme", "vendors")["V00004"], "city": "Elsewhere"}
     data.put("acme", "vendors", changed)
-    assert drifted(run) == {"vendors": {"missing": [added["id"]], "extra": ["V00003"],
-                                        "different": ["V00004"]}}
-    assert drifted(run, "--fix") == {"vendors": {"missing": [added["id"]], "extra": ["V00003"],
-                                                 "different": ["V00004"]}}
+    assert drifted(run) == {
+        "vendors": {"missing": [added["id"]], "extra": ["V00003"], "different": ["V00004"]}
+    }
+    assert drifted(run, "--fix") == {
+        "vendors": {"missing": [added["id"]], "extra": ["V00003"], "different": ["V00004"]}
+    }
     assert drifted(run) == {}
     store = RecordStore(db, "acme")
     assert store.deleted_ids("vendors") == {"V00003"}  # marked, kept
@@ -226,13 +276,20 @@ def test_reconcile_of_one_project(run: Invoke) -> None:
 
 # --- db import-redis ------------------------------------------------------------------------
 
+
 def vendor(n: int, city: str = "Springfield") -> Record:
     return {"id": f"V{n:05d}", "name": f"Vendor {n}", "active": True, "tax_id": "", "city": city}
 
 
 def cost(n: int, project: str) -> Record:
-    return {"id": f"JC{n:06d}", "job": project, "cost_code": f"{project}-001", "cost_type": "M",
-            "amount_cents": 100 * n, "description": "concrete"}
+    return {
+        "id": f"JC{n:06d}",
+        "job": project,
+        "cost_code": f"{project}-001",
+        "cost_type": "M",
+        "amount_cents": 100 * n,
+        "description": "concrete",
+    }
 
 
 def put(client: redis.Redis, key: str, records: list[Record]) -> None:
@@ -248,8 +305,10 @@ def legacy(fake: redis.Redis, keys: KeySpace) -> dict[str, Any]:
         "acme job_costs p1": [cost(1, "p1"), cost(2, "p1")],
         "acme job_costs p2": [cost(1, "p2")],
         "stone vendors": [vendor(1, "Stonetown")],
-        "runs": [record("old-1", datetime(2026, 3, 1, tzinfo=UTC)),
-                 record("old-2", datetime(2026, 3, 2, tzinfo=UTC), "job_costs", "p1", "failed")],
+        "runs": [
+            record("old-1", datetime(2026, 3, 1, tzinfo=UTC)),
+            record("old-2", datetime(2026, 3, 2, tzinfo=UTC), "job_costs", "p1", "failed"),
+        ],
     }
     put(fake, keys.procore("acme", "vendors"), data["acme vendors"])
     put(fake, keys.procore("acme", "job_costs:p1"), data["acme job_costs p1"])
@@ -267,20 +326,22 @@ def versions(db: Database) -> dict[str, list[tuple[Any, ...]]]:
     with db.engine.connect() as conn:
         for name, c in COLLECTIONS.items():
             key = [col for col in c.table.primary_key.columns]
-            out[name] = [tuple(r) for r in conn.execute(
-                select(*key, c.table.c.version).order_by(*key))]
+            out[name] = [
+                tuple(r) for r in conn.execute(select(*key, c.table.c.version).order_by(*key))
+            ]
     return out
 
 
 def test_db_import_redis_imports_once_and_delete_removes_the_old_hashes(
-        run: Invoke, fake: redis.Redis, keys: KeySpace, db: Database,
-        legacy: dict[str, Any]) -> None:
+    run: Invoke, fake: redis.Redis, keys: KeySpace, db: Database, legacy: dict[str, Any]
+) -> None:
     code, out, err = run("db", "import-redis")
     assert code == 0, err
     assert "acme vendors: 3 records (3 new)" in out
     assert "acme job_costs p1: 2 records (2 new)" in out
-    assert out.splitlines()[-1] == ("imported: 7 Procore-side records, 2 runs (2 new); "
-                                    "1 unrecognised keys left alone")
+    assert out.splitlines()[-1] == (
+        "imported: 7 Procore-side records, 2 runs (2 new); 1 unrecognised keys left alone"
+    )
     acme, stone = RecordStore(db, "acme"), RecordStore(db, "stone")
     assert acme.all("vendors") == {r["id"]: r for r in legacy["acme vendors"]}
     assert acme.all("job_costs", "p1") == {r["id"]: r for r in legacy["acme job_costs p1"]}
@@ -292,20 +353,26 @@ def test_db_import_redis_imports_once_and_delete_removes_the_old_hashes(
     code, again, _ = run("db", "import-redis")  # idempotent: nothing new, no row rewritten
     assert code == 0
     assert "acme vendors: 3 records (0 new)" in again
-    assert again.splitlines()[-1] == ("imported: 7 Procore-side records, 2 runs (0 new); "
-                                      "1 unrecognised keys left alone")
+    assert again.splitlines()[-1] == (
+        "imported: 7 Procore-side records, 2 runs (0 new); 1 unrecognised keys left alone"
+    )
     assert versions(db) == after_first and RunLog(db).count() == 2
 
     assert run("db", "import-redis", "--delete")[0] == 0
-    assert not fake.exists(keys.procore("acme", "vendors"), keys.procore("acme", "job_costs:p1"),
-                           keys.procore("acme", "job_costs:p2"), keys.procore("stone", "vendors"))
+    assert not fake.exists(
+        keys.procore("acme", "vendors"),
+        keys.procore("acme", "job_costs:p1"),
+        keys.procore("acme", "job_costs:p2"),
+        keys.procore("stone", "vendors"),
+    )
     assert fake.exists(keys.procore("acme", "invoices"))  # what it does not know, it leaves
     assert fake.hlen(keys.runs("acme")) == 2  # live working records of the runs: kept
     assert versions(db) == after_first
 
 
 def test_db_import_redis_leaves_records_a_sync_already_wrote_alone(
-        run: Invoke, fake: redis.Redis, keys: KeySpace, db: Database) -> None:
+    run: Invoke, fake: redis.Redis, keys: KeySpace, db: Database
+) -> None:
     store = RecordStore(db, "acme")
     store.write_page("vendors", None, [vendor(1, "Newtown"), vendor(2)])
     store.write_page("vendors", None, [], deleted=["V00002"])

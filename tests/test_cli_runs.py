@@ -30,8 +30,9 @@ def sent(publisher: ListPublisher) -> Sent:
 
 
 @pytest.fixture
-def run(fake: redis.Redis, keys: KeySpace, env: pytest.MonkeyPatch,
-        publisher: ListPublisher) -> Invoke:
+def run(
+    fake: redis.Redis, keys: KeySpace, env: pytest.MonkeyPatch, publisher: ListPublisher
+) -> Invoke:
     small_company(fake, keys, "acme", projects=("p1", "p2"))
     small_company(fake, keys, "stone", erp="sage_100")
     small_company(fake, keys, "empty", projects=())
@@ -55,30 +56,33 @@ def test_sync_now_of_a_company_sync(run: Invoke, sent: Sent) -> None:
     assert sent[0]["queue"] == "company" and "project" not in sent[0]["kwargs"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("sync-now", "nope", "vendors", "--as", "alice"), "unknown company 'nope'"),
-    (("sync-now", "acme", "vendors", "--as", "rita"), "'standard' is required"),
-    (("sync-now", "acme", "vendors", "--as", "nobody"), "'standard' is required"),
-    (("sync-now", "stone", "payments", "--as", "alice"), "sage_100 does not support"),
-    (("sync-now", "acme", "payments", "--as", "alice", "--project", "zz"), "unknown project"),
-    (("sync-now", "acme", "jobs", "--as", "alice", "--project", "p1"), "company-level"),
-    (("sync-now", "empty", "job_costs", "--as", "alice"), "has no projects"),
-    (("sync-now", "acme", "bananas", "--as", "alice"), "bananas"),
-    (("history", "nope"), "unknown company"),
-    (("history", "acme", "--limit", "0"), "limit"),
-    (("sandbox", "set", "acme", "--transient-rate", "3"), "transient_rate"),
-    (("sandbox", "set", "acme"), "nothing to change"),
-    (("sandbox", "add-cost", "acme", "zz", "--amount", "5"), "unknown project"),
-    (("sandbox", "add-cost", "acme", "p1", "--amount", "-5"), "amount must be positive"),
-    (("sandbox", "add-vendor", "nope", "X"), "unknown company"),
-    (("sandbox", "add-vendor", "acme", " "), "vendor name"),
-    (("ratelimit", "set", "sap", "--rate", "1", "--burst", "1"), "unknown ERP"),
-    (("ratelimit", "set", "xero", "--rate", "-1", "--burst", "1"), "rate"),
-    (("reconcile", "acme", "--project", "zz"), "unknown project"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("sync-now", "nope", "vendors", "--as", "alice"), "unknown company 'nope'"),
+        (("sync-now", "acme", "vendors", "--as", "rita"), "'standard' is required"),
+        (("sync-now", "acme", "vendors", "--as", "nobody"), "'standard' is required"),
+        (("sync-now", "stone", "payments", "--as", "alice"), "sage_100 does not support"),
+        (("sync-now", "acme", "payments", "--as", "alice", "--project", "zz"), "unknown project"),
+        (("sync-now", "acme", "jobs", "--as", "alice", "--project", "p1"), "company-level"),
+        (("sync-now", "empty", "job_costs", "--as", "alice"), "has no projects"),
+        (("sync-now", "acme", "bananas", "--as", "alice"), "bananas"),
+        (("history", "nope"), "unknown company"),
+        (("history", "acme", "--limit", "0"), "limit"),
+        (("sandbox", "set", "acme", "--transient-rate", "3"), "transient_rate"),
+        (("sandbox", "set", "acme"), "nothing to change"),
+        (("sandbox", "add-cost", "acme", "zz", "--amount", "5"), "unknown project"),
+        (("sandbox", "add-cost", "acme", "p1", "--amount", "-5"), "amount must be positive"),
+        (("sandbox", "add-vendor", "nope", "X"), "unknown company"),
+        (("sandbox", "add-vendor", "acme", " "), "vendor name"),
+        (("ratelimit", "set", "sap", "--rate", "1", "--burst", "1"), "unknown ERP"),
+        (("ratelimit", "set", "xero", "--rate", "-1", "--burst", "1"), "rate"),
+        (("reconcile", "acme", "--project", "zz"), "unknown project"),
+    ],
+)
 def test_bad_input_fails_with_one_line_and_writes_nothing(
-        run: Invoke, sent: Sent, fake: redis.Redis, keys: KeySpace,
-        args: tuple[str, ...], message: str) -> None:
+    run: Invoke, sent: Sent, fake: redis.Redis, keys: KeySpace, args: tuple[str, ...], message: str
+) -> None:
     before = snapshot(fake, keys.prefix)
     code, _out, err = run(*args)
     assert code != 0
@@ -87,22 +91,24 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(
     assert sent == []
 
 
-def test_history_lists_runs_newest_first(
-        run: Invoke, fake: redis.Redis, keys: KeySpace) -> None:
+def test_history_lists_runs_newest_first(run: Invoke, fake: redis.Redis, keys: KeySpace) -> None:
     runner = Runner(fake, keys)
     runner.execute(Delivery("t1", "acme", SyncKind.VENDORS, None, "2026-11-26T10:00:00Z"))
     runner.execute(Delivery("t2", "acme", SyncKind.PAYMENTS, "p1", "2026-11-26T11:00:00Z"))
     code, out, _ = run("history", "acme", "--json")
     shown = json.loads(out)
     assert [(r["task_id"], r["kind"], r["project"], r["status"]) for r in shown] == [
-        ("t2", "payments", "p1", "succeeded"), ("t1", "vendors", None, "succeeded")]
+        ("t2", "payments", "p1", "succeeded"),
+        ("t1", "vendors", None, "succeeded"),
+    ]
     assert json.loads(run("history", "acme", "--json", "--limit", "1")[1])[0]["task_id"] == "t2"
     code, out, _ = run("history", "acme")
     assert code == 0 and "created=30" in out
 
 
 def test_demo_seeds_several_erps_and_is_idempotent(
-        run: Invoke, fake: redis.Redis, keys: KeySpace) -> None:
+    run: Invoke, fake: redis.Redis, keys: KeySpace
+) -> None:
     code, out, _ = run("demo", "--companies", "3", "--projects", "2")
     assert code == 0
     assert "admin demo-01-admin" in out and "demo-03" in out
@@ -117,7 +123,8 @@ def test_demo_seeds_several_erps_and_is_idempotent(
 
 
 def test_sandbox_changes_show_up_after_a_sync(
-        run: Invoke, fake: redis.Redis, keys: KeySpace) -> None:
+    run: Invoke, fake: redis.Redis, keys: KeySpace
+) -> None:
     runner = Runner(fake, keys)
     runner.execute(Delivery("t1", "acme", SyncKind.JOB_COSTS, "p1", "s"))
     code, out, _ = run("sandbox", "add-cost", "acme", "p1", "--amount", "12.5")
@@ -133,12 +140,16 @@ def test_sandbox_changes_show_up_after_a_sync(
     # Vendors, jobs and payments were never synced; the job cost collections match the ERP.
     assert drift["vendors"]["missing"]
     assert [name for name, d in drift.items() if any(d.values())] == [
-        "jobs", "payments:p1", "vendors"]
+        "jobs",
+        "payments:p1",
+        "vendors",
+    ]
 
 
 def test_sandbox_set_and_ratelimit_set(run: Invoke) -> None:
-    code, out, _ = run("sandbox", "set", "acme", "--latency-ms", "50", "--fail-next", "2",
-                       "--fail-kind", "timeout")
+    code, out, _ = run(
+        "sandbox", "set", "acme", "--latency-ms", "50", "--fail-next", "2", "--fail-kind", "timeout"
+    )
     assert code == 0
     shown = json.loads(out)
     assert shown["config"]["latency_ms"] == 50 and shown["fail_next"] == 2

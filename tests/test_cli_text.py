@@ -19,12 +19,22 @@ def run(client: redis.Redis, *args: str) -> str:
 
 
 def test_schedule_names_each_sync_with_its_setting_and_counts_projects_in_words(
-        fake: redis.Redis, keys: KeySpace, store: SettingsStore, env: pytest.MonkeyPatch) -> None:
+    fake: redis.Redis, keys: KeySpace, store: SettingsStore, env: pytest.MonkeyPatch
+) -> None:
     store.add_company("acme", "xero")
     store.add_project("acme", "p1")
     lines = run(fake, "schedule", "acme").splitlines()
-    assert lines[1].split() == ["SYNC", "SETTING", "CADENCE", "NEXT", "RUN", "(UTC)", "IN",
-                                "SOURCE", "FAN-OUT"]
+    assert lines[1].split() == [
+        "SYNC",
+        "SETTING",
+        "CADENCE",
+        "NEXT",
+        "RUN",
+        "(UTC)",
+        "IN",
+        "SOURCE",
+        "FAN-OUT",
+    ]
     rows = {line.split()[0]: line for line in lines[2:]}
     assert rows["job_costs"].split()[1] == "sync_project_job_costs"
     assert rows["payments"].split()[1] == "sync_payments_for_synced_invoices"
@@ -35,10 +45,13 @@ def test_schedule_names_each_sync_with_its_setting_and_counts_projects_in_words(
 
 
 def test_settings_show_names_the_sync_each_setting_controls(
-        fake: redis.Redis, keys: KeySpace, store: SettingsStore, env: pytest.MonkeyPatch) -> None:
+    fake: redis.Redis, keys: KeySpace, store: SettingsStore, env: pytest.MonkeyPatch
+) -> None:
     store.add_company("acme", "xero")
-    rows = {line.split()[0]: line.split()[1:] for line in
-            run(fake, "settings", "show", "acme").splitlines()[2:]}
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in run(fake, "settings", "show", "acme").splitlines()[2:]
+    }
     assert rows["refresh_erp_companies_list"] == ["on", "vendors"]
     assert rows["refresh_erp_job_list"] == ["on", "jobs"]
     assert rows["sync_project_job_costs"] == ["on", "job_costs"]

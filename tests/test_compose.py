@@ -42,16 +42,26 @@ HELP_ENV = {"ERP_SYNC_REDIS_URL": "redis://127.0.0.1:1/0", "ERP_SYNC_KEY_PREFIX"
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ERP_SYNC_", "FLOWER_", "POSTGRES_", "COMPOSE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ERP_SYNC_", "FLOWER_", "POSTGRES_", "COMPOSE_"))
+    }
     return {**env, **extra}
 
 
 @cache
 def help_text(*args: str) -> str:
     """Output of ``python <args>`` run from the repo root (a ``--help`` or ``--list``)."""
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(HELP_ENV),
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=_env(HELP_ENV),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, f"python {' '.join(args)} failed:\n{done.stderr}"
     return done.stdout or done.stderr  # tornado (Flower) prints its help on stderr
 
@@ -65,7 +75,7 @@ def click_options(text: str) -> dict[str, tuple[bool, list[str]]]:
             continue
         words = match.group(1).replace(" / ", ", ").split(" ")
         names = [w.rstrip(",") for w in words if re.fullmatch(r"--?[\w-]+,?", w)]
-        metavar = " ".join(words[len(names):])
+        metavar = " ".join(words[len(names) :])
         choices = re.fullmatch(r"\[([\w|]+)\]", metavar)
         for name in names:
             found[name] = (bool(metavar), choices.group(1).split("|") if choices else [])
@@ -163,8 +173,9 @@ def commands() -> Iterator[tuple[str, list[str]]]:
 
 
 @pytest.mark.parametrize(("where", "argv"), list(commands()), ids=[w for w, _ in commands()])
-def test_every_command_names_a_real_module_subcommand_and_option(where: str,
-                                                                 argv: list[str]) -> None:
+def test_every_command_names_a_real_module_subcommand_and_option(
+    where: str, argv: list[str]
+) -> None:
     if argv[0] == "celery":
         check_celery(argv, where)
     elif argv[0] == "erp-sync":
@@ -172,8 +183,9 @@ def test_every_command_names_a_real_module_subcommand_and_option(where: str,
     elif argv[0] == "python":
         compile(argv[argv.index("-c") + 1], where, "exec")
     else:
-        assert argv[0] in ("redis-server", "redis-cli", "pg_isready"), \
+        assert argv[0] in ("redis-server", "redis-cli", "pg_isready"), (
             f"{where}: unknown program {argv[0]}"
+        )
 
 
 def _walk(node: object) -> Iterator[tuple[str, object]]:
@@ -224,7 +236,8 @@ def test_redis_persists_with_aof_never_evicts_and_has_a_healthcheck() -> None:
 
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_every_app_service_waits_for_a_healthy_redis_and_names_only_known_settings(
-        name: str) -> None:
+    name: str,
+) -> None:
     from config.env import Settings
 
     service = SERVICES[name]
@@ -236,8 +249,11 @@ def test_every_app_service_waits_for_a_healthy_redis_and_names_only_known_settin
     # Beat refuses to start unless the broker is its Redis: leave the broker URL unset.
     assert "ERP_SYNC_BROKER_URL" not in env
     assert env["ERP_SYNC_SECONDS_PER_HOUR"] == "${ERP_SYNC_SECONDS_PER_HOUR:-3600}"
-    defaults = {k.removeprefix("ERP_SYNC_").lower(): re.sub(r"^\$\{\w+:-(.*)\}$", r"\1", str(v))
-                for k, v in env.items() if k.startswith("ERP_SYNC_")}
+    defaults = {
+        k.removeprefix("ERP_SYNC_").lower(): re.sub(r"^\$\{\w+:-(.*)\}$", r"\1", str(v))
+        for k, v in env.items()
+        if k.startswith("ERP_SYNC_")
+    }
     assert defaults["redis_url"] == "redis://redis:6379/0"
     assert defaults["database_url"] == DATABASE_URL
     Settings.model_validate(defaults)
@@ -330,8 +346,11 @@ def test_the_workers_consume_every_sync_queue_and_the_housekeeping_one() -> None
     from erp_sync.celery_config import celery_config
     from erp_sync.slots import TASK_NAMES, queue_for
 
-    consumed = {queue for name in WORKERS
-                for queue in option_value(argv_of(SERVICES[name]), "-Q").split(",")}
+    consumed = {
+        queue
+        for name in WORKERS
+        for queue in option_value(argv_of(SERVICES[name]), "-Q").split(",")
+    }
     assert {queue_for(kind) for kind in TASK_NAMES} <= consumed
     periodic = celery_config(Settings()).get("beat_schedule", {}).values()
     assert {entry["options"]["queue"] for entry in periodic} <= consumed
@@ -361,26 +380,36 @@ def test_the_image_copies_every_installed_module_runs_as_non_root_and_bakes_no_s
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim$", text, re.MULTILINE)
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    copied = {s.rstrip("/") for line in re.findall(r"^COPY (.*)$", text, re.MULTILINE)
-              for s in line.split()[:-1]}
+    copied = {
+        s.rstrip("/")
+        for line in re.findall(r"^COPY (.*)$", text, re.MULTILINE)
+        for s in line.split()[:-1]
+    }
     wanted = {f"{m}.py" for m in setuptools["py-modules"]}
     wanted |= {p.rstrip("*") for p in setuptools["packages"]["find"]["include"]}
     assert wanted | {"pyproject.toml", "README.md"} <= copied
-    ignored = [p for p in (ROOT / ".dockerignore").read_text().splitlines()
-               if p and not p.startswith("#")]
+    ignored = [
+        p for p in (ROOT / ".dockerignore").read_text().splitlines() if p and not p.startswith("#")
+    ]
     assert {".env", ".venv", ".git"} <= set(ignored)
     assert not [(s, p) for s in copied for p in ignored if fnmatch.fnmatch(s, p)]
     users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
-    assert not re.search(r"^(ENV|ARG)\b.*(PASSWORD|SECRET|TOKEN|AUTH|REDIS_URL)", text,
-                         re.MULTILINE | re.IGNORECASE)
+    assert not re.search(
+        r"^(ENV|ARG)\b.*(PASSWORD|SECRET|TOKEN|AUTH|REDIS_URL)", text, re.MULTILINE | re.IGNORECASE
+    )
 
 
 @pytest.fixture(scope="module")
 def compose_cli() -> list[str]:
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True,
-                                 timeout=60, check=False).returncode == 0:
+    if (
+        docker
+        and subprocess.run(
+            [docker, "compose", "version"], capture_output=True, timeout=60, check=False
+        ).returncode
+        == 0
+    ):
         return [docker, "compose"]
     legacy = shutil.which("docker-compose")
     if legacy:
@@ -390,14 +419,27 @@ def compose_cli() -> list[str]:
     pytest.skip("neither docker compose nor docker-compose is installed")
 
 
-def compose_config(cli: list[str], tmp_path: Path, env: dict[str, str],
-                   quiet: bool = True) -> subprocess.CompletedProcess[str]:
+def compose_config(
+    cli: list[str], tmp_path: Path, env: dict[str, str], quiet: bool = True
+) -> subprocess.CompletedProcess[str]:
     empty = tmp_path / "empty.env"  # so a developer's .env cannot change the outcome
     empty.write_text("")
-    args = [*cli, "--env-file", str(empty), "-f", str(COMPOSE_FILE),
-            "--profile", "manage", "--profile", "demo", "config", *(["-q"] if quiet else [])]
-    return subprocess.run(args, cwd=tmp_path, env=_env(env), capture_output=True, text=True,
-                          timeout=120, check=False)
+    args = [
+        *cli,
+        "--env-file",
+        str(empty),
+        "-f",
+        str(COMPOSE_FILE),
+        "--profile",
+        "manage",
+        "--profile",
+        "demo",
+        "config",
+        *(["-q"] if quiet else []),
+    ]
+    return subprocess.run(
+        args, cwd=tmp_path, env=_env(env), capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 REQUIRED_ENV = {"FLOWER_BASIC_AUTH": "x:y", "POSTGRES_PASSWORD": "pw0123456789"}
@@ -410,15 +452,18 @@ def test_the_compose_file_validates(compose_cli: list[str], tmp_path: Path) -> N
 
 @pytest.mark.parametrize("missing", sorted(REQUIRED_ENV))
 def test_the_compose_file_refuses_to_run_without_each_required_secret(
-        compose_cli: list[str], tmp_path: Path, missing: str) -> None:
-    done = compose_config(compose_cli, tmp_path,
-                          {k: v for k, v in REQUIRED_ENV.items() if k != missing})
+    compose_cli: list[str], tmp_path: Path, missing: str
+) -> None:
+    done = compose_config(
+        compose_cli, tmp_path, {k: v for k, v in REQUIRED_ENV.items() if k != missing}
+    )
     assert done.returncode != 0
     assert missing in done.stderr
 
 
 def test_compose_resolves_the_database_url_and_the_start_order_as_intended(
-        compose_cli: list[str], tmp_path: Path) -> None:
+    compose_cli: list[str], tmp_path: Path
+) -> None:
     done = compose_config(compose_cli, tmp_path, REQUIRED_ENV, quiet=False)
     assert done.returncode == 0, done.stderr
     resolved: dict[str, dict[str, Any]] = yaml.safe_load(done.stdout)["services"]
@@ -426,8 +471,9 @@ def test_compose_resolves_the_database_url_and_the_start_order_as_intended(
     assert resolved["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
     for name in WORKERS:
         worker = resolved[name]
-        assert worker["environment"]["ERP_SYNC_DATABASE_URL"] == \
-            DATABASE_URL.replace("${POSTGRES_PASSWORD}", password)
+        assert worker["environment"]["ERP_SYNC_DATABASE_URL"] == DATABASE_URL.replace(
+            "${POSTGRES_PASSWORD}", password
+        )
         assert worker["depends_on"][MIGRATE]["condition"] == "service_completed_successfully"
         assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert set(resolved["beat"]["depends_on"]) == {"redis"}

@@ -43,8 +43,15 @@ NOTHING = {"created": 0, "updated": 0, "unchanged": 0, "deleted": 0}
 class Launch(Protocol):
     """Starts a worker with ``env`` (waiting until it consumes, unless ``ready`` is False)."""
 
-    def __call__(self, env: dict[str, str], name: str = "w1", *, pool: str = "threads",
-                 concurrency: int = 4, ready: bool = True) -> procs.Proc: ...
+    def __call__(
+        self,
+        env: dict[str, str],
+        name: str = "w1",
+        *,
+        pool: str = "threads",
+        concurrency: int = 4,
+        ready: bool = True,
+    ) -> procs.Proc: ...
 
 
 @pytest.fixture
@@ -57,10 +64,14 @@ def pg(pg_db: Database, env: pytest.MonkeyPatch) -> Iterator[Database]:
 
 
 @pytest.fixture
-def worker_env(real: redis.Redis, redis_server: RedisServer, prefix: str,
-               pg: Database) -> dict[str, str]:
-    return {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-            "ERP_SYNC_DATABASE_URL": pg.url}
+def worker_env(
+    real: redis.Redis, redis_server: RedisServer, prefix: str, pg: Database
+) -> dict[str, str]:
+    return {
+        "ERP_SYNC_REDIS_URL": redis_server.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_DATABASE_URL": pg.url,
+    }
 
 
 @pytest.fixture
@@ -74,8 +85,14 @@ def sender(worker_env: dict[str, str]) -> Iterator[Sender]:
 def launch(tmp_path: Path) -> Iterator[Launch]:
     workers = Workers({}, tmp_path)
 
-    def _launch(env: dict[str, str], name: str = "w1", *, pool: str = "threads",
-                concurrency: int = 4, ready: bool = True) -> procs.Proc:
+    def _launch(
+        env: dict[str, str],
+        name: str = "w1",
+        *,
+        pool: str = "threads",
+        concurrency: int = 4,
+        ready: bool = True,
+    ) -> procs.Proc:
         return workers.start(name, env, pool=pool, concurrency=concurrency, ready=ready)
 
     yield _launch
@@ -88,8 +105,9 @@ def versions(db: Database) -> dict[str, dict[tuple[Any, ...], int]]:
     with db.engine.connect() as conn:
         for name, c in COLLECTIONS.items():
             key = list(c.table.primary_key.columns)
-            out[name] = {tuple(r[:-1]): int(r[-1])
-                         for r in conn.execute(select(*key, c.table.c.version))}
+            out[name] = {
+                tuple(r[:-1]): int(r[-1]) for r in conn.execute(select(*key, c.table.c.version))
+            }
     return out
 
 
@@ -126,8 +144,13 @@ class Sampler:
 
 
 def test_real_workers_sync_the_sandbox_into_postgresql_and_a_rerun_writes_nothing(
-        real: redis.Redis, keys: KeySpace, launch: Launch, worker_env: dict[str, str],
-        sender: Sender, pg: Database) -> None:
+    real: redis.Redis,
+    keys: KeySpace,
+    launch: Launch,
+    worker_env: dict[str, str],
+    sender: Sender,
+    pg: Database,
+) -> None:
     data = small_company(real, keys)
     launch(worker_env)
     vendors = finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "v1"))
@@ -138,13 +161,16 @@ def test_real_workers_sync_the_sandbox_into_postgresql_and_a_rerun_writes_nothin
     assert store.all("vendors") == data.all("acme", "vendors")
     assert store.all("job_costs", "p1") == data.all("acme", collection("job_costs", "p1"))
     assert store.all("project_cost_codes", "p1") == data.all(
-        "acme", collection("project_cost_codes", "p1"))
+        "acme", collection("project_cost_codes", "p1")
+    )
     assert RunLog(pg).get("v1") == vendors  # the history row is the run's final record
     before = versions(pg)
 
     # Incremental: the ERP has nothing new, so nothing is read and nothing written.
-    for task_id, kind, project in (("v2", SyncKind.VENDORS, None),
-                                   ("c2", SyncKind.JOB_COSTS, "p1")):
+    for task_id, kind, project in (
+        ("v2", SyncKind.VENDORS, None),
+        ("c2", SyncKind.JOB_COSTS, "p1"),
+    ):
         again = finished(real, keys, "acme", sender.send(kind, "acme", task_id, project))
         assert (again.status, again.counts) == ("succeeded", NOTHING)
     # From no watermark: everything is read again, and every row compares unchanged.
@@ -157,17 +183,22 @@ def test_real_workers_sync_the_sandbox_into_postgresql_and_a_rerun_writes_nothin
 
 
 def test_a_killed_prefork_child_leaves_no_partial_page_and_its_rerun_writes_each_row_once(
-        real: redis.Redis, keys: KeySpace, launch: Launch, worker_env: dict[str, str],
-        sender: Sender, pg: Database) -> None:
+    real: redis.Redis,
+    keys: KeySpace,
+    launch: Launch,
+    worker_env: dict[str, str],
+    sender: Sender,
+    pg: Database,
+) -> None:
     page_size = 3
     data = small_company(real, keys, latency_ms=150, page_size=page_size)
     # The killed child's run lock outlives it by one TTL: a short one, so the rerun comes soon.
-    worker = launch({**worker_env, "ERP_SYNC_RUN_LOCK_SECONDS": "3"}, pool="prefork",
-                    concurrency=1)
+    worker = launch({**worker_env, "ERP_SYNC_RUN_LOCK_SECONDS": "3"}, pool="prefork", concurrency=1)
     with Sampler(pg) as sampler:
         task_id = sender.send(SyncKind.VENDORS, "acme", "k1")
-        procs.wait_until(lambda: vendor_rows(pg) >= 2 * page_size, 20,
-                         "the sync never started writing")
+        procs.wait_until(
+            lambda: vendor_rows(pg) >= 2 * page_size, 20, "the sync never started writing"
+        )
         assert vendor_rows(pg) < 30
         children = child_pids(worker.pid)
         assert children, "no prefork child to kill"
@@ -188,12 +219,19 @@ def test_a_killed_prefork_child_leaves_no_partial_page_and_its_rerun_writes_each
 
 
 def test_an_erp_deletion_reaches_the_database_as_a_marked_row(
-        real: redis.Redis, keys: KeySpace, launch: Launch, worker_env: dict[str, str],
-        sender: Sender, pg: Database) -> None:
+    real: redis.Redis,
+    keys: KeySpace,
+    launch: Launch,
+    worker_env: dict[str, str],
+    sender: Sender,
+    pg: Database,
+) -> None:
     data = small_company(real, keys)
     launch(worker_env)
-    assert finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "v1")
-                    ).status == "succeeded"
+    assert (
+        finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "v1")).status
+        == "succeeded"
+    )
     data.delete("acme", "vendors", "V00007")
     record = finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "v2"))
     assert (record.status, record.counts) == ("succeeded", {**NOTHING, "deleted": 1})
@@ -205,21 +243,31 @@ def test_an_erp_deletion_reaches_the_database_as_a_marked_row(
 
 
 def test_the_history_survives_a_redis_flushall(
-        own_redis: RedisServer, env: pytest.MonkeyPatch, prefix: str, keys: KeySpace,
-        launch: Launch, pg: Database) -> None:
+    own_redis: RedisServer,
+    env: pytest.MonkeyPatch,
+    prefix: str,
+    keys: KeySpace,
+    launch: Launch,
+    pg: Database,
+) -> None:
     # A redis-server of this test's own: FLUSHALL on the session's would wipe other tests.
     env.setenv("ERP_SYNC_REDIS_URL", own_redis.url)
     get_settings.cache_clear()
     client = own_redis.client()
-    worker_env = {"ERP_SYNC_REDIS_URL": own_redis.url, "ERP_SYNC_KEY_PREFIX": prefix,
-                  "ERP_SYNC_DATABASE_URL": pg.url}
+    worker_env = {
+        "ERP_SYNC_REDIS_URL": own_redis.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_DATABASE_URL": pg.url,
+    }
     small_company(client, keys)
     launch(worker_env)
     sender = Sender(worker_env)
     try:
-        ids = [sender.send(SyncKind.VENDORS, "acme", "v1"),
-               sender.send(SyncKind.JOB_COSTS, "acme", "c1", "p1"),
-               sender.send(SyncKind.PAYMENTS, "acme", "pay1", "p1")]
+        ids = [
+            sender.send(SyncKind.VENDORS, "acme", "v1"),
+            sender.send(SyncKind.JOB_COSTS, "acme", "c1", "p1"),
+            sender.send(SyncKind.PAYMENTS, "acme", "pay1", "p1"),
+        ]
     finally:
         sender.close()
     records = {i: finished(client, keys, "acme", i) for i in ids}
@@ -232,8 +280,14 @@ def test_the_history_survives_a_redis_flushall(
 
 
 def test_a_database_outage_retries_the_sync_which_then_writes_every_record_once(
-        real: redis.Redis, keys: KeySpace, launch: Launch, worker_env: dict[str, str],
-        sender: Sender, pg: Database, postgres_server: PostgresServer) -> None:
+    real: redis.Redis,
+    keys: KeySpace,
+    launch: Launch,
+    worker_env: dict[str, str],
+    sender: Sender,
+    pg: Database,
+    postgres_server: PostgresServer,
+) -> None:
     small_company(real, keys)
     worker = launch(worker_env)  # (a worker checks the schema as it starts: the server is up)
     history = History(real, keys)
@@ -241,9 +295,12 @@ def test_a_database_outage_retries_the_sync_which_then_writes_every_record_once(
     try:
         task_id = sender.send(SyncKind.VENDORS, "acme", "d1")
         procs.wait_until(
-            lambda: (r := history.get("acme", task_id)) is not None
-            and "unavailable" in (r.error or ""), 20,
-            f"no retry note on the run:\n{worker.output()[-3000:]}")
+            lambda: (
+                (r := history.get("acme", task_id)) is not None and "unavailable" in (r.error or "")
+            ),
+            20,
+            f"no retry note on the run:\n{worker.output()[-3000:]}",
+        )
         note = history.get("acme", task_id)
         assert note is not None and note.status == "running"
         assert f"the database {pg.masked_url} is unavailable" in (note.error or "")
@@ -258,14 +315,21 @@ def test_a_database_outage_retries_the_sync_which_then_writes_every_record_once(
 
 
 def test_a_worker_on_an_unmigrated_database_exits_naming_db_upgrade(
-        real: redis.Redis, redis_server: RedisServer, prefix: str, pg_url: str,
-        launch: Launch) -> None:
+    real: redis.Redis, redis_server: RedisServer, prefix: str, pg_url: str, launch: Launch
+) -> None:
     # The private cluster trusts local connections: the password is sent and ignored.
     url = make_url(pg_url).set(password="s3cret-pw").render_as_string(hide_password=False)
-    worker = launch({"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-                     "ERP_SYNC_DATABASE_URL": url}, ready=False)
-    procs.wait_until(lambda: not worker.alive(), 30,
-                     f"the worker kept running:\n{worker.output()[-3000:]}")
+    worker = launch(
+        {
+            "ERP_SYNC_REDIS_URL": redis_server.url,
+            "ERP_SYNC_KEY_PREFIX": prefix,
+            "ERP_SYNC_DATABASE_URL": url,
+        },
+        ready=False,
+    )
+    procs.wait_until(
+        lambda: not worker.alive(), 30, f"the worker kept running:\n{worker.output()[-3000:]}"
+    )
     assert worker.popen.returncode != 0
     output = worker.output()
     named = [line for line in output.splitlines() if "erp-sync db upgrade" in line]

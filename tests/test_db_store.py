@@ -37,13 +37,26 @@ RowState = tuple[int, datetime, bool]  # version, last_changed, deleted_in_erp
 
 
 def vendor(n: int, **changes: Any) -> Record:
-    return {"id": f"V{n:05d}", "name": f"Vendor {n}", "active": True, "tax_id": f"{n:09d}",
-            "city": "Springfield", **changes}
+    return {
+        "id": f"V{n:05d}",
+        "name": f"Vendor {n}",
+        "active": True,
+        "tax_id": f"{n:09d}",
+        "city": "Springfield",
+        **changes,
+    }
 
 
 def cost(n: int, project: str, amount_cents: Any = 1_000, **changes: Any) -> Record:
-    return {"id": f"JC{n:06d}", "job": project, "cost_code": f"{project}-001", "cost_type": "M",
-            "amount_cents": amount_cents, "description": "concrete", **changes}
+    return {
+        "id": f"JC{n:06d}",
+        "job": project,
+        "cost_code": f"{project}-001",
+        "cost_type": "M",
+        "amount_cents": amount_cents,
+        "description": "concrete",
+        **changes,
+    }
 
 
 def store(db: Database, company: str = "acme") -> RecordStore:
@@ -56,8 +69,14 @@ def rows(db: Database, name: str) -> dict[tuple[str, str | None, str], RowState]
     c = COLLECTIONS[name]
     t = c.table
     project = t.c.project if c.project_level else None
-    query = select(t.c.company, *([project] if project is not None else []), t.c.erp_id,
-                   t.c.version, t.c.last_changed, t.c.deleted_in_erp)
+    query = select(
+        t.c.company,
+        *([project] if project is not None else []),
+        t.c.erp_id,
+        t.c.version,
+        t.c.last_changed,
+        t.c.deleted_in_erp,
+    )
     out: dict[tuple[str, str | None, str], RowState] = {}
     with db.engine.connect() as conn:
         for row in conn.execute(query):
@@ -77,20 +96,27 @@ def version_sum(db: Database, name: str) -> int:
 
 # --- records --------------------------------------------------------------------------------
 
+
 def test_write_page_counts_come_from_the_database(any_db: Database) -> None:
-    assert store(any_db).write_page("vendors", None, [vendor(1), vendor(2), vendor(3)],
-                                    now=T0) == Counts(created=3)
+    assert store(any_db).write_page(
+        "vendors", None, [vendor(1), vendor(2), vendor(3)], now=T0
+    ) == Counts(created=3)
     second = store(any_db).write_page(
-        "vendors", None, [vendor(1), vendor(2, city="Shelbyville"), vendor(3), vendor(4)],
-        now=T1)
+        "vendors", None, [vendor(1), vendor(2, city="Shelbyville"), vendor(3), vendor(4)], now=T1
+    )
     assert second == Counts(created=1, updated=1, unchanged=2)
-    third = store(any_db).write_page("vendors", None, [vendor(1)], deleted=["V00003", "V09999"],
-                                     now=T2)
+    third = store(any_db).write_page(
+        "vendors", None, [vendor(1)], deleted=["V00003", "V09999"], now=T2
+    )
     assert third == Counts(unchanged=1, deleted=1)  # an id never seen is not a deletion
     assert store(any_db).write_page("vendors", None, [], deleted=["V00003"]) == Counts()
     assert store(any_db).all("vendors")["V00002"]["city"] == "Shelbyville"
     assert {k[2]: v[0] for k, v in rows(any_db, "vendors").items()} == {
-        "V00001": 1, "V00002": 2, "V00003": 2, "V00004": 1}
+        "V00001": 1,
+        "V00002": 2,
+        "V00003": 2,
+        "V00004": 1,
+    }
 
 
 def test_a_page_without_a_change_writes_zero_rows(any_db: Database) -> None:
@@ -108,10 +134,12 @@ def test_a_page_without_a_change_writes_zero_rows(any_db: Database) -> None:
 
 
 def test_an_erp_deletion_marks_the_row_and_a_recreated_record_undeletes_it(
-        any_db: Database) -> None:
+    any_db: Database,
+) -> None:
     store(any_db).write_page("vendors", None, [vendor(1), vendor(2)], now=T0)
-    assert store(any_db).write_page("vendors", None, [], deleted=["V00001"],
-                                    now=T1) == Counts(deleted=1)
+    assert store(any_db).write_page("vendors", None, [], deleted=["V00001"], now=T1) == Counts(
+        deleted=1
+    )
     s = store(any_db)
     assert set(s.all("vendors")) == {"V00002"}
     assert set(s.all("vendors", include_deleted=True)) == {"V00001", "V00002"}
@@ -119,8 +147,7 @@ def test_an_erp_deletion_marks_the_row_and_a_recreated_record_undeletes_it(
     kept = rows(any_db, "vendors")[("acme", None, "V00001")]
     assert kept[0] == 2 and kept[2] is True  # kept, marked, and counted as a change
     # The ERP brings it back, unchanged: the mark goes and it counts as an update.
-    assert store(any_db).write_page("vendors", None, [vendor(1)],
-                                    now=T2) == Counts(updated=1)
+    assert store(any_db).write_page("vendors", None, [vendor(1)], now=T2) == Counts(updated=1)
     assert store(any_db).deleted_ids("vendors") == set()
     assert store(any_db).all("vendors")["V00001"] == vendor(1)
     assert rows(any_db, "vendors")[("acme", None, "V00001")][0] == 3
@@ -131,10 +158,10 @@ def test_project_level_collections_and_companies_are_kept_apart(any_db: Database
     store(any_db).write_page("job_costs", "p1", [cost(1, "p1", 100), cost(2, "p1")], now=T0)
     store(any_db).write_page("job_costs", "p2", [cost(1, "p2", 200)], now=T0)
     store(any_db, "other").write_page("job_costs", "p1", [cost(1, "p1", 300)], now=T0)
-    assert store(any_db).write_page("job_costs", "p2", [cost(1, "p2", 200)]) == Counts(
-        unchanged=1)
+    assert store(any_db).write_page("job_costs", "p2", [cost(1, "p2", 200)]) == Counts(unchanged=1)
     assert store(any_db).write_page("job_costs", "p1", [], deleted=["JC000001"]) == Counts(
-        deleted=1)
+        deleted=1
+    )
     assert set(store(any_db).all("job_costs", "p1")) == {"JC000002"}
     assert store(any_db).all("job_costs", "p2")["JC000001"]["amount_cents"] == 200
     assert store(any_db, "other").all("job_costs", "p1")["JC000001"]["amount_cents"] == 300
@@ -144,7 +171,8 @@ def test_project_level_collections_and_companies_are_kept_apart(any_db: Database
 
 
 def test_a_project_level_page_without_a_project_is_refused_and_writes_nothing(
-        any_db: Database) -> None:
+    any_db: Database,
+) -> None:
     with pytest.raises(ValueError, match="needs a project"):
         store(any_db).write_page("job_costs", None, [cost(1, "p1")])
     assert rows(any_db, "job_costs") == {}
@@ -190,16 +218,33 @@ def test_a_page_the_database_rejects_half_way_leaves_nothing_of_it(any_db: Datab
 
 # --- run history ----------------------------------------------------------------------------
 
-def run(task_id: str, started: datetime, *, company: str = "acme", kind: str = "vendors",
-        project: str | None = None, status: Status = "succeeded") -> RunRecord:
-    record = RunRecord(kind=kind, company=company, project=project, task_id=task_id,
-                       scheduled_for=started.isoformat(), started_at=started)
+
+def run(
+    task_id: str,
+    started: datetime,
+    *,
+    company: str = "acme",
+    kind: str = "vendors",
+    project: str | None = None,
+    status: Status = "succeeded",
+) -> RunRecord:
+    record = RunRecord(
+        kind=kind,
+        company=company,
+        project=project,
+        task_id=task_id,
+        scheduled_for=started.isoformat(),
+        started_at=started,
+    )
     if status == "running":
         return record
     ok = status == "succeeded"
-    return record.finish(status, at=started + timedelta(seconds=2),
-                         counts={"created": 3, "unchanged": 1} if ok else None,
-                         error=None if ok else "ErpServerError: 503")
+    return record.finish(
+        status,
+        at=started + timedelta(seconds=2),
+        counts={"created": 3, "unchanged": 1} if ok else None,
+        error=None if ok else "ErpServerError: 503",
+    )
 
 
 def test_runlog_save_get_and_replace(any_db: Database) -> None:
@@ -218,12 +263,14 @@ def test_runlog_save_get_and_replace(any_db: Database) -> None:
 
 def test_runlog_recent_is_newest_first_and_filters(any_db: Database) -> None:
     log = RunLog(any_db)
-    runs = [run("a", T0, kind="vendors"),
-            run("b", T0 + timedelta(days=1), kind="job_costs", project="p1", status="failed"),
-            run("c", T0 + timedelta(days=2), kind="job_costs", project="p2"),
-            run("d", T0 + timedelta(days=3), kind="payments", project="p1", status="skipped"),
-            run("e", T0 + timedelta(days=4), kind="vendors", status="failed"),
-            run("x", T0 + timedelta(days=5), company="other")]
+    runs = [
+        run("a", T0, kind="vendors"),
+        run("b", T0 + timedelta(days=1), kind="job_costs", project="p1", status="failed"),
+        run("c", T0 + timedelta(days=2), kind="job_costs", project="p2"),
+        run("d", T0 + timedelta(days=3), kind="payments", project="p1", status="skipped"),
+        run("e", T0 + timedelta(days=4), kind="vendors", status="failed"),
+        run("x", T0 + timedelta(days=5), company="other"),
+    ]
     for r in runs:
         log.save(r)
 
@@ -279,13 +326,13 @@ def test_runlog_import_many_returns_how_many_it_added(any_db: Database) -> None:
     # (psycopg reports an executemany's rowcount as -1: the count must come from RETURNING.)
     log = RunLog(any_db)
     log.save(run("t1", T0))
-    assert log.import_many([run("t1", T0, status="running"), run("t2", T1),
-                            run("t3", T2)]) == 2
+    assert log.import_many([run("t1", T0, status="running"), run("t2", T1), run("t3", T2)]) == 2
     assert log.import_many([run("t2", T1)]) == 0
     assert log.import_many([]) == 0
 
 
 # --- the schema check and an unreachable database -------------------------------------------
+
 
 def test_mask_hides_only_the_password() -> None:
     url = "postgresql+psycopg://sync:s3cret@db.example:5432/erp"
@@ -299,9 +346,11 @@ def test_an_empty_sqlite_database_is_behind_in_one_line(tmp_path: Path) -> None:
         with pytest.raises(SchemaBehind) as behind:
             db.check()
         message = str(behind.value)
-        assert message == (f"the database sqlite:///{tmp_path / 'empty.db'} is empty (no "
-                           f"schema), this code needs {head_revision()}: run "
-                           "`erp-sync db upgrade`")
+        assert message == (
+            f"the database sqlite:///{tmp_path / 'empty.db'} is empty (no "
+            f"schema), this code needs {head_revision()}: run "
+            "`erp-sync db upgrade`"
+        )
         with pytest.raises(SchemaBehind):
             _ = db.engine  # the checked engine refuses too, not just check()
         before, after = db.upgrade()
@@ -325,15 +374,15 @@ def test_a_database_a_migration_behind_names_its_revision_and_upgrades(tmp_path:
             db.check()
         assert str(behind.value) == (
             f"the database {db.masked_url} is at revision {base}, this code needs "
-            f"{head_revision()}: run `erp-sync db upgrade`")
+            f"{head_revision()}: run `erp-sync db upgrade`"
+        )
         assert db.upgrade() == (base, head_revision())
         db.check()
     finally:
         db.dispose()
 
 
-def test_a_database_at_a_revision_this_code_does_not_know_asks_for_newer_code(
-        db: Database) -> None:
+def test_a_database_at_a_revision_this_code_does_not_know_asks_for_newer_code(db: Database) -> None:
     with db.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'abc123'"))
     with pytest.raises(SchemaBehind, match=r"at revision abc123, newer than this code knows"):
@@ -356,7 +405,8 @@ def test_an_empty_postgresql_database_is_behind_with_the_password_masked(pg_url:
 
 
 def test_a_stopped_postgresql_is_database_unavailable_and_a_restart_recovers(
-        pg_db: Database, postgres_server: PostgresServer) -> None:
+    pg_db: Database, postgres_server: PostgresServer
+) -> None:
     s, log = store(pg_db), RunLog(pg_db)
     s.write_page("vendors", None, [vendor(1)], now=T0)
     postgres_server.stop_server()
@@ -373,5 +423,6 @@ def test_a_stopped_postgresql_is_database_unavailable_and_a_restart_recovers(
         postgres_server.start_server()
     # The same engine carries on (stale pooled connections are pinged and replaced).
     assert s.write_page("vendors", None, [vendor(1), vendor(2)], now=T1) == Counts(
-        created=1, unchanged=1)
+        created=1, unchanged=1
+    )
     assert set(s.all("vendors")) == {"V00001", "V00002"}

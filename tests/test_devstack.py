@@ -37,8 +37,14 @@ SIGINT_IGNORED = ["bash", "-c", 'trap "" INT; exec "$@"', "bash"]
 
 
 def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=process_env(env),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=process_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def children(pid: int) -> list[int]:
@@ -97,16 +103,20 @@ def qbo_stats(url: str, realm: str) -> dict[str, int]:
 def test_the_shell_prefix_starts_a_program_with_sigint_ignored() -> None:
     """The premise of the background test below: what the devstack has to overcome."""
     probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"
-    out = subprocess.run([*SIGINT_IGNORED, sys.executable, "-c", probe], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        [*SIGINT_IGNORED, sys.executable, "-c", probe], capture_output=True, text=True, timeout=30
+    )
     assert out.stdout.strip() == "True"
 
 
 def test_the_main_command_runs_the_whole_stack_with_demo_data(
     redis_server: RedisServer, prefix: str, tmp_path: Path
 ) -> None:
-    env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-           "ERP_SYNC_SECONDS_PER_HOUR": "3"}
+    env = {
+        "ERP_SYNC_REDIS_URL": redis_server.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_SECONDS_PER_HOUR": "3",
+    }
     run = tmp_path / "run"
     stack = Proc("devstack", [*SIGINT_IGNORED, *DEVSTACK, "--run-dir", str(run)], env, tmp_path)
     spawned: list[int] = []
@@ -114,8 +124,11 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
         stack.wait_for(BANNER, 90)
         out = stack.output()
         assert "using the Redis at ERP_SYNC_REDIS_URL" in out
-        assert (out.index("waiting for a beat to lead...")
-                < out.index("waiting for Flower to list the workers") < out.index(BANNER))
+        assert (
+            out.index("waiting for a beat to lead...")
+            < out.index("waiting for Flower to list the workers")
+            < out.index(BANNER)
+        )
         spawned = children(stack.pid)
         # Two beats, two workers, Flower and the fake QBO server (Redis was already there).
         assert len(spawned) == 6
@@ -142,25 +155,43 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
         assert not showing, f"the Flower password is on the command line of {showing}"
 
         # Every Celery node answers remote control under a name of its own.
-        ping = subprocess.run([*CELERY, "inspect", "ping", "--json"], cwd=ROOT,
-                              env=process_env(env), capture_output=True, text=True, timeout=60)
+        ping = subprocess.run(
+            [*CELERY, "inspect", "ping", "--json"],
+            cwd=ROOT,
+            env=process_env(env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert "DuplicateNodenameWarning" not in ping.stdout + ping.stderr
         names = {f"{n}@{host}" for n in ("beat-1", "beat-2", "company", "project")}
         assert set(json.loads(ping.stdout)) == names
 
         def kinds_succeeded() -> set[str]:
-            runs = json.loads(manage(env, "history", "demo-01", "--json", "--limit", "200")
-                              .stdout or "[]")
+            runs = json.loads(
+                manage(env, "history", "demo-01", "--json", "--limit", "200").stdout or "[]"
+            )
             return {r["kind"] for r in runs if r["status"] == "succeeded"}
 
-        wait_until(lambda: kinds_succeeded() == KINDS, 60,
-                   f"not all four kinds succeeded: {kinds_succeeded()}")
+        wait_until(
+            lambda: kinds_succeeded() == KINDS,
+            60,
+            f"not all four kinds succeeded: {kinds_succeeded()}",
+        )
         tasks = flower_get(port, "/api/tasks?limit=50", auth)
         assert isinstance(tasks, dict)
         assert any(t["name"] == "tasks.project.sync_job_costs" for t in tasks.values())
 
-        changed = manage(env, "settings", "set", "demo-01", "--as", "demo-01-admin",
-                         "--no-refresh-jobs", "--json")
+        changed = manage(
+            env,
+            "settings",
+            "set",
+            "demo-01",
+            "--as",
+            "demo-01-admin",
+            "--no-refresh-jobs",
+            "--json",
+        )
         assert changed.returncode == 0 and "applied_ms" in json.loads(changed.stdout)
         shown = json.loads(manage(env, "schedule", "demo-01", "--json").stdout)
         assert "jobs" not in [e["kind"] for e in shown["entries"]]
@@ -168,16 +199,20 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
 
         # The QuickBooks Online demo company syncs over HTTP with the fake the stack started,
         # its credentials sealed with a key the stack generated and kept private.
-        qbo = re.search(r"demo-qbo: QuickBooks Online over HTTP at (http://127\.0\.0\.1:\d+)"
-                        r" \(a fake server, realm (\d+);", out)
+        qbo = re.search(
+            r"demo-qbo: QuickBooks Online over HTTP at (http://127\.0\.0\.1:\d+)"
+            r" \(a fake server, realm (\d+);",
+            out,
+        )
         assert qbo is not None, out
         qbo_url, realm = qbo.groups()
         key_file = run / "secret.key"
         assert key_file.stat().st_mode & 0o777 == 0o600
         assert key_file.read_text().strip() not in out
         assert "demo-qbo connected to quickbooks_online" in out
-        wait_until(lambda: qbo_synced(env, "demo-qbo"), 60,
-                   "the vendors sync of demo-qbo never succeeded")
+        wait_until(
+            lambda: qbo_synced(env, "demo-qbo"), 60, "the vendors sync of demo-qbo never succeeded"
+        )
         stats = qbo_stats(qbo_url, realm)
         assert stats["requests"] > 0 and stats["ok"] > 0 and stats["refreshes"] >= 1
         assert stats["throttled"] == 0
@@ -186,8 +221,14 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
 
         stop(stack, signal.SIGINT, spawned)
         logs = {p.name: p.read_text(errors="replace") for p in (run / "logs").glob("*.log")}
-        assert {"beat-1.log", "beat-2.log", "worker-company.log", "worker-project.log",
-                "flower.log", "fake-qbo.log"} <= set(logs)
+        assert {
+            "beat-1.log",
+            "beat-2.log",
+            "worker-company.log",
+            "worker-project.log",
+            "flower.log",
+            "fake-qbo.log",
+        } <= set(logs)
         secret = key_file.read_text().strip()
         assert not [name for name, text in logs.items() if secret in text]
         assert not [name for name, text in logs.items() if "DuplicateNodenameWarning" in text]
@@ -225,14 +266,34 @@ def test_a_second_start_keeps_the_private_redis_port_and_an_admins_change(
         port = url.rsplit(":", 1)[1].split("/")[0]
         assert (run / "redis" / "port").read_text().strip() == port
         # One stack per run directory: a second one refuses at once.
-        again = subprocess.run([*DEVSTACK, "--run-dir", str(run)], cwd=ROOT,
-                               env=process_env(env), capture_output=True, text=True, timeout=60)
+        again = subprocess.run(
+            [*DEVSTACK, "--run-dir", str(run)],
+            cwd=ROOT,
+            env=process_env(env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert again.returncode == 1 and "another devstack" in again.stderr
         at = {**env, "ERP_SYNC_REDIS_URL": url}
-        assert json.loads(manage(at, "settings", "show", "demo-01", "--json").stdout)[
-            "settings"]["payments_for_synced_invoices"] == "hourly"  # the first seeding's
-        changed = manage(at, "settings", "set", "demo-01", "--as", "demo-01-admin",
-                         "--payments-frequency", "daily", "--no-sync-job-costs", "--json")
+        assert (
+            json.loads(manage(at, "settings", "show", "demo-01", "--json").stdout)["settings"][
+                "payments_for_synced_invoices"
+            ]
+            == "hourly"
+        )  # the first seeding's
+        changed = manage(
+            at,
+            "settings",
+            "set",
+            "demo-01",
+            "--as",
+            "demo-01-admin",
+            "--payments-frequency",
+            "daily",
+            "--no-sync-job-costs",
+            "--json",
+        )
         assert changed.returncode == 0, changed.stderr
         before = json.loads(manage(at, "settings", "show", "demo-01", "--json").stdout)
         stop(first, signal.SIGTERM, spawned)  # the private Redis among them
@@ -250,8 +311,11 @@ def test_a_second_start_keeps_the_private_redis_port_and_an_admins_change(
         assert qbo is not None, second.output()
         # The fake's counters start at zero: requests now are this start's (a 401 for the
         # access token it no longer knows, a refresh with the refresh token it saved, reads).
-        wait_until(lambda: qbo_stats(*qbo.groups())["ok"] > 0, 60,
-                   "demo-qbo made no successful request after the restart")
+        wait_until(
+            lambda: qbo_stats(*qbo.groups())["ok"] > 0,
+            60,
+            "demo-qbo made no successful request after the restart",
+        )
         after = json.loads(manage(at, "settings", "show", "demo-01", "--json").stdout)
         assert after == before
         assert after["settings"]["payments_for_synced_invoices"] == "daily"

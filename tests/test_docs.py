@@ -13,6 +13,7 @@ README = ROOT / "README.md"
 def test_the_readme_lists_every_variable_exactly_as_the_settings_model_defines_it() -> None:
     text = README.read_text()
     table = text.split("<!-- env:start -->\n", 1)[1].split("\n<!-- env:end -->", 1)[0]
-    generated = subprocess.run([sys.executable, "scripts/envdoc.py"], cwd=ROOT, check=True,
-                               capture_output=True, text=True).stdout.rstrip("\n")
+    generated = subprocess.run(
+        [sys.executable, "scripts/envdoc.py"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.rstrip("\n")
     assert table == generated, "README env table is stale: run .venv/bin/python scripts/envdoc.py"

@@ -24,11 +24,14 @@ def test_a_misspelt_variable_is_an_error_not_silently_ignored(env: pytest.Monkey
         get_settings()
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("ERP_SYNC_SECONDS_PER_HOUR", "0"),
-    ("ERP_SYNC_SECONDS_PER_HOUR", "fast"),
-    ("ERP_SYNC_KEY_PREFIX", "has space"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ERP_SYNC_SECONDS_PER_HOUR", "0"),
+        ("ERP_SYNC_SECONDS_PER_HOUR", "fast"),
+        ("ERP_SYNC_KEY_PREFIX", "has space"),
+    ],
+)
 def test_a_bad_value_names_the_variable(env: pytest.MonkeyPatch, name: str, value: str) -> None:
     env.setenv(name, value)
     with pytest.raises(ConfigError, match=name):

@@ -33,16 +33,24 @@ RECEIVED = re.compile(r"Task [\w.]+\[(sync:\S+)\] received")
 
 
 def delivery(n: int = 1, deferrals: int = 0) -> Delivery:
-    return Delivery(task_id=f"sync:acme:vendors:-:{n}", company="acme", kind=SyncKind.VENDORS,
-                    project=None, slot="2026-11-26T10:00:00Z", deferrals=deferrals)
+    return Delivery(
+        task_id=f"sync:acme:vendors:-:{n}",
+        company="acme",
+        kind=SyncKind.VENDORS,
+        project=None,
+        slot="2026-11-26T10:00:00Z",
+        deferrals=deferrals,
+    )
 
 
 def test_a_throttled_sync_is_deferred_and_resumes_from_the_page_it_reached(
-        fake: redis.Redis, keys: KeySpace) -> None:
+    fake: redis.Redis, keys: KeySpace
+) -> None:
     small_company(fake, keys, vendors=30, page_size=5)  # several pages, one call each
     small_company(fake, keys, "ref", vendors=30, page_size=5)  # the same, never throttled
-    Runner(fake, keys).execute(Delivery(task_id="ref", company="ref", kind=SyncKind.VENDORS,
-                                        project=None, slot="x"))
+    Runner(fake, keys).execute(
+        Delivery(task_id="ref", company="ref", kind=SyncKind.VENDORS, project=None, slot="x")
+    )
     pages = fake.llen(keys.erp_calls("ref"))
     set_company_limit(fake, keys, "acme", CompanyLimit(rate=0.5, burst=2))
     runner = Runner(fake, keys, rng=random.Random(1), defer_after=0.0)
@@ -64,10 +72,11 @@ def test_a_throttled_sync_is_deferred_and_resumes_from_the_page_it_reached(
 
 
 def test_a_sync_over_its_companys_concurrency_cap_is_deferred(
-        fake: redis.Redis, keys: KeySpace) -> None:
+    fake: redis.Redis, keys: KeySpace
+) -> None:
     small_company(fake, keys)
     set_company_limit(fake, keys, "acme", CompanyLimit(concurrency=1))
-    fake.zadd(keys.running("acme"), {"another-task": 10 ** 15})  # one sync of acme runs
+    fake.zadd(keys.running("acme"), {"another-task": 10**15})  # one sync of acme runs
     outcome = Runner(fake, keys, rng=random.Random(1)).execute(delivery())
     assert outcome.defer_in is not None and outcome.record is not None
     deferred = History(fake, keys).get("acme", "sync:acme:vendors:-:1")
@@ -84,7 +93,8 @@ def started_late(runs: list[RunRecord], published: dict[str, float]) -> list[flo
 @pytest.mark.integration
 @pytest.mark.processes
 def test_a_slow_neighbour_does_not_delay_a_healthy_company(
-        redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
+    redis_server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
     client, keys = redis_server.client(), KeySpace(prefix)
     env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix}
     slow_projects = tuple(f"p{n:02d}" for n in range(12))
@@ -104,18 +114,26 @@ def test_a_slow_neighbour_does_not_delay_a_healthy_company(
         worker.wait_for("ready", 60)
         for project in slow_projects:  # all due at once, ahead of the healthy company
             send("slow", project)
-        procs.wait_until(lambda: client.llen(keys.queue("project")) == 0, 30,
-                         "the worker never took the slow company's backlog")
+        procs.wait_until(
+            lambda: client.llen(keys.queue("project")) == 0,
+            30,
+            "the worker never took the slow company's backlog",
+        )
         for project in ("q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7"):
             send("fine", project)
 
         def finished(company: str) -> list[RunRecord]:
-            return [r for r in History(client, keys).recent(company, 500)
-                    if r.status in ("succeeded", "failed", "skipped")]
+            return [
+                r
+                for r in History(client, keys).recent(company, 500)
+                if r.status in ("succeeded", "failed", "skipped")
+            ]
 
-        procs.wait_until(lambda: len(finished("slow")) == len(slow_projects), 120,
-                         f"the slow company's syncs did not all complete:\n"
-                         f"{worker.output()[-3000:]}")
+        procs.wait_until(
+            lambda: len(finished("slow")) == len(slow_projects),
+            120,
+            f"the slow company's syncs did not all complete:\n{worker.output()[-3000:]}",
+        )
     finally:
         sender.close()
         worker.stop()
@@ -125,8 +143,9 @@ def test_a_slow_neighbour_does_not_delay_a_healthy_company(
     last_slow_started = max(r.started_at.timestamp() for r in slow)
     # The healthy syncs did not queue behind the slow company's backlog: each one started
     # before the slow company's last sync even began (it needs ~12 s at 1 call/s).
-    assert all(r.started_at.timestamp() < last_slow_started for r in fine), \
-        started_late(fine, published)
+    assert all(r.started_at.timestamp() < last_slow_started for r in fine), started_late(
+        fine, published
+    )
     calls = sorted(float(t) for t in client.lrange(keys.erp_calls("slow"), 0, -1))
     assert len(calls) == len(slow_projects)  # one call per sync: none ran twice
     gaps = [b - a for a, b in itertools.pairwise(calls)]
@@ -139,19 +158,26 @@ def test_a_slow_neighbour_does_not_delay_a_healthy_company(
 @pytest.mark.integration
 @pytest.mark.processes
 def test_a_run_that_outlives_the_visibility_timeout_never_runs_beside_its_redelivery(
-        redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
+    redis_server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
     client, keys = redis_server.client(), KeySpace(prefix)
-    env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-           "ERP_SYNC_TASK_SOFT_TIME_LIMIT": "0.5", "ERP_SYNC_TASK_TIME_LIMIT": "1",
-           "ERP_SYNC_VISIBILITY_TIMEOUT": "2"}
+    env = {
+        "ERP_SYNC_REDIS_URL": redis_server.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_TASK_SOFT_TIME_LIMIT": "0.5",
+        "ERP_SYNC_TASK_TIME_LIMIT": "1",
+        "ERP_SYNC_VISIBILITY_TIMEOUT": "2",
+    }
     data = small_company(client, keys, "acme", vendors=5, page_size=100)
     data.configure("acme", latency_ms=6000)  # one call, three visibility timeouts long
-    workers = [procs.worker(f"w{n}", env, tmp_path, queues="company", concurrency=2)
-               for n in (1, 2)]
+    workers = [
+        procs.worker(f"w{n}", env, tmp_path, queues="company", concurrency=2) for n in (1, 2)
+    ]
     sender = Sender(env)
     done: Callable[[], bool] = lambda: bool(  # noqa: E731
         (r := History(client, keys).get("acme", "sync:acme:vendors:-:1")) is not None
-        and r.status == "succeeded")
+        and r.status == "succeeded"
+    )
     try:
         for worker in workers:
             worker.wait_for("ready", 60)
@@ -171,7 +197,8 @@ def test_a_run_that_outlives_the_visibility_timeout_never_runs_beside_its_redeli
 @pytest.mark.integration
 @pytest.mark.processes
 def test_an_erps_retry_after_and_the_company_cap_defer_on_a_real_worker(
-        redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
+    redis_server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
     client, keys = redis_server.client(), KeySpace(prefix)
     env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix}
     data = small_company(client, keys, "acme", fail_kind="rate_limited", retry_after=0.3)
@@ -184,9 +211,14 @@ def test_an_erps_retry_after_and_the_company_cap_defer_on_a_real_worker(
         seconds, micros = client.time()  # another sync of acme runs for 1.5 s more (Redis ms)
         client.zadd(keys.running("acme"), {"someone-else": seconds * 1000 + micros // 1000 + 1500})
         sender.send(SyncKind.VENDORS, "acme", "sync:acme:vendors:-:1")
-        procs.wait_until(lambda: (r := History(client, keys).get(
-            "acme", "sync:acme:vendors:-:1")) is not None and r.status == "succeeded", 60,
-            f"the sync never succeeded:\n{worker.output()[-3000:]}")
+        procs.wait_until(
+            lambda: (
+                (r := History(client, keys).get("acme", "sync:acme:vendors:-:1")) is not None
+                and r.status == "succeeded"
+            ),
+            60,
+            f"the sync never succeeded:\n{worker.output()[-3000:]}",
+        )
     finally:
         sender.close()
         worker.stop()

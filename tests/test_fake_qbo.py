@@ -42,8 +42,9 @@ class Company:
     token: str
 
     def query(self, text: str, token: str | None = None) -> HttpResponse:
-        return self.qbo.get(f"/v3/company/{self.realm_id}/query", token or self.token,
-                            query=text, minorversion="75")
+        return self.qbo.get(
+            f"/v3/company/{self.realm_id}/query", token or self.token, query=text, minorversion="75"
+        )
 
     def rows(self, text: str) -> list[dict[str, Any]]:
         resp = self.query(text)
@@ -52,8 +53,9 @@ class Company:
         return [row for key, value in body.items() if isinstance(value, list) for row in value]
 
     def cdc(self, entities: str, since: str) -> HttpResponse:
-        return self.qbo.get(f"/v3/company/{self.realm_id}/cdc", self.token, entities=entities,
-                            changedSince=since)
+        return self.qbo.get(
+            f"/v3/company/{self.realm_id}/cdc", self.token, entities=entities, changedSince=since
+        )
 
     def now(self) -> str:
         now: str = self.qbo.realm_info(self.realm_id)["now"]
@@ -82,8 +84,9 @@ def fault_code(resp: HttpResponse) -> str:
     return code
 
 
-def test_a_refresh_rotates_the_refresh_token_and_the_presented_one_dies_at_once(qbo: FakeQbo
-                                                                                 ) -> None:
+def test_a_refresh_rotates_the_refresh_token_and_the_presented_one_dies_at_once(
+    qbo: FakeQbo,
+) -> None:
     c = company(qbo)
     first = qbo.refresh(c.client_id, c.secret, c.refresh_token)
     assert first.status == 200 and first.header("Cache-Control") == "no-store"
@@ -106,13 +109,26 @@ def test_wrong_client_credentials_grant_or_headers_are_oauth_errors(qbo: FakeQbo
     assert unknown.status == 401
     assert qbo.refresh(c.client_id, c.secret, "never-issued").json() == {"error": "invalid_grant"}
     basic = base64.b64encode(f"{c.client_id}:{c.secret}".encode()).decode()
-    grant = request("POST", qbo.token_url, body=b"grant_type=client_credentials", headers={
-        "Authorization": f"Basic {basic}", "Accept": "application/json",
-        "Content-Type": "application/x-www-form-urlencoded"})
+    grant = request(
+        "POST",
+        qbo.token_url,
+        body=b"grant_type=client_credentials",
+        headers={
+            "Authorization": f"Basic {basic}",
+            "Accept": "application/json",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
     assert (grant.status, grant.json()["error"]) == (400, "unsupported_grant_type")
-    no_accept = request("POST", qbo.token_url, body=b"grant_type=refresh_token&refresh_token=x",
-                        headers={"Authorization": f"Basic {basic}",
-                                 "Content-Type": "application/x-www-form-urlencoded"})
+    no_accept = request(
+        "POST",
+        qbo.token_url,
+        body=b"grant_type=refresh_token&refresh_token=x",
+        headers={
+            "Authorization": f"Basic {basic}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
     assert (no_accept.status, no_accept.json()["error"]) == (400, "invalid_request")
 
 
@@ -174,14 +190,17 @@ def test_an_empty_page_has_no_entity_key(qbo: FakeQbo) -> None:
     assert body["QueryResponse"] == {} and set(body) == {"QueryResponse", "time"}
 
 
-@pytest.mark.parametrize(("text", "code"), [
-    ("select * from Vendor maxresults 1001", "4001"),
-    ("select * from Invoice", "4000"),
-    ("select * form Vendor", "4000"),
-    ("select * from Vendor where Name = 'x'", "4001"),
-    ("select * from Vendor where Id > '3'", "4001"),
-    ("select * from Vendor where Active = true or Active = false", "4000"),
-])
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("select * from Vendor maxresults 1001", "4001"),
+        ("select * from Invoice", "4000"),
+        ("select * form Vendor", "4000"),
+        ("select * from Vendor where Name = 'x'", "4001"),
+        ("select * from Vendor where Id > '3'", "4001"),
+        ("select * from Vendor where Active = true or Active = false", "4000"),
+    ],
+)
 def test_a_bad_query_is_a_400_validation_fault(qbo: FakeQbo, text: str, code: str) -> None:
     c = company(qbo)
     resp = c.query(text)
@@ -197,8 +216,9 @@ def test_where_last_updated_time_returns_only_what_changed(qbo: FakeQbo) -> None
     assert [v["SyncToken"] for v in changed] == [str(before[i] + 1) for i in ("3", "7", "11")]
     rows = c.rows(f"select * from Vendor where Metadata.LastUpdatedTime > '{since}'")
     assert [r["Id"] for r in rows] == ["3", "7", "11"]
-    assert all(r["CompanyName"] == "Renamed" and r["MetaData"]["LastUpdatedTime"] > since
-               for r in rows)
+    assert all(
+        r["CompanyName"] == "Renamed" and r["MetaData"]["LastUpdatedTime"] > since for r in rows
+    )
     assert len(c.rows(f"select * from Vendor where Metadata.LastUpdatedTime <= '{since}'")) == 37
 
 
@@ -211,9 +231,18 @@ def test_projects_are_customers_and_inactive_ones_need_active_in(qbo: FakeQbo) -
 
 
 def test_transactions_name_projects_and_payments_link_bills(qbo: FakeQbo) -> None:
-    c = company(qbo, Seed(vendors=3, projects=2, bills_per_project=2, lines_per_bill=3,
-                          purchases_per_project=1, vendor_credits_per_project=1,
-                          payments_per_project=2))
+    c = company(
+        qbo,
+        Seed(
+            vendors=3,
+            projects=2,
+            bills_per_project=2,
+            lines_per_bill=3,
+            purchases_per_project=1,
+            vendor_credits_per_project=1,
+            payments_per_project=2,
+        ),
+    )
     projects = {p["Id"] for p in c.rows("select * from Customer where IsProject = true")}
     for entity in ("Bill", "Purchase", "VendorCredit"):
         for txn in c.rows(f"select * from {entity}"):
@@ -221,8 +250,7 @@ def test_transactions_name_projects_and_payments_link_bills(qbo: FakeQbo) -> Non
             for line in txn["Line"]:
                 detail = line[line["DetailType"]]
                 assert detail["CustomerRef"]["value"] in projects
-                assert ("ItemRef" in detail) == (line["DetailType"] ==
-                                                  "ItemBasedExpenseLineDetail")
+                assert ("ItemRef" in detail) == (line["DetailType"] == "ItemBasedExpenseLineDetail")
                 cents += round(line["Amount"] * 100)
             assert round(txn["TotalAmt"] * 100) == cents
     bills = {b["Id"] for b in c.rows("select * from Bill")}
@@ -244,8 +272,9 @@ def test_cdc_returns_changes_then_deletions_in_intuits_shape(qbo: FakeQbo) -> No
     assert vendors["Vendor"][0]["Active"] is False and vendors["maxResults"] == 2
     assert vendors["Vendor"][1]["status"] == "Deleted"
     assert set(vendors["Vendor"][1]) == {"Id", "status", "domain", "MetaData"}
-    assert bills["Bill"] == [{"Id": "1", "status": "Deleted", "domain": "QBO",
-                              "MetaData": bills["Bill"][0]["MetaData"]}]
+    assert bills["Bill"] == [
+        {"Id": "1", "status": "Deleted", "domain": "QBO", "MetaData": bills["Bill"][0]["MetaData"]}
+    ]
     assert purchases == {}
     assert [v["Id"] for v in c.rows("select * from Vendor")] == ["3", "4", "5"]
 
@@ -256,23 +285,29 @@ def test_cdc_refuses_a_look_back_beyond_30_days(qbo: FakeQbo) -> None:
     assert c.cdc("Vendor", since).status == 200
     qbo.advance_clock(c.realm_id, 2 * 86400)
     resp = c.cdc("Vendor", since)
-    assert resp.status == 400 and "older than fixed days" in resp.json()["Fault"]["Error"][0][
-        "Message"]
+    assert (
+        resp.status == 400
+        and "older than fixed days" in resp.json()["Fault"]["Error"][0]["Message"]
+    )
 
 
-def test_a_full_cdc_response_holds_the_oldest_changes_and_resumes_without_a_gap(qbo: FakeQbo
-                                                                                 ) -> None:
+def test_a_full_cdc_response_holds_the_oldest_changes_and_resumes_without_a_gap(
+    qbo: FakeQbo,
+) -> None:
     c = company(qbo, Seed(vendors=1100, history_days=20))
-    by_time = sorted(c.rows("select * from Vendor maxresults 1000") +
-                     c.rows("select * from Vendor startposition 1001 maxresults 1000"),
-                     key=lambda v: (v["MetaData"]["LastUpdatedTime"], int(v["Id"])))
+    by_time = sorted(
+        c.rows("select * from Vendor maxresults 1000")
+        + c.rows("select * from Vendor startposition 1001 maxresults 1000"),
+        key=lambda v: (v["MetaData"]["LastUpdatedTime"], int(v["Id"])),
+    )
     first = c.cdc("Vendor", c.ago(25 * 86400)).json()["CDCResponse"][0]["QueryResponse"][0]
     assert first["maxResults"] == 1000
     assert [v["Id"] for v in first["Vendor"]] == [v["Id"] for v in by_time[:1000]]
     newest = first["Vendor"][-1]["MetaData"]["LastUpdatedTime"]
     rest = c.cdc("Vendor", newest).json()["CDCResponse"][0]["QueryResponse"][0]["Vendor"]
     assert {v["Id"] for v in first["Vendor"]} | {v["Id"] for v in rest} == {
-        v["Id"] for v in by_time}
+        v["Id"] for v in by_time
+    }
 
 
 def test_more_than_the_rate_limit_in_a_minute_is_429_with_retry_after(qbo: FakeQbo) -> None:
@@ -340,19 +375,39 @@ def test_stats_count_every_request_and_reset(qbo: FakeQbo) -> None:
     c.query("select * from Nothing")
     c.cdc("Vendor", c.ago(10))
     stats = qbo.stats(c.realm_id)
-    assert {k: stats[k] for k in ("requests", "queries", "cdc", "ok", "bad_requests",
-                                  "throttled", "max_concurrency")} == {
-        "requests": 3, "queries": 2, "cdc": 1, "ok": 2, "bad_requests": 1, "throttled": 0,
-        "max_concurrency": 1}
+    assert {
+        k: stats[k]
+        for k in (
+            "requests",
+            "queries",
+            "cdc",
+            "ok",
+            "bad_requests",
+            "throttled",
+            "max_concurrency",
+        )
+    } == {
+        "requests": 3,
+        "queries": 2,
+        "cdc": 1,
+        "ok": 2,
+        "bad_requests": 1,
+        "throttled": 0,
+        "max_concurrency": 1,
+    }
 
 
 def test_every_response_has_its_own_intuit_tid_and_json_needs_accept(qbo: FakeQbo) -> None:
     from tests.support.fake_qbo.client import request
+
     c = company(qbo)
     tids = {c.query("select * from Vendor").header("intuit_tid") for _ in range(5)}
     assert len(tids) == 5 and None not in tids
-    xml = request("GET", f"{qbo.url}/v3/company/{c.realm_id}/query?query=select%20*%20from"
-                  "%20Vendor", headers={"Authorization": f"Bearer {c.token}"})
+    xml = request(
+        "GET",
+        f"{qbo.url}/v3/company/{c.realm_id}/query?query=select%20*%20from%20Vendor",
+        headers={"Authorization": f"Bearer {c.token}"},
+    )
     assert xml.status == 406
 
 

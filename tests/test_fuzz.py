@@ -44,9 +44,17 @@ from tests.support.reads import xentries, zmembers
 from tests.support.redisproc import RedisServer
 from tests.support.snapshot import snapshot
 
-FUZZ = settings(max_examples=150, derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 CLI_FUZZ = settings(FUZZ, max_examples=500)
 BEAT_FUZZ = settings(FUZZ, max_examples=30)
 H = 3600.0
@@ -60,11 +68,13 @@ RecordProperty = Callable[[str, object], None]  # pytest's record_property fixtu
 def figures(request: pytest.FixtureRequest) -> Iterator[Counter[str]]:
     counts: Counter[str] = Counter()
     yield counts
-    line = (f"fuzz figures: inputs tried {counts['inputs']} (cli args {counts['cli']}, "
-            f"corrupt-record cli runs {counts['corrupt_runs']} over {counts['corrupt']} "
-            f"corruptions, beat corruptions {counts['beat_corrupt']}, change messages "
-            f"{counts['messages']}); rejected {counts['rejected']}, crashes {counts['crashes']}, "
-            f"writes on rejected input {counts['writes']}")
+    line = (
+        f"fuzz figures: inputs tried {counts['inputs']} (cli args {counts['cli']}, "
+        f"corrupt-record cli runs {counts['corrupt_runs']} over {counts['corrupt']} "
+        f"corruptions, beat corruptions {counts['beat_corrupt']}, change messages "
+        f"{counts['messages']}); rejected {counts['rejected']}, crashes {counts['crashes']}, "
+        f"writes on rejected input {counts['writes']}"
+    )
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if capture is not None and reporter is not None:
@@ -102,16 +112,51 @@ def _seed(client: redis.Redis, keys: KeySpace) -> None:
     store.grant("acme", "sam", "standard")
 
 
-BAD_IDS = ["a:b", "a b", "", " ", "ünïcödé", "日本", "x" * 5000, "-lead", "a\tb", "a\nb", "a\x00b",
-           "*", "acme ", "ACME", "../acme", "{acme}", "😀"]
+BAD_IDS = [
+    "a:b",
+    "a b",
+    "",
+    " ",
+    "ünïcödé",
+    "日本",
+    "x" * 5000,
+    "-lead",
+    "a\tb",
+    "a\nb",
+    "a\x00b",
+    "*",
+    "acme ",
+    "ACME",
+    "../acme",
+    "{acme}",
+    "😀",
+]
 junk = st.text(max_size=40) | st.sampled_from(BAD_IDS) | st.just("y" * 100_000)
 company_ids = st.sampled_from(["acme", "stone", "cm", "nope"]) | junk
 users = st.sampled_from(["alice", "rita", "sam", "zed"]) | junk
 erps = st.sampled_from(["xero", "sage_100", "cmic", "oracle", "XERO", ""]) | junk
-timezones = st.sampled_from(["UTC", "America/Chicago", "America", "Mars/Olympus", "../etc",
-                             "", "é" * 300, "a" * 5000, "Europe/London/"]) | junk
-frequencies = st.sampled_from(["hourly", "every_2_hours", "every_4_hours", "daily", "never",
-                               "weekly", "HOURLY", ""]) | junk
+timezones = (
+    st.sampled_from(
+        [
+            "UTC",
+            "America/Chicago",
+            "America",
+            "Mars/Olympus",
+            "../etc",
+            "",
+            "é" * 300,
+            "a" * 5000,
+            "Europe/London/",
+        ]
+    )
+    | junk
+)
+frequencies = (
+    st.sampled_from(
+        ["hourly", "every_2_hours", "every_4_hours", "daily", "never", "weekly", "HOURLY", ""]
+    )
+    | junk
+)
 levels = st.sampled_from(["none", "read_only", "standard", "admin", "owner", ""]) | junk
 kinds = st.sampled_from(["vendors", "jobs", "job_costs", "payments", "invoices"]) | junk
 limits = st.sampled_from(["1", "50", "0", "-1", "10001", "abc", "9" * 40, ""])
@@ -124,22 +169,40 @@ def _opt(name: str, values: st.SearchStrategy[str]) -> st.SearchStrategy[list[st
 
 @st.composite
 def _command(draw: st.DrawFn) -> list[str]:
-    which = draw(st.sampled_from(["settings set", "company add", "project add", "user grant",
-                                  "sync-now", "history", "garbage"]))
+    which = draw(
+        st.sampled_from(
+            [
+                "settings set",
+                "company add",
+                "project add",
+                "user grant",
+                "sync-now",
+                "history",
+                "garbage",
+            ]
+        )
+    )
     head = which.split()
     if which == "garbage":
-        return draw(st.lists(junk | st.sampled_from(["--json", "--as", "-h", "settings"]),
-                             max_size=6))
+        return draw(
+            st.lists(junk | st.sampled_from(["--json", "--as", "-h", "settings"]), max_size=6)
+        )
     positional = [draw(company_ids)]
     opts: list[list[str]] = []
     if which == "settings set":
         opts += [_draw_flag(draw, t) for t in TOGGLES]
-        opts += [draw(_opt("--as", users)), draw(_opt("--payments-frequency", frequencies)),
-                 draw(st.sampled_from([[], ["--wait"], ["--no-wait"]])),
-                 draw(st.sampled_from([[], ["--json"]]))]
+        opts += [
+            draw(_opt("--as", users)),
+            draw(_opt("--payments-frequency", frequencies)),
+            draw(st.sampled_from([[], ["--wait"], ["--no-wait"]])),
+            draw(st.sampled_from([[], ["--json"]])),
+        ]
     elif which == "company add":
-        opts += [draw(_opt("--erp", erps)), draw(_opt("--name", junk)),
-                 draw(_opt("--timezone", timezones))]
+        opts += [
+            draw(_opt("--erp", erps)),
+            draw(_opt("--name", junk)),
+            draw(_opt("--timezone", timezones)),
+        ]
     elif which == "project add":
         positional.append(draw(st.sampled_from(["p1", "p2"]) | junk))
         opts.append(draw(_opt("--name", junk)))
@@ -176,8 +239,13 @@ def _invoke(client: redis.Redis, args: list[str]) -> tuple[int, str, str, BaseEx
     return result.exit_code, result.stdout, result.stderr, crash
 
 
-def _check(figures: Counter[str], client: redis.Redis, keys: KeySpace, args: list[str],
-           before: dict[str, Any]) -> None:
+def _check(
+    figures: Counter[str],
+    client: redis.Redis,
+    keys: KeySpace,
+    args: list[str],
+    before: dict[str, Any],
+) -> None:
     """Count the input; assert the one-line-error and wrote-nothing properties."""
     figures["inputs"] += 1
     code, out, err, crash = _invoke(client, args)
@@ -191,8 +259,12 @@ def _check(figures: Counter[str], client: redis.Redis, keys: KeySpace, args: lis
     after = snapshot(client, keys.prefix)
     grew = {k for k in after.keys() | before.keys() if after.get(k) != before.get(k)}
     # A `settings set` refused for lack of admin is recorded on the security log, and only there.
-    audited = {k for k in grew if k.startswith(f"{keys.prefix}:denied:")
-               and len(after.get(k, [])) == len(before.get(k, [])) + 1}
+    audited = {
+        k
+        for k in grew
+        if k.startswith(f"{keys.prefix}:denied:")
+        and len(after.get(k, [])) == len(before.get(k, [])) + 1
+    }
     if grew - audited or (audited and "is required" not in err):
         figures["writes"] += 1
         raise AssertionError(f"rejected {args!r} wrote {sorted(grew)}")
@@ -200,7 +272,9 @@ def _check(figures: Counter[str], client: redis.Redis, keys: KeySpace, args: lis
 
 @pytest.mark.slow
 def test_fuzzed_command_arguments_get_a_clean_error_and_write_nothing(
-    cli_env: pytest.MonkeyPatch, keys: KeySpace, figures: Counter[str],
+    cli_env: pytest.MonkeyPatch,
+    keys: KeySpace,
+    figures: Counter[str],
     record_property: RecordProperty,
 ) -> None:
     @CLI_FUZZ
@@ -219,8 +293,9 @@ def test_fuzzed_command_arguments_get_a_clean_error_and_write_nothing(
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                   max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -278,22 +353,33 @@ def _apply_corruption(raw: redis.Redis, keys: KeySpace, target: str, value: Any)
         raw.lpush(keys.history("acme"), "r1")
         raw.hset(keys.runs("acme"), "r1", value)
     else:
-        key = {"settings": keys.settings, "company": keys.company,
-               "projects": keys.projects}[value]("acme")
+        key = {"settings": keys.settings, "company": keys.company, "projects": keys.projects}[
+            value
+        ]("acme")
         raw.delete(key)
         raw.rpush(key, "a", "b")
 
 
-READERS = [["settings", "show", "acme"], ["settings", "show", "acme", "--json"],
-           ["schedule", "acme"], ["schedule", "acme", "--json"], ["history", "acme"],
-           ["history", "acme", "--json"], ["project", "list", "acme"], ["audit", "acme"],
-           ["company", "list"], ["settings", "set", "acme", "--as", "alice", "--no-refresh-jobs"],
-           ["sync-now", "acme", "job_costs", "--as", "alice"]]
+READERS = [
+    ["settings", "show", "acme"],
+    ["settings", "show", "acme", "--json"],
+    ["schedule", "acme"],
+    ["schedule", "acme", "--json"],
+    ["history", "acme"],
+    ["history", "acme", "--json"],
+    ["project", "list", "acme"],
+    ["audit", "acme"],
+    ["company", "list"],
+    ["settings", "set", "acme", "--as", "alice", "--no-refresh-jobs"],
+    ["sync-now", "acme", "job_costs", "--as", "alice"],
+]
 
 
 @pytest.mark.slow
 def test_corrupt_stored_records_give_one_line_errors_never_tracebacks(
-    cli_env: pytest.MonkeyPatch, keys: KeySpace, figures: Counter[str],
+    cli_env: pytest.MonkeyPatch,
+    keys: KeySpace,
+    figures: Counter[str],
     record_property: RecordProperty,
 ) -> None:
     @FUZZ
@@ -356,8 +442,14 @@ def beat_world(redis_server: RedisServer) -> Iterator[BeatWorld]:
             store.add_project(company, "p1")
             store.grant(company, "al", "admin")
         clock = Clock(T0)
-        engine = BeatEngine(app, client, keys, EngineConfig(lease_seconds=5, max_block=0.0),
-                            clock=clock, node=f"fuzz-{len(engines)}")
+        engine = BeatEngine(
+            app,
+            client,
+            keys,
+            EngineConfig(lease_seconds=5, max_block=0.0),
+            clock=clock,
+            node=f"fuzz-{len(engines)}",
+        )
         engines.append(engine)
         handler.messages.clear()
         return keys, store, engine, clock
@@ -410,7 +502,9 @@ def _step(figures: Counter[str], engine: BeatEngine) -> None:
 
 @pytest.mark.integration
 def test_beat_skips_a_corrupt_company_logs_it_once_and_serves_the_rest(
-    beat_world: BeatWorld, figures: Counter[str], record_property: RecordProperty,
+    beat_world: BeatWorld,
+    figures: Counter[str],
+    record_property: RecordProperty,
 ) -> None:
     build, client, raw, handler = beat_world
 
@@ -450,19 +544,22 @@ def test_beat_skips_a_corrupt_company_logs_it_once_and_serves_the_rest(
 message_fields = st.one_of(
     st.just({"version": "7"}),  # no company
     st.builds(lambda c: {"company": c, "version": "1"}, junk.filter(bool)),  # unknown company
-    st.builds(lambda v: {"company": "ok1", "version": v},
-              st.sampled_from(["", "x", "-1", "1e999", "9" * 400]) | junk.filter(bool)),
+    st.builds(
+        lambda v: {"company": "ok1", "version": v},
+        st.sampled_from(["", "x", "-1", "1e999", "9" * 400]) | junk.filter(bool),
+    ),
     st.just({"company": "c" * 200_000, "version": "1"}),
     st.just({"company": b"\xff\xfe\x00", "version": b"\x80"}),
     st.just({b"\xff": b"\xff", "other": "ok2"}),
-    st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=8), min_size=1,
-                    max_size=3),
+    st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=8), min_size=1, max_size=3),
 )
 
 
 @pytest.mark.integration
 def test_malformed_change_messages_are_survived_and_valid_ones_applied(
-    beat_world: BeatWorld, figures: Counter[str], record_property: RecordProperty,
+    beat_world: BeatWorld,
+    figures: Counter[str],
+    record_property: RecordProperty,
 ) -> None:
     build, client, raw, _handler = beat_world
 
@@ -474,8 +571,9 @@ def test_malformed_change_messages_are_survived_and_valid_ones_applied(
         version = 1
         for n, fields in enumerate(messages):
             if n == min(where, len(messages) - 1):
-                version = store.update_settings("ok2", "al", {"sync_project_job_costs":
-                                                              version % 2 == 0})[0].version
+                version = store.update_settings(
+                    "ok2", "al", {"sync_project_job_costs": version % 2 == 0}
+                )[0].version
             raw.xadd(keys.changes, fields)
             figures["inputs"] += 1
             figures["messages"] += 1
@@ -495,17 +593,26 @@ def test_malformed_change_messages_are_survived_and_valid_ones_applied(
 
 FOUND: dict[str, tuple[list[str], Callable[[redis.Redis, KeySpace], object] | None, str]] = {
     "time zone that is a directory": (
-        ["company", "add", "x", "--erp", "xero", "--timezone", "America"], None,
-        "not an IANA time zone"),
+        ["company", "add", "x", "--erp", "xero", "--timezone", "America"],
+        None,
+        "not an IANA time zone",
+    ),
     "time zone name too long": (
-        ["company", "add", "x", "--erp", "xero", "--timezone", "a" * 5000], None,
-        "not an IANA time zone"),
+        ["company", "add", "x", "--erp", "xero", "--timezone", "a" * 5000],
+        None,
+        "not an IANA time zone",
+    ),
     "no command at all": ([], None, "missing command"),
-    "multi-line click message": (["user", "grant", "acme", "bob"], None,
-                                 "Missing option '--level'. Choose from: none, read_only,"),
-    "settings not UTF-8": (["settings", "show", "acme"],
-                           lambda raw, keys: raw.set(keys.settings("acme"), b"\xff\xfe{"),
-                           "settings of 'acme' is corrupt"),
+    "multi-line click message": (
+        ["user", "grant", "acme", "bob"],
+        None,
+        "Missing option '--level'. Choose from: none, read_only,",
+    ),
+    "settings not UTF-8": (
+        ["settings", "show", "acme"],
+        lambda raw, keys: raw.set(keys.settings("acme"), b"\xff\xfe{"),
+        "settings of 'acme' is corrupt",
+    ),
 }
 
 

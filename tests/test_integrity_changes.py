@@ -25,9 +25,14 @@ CAP = 10
 
 @pytest.fixture
 def engine(real: redis.Redis, keys: KeySpace) -> Iterator[BeatEngine]:
-    engine = BeatEngine(Celery("test", set_as_current=False), real, keys,
-                        EngineConfig(lease_seconds=2, max_block=0.01, change_batch=7),
-                        clock=Clock(1_800_000_000.0), node="a")
+    engine = BeatEngine(
+        Celery("test", set_as_current=False),
+        real,
+        keys,
+        EngineConfig(lease_seconds=2, max_block=0.01, change_batch=7),
+        clock=Clock(1_800_000_000.0),
+        node="a",
+    )
     yield engine
     engine.close()
 
@@ -42,8 +47,8 @@ def settle(engine: BeatEngine) -> int:
 
 
 def test_a_leader_that_falls_more_than_the_cap_behind_rebuilds_and_loses_no_change(
-        real: redis.Redis, keys: KeySpace, engine: BeatEngine,
-        caplog: pytest.LogCaptureFixture) -> None:
+    real: redis.Redis, keys: KeySpace, engine: BeatEngine, caplog: pytest.LogCaptureFixture
+) -> None:
     store = SettingsStore(real, keys, change_stream_maxlen=CAP)
     companies = [f"c{n:02d}" for n in range(50)]
     for company in companies:
@@ -61,8 +66,8 @@ def test_a_leader_that_falls_more_than_the_cap_behind_rebuilds_and_loses_no_chan
 
 
 def test_reading_in_batches_within_the_cap_applies_every_change_without_a_rebuild(
-        real: redis.Redis, keys: KeySpace, engine: BeatEngine,
-        caplog: pytest.LogCaptureFixture) -> None:
+    real: redis.Redis, keys: KeySpace, engine: BeatEngine, caplog: pytest.LogCaptureFixture
+) -> None:
     store = SettingsStore(real, keys, change_stream_maxlen=CAP)
     for company in ("a", "b", "c"):
         store.add_company(company, "xero")
@@ -83,7 +88,8 @@ def test_the_change_stream_cap_is_an_environment_setting(env: pytest.MonkeyPatch
 
 
 def test_due_entries_keep_being_dispatched_while_a_rebuild_runs(
-        real: redis.Redis, keys: KeySpace, engine: BeatEngine) -> None:
+    real: redis.Redis, keys: KeySpace, engine: BeatEngine
+) -> None:
     store = SettingsStore(real, keys)
     for n in range(50):
         store.add_company(f"c{n:02d}", "xero")

@@ -37,8 +37,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.processes]
 
 HOUR = 4.0  # seconds per schedule hour: hourly syncs every 4 s, job costs every 8 s
 SKEWS = (10.0, 1.0, -10.0)  # the first leads first: far ahead, then slightly ahead, far behind
-PERIODS = {SyncKind.VENDORS: HOUR, SyncKind.JOBS: HOUR, SyncKind.JOB_COSTS: 2 * HOUR,
-           SyncKind.PAYMENTS: HOUR}
+PERIODS = {
+    SyncKind.VENDORS: HOUR,
+    SyncKind.JOBS: HOUR,
+    SyncKind.JOB_COSTS: 2 * HOUR,
+    SyncKind.PAYMENTS: HOUR,
+}
 RECEIVED = re.compile(r"Task [\w.]+\[(sync:\S+)\] received")
 EARLY_TOLERANCE = 0.05  # seconds: the worker reads its clock after Redis handed it the message
 
@@ -60,8 +64,11 @@ def replaced(client: redis.Redis, keys: KeySpace, node: str) -> bool:
 
 
 def history(client: redis.Redis, keys: KeySpace, companies: list[str]) -> list[RunRecord]:
-    return [RunRecord.model_validate_json(raw) for c in companies
-            for raw in client.hgetall(keys.runs(c)).values()]
+    return [
+        RunRecord.model_validate_json(raw)
+        for c in companies
+        for raw in client.hgetall(keys.runs(c)).values()
+    ]
 
 
 def exact_slot(task_id: str) -> tuple[tuple[str, SyncKind, str | None], float]:
@@ -72,10 +79,15 @@ def exact_slot(task_id: str) -> tuple[tuple[str, SyncKind, str | None], float]:
 
 
 def test_beats_with_wrong_clocks_send_no_slot_twice_early_or_not_at_all(
-        redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
+    redis_server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
     client, keys = redis_server.client(), KeySpace(prefix)
-    env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-           "ERP_SYNC_SECONDS_PER_HOUR": f"{HOUR:g}", "ERP_SYNC_BEAT_LEASE_SECONDS": "1"}
+    env = {
+        "ERP_SYNC_REDIS_URL": redis_server.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_SECONDS_PER_HOUR": f"{HOUR:g}",
+        "ERP_SYNC_BEAT_LEASE_SECONDS": "1",
+    }
     companies = ["c1", "c2", "c3"]
     store = SettingsStore(client, keys)
     for company in companies:
@@ -89,12 +101,16 @@ def test_beats_with_wrong_clocks_send_no_slot_twice_early_or_not_at_all(
         for n, skew in enumerate(SKEWS):
             beats.append(procs.beat(f"beat{n}", skewed(env, skew, tmp_path), tmp_path))
             if n == 0:  # the clock furthest ahead leads first
-                procs.wait_until(lambda: leader(client, keys) is not None, 30,
-                                 f"no beat took the lease:\n{beats[0].output()[-2000:]}")
+                procs.wait_until(
+                    lambda: leader(client, keys) is not None,
+                    30,
+                    f"no beat took the lease:\n{beats[0].output()[-2000:]}",
+                )
         for _ in range(2):
             floor = dispatched(client, keys) + 12  # more than a period's slots
-            procs.wait_until(partial(reached, client, keys, floor), 30,
-                             "the leader stopped dispatching")
+            procs.wait_until(
+                partial(reached, client, keys, floor), 30, "the leader stopped dispatching"
+            )
             node = leader(client, keys)
             assert node is not None
             victim = next(b for b in beats if b.pid == pid_of(node))
@@ -109,9 +125,14 @@ def test_beats_with_wrong_clocks_send_no_slot_twice_early_or_not_at_all(
             beat.signal(signal.SIGTERM)
         for beat in beats:
             beat.stop()
-        procs.wait_until(lambda: client.llen(keys.queue("company")) + client.llen(
-            keys.queue("project")) == 0 and all(r.status != "running" for r in history(
-                client, keys, companies)), 30, "the worker never drained the queues")
+        procs.wait_until(
+            lambda: (
+                client.llen(keys.queue("company")) + client.llen(keys.queue("project")) == 0
+                and all(r.status != "running" for r in history(client, keys, companies))
+            ),
+            30,
+            "the worker never drained the queues",
+        )
     finally:
         for proc in [*beats, worker]:
             proc.stop()
@@ -134,13 +155,16 @@ def test_beats_with_wrong_clocks_send_no_slot_twice_early_or_not_at_all(
     assert not early, f"slots started before they were due (seconds early): {early[:5]}"
 
     worst = max(exact_slot(r.task_id)[1] - r.started_at.timestamp() for r in runs)
-    print(f"clock figures: beats skewed {SKEWS} s, 2 leader kills, 2 toggles; slots run "
-          f"{len(runs)}, received twice 0, started early 0 (closest start to its due time "
-          f"{-worst:+.3f} s), entries checked for gaps {len(series)}")
+    print(
+        f"clock figures: beats skewed {SKEWS} s, 2 leader kills, 2 toggles; slots run "
+        f"{len(runs)}, received twice 0, started early 0 (closest start to its due time "
+        f"{-worst:+.3f} s), entries checked for gaps {len(series)}"
+    )
     for (company, kind, project), slots in sorted(series.items()):
         if company == "c1" and kind is SyncKind.VENDORS:
             continue  # switched off and on: it resumes at its next slot, by design
         gaps = [round(b - a, 3) for a, b in itertools.pairwise(sorted(slots))]
-        assert all(g == PERIODS[kind] for g in gaps), \
+        assert all(g == PERIODS[kind] for g in gaps), (
             f"{company}/{kind.value}/{project}: slots not one period apart: {gaps}"
+        )
         assert len(slots) >= 2, f"{company}/{kind.value} ran only {len(slots)} times"

@@ -37,23 +37,37 @@ HEALED_WITHIN = 30.0  # generous: one sweep pass is 2 s; only a sweep that never
 
 
 def doctor(env: dict[str, str]) -> tuple[int, dict[str, object]]:
-    done = subprocess.run([sys.executable, "manage.py", "doctor", "--json"], cwd=procs.ROOT,
-                          env=procs.process_env(env), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "doctor", "--json"],
+        cwd=procs.ROOT,
+        env=procs.process_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, json.loads(done.stdout)
 
 
 def queued_ids(client: redis.Redis, keys: KeySpace) -> list[str]:
-    return [json.loads(m)["headers"]["id"] for q in ("company", "project")
-            for m in client.lrange(keys.queue(q), 0, -1)]
+    return [
+        json.loads(m)["headers"]["id"]
+        for q in ("company", "project")
+        for m in client.lrange(keys.queue(q), 0, -1)
+    ]
 
 
 def test_lost_corrupt_and_deleted_schedule_state_is_rebuilt_within_a_sweep(
-        redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
+    redis_server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
     client, keys = redis_server.client(), KeySpace(prefix)
-    env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-           "ERP_SYNC_SECONDS_PER_HOUR": "4", "ERP_SYNC_BEAT_LEASE_SECONDS": "1",
-           "ERP_SYNC_SWEEP_SECONDS": f"{SWEEP:g}"}
+    env = {
+        "ERP_SYNC_REDIS_URL": redis_server.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_SECONDS_PER_HOUR": "4",
+        "ERP_SYNC_BEAT_LEASE_SECONDS": "1",
+        "ERP_SYNC_SWEEP_SECONDS": f"{SWEEP:g}",
+    }
     store = SettingsStore(client, keys)
     for company in COMPANIES:
         small_company(client, keys, company, projects=("p1",))
@@ -64,8 +78,11 @@ def test_lost_corrupt_and_deleted_schedule_state_is_rebuilt_within_a_sweep(
 
     def healed(what: str) -> None:
         started = time.monotonic()
-        procs.wait_until(lambda: doctor(env)[0] == 0, HEALED_WITHIN,
-                         f"not rebuilt after {what}: {doctor(env)[1]}")
+        procs.wait_until(
+            lambda: doctor(env)[0] == 0,
+            HEALED_WITHIN,
+            f"not rebuilt after {what}: {doctor(env)[1]}",
+        )
         took[what] = round(time.monotonic() - started, 1)
 
     def dispatched() -> int:
@@ -112,10 +129,12 @@ def test_lost_corrupt_and_deleted_schedule_state_is_rebuilt_within_a_sweep(
     differences = report["differences"]
     assert code == 1 and isinstance(differences, list)
     assert len(differences) >= 4 * len(COMPANIES)
-    print(f"heal figures: sweep pass {SWEEP:g} s, {len(COMPANIES)} companies; seconds until "
-          f"doctor was clean: {took}; repairs "
-          f"{int(client.hget(keys.beat_stats, 'repairs') or 0)}; slots queued {len(ids)}, twice "
-          f"{len(ids) - len(set(ids))}")
+    print(
+        f"heal figures: sweep pass {SWEEP:g} s, {len(COMPANIES)} companies; seconds until "
+        f"doctor was clean: {took}; repairs "
+        f"{int(client.hget(keys.beat_stats, 'repairs') or 0)}; slots queued {len(ids)}, twice "
+        f"{len(ids) - len(set(ids))}"
+    )
     twice = [tid for tid, n in Counter(ids).items() if n > 1]
     assert not twice, f"dispatched twice: {twice[:5]}"
     survivor = next(b for b in beats if "schedule repair" in b.output())

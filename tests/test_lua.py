@@ -19,8 +19,9 @@ pytestmark = pytest.mark.integration
 def _header_and_body(name: str) -> tuple[str, str]:
     lines = lua.source(name).splitlines()
     n = next(i for i, line in enumerate(lines) if not line.startswith("--"))
-    return "\n".join(lines[:n]), "\n".join(line for line in lines[n:]
-                                            if not line.lstrip().startswith("--"))
+    return "\n".join(lines[:n]), "\n".join(
+        line for line in lines[n:] if not line.lstrip().startswith("--")
+    )
 
 
 @pytest.mark.parametrize("name", lua.names())
@@ -46,8 +47,9 @@ def r(real: redis.Redis) -> redis.Redis:
     return real
 
 
-def test_lease_scripts_take_renew_and_release_only_for_the_holder(r: redis.Redis,
-                                                                   keys: KeySpace) -> None:
+def test_lease_scripts_take_renew_and_release_only_for_the_holder(
+    r: redis.Redis, keys: KeySpace
+) -> None:
     acquire, renew = lua.load(r, "lease_acquire"), lua.load(r, "lease_renew")
     release = lua.load(r, "compare_and_delete")
     token = acquire(keys=[keys.beat_leader, keys.beat_epoch], args=["a", 5000])
@@ -62,8 +64,9 @@ def test_lease_scripts_take_renew_and_release_only_for_the_holder(r: redis.Redis
 
 
 def _leader(r: redis.Redis, keys: KeySpace) -> str:
-    return str(lua.load(r, "lease_acquire")(keys=[keys.beat_leader, keys.beat_epoch],
-                                            args=["n", 5000]))
+    return str(
+        lua.load(r, "lease_acquire")(keys=[keys.beat_leader, keys.beat_epoch], args=["n", 5000])
+    )
 
 
 def test_due_apply_is_fenced_and_applies_rem_nx_and_set(r: redis.Redis, keys: KeySpace) -> None:
@@ -71,15 +74,37 @@ def test_due_apply_is_fenced_and_applies_rem_nx_and_set(r: redis.Redis, keys: Ke
     apply = lua.load(r, "due_apply")
     r.zadd(keys.due, {"acme:vendors": 10.0, "acme:jobs": 20.0, "acme:payments": 30.0})
     r.sadd(keys.companies, "acme")
-    ks = [keys.beat_leader, keys.due, keys.beat_applied, keys.beat_cursor, keys.beat_stats,
-          keys.companies]
-    plan: list[str | float] = ["acme", '{"v": 2}', keys.applied_channel("acme"), 2, 3,
-            "nx", "acme:vendors", 99.0, "set", "acme:jobs", 99.0, "rem", "acme:payments", 0]
+    ks = [
+        keys.beat_leader,
+        keys.due,
+        keys.beat_applied,
+        keys.beat_cursor,
+        keys.beat_stats,
+        keys.companies,
+    ]
+    plan: list[str | float] = [
+        "acme",
+        '{"v": 2}',
+        keys.applied_channel("acme"),
+        2,
+        3,
+        "nx",
+        "acme:vendors",
+        99.0,
+        "set",
+        "acme:jobs",
+        99.0,
+        "rem",
+        "acme:payments",
+        0,
+    ]
     assert apply(keys=ks, args=["someone|9", "5-0", 1, *plan]) == -1
     assert r.zcard(keys.due) == 3 and r.get(keys.beat_cursor) is None
     assert apply(keys=ks, args=[token, "5-0", 1, *plan]) == 1
-    assert r.zrange(keys.due, 0, -1, withscores=True) == [("acme:vendors", 10.0),
-                                                         ("acme:jobs", 99.0)]
+    assert r.zrange(keys.due, 0, -1, withscores=True) == [
+        ("acme:vendors", 10.0),
+        ("acme:jobs", 99.0),
+    ]
     assert r.hget(keys.beat_applied, "acme") == '{"v": 2}'
     assert r.get(keys.beat_cursor) == "5-0"
     assert apply(keys=ks, args=[token, "", 1, "acme", "", "c", 3, 0]) == 1
@@ -87,16 +112,33 @@ def test_due_apply_is_fenced_and_applies_rem_nx_and_set(r: redis.Redis, keys: Ke
 
 
 def test_due_dispatch_advances_and_queues_together_and_skips_moved_entries(
-        r: redis.Redis, keys: KeySpace) -> None:
+    r: redis.Redis, keys: KeySpace
+) -> None:
     token = _leader(r, keys)
     dispatch = lua.load(r, "due_dispatch")
     r.zadd(keys.due, {"a:vendors": 10.0, "b:vendors": 10.0, "c:vendors": 10.0})
     r.sadd(keys.companies, "a", "b", "c")
-    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots, keys.companies,
-          keys.paused]
+    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots, keys.companies, keys.paused]
     q = keys.queue("company")
-    batch: list[str | float] = [2, "a:vendors", "a", 10.0, 10.0, 20.0, q, 1, "m-a",
-             "b:vendors", "b", 7.0, 7.0, 20.0, q, 1, "m-b"]
+    batch: list[str | float] = [
+        2,
+        "a:vendors",
+        "a",
+        10.0,
+        10.0,
+        20.0,
+        q,
+        1,
+        "m-a",
+        "b:vendors",
+        "b",
+        7.0,
+        7.0,
+        20.0,
+        q,
+        1,
+        "m-b",
+    ]
     assert dispatch(keys=ks, args=["x|1", *batch]) == -1
     assert r.llen(q) == 0
     assert dispatch(keys=ks, args=[token, *batch]) == "dm"  # b's score moved: left alone
@@ -109,39 +151,60 @@ def test_due_dispatch_advances_and_queues_together_and_skips_moved_entries(
 
 
 def test_due_dispatch_never_sends_a_slot_at_or_before_the_last_one_dispatched(
-        r: redis.Redis, keys: KeySpace) -> None:
+    r: redis.Redis, keys: KeySpace
+) -> None:
     token = _leader(r, keys)
     dispatch = lua.load(r, "due_dispatch")
-    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots, keys.companies,
-          keys.paused]
+    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots, keys.companies, keys.paused]
     q = keys.queue("company")
     r.zadd(keys.due, {"a:vendors": 10.0})
     r.sadd(keys.companies, "a")
-    assert dispatch(keys=ks, args=[token, 1, "a:vendors", "a", 10.0, 10.0, 20.0, q, 1, "m1"]) \
-        == "d"
+    assert dispatch(keys=ks, args=[token, 1, "a:vendors", "a", 10.0, 10.0, 20.0, q, 1, "m1"]) == "d"
     r.zadd(keys.due, {"a:vendors": 10.0})  # a wrong clock or lost state re-times it backwards
-    assert dispatch(keys=ks, args=[token, 1, "a:vendors", "a", 10.0, 10.0, 20.0, q, 1, "m2"]) \
-        == "s"
+    assert dispatch(keys=ks, args=[token, 1, "a:vendors", "a", 10.0, 10.0, 20.0, q, 1, "m2"]) == "s"
     assert r.lrange(q, 0, -1) == ["m1"] and r.zscore(keys.due, "a:vendors") == 20.0
-    assert dispatch(keys=ks, args=[token, 1, "a:vendors", "a", 20.0, 20.0, 30.0, q, 1, "m3"]) \
-        == "d"
+    assert dispatch(keys=ks, args=[token, 1, "a:vendors", "a", 20.0, 20.0, 30.0, q, 1, "m3"]) == "d"
     assert r.lrange(q, 0, -1) == ["m3", "m1"]
     assert r.hget(keys.beat_stats, "stale_slots") == "1"
 
 
 def test_due_dispatch_sends_nothing_for_a_removed_or_paused_company(
-        r: redis.Redis, keys: KeySpace) -> None:
+    r: redis.Redis, keys: KeySpace
+) -> None:
     token = _leader(r, keys)
     dispatch = lua.load(r, "due_dispatch")
-    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots, keys.companies,
-          keys.paused]
+    ks = [keys.beat_leader, keys.due, keys.beat_stats, keys.beat_slots, keys.companies, keys.paused]
     q = keys.queue("company")
     r.zadd(keys.due, {"gone:vendors": 10.0, "held:vendors": 10.0, "live:vendors": 10.0})
     r.sadd(keys.companies, "held", "live")
     r.hset(keys.paused, "held", "{}")
-    batch: list[str | float] = [3, "gone:vendors", "gone", 10.0, 10.0, 20.0, q, 1, "m-gone",
-                                "held:vendors", "held", 10.0, 10.0, 20.0, q, 1, "m-held",
-                                "live:vendors", "live", 10.0, 10.0, 20.0, q, 1, "m-live"]
+    batch: list[str | float] = [
+        3,
+        "gone:vendors",
+        "gone",
+        10.0,
+        10.0,
+        20.0,
+        q,
+        1,
+        "m-gone",
+        "held:vendors",
+        "held",
+        10.0,
+        10.0,
+        20.0,
+        q,
+        1,
+        "m-held",
+        "live:vendors",
+        "live",
+        10.0,
+        10.0,
+        20.0,
+        q,
+        1,
+        "m-live",
+    ]
     assert dispatch(keys=ks, args=[token, *batch]) == "gpd"
     assert r.lrange(q, 0, -1) == ["m-live"]
     assert r.zscore(keys.due, "gone:vendors") is None
@@ -154,33 +217,60 @@ def test_due_dispatch_sends_nothing_for_a_removed_or_paused_company(
 
 
 def test_due_apply_never_schedules_a_company_removed_after_its_plan_was_made(
-        r: redis.Redis, keys: KeySpace) -> None:
+    r: redis.Redis, keys: KeySpace
+) -> None:
     token = _leader(r, keys)
     apply = lua.load(r, "due_apply")
-    ks = [keys.beat_leader, keys.due, keys.beat_applied, keys.beat_cursor, keys.beat_stats,
-          keys.companies]
+    ks = [
+        keys.beat_leader,
+        keys.due,
+        keys.beat_applied,
+        keys.beat_cursor,
+        keys.beat_stats,
+        keys.companies,
+    ]
     r.zadd(keys.due, {"acme:jobs": 5.0})
-    plan: list[str | float] = ["acme", '{"v": 2}', keys.applied_channel("acme"), 2, 2,
-                               "set", "acme:vendors", 99.0, "nx", "acme:jobs", 99.0]
+    plan: list[str | float] = [
+        "acme",
+        '{"v": 2}',
+        keys.applied_channel("acme"),
+        2,
+        2,
+        "set",
+        "acme:vendors",
+        99.0,
+        "nx",
+        "acme:jobs",
+        99.0,
+    ]
     assert apply(keys=ks, args=[token, "", 1, *plan]) == 1
     assert r.zcard(keys.due) == 0 and r.hget(keys.beat_applied, "acme") is None
 
 
-def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis,
-                                                            keys: KeySpace) -> None:
+def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis, keys: KeySpace) -> None:
     start, finish = lua.load(r, "run_start"), lua.load(r, "run_finish")
     save, facts = lua.load(r, "history_save"), lua.load(r, "run_facts")
-    lock, runs, hist, running = keys.run_lock("acme", "vendors", None), keys.runs("acme"), \
-        keys.history("acme"), keys.running("acme")
+    lock, runs, hist, running = (
+        keys.run_lock("acme", "vendors", None),
+        keys.runs("acme"),
+        keys.history("acme"),
+        keys.running("acme"),
+    )
     ks = [lock, runs, hist, running, keys.executed("t1")]
     assert start(keys=ks, args=["t1|a", 60_000, '{"s": "running"}', 2, 2, "t1"]) == ["ok"]
-    assert start(keys=[*ks[:4], keys.executed("t2")], args=["t2|b", 60_000, "{}", 2, 2, "t2"]) \
-        == ["held", "t1"]
+    assert start(keys=[*ks[:4], keys.executed("t2")], args=["t2|b", 60_000, "{}", 2, 2, "t2"]) == [
+        "held",
+        "t1",
+    ]
     state, left = start(keys=ks, args=["t1|c", 60_000, "{}", 2, 2, "t1"])
     assert state == "alive" and 59_000 < int(left) <= 60_000  # the same task id, still alive
-    assert finish(keys=[runs, hist, keys.executed("t1"), lock, keys.last_runs, running],
-                  args=["t1", '{"s": "done"}', 2, "succeeded", 60_000, "succeeded:vendors",
-                        "{}", "t1|a"]) == 1
+    assert (
+        finish(
+            keys=[runs, hist, keys.executed("t1"), lock, keys.last_runs, running],
+            args=["t1", '{"s": "done"}', 2, "succeeded", 60_000, "succeeded:vendors", "{}", "t1|a"],
+        )
+        == 1
+    )
     assert r.get(lock) is None and r.get(keys.executed("t1")) == "succeeded"
     assert r.zcard(running) == 0
     assert start(keys=ks, args=["t1|d", 60_000, "{}", 2, 2, "t1"]) == ["done"]  # finished
@@ -191,10 +281,17 @@ def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis,
     r.set(keys.company("acme"), '{"erp": "xero"}')
     r.hset(keys.projects("acme"), "p1", "{}")
     r.hset(keys.rate_limit_overrides, mapping={"xero": "L", "company:acme": "C"})
-    fact_keys = [keys.executed("t1"), runs, keys.company("acme"), keys.settings("acme"),
-                 keys.projects("acme"), keys.rate_limit_overrides,
-                 keys.cursor("acme", "vendors", None), keys.paused,
-                 keys.job_cost_optouts("acme")]
+    fact_keys = [
+        keys.executed("t1"),
+        runs,
+        keys.company("acme"),
+        keys.settings("acme"),
+        keys.projects("acme"),
+        keys.rate_limit_overrides,
+        keys.cursor("acme", "vendors", None),
+        keys.paused,
+        keys.job_cost_optouts("acme"),
+    ]
     fact_args = ["t2", "p1", "company:acme", "acme"]
     got = facts(keys=fact_keys, args=fact_args)
     assert got[:8] == [1, "{}", '{"erp": "xero"}', "", 1, "L", "C", ""]
@@ -210,7 +307,8 @@ def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis,
 
 
 def test_the_company_concurrency_cap_heartbeat_release_and_a_killed_runs_lock(
-        r: redis.Redis, keys: KeySpace) -> None:
+    r: redis.Redis, keys: KeySpace
+) -> None:
     start, beat = lua.load(r, "run_start"), lua.load(r, "run_heartbeat")
     release, finish = lua.load(r, "run_release"), lua.load(r, "run_finish")
     runs, hist, running = keys.runs("acme"), keys.history("acme"), keys.running("acme")
@@ -221,29 +319,30 @@ def test_the_company_concurrency_cap_heartbeat_release_and_a_killed_runs_lock(
     def at(kind: str) -> list[str]:
         return [lock(kind), runs, hist, running, keys.executed(kind)]
 
-    assert start(keys=at("a"), args=["a|1", 60_000, "{}", 9, 2, "a"]) \
-        == ["ok"]
-    assert start(keys=at("b"), args=["b|1", 60_000, "{}", 9, 2, "b"]) \
-        == ["ok"]
-    assert start(keys=at("c"), args=["c|1", 60_000, "{}", 9, 2, "c"]) \
-        == ["busy", "2"]
+    assert start(keys=at("a"), args=["a|1", 60_000, "{}", 9, 2, "a"]) == ["ok"]
+    assert start(keys=at("b"), args=["b|1", 60_000, "{}", 9, 2, "b"]) == ["ok"]
+    assert start(keys=at("c"), args=["c|1", 60_000, "{}", 9, 2, "c"]) == ["busy", "2"]
     assert r.get(lock("c")) is None
     assert beat(keys=[lock("a"), running], args=["a|1", 90_000, "a"]) == 1
     assert r.pttl(lock("a")) > 60_000
     assert beat(keys=[lock("a"), running], args=["a|stale", 90_000, "a"]) == 0
     assert release(keys=[lock("b"), running], args=["b|1", "b"]) == 1
-    assert start(keys=at("c"), args=["c|1", 60_000, "{}", 9, 2, "c"]) \
-        == ["ok"]
+    assert start(keys=at("c"), args=["c|1", 60_000, "{}", 9, 2, "c"]) == ["ok"]
     r.zadd(running, {"c": 0})  # c's worker died: its heartbeat expiry passed
-    assert start(keys=at("d"), args=["d|1", 60_000, "{}", 9, 2, "d"]) \
-        == ["ok"]
-    assert finish(keys=[runs, hist, keys.executed("a"), lock("a"), keys.last_runs, running],
-                  args=["a", "{}", 9, "failed", 60_000, "failed:x", "{}", "*"]) == 1
+    assert start(keys=at("d"), args=["d|1", 60_000, "{}", 9, 2, "d"]) == ["ok"]
+    assert (
+        finish(
+            keys=[runs, hist, keys.executed("a"), lock("a"), keys.last_runs, running],
+            args=["a", "{}", 9, "failed", 60_000, "failed:x", "{}", "*"],
+        )
+        == 1
+    )
     assert r.get(lock("a")) is None  # '*': whichever run of this task id held it
 
 
-def test_ratelimit_take_grants_the_burst_then_reserves_then_refuses(r: redis.Redis,
-                                                                    keys: KeySpace) -> None:
+def test_ratelimit_take_grants_the_burst_then_reserves_then_refuses(
+    r: redis.Redis, keys: KeySpace
+) -> None:
     take = lua.load(r, "ratelimit_take")
     key = keys.rate_limit("acme")
     grants = [take(keys=[key], args=[1, 2, 1.5, 0, 0]) for _ in range(4)]
@@ -253,7 +352,8 @@ def test_ratelimit_take_grants_the_burst_then_reserves_then_refuses(r: redis.Red
 
 
 def test_ratelimit_waiters_get_tickets_one_interval_apart_and_newcomers_queue_behind(
-        r: redis.Redis, keys: KeySpace) -> None:
+    r: redis.Redis, keys: KeySpace
+) -> None:
     take = lua.load(r, "ratelimit_take")
     key = keys.rate_limit("acme")
     assert take(keys=[key], args=[1, 1, 0.2, 0, 1])[0] == 1  # the burst
@@ -280,10 +380,14 @@ def test_ratelimit_waiters_get_tickets_one_interval_apart_and_newcomers_queue_be
 def test_sandbox_scripts_add_page_and_enter_calls(r: redis.Redis, keys: KeySpace) -> None:
     add, page = lua.load(r, "sandbox_add_record"), lua.load(r, "sandbox_page")
     enter = lua.load(r, "sandbox_enter")
-    meta, jobs, idx = keys.erp_meta("acme"), keys.erp("acme", "jobs"), \
-        keys.erp_index("acme", "jobs")
-    assert [add(keys=[meta, jobs, idx], args=[i, json.dumps({"id": i})])
-            for i in ("J1", "J2", "J1")] == [1, 2, 3]
+    meta, jobs, idx = (
+        keys.erp_meta("acme"),
+        keys.erp("acme", "jobs"),
+        keys.erp_index("acme", "jobs"),
+    )
+    assert [
+        add(keys=[meta, jobs, idx], args=[i, json.dumps({"id": i})]) for i in ("J1", "J2", "J1")
+    ] == [1, 2, 3]
     assert page(keys=[idx, jobs], args=[1, 10]) == ["2", '{"id": "J2"}', "3", '{"id": "J1"}']
     r.hset(meta, mapping={"config": "{}", "fail_next": 1})
     calls = keys.erp_calls("acme")
@@ -293,8 +397,7 @@ def test_sandbox_scripts_add_page_and_enter_calls(r: redis.Redis, keys: KeySpace
     assert r.llen(calls) == 2
 
 
-def test_due_present_says_which_members_are_in_the_index(r: redis.Redis,
-                                                         keys: KeySpace) -> None:
+def test_due_present_says_which_members_are_in_the_index(r: redis.Redis, keys: KeySpace) -> None:
     r.zadd(keys.due, {"acme:vendors": 5.0, "acme:jobs": 7.0})
     present = lua.load(r, "due_present")
     assert present(keys=[keys.due], args=["acme:jobs", "acme:payments", "acme:vendors"]) == "101"

@@ -36,34 +36,64 @@ def test_the_exporter_reports_the_leader_backlog_queues_and_last_runs(
     store = SettingsStore(redis_server.client(), KeySpace(prefix))
     store.add_company("acme", "xero")
     store.add_project("acme", "tower")
-    env = {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-           "ERP_SYNC_SECONDS_PER_HOUR": "1"}  # vendors every second, job costs every 2 s
+    env = {
+        "ERP_SYNC_REDIS_URL": redis_server.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_SECONDS_PER_HOUR": "1",
+    }  # vendors every second, job costs every 2 s
     port = free_port()
-    procs = [beat("beat", env, tmp_path), worker("w", env, tmp_path, concurrency=4),
-             Proc("exporter", [sys.executable, "manage.py", "metrics", "serve", "--port",
-                               str(port)], env, tmp_path)]
+    procs = [
+        beat("beat", env, tmp_path),
+        worker("w", env, tmp_path, concurrency=4),
+        Proc(
+            "exporter",
+            [sys.executable, "manage.py", "metrics", "serve", "--port", str(port)],
+            env,
+            tmp_path,
+        ),
+    ]
     try:
-        wait_until(lambda: all(f'erp_sync_last_run_timestamp_seconds{{kind="{kind}",'
-                               f'status="succeeded"}}' in scrape(port)
-                               for kind in ("vendors", "job_costs")), 60,
-                   "no succeeded vendors and job_costs runs were exported")
+        wait_until(
+            lambda: all(
+                f'erp_sync_last_run_timestamp_seconds{{kind="{kind}",'
+                f'status="succeeded"}}' in scrape(port)
+                for kind in ("vendors", "job_costs")
+            ),
+            60,
+            "no succeeded vendors and job_costs runs were exported",
+        )
         text = scrape(port)
         assert "erp_sync_up 1.0" in text
         leader = [line for line in text.splitlines() if line.startswith("erp_sync_beat_leader{")]
         assert leader and leader[0].endswith(" 1.0") and 'node=""' not in leader[0]
         assert 'erp_sync_queue_length{queue="project"}' in text
         assert "erp_sync_schedule_entries 4.0" in text
-        dispatched = [line for line in text.splitlines()
-                      if line.startswith("erp_sync_dispatched_slots_total ")]
+        dispatched = [
+            line
+            for line in text.splitlines()
+            if line.startswith("erp_sync_dispatched_slots_total ")
+        ]
         assert float(dispatched[0].split()[1]) > 0
-        status = subprocess.run([sys.executable, "manage.py", "status", "--json"], cwd=ROOT,
-                                env=process_env(env), capture_output=True, text=True, timeout=60)
+        status = subprocess.run(
+            [sys.executable, "manage.py", "status", "--json"],
+            cwd=ROOT,
+            env=process_env(env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         last = json.loads(status.stdout)["last_runs"]["vendors"]["succeeded"]
         assert last["company"] == "acme" and last["finished_at"]
-        finished = [line for line in procs[1].output().splitlines() if "finished company=acme" in
-                    line]
-        assert any("sync=job_costs" in line and "project=tower" in line and
-                   "outcome=succeeded" in line and "duration_ms=" in line for line in finished)
+        finished = [
+            line for line in procs[1].output().splitlines() if "finished company=acme" in line
+        ]
+        assert any(
+            "sync=job_costs" in line
+            and "project=tower" in line
+            and "outcome=succeeded" in line
+            and "duration_ms=" in line
+            for line in finished
+        )
     finally:
         stop_all(procs)
 

@@ -22,15 +22,23 @@ def test_a_new_company_gets_every_supported_sync_on_and_payments_daily() -> None
 
 def test_unsupported_syncs_start_off() -> None:
     assert SyncSettings.defaults_for(Erp.SAGE_100).enabled_kinds() == {
-        SyncKind.VENDORS, SyncKind.JOBS, SyncKind.JOB_COSTS}
+        SyncKind.VENDORS,
+        SyncKind.JOBS,
+        SyncKind.JOB_COSTS,
+    }
     assert SyncSettings.defaults_for(Erp.CMIC).enabled_kinds() == {SyncKind.JOB_COSTS}
 
 
 def test_the_matrix_covers_every_erp_of_the_design() -> None:
     assert set(CAPABILITIES) == set(Erp)
     no_payments = {e for e, kinds in CAPABILITIES.items() if SyncKind.PAYMENTS not in kinds}
-    assert no_payments == {Erp.SAGE_100, Erp.SAGE_300_CRE, Erp.VIEWPOINT_SPECTRUM, Erp.CMIC,
-                           Erp.WORKDAY}
+    assert no_payments == {
+        Erp.SAGE_100,
+        Erp.SAGE_300_CRE,
+        Erp.VIEWPOINT_SPECTRUM,
+        Erp.CMIC,
+        Erp.WORKDAY,
+    }
 
 
 def test_payments_set_to_never_do_not_run_even_when_switched_on() -> None:

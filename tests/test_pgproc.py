@@ -58,7 +58,8 @@ def test_create_database_replaces_an_existing_one(postgres_server: PostgresServe
 
 
 def test_data_survives_stop_server_and_start_server(
-        postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = postgres_server
     if not server.private:  # a shared ENV_URL server cannot be stopped: start one of our own
         monkeypatch.delenv(ENV_URL)
@@ -78,7 +79,8 @@ def test_data_survives_stop_server_and_start_server(
 
 
 def test_an_unreachable_env_url_falls_back_to_a_private_cluster(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dead = free_port()
     monkeypatch.setenv(ENV_URL, f"postgresql://postgres@127.0.0.1:{dead}/postgres")
     started = time.monotonic()
@@ -93,7 +95,8 @@ def test_an_unreachable_env_url_falls_back_to_a_private_cluster(
 
 
 def test_a_reachable_env_url_is_shared_with_suffixed_databases(
-        postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Stands the session's server in for a CI service: databases made on it get this run's
     suffix, ``stop`` drops them and leaves the server up."""
     monkeypatch.setenv(ENV_URL, postgres_server.admin_url)
@@ -108,8 +111,7 @@ def test_a_reachable_env_url_is_shared_with_suffixed_databases(
         shared.stop_server()
 
 
-def test_missing_binaries_without_root_say_what_to_install(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_binaries_without_root_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pgproc, "find_pg_bindir", lambda: None)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(RuntimeError, match="apt-get install postgresql"):

@@ -77,8 +77,14 @@ def keyed(real: redis.Redis, secret_key: str) -> redis.Redis:
     return real
 
 
-def connected(client: redis.Redis, keys: KeySpace, qbo: FakeQbo, seed: Seed,
-              projects: tuple[str, ...] = (), ttl: float | None = None) -> QboRealm:
+def connected(
+    client: redis.Redis,
+    keys: KeySpace,
+    qbo: FakeQbo,
+    seed: Seed,
+    projects: tuple[str, ...] = (),
+    ttl: float | None = None,
+) -> QboRealm:
     """A realm seeded with ``seed`` and company ``acme`` connected to it."""
     realm = new_realm(qbo, seed, access_token_ttl=ttl)
     qbo_company(client, keys, projects=projects)
@@ -86,11 +92,24 @@ def connected(client: redis.Redis, keys: KeySpace, qbo: FakeQbo, seed: Seed,
     return realm
 
 
-def delivery(task_id: str, kind: SyncKind, project: str | None = None, *, retries: int = 0,
-             deferrals: int = 0) -> Delivery:
-    return Delivery(task_id=task_id, company="acme", kind=kind, project=project,
-                    slot="2026-01-01T00:00:00+00:00", trigger="manual", retries=retries,
-                    deferrals=deferrals)
+def delivery(
+    task_id: str,
+    kind: SyncKind,
+    project: str | None = None,
+    *,
+    retries: int = 0,
+    deferrals: int = 0,
+) -> Delivery:
+    return Delivery(
+        task_id=task_id,
+        company="acme",
+        kind=kind,
+        project=project,
+        slot="2026-01-01T00:00:00+00:00",
+        trigger="manual",
+        retries=retries,
+        deferrals=deferrals,
+    )
 
 
 def run_to_end(runner: Runner, d: Delivery, max_steps: int = 10) -> tuple[RunRecord, list[Outcome]]:
@@ -101,11 +120,9 @@ def run_to_end(runner: Runner, d: Delivery, max_steps: int = 10) -> tuple[RunRec
         outcome = runner.execute(d)
         outcomes.append(outcome)
         if outcome.defer_in is not None:
-            d = delivery(d.task_id, d.kind, d.project, retries=d.retries,
-                         deferrals=d.deferrals + 1)
+            d = delivery(d.task_id, d.kind, d.project, retries=d.retries, deferrals=d.deferrals + 1)
         elif outcome.retry_in is not None:
-            d = delivery(d.task_id, d.kind, d.project, retries=d.retries + 1,
-                         deferrals=d.deferrals)
+            d = delivery(d.task_id, d.kind, d.project, retries=d.retries + 1, deferrals=d.deferrals)
         else:
             assert outcome.record is not None
             return outcome.record, outcomes
@@ -116,7 +133,8 @@ def run_to_end(runner: Runner, d: Delivery, max_steps: int = 10) -> tuple[RunRec
 
 
 def test_a_first_sync_reads_2500_vendors_in_pages_and_the_next_reads_only_the_changes(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
     realm = connected(keyed, keys, qbo, Seed(vendors=2500, inactive_every=50))
     first = sync(keyed, keys, db, SyncKind.VENDORS)
     assert (first.created, first.updated, first.deleted) == (2500, 0, 0)
@@ -139,7 +157,8 @@ def test_a_first_sync_reads_2500_vendors_in_pages_and_the_next_reads_only_the_ch
 
 
 def test_a_vendor_deleted_in_quickbooks_is_marked_deleted_on_the_procore_side(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
     # Intuit only deactivates vendors; the fake also deletes them, which CDC reports as Deleted.
     realm = connected(keyed, keys, qbo, Seed(vendors=20))
     sync(keyed, keys, db, SyncKind.VENDORS)
@@ -161,8 +180,11 @@ def age_mirror(db: Database, company: str = "acme", seconds: float = 60.0) -> No
     syncs for ``FRESH`` seconds without asking the ERP again, and a test should not sleep
     through that."""
     with db.engine.begin() as conn:
-        conn.execute(update(erp_mirror).where(erp_mirror.c.company == company).values(
-            refreshed_at=datetime.now(UTC) - timedelta(seconds=seconds)))
+        conn.execute(
+            update(erp_mirror)
+            .where(erp_mirror.c.company == company)
+            .values(refreshed_at=datetime.now(UTC) - timedelta(seconds=seconds))
+        )
 
 
 def linked_projects(client: redis.Redis, keys: KeySpace, db: Database, n: int) -> list[str]:
@@ -177,10 +199,22 @@ def linked_projects(client: redis.Redis, keys: KeySpace, db: Database, n: int) -
 
 
 def test_job_costs_and_payments_of_a_project_land_and_a_second_sync_writes_nothing(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
-    realm = connected(keyed, keys, qbo, Seed(
-        vendors=5, projects=2, bills_per_project=3, lines_per_bill=2, purchases_per_project=1,
-        vendor_credits_per_project=1, payments_per_project=2))
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
+    realm = connected(
+        keyed,
+        keys,
+        qbo,
+        Seed(
+            vendors=5,
+            projects=2,
+            bills_per_project=3,
+            lines_per_bill=2,
+            purchases_per_project=1,
+            vendor_credits_per_project=1,
+            payments_per_project=2,
+        ),
+    )
     project, other = linked_projects(keyed, keys, db, 2)
     costs = sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
     # 3 Bills x 2 lines + 1 Purchase x 2 lines + 1 VendorCredit x 1 line, all naming the project
@@ -188,8 +222,9 @@ def test_job_costs_and_payments_of_a_project_land_and_a_second_sync_writes_nothi
     lines = RecordStore(db, "acme").all("job_costs", project)
     assert len(lines) == 9 and {line["job"] for line in lines.values()} == {project}
     assert {line["txn_type"] for line in lines.values()} == {"Bill", "Purchase", "VendorCredit"}
-    assert all(line["amount_cents"] < 0 for line in lines.values()
-               if line["txn_type"] == "VendorCredit")
+    assert all(
+        line["amount_cents"] < 0 for line in lines.values() if line["txn_type"] == "VendorCredit"
+    )
     paid = sync(keyed, keys, db, SyncKind.PAYMENTS, project)
     payments = RecordStore(db, "acme").all("payments", project)
     assert paid.created == len(payments) == 2
@@ -209,9 +244,11 @@ def test_job_costs_and_payments_of_a_project_land_and_a_second_sync_writes_nothi
 
 
 def test_a_bill_deleted_in_quickbooks_marks_its_job_cost_lines_deleted_for_its_project(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
-    realm = connected(keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3,
-                                             lines_per_bill=2))
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
+    realm = connected(
+        keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3, lines_per_bill=2)
+    )
     (project,) = linked_projects(keyed, keys, db, 1)
     assert sync(keyed, keys, db, SyncKind.JOB_COSTS, project).created == 6
     bill = sorted(RecordStore(db, "acme").all("job_costs", project))[0].split("-")[1]
@@ -225,9 +262,11 @@ def test_a_bill_deleted_in_quickbooks_marks_its_job_cost_lines_deleted_for_its_p
 
 
 def test_after_a_pause_past_the_cdc_window_the_mirror_is_re_read_and_a_deleted_bill_is_seen(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
-    realm = connected(keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3,
-                                             lines_per_bill=2))
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
+    realm = connected(
+        keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3, lines_per_bill=2)
+    )
     (project,) = linked_projects(keyed, keys, db, 1)
     sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
     bill = sorted(RecordStore(db, "acme").all("job_costs", project))[0].split("-")[1]
@@ -235,21 +274,28 @@ def test_after_a_pause_past_the_cdc_window_the_mirror_is_re_read_and_a_deleted_b
     # As if the mirror had not been read for 31 days: a query cannot return the deletion.
     old = (datetime.now(UTC) - timedelta(days=31)).isoformat(timespec="seconds")
     with db.engine.begin() as conn:
-        conn.execute(update(erp_mirror).where(erp_mirror.c.company == "acme").values(
-            state=json.dumps({"mark": old, "cursor": None})))
+        conn.execute(
+            update(erp_mirror)
+            .where(erp_mirror.c.company == "acme")
+            .values(state=json.dumps({"mark": old, "cursor": None}))
+        )
     age_mirror(db)
     qbo.reset_stats(realm.realm_id)
     counts = sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
     assert (counts.created, counts.updated, counts.deleted) == (0, 0, 2)
     assert realm.stats()["cdc"] == 0  # a full re-read by query, then the sweep
     assert RecordStore(db, "acme").deleted_ids("job_costs", project) == {
-        f"Bill-{bill}-1", f"Bill-{bill}-2"}
+        f"Bill-{bill}-1",
+        f"Bill-{bill}-2",
+    }
 
 
 def test_reconcile_re_reads_the_mirror_and_fixes_lines_of_a_deletion_it_had_missed(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
-    realm = connected(keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3,
-                                             lines_per_bill=2))
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
+    realm = connected(
+        keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3, lines_per_bill=2)
+    )
     (project,) = linked_projects(keyed, keys, db, 1)
     sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
     bill = sorted(RecordStore(db, "acme").all("job_costs", project))[0].split("-")[1]
@@ -266,8 +312,9 @@ def test_reconcile_re_reads_the_mirror_and_fixes_lines_of_a_deletion_it_had_miss
 # --- OAuth: expiry mid-sync, one refresh for many workers ----------------------------------------
 
 
-def before_request(monkeypatch: pytest.MonkeyPatch, actions: dict[int, Callable[[], object]]
-                   ) -> list[str]:
+def before_request(
+    monkeypatch: pytest.MonkeyPatch, actions: dict[int, Callable[[], object]]
+) -> list[str]:
     """Run ``actions[n]`` just before the connector's n-th API request (1-based) leaves, so a
     test can change the fake between two pages; returns the URLs requested (token requests are
     not API requests and are not counted)."""
@@ -286,11 +333,12 @@ def before_request(monkeypatch: pytest.MonkeyPatch, actions: dict[int, Callable[
 
 
 def test_an_access_token_that_expires_mid_sync_is_refreshed_once_and_the_sync_continues(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     realm = connected(keyed, keys, qbo, Seed(vendors=2500))
-    urls = before_request(monkeypatch, {
-        2: lambda: qbo.switches(realm.realm_id, expire_access_tokens=True)})
+    urls = before_request(
+        monkeypatch, {2: lambda: qbo.switches(realm.realm_id, expire_access_tokens=True)}
+    )
     counts = sync(keyed, keys, db, SyncKind.VENDORS)
     assert counts.created == 2500
     stats = realm.stats()
@@ -301,7 +349,8 @@ def test_an_access_token_that_expires_mid_sync_is_refreshed_once_and_the_sync_co
 
 
 def test_two_workers_needing_a_token_at_once_cause_exactly_one_refresh(
-        keyed: redis.Redis, keys: KeySpace, qbo: FakeQbo, redis_server: RedisServer) -> None:
+    keyed: redis.Redis, keys: KeySpace, qbo: FakeQbo, redis_server: RedisServer
+) -> None:
     realm = connected(keyed, keys, qbo, Seed())
     got: dict[str, str] = {}
     errors: list[BaseException] = []
@@ -341,14 +390,14 @@ def test_two_workers_needing_a_token_at_once_cause_exactly_one_refresh(
 
 
 def test_the_connector_stays_under_the_realms_rate_and_concurrency_limits(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
     realm = connected(keyed, keys, qbo, Seed(vendors=2500, projects=40, bills_per_project=1))
     (project,) = linked_projects(keyed, keys, db, 1)
     qbo.reset_stats(realm.realm_id)
     # The fake answers 429 beyond 2 requests at once or 40 a minute; the company is set just
     # under: 2 in flight, 3/s with a burst of 3 (its three syncs below make about 20 requests).
-    qbo.switches(realm.realm_id, latency_ms=150,
-                 limits={"rate_per_minute": 40, "concurrency": 2})
+    qbo.switches(realm.realm_id, latency_ms=150, limits={"rate_per_minute": 40, "concurrency": 2})
     set_limit(keyed, keys, Erp.QUICKBOOKS_ONLINE.value, rate=8, burst=10, requests=2)
     set_company_limit(keyed, keys, "acme", CompanyLimit(rate=3, burst=3))
     age_mirror(db, seconds=3600)
@@ -360,8 +409,10 @@ def test_the_connector_stays_under_the_realms_rate_and_concurrency_limits(
         except BaseException as exc:  # reported below, not lost in the thread
             failures.append(exc)
 
-    threads = [threading.Thread(target=run, args=a) for a in (
-        (SyncKind.VENDORS,), (SyncKind.JOBS,), (SyncKind.JOB_COSTS, project))]
+    threads = [
+        threading.Thread(target=run, args=a)
+        for a in ((SyncKind.VENDORS,), (SyncKind.JOBS,), (SyncKind.JOB_COSTS, project))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -375,11 +426,13 @@ def test_the_connector_stays_under_the_realms_rate_and_concurrency_limits(
 
 
 def test_a_429_with_retry_after_defers_the_run_which_then_completes(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
     realm = connected(keyed, keys, qbo, Seed(vendors=30))
     qbo.fail_next(realm.realm_id, "429", 1)
-    record, outcomes = run_to_end(Runner(keyed, keys, db=db, rng=random.Random(1)),
-                                  delivery("t-429", SyncKind.VENDORS))
+    record, outcomes = run_to_end(
+        Runner(keyed, keys, db=db, rng=random.Random(1)), delivery("t-429", SyncKind.VENDORS)
+    )
     assert outcomes[0].defer_in is not None and outcomes[0].defer_in >= 1.0  # its Retry-After
     assert outcomes[0].retry_in is None  # a deferral: no retry spent
     assert (record.status, record.counts["created"]) == ("succeeded", 30)
@@ -390,18 +443,21 @@ def test_a_429_with_retry_after_defers_the_run_which_then_completes(
 
 
 def test_a_503_is_retried_and_the_retry_succeeds(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
     realm = connected(keyed, keys, qbo, Seed(vendors=30))
     qbo.fail_next(realm.realm_id, "503", 1)
-    record, outcomes = run_to_end(Runner(keyed, keys, db=db, rng=random.Random(1)),
-                                  delivery("t-503", SyncKind.VENDORS))
+    record, outcomes = run_to_end(
+        Runner(keyed, keys, db=db, rng=random.Random(1)), delivery("t-503", SyncKind.VENDORS)
+    )
     assert [o.retry_in is not None for o in outcomes] == [True, False]
     assert (record.status, record.counts["created"]) == ("succeeded", 30)
     assert len(RecordStore(db, "acme").all("vendors")) == 30
 
 
-def revoked(client: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
-            ) -> tuple[QboRealm, Runner, RunRecord, list[Outcome]]:
+def revoked(
+    client: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> tuple[QboRealm, Runner, RunRecord, list[Outcome]]:
     """A company that synced once, whose refresh token was then revoked (its access token
     expired with it), and the run that found out."""
     realm = connected(client, keys, qbo, Seed(vendors=30))
@@ -413,7 +469,8 @@ def revoked(client: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
 
 
 def test_a_revoked_refresh_token_fails_the_run_once_with_reconnect_and_marks_the_connection(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
     realm, _, record, outcomes = revoked(keyed, keys, db, qbo)
     assert len(outcomes) == 1 and record.status == "failed"  # no retry: it cannot succeed
     assert "reconnect QuickBooks Online for acme" in (record.error or "")
@@ -431,7 +488,8 @@ def test_a_revoked_refresh_token_fails_the_run_once_with_reconnect_and_marks_the
 
 
 def test_a_sync_after_the_reconnect_mark_is_recorded_failed_without_asking_for_a_token(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
     realm, runner, _, _ = revoked(keyed, keys, db, qbo)
     asked = realm.stats()["token_requests"]
     again, outcomes = run_to_end(runner, delivery("again", SyncKind.JOBS))
@@ -442,19 +500,26 @@ def test_a_sync_after_the_reconnect_mark_is_recorded_failed_without_asking_for_a
 
 @pytest.mark.parametrize("mode", ["malformed", "fault200"])
 def test_a_bad_page_fails_the_run_with_its_intuit_tid_and_writes_nothing_of_it(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo,
-        monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    keyed: redis.Redis,
+    keys: KeySpace,
+    db: Database,
+    qbo: FakeQbo,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
     realm = connected(keyed, keys, qbo, Seed(vendors=2500))
     before_request(monkeypatch, {2: lambda: qbo.fail_next(realm.realm_id, mode, 1)})
-    record, outcomes = run_to_end(Runner(keyed, keys, db=db, rng=random.Random(1)),
-                                  delivery(f"bad-{mode}", SyncKind.VENDORS))
+    record, outcomes = run_to_end(
+        Runner(keyed, keys, db=db, rng=random.Random(1)), delivery(f"bad-{mode}", SyncKind.VENDORS)
+    )
     assert len(outcomes) == 1 and record.status == "failed"  # a Fault is permanent: no retry
     assert re.search(r"intuit_tid [0-9a-f-]{36}", record.error or ""), record.error
     assert len(RecordStore(db, "acme").all("vendors")) == 1000  # page 1 only, none of page 2
     monkeypatch.undo()
     # The next run reads from the old watermark again and completes.
-    record, _ = run_to_end(Runner(keyed, keys, db=db, rng=random.Random(1)),
-                           delivery(f"next-{mode}", SyncKind.VENDORS))
+    record, _ = run_to_end(
+        Runner(keyed, keys, db=db, rng=random.Random(1)), delivery(f"next-{mode}", SyncKind.VENDORS)
+    )
     assert record.status == "succeeded" and len(RecordStore(db, "acme").all("vendors")) == 2500
 
 
@@ -462,8 +527,13 @@ def test_a_bad_page_fails_the_run_with_its_intuit_tid_and_writes_nothing_of_it(
 
 
 def test_no_secret_appears_in_the_logs_of_a_sync_with_refreshes_and_failures(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo,
-        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    keyed: redis.Redis,
+    keys: KeySpace,
+    db: Database,
+    qbo: FakeQbo,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     realm = connected(keyed, keys, qbo, Seed(vendors=1500))
     seen: set[str] = {realm.client_secret, realm.refresh_token}
 
@@ -488,6 +558,7 @@ def test_no_secret_appears_in_the_logs_of_a_sync_with_refreshes_and_failures(
 
 # --- the CDC window: full responses, and a watermark older than 30 days ---------------------
 
+
 @pytest.fixture
 def small_cdc(monkeypatch: pytest.MonkeyPatch) -> int:
     """CDC responses capped at 20 objects on both sides (Intuit's cap is 1,000): a burst of
@@ -497,13 +568,14 @@ def small_cdc(monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 def test_a_full_cdc_response_is_followed_by_the_next_slice_until_every_change_is_read(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, small_cdc: int) -> None:
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, small_cdc: int
+) -> None:
     realm = connected(keyed, keys, qbo, Seed(vendors=60))
     sync(keyed, keys, db, SyncKind.VENDORS)
     qbo.switches(realm.realm_id, limits={"cdc_max_objects": small_cdc})
     changed = [str(n) for n in range(1, 46)]
     for start in range(0, len(changed), 15):  # three instants, so slices can advance
-        qbo.change(realm.realm_id, "Vendor", changed[start:start + 15], {"DisplayName": "New"})
+        qbo.change(realm.realm_id, "Vendor", changed[start : start + 15], {"DisplayName": "New"})
         qbo.advance_clock(realm.realm_id, 2)
     qbo.reset_stats(realm.realm_id)
     counts = sync(keyed, keys, db, SyncKind.VENDORS)
@@ -514,15 +586,17 @@ def test_a_full_cdc_response_is_followed_by_the_next_slice_until_every_change_is
 
 
 def test_the_mirror_reads_a_burst_of_changed_bills_in_slices(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, small_cdc: int) -> None:
-    realm = connected(keyed, keys, qbo, Seed(vendors=3, projects=1, bills_per_project=40,
-                                             lines_per_bill=1))
-    project, = linked_projects(keyed, keys, db, 1)
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, small_cdc: int
+) -> None:
+    realm = connected(
+        keyed, keys, qbo, Seed(vendors=3, projects=1, bills_per_project=40, lines_per_bill=1)
+    )
+    (project,) = linked_projects(keyed, keys, db, 1)
     assert sync(keyed, keys, db, SyncKind.JOB_COSTS, project).created == 40
     qbo.switches(realm.realm_id, limits={"cdc_max_objects": small_cdc})
     bills = [str(n) for n in range(1, 41)]
     for start in range(0, len(bills), 10):
-        qbo.change(realm.realm_id, "Bill", bills[start:start + 10], {"DocNumber": "CHANGED"})
+        qbo.change(realm.realm_id, "Bill", bills[start : start + 10], {"DocNumber": "CHANGED"})
         qbo.advance_clock(realm.realm_id, 2)
     age_mirror(db)
     qbo.reset_stats(realm.realm_id)
@@ -534,7 +608,8 @@ def test_the_mirror_reads_a_burst_of_changed_bills_in_slices(
 
 
 def test_a_watermark_older_than_the_cdc_window_reads_by_query(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
     realm = connected(keyed, keys, qbo, Seed(vendors=30))
     sync(keyed, keys, db, SyncKind.VENDORS)
     # As if the company's syncs had been off for 31 days: its watermark is that old.
@@ -550,9 +625,9 @@ def test_a_watermark_older_than_the_cdc_window_reads_by_query(
 
 
 def test_a_full_read_that_lost_its_record_of_what_it_read_sweeps_nothing(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo) -> None:
-    connected(keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3,
-                                     lines_per_bill=2))
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo
+) -> None:
+    connected(keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3, lines_per_bill=2))
     (project,) = linked_projects(keyed, keys, db, 1)
     sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
     connector = connector_for(keyed, keys, SettingsStore(keyed, keys).get_company("acme"))
@@ -565,10 +640,9 @@ def test_a_full_read_that_lost_its_record_of_what_it_read_sweeps_nothing(
 
 
 def test_a_refresh_whose_mirror_lock_was_taken_over_stops_instead_of_writing_beside_it(
-        keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    connected(keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3,
-                                     lines_per_bill=2))
+    keyed: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connected(keyed, keys, qbo, Seed(vendors=5, projects=1, bills_per_project=3, lines_per_bill=2))
     connector = connector_for(keyed, keys, SettingsStore(keyed, keys).get_company("acme"))
     assert isinstance(connector, QboConnector)
 

@@ -50,13 +50,21 @@ def secret_key() -> str:
 
 
 @pytest.fixture
-def worker_env(real: redis.Redis, redis_server: RedisServer, prefix: str, secret_key: str,
-               env: pytest.MonkeyPatch) -> dict[str, str]:
+def worker_env(
+    real: redis.Redis,
+    redis_server: RedisServer,
+    prefix: str,
+    secret_key: str,
+    env: pytest.MonkeyPatch,
+) -> dict[str, str]:
     """The workers' settings; this process gets the same key (its helpers decrypt too)."""
     env.setenv("ERP_SYNC_SECRET_KEY", secret_key)
     get_settings.cache_clear()
-    return {"ERP_SYNC_REDIS_URL": redis_server.url, "ERP_SYNC_KEY_PREFIX": prefix,
-            "ERP_SYNC_SECRET_KEY": secret_key}
+    return {
+        "ERP_SYNC_REDIS_URL": redis_server.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_SECRET_KEY": secret_key,
+    }
 
 
 @pytest.fixture
@@ -73,8 +81,9 @@ def start(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Start]:
     workers.stop()
 
 
-def connected_with_projects(client: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo,
-                            seed: Seed, n: int) -> tuple[QboRealm, list[str], set[str]]:
+def connected_with_projects(
+    client: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, seed: Seed, n: int
+) -> tuple[QboRealm, list[str], set[str]]:
     """Company ``acme`` connected to a realm, its first ``n`` QuickBooks Projects linked as
     Procore projects (read by an in-process jobs sync), and the access token it got dropped,
     so the workers start with an empty token cache; with every secret value so far."""
@@ -95,20 +104,28 @@ def all_finished(client: redis.Redis, keys: KeySpace, task_ids: list[str]) -> li
 
 
 def test_two_workers_syncing_two_projects_at_once_refresh_the_token_once_and_leak_nothing(
-        real: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, start: Start,
-        sender: Sender) -> None:
-    realm, (p1, p2), seen = connected_with_projects(real, keys, db, qbo, Seed(
-        vendors=50, projects=2, bills_per_project=2, payments_per_project=1), 2)
+    real: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, start: Start, sender: Sender
+) -> None:
+    realm, (p1, p2), seen = connected_with_projects(
+        real,
+        keys,
+        db,
+        qbo,
+        Seed(vendors=50, projects=2, bills_per_project=2, payments_per_project=1),
+        2,
+    )
     qbo.reset_stats(realm.realm_id)
     qbo.switches(realm.realm_id, latency_ms=100)  # so the syncs overlap at the fake
     set_company_limit(real, keys, "acme", CompanyLimit(concurrency=4))
     # Both workers ready before the tasks arrive: with prefetch 1 each holds at most two, so
     # the syncs needing the first token run in both processes at once.
     w1, w2 = start("w1", concurrency=2), start("w2", concurrency=2)
-    ids = [sender.send(SyncKind.JOB_COSTS, "acme", "c1", p1),
-           sender.send(SyncKind.VENDORS, "acme", "v1"),
-           sender.send(SyncKind.JOB_COSTS, "acme", "c2", p2),
-           sender.send(SyncKind.PAYMENTS, "acme", "pay1", p1)]
+    ids = [
+        sender.send(SyncKind.JOB_COSTS, "acme", "c1", p1),
+        sender.send(SyncKind.VENDORS, "acme", "v1"),
+        sender.send(SyncKind.JOB_COSTS, "acme", "c2", p2),
+        sender.send(SyncKind.PAYMENTS, "acme", "pay1", p1),
+    ]
     records = all_finished(real, keys, ids)
     assert [r.status for r in records] == ["succeeded"] * 4, [r.error for r in records]
     stats = realm.stats()
@@ -121,16 +138,18 @@ def test_two_workers_syncing_two_projects_at_once_refresh_the_token_once_and_lea
 
     seen |= tokens(real, keys)
     assert len(seen) >= 6  # secret, three refresh tokens, two access tokens
-    for name, text in {"redis afterwards": redis_dump(real, keys),
-                       "w1 log": w1.output(), "w2 log": w2.output()}.items():
+    for name, text in {
+        "redis afterwards": redis_dump(real, keys),
+        "w1 log": w1.output(),
+        "w2 log": w2.output(),
+    }.items():
         assert leaked(text, seen) == [], name
 
 
 def test_through_celery_a_429_defers_a_503_retries_and_a_revoked_token_fails_once(
-        real: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, start: Start,
-        sender: Sender) -> None:
-    realm, _, seen = connected_with_projects(real, keys, db, qbo, Seed(vendors=30, projects=1),
-                                             0)
+    real: redis.Redis, keys: KeySpace, db: Database, qbo: FakeQbo, start: Start, sender: Sender
+) -> None:
+    realm, _, seen = connected_with_projects(real, keys, db, qbo, Seed(vendors=30, projects=1), 0)
     qbo.switches(realm.realm_id, fail_next={"mode": "429", "count": 1, "retry_after": 1})
     qbo.fail_next(realm.realm_id, "503", 1)
     task_id = sender.send(SyncKind.VENDORS, "acme", "v1")

@@ -27,8 +27,9 @@ def frozen(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
 
 
-def test_a_burst_is_free_and_later_calls_wait_their_turn(fake: redis.Redis, keys: KeySpace,
-                                                         frozen: None) -> None:
+def test_a_burst_is_free_and_later_calls_wait_their_turn(
+    fake: redis.Redis, keys: KeySpace, frozen: None
+) -> None:
     slept: list[float] = []
     bucket = TokenBucket(fake, keys, "acme", RateLimit(rate=10, burst=2), sleep=slept.append)
     waits = [bucket.take() for _ in range(12)]
@@ -40,8 +41,9 @@ def test_a_burst_is_free_and_later_calls_wait_their_turn(fake: redis.Redis, keys
     assert all(0.1 < gap <= interval + 1e-6 for gap in gaps)
 
 
-def test_two_workers_share_one_bucket_per_company(fake: redis.Redis, keys: KeySpace,
-                                                  frozen: None) -> None:
+def test_two_workers_share_one_bucket_per_company(
+    fake: redis.Redis, keys: KeySpace, frozen: None
+) -> None:
     slept: list[float] = []
     limit = RateLimit(rate=5, burst=1)
     one = TokenBucket(fake, keys, "acme", limit, sleep=slept.append)

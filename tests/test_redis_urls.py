@@ -36,7 +36,9 @@ def test_kombu_gets_its_own_sentinel_syntax_and_the_master_name(
     env: pytest.MonkeyPatch,
 ) -> None:
     assert kombu_broker(SENTINEL) == (
-        "sentinel://:pw@10.0.0.1:26379/2;sentinel://:pw@10.0.0.2:26379/2", {"master_name": "erp"})
+        "sentinel://:pw@10.0.0.1:26379/2;sentinel://:pw@10.0.0.2:26379/2",
+        {"master_name": "erp"},
+    )
     env.setenv("ERP_SYNC_REDIS_URL", SENTINEL)
     get_settings.cache_clear()
     conf = celery_config(get_settings())

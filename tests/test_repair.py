@@ -14,8 +14,9 @@ H = 3600.0
 NOW = 1_800_000_000.0
 AT = datetime.fromtimestamp(NOW, UTC)
 ACME = Company(id="acme", name="Acme", erp=Erp.XERO, timezone="UTC", created_at=AT)
-SETTINGS = StoredSettings(company="acme", version=3, settings=SyncSettings(), updated_at=AT,
-                          updated_by="al")
+SETTINGS = StoredSettings(
+    company="acme", version=3, settings=SyncSettings(), updated_at=AT, updated_by="al"
+)
 EXPECTED = cadences(SETTINGS.settings, "UTC", H)
 APPLIED = Applied(version=3, cadences={k.value: c.key for k, c in EXPECTED.items()})
 
@@ -35,8 +36,9 @@ def test_a_lost_applied_record_is_rebuilt_and_valid_due_times_are_kept() -> None
     finding = check_company("acme", ACME, SETTINGS, Observed(scores=scores), NOW, H)
     assert finding.problems == ["beat's applied record is missing"]
     assert finding.plan is not None and finding.plan.applied == APPLIED
-    assert sorted(finding.plan.ops) == sorted(("nx", member("acme", k), s)
-                                              for k, s in scores.items())
+    assert sorted(finding.plan.ops) == sorted(
+        ("nx", member("acme", k), s) for k, s in scores.items()
+    )
 
 
 def test_a_lost_entry_resumes_at_its_current_slot_only_if_that_slot_never_ran() -> None:
@@ -44,8 +46,7 @@ def test_a_lost_entry_resumes_at_its_current_slot_only_if_that_slot_never_ran() 
     current = slot_at_or_before(vendors, "acme", SyncKind.VENDORS, NOW)
     scores = healthy_scores()
     del scores[SyncKind.VENDORS]
-    not_run = Observed(applied=APPLIED, scores=scores,
-                       last_slots={SyncKind.VENDORS: current - H})
+    not_run = Observed(applied=APPLIED, scores=scores, last_slots={SyncKind.VENDORS: current - H})
     ran = Observed(applied=APPLIED, scores=scores, last_slots={SyncKind.VENDORS: current})
     unknown = Observed(applied=APPLIED, scores=scores)
     for seen, resumes_at in ((not_run, current), (ran, current + H), (unknown, current + H)):
@@ -58,40 +59,52 @@ def test_a_lost_entry_resumes_at_its_current_slot_only_if_that_slot_never_ran() 
 def test_corrupt_records_invalid_due_times_and_stale_versions_are_named_and_repaired() -> None:
     scores = healthy_scores()
     scores[SyncKind.JOBS] = 12345.678  # not one of the cadence's slots
-    scores[SyncKind.VENDORS] = slot_after(EXPECTED[SyncKind.VENDORS], "acme",
-                                          SyncKind.VENDORS, NOW + 100 * H)  # far ahead
+    scores[SyncKind.VENDORS] = slot_after(
+        EXPECTED[SyncKind.VENDORS], "acme", SyncKind.VENDORS, NOW + 100 * H
+    )  # far ahead
     stale = Applied(version=2, cadences=APPLIED.cadences)
-    finding = check_company("acme", ACME, SETTINGS, Observed(applied=stale, scores=scores),
-                            NOW, H)
+    finding = check_company("acme", ACME, SETTINGS, Observed(applied=stale, scores=scores), NOW, H)
     assert finding.problems[0] == "applied version 2 is not settings version 3"
     assert "jobs has an invalid due time 12345.678" in finding.problems
     assert any(p.startswith("vendors has an invalid due time") for p in finding.problems)
-    corrupt = check_company("acme", ACME, SETTINGS,
-                            Observed(applied_corrupt=True, scores=healthy_scores()), NOW, H)
+    corrupt = check_company(
+        "acme", ACME, SETTINGS, Observed(applied_corrupt=True, scores=healthy_scores()), NOW, H
+    )
     assert corrupt.problems == ["beat's applied record is corrupt"]
     assert corrupt.plan is not None and corrupt.plan.applied == APPLIED
 
 
-def test_a_switched_off_sync_loses_its_entry_and_a_changed_cadence_restarts_at_its_next_slot(
-) -> None:
-    off = SETTINGS.model_copy(update={"settings": SyncSettings(refresh_erp_job_list=False,
-                                                               payments_for_synced_invoices=(
-                                                                   "hourly"))})
-    finding = check_company("acme", ACME, off, Observed(applied=APPLIED,
-                                                        scores=healthy_scores()), NOW, H)
+def test_a_switched_off_sync_loses_its_entry_and_a_changed_cadence_restarts_at_its_next_slot() -> (
+    None
+):
+    off = SETTINGS.model_copy(
+        update={
+            "settings": SyncSettings(
+                refresh_erp_job_list=False, payments_for_synced_invoices=("hourly")
+            )
+        }
+    )
+    finding = check_company(
+        "acme", ACME, off, Observed(applied=APPLIED, scores=healthy_scores()), NOW, H
+    )
     assert "jobs has a due entry but is switched off" in finding.problems
     assert "payments runs daily@UTC, settings say every:3600" in finding.problems
     assert finding.plan is not None
     assert ("rem", "acme:jobs", 0.0) in finding.plan.ops
     payments = cadences(off.settings, "UTC", H)[SyncKind.PAYMENTS]
-    assert ("set", "acme:payments", slot_after(payments, "acme", SyncKind.PAYMENTS, NOW)) \
-        in finding.plan.ops
+    assert (
+        "set",
+        "acme:payments",
+        slot_after(payments, "acme", SyncKind.PAYMENTS, NOW),
+    ) in finding.plan.ops
 
 
-def test_the_schedule_of_a_company_that_is_gone_is_removed_and_unreadable_settings_are_left(
-) -> None:
-    gone = check_company("acme", None, None, Observed(applied=APPLIED, scores=healthy_scores()),
-                         NOW, H)
+def test_the_schedule_of_a_company_that_is_gone_is_removed_and_unreadable_settings_are_left() -> (
+    None
+):
+    gone = check_company(
+        "acme", None, None, Observed(applied=APPLIED, scores=healthy_scores()), NOW, H
+    )
     assert gone.problems == ["the company is gone but its schedule remains"]
     assert gone.plan is not None and gone.plan.applied is None
     assert {op for op, _, _ in gone.plan.ops} == {"rem"}

@@ -25,12 +25,25 @@ def runner(fake: redis.Redis, keys: KeySpace) -> Runner:
     return Runner(fake, keys, rng=random.Random(1))
 
 
-def delivery(task_id: str = "sync:acme:vendors:-:1", kind: SyncKind = SyncKind.VENDORS,
-             project: str | None = None, *, trigger: str = "schedule", retries: int = 0,
-             deferrals: int = 0) -> Delivery:
-    return Delivery(task_id=task_id, company="acme", kind=kind, project=project,
-                    slot="2026-11-26T10:00:00Z", trigger=trigger, retries=retries,
-                    deferrals=deferrals)
+def delivery(
+    task_id: str = "sync:acme:vendors:-:1",
+    kind: SyncKind = SyncKind.VENDORS,
+    project: str | None = None,
+    *,
+    trigger: str = "schedule",
+    retries: int = 0,
+    deferrals: int = 0,
+) -> Delivery:
+    return Delivery(
+        task_id=task_id,
+        company="acme",
+        kind=kind,
+        project=project,
+        slot="2026-11-26T10:00:00Z",
+        trigger=trigger,
+        retries=retries,
+        deferrals=deferrals,
+    )
 
 
 def test_a_run_is_recorded_with_every_field(runner: Runner) -> None:
@@ -38,15 +51,22 @@ def test_a_run_is_recorded_with_every_field(runner: Runner) -> None:
     assert record is not None
     shown = record.model_dump(mode="json")
     assert shown["status"] == "succeeded" and shown["project"] is None
-    assert shown["counts"] == {"created": 30, "updated": 0, "unchanged": 0,
-                               "deleted": 0}
+    assert shown["counts"] == {"created": 30, "updated": 0, "unchanged": 0, "deleted": 0}
     assert shown["scheduled_for"] == "2026-11-26T10:00:00Z"
-    assert {"kind", "company", "started_at", "finished_at", "error", "task_id", "trigger",
-            "attempt", "duration_ms"} <= set(shown)
+    assert {
+        "kind",
+        "company",
+        "started_at",
+        "finished_at",
+        "error",
+        "task_id",
+        "trigger",
+        "attempt",
+        "duration_ms",
+    } <= set(shown)
 
 
-def test_a_duplicated_delivery_runs_once(runner: Runner, fake: redis.Redis,
-                                         keys: KeySpace) -> None:
+def test_a_duplicated_delivery_runs_once(runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
     runner.execute(delivery())
     calls = fake.llen(keys.erp_calls("acme"))
     again = runner.execute(delivery())
@@ -55,8 +75,9 @@ def test_a_duplicated_delivery_runs_once(runner: Runner, fake: redis.Redis,
     assert [r.status for r in runner.history.recent("acme")] == ["succeeded"]
 
 
-def test_a_slot_arriving_during_a_run_is_skipped(runner: Runner, fake: redis.Redis,
-                                                 keys: KeySpace) -> None:
+def test_a_slot_arriving_during_a_run_is_skipped(
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
     fake.set(keys.run_lock("acme", "vendors", None), "sync:acme:vendors:-:0")
     record = runner.execute(delivery()).record
     assert record is not None and record.status == "skipped"
@@ -65,13 +86,21 @@ def test_a_slot_arriving_during_a_run_is_skipped(runner: Runner, fake: redis.Red
 
 
 def test_a_redelivery_waits_while_the_run_still_holds_its_lock_then_takes_over(
-        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
     lock = keys.run_lock("acme", "vendors", None)
     # The first attempt's worker still renews its lock (a slow run, not a dead one).
     fake.set(lock, "sync:acme:vendors:-:1|first", px=4000)
-    History(fake, keys).save(RunRecord(kind="vendors", company="acme", project=None,
-                                       scheduled_for="x", started_at=now(),
-                                       task_id="sync:acme:vendors:-:1"))
+    History(fake, keys).save(
+        RunRecord(
+            kind="vendors",
+            company="acme",
+            project=None,
+            scheduled_for="x",
+            started_at=now(),
+            task_id="sync:acme:vendors:-:1",
+        )
+    )
     waiting = runner.execute(delivery())
     assert waiting.record is not None and waiting.record.status == "running"
     assert waiting.defer_in is not None and 3.5 < waiting.defer_in < 5
@@ -85,9 +114,17 @@ def test_a_redelivery_waits_while_the_run_still_holds_its_lock_then_takes_over(
 
 
 def test_endless_redelivery_is_bounded(runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
-    History(fake, keys).save(RunRecord(
-        kind="vendors", company="acme", project=None, scheduled_for="x", started_at=now(),
-        task_id="sync:acme:vendors:-:1", attempt=MAX_REDELIVERIES + 1))
+    History(fake, keys).save(
+        RunRecord(
+            kind="vendors",
+            company="acme",
+            project=None,
+            scheduled_for="x",
+            started_at=now(),
+            task_id="sync:acme:vendors:-:1",
+            attempt=MAX_REDELIVERIES + 1,
+        )
+    )
     record = runner.execute(delivery()).record
     assert record is not None and record.status == "failed"
     assert "interrupted" in (record.error or "")
@@ -96,13 +133,21 @@ def test_endless_redelivery_is_bounded(runner: Runner, fake: redis.Redis, keys: 
 Change = Callable[[SettingsStore, redis.Redis, KeySpace], object]
 
 
-@pytest.mark.parametrize(("change", "reason"), [
-    (lambda s, f, k: f.delete(k.company("acme")), "no longer exists"),
-    (lambda s, f, k: s.update_settings("acme", "alice", {"refresh_erp_companies_list": False}),
-     "switched off"),
-])
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda s, f, k: f.delete(k.company("acme")), "no longer exists"),
+        (
+            lambda s, f, k: s.update_settings(
+                "acme", "alice", {"refresh_erp_companies_list": False}
+            ),
+            "switched off",
+        ),
+    ],
+)
 def test_a_company_gone_or_sync_switched_off_is_skipped_with_a_reason(
-        runner: Runner, fake: redis.Redis, keys: KeySpace, change: Change, reason: str) -> None:
+    runner: Runner, fake: redis.Redis, keys: KeySpace, change: Change, reason: str
+) -> None:
     change(SettingsStore(fake, keys), fake, keys)
     record = runner.execute(delivery()).record
     assert record is not None and record.status == "skipped"
@@ -110,28 +155,33 @@ def test_a_company_gone_or_sync_switched_off_is_skipped_with_a_reason(
     assert fake.llen(keys.erp_calls("acme")) == 0
 
 
-def test_a_manual_run_ignores_the_schedule_switch(runner: Runner, fake: redis.Redis,
-                                                   keys: KeySpace) -> None:
+def test_a_manual_run_ignores_the_schedule_switch(
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
     SettingsStore(fake, keys).update_settings("acme", "alice", {"refresh_erp_job_list": False})
     record = runner.execute(delivery("manual:1", SyncKind.JOBS, trigger="manual")).record
     assert record is not None and record.status == "succeeded"
 
 
-def test_an_unknown_project_and_an_unsupported_sync_are_skipped(fake: redis.Redis,
-                                                                keys: KeySpace) -> None:
+def test_an_unknown_project_and_an_unsupported_sync_are_skipped(
+    fake: redis.Redis, keys: KeySpace
+) -> None:
     small_company(fake, keys, "acme")
     small_company(fake, keys, "steel", erp="cmic")
     runner = Runner(fake, keys)
     gone = runner.execute(delivery("t1", SyncKind.JOB_COSTS, "nope")).record
     assert gone is not None and "project 'nope' no longer exists" in (gone.error or "")
-    unsupported = runner.execute(Delivery(task_id="t2", company="steel", kind=SyncKind.VENDORS,
-                                          project=None, slot="s")).record
+    unsupported = runner.execute(
+        Delivery(task_id="t2", company="steel", kind=SyncKind.VENDORS, project=None, slot="s")
+    ).record
     assert unsupported is not None and "cmic does not support" in (unsupported.error or "")
 
 
 def test_the_erps_retry_after_defers_the_sync_without_spending_a_retry(
-        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
     from erp_sync.connectors.sandbox_data import SandboxData
+
     SandboxData(fake, keys).configure("acme", fail_kind="rate_limited", retry_after=7)
     SandboxData(fake, keys).fail_next("acme", 1)
     outcome = runner.execute(delivery())
@@ -151,8 +201,10 @@ def test_the_erps_retry_after_defers_the_sync_without_spending_a_retry(
 
 
 def test_a_server_error_asks_for_a_retry_with_backoff(
-        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
     from erp_sync.connectors.sandbox_data import SandboxData
+
     SandboxData(fake, keys).fail_next("acme", 1)
     outcome = runner.execute(delivery())
     assert outcome.defer_in is None and outcome.retry_in is not None
@@ -162,12 +214,14 @@ def test_a_server_error_asks_for_a_retry_with_backoff(
 
 
 def test_a_retry_never_waits_longer_than_the_broker_can_hold_it(
-        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
     # Held past the visibility timeout, a retry would be redelivered while it still waits and
     # both copies (same task id) would run at once.
     from dataclasses import replace
 
     from erp_sync.connectors.sandbox_data import SandboxData
+
     SandboxData(fake, keys).configure("acme", fail_kind="rate_limited", retry_after=3000)
     SandboxData(fake, keys).fail_next("acme", 1)
     outcome = replace(runner, max_retry_delay=600.0).execute(delivery())
@@ -175,17 +229,21 @@ def test_a_retry_never_waits_longer_than_the_broker_can_hold_it(
 
 
 def test_transient_errors_fail_the_run_when_retries_run_out(
-        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
     from erp_sync.connectors.sandbox_data import SandboxData
+
     SandboxData(fake, keys).fail_next("acme", 100)
     record = runner.execute(delivery(retries=runner.policy.max_retries)).record
     assert record is not None and record.status == "failed"
     assert "ErpServerError" in (record.error or "") and "gave up" in (record.error or "")
 
 
-def test_a_permanent_error_fails_at_once_with_its_reason(runner: Runner, fake: redis.Redis,
-                                                         keys: KeySpace) -> None:
+def test_a_permanent_error_fails_at_once_with_its_reason(
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
     from erp_sync.connectors.sandbox_data import SandboxData
+
     SandboxData(fake, keys).configure("acme", permanent="bad_credentials")
     outcome = runner.execute(delivery())
     assert outcome.retry_in is None and outcome.record is not None
@@ -203,41 +261,68 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
 def test_history_is_newest_first_and_capped(fake: redis.Redis, keys: KeySpace) -> None:
     history = History(fake, keys, cap=3)
     for n in range(5):
-        history.save(RunRecord(kind="jobs", company="acme", project=None, scheduled_for=str(n),
-                               started_at=now(), task_id=f"t{n}"))
+        history.save(
+            RunRecord(
+                kind="jobs",
+                company="acme",
+                project=None,
+                scheduled_for=str(n),
+                started_at=now(),
+                task_id=f"t{n}",
+            )
+        )
     assert [r.task_id for r in history.recent("acme", 10)] == ["t4", "t3", "t2"]
     assert fake.hlen(keys.runs("acme")) == 3
 
 
 def test_a_run_killed_by_the_hard_time_limit_is_recorded_failed(
-        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
     d = delivery()
-    History(fake, keys).save(RunRecord(kind="vendors", company="acme", project=None,
-                                       scheduled_for="x", started_at=now(), task_id=d.task_id))
+    History(fake, keys).save(
+        RunRecord(
+            kind="vendors",
+            company="acme",
+            project=None,
+            scheduled_for="x",
+            started_at=now(),
+            task_id=d.task_id,
+        )
+    )
     fake.set(keys.run_lock("acme", "vendors", None), f"{d.task_id}|killed-run")
     record = runner.killed(d, "hard time limit exceeded")
     assert record is not None and (record.status, record.error) == (
-        "failed", "hard time limit exceeded")
+        "failed",
+        "hard time limit exceeded",
+    )
     assert fake.get(keys.run_lock("acme", "vendors", None)) is None
     assert runner.execute(d).duplicate
     assert runner.killed(d, "again") is None  # a finished record is never rewritten
 
 
 @pytest.mark.integration
-def test_the_task_closes_the_record_when_celery_kills_it(real: redis.Redis,
-                                                         keys: KeySpace) -> None:
+def test_the_task_closes_the_record_when_celery_kills_it(real: redis.Redis, keys: KeySpace) -> None:
     from celery.exceptions import TimeLimitExceeded
 
     import tasks
     from tasks.company import refresh_vendors
 
     small_company(real, keys)
-    History(real, keys).save(RunRecord(kind="vendors", company="acme", project=None,
-                                       scheduled_for="x", started_at=now(), task_id="k"))
+    History(real, keys).save(
+        RunRecord(
+            kind="vendors",
+            company="acme",
+            project=None,
+            scheduled_for="x",
+            started_at=now(),
+            task_id="k",
+        )
+    )
     tasks.runner.cache_clear()
     try:
-        refresh_vendors.on_failure(TimeLimitExceeded(5), "k", (),
-                                   {"company": "acme", "slot": "x"}, None)
+        refresh_vendors.on_failure(
+            TimeLimitExceeded(5), "k", (), {"company": "acme", "slot": "x"}, None
+        )
     finally:
         tasks.runner.cache_clear()
     record = History(real, keys).get("acme", "k")
@@ -246,7 +331,8 @@ def test_the_task_closes_the_record_when_celery_kills_it(real: redis.Redis,
 
 
 def test_a_slot_queued_before_a_pause_is_skipped_and_a_manual_run_is_not(
-        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
     Pauses(SettingsStore(fake, keys)).pause("acme", "alice", reason="ERP upgrade", until=None)
     record = runner.execute(delivery()).record
     assert record is not None and record.status == "skipped"
@@ -255,8 +341,9 @@ def test_a_slot_queued_before_a_pause_is_skipped_and_a_manual_run_is_not(
     assert manual is not None and manual.status == "succeeded"
 
 
-def test_a_fleet_pause_skips_every_company(runner: Runner, fake: redis.Redis,
-                                          keys: KeySpace) -> None:
+def test_a_fleet_pause_skips_every_company(
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
     Pauses(SettingsStore(fake, keys)).pause(None, "ops", reason="incident", until=None)
     record = runner.execute(delivery()).record
     assert record is not None and record.status == "skipped"
@@ -264,13 +351,11 @@ def test_a_fleet_pause_skips_every_company(runner: Runner, fake: redis.Redis,
 
 
 def test_a_job_cost_slot_of_a_project_opted_out_meanwhile_is_skipped(
-        runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
-    Lifecycle(SettingsStore(fake, keys)).set_project("acme", "p1", "alice",
-                                                     sync_job_costs=False)
-    costs = runner.execute(delivery("sync:acme:job_costs:p1:1", SyncKind.JOB_COSTS,
-                                    "p1")).record
+    runner: Runner, fake: redis.Redis, keys: KeySpace
+) -> None:
+    Lifecycle(SettingsStore(fake, keys)).set_project("acme", "p1", "alice", sync_job_costs=False)
+    costs = runner.execute(delivery("sync:acme:job_costs:p1:1", SyncKind.JOB_COSTS, "p1")).record
     assert costs is not None and costs.status == "skipped"
     assert costs.error == "project 'p1' is opted out of job-cost syncing"
-    payments = runner.execute(delivery("sync:acme:payments:p1:1", SyncKind.PAYMENTS,
-                                       "p1")).record
+    payments = runner.execute(delivery("sync:acme:payments:p1:1", SyncKind.PAYMENTS, "p1")).record
     assert payments is not None and payments.status == "succeeded"  # job costs only

@@ -67,8 +67,9 @@ def test_job_data_for_a_project_added_after_seeding(fake: redis.Redis, keys: Key
         erp.job_costs("nope", None, None)
 
 
-def test_scripted_faults_fail_the_next_calls_then_recover(fake: redis.Redis,
-                                                          keys: KeySpace) -> None:
+def test_scripted_faults_fail_the_next_calls_then_recover(
+    fake: redis.Redis, keys: KeySpace
+) -> None:
     data = small_company(fake, keys, fail_kind="rate_limited", retry_after=2.5)
     data.fail_next("acme", 2)
     erp = SandboxErp(fake, keys, "acme")

@@ -36,16 +36,18 @@ def test_company_syncs_are_hourly_and_project_syncs_every_two_hours() -> None:
     assert cadence_for(SyncKind.JOB_COSTS, s, "UTC", H) == Cadence(2 * H)
 
 
-@pytest.mark.parametrize(("freq", "hours"), [("hourly", 1), ("every_2_hours", 2),
-                                             ("every_4_hours", 4)])
+@pytest.mark.parametrize(
+    ("freq", "hours"), [("hourly", 1), ("every_2_hours", 2), ("every_4_hours", 4)]
+)
 def test_payments_follow_their_frequency(freq: str, hours: int) -> None:
     s = SyncSettings(payments_for_synced_invoices=PaymentsFrequency(freq))
     assert cadence_for(SyncKind.PAYMENTS, s, "UTC", H) == Cadence(hours * H)
 
 
 def test_never_and_switched_off_syncs_have_no_cadence() -> None:
-    s = SyncSettings(payments_for_synced_invoices=PaymentsFrequency.NEVER,
-                     refresh_erp_job_list=False)
+    s = SyncSettings(
+        payments_for_synced_invoices=PaymentsFrequency.NEVER, refresh_erp_job_list=False
+    )
     assert set(cadences(s, "UTC", H)) == {SyncKind.VENDORS, SyncKind.JOB_COSTS}
 
 
@@ -54,7 +56,8 @@ def test_a_shrunk_hour_scales_every_cadence_and_makes_daily_a_plain_period() -> 
     assert cadence_for(SyncKind.JOB_COSTS, s, "America/Chicago", 2) == Cadence(4)
     assert cadence_for(SyncKind.PAYMENTS, s, "America/Chicago", 2) == Cadence(48)
     assert cadence_for(SyncKind.PAYMENTS, s, "America/Chicago", H) == Cadence(
-        24 * H, "America/Chicago")
+        24 * H, "America/Chicago"
+    )
 
 
 def test_offsets_are_stable_and_spread_a_fleet_over_the_period() -> None:
@@ -103,9 +106,12 @@ def test_daily_runs_once_per_local_day_at_a_stable_local_time() -> None:
     slots = _daily_slots(company, "2026-03-01T00:00:00", 20)
     assert [s.date().day for s in slots] == list(range(1, 21))
     assert {(s.hour, s.minute, s.second) for s in slots} == {
-        (local_run_time(company, SyncKind.PAYMENTS).hour,
-         local_run_time(company, SyncKind.PAYMENTS).minute,
-         local_run_time(company, SyncKind.PAYMENTS).second)}
+        (
+            local_run_time(company, SyncKind.PAYMENTS).hour,
+            local_run_time(company, SyncKind.PAYMENTS).minute,
+            local_run_time(company, SyncKind.PAYMENTS).second,
+        )
+    }
 
 
 def test_daily_in_the_spring_forward_gap_runs_once_an_hour_later_that_day() -> None:
@@ -129,23 +135,41 @@ def test_daily_in_the_repeated_autumn_hour_runs_only_once() -> None:
 
 
 def _stored(settings: SyncSettings, version: int = 1) -> StoredSettings:
-    return StoredSettings(company="acme", version=version, settings=settings,
-                          updated_at=datetime.now(UTC), updated_by="t")
+    return StoredSettings(
+        company="acme",
+        version=version,
+        settings=settings,
+        updated_at=datetime.now(UTC),
+        updated_by="t",
+    )
 
 
-ACME = Company(id="acme", name="Acme", erp="xero", timezone="UTC",
-               created_at=datetime.now(UTC))
+ACME = Company(id="acme", name="Acme", erp="xero", timezone="UTC", created_at=datetime.now(UTC))
 
 
 def test_a_change_keeps_the_timing_of_entries_whose_cadence_did_not_change() -> None:
     first = plan_company("acme", ACME, _stored(SyncSettings()), None, T0, H)
     assert {op for op, _, _ in first.ops} == {"set"}
-    changed = plan_company("acme", ACME, _stored(SyncSettings(
-        payments_for_synced_invoices=PaymentsFrequency.HOURLY, refresh_erp_job_list=False), 2),
-        first.applied, T0 + 10, H)
+    changed = plan_company(
+        "acme",
+        ACME,
+        _stored(
+            SyncSettings(
+                payments_for_synced_invoices=PaymentsFrequency.HOURLY, refresh_erp_job_list=False
+            ),
+            2,
+        ),
+        first.applied,
+        T0 + 10,
+        H,
+    )
     ops = {entry: op for op, entry, _ in changed.ops}
-    assert ops == {"acme:vendors": "nx", "acme:job_costs": "nx", "acme:payments": "set",
-                   "acme:jobs": "rem"}
+    assert ops == {
+        "acme:vendors": "nx",
+        "acme:job_costs": "nx",
+        "acme:payments": "set",
+        "acme:jobs": "rem",
+    }
     assert changed.applied and changed.applied.version == 2
 
 

@@ -45,15 +45,23 @@ def figures(request: pytest.FixtureRequest) -> Iterator[None]:
                 f"celery processes {FIGURES['processes']}, refused runs "
                 f"{FIGURES['refused']} (wrong/missing password, plain text to TLS, untrusted "
                 f"CA, non-admin; each exit 1 with one line), outputs and logs grepped "
-                f"{FIGURES['grepped']}, password found {FIGURES['leaks']} times")
+                f"{FIGURES['grepped']}, password found {FIGURES['leaks']} times"
+            )
 
 
 def manage_in(env: dict[str, str]) -> Manage:
     def manage(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
         run_env = {**env, **({"ERP_SYNC_REDIS_URL": url} if url else {})}
-        return subprocess.run([sys.executable, "manage.py", *args], cwd=procs.ROOT,
-                              env=procs.process_env(run_env), capture_output=True, text=True,
-                              timeout=60, check=False)
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=procs.ROOT,
+            env=procs.process_env(run_env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
     return manage
 
 
@@ -80,8 +88,11 @@ def locked(tmp_path: Path) -> Iterator[RedisServer]:
 def test_a_password_protected_redis_works_end_to_end_and_the_password_never_shows(
     locked: RedisServer, prefix: str, tmp_path: Path
 ) -> None:
-    env = {"ERP_SYNC_REDIS_URL": locked.url, "ERP_SYNC_KEY_PREFIX": prefix,
-           "ERP_SYNC_SETTINGS_WAIT_SECONDS": "20"}
+    env = {
+        "ERP_SYNC_REDIS_URL": locked.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_SETTINGS_WAIT_SECONDS": "20",
+    }
     assert PASSWORD in locked.url
     manage = manage_in(env)
     outputs: list[str] = []
@@ -101,8 +112,18 @@ def test_a_password_protected_redis_works_end_to_end_and_the_password_never_show
         ok("project", "add", "acme", "p1")
         ok("user", "grant", "acme", "rita", "--level", "read_only", "--as", "alice")
         worker.wait_for(" ready.", 30)
-        changed = json.loads(ok("settings", "set", "acme", "--as", "alice",
-                                "--payments-frequency", "hourly", "--json"))
+        changed = json.loads(
+            ok(
+                "settings",
+                "set",
+                "acme",
+                "--as",
+                "alice",
+                "--payments-frequency",
+                "hourly",
+                "--json",
+            )
+        )
         assert changed["version"] == 2 and isinstance(changed["applied_ms"], float)  # beat
         shown = ok("settings", "show", "acme") + ok("settings", "show", "acme", "--json")
         assert "hourly" in shown
@@ -110,8 +131,11 @@ def test_a_password_protected_redis_works_end_to_end_and_the_password_never_show
         task = ok("sync-now", "acme", "vendors", "--as", "alice").rsplit(": ", 1)[1].strip()
         with locked.client() as client:
             history = History(client, KeySpace(prefix))
-            procs.wait_until(lambda: (r := history.get("acme", task)) is not None
-                             and r.status == "succeeded", 30, f"{task} never succeeded (worker)")
+            procs.wait_until(
+                lambda: (r := history.get("acme", task)) is not None and r.status == "succeeded",
+                30,
+                f"{task} never succeeded (worker)",
+            )
         ok("history", "acme"), ok("audit", "acme"), ok("status")
 
         refused = manage("settings", "set", "acme", "--as", "rita", "--no-refresh-jobs")
@@ -147,8 +171,11 @@ def test_a_wrong_or_missing_password_is_one_clear_line_and_never_echoed(
     err = one_error_line(manage("settings", "show", "acme", url=f"redis://{base}"))
     assert "Authentication required" in err or "refused our credentials" in err
     # A beat given the wrong password says so and keeps retrying, without echoing it.
-    beat = procs.beat("beat-wrong", {"ERP_SYNC_REDIS_URL": f"redis://:{wrong}@{base}",
-                                     "ERP_SYNC_KEY_PREFIX": prefix}, tmp_path)
+    beat = procs.beat(
+        "beat-wrong",
+        {"ERP_SYNC_REDIS_URL": f"redis://:{wrong}@{base}", "ERP_SYNC_KEY_PREFIX": prefix},
+        tmp_path,
+    )
     try:
         beat.wait_for("invalid username-password pair", 30)
         assert beat.alive()
@@ -162,17 +189,56 @@ def test_a_wrong_or_missing_password_is_one_clear_line_and_never_echoed(
 
 def _certificates(where: Path) -> dict[str, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=where, check=True, capture_output=True, timeout=60)
 
     where.mkdir(parents=True, exist_ok=True)
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-        "-days", "1", "-subj", "/CN=erp-sync test CA")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=127.0.0.1")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=erp-sync test CA",
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
     (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    )
     return {"ca": where / "ca.crt", "cert": where / "server.crt", "key": where / "server.key"}
 
 
@@ -181,14 +247,26 @@ def _tls_server(tmp_path: Path) -> tuple[RedisServer, int, Path]:
         skip_unless_ci("redis-server or openssl not installed")
     certs = _certificates(tmp_path / "certs")
     tls_port = free_port()
-    server = RedisServer(tmp_path / "redis", password=PASSWORD, extra=[
-        "--tls-port", str(tls_port), "--tls-cert-file", str(certs["cert"]),
-        "--tls-key-file", str(certs["key"]), "--tls-ca-cert-file", str(certs["ca"]),
-        "--tls-auth-clients", "no"])
+    server = RedisServer(
+        tmp_path / "redis",
+        password=PASSWORD,
+        extra=[
+            "--tls-port",
+            str(tls_port),
+            "--tls-cert-file",
+            str(certs["cert"]),
+            "--tls-key-file",
+            str(certs["key"]),
+            "--tls-ca-cert-file",
+            str(certs["ca"]),
+            "--tls-auth-clients",
+            "no",
+        ],
+    )
     try:
         server.start()
     except RuntimeError:
-        log = (tmp_path / "redis" / "redis.log")
+        log = tmp_path / "redis" / "redis.log"
         text = log.read_text(errors="replace") if log.exists() else ""
         server.kill()
         if "tls" in text.lower() or not text:
@@ -202,13 +280,20 @@ def test_rediss_urls_work_end_to_end_for_the_cli(tmp_path: Path, prefix: str) ->
     server, tls_port, ca = _tls_server(tmp_path)
     try:
         url = f"rediss://:{PASSWORD}@127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
-        manage = manage_in({"ERP_SYNC_REDIS_URL": url, "ERP_SYNC_KEY_PREFIX": prefix,
-                            "ERP_SYNC_SETTINGS_WAIT_SECONDS": "0"})
+        manage = manage_in(
+            {
+                "ERP_SYNC_REDIS_URL": url,
+                "ERP_SYNC_KEY_PREFIX": prefix,
+                "ERP_SYNC_SETTINGS_WAIT_SECONDS": "0",
+            }
+        )
         outputs = []
-        for args in (["company", "add", "acme", "--erp", "xero", "--admin", "alice"],
-                     ["user", "grant", "acme", "rita", "--level", "read_only", "--as", "alice"],
-                     ["settings", "set", "acme", "--as", "alice", "--no-refresh-jobs", "--json"],
-                     ["settings", "show", "acme", "--json"]):
+        for args in (
+            ["company", "add", "acme", "--erp", "xero", "--admin", "alice"],
+            ["user", "grant", "acme", "rita", "--level", "read_only", "--as", "alice"],
+            ["settings", "set", "acme", "--as", "alice", "--no-refresh-jobs", "--json"],
+            ["settings", "show", "acme", "--json"],
+        ):
             FIGURES["cli"] += 1
             done = manage(*args)
             outputs.append(done.stdout + done.stderr)
@@ -218,11 +303,13 @@ def test_rediss_urls_work_end_to_end_for_the_cli(tmp_path: Path, prefix: str) ->
         with server.client() as client:
             assert client.get(KeySpace(prefix).settings("acme")) is not None
         # Plain text to the TLS port, or TLS with an untrusted CA, fails with one line.
-        plain = one_error_line(manage("company", "list",
-                                      url=f"redis://:{PASSWORD}@127.0.0.1:{tls_port}/0"))
+        plain = one_error_line(
+            manage("company", "list", url=f"redis://:{PASSWORD}@127.0.0.1:{tls_port}/0")
+        )
         assert "cannot reach Redis" in plain
-        untrusted = one_error_line(manage("company", "list",
-                                          url=f"rediss://:{PASSWORD}@127.0.0.1:{tls_port}/0"))
+        untrusted = one_error_line(
+            manage("company", "list", url=f"rediss://:{PASSWORD}@127.0.0.1:{tls_port}/0")
+        )
         assert "cannot reach Redis" in untrusted
         for text in [*outputs, plain, untrusted]:
             FIGURES["grepped"] += 1

@@ -27,20 +27,29 @@ MASTER = "erpmaster"
 def sentinel_set(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, int]]:
     # A replica's full sync starts at once (not after the default 5 s wait for more replicas).
     primary = RedisServer(tmp_path / "primary", extra=["--repl-diskless-sync-delay", "0"]).start()
-    replica = RedisServer(tmp_path / "replica", extra=[
-        "--replicaof", "127.0.0.1", str(primary.port)]).start()
+    replica = RedisServer(
+        tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(primary.port)]
+    ).start()
     port = free_port()
     conf = tmp_path / "sentinel.conf"
-    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-                    f"sentinel monitor {MASTER} 127.0.0.1 {primary.port} 1\n"
-                    f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                    f"sentinel failover-timeout {MASTER} 5000\n")
-    sentinel = subprocess.Popen([primary.binary, str(conf), "--sentinel"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor {MASTER} 127.0.0.1 {primary.port} 1\n"
+        f"sentinel down-after-milliseconds {MASTER} 1000\n"
+        f"sentinel failover-timeout {MASTER} 5000\n"
+    )
+    sentinel = subprocess.Popen(
+        [primary.binary, str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     probe = redis.Redis(port=port, decode_responses=True)
     wait_until(lambda: _sentinel_answers(probe), 20, "sentinel did not start")
-    wait_until(lambda: replica.client().info("replication")["master_link_status"] == "up", 20,
-               "replica never synced")
+    wait_until(
+        lambda: replica.client().info("replication")["master_link_status"] == "up",
+        20,
+        "replica never synced",
+    )
     yield primary, replica, port
     sentinel.kill()
     sentinel.wait(10)
@@ -51,8 +60,11 @@ def sentinel_set(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, int
 
 def _sentinel_answers(probe: redis.Redis) -> bool:
     try:
-        return bool(probe.execute_command(  # type: ignore[no-untyped-call]
-            "SENTINEL", "get-master-addr-by-name", MASTER))
+        return bool(
+            probe.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "get-master-addr-by-name", MASTER
+            )
+        )
     except redis.RedisError:
         return False
 
@@ -67,22 +79,33 @@ def test_the_stack_keeps_scheduling_and_syncing_after_the_primary_dies(
     store = SettingsStore(client, keys)
     store.add_company("acme", "xero")
     store.grant("acme", "al", "admin")
-    env = {"ERP_SYNC_REDIS_URL": url, "ERP_SYNC_KEY_PREFIX": prefix,
-           "ERP_SYNC_SECONDS_PER_HOUR": "1", "ERP_SYNC_BEAT_LEASE_SECONDS": "2"}
-    procs: list[Proc] = [beat("beat", env, tmp_path),
-                         worker("w", env, tmp_path, queues="company", concurrency=2)]
+    env = {
+        "ERP_SYNC_REDIS_URL": url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_SECONDS_PER_HOUR": "1",
+        "ERP_SYNC_BEAT_LEASE_SECONDS": "2",
+    }
+    procs: list[Proc] = [
+        beat("beat", env, tmp_path),
+        worker("w", env, tmp_path, queues="company", concurrency=2),
+    ]
     history = History(client, keys)
     try:
         wait_until(lambda: _succeeded(history) >= 2, 60, "no sync succeeded before the failover")
         primary.kill()
         wait_until(lambda: _master_port(port) == replica.port, 30, "sentinel did not promote")
         promoted_at = time.time()
-        wait_until(lambda: _succeeded(history, after=promoted_at) >= 2, 90,
-                   "no sync succeeded after the failover:\n" + procs[0].output()[-1500:] +
-                   procs[1].output()[-1500:])
+        wait_until(
+            lambda: _succeeded(history, after=promoted_at) >= 2,
+            90,
+            "no sync succeeded after the failover:\n"
+            + procs[0].output()[-1500:]
+            + procs[1].output()[-1500:],
+        )
         store.update_settings("acme", "al", {"refresh_erp_job_list": False})
-        wait_until(lambda: _jobs_gone(client, keys), 30,
-                   "a change after the failover was not applied")
+        wait_until(
+            lambda: _jobs_gone(client, keys), 30, "a change after the failover was not applied"
+        )
         assert all(p.alive() for p in procs)
     finally:
         stop_all(procs)
@@ -91,8 +114,11 @@ def test_the_stack_keeps_scheduling_and_syncing_after_the_primary_dies(
 
 def _succeeded(history: History, after: float = 0.0) -> int:
     try:
-        return sum(1 for r in history.recent("acme", 200)
-                   if r.status == "succeeded" and r.started_at.timestamp() > after)
+        return sum(
+            1
+            for r in history.recent("acme", 200)
+            if r.status == "succeeded" and r.started_at.timestamp() > after
+        )
     except redis.RedisError:
         return 0
 
@@ -100,8 +126,11 @@ def _succeeded(history: History, after: float = 0.0) -> int:
 def _master_port(port: int) -> int:
     probe = redis.Redis(port=port, decode_responses=True)
     try:
-        return int(probe.execute_command(  # type: ignore[no-untyped-call]
-            "SENTINEL", "get-master-addr-by-name", MASTER)[1])
+        return int(
+            probe.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "get-master-addr-by-name", MASTER
+            )[1]
+        )
     finally:
         probe.close()
 

@@ -38,8 +38,9 @@ def test_a_settings_change_bumps_the_version_audits_and_sends_one_message(
     acme: SettingsStore, fake: redis.Redis, keys: KeySpace
 ) -> None:
     before = acme.get_settings("acme")
-    stored, changed = acme.update_settings("acme", "alice", {"payments_for_synced_invoices":
-                                                              "hourly"})
+    stored, changed = acme.update_settings(
+        "acme", "alice", {"payments_for_synced_invoices": "hourly"}
+    )
     assert changed and stored.version == before.version + 1
     assert stored.settings.payments_for_synced_invoices is PaymentsFrequency.HOURLY
     assert acme.get_settings("acme") == stored
@@ -61,15 +62,17 @@ def test_a_change_that_changes_nothing_writes_nothing(
 
 
 def test_turning_off_a_sync_the_erp_lacks_is_a_harmless_no_op(acme: SettingsStore) -> None:
-    _, changed = acme.update_settings("stone", "alice",
-                                      {"sync_payments_for_synced_invoices": False})
+    _, changed = acme.update_settings(
+        "stone", "alice", {"sync_payments_for_synced_invoices": False}
+    )
     assert not changed
 
 
 def test_a_mutator_sees_the_current_settings(acme: SettingsStore) -> None:
     for _ in range(3):
-        acme.update_settings("acme", "alice", lambda s: {
-            "refresh_erp_job_list": not s.refresh_erp_job_list})
+        acme.update_settings(
+            "acme", "alice", lambda s: {"refresh_erp_job_list": not s.refresh_erp_job_list}
+        )
     stored = acme.get_settings("acme")
     assert stored.version == 4 and stored.settings.refresh_erp_job_list is False
 
@@ -83,42 +86,69 @@ def test_listing_companies_and_projects(acme: SettingsStore) -> None:
 
 
 BAD: dict[str, tuple[type[ErpSyncError], str, Callable[[SettingsStore], object]]] = {
-    "unknown company": (NotFound, "unknown company 'nope'",
-                        lambda s: s.update_settings("nope", "alice", {"sync_project_job_costs":
-                                                                      False})),
+    "unknown company": (
+        NotFound,
+        "unknown company 'nope'",
+        lambda s: s.update_settings("nope", "alice", {"sync_project_job_costs": False}),
+    ),
     "unknown erp": (InvalidInput, "unknown ERP 'oracle'", lambda s: s.add_company("x", "oracle")),
-    "duplicate company": (AlreadyExists, "'acme' already exists",
-                          lambda s: s.add_company("acme", "xero")),
-    "bad timezone": (InvalidInput, "not an IANA time zone",
-                     lambda s: s.add_company("x", "xero", timezone="Mars/Olympus")),
+    "duplicate company": (
+        AlreadyExists,
+        "'acme' already exists",
+        lambda s: s.add_company("acme", "xero"),
+    ),
+    "bad timezone": (
+        InvalidInput,
+        "not an IANA time zone",
+        lambda s: s.add_company("x", "xero", timezone="Mars/Olympus"),
+    ),
     "bad company id": (InvalidInput, "not a valid id", lambda s: s.add_company("a:b", "xero")),
-    "bad frequency": (InvalidInput, "payments_for_synced_invoices",
-                      lambda s: s.update_settings("acme", "alice",
-                                                  {"payments_for_synced_invoices": "weekly"})),
-    "unknown setting": (InvalidInput, "unknown setting 'colour'",
-                        lambda s: s.update_settings("acme", "alice", {"colour": "red"})),
-    "unsupported toggle": (UnsupportedSetting,
-                           "sage_100 does not support sync_payments_for_synced_invoices",
-                           lambda s: s.update_settings("stone", "alice",
-                                                       {"sync_payments_for_synced_invoices":
-                                                        True})),
-    "unsupported frequency": (UnsupportedSetting,
-                              "sage_100 does not support payments_for_synced_invoices",
-                              lambda s: s.update_settings("stone", "alice",
-                                                          {"payments_for_synced_invoices":
-                                                           "hourly"})),
-    "non-admin": (PermissionDenied, "'standard'",
-                  lambda s: s.update_settings("acme", "sam", {"sync_project_job_costs": False})),
-    "unknown user": (PermissionDenied, "'none'",
-                     lambda s: s.update_settings("acme", "mallory",
-                                                 {"sync_project_job_costs": False})),
+    "bad frequency": (
+        InvalidInput,
+        "payments_for_synced_invoices",
+        lambda s: s.update_settings("acme", "alice", {"payments_for_synced_invoices": "weekly"}),
+    ),
+    "unknown setting": (
+        InvalidInput,
+        "unknown setting 'colour'",
+        lambda s: s.update_settings("acme", "alice", {"colour": "red"}),
+    ),
+    "unsupported toggle": (
+        UnsupportedSetting,
+        "sage_100 does not support sync_payments_for_synced_invoices",
+        lambda s: s.update_settings("stone", "alice", {"sync_payments_for_synced_invoices": True}),
+    ),
+    "unsupported frequency": (
+        UnsupportedSetting,
+        "sage_100 does not support payments_for_synced_invoices",
+        lambda s: s.update_settings("stone", "alice", {"payments_for_synced_invoices": "hourly"}),
+    ),
+    "non-admin": (
+        PermissionDenied,
+        "'standard'",
+        lambda s: s.update_settings("acme", "sam", {"sync_project_job_costs": False}),
+    ),
+    "unknown user": (
+        PermissionDenied,
+        "'none'",
+        lambda s: s.update_settings("acme", "mallory", {"sync_project_job_costs": False}),
+    ),
     "bad level": (InvalidInput, "invalid level", lambda s: s.grant("acme", "bob", "owner")),
-    "grant on unknown company": (NotFound, "unknown company",
-                                 lambda s: s.grant("nope", "bob", "admin")),
-    "duplicate project": (AlreadyExists, "'p1' already exists",
-                          lambda s: s.add_project("acme", "p1")),
-    "project of unknown company": (NotFound, "unknown company",
-                                   lambda s: s.add_project("nope", "p9")),
+    "grant on unknown company": (
+        NotFound,
+        "unknown company",
+        lambda s: s.grant("nope", "bob", "admin"),
+    ),
+    "duplicate project": (
+        AlreadyExists,
+        "'p1' already exists",
+        lambda s: s.add_project("acme", "p1"),
+    ),
+    "project of unknown company": (
+        NotFound,
+        "unknown company",
+        lambda s: s.add_project("nope", "p9"),
+    ),
 }
 
 
@@ -146,11 +176,13 @@ def test_a_refused_change_is_logged_with_who_when_and_what_was_asked(
     entries = acme.denied("acme")
     assert len(entries) == 2
     assert (entries[0].actor, entries[0].action, entries[0].company) == (
-        "sam", "settings.denied", "acme")
+        "sam",
+        "settings.denied",
+        "acme",
+    )
     assert entries[0].new == {"payments_for_synced_invoices": "hourly"}
     assert acme.get_settings("acme").version == 1
-    assert [e.action for e in acme.audit("acme")] == ["user.grant", "user.grant",
-                                                        "company.create"]
+    assert [e.action for e in acme.audit("acme")] == ["user.grant", "user.grant", "company.create"]
 
 
 def test_corrupt_stored_settings_are_reported_not_crashed_on(

@@ -30,8 +30,9 @@ def _writer(url: str, prefix: str, writes: int, out: Queue[int]) -> None:
     done = 0
     for _ in range(writes):
         # Each write flips a value read inside the transaction: a lost update breaks the chain.
-        _, changed = store.update_settings("acme", "alice", lambda s: {
-            "sync_project_job_costs": not s.sync_project_job_costs})
+        _, changed = store.update_settings(
+            "acme", "alice", lambda s: {"sync_project_job_costs": not s.sync_project_job_costs}
+        )
         done += changed
     out.put(done)
 
@@ -43,9 +44,12 @@ def test_racing_admins_lose_no_update_and_audit_each_write_once(
     store.add_company("acme", "xero")
     store.grant("acme", "alice", "admin")
     results: Queue[int] = mp.get_context("fork").Queue()
-    procs = [mp.get_context("fork").Process(target=_writer,
-                                            args=(redis_server.url, prefix, WRITES_EACH, results))
-             for _ in range(WRITERS)]
+    procs = [
+        mp.get_context("fork").Process(
+            target=_writer, args=(redis_server.url, prefix, WRITES_EACH, results)
+        )
+        for _ in range(WRITERS)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -71,25 +75,48 @@ def test_racing_admins_lose_no_update_and_audit_each_write_once(
 def _cli(url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERP_SYNC_")}
     env.update(ERP_SYNC_REDIS_URL=url, ERP_SYNC_KEY_PREFIX=prefix)
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_the_real_command_sets_and_shows_settings(
     real: redis.Redis, redis_server: RedisServer, prefix: str
 ) -> None:
-    assert _cli(redis_server.url, prefix, "company", "add", "acme", "--erp", "mri", "--admin",
-                "al").returncode == 0
-    done = _cli(redis_server.url, prefix, "settings", "set", "acme", "--as", "al",
-                "--payments-frequency", "hourly", "--no-wait", "--json")
+    assert (
+        _cli(
+            redis_server.url, prefix, "company", "add", "acme", "--erp", "mri", "--admin", "al"
+        ).returncode
+        == 0
+    )
+    done = _cli(
+        redis_server.url,
+        prefix,
+        "settings",
+        "set",
+        "acme",
+        "--as",
+        "al",
+        "--payments-frequency",
+        "hourly",
+        "--no-wait",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["settings"]["payments_for_synced_invoices"] == "hourly"
     before = snapshot(real, prefix)
-    refused = _cli(redis_server.url, prefix, "settings", "set", "acme", "--as", "eve",
-                   "--no-refresh-jobs")
+    refused = _cli(
+        redis_server.url, prefix, "settings", "set", "acme", "--as", "eve", "--no-refresh-jobs"
+    )
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == [
-        "error: user 'eve' has 'none' on the ERP Integrations tool of 'acme'; 'admin' is required"]
+        "error: user 'eve' has 'none' on the ERP Integrations tool of 'acme'; 'admin' is required"
+    ]
     after = snapshot(real, prefix)
     [denied] = after.pop(KeySpace(prefix).denied("acme"))  # audited as refused, nothing else
     assert json.loads(denied)["actor"] == "eve"

@@ -17,8 +17,9 @@ from tests.support.snapshot import snapshot
 NOTHING = {"created": 0, "updated": 0, "unchanged": 0, "deleted": 0}
 
 
-def sync(client: redis.Redis, keys: KeySpace, db: Database, kind: SyncKind,
-         project: str | None = None) -> dict[str, int]:
+def sync(
+    client: redis.Redis, keys: KeySpace, db: Database, kind: SyncKind, project: str | None = None
+) -> dict[str, int]:
     erp = SandboxErp(client, keys, "acme")
     return run_sync(client, keys, db, "acme", kind, project, erp).as_dict()
 
@@ -26,12 +27,17 @@ def sync(client: redis.Redis, keys: KeySpace, db: Database, kind: SyncKind,
 def versions(db: Database) -> dict[str, int]:
     """Sum of row versions per table: moves whenever any row is inserted or updated."""
     with db.engine.connect() as conn:
-        return {name: int(conn.execute(select(func.coalesce(func.sum(c.table.c.version), 0)))
-                          .scalar_one()) for name, c in COLLECTIONS.items()}
+        return {
+            name: int(
+                conn.execute(select(func.coalesce(func.sum(c.table.c.version), 0))).scalar_one()
+            )
+            for name, c in COLLECTIONS.items()
+        }
 
 
-def test_erp_changes_appear_on_the_procore_side(fake: redis.Redis, keys: KeySpace,
-                                                db: Database) -> None:
+def test_erp_changes_appear_on_the_procore_side(
+    fake: redis.Redis, keys: KeySpace, db: Database
+) -> None:
     data = small_company(fake, keys)
     assert sync(fake, keys, db, SyncKind.VENDORS) == {**NOTHING, "created": 30}
     vendor = data.add_vendor("acme", "New Steel Co")
@@ -49,11 +55,15 @@ def test_erp_changes_appear_on_the_procore_side(fake: redis.Redis, keys: KeySpac
     assert row.last_changed > row.first_seen
 
 
-def test_a_sync_with_no_erp_change_writes_nothing(fake: redis.Redis, keys: KeySpace,
-                                                  db: Database) -> None:
+def test_a_sync_with_no_erp_change_writes_nothing(
+    fake: redis.Redis, keys: KeySpace, db: Database
+) -> None:
     small_company(fake, keys)
-    for kind, project in ((SyncKind.VENDORS, None), (SyncKind.JOB_COSTS, "p1"),
-                          (SyncKind.PAYMENTS, "p1")):
+    for kind, project in (
+        (SyncKind.VENDORS, None),
+        (SyncKind.JOB_COSTS, "p1"),
+        (SyncKind.PAYMENTS, "p1"),
+    ):
         assert sync(fake, keys, db, kind, project)["created"] > 0
         before, rows = snapshot(fake, keys.prefix), versions(db)
         again = sync(fake, keys, db, kind, project)
@@ -62,12 +72,14 @@ def test_a_sync_with_no_erp_change_writes_nothing(fake: redis.Redis, keys: KeySp
         after = snapshot(fake, keys.prefix)
         # Only the sandbox's own call log moves; the watermarks do not.
         calls = keys.erp_calls("acme")
-        assert {k: v for k, v in after.items() if k != calls} == \
-            {k: v for k, v in before.items() if k != calls}
+        assert {k: v for k, v in after.items() if k != calls} == {
+            k: v for k, v in before.items() if k != calls
+        }
 
 
-def test_an_erp_deletion_marks_the_row_and_keeps_it(fake: redis.Redis, keys: KeySpace,
-                                                    db: Database) -> None:
+def test_an_erp_deletion_marks_the_row_and_keeps_it(
+    fake: redis.Redis, keys: KeySpace, db: Database
+) -> None:
     data = small_company(fake, keys)
     sync(fake, keys, db, SyncKind.VENDORS)
     data.delete("acme", "vendors", "V00003")
@@ -80,15 +92,18 @@ def test_an_erp_deletion_marks_the_row_and_keeps_it(fake: redis.Redis, keys: Key
     erp = SandboxErp(fake, keys, "acme")
     assert reconcile(db, "acme", SyncKind.VENDORS, None, erp)["vendors"].clean
     # Recreated in the ERP: the row comes back to life, as an update.
-    data.put("acme", "vendors", {"id": "V00003", "name": "Back", "active": True,
-                                 "tax_id": "", "city": ""})
+    data.put(
+        "acme",
+        "vendors",
+        {"id": "V00003", "name": "Back", "active": True, "tax_id": "", "city": ""},
+    )
     assert sync(fake, keys, db, SyncKind.VENDORS) == {**NOTHING, "updated": 1}
     assert store.deleted_ids("vendors") == set()
 
 
-def test_a_sync_rerun_from_an_old_watermark_duplicates_nothing(fake: redis.Redis,
-                                                               keys: KeySpace,
-                                                               db: Database) -> None:
+def test_a_sync_rerun_from_an_old_watermark_duplicates_nothing(
+    fake: redis.Redis, keys: KeySpace, db: Database
+) -> None:
     small_company(fake, keys)
     sync(fake, keys, db, SyncKind.JOB_COSTS, "p1")
     fake.delete(keys.cursor("acme", "job_costs", "p1"))  # as if the first run died before the end
@@ -97,8 +112,9 @@ def test_a_sync_rerun_from_an_old_watermark_duplicates_nothing(fake: redis.Redis
     assert len(RecordStore(db, "acme").all("job_costs", "p1")) == 25
 
 
-def test_payments_land_on_their_commitments(fake: redis.Redis, keys: KeySpace,
-                                            db: Database) -> None:
+def test_payments_land_on_their_commitments(
+    fake: redis.Redis, keys: KeySpace, db: Database
+) -> None:
     data = small_company(fake, keys)
     sync(fake, keys, db, SyncKind.PAYMENTS, "p1")
     payment = data.add_payment("acme", "p1", 12_345, "INV00002")
@@ -107,8 +123,9 @@ def test_payments_land_on_their_commitments(fake: redis.Redis, keys: KeySpace,
     assert payment in issued[str(payment["commitment"])]
 
 
-def test_reconciliation_reports_drift_and_fix_repairs_it(fake: redis.Redis, keys: KeySpace,
-                                                         db: Database) -> None:
+def test_reconciliation_reports_drift_and_fix_repairs_it(
+    fake: redis.Redis, keys: KeySpace, db: Database
+) -> None:
     data = small_company(fake, keys)
     sync(fake, keys, db, SyncKind.VENDORS)
     erp = SandboxErp(fake, keys, "acme")

@@ -24,21 +24,22 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def world(own_redis: RedisServer, env: pytest.MonkeyPatch, keys: KeySpace
-          ) -> Iterator[redis.Redis]:
+def world(own_redis: RedisServer, env: pytest.MonkeyPatch, keys: KeySpace) -> Iterator[redis.Redis]:
     env.setenv("ERP_SYNC_REDIS_URL", own_redis.url)
     client = own_redis.client()
     small_company(client, keys)
     tasks.runner.cache_clear()
-    refresh_vendors.push_request(id="sync:acme:vendors:-:1", retries=0,
-                                 kwargs={"company": "acme", "slot": "x"})
+    refresh_vendors.push_request(
+        id="sync:acme:vendors:-:1", retries=0, kwargs={"company": "acme", "slot": "x"}
+    )
     yield client
     refresh_vendors.pop_request()
     tasks.runner.cache_clear()
 
 
 def test_a_redis_outage_hands_the_message_back_instead_of_failing_it(
-        world: redis.Redis, own_redis: RedisServer) -> None:
+    world: redis.Redis, own_redis: RedisServer
+) -> None:
     tasks.runner()  # built while Redis answers, as in a running worker
     own_redis.kill()
     with pytest.raises(Reject) as caught:
@@ -47,9 +48,10 @@ def test_a_redis_outage_hands_the_message_back_instead_of_failing_it(
 
 
 def test_a_deferral_is_a_celery_retry_that_carries_its_count_and_spends_no_retry(
-        world: redis.Redis, keys: KeySpace, monkeypatch: pytest.MonkeyPatch) -> None:
+    world: redis.Redis, keys: KeySpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     set_company_limit(world, keys, "acme", CompanyLimit(concurrency=1))
-    world.zadd(keys.running("acme"), {"another-task": 10 ** 15})
+    world.zadd(keys.running("acme"), {"another-task": 10**15})
     sent: dict[str, object] = {}
 
     def retry(**options: object) -> Retry:
@@ -58,8 +60,7 @@ def test_a_deferral_is_a_celery_retry_that_carries_its_count_and_spends_no_retry
 
     monkeypatch.setattr(refresh_vendors, "retry", retry)
     with pytest.raises(Retry):
-        tasks.perform(refresh_vendors, SyncKind.VENDORS, "acme", "x", "schedule",
-                      deferrals=2)
+        tasks.perform(refresh_vendors, SyncKind.VENDORS, "acme", "x", "schedule", deferrals=2)
     assert sent["max_retries"] is None
     assert sent["kwargs"] == {"company": "acme", "slot": "x", "deferrals": 3, "ticket": None}
     countdown = sent["countdown"]

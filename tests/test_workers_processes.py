@@ -59,7 +59,8 @@ def vendors_written(company: str = "acme") -> int:
 
 
 def test_erp_changes_reach_the_procore_side_and_a_quiet_rerun_writes_nothing(
-        real: redis.Redis, keys: KeySpace, start: Start, sender: Sender) -> None:
+    real: redis.Redis, keys: KeySpace, start: Start, sender: Sender
+) -> None:
     data = small_company(real, keys)
     start()
     first = finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "s1"))
@@ -71,13 +72,16 @@ def test_erp_changes_reach_the_procore_side_and_a_quiet_rerun_writes_nothing(
     assert store.all("vendors")[vendor["id"]] == vendor
     before = store.all("vendors", include_deleted=True)
     third = finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "s3"))
-    assert (third.status, third.counts) == ("succeeded", {"created": 0, "updated": 0,
-                                                          "unchanged": 0, "deleted": 0})
+    assert (third.status, third.counts) == (
+        "succeeded",
+        {"created": 0, "updated": 0, "unchanged": 0, "deleted": 0},
+    )
     assert store.all("vendors", include_deleted=True) == before
 
 
 def test_transient_faults_are_retried_and_a_permanent_fault_fails_with_its_reason(
-        real: redis.Redis, keys: KeySpace, start: Start, sender: Sender) -> None:
+    real: redis.Redis, keys: KeySpace, start: Start, sender: Sender
+) -> None:
     data = small_company(real, keys, fail_kind="server_error")  # a rate limit defers instead
     data.fail_next("acme", 2)
     small_company(real, keys, "broken", permanent="bad_credentials")
@@ -92,7 +96,8 @@ def test_transient_faults_are_retried_and_a_permanent_fault_fails_with_its_reaso
 
 
 def test_a_rate_limited_erp_is_never_called_faster_than_its_limit(
-        real: redis.Redis, keys: KeySpace, start: Start, sender: Sender) -> None:
+    real: redis.Redis, keys: KeySpace, start: Start, sender: Sender
+) -> None:
     projects = ("p1", "p2", "p3")
     small_company(real, keys, projects=projects)
     rate, burst = 8.0, 2.0
@@ -112,7 +117,8 @@ def test_a_rate_limited_erp_is_never_called_faster_than_its_limit(
 
 
 def test_an_overlapping_slot_is_skipped_and_a_duplicate_delivery_runs_once(
-        real: redis.Redis, keys: KeySpace, start: Start, sender: Sender) -> None:
+    real: redis.Redis, keys: KeySpace, start: Start, sender: Sender
+) -> None:
     small_company(real, keys, latency_ms=700, page_size=100)
     start(concurrency=4)
     history = History(real, keys)
@@ -137,7 +143,8 @@ def child_pids(pid: int) -> list[int]:
 
 
 def test_a_killed_prefork_child_is_requeued_and_its_sync_reruns_without_duplicates(
-        real: redis.Redis, keys: KeySpace, start: Start, sender: Sender) -> None:
+    real: redis.Redis, keys: KeySpace, start: Start, sender: Sender
+) -> None:
     small_company(real, keys, latency_ms=150, page_size=3)
     # The killed child's run lock outlives it by one TTL (its heartbeat stops): the requeued
     # delivery waits that long before it reruns, so a short one (renewed every second).
@@ -155,12 +162,16 @@ def test_a_killed_prefork_child_is_requeued_and_its_sync_reruns_without_duplicat
 
 
 def test_a_killed_worker_is_redelivered_after_the_visibility_timeout(
-        real: redis.Redis, keys: KeySpace, start: Start, sender: Sender) -> None:
+    real: redis.Redis, keys: KeySpace, start: Start, sender: Sender
+) -> None:
     # A sync of 11 pages at 100 ms (about 1.1 s, mostly the sandbox's sleeps) well inside the
     # soft limit; the redelivery comes after the visibility timeout, the bulk of this test.
     small_company(real, keys, latency_ms=100, page_size=3)
-    limits = {"ERP_SYNC_TASK_SOFT_TIME_LIMIT": "3", "ERP_SYNC_TASK_TIME_LIMIT": "3.5",
-              "ERP_SYNC_VISIBILITY_TIMEOUT": "4"}
+    limits = {
+        "ERP_SYNC_TASK_SOFT_TIME_LIMIT": "3",
+        "ERP_SYNC_TASK_TIME_LIMIT": "3.5",
+        "ERP_SYNC_VISIBILITY_TIMEOUT": "4",
+    }
     doomed = start("doomed", env=limits, concurrency=2)
     task_id = sender.send(SyncKind.VENDORS, "acme", "k2")
     procs.wait_until(lambda: vendors_written() >= 6, 20, "the sync never started writing")
@@ -172,16 +183,23 @@ def test_a_killed_worker_is_redelivered_after_the_visibility_timeout(
     assert vendors_written() == 30 and in_sync(real, keys, SyncKind.VENDORS, None)
 
 
-def test_sync_now_and_history_end_to_end(real: redis.Redis, keys: KeySpace, start: Start,
-                                         worker_env: dict[str, str]) -> None:
+def test_sync_now_and_history_end_to_end(
+    real: redis.Redis, keys: KeySpace, start: Start, worker_env: dict[str, str]
+) -> None:
     small_company(real, keys, projects=("p1", "p2"))
     real.hset(keys.users("acme"), "sam", "standard")
     start()
 
     def manage(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "manage.py", *args], cwd=procs.ROOT,
-                              env=procs.process_env(worker_env), capture_output=True,
-                              text=True, timeout=60, check=False)
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=procs.ROOT,
+            env=procs.process_env(worker_env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     queued = manage("sync-now", "acme", "payments", "--as", "sam")
     assert queued.returncode == 0, queued.stderr
@@ -191,6 +209,8 @@ def test_sync_now_and_history_end_to_end(real: redis.Redis, keys: KeySpace, star
         assert finished(real, keys, "acme", task_id).status == "succeeded"
     shown = json.loads(manage("history", "acme", "--json").stdout)
     assert {(r["project"], r["trigger"], r["status"]) for r in shown} == {
-        ("p1", "manual", "succeeded"), ("p2", "manual", "succeeded")}
+        ("p1", "manual", "succeeded"),
+        ("p2", "manual", "succeeded"),
+    }
     refused = manage("sync-now", "acme", "payments", "--as", "nobody")
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1

@@ -38,8 +38,12 @@ def sign(secret: str, body: bytes) -> str:
 
 def _request(rule: AlertRule, body: bytes, event: str, delivery: str) -> urllib.request.Request:
     parts = urlsplit(rule.url)
-    headers = {"Content-Type": "application/json", "User-Agent": "erp-sync-alerts",
-               "X-ERP-Sync-Event": event, "X-ERP-Sync-Delivery": delivery}
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "erp-sync-alerts",
+        "X-ERP-Sync-Event": event,
+        "X-ERP-Sync-Delivery": delivery,
+    }
     if rule.secret:
         headers[SIGNATURE_HEADER] = sign(open_secret(rule.secret), body)
     netloc = parts.hostname or ""
@@ -54,8 +58,7 @@ def _request(rule: AlertRule, body: bytes, event: str, delivery: str) -> urllib.
     return urllib.request.Request(url, data=body, headers=headers, method="POST")
 
 
-def post(rule: AlertRule, message: dict[str, Any], timeout: float) -> tuple[int | None,
-                                                                          str | None]:
+def post(rule: AlertRule, message: dict[str, Any], timeout: float) -> tuple[int | None, str | None]:
     """One POST; (status code, error) where error is None for a 2xx answer."""
     body = json.dumps(message, sort_keys=True).encode()
     request = _request(rule, body, str(message["event"]), str(message["delivery"]))
@@ -69,9 +72,16 @@ def post(rule: AlertRule, message: dict[str, Any], timeout: float) -> tuple[int 
         return None, f"{type(exc).__name__}: {str(reason)[:200]}"
 
 
-def deliver_once(client: redis.Redis, keys: KeySpace, company: str, alert_id: str,
-                 message: dict[str, Any], attempt: int, final: bool,
-                 timeout: float) -> str:
+def deliver_once(
+    client: redis.Redis,
+    keys: KeySpace,
+    company: str,
+    alert_id: str,
+    message: dict[str, Any],
+    attempt: int,
+    final: bool,
+    timeout: float,
+) -> str:
     """One attempt, logged; returns ``delivered``, ``retrying``, ``failed`` or ``dropped``."""
     raw = client.hget(keys.alerts(company), alert_id)
     code: int | None = None
@@ -82,10 +92,21 @@ def deliver_once(client: redis.Redis, keys: KeySpace, company: str, alert_id: st
         rule = parse(AlertRule, str(raw), f"alert {alert_id!r}")
         code, error = post(rule, message, timeout)
         outcome = "delivered" if error is None else "failed" if final else "retrying"
-    log_delivery(client, keys, company, DeliveryEntry(
-        at=datetime.now(UTC), alert=alert_id, delivery=str(message["delivery"]),
-        event=AlertEvent(message["event"]), attempt=attempt, outcome=outcome,
-        status_code=code, error=error))
+    log_delivery(
+        client,
+        keys,
+        company,
+        DeliveryEntry(
+            at=datetime.now(UTC),
+            alert=alert_id,
+            delivery=str(message["delivery"]),
+            event=AlertEvent(message["event"]),
+            attempt=attempt,
+            outcome=outcome,
+            status_code=code,
+            error=error,
+        ),
+    )
     return outcome
 
 
@@ -96,7 +117,8 @@ def log_delivery(client: redis.Redis, keys: KeySpace, company: str, entry: Deliv
         pipe.execute()
 
 
-def deliveries(client: redis.Redis, keys: KeySpace, company: str,
-               limit: int = 50) -> list[DeliveryEntry]:
+def deliveries(
+    client: redis.Redis, keys: KeySpace, company: str, limit: int = 50
+) -> list[DeliveryEntry]:
     raws = client.lrange(keys.alert_log(company), 0, max(limit, 1) - 1)
     return [parse(DeliveryEntry, r, "delivery log entry") for r in raws]

@@ -63,29 +63,39 @@ def redis_now(client: redis.Redis) -> float:
     return float(seconds) + micros / 1_000_000
 
 
-def payload(rule: AlertRule, event: AlertEvent, outcome: RunOutcome, now: float,
-            failures: int = 0) -> dict[str, Any]:
+def payload(
+    rule: AlertRule, event: AlertEvent, outcome: RunOutcome, now: float, failures: int = 0
+) -> dict[str, Any]:
     """The webhook's JSON body: what happened, to which sync, and a link-free summary."""
     where = outcome.company + (f" project {outcome.project}" if outcome.project else "")
     summary = {
         AlertEvent.FAILED: f"{outcome.kind} sync of {where} failed"
-                           + (f" {failures} times in a row" if failures > 1 else ""),
+        + (f" {failures} times in a row" if failures > 1 else ""),
         AlertEvent.STALE: f"{outcome.kind} sync of {where} has not succeeded for two periods",
         AlertEvent.RECOVERED: f"{outcome.kind} sync of {where} succeeded again",
         AlertEvent.TEST: f"test alert for {outcome.company}",
     }[event]
-    return {"event": event.value, "alert": rule.id, "delivery": secrets.token_hex(8),
-            "company": outcome.company, "kind": outcome.kind, "project": outcome.project,
-            "slot": outcome.slot, "status": outcome.status,
-            "error": (outcome.error or "")[:500] or None,
-            "time": datetime.fromtimestamp(now, UTC).isoformat(), "summary": summary}
+    return {
+        "event": event.value,
+        "alert": rule.id,
+        "delivery": secrets.token_hex(8),
+        "company": outcome.company,
+        "kind": outcome.kind,
+        "project": outcome.project,
+        "slot": outcome.slot,
+        "status": outcome.status,
+        "error": (outcome.error or "")[:500] or None,
+        "time": datetime.fromtimestamp(now, UTC).isoformat(),
+        "summary": summary,
+    }
 
 
 class Evaluator:
     """Reads a company's rules and incident state; sends through ``send`` (the alerts queue)."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, seconds_per_hour: float,
-                 send: Send) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: KeySpace, seconds_per_hour: float, send: Send
+    ) -> None:
         self.client, self.keys, self.send = client, keys, send
         self.seconds_per_hour = seconds_per_hour
 
@@ -110,25 +120,31 @@ class Evaluator:
                 try:
                     pipe.watch(key)  # type: ignore[no-untyped-call]
                     raw = pipe.hget(key, field)
-                    incident = Incident() if raw is None else parse(Incident, str(raw),
-                                                                    "incident")
+                    incident = Incident() if raw is None else parse(Incident, str(raw), "incident")
                     sends.clear()
                     pipe.multi()
                     if outcome.status == "failed":
                         incident.failures += 1
-                        sends += [(r, AlertEvent.FAILED, incident.failures) for r in rules
-                                  if AlertEvent.FAILED in r.events
-                                  and incident.failures == r.failures]
+                        sends += [
+                            (r, AlertEvent.FAILED, incident.failures)
+                            for r in rules
+                            if AlertEvent.FAILED in r.events and incident.failures == r.failures
+                        ]
                         pipe.hset(key, field, incident.model_dump_json())
                         if period is not None:
-                            pipe.zadd(self.keys.alert_deadlines, {member: now + 2 * period},
-                                      nx=True)
+                            pipe.zadd(
+                                self.keys.alert_deadlines, {member: now + 2 * period}, nx=True
+                            )
                     else:
-                        sends += [(r, AlertEvent.RECOVERED, 0) for r in rules
-                                  if AlertEvent.RECOVERED in r.events and (
-                                      (AlertEvent.FAILED in r.events
-                                       and incident.failures >= r.failures)
-                                      or (AlertEvent.STALE in r.events and incident.stale))]
+                        sends += [
+                            (r, AlertEvent.RECOVERED, 0)
+                            for r in rules
+                            if AlertEvent.RECOVERED in r.events
+                            and (
+                                (AlertEvent.FAILED in r.events and incident.failures >= r.failures)
+                                or (AlertEvent.STALE in r.events and incident.stale)
+                            )
+                        ]
                         pipe.hdel(key, field)
                         if period is not None:
                             pipe.zadd(self.keys.alert_deadlines, {member: now + 2 * period})
@@ -143,8 +159,12 @@ class Evaluator:
     def check_stale(self, now: float | None = None, limit: int = 500) -> list[str]:
         """Alert the syncs whose deadline passed (only those: a range read of one sorted set)."""
         now = redis_now(self.client) if now is None else now
-        due = [str(m) for m in self.client.zrangebyscore(self.keys.alert_deadlines, "-inf", now,
-                                                         start=0, num=limit)]
+        due = [
+            str(m)
+            for m in self.client.zrangebyscore(
+                self.keys.alert_deadlines, "-inf", now, start=0, num=limit
+            )
+        ]
         stale = []
         for member in due:
             try:
@@ -186,11 +206,14 @@ class Evaluator:
             period = self._period(company, kind)
             if period is None:
                 continue
-            targets: Sequence[str | None] = [
-                p.id for p in projects if kind is not SyncKind.JOB_COSTS or p.sync_job_costs
-            ] if kind.project_level else [None]
-            members.update({deadline_member(company, kind.value, p): now + 2 * period
-                            for p in targets})
+            targets: Sequence[str | None] = (
+                [p.id for p in projects if kind is not SyncKind.JOB_COSTS or p.sync_job_costs]
+                if kind.project_level
+                else [None]
+            )
+            members.update(
+                {deadline_member(company, kind.value, p): now + 2 * period for p in targets}
+            )
         if members:
             self.client.zadd(self.keys.alert_deadlines, members, nx=True)
         return len(members)
@@ -205,9 +228,11 @@ class Evaluator:
         if raw_company is None or raw_settings is None:
             return None
         try:
-            return (parse(Company, raw_company, "company"),
-                    parse(StoredSettings, raw_settings, "settings"),
-                    [parse(Project, v, "project") for v in raw_projects.values()])
+            return (
+                parse(Company, raw_company, "company"),
+                parse(StoredSettings, raw_settings, "settings"),
+                [parse(Project, v, "project") for v in raw_projects.values()],
+            )
         except CorruptRecord:
             return None
 
@@ -231,7 +256,8 @@ class Evaluator:
             match = [p for p in projects if p.id == project]
             if not match or (kind is SyncKind.JOB_COSTS and not match[0].sync_job_costs):
                 return "project gone or opted out"
-        if self.client.hexists(self.keys.paused, company) or \
-                self.client.hexists(self.keys.paused, "*"):
+        if self.client.hexists(self.keys.paused, company) or self.client.hexists(
+            self.keys.paused, "*"
+        ):
             return "paused"
         return "yes"

@@ -50,7 +50,7 @@ def open_secret(stored: str) -> str:
     """The signing secret of a stored rule (one stored before sealing is used as it is)."""
     if not stored.startswith(SEALED):
         return stored
-    return str(Vault.from_settings().open(stored[len(SEALED):], "an alert's secret")["secret"])
+    return str(Vault.from_settings().open(stored[len(SEALED) :], "an alert's secret")["secret"])
 
 
 class AlertRules:
@@ -67,8 +67,10 @@ class AlertRules:
     def rules(self, company_id: str) -> list[AlertRule]:
         """The rules without checking the company (the evaluator's read)."""
         raw = self.client.hgetall(self.keys.alerts(company_id))
-        return sorted((parse(AlertRule, str(v), f"alert {k!r}") for k, v in raw.items()),
-                      key=lambda r: r.created_at)
+        return sorted(
+            (parse(AlertRule, str(v), f"alert {k!r}") for k, v in raw.items()),
+            key=lambda r: r.created_at,
+        )
 
     def get(self, company_id: str, alert_id: str) -> AlertRule:
         self.store.get_company(company_id)
@@ -77,16 +79,31 @@ class AlertRules:
             raise NotFound(f"unknown alert {alert_id[:40]!r} in {company_id!r}")
         return parse(AlertRule, str(raw), f"alert {alert_id!r}")
 
-    def add(self, company_id: str, actor: str, *, url: str, events: list[AlertEvent],
-            failures: int, secret: str | None) -> AlertRule:
+    def add(
+        self,
+        company_id: str,
+        actor: str,
+        *,
+        url: str,
+        events: list[AlertEvent],
+        failures: int,
+        secret: str | None,
+    ) -> AlertRule:
         user_id(actor)
         self.store.get_company(company_id)
         if secret is not None:  # sealed before anything is written; no key: nothing written
             secret = seal_secret(secret)
         try:
-            rule = AlertRule(id=secrets.token_hex(4), company=company_id, url=url,
-                             events=events, failures=failures, secret=secret,
-                             created_by=actor, created_at=self.store.clock())
+            rule = AlertRule(
+                id=secrets.token_hex(4),
+                company=company_id,
+                url=url,
+                events=events,
+                failures=failures,
+                secret=secret,
+                created_by=actor,
+                created_at=self.store.clock(),
+            )
         except ValidationError as exc:
             raise InvalidInput(first_error(exc).removeprefix("url: ")) from None
         key = self.keys.alerts(company_id)
@@ -121,14 +138,35 @@ class AlertRules:
     def _check(self, pipe: redis.client.Pipeline, company_id: str, actor: str) -> None:
         require_admin(pipe, self.keys, company_id, actor)
 
-    def _audit(self, pipe: redis.client.Pipeline, company_id: str, actor: str, action: str,
-               old: dict[str, object], new: dict[str, object]) -> None:
-        self.store._queue_audit(pipe, AuditEntry(at=self.store.clock(), actor=actor,
-                                                 action=action, company=company_id, old=old,
-                                                 new=new))
+    def _audit(
+        self,
+        pipe: redis.client.Pipeline,
+        company_id: str,
+        actor: str,
+        action: str,
+        old: dict[str, object],
+        new: dict[str, object],
+    ) -> None:
+        self.store._queue_audit(
+            pipe,
+            AuditEntry(
+                at=self.store.clock(),
+                actor=actor,
+                action=action,
+                company=company_id,
+                old=old,
+                new=new,
+            ),
+        )
 
-    def _transact(self, company_id: str, actor: str, action: str, key: str,
-                  write: Callable[[redis.client.Pipeline], None]) -> None:
+    def _transact(
+        self,
+        company_id: str,
+        actor: str,
+        action: str,
+        key: str,
+        write: Callable[[redis.client.Pipeline], None],
+    ) -> None:
         try:
             self.store._transact([key, self.keys.users(company_id)], write)
         except PermissionDenied:

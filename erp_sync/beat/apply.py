@@ -32,8 +32,14 @@ class Applier:
     """Plans and applies batches of companies; also the one parser of beat's applied records
     for the engine (remembered by raw record: most companies share a few)."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, index: DueIndex,
-                 clock: Callable[[], float], seconds_per_hour: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        index: DueIndex,
+        clock: Callable[[], float],
+        seconds_per_hour: float,
+    ) -> None:
         self.client, self.keys, self.index = client, keys, index
         self.clock, self.seconds_per_hour = clock, seconds_per_hour
         self._reported: set[tuple[str, int]] = set()
@@ -54,8 +60,11 @@ class Applier:
                 continue
             record, stored = loaded
             try:
-                plans.append(plan_company(company, record, stored, old[n], now,
-                                          self.seconds_per_hour, present[n]))
+                plans.append(
+                    plan_company(
+                        company, record, stored, old[n], now, self.seconds_per_hour, present[n]
+                    )
+                )
             except Exception as exc:  # one company must never stop every other's changes
                 log.error("skipping company=%s: cannot plan its schedule: %s", company, exc)
                 continue
@@ -66,17 +75,23 @@ class Applier:
             return False
         same = len(plans) - len(moved)  # most of a rebuild: counted, not named
         if moved:  # one line per batch naming each company whose schedule moved
-            log.info("applied companies=%d%s: %s", len(moved),
-                     f" (and {same} unchanged)" if same else "", " ".join(
-                         f"{p.company}@{versions.get(p.company)}"
-                         f"({','.join(sorted(p.applied.cadences)) if p.applied else '-'})"
-                         for p in moved))
+            log.info(
+                "applied companies=%d%s: %s",
+                len(moved),
+                f" (and {same} unchanged)" if same else "",
+                " ".join(
+                    f"{p.company}@{versions.get(p.company)}"
+                    f"({','.join(sorted(p.applied.cadences)) if p.applied else '-'})"
+                    for p in moved
+                ),
+            )
         elif plans:
             log.debug("applied companies=%d, every one unchanged", len(plans))
         return True
 
-    def _read_companies(self, ids: list[str]) -> tuple[list[object], list[Applied | None],
-                                                      list[set[SyncKind]]]:
+    def _read_companies(
+        self, ids: list[str]
+    ) -> tuple[list[object], list[Applied | None], list[set[SyncKind]]]:
         """Each company's record and settings (flat, two per company), beat's applied record
         and the kinds it has in the due index: three commands, two round trips."""
         if not ids:  # an empty rebuild still stores its cursor: nothing to read
@@ -94,13 +109,17 @@ class Applier:
         if missing:  # MGET reads a key of the wrong type as missing: GET tells them apart
             pipe = self.client.pipeline(transaction=False)
             for i in missing:
-                pipe.get(self.keys.company(ids[i // 2]) if i % 2 == 0
-                         else self.keys.settings(ids[i // 2]))
+                pipe.get(
+                    self.keys.company(ids[i // 2])
+                    if i % 2 == 0
+                    else self.keys.settings(ids[i // 2])
+                )
             # One company's key of the wrong Redis type must not fail the whole batch.
             for i, raw in zip(missing, pipe.execute(raise_on_error=False), strict=True):
                 raws[i] = raw
-        present = [{k for j, k in enumerate(kinds) if found[n * len(kinds) + j]}
-                   for n in range(len(ids))]
+        present = [
+            {k for j, k in enumerate(kinds) if found[n * len(kinds) + j]} for n in range(len(ids))
+        ]
         return raws, [self.applied(r) for r in applied], present
 
     def applied(self, raw: object) -> Applied | None:
@@ -113,15 +132,18 @@ class Applier:
             self._applied_seen[raw] = parse_applied(raw)
         return self._applied_seen[raw]
 
-    def _load(self, company: str, raw_company: object, raw_settings: object
-              ) -> tuple[Company | None, StoredSettings | None] | None:
+    def _load(
+        self, company: str, raw_company: object, raw_settings: object
+    ) -> tuple[Company | None, StoredSettings | None] | None:
         if raw_company is None:
             return None, None
         try:
             for raw, what in ((raw_company, "company"), (raw_settings, "settings")):
                 if isinstance(raw, Exception):
-                    raise CorruptRecord(f"stored {what} of {company!r} is unreadable "
-                                        f"({str(raw).splitlines()[0][:80]})")
+                    raise CorruptRecord(
+                        f"stored {what} of {company!r} is unreadable "
+                        f"({str(raw).splitlines()[0][:80]})"
+                    )
             record = parse(Company, str(raw_company), f"company {company!r}")
             stored = parse(StoredSettings, str(raw_settings or ""), f"settings of {company!r}")
         except CorruptRecord as exc:
@@ -151,7 +173,7 @@ class Rebuild:
 
     def next_batch(self, size: int) -> tuple[list[str], str | None]:
         """The next companies, and the cursor to store with them (only with the last batch)."""
-        batch = self.ids[self.pos:self.pos + size]
+        batch = self.ids[self.pos : self.pos + size]
         self.pos += len(batch)
         return batch, (self.head if self.done else None)
 

@@ -127,7 +127,6 @@ class FeedWatcher:
                 self._stop.wait(0.5)
                 continue
             if reply:
-                entries = reply[0][1] if isinstance(reply, list) else next(
-                    iter(reply.values()))[0]
+                entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
                 last = str(entries[-1][0])
                 self.event.set()

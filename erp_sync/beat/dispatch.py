@@ -33,10 +33,20 @@ log = logging.getLogger("erp_sync.beat")
 class Dispatcher:
     """Sends what is due, batch after batch, as the leader holding ``lease``."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, config: EngineConfig,
-                 index: DueIndex, lease: Lease, messages: MessageFactory, events: SentEvents,
-                 clock: Callable[[], float], watcher: FeedWatcher,
-                 applied: Callable[[object], Applied | None], lost: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        config: EngineConfig,
+        index: DueIndex,
+        lease: Lease,
+        messages: MessageFactory,
+        events: SentEvents,
+        clock: Callable[[], float],
+        watcher: FeedWatcher,
+        applied: Callable[[object], Applied | None],
+        lost: Callable[[], None],
+    ) -> None:
         self.client, self.keys, self.config = client, keys, config
         self.index, self.lease, self.messages, self.events = index, lease, messages, events
         self.clock, self.watcher, self.applied, self.lost = clock, watcher, applied, lost
@@ -81,16 +91,25 @@ class Dispatcher:
         replies = pipe.execute(raise_on_error=False)
         applied = {c: self.applied(r) for c, r in zip(companies, replies[0], strict=True)}
         n = len(project_level)
-        projects = {e: p if isinstance(p, list) else []  # wrong type: no projects to fan out to
-                    for (e, _), p in zip(project_level, replies[1:n + 1], strict=True)}
-        for (e, _), out in zip(job_costs, replies[n + 1:], strict=True):
+        projects = {
+            e: p if isinstance(p, list) else []  # wrong type: no projects to fan out to
+            for (e, _), p in zip(project_level, replies[1 : n + 1], strict=True)
+        }
+        for (e, _), out in zip(job_costs, replies[n + 1 :], strict=True):
             if isinstance(out, set):
                 projects[e] = [p for p in projects[e] if p not in out]
         plans = []
         for entry, score, company, _ in entries:
             try:
-                plans.append(plan_dispatch(entry, score, applied.get(company),
-                                           [str(p) for p in projects.get(entry, [])], now))
+                plans.append(
+                    plan_dispatch(
+                        entry,
+                        score,
+                        applied.get(company),
+                        [str(p) for p in projects.get(entry, [])],
+                        now,
+                    )
+                )
             except Exception as exc:  # a malformed record must not wedge the index either
                 self._drop(entry, exc)
         chunk: list[tuple[Dispatch, str, list[str]]] = []
@@ -122,22 +141,36 @@ class Dispatcher:
         detail = log.isEnabledFor(logging.DEBUG)
         for (d, _queue, msgs), flag in zip(chunk, flags, strict=True):
             if flag == "s":  # the invariant held: whatever computed this slot, it went once
-                log.warning("refused stale slot company=%s sync=%s slot=%s (already at or "
-                            "before the last slot dispatched); next=%s", d.company,
-                            d.kind.value, slot_iso(d.slot), slot_iso(d.next_score or 0))
+                log.warning(
+                    "refused stale slot company=%s sync=%s slot=%s (already at or "
+                    "before the last slot dispatched); next=%s",
+                    d.company,
+                    d.kind.value,
+                    slot_iso(d.slot),
+                    slot_iso(d.next_score or 0),
+                )
             elif flag == "d" and msgs and self.events.enabled:
-                events.append((d.company, d.kind,
-                               d.projects if d.kind.project_level else (None,), d.slot))
+                events.append(
+                    (d.company, d.kind, d.projects if d.kind.project_level else (None,), d.slot)
+                )
             if flag == "d" and self.config.log_dispatches:
                 sent.append(f"{d.member}@{slot_iso(d.slot)}x{len(msgs)}")
                 tasks += len(msgs)
                 if detail:
-                    log.debug("dispatched company=%s sync=%s slot=%s tasks=%d next=%s",
-                              d.company, d.kind.value, slot_iso(d.slot), len(msgs),
-                              slot_iso(d.next_score) if d.next_score else "-")
+                    log.debug(
+                        "dispatched company=%s sync=%s slot=%s tasks=%d next=%s",
+                        d.company,
+                        d.kind.value,
+                        slot_iso(d.slot),
+                        len(msgs),
+                        slot_iso(d.next_score) if d.next_score else "-",
+                    )
         self.events.add(events)
-        held = [f"{d.member}@{slot_iso(d.slot)}" for (d, _, _), f in zip(chunk, flags,
-                                                                         strict=True) if f == "p"]
+        held = [
+            f"{d.member}@{slot_iso(d.slot)}"
+            for (d, _, _), f in zip(chunk, flags, strict=True)
+            if f == "p"
+        ]
         if held:
             log.info("paused: skipped slots=%d (nothing sent): %s", len(held), " ".join(held))
         for (d, _, _), flag in zip(chunk, flags, strict=True):

@@ -45,9 +45,16 @@ log = logging.getLogger("erp_sync.beat")
 
 
 class BeatEngine:
-    def __init__(self, app: Celery, client: redis.Redis, keys: KeySpace, config: EngineConfig,
-                 clock: Callable[[], float] | None = None, node: str | None = None,
-                 lease_client: redis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        client: redis.Redis,
+        keys: KeySpace,
+        config: EngineConfig,
+        clock: Callable[[], float] | None = None,
+        node: str | None = None,
+        lease_client: redis.Redis | None = None,
+    ) -> None:
         self.client, self.keys, self.config = client, keys, config
         # Redis server time unless a test hands in its own clock (DESIGN: one clock).
         self.clock: Callable[[], float] = clock or RedisClock(client)
@@ -60,18 +67,31 @@ class BeatEngine:
         self.watcher = FeedWatcher(client, keys)
         self.messages = MessageFactory(app, keys, origin=f"beat@{self.node}")
         self.events = SentEvents(app)  # task-sent for Flower, off the dispatch path
-        self.static = StaticSchedule(client, keys, read_entries(app, self.clock),
-                                     self.messages, self.clock)
+        self.static = StaticSchedule(
+            client, keys, read_entries(app, self.clock), self.messages, self.clock
+        )
         self._static_wait: float | None = None  # seconds until a static entry is due
-        self.sweeper = Sweeper(client, keys, self.index, self.clock, config.seconds_per_hour,
-                               config.sweep_seconds)
+        self.sweeper = Sweeper(
+            client, keys, self.index, self.clock, config.seconds_per_hour, config.sweep_seconds
+        )
         # Ends the pauses whose --until has come (audited as "beat"), fenced by the lease.
-        self.pauses = PauseKeeper(Pauses(SettingsStore(client, keys, os_user=os_user())),
-                                  keys.beat_leader, self.clock)
+        self.pauses = PauseKeeper(
+            Pauses(SettingsStore(client, keys, os_user=os_user())), keys.beat_leader, self.clock
+        )
         self.applier = Applier(client, keys, self.index, self.clock, config.seconds_per_hour)
-        self.dispatcher = Dispatcher(client, keys, config, self.index, self.lease, self.messages,
-                                     self.events, self.clock, self.watcher, self.applier.applied,
-                                     self._lost)
+        self.dispatcher = Dispatcher(
+            client,
+            keys,
+            config,
+            self.index,
+            self.lease,
+            self.messages,
+            self.events,
+            self.clock,
+            self.watcher,
+            self.applier.applied,
+            self._lost,
+        )
         self.cursor: str | None = None
         self.heartbeats = Heartbeats(client, keys, self.node, self.clock, config.lease_seconds)
         self._threads_started = False
@@ -103,8 +123,10 @@ class BeatEngine:
         self.send_static()
         if self.lease.token is not None:
             for field in self.pauses.tick(self.lease.token):
-                log.info("resumed %s: its pause ended (--until); it continues at its next slot",
-                         "the fleet" if field == "*" else f"company={field}")
+                log.info(
+                    "resumed %s: its pause ended (--until); it continues at its next slot",
+                    "the fleet" if field == "*" else f"company={field}",
+                )
         token = self.lease.token
         # A full batch of changes means more are waiting: go on at once (a storm's backlog
         # must not wait for the next wake-up), as while a rebuild runs or entries are due.
@@ -125,8 +147,7 @@ class BeatEngine:
         self.static.load()
         saved = self.feed.saved_cursor()
         if saved is None or self.feed.lost_since(saved):
-            self._begin_rebuild("no change cursor yet" if saved is None
-                                else "changes were trimmed")
+            self._begin_rebuild("no change cursor yet" if saved is None else "changes were trimmed")
         else:
             self.cursor = saved
 
@@ -138,8 +159,11 @@ class BeatEngine:
             log.info("beat: cannot read Redis maxmemory-policy; make sure it is noeviction")
             return None
         if policy and policy != "noeviction":
-            log.error("beat: Redis maxmemory-policy is %s: under memory pressure Redis may evict "
-                      "schedule, settings or lease keys; set it to noeviction", policy)
+            log.error(
+                "beat: Redis maxmemory-policy is %s: under memory pressure Redis may evict "
+                "schedule, settings or lease keys; set it to noeviction",
+                policy,
+            )
         return policy
 
     def _block_for(self) -> float:
@@ -152,8 +176,9 @@ class BeatEngine:
         return max(0.0, min(self.config.max_block, until))
 
     # --- changes ----------------------------------------------------------------------------
-    def _read_tick(self) -> tuple[tuple[list[tuple[str, str]], bool] | None,
-                                  tuple[float | None] | None]:
+    def _read_tick(
+        self,
+    ) -> tuple[tuple[list[tuple[str, str]], bool] | None, tuple[float | None] | None]:
         """Redis time (set on the clock), the feed read and the next due time, pipelined."""
         cursor = self.cursor
         pipe = self.client.pipeline(transaction=False)
@@ -179,8 +204,11 @@ class BeatEngine:
         while True:
             applied = self._apply_batch(read)
             total += applied
-            if applied < self.config.change_batch or self.cursor is None or \
-                    time.monotonic() - started > self.config.budget:
+            if (
+                applied < self.config.change_batch
+                or self.cursor is None
+                or time.monotonic() - started > self.config.budget
+            ):
                 return total
             read = None
 
@@ -188,12 +216,13 @@ class BeatEngine:
         token, cursor = self.lease.token, self.cursor
         if token is None or cursor is None:
             return 0
-        batch, lost = read if read is not None else self.feed.read(cursor,
-                                                                   self.config.change_batch)
+        batch, lost = read if read is not None else self.feed.read(cursor, self.config.change_batch)
         if lost:  # the stream was trimmed past our cursor while we ran: changes were missed
             self.cursor = None
-            self._begin_rebuild(f"the change stream was trimmed past cursor {cursor} (more "
-                                "changes than ERP_SYNC_CHANGE_STREAM_MAXLEN arrived while behind)")
+            self._begin_rebuild(
+                f"the change stream was trimmed past cursor {cursor} (more "
+                "changes than ERP_SYNC_CHANGE_STREAM_MAXLEN arrived while behind)"
+            )
             return 0
         if not batch:
             return 0
@@ -214,8 +243,13 @@ class BeatEngine:
         at its start, replayed idempotently).
         """
         self._rebuild = Rebuild.begin(self.client, self.keys, self.feed)
-        log.warning("beat %s: %s; rebuilding every company's schedule (%d companies, %d a batch)",
-                    self.node, why, len(self._rebuild.ids), self.config.change_batch)
+        log.warning(
+            "beat %s: %s; rebuilding every company's schedule (%d companies, %d a batch)",
+            self.node,
+            why,
+            len(self._rebuild.ids),
+            self.config.change_batch,
+        )
 
     def _rebuild_slices(self) -> int:
         """Batches of the rebuild in progress for up to ``budget`` seconds, then the step goes
@@ -237,8 +271,12 @@ class BeatEngine:
         self.apply_companies(token, batch, cursor)  # the last batch moves the cursor
         if rebuild.done:
             if self.lease.token is not None:
-                log.info("beat %s: rebuilt %d companies' schedules in %.2f s", self.node,
-                         len(rebuild.ids), time.monotonic() - rebuild.started)
+                log.info(
+                    "beat %s: rebuilt %d companies' schedules in %.2f s",
+                    self.node,
+                    len(rebuild.ids),
+                    time.monotonic() - rebuild.started,
+                )
             self._rebuild = None
         return len(batch)
 
@@ -293,4 +331,3 @@ class BeatEngine:
         self.events.close()
         self.lease.stop()
         self.heartbeats.forget()
-

@@ -81,14 +81,17 @@ class SentEvents:
                     dispatcher = self.app.events.Dispatcher(connection, enabled=True)
                 events = [e for entry in batch for e in self._events(dispatcher, *entry)]
                 for start in range(0, len(events), BUFFER):
-                    self._send(dispatcher, events[start:start + BUFFER])
+                    self._send(dispatcher, events[start : start + BUFFER])
                 if self._failing:
                     log.info("beat: task-sent events flow again")
                 self._failing = False
             except Exception as exc:  # best effort: a dropped event never stops dispatching
                 if not self._failing:
-                    log.warning("beat: cannot publish task-sent events (%s); dropping them "
-                                "until the broker answers", str(exc).splitlines()[0][:200])
+                    log.warning(
+                        "beat: cannot publish task-sent events (%s); dropping them "
+                        "until the broker answers",
+                        str(exc).splitlines()[0][:200],
+                    )
                 self._failing = True
                 with contextlib.suppress(Exception):
                     connection.release()
@@ -98,22 +101,25 @@ class SentEvents:
                 connection.release()
 
     @staticmethod
-    def _events(dispatcher: Any, company: str, kind: SyncKind, targets: Sequence[str | None],
-                slot: float) -> list[str]:
+    def _events(
+        dispatcher: Any, company: str, kind: SyncKind, targets: Sequence[str | None], slot: float
+    ) -> list[str]:
         """The JSON of each target's ``task-sent`` event, as ``Dispatcher.send`` makes it.
 
         Written from a template rather than as dicts for the event serialiser: a burst sends
         thousands a second, and beat's one core also builds and queues the tasks themselves.
         """
         head, tail = _parts(dispatcher.hostname, dispatcher.pid, kind)
-        head = f"{head}{utcoffset()}, \"clock\": "
-        tail = f"{tail}{time.time()!r}, \"type\": \"task-sent\"}}"
+        head = f'{head}{utcoffset()}, "clock": '
+        tail = f'{tail}{time.time()!r}, "type": "task-sent"}}'
         out = []
         for project in targets:
             tid = _q(task_id(company, kind, project, slot))
             kwargs = _q(repr(task_kwargs(company, kind, project, slot)))
-            out.append(f'{head}{dispatcher.clock.forward()}, "uuid": {tid}, "root_id": {tid}, '
-                       f'"kwargs": {kwargs}{tail}')
+            out.append(
+                f'{head}{dispatcher.clock.forward()}, "uuid": {tid}, "root_id": {tid}, '
+                f'"kwargs": {kwargs}{tail}'
+            )
         return out
 
     @staticmethod
@@ -121,10 +127,15 @@ class SentEvents:
         """One message holding a list of events (what Celery's buffered ``task`` group sends;
         its receivers, and so Flower, read each as an event)."""
         dispatcher.producer.publish(
-            f"[{', '.join(events)}]", routing_key="task.multi",
-            exchange=dispatcher.exchange.name, declare=[dispatcher.exchange],
-            content_type="application/json", content_encoding="utf-8",
-            headers=dispatcher.headers, delivery_mode=dispatcher.delivery_mode)
+            f"[{', '.join(events)}]",
+            routing_key="task.multi",
+            exchange=dispatcher.exchange.name,
+            declare=[dispatcher.exchange],
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers=dispatcher.headers,
+            delivery_mode=dispatcher.delivery_mode,
+        )
 
 
 _q = encode_basestring_ascii  # a JSON string literal, as json.dumps writes it
@@ -135,7 +146,9 @@ def _parts(hostname: str, pid: int, kind: SyncKind) -> tuple[str, str]:
     """What every ``task-sent`` event of ``kind`` from this process has before ``utcoffset``
     and before ``timestamp``."""
     name, routing = TASK_NAMES[kind], queue_for(kind)
-    return (f'{{"hostname": {_q(hostname)}, "pid": {pid}, "utcoffset": ',
-            f', "parent_id": null, "name": {_q(name)}, "args": "()", "retries": 0, '
-            f'"eta": null, "expires": null, "queue": {_q(routing)}, "exchange": "", '
-            f'"routing_key": {_q(routing)}, "timestamp": ')
+    return (
+        f'{{"hostname": {_q(hostname)}, "pid": {pid}, "utcoffset": ',
+        f', "parent_id": null, "name": {_q(name)}, "args": "()", "retries": 0, '
+        f'"eta": null, "expires": null, "queue": {_q(routing)}, "exchange": "", '
+        f'"routing_key": {_q(routing)}, "timestamp": ',
+    )

@@ -34,8 +34,9 @@ class DueIndex:
         self._present = lua.load(client, "due_present")
 
     def due(self, now: float, limit: int) -> list[tuple[str, float]]:
-        rows = self.client.zrangebyscore(self.keys.due, "-inf", now, start=0, num=limit,
-                                         withscores=True)
+        rows = self.client.zrangebyscore(
+            self.keys.due, "-inf", now, start=0, num=limit, withscores=True
+        )
         return [(str(m), float(s)) for m, s in rows]  # type: ignore[str-unpack]
 
     def next_due(self) -> float | None:
@@ -55,17 +56,29 @@ class DueIndex:
         raws = self.client.hmget(self.keys.beat_applied, list(companies))
         return {c: parse_applied(r) for c, r in zip(companies, raws, strict=True)}
 
-    def apply(self, token: str, plans: Sequence[CompanyPlan], versions: dict[str, int],
-              cursor: str | None) -> int:
+    def apply(
+        self, token: str, plans: Sequence[CompanyPlan], versions: dict[str, int], cursor: str | None
+    ) -> int:
         args: list[str | float] = [token, cursor or "", len(plans)]
         for plan in plans:
             record = plan.applied.model_dump_json() if plan.applied else ""
-            args += [plan.company, record, self.keys.applied_channel(plan.company),
-                     versions.get(plan.company, 0), len(plan.ops)]
+            args += [
+                plan.company,
+                record,
+                self.keys.applied_channel(plan.company),
+                versions.get(plan.company, 0),
+                len(plan.ops),
+            ]
             for op, entry, score in plan.ops:
                 args += [op, entry, repr(score)]
-        keys = [self.keys.beat_leader, self.keys.due, self.keys.beat_applied,
-                self.keys.beat_cursor, self.keys.beat_stats, self.keys.companies]
+        keys = [
+            self.keys.beat_leader,
+            self.keys.due,
+            self.keys.beat_applied,
+            self.keys.beat_cursor,
+            self.keys.beat_stats,
+            self.keys.companies,
+        ]
         return int(self._apply(keys=keys, args=args))
 
     def dispatch(self, token: str, batch: Sequence[tuple[Dispatch, str, list[str]]]) -> str | None:
@@ -79,9 +92,23 @@ class DueIndex:
         args: list[str | float | int] = [token, len(batch)]
         for d, queue, messages in batch:
             nxt = "" if d.next_score is None else repr(d.next_score)
-            args += [d.member, d.company, repr(d.expected_score), repr(d.slot), nxt, queue,
-                     len(messages), *messages]
-        keys = [self.keys.beat_leader, self.keys.due, self.keys.beat_stats, self.keys.beat_slots,
-                self.keys.companies, self.keys.paused]
+            args += [
+                d.member,
+                d.company,
+                repr(d.expected_score),
+                repr(d.slot),
+                nxt,
+                queue,
+                len(messages),
+                *messages,
+            ]
+        keys = [
+            self.keys.beat_leader,
+            self.keys.due,
+            self.keys.beat_stats,
+            self.keys.beat_slots,
+            self.keys.companies,
+            self.keys.paused,
+        ]
         flags = self._dispatch(keys=keys, args=args)
         return None if flags == NOT_LEADER else str(flags)

@@ -57,8 +57,9 @@ class Lease:
             return self.token is not None and fresh
 
     def try_acquire(self) -> bool:
-        token = self._acquire(keys=[self.keys.beat_leader, self.keys.beat_epoch],
-                              args=[self.node, self.ttl_ms])
+        token = self._acquire(
+            keys=[self.keys.beat_leader, self.keys.beat_epoch], args=[self.node, self.ttl_ms]
+        )
         if not token:
             return False
         with self._lock:
@@ -82,8 +83,9 @@ class Lease:
                 self._renewed_at = started
             elif self.token == token:
                 self.token = None
-                log.warning("beat %s lost the lease (another beat leads now); standing by",
-                            self.node)
+                log.warning(
+                    "beat %s lost the lease (another beat leads now); standing by", self.node
+                )
         return ok
 
     def release(self) -> None:

@@ -34,8 +34,14 @@ def pid_of(node: str) -> int:
 class Heartbeats:
     """Writes this beat's heartbeat at most once a second; as leader, prunes dead beats."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, node: str,
-                 clock: Callable[[], float], lease_seconds: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        node: str,
+        clock: Callable[[], float],
+        lease_seconds: float,
+    ) -> None:
         self.client, self.keys, self.node, self.clock = client, keys, node, clock
         self.lease_seconds = lease_seconds
         self._at = 0.0
@@ -46,8 +52,13 @@ class Heartbeats:
         if now - self._at < 1.0:
             return
         self._at = now
-        self.client.hset(self.keys.beat_nodes, self.node, json.dumps(
-            {"role": role, "last_tick": now, "pid": os.getpid(), "host": socket.gethostname()}))
+        self.client.hset(
+            self.keys.beat_nodes,
+            self.node,
+            json.dumps(
+                {"role": role, "last_tick": now, "pid": os.getpid(), "host": socket.gethostname()}
+            ),
+        )
         if role == "leader" and now - self._pruned_at >= NODE_PRUNE_EVERY:
             self._pruned_at = now
             self.prune(now)
@@ -65,8 +76,13 @@ class Heartbeats:
                 stale.append(str(node))
         if stale:
             self.client.hdel(self.keys.beat_nodes, *stale)
-            log.info("beat %s: forgot %d beat(s) silent for over %.0f s: %s", self.node,
-                     len(stale), NODE_STALE_AFTER, ", ".join(stale))
+            log.info(
+                "beat %s: forgot %d beat(s) silent for over %.0f s: %s",
+                self.node,
+                len(stale),
+                NODE_STALE_AFTER,
+                ", ".join(stale),
+            )
         return stale
 
     def forget(self) -> None:

@@ -43,9 +43,15 @@ class CompanyPlan:
     ops: list[tuple[str, str, float]] = field(default_factory=list)
 
 
-def plan_company(company_id: str, company: Company | None, stored: StoredSettings | None,
-                 old: Applied | None, now: float, seconds_per_hour: float,
-                 present: Container[SyncKind] = ()) -> CompanyPlan:
+def plan_company(
+    company_id: str,
+    company: Company | None,
+    stored: StoredSettings | None,
+    old: Applied | None,
+    now: float,
+    seconds_per_hour: float,
+    present: Container[SyncKind] = (),
+) -> CompanyPlan:
     """The due-index changes that make ``company_id``'s entries match its stored settings.
 
     ``present``: the kinds whose entries the caller saw in the index. An unchanged entry that is
@@ -54,26 +60,36 @@ def plan_company(company_id: str, company: Company | None, stored: StoredSetting
     """
     old_cadences = old.cadences if old else {}
     if company is None or stored is None:  # the company is gone: drop its entries
-        return CompanyPlan(company_id, None, [("rem", member(company_id, SyncKind(k)), 0.0)
-                                              for k in old_cadences])
+        return CompanyPlan(
+            company_id, None, [("rem", member(company_id, SyncKind(k)), 0.0) for k in old_cadences]
+        )
     new, new_keys = _cadences(stored.settings, company.timezone, seconds_per_hour)
     ops: list[tuple[str, str, float]] = []
     for kind, cadence in new.items():
         unchanged = old_cadences.get(kind.value) == cadence.key
         if unchanged and kind in present:
             continue
-        ops.append(("nx" if unchanged else "set", member(company_id, kind),
-                    slot_after(cadence, company_id, kind, now)))
-    ops += [("rem", member(company_id, SyncKind(k)), 0.0) for k in old_cadences
-            if SyncKind(k) not in new]
+        ops.append(
+            (
+                "nx" if unchanged else "set",
+                member(company_id, kind),
+                slot_after(cadence, company_id, kind, now),
+            )
+        )
+    ops += [
+        ("rem", member(company_id, SyncKind(k)), 0.0)
+        for k in old_cadences
+        if SyncKind(k) not in new
+    ]
     # Built from cadences just computed, so valid by construction: no re-validation per company.
     applied = Applied.model_construct(version=stored.version, cadences=dict(new_keys))
     return CompanyPlan(company_id, applied, ops)
 
 
 @functools.lru_cache(maxsize=1024)
-def _cadences(settings: SyncSettings, timezone: str, seconds_per_hour: float
-              ) -> tuple[dict[SyncKind, Cadence], dict[str, str]]:
+def _cadences(
+    settings: SyncSettings, timezone: str, seconds_per_hour: float
+) -> tuple[dict[SyncKind, Cadence], dict[str, str]]:
     """``cadences`` and their keys, remembered: a fleet has few distinct (settings, zone) pairs,
     and a rebuild or a storm plans thousands of companies a second. Callers never mutate them."""
     new = cadences(settings, timezone, seconds_per_hour)
@@ -93,8 +109,9 @@ class Dispatch:
     projects: tuple[str, ...] = ()
 
 
-def plan_dispatch(entry: str, score: float, applied: Applied | None,
-                  projects: list[str], now: float) -> Dispatch:
+def plan_dispatch(
+    entry: str, score: float, applied: Applied | None, projects: list[str], now: float
+) -> Dispatch:
     """The single slot a due entry runs now: however many periods were missed, it runs once."""
     company, kind = split_member(entry)
     key = applied.cadences.get(kind.value) if applied else None
@@ -104,7 +121,12 @@ def plan_dispatch(entry: str, score: float, applied: Applied | None,
     slot = max(slot_at_or_before(cadence, company, kind, now), score)
     # A project id the store would refuse (a corrupt projects hash) gets no task: its task id
     # could not be read back. The rest of the company's projects run.
-    return Dispatch(entry, score, company, kind, slot,
-                    slot_after(cadence, company, kind, max(now, slot)),
-                    tuple(sorted(p for p in projects if is_identifier(p)))
-                    if kind.project_level else ())
+    return Dispatch(
+        entry,
+        score,
+        company,
+        kind,
+        slot,
+        slot_after(cadence, company, kind, max(now, slot)),
+        tuple(sorted(p for p in projects if is_identifier(p))) if kind.project_level else (),
+    )

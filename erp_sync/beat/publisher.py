@@ -39,8 +39,9 @@ class _Template:
         marked = {**headers, "id": _ID, "root_id": _ID, "kwargsrepr": _KWARGSREPR}
         text = envelope(marked, [], {}, queue, tag=_TAG)
         body = json.dumps(_BODY)  # the body is filled in whole (base64 of the JSON below)
-        text = text.replace(json.dumps(base64.b64encode(json.dumps(
-            [[], {}, EMBED]).encode()).decode()), body)
+        text = text.replace(
+            json.dumps(base64.b64encode(json.dumps([[], {}, EMBED]).encode()).decode()), body
+        )
         self.parts: list[str] = []
         self.holes: list[str] = []
         for piece in _split(text, [json.dumps(h)[1:-1] for h in (_ID, _KWARGSREPR, _BODY, _TAG)]):
@@ -48,8 +49,12 @@ class _Template:
 
     def fill(self, tid: str, kwargs: dict[str, Any], tag: str) -> str:
         body = base64.b64encode(json.dumps([[], kwargs, EMBED]).encode()).decode()
-        values = {_HOLES[0]: _escaped(tid), _HOLES[1]: _escaped(repr(kwargs)),
-                  _HOLES[2]: body, _HOLES[3]: tag}
+        values = {
+            _HOLES[0]: _escaped(tid),
+            _HOLES[1]: _escaped(repr(kwargs)),
+            _HOLES[2]: body,
+            _HOLES[3]: tag,
+        }
         out = [self.parts[0]]
         for hole, part in zip(self.holes, self.parts[1:], strict=True):
             out += (values[hole], part)
@@ -73,7 +78,7 @@ def _split(text: str, holes: list[str]) -> list[str]:
             return [*out, text]
         at, hole = min(found)
         out += (text[:at], hole)
-        text = text[at + len(hole):]
+        text = text[at + len(hole) :]
 
 
 class MessageFactory:
@@ -95,8 +100,9 @@ class MessageFactory:
         """One slot's message (``build_many`` for a whole fan-out)."""
         return self.build_many(company, kind, (project,), slot_ts)[0]
 
-    def build_many(self, company: str, kind: SyncKind, projects: Sequence[str | None],
-                   slot_ts: float) -> list[str]:
+    def build_many(
+        self, company: str, kind: SyncKind, projects: Sequence[str | None], slot_ts: float
+    ) -> list[str]:
         """The messages of one slot, one per target (``None``: the company-level task).
 
         Exactly what ``envelope`` makes, filled into a per-kind template instead of serialising
@@ -106,36 +112,55 @@ class MessageFactory:
         if template is None:
             template = self._templates[kind] = _Template(self._headers[kind], queue_for(kind))
         tags = os.urandom(16 * len(projects))
-        return [template.fill(task_id(company, kind, p, slot_ts),
-                              task_kwargs(company, kind, p, slot_ts),
-                              str(uuid.UUID(bytes=tags[16 * n:16 * n + 16], version=4)))
-                for n, p in enumerate(projects)]
+        return [
+            template.fill(
+                task_id(company, kind, p, slot_ts),
+                task_kwargs(company, kind, p, slot_ts),
+                str(uuid.UUID(bytes=tags[16 * n : 16 * n + 16], version=4)),
+            )
+            for n, p in enumerate(projects)
+        ]
 
-    def build_task(self, name: str, args: Sequence[Any], kwargs: dict[str, Any], tid: str,
-                   queue: str, expires: datetime | None = None) -> str:
+    def build_task(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        tid: str,
+        queue: str,
+        expires: datetime | None = None,
+    ) -> str:
         """Any task's message (the app's own ``beat_schedule`` entries): headers made afresh."""
-        template = self.app.amqp.as_task_v2(tid, name, args=tuple(args), kwargs=kwargs,
-                                           origin=self.origin, expires=expires)
+        template = self.app.amqp.as_task_v2(
+            tid, name, args=tuple(args), kwargs=kwargs, origin=self.origin, expires=expires
+        )
         return envelope(dict(template.headers), list(args), kwargs, queue)
 
 
-def envelope(headers: dict[str, Any], args: list[Any], kwargs: dict[str, Any],
-             queue: str, tag: str | None = None) -> str:
+def envelope(
+    headers: dict[str, Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    queue: str,
+    tag: str | None = None,
+) -> str:
     """The message exactly as kombu's Redis transport stores it for ``queue``."""
     tid = headers["id"]
     body = json.dumps([args, kwargs, EMBED])
-    return json.dumps({
-        "body": base64.b64encode(body.encode()).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "correlation_id": tid,
-            "reply_to": "",
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": tag or str(uuid.uuid4()),
-        },
-    })
+    return json.dumps(
+        {
+            "body": base64.b64encode(body.encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": {
+                "correlation_id": tid,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": tag or str(uuid.uuid4()),
+            },
+        }
+    )

@@ -42,18 +42,33 @@ class Finding:
     plan: CompanyPlan | None
 
 
-def check_company(company_id: str, company: Company | None, stored: StoredSettings | None,
-                  seen: Observed, now: float, seconds_per_hour: float) -> Finding:
+def check_company(
+    company_id: str,
+    company: Company | None,
+    stored: StoredSettings | None,
+    seen: Observed,
+    now: float,
+    seconds_per_hour: float,
+) -> Finding:
     """Compare ``seen`` with what ``company``'s stored settings imply at ``now``."""
     if company is None:  # gone (or never added) yet scheduled: remove what remains
         if seen.applied is None and not seen.scores and not seen.applied_corrupt:
             return Finding(company_id, [], None)
         removals = [("rem", member(company_id, k), 0.0) for k in sorted(seen.scores)]
-        return Finding(company_id, ["the company is gone but its schedule remains"],
-                       CompanyPlan(company_id, None, removals))
+        return Finding(
+            company_id,
+            ["the company is gone but its schedule remains"],
+            CompanyPlan(company_id, None, removals),
+        )
     if stored is None:
-        return Finding(company_id, ["its stored settings are missing or unreadable: cannot "
-                                    "rebuild (fix the settings record)"], None)
+        return Finding(
+            company_id,
+            [
+                "its stored settings are missing or unreadable: cannot "
+                "rebuild (fix the settings record)"
+            ],
+            None,
+        )
     expected = cadences(stored.settings, company.timezone, seconds_per_hour)
     problems: list[str] = []
     if seen.applied_corrupt:
@@ -61,8 +76,9 @@ def check_company(company_id: str, company: Company | None, stored: StoredSettin
     elif seen.applied is None:
         problems.append("beat's applied record is missing")
     elif seen.applied.version != stored.version:
-        problems.append(f"applied version {seen.applied.version} is not settings version "
-                        f"{stored.version}")
+        problems.append(
+            f"applied version {seen.applied.version} is not settings version {stored.version}"
+        )
     old = seen.applied.cadences if seen.applied else {}
     ops: list[tuple[str, str, float]] = []
     for kind, cadence in expected.items():
@@ -70,16 +86,27 @@ def check_company(company_id: str, company: Company | None, stored: StoredSettin
         changed = kind.value in old and old[kind.value] != cadence.key
         if changed:
             problems.append(f"{kind.value} runs {old[kind.value]}, settings say {cadence.key}")
-            ops.append(("set", member(company_id, kind), slot_after(cadence, company_id, kind,
-                                                                    now)))
+            ops.append(
+                ("set", member(company_id, kind), slot_after(cadence, company_id, kind, now))
+            )
         elif score is None:
             problems.append(f"{kind.value} has no due entry")
-            ops.append(("set", member(company_id, kind),
-                        _resume(cadence, company_id, kind, seen.last_slots.get(kind), now)))
+            ops.append(
+                (
+                    "set",
+                    member(company_id, kind),
+                    _resume(cadence, company_id, kind, seen.last_slots.get(kind), now),
+                )
+            )
         elif not _valid(cadence, company_id, kind, score, now):
             problems.append(f"{kind.value} has an invalid due time {score!r}")
-            ops.append(("set", member(company_id, kind),
-                        _resume(cadence, company_id, kind, seen.last_slots.get(kind), now)))
+            ops.append(
+                (
+                    "set",
+                    member(company_id, kind),
+                    _resume(cadence, company_id, kind, seen.last_slots.get(kind), now),
+                )
+            )
         else:
             ops.append(("nx", member(company_id, kind), score))
     for kind in sorted(set(seen.scores) - set(expected)):
@@ -87,8 +114,9 @@ def check_company(company_id: str, company: Company | None, stored: StoredSettin
         ops.append(("rem", member(company_id, kind), 0.0))
     if not problems:
         return Finding(company_id, [], None)
-    applied = Applied(version=stored.version, cadences={k.value: c.key
-                                                        for k, c in expected.items()})
+    applied = Applied(
+        version=stored.version, cadences={k.value: c.key for k, c in expected.items()}
+    )
     return Finding(company_id, problems, CompanyPlan(company_id, applied, ops))
 
 
@@ -97,12 +125,12 @@ def _valid(cadence: Cadence, company: str, kind: SyncKind, score: float, now: fl
     horizon = now + cadence.period + 3600.0 * (cadence.timezone is not None)
     if not math.isfinite(score) or not now - 400 * 86_400 < score <= horizon:
         return False  # inf, NaN, or out of range (checked first: dates overflow out there)
-    return abs(slot_at_or_before(cadence, company, kind, score + TOLERANCE) - score) \
-        <= TOLERANCE
+    return abs(slot_at_or_before(cadence, company, kind, score + TOLERANCE) - score) <= TOLERANCE
 
 
-def _resume(cadence: Cadence, company: str, kind: SyncKind, last: float | None,
-            now: float) -> float:
+def _resume(
+    cadence: Cadence, company: str, kind: SyncKind, last: float | None, now: float
+) -> float:
     """Where a rebuilt entry resumes: the current slot if it provably has not run, else next."""
     current = slot_at_or_before(cadence, company, kind, now)
     if last is not None and math.isfinite(last) and current > last + TOLERANCE:

@@ -60,18 +60,29 @@ def read_entries(app: Celery, clock: Callable[[], float]) -> list[StaticEntry]:
         options = dict(raw.get("options") or {})
         ignored = sorted(set(options) - SUPPORTED_OPTIONS)
         if ignored:
-            log.warning("beat_schedule entry %r: options %s are not supported and are ignored",
-                        name, ", ".join(ignored))
+            log.warning(
+                "beat_schedule entry %r: options %s are not supported and are ignored",
+                name,
+                ", ".join(ignored),
+            )
         schedule = maybe_schedule(raw["schedule"], raw.get("relative", False), app=app)
         schedule.nowfun = now
-        route = app.amqp.router.route({}, raw["task"], args=raw.get("args") or (),
-                                      kwargs=raw.get("kwargs") or {})
+        route = app.amqp.router.route(
+            {}, raw["task"], args=raw.get("args") or (), kwargs=raw.get("kwargs") or {}
+        )
         queue = options.get("queue") or route["queue"].name
         expires = options.get("expires")
-        entries.append(StaticEntry(
-            name=name, task=raw["task"], schedule=schedule, args=tuple(raw.get("args") or ()),
-            kwargs=dict(raw.get("kwargs") or {}), queue=str(queue),
-            expires=float(expires) if expires is not None else None))
+        entries.append(
+            StaticEntry(
+                name=name,
+                task=raw["task"],
+                schedule=schedule,
+                args=tuple(raw.get("args") or ()),
+                kwargs=dict(raw.get("kwargs") or {}),
+                queue=str(queue),
+                expires=float(expires) if expires is not None else None,
+            )
+        )
     return entries
 
 
@@ -83,8 +94,14 @@ def run_task_id(name: str, at: float) -> str:
 class StaticSchedule:
     """The leader's view of the static entries' last runs; ``tick`` sends what is due."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, entries: list[StaticEntry],
-                 messages: MessageFactory, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        entries: list[StaticEntry],
+        messages: MessageFactory,
+        clock: Callable[[], float],
+    ) -> None:
         self.client, self.keys, self.entries = client, keys, entries
         self.messages, self.clock = messages, clock
         self._send = lua.load(client, "static_dispatch")
@@ -97,8 +114,9 @@ class StaticSchedule:
             return
         names = [e.name for e in self.entries]
         stored = self.client.hmget(self.keys.beat_static, names)
-        self._last = {n: str(v) if v is not None else "" for n, v in zip(names, stored,
-                                                                         strict=True)}
+        self._last = {
+            n: str(v) if v is not None else "" for n, v in zip(names, stored, strict=True)
+        }
 
     def tick(self, token: str) -> float | None:
         """Send every due entry; return seconds until the next one is due (None: no entries).
@@ -134,12 +152,18 @@ class StaticSchedule:
         return wait
 
     def _message(self, entry: StaticEntry, now: float) -> str:
-        return self.messages.build_task(entry.task, entry.args, entry.kwargs,
-                                        run_task_id(entry.name, now), entry.queue,
-                                        expires=_expiry(entry, now))
+        return self.messages.build_task(
+            entry.task,
+            entry.args,
+            entry.kwargs,
+            run_task_id(entry.name, now),
+            entry.queue,
+            expires=_expiry(entry, now),
+        )
 
-    def _claim(self, token: str, entry: StaticEntry, last: str, now: float,
-               message: str | None) -> int:
+    def _claim(
+        self, token: str, entry: StaticEntry, last: str, now: float, message: str | None
+    ) -> int:
         """Record ``now`` as the entry's last run and queue ``message`` (if any), fenced."""
         at = repr(now)
         if message is None:  # first sight: only start the period, send nothing
@@ -149,14 +173,21 @@ class StaticSchedule:
             assert self._last is not None
             self._last[entry.name] = at
             return 1
-        result = int(self._send(keys=[self.keys.beat_leader, self.keys.beat_static,
-                                      self.keys.queue(entry.queue)],
-                                args=[token, entry.name, last, at, message]))
+        result = int(
+            self._send(
+                keys=[self.keys.beat_leader, self.keys.beat_static, self.keys.queue(entry.queue)],
+                args=[token, entry.name, last, at, message],
+            )
+        )
         if result == 1:
             assert self._last is not None
             self._last[entry.name] = at
-            log.info("sent beat_schedule entry=%s task=%s id=%s", entry.name, entry.task,
-                     run_task_id(entry.name, now))
+            log.info(
+                "sent beat_schedule entry=%s task=%s id=%s",
+                entry.name,
+                entry.task,
+                run_task_id(entry.name, now),
+            )
         return result
 
 

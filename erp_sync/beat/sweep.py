@@ -34,8 +34,9 @@ M = TypeVar("M", Company, StoredSettings)
 KINDS = list(SyncKind)
 
 
-def inspect(client: redis.Redis, keys: KeySpace, ids: Sequence[str], now: float,
-            seconds_per_hour: float) -> list[Finding]:
+def inspect(
+    client: redis.Redis, keys: KeySpace, ids: Sequence[str], now: float, seconds_per_hour: float
+) -> list[Finding]:
     """Check each company's schedule against its settings.
 
     Five bulk commands in one pipelined round trip, whatever the number of companies (the
@@ -62,17 +63,23 @@ def inspect(client: redis.Redis, keys: KeySpace, ids: Sequence[str], now: float,
             continue
         record_applied, corrupt = _applied(_at(applied, n))
         seen = Observed(
-            applied=record_applied, applied_corrupt=corrupt,
-            scores={k: float(v) for k, v in zip(KINDS, _row(scores, n, width), strict=True)
-                    if isinstance(v, int | float)},
-            last_slots={k: float(str(v)) for k, v in zip(KINDS, _row(last, n, width), strict=True)
-                        if _number(v)})
+            applied=record_applied,
+            applied_corrupt=corrupt,
+            scores={
+                k: float(v)
+                for k, v in zip(KINDS, _row(scores, n, width), strict=True)
+                if isinstance(v, int | float)
+            },
+            last_slots={
+                k: float(str(v))
+                for k, v in zip(KINDS, _row(last, n, width), strict=True)
+                if _number(v)
+            },
+        )
         try:
-            findings.append(check_company(company, record, stored, seen, now,
-                                          seconds_per_hour))
+            findings.append(check_company(company, record, stored, seen, now, seconds_per_hour))
         except Exception as exc:  # one company's odd state must not stop the whole slice
-            findings.append(Finding(company, [f"cannot check: {type(exc).__name__}: {exc}"],
-                                    None))
+            findings.append(Finding(company, [f"cannot check: {type(exc).__name__}: {exc}"], None))
     return findings
 
 
@@ -82,15 +89,22 @@ def _at(reply: object, n: int) -> object:
 
 
 def _row(reply: object, n: int, width: int) -> list[object]:
-    return reply[n * width:(n + 1) * width] if isinstance(reply, list) else [None] * width
+    return reply[n * width : (n + 1) * width] if isinstance(reply, list) else [None] * width
 
 
 class Sweeper:
     """The leader's continuous check; ``tick`` runs at most one bounded slice."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, index: DueIndex,
-                 clock: Callable[[], float], seconds_per_hour: float, period: float,
-                 slice_size: int = 200) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        index: DueIndex,
+        clock: Callable[[], float],
+        seconds_per_hour: float,
+        period: float,
+        slice_size: int = 200,
+    ) -> None:
         self.client, self.keys, self.index, self.clock = client, keys, index, clock
         self.seconds_per_hour, self.period, self.slice_size = seconds_per_hour, period, slice_size
         self._next_at = 0.0
@@ -128,8 +142,11 @@ class Sweeper:
         if self._started is None:
             self._started, self._total = now, int(self.client.scard(self.keys.companies))
         ids = self._next_ids()
-        findings = [f for f in inspect(self.client, self.keys, ids, now, self.seconds_per_hour)
-                    if f.problems]
+        findings = [
+            f
+            for f in inspect(self.client, self.keys, ids, now, self.seconds_per_hour)
+            if f.problems
+        ]
         plans = [f.plan for f in findings if f.plan is not None]
         if plans:
             versions = {p.company: p.applied.version for p in plans if p.applied}
@@ -157,8 +174,7 @@ class Sweeper:
             self._cursors["companies"] = int(cursor) or None
         at = self._cursors["applied"]
         if at is not None:
-            cursor, applied = self.client.hscan(self.keys.beat_applied, at,
-                                                count=self.slice_size)
+            cursor, applied = self.client.hscan(self.keys.beat_applied, at, count=self.slice_size)
             self._cursors["applied"] = int(cursor) or None
             if applied:  # beat state of companies missing from the company set: orphans
                 names = [str(c) for c in applied]
@@ -174,17 +190,25 @@ class Sweeper:
             self._reported.clear()
         self._reported.add(marker)
         done = "rebuilt from settings" if finding.plan else "left alone"
-        log.warning("schedule repair company=%s: %s; %s", finding.company,
-                    "; ".join(finding.problems), done)
+        log.warning(
+            "schedule repair company=%s: %s; %s", finding.company, "; ".join(finding.problems), done
+        )
 
     def _progress(self, now: float, done: bool) -> None:
         fields: dict[str | bytes, str | float | int] = {
-            "pass_started_at": self._started or now, "checked": self._checked,
-            "companies": self._total, "repaired": self._repaired, "period": self.period}
+            "pass_started_at": self._started or now,
+            "checked": self._checked,
+            "companies": self._total,
+            "repaired": self._repaired,
+            "period": self.period,
+        }
         if done:
-            fields.update(last_pass_completed_at=now,
-                          last_pass_seconds=round(now - (self._started or now), 3),
-                          last_pass_repaired=self._repaired, last_pass_checked=self._checked)
+            fields.update(
+                last_pass_completed_at=now,
+                last_pass_seconds=round(now - (self._started or now), 3),
+                last_pass_repaired=self._repaired,
+                last_pass_checked=self._checked,
+            )
         self.client.hset(self.keys.beat_sweep, mapping=fields)  # type: ignore[arg-type]
 
 

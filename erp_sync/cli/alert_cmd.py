@@ -44,23 +44,40 @@ def alert() -> None:
 @click.option("--as", "actor", required=True, metavar="USER", help="Acting user (needs admin).")
 @click.option("--url", required=True, help="http(s) URL the alerts are POSTed to (JSON).")
 @click.option("--events", help="Comma-separated: failed,stale,recovered (default: all three).")
-@click.option("--failures", default=1, show_default=True, type=click.IntRange(1, 1000),
-              help="Consecutive failures that make an incident (1: the first failure).")
-@click.option("--secret-file", metavar="FILE",
-              help="HMAC-SHA256 signing secret, read from FILE ('-': stdin).")
+@click.option(
+    "--failures",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Consecutive failures that make an incident (1: the first failure).",
+)
+@click.option(
+    "--secret-file", metavar="FILE", help="HMAC-SHA256 signing secret, read from FILE ('-': stdin)."
+)
 @pass_ctx
-def alert_add(ctx: Ctx, company_id: str, actor: str, url: str, events: str | None,
-              failures: int, secret_file: str | None) -> None:
+def alert_add(
+    ctx: Ctx,
+    company_id: str,
+    actor: str,
+    url: str,
+    events: str | None,
+    failures: int,
+    secret_file: str | None,
+) -> None:
     """Add a webhook alert to COMPANY as USER (an admin)."""
     secret = _read_secret(secret_file) if secret_file is not None else None
-    rule = AlertRules(ctx.store).add(company_id, actor, url=url, events=parse_events(events),
-                                     failures=failures, secret=secret)
+    rule = AlertRules(ctx.store).add(
+        company_id, actor, url=url, events=parse_events(events), failures=failures, secret=secret
+    )
     if AlertEvent.STALE in rule.events:
-        Evaluator(ctx.client, ctx.keys, ctx.env.seconds_per_hour,
-                  lambda _r, _m: None).seed_deadlines(company_id)
+        Evaluator(
+            ctx.client, ctx.keys, ctx.env.seconds_per_hour, lambda _r, _m: None
+        ).seed_deadlines(company_id)
     shown = rule.public()
-    click.echo(f"added alert {rule.id} for {company_id}: {shown['url']} "
-               f"({','.join(shown['events'])}{', signed' if rule.secret else ''})")
+    click.echo(
+        f"added alert {rule.id} for {company_id}: {shown['url']} "
+        f"({','.join(shown['events'])}{', signed' if rule.secret else ''})"
+    )
 
 
 @alert.command("list")
@@ -73,9 +90,20 @@ def alert_list(ctx: Ctx, company_id: str, as_json: bool) -> None:
     if as_json:
         echo_json(rules)
         return
-    table([[r["id"], r["url"], ",".join(r["events"]), str(r["failures"]),
-            "yes" if r["signed"] else "no", r["created_by"]] for r in rules],
-          ["ID", "URL", "EVENTS", "AFTER", "SIGNED", "BY"])
+    table(
+        [
+            [
+                r["id"],
+                r["url"],
+                ",".join(r["events"]),
+                str(r["failures"]),
+                "yes" if r["signed"] else "no",
+                r["created_by"],
+            ]
+            for r in rules
+        ],
+        ["ID", "URL", "EVENTS", "AFTER", "SIGNED", "BY"],
+    )
 
 
 @alert.command("remove")
@@ -96,10 +124,15 @@ def alert_remove(ctx: Ctx, company_id: str, alert_id: str, actor: str) -> None:
 def alert_test(ctx: Ctx, company_id: str, alert_id: str) -> None:
     """POST a test event to an alert's webhook now (logged like any delivery)."""
     rule = AlertRules(ctx.store).get(company_id, alert_id)
-    message = payload(rule, AlertEvent.TEST, RunOutcome(company_id, "-", None, "test", None, ""),
-                      redis_now(ctx.client))
-    outcome = deliver_once(ctx.client, ctx.keys, company_id, alert_id, message, 1, True,
-                           ctx.env.alert_timeout_seconds)
+    message = payload(
+        rule,
+        AlertEvent.TEST,
+        RunOutcome(company_id, "-", None, "test", None, ""),
+        redis_now(ctx.client),
+    )
+    outcome = deliver_once(
+        ctx.client, ctx.keys, company_id, alert_id, message, 1, True, ctx.env.alert_timeout_seconds
+    )
     last = deliveries(ctx.client, ctx.keys, company_id, 1)[0]
     if outcome != "delivered":
         raise ErpSyncError(f"test delivery to alert {alert_id} failed: {last.error}")
@@ -118,9 +151,22 @@ def alert_log(ctx: Ctx, company_id: str, as_json: bool, limit: int) -> None:
     if as_json:
         echo_json([e.model_dump(mode="json") for e in entries])
         return
-    table([[f"{e.at:%Y-%m-%d %H:%M:%S}", e.alert, e.event.value, e.delivery, str(e.attempt),
-            e.outcome, str(e.status_code or ""), e.error or ""] for e in entries],
-          ["AT (UTC)", "ALERT", "EVENT", "DELIVERY", "ATTEMPT", "OUTCOME", "HTTP", "ERROR"])
+    table(
+        [
+            [
+                f"{e.at:%Y-%m-%d %H:%M:%S}",
+                e.alert,
+                e.event.value,
+                e.delivery,
+                str(e.attempt),
+                e.outcome,
+                str(e.status_code or ""),
+                e.error or "",
+            ]
+            for e in entries
+        ],
+        ["AT (UTC)", "ALERT", "EVENT", "DELIVERY", "ATTEMPT", "OUTCOME", "HTTP", "ERROR"],
+    )
 
 
 COMMANDS = [alert]

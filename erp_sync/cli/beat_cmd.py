@@ -48,44 +48,76 @@ def schedule(ctx: Ctx, company_id: str, as_json: bool) -> None:
     for (kind, cadence), score in zip(kinds, scores, strict=True):
         live = score is not None and applied is not None and applied.version == stored.version
         nxt = float(score) if live else slot_after(cadence, company_id, kind, now)
-        entries.append({
-            "kind": kind.value, "task": TASK_NAMES[kind], "queue": queue_for(kind),
-            "cadence": cadence.describe(), "next_run": slot_iso(nxt),
-            "in_seconds": round(max(0.0, nxt - now), 1), "source": "beat" if live else "computed",
-            "projects": ([p for p in projects if p not in opted_out]
-                         if kind is SyncKind.JOB_COSTS else projects)
-            if kind.project_level else None,
-            **({"opted_out": opted_out} if kind is SyncKind.JOB_COSTS else {}),
-        })
+        entries.append(
+            {
+                "kind": kind.value,
+                "task": TASK_NAMES[kind],
+                "queue": queue_for(kind),
+                "cadence": cadence.describe(),
+                "next_run": slot_iso(nxt),
+                "in_seconds": round(max(0.0, nxt - now), 1),
+                "source": "beat" if live else "computed",
+                "projects": (
+                    [p for p in projects if p not in opted_out]
+                    if kind is SyncKind.JOB_COSTS
+                    else projects
+                )
+                if kind.project_level
+                else None,
+                **({"opted_out": opted_out} if kind is SyncKind.JOB_COSTS else {}),
+            }
+        )
     pauses = Pauses(store)
     paused = {"company": pauses.get(company_id), "fleet": pauses.get(None)}
-    out = {"company": company_id, "erp": company.erp.value, "settings_version": stored.version,
-           "applied_version": applied.version if applied else 0,
-           "paused": {k: v.model_dump(mode="json") if v else None for k, v in paused.items()},
-           "entries": entries}
+    out = {
+        "company": company_id,
+        "erp": company.erp.value,
+        "settings_version": stored.version,
+        "applied_version": applied.version if applied else 0,
+        "paused": {k: v.model_dump(mode="json") if v else None for k, v in paused.items()},
+        "entries": entries,
+    }
     if as_json:
         echo_json(out)
         return
-    click.echo(f"{company_id} ({company.erp.value}): settings version {stored.version}, "
-               f"applied by beat: {out['applied_version'] or 'not yet'}")
+    click.echo(
+        f"{company_id} ({company.erp.value}): settings version {stored.version}, "
+        f"applied by beat: {out['applied_version'] or 'not yet'}"
+    )
     for what, record in paused.items():
         if record is not None:
-            click.echo(f"PAUSED ({'this company' if what == 'company' else 'the whole fleet'}): "
-                       f"{describe_pause(record)}; nothing is dispatched until resumed")
-    table([[e["kind"], SETTING_OF[e["kind"]], e["cadence"], e["next_run"], f"{e['in_seconds']}s",
-            e["source"], _fan_out(e["projects"], e.get("opted_out"))] for e in entries],
-          ["SYNC", "SETTING", "CADENCE", "NEXT RUN (UTC)", "IN", "SOURCE", "FAN-OUT"])
+            click.echo(
+                f"PAUSED ({'this company' if what == 'company' else 'the whole fleet'}): "
+                f"{describe_pause(record)}; nothing is dispatched until resumed"
+            )
+    table(
+        [
+            [
+                e["kind"],
+                SETTING_OF[e["kind"]],
+                e["cadence"],
+                e["next_run"],
+                f"{e['in_seconds']}s",
+                e["source"],
+                _fan_out(e["projects"], e.get("opted_out")),
+            ]
+            for e in entries
+        ],
+        ["SYNC", "SETTING", "CADENCE", "NEXT RUN (UTC)", "IN", "SOURCE", "FAN-OUT"],
+    )
     if any(e["source"] == "computed" for e in entries):
-        click.echo("note: 'computed' rows are what the settings imply; no beat has applied them "
-                   "yet (is a beat running?)", err=True)
+        click.echo(
+            "note: 'computed' rows are what the settings imply; no beat has applied them "
+            "yet (is a beat running?)",
+            err=True,
+        )
 
 
 def _fan_out(projects: list[str] | None, opted_out: list[str] | None = None) -> str:
     if projects is None:
         return ""
     shown = f"{len(projects)} project{'' if len(projects) == 1 else 's'}"
-    return shown + (f" ({len(opted_out)} opted out: {', '.join(opted_out)})" if opted_out
-                    else "")
+    return shown + (f" ({len(opted_out)} opted out: {', '.join(opted_out)})" if opted_out else "")
 
 
 def describe_pause(record: PauseRecord) -> str:
@@ -105,15 +137,20 @@ def status(ctx: Ctx, as_json: bool) -> None:
         echo_json(out.model_dump(mode="json"))
         return
     click.echo(f"leader: {out.leader or 'NONE (no beat is leading: nothing is dispatched)'}")
-    table([[b.node, b.role, str(b.pid), f"{b.last_tick_age_s}s"] for b in out.beats],
-          ["BEAT", "ROLE", "PID", "LAST TICK"])
-    click.echo(f"entries: {out.entries}  due now (backlog): {out.due_backlog}  "
-               f"dispatched: {out.dispatched_slots} slots / {out.dispatched_tasks} tasks  "
-               f"repairs: {out.repairs}")
+    table(
+        [[b.node, b.role, str(b.pid), f"{b.last_tick_age_s}s"] for b in out.beats],
+        ["BEAT", "ROLE", "PID", "LAST TICK"],
+    )
+    click.echo(
+        f"entries: {out.entries}  due now (backlog): {out.due_backlog}  "
+        f"dispatched: {out.dispatched_slots} slots / {out.dispatched_tasks} tasks  "
+        f"repairs: {out.repairs}"
+    )
     click.echo("queues: " + ", ".join(f"{q}={n}" for q, n in out.queues.items()))
     for what, record in sorted(out.paused.items()):
-        click.echo(f"PAUSED {'the whole fleet' if what == FLEET else what}: "
-                   f"{describe_pause(record)}")
+        click.echo(
+            f"PAUSED {'the whole fleet' if what == FLEET else what}: {describe_pause(record)}"
+        )
     rows = []
     for kind, last in out.last_runs.items():
         ok, bad = last["succeeded"], last["failed"]

@@ -25,19 +25,29 @@ def company() -> None:
 @click.argument("company_id", metavar="COMPANY")
 @click.option("--erp", required=True, help=f"ERP key, one of: {', '.join(Erp)}.")
 @click.option("--name", help="Display name (defaults to the id).")
-@click.option("--timezone", default="UTC", show_default=True,
-              help="Canonical IANA time zone (e.g. America/Chicago).")
+@click.option(
+    "--timezone",
+    default="UTC",
+    show_default=True,
+    help="Canonical IANA time zone (e.g. America/Chicago).",
+)
 @click.option("--admin", metavar="USER", help="The company's first admin (who may then grant).")
 @pass_ctx
-def company_add(ctx: Ctx, company_id: str, erp: str, name: str | None, timezone: str,
-                admin: str | None) -> None:
+def company_add(
+    ctx: Ctx, company_id: str, erp: str, name: str | None, timezone: str, admin: str | None
+) -> None:
     """Create COMPANY with its ERP's default sync settings (an operator action)."""
     created = ctx.store.add_company(company_id, erp, name=name, timezone=timezone, admin=admin)
-    click.echo(f"created company {created.id} ({created.erp.value}, {created.timezone})"
-               + (f", admin {admin}" if admin else ""))
+    click.echo(
+        f"created company {created.id} ({created.erp.value}, {created.timezone})"
+        + (f", admin {admin}" if admin else "")
+    )
     if admin is None:
-        click.echo(f"warning: {created.id} has no admin: give it one with `user grant "
-                   f"{created.id} USER --level admin --as USER`", err=True)
+        click.echo(
+            f"warning: {created.id} has no admin: give it one with `user grant "
+            f"{created.id} USER --level admin --as USER`",
+            err=True,
+        )
 
 
 @company.command("list")
@@ -49,8 +59,10 @@ def company_list(ctx: Ctx, as_json: bool) -> None:
     if as_json:
         echo_json([c.model_dump(mode="json") for c in companies])
         return
-    table([[c.id, c.name, c.erp.value, c.timezone] for c in companies],
-          ["COMPANY", "NAME", "ERP", "TIMEZONE"])
+    table(
+        [[c.id, c.name, c.erp.value, c.timezone] for c in companies],
+        ["COMPANY", "NAME", "ERP", "TIMEZONE"],
+    )
 
 
 @company.command("set")
@@ -59,11 +71,13 @@ def company_list(ctx: Ctx, as_json: bool) -> None:
 @click.option("--name", help="New display name.")
 @click.option("--timezone", help="New canonical IANA time zone (moves daily runs, live).")
 @pass_ctx
-def company_set(ctx: Ctx, company_id: str, actor: str, name: str | None,
-                timezone: str | None) -> None:
+def company_set(
+    ctx: Ctx, company_id: str, actor: str, name: str | None, timezone: str | None
+) -> None:
     """Rename COMPANY or change its time zone as USER (an admin)."""
-    updated, changed = Lifecycle(ctx.store).set_company(company_id, actor, name=name,
-                                                        timezone=timezone)
+    updated, changed = Lifecycle(ctx.store).set_company(
+        company_id, actor, name=name, timezone=timezone
+    )
     if not changed:
         click.echo(f"no change: {company_id} already has these values", err=True)
     click.echo(f"{updated.id}: {updated.name} ({updated.erp.value}, {updated.timezone})")
@@ -78,8 +92,9 @@ def company_remove(ctx: Ctx, company_id: str, actor: str, yes: bool) -> None:
     """Remove COMPANY as USER (an admin): its schedule stops at once; history and audit stay."""
     ctx.store.get_company(company_id)
     if not yes:
-        click.confirm(f"Remove {company_id}, its projects, users and schedule?", abort=True,
-                      err=True)
+        click.confirm(
+            f"Remove {company_id}, its projects, users and schedule?", abort=True, err=True
+        )
     Lifecycle(ctx.store).remove_company(company_id, actor)
     click.echo(f"removed company {company_id} (its history and audit are kept)")
 
@@ -110,26 +125,35 @@ def project_list(ctx: Ctx, company_id: str, as_json: bool) -> None:
     if as_json:
         echo_json([p.model_dump(mode="json") for p in projects])
         return
-    table([[p.id, p.name, "on" if p.sync_job_costs else "off (opted out)"] for p in projects],
-          ["PROJECT", "NAME", "JOB COSTS"])
+    table(
+        [[p.id, p.name, "on" if p.sync_job_costs else "off (opted out)"] for p in projects],
+        ["PROJECT", "NAME", "JOB COSTS"],
+    )
 
 
 @project.command("set")
 @click.argument("company_id", metavar="COMPANY")
 @click.argument("project_id", metavar="PROJECT")
 @click.option("--as", "actor", required=True, metavar="USER", help="Acting user (needs admin).")
-@click.option("--sync-job-costs/--no-sync-job-costs", default=None,
-              help="Whether this project's job costs sync (Procore's per-project setting).")
+@click.option(
+    "--sync-job-costs/--no-sync-job-costs",
+    default=None,
+    help="Whether this project's job costs sync (Procore's per-project setting).",
+)
 @pass_ctx
-def project_set(ctx: Ctx, company_id: str, project_id: str, actor: str,
-                sync_job_costs: bool | None) -> None:
+def project_set(
+    ctx: Ctx, company_id: str, project_id: str, actor: str, sync_job_costs: bool | None
+) -> None:
     """Opt PROJECT in or out of job-cost syncing as USER (an admin); live at the next slot."""
-    updated, changed = Lifecycle(ctx.store).set_project(company_id, project_id, actor,
-                                                        sync_job_costs=sync_job_costs)
+    updated, changed = Lifecycle(ctx.store).set_project(
+        company_id, project_id, actor, sync_job_costs=sync_job_costs
+    )
     if not changed:
         click.echo(f"no change: {project_id} already has this value", err=True)
-    click.echo(f"{company_id}/{updated.id}: job costs "
-               f"{'on' if updated.sync_job_costs else 'off (opted out)'}")
+    click.echo(
+        f"{company_id}/{updated.id}: job costs "
+        f"{'on' if updated.sync_job_costs else 'off (opted out)'}"
+    )
 
 
 @project.command("remove")
@@ -192,16 +216,28 @@ def operator_log(ctx: Ctx, as_json: bool, limit: int) -> None:
     """Operator actions no company admin made (company add, fleet pause), newest first.
 
     The newest entries come from Redis, older ones from the database (archived hourly)."""
-    entries, warning = AuditArchive(ctx.db).extend("operator", None,
-                                                   ctx.store.operator_log(limit), limit)
+    entries, warning = AuditArchive(ctx.db).extend(
+        "operator", None, ctx.store.operator_log(limit), limit
+    )
     if warning:
         click.echo(warning, err=True)
     if as_json:
         echo_json([e.model_dump(mode="json") for e in entries])
         return
-    table([[f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.os_user or "", e.action, e.company,
-            ", ".join(f"{k}: {v}" for k, v in e.new.items())] for e in entries],
-          ["AT (UTC)", "ACTOR", "OS USER", "ACTION", "COMPANY", "DETAILS"])
+    table(
+        [
+            [
+                f"{e.at:%Y-%m-%d %H:%M:%S}",
+                e.actor,
+                e.os_user or "",
+                e.action,
+                e.company,
+                ", ".join(f"{k}: {v}" for k, v in e.new.items()),
+            ]
+            for e in entries
+        ],
+        ["AT (UTC)", "ACTOR", "OS USER", "ACTION", "COMPANY", "DETAILS"],
+    )
 
 
 COMMANDS = [company, project, user, operator_log]

@@ -41,14 +41,17 @@ def _secret(path: str, what: str, stdin_used: list[bool]) -> str:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read(MAX_SECRET + 2)
         except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"cannot read the {what} file {path[:100]!r}: "
-                               f"{type(exc).__name__}") from None
+            raise InvalidInput(
+                f"cannot read the {what} file {path[:100]!r}: {type(exc).__name__}"
+            ) from None
     value = text.strip()
     if not value:
         raise InvalidInput(f"the {what} file is empty")
     if len(value) > MAX_SECRET or any(c.isspace() or not c.isprintable() for c in value):
-        raise InvalidInput(f"the {what} must be one line of at most {MAX_SECRET} printable "
-                           "characters without spaces")
+        raise InvalidInput(
+            f"the {what} must be one line of at most {MAX_SECRET} printable "
+            "characters without spaces"
+        )
     return value
 
 
@@ -68,52 +71,103 @@ def _url(value: str, option: str) -> str:
 @click.option("--erp", required=True, type=click.Choice(CONNECTABLE), help="The ERP family.")
 @click.option("--realm-id", required=True, help="The QuickBooks Online company (realm) id.")
 @click.option("--client-id", required=True, help="The app's OAuth client id.")
-@click.option("--client-secret-file", required=True, metavar="FILE",
-              help="File holding the OAuth client secret (- for stdin).")
-@click.option("--refresh-token-file", required=True, metavar="FILE",
-              help="File holding the refresh token from the authorization (- for stdin).")
-@click.option("--base-url", default=PRODUCTION_API, show_default=True,
-              help="The Accounting API (Intuit's sandbox, or a fake for tests and demos).")
-@click.option("--token-url", default=TOKEN_URL, show_default=True,
-              help="The OAuth 2.0 token endpoint.")
+@click.option(
+    "--client-secret-file",
+    required=True,
+    metavar="FILE",
+    help="File holding the OAuth client secret (- for stdin).",
+)
+@click.option(
+    "--refresh-token-file",
+    required=True,
+    metavar="FILE",
+    help="File holding the refresh token from the authorization (- for stdin).",
+)
+@click.option(
+    "--base-url",
+    default=PRODUCTION_API,
+    show_default=True,
+    help="The Accounting API (Intuit's sandbox, or a fake for tests and demos).",
+)
+@click.option(
+    "--token-url", default=TOKEN_URL, show_default=True, help="The OAuth 2.0 token endpoint."
+)
 @pass_ctx
-def connect(ctx: Ctx, company_id: str, actor: str, erp: str, realm_id: str, client_id: str,
-            client_secret_file: str, refresh_token_file: str, base_url: str,
-            token_url: str) -> None:
+def connect(
+    ctx: Ctx,
+    company_id: str,
+    actor: str,
+    erp: str,
+    realm_id: str,
+    client_id: str,
+    client_secret_file: str,
+    refresh_token_file: str,
+    base_url: str,
+    token_url: str,
+) -> None:
     """Connect COMPANY to its real ERP: its syncs then read it over HTTP."""
     user_id(actor)  # the one validator: it is written to the audit log
     company = ctx.store.get_company(company_id)
     ctx.store.require(company_id, actor, PermissionLevel.ADMIN)
     if company.erp.value != erp:
-        raise InvalidInput(f"{company_id!r} is on {company.erp.value}: only a {erp} company "
-                           f"can be connected to {erp}")
+        raise InvalidInput(
+            f"{company_id!r} is on {company.erp.value}: only a {erp} company "
+            f"can be connected to {erp}"
+        )
     if not _REALM.fullmatch(realm_id):
         raise InvalidInput("--realm-id must be 1-64 letters, digits, '-' or '_'")
     if not _CLIENT_ID.fullmatch(client_id):
         raise InvalidInput("--client-id must be 1-200 printable characters without spaces")
     base, token = _url(base_url, "--base-url"), _url(token_url, "--token-url")
     stdin: list[bool] = []
-    secrets = Secrets(client_secret=_secret(client_secret_file, "client secret", stdin),
-                      refresh_token=_secret(refresh_token_file, "refresh token", stdin))
-    store = ConnectionStore(ctx.client, ctx.keys, Vault.from_settings(),  # no key: no write
-                            store=ctx.store)
+    secrets = Secrets(
+        client_secret=_secret(client_secret_file, "client secret", stdin),
+        refresh_token=_secret(refresh_token_file, "refresh token", stdin),
+    )
+    store = ConnectionStore(
+        ctx.client,
+        ctx.keys,
+        Vault.from_settings(),  # no key: no write
+        store=ctx.store,
+    )
     now = datetime.now(UTC)
-    connection = Connection(company=company_id, erp=company.erp, realm_id=realm_id,
-                            client_id=client_id, base_url=base, token_url=token,
-                            connected_by=actor, connected_at=now)
-    old = store.get(company_id)
-    store.save(connection, secrets, AuditEntry(
-        at=now, actor=actor, action="connection.connect",
+    connection = Connection(
         company=company_id,
-        old=_public(old) if old else {}, new=_public(connection)))
-    click.echo(f"{company_id} connected to {erp} realm {realm_id} (client id {client_id}); "
-               "its next syncs read it over HTTP")
+        erp=company.erp,
+        realm_id=realm_id,
+        client_id=client_id,
+        base_url=base,
+        token_url=token,
+        connected_by=actor,
+        connected_at=now,
+    )
+    old = store.get(company_id)
+    store.save(
+        connection,
+        secrets,
+        AuditEntry(
+            at=now,
+            actor=actor,
+            action="connection.connect",
+            company=company_id,
+            old=_public(old) if old else {},
+            new=_public(connection),
+        ),
+    )
+    click.echo(
+        f"{company_id} connected to {erp} realm {realm_id} (client id {client_id}); "
+        "its next syncs read it over HTTP"
+    )
 
 
 def _public(connection: Connection) -> dict[str, str]:
-    return {"erp": connection.erp.value, "realm_id": connection.realm_id,
-            "client_id": connection.client_id, "base_url": connection.base_url,
-            "token_url": connection.token_url}
+    return {
+        "erp": connection.erp.value,
+        "realm_id": connection.realm_id,
+        "client_id": connection.client_id,
+        "base_url": connection.base_url,
+        "token_url": connection.token_url,
+    }
 
 
 @click.group("connection")
@@ -129,8 +183,11 @@ def connection_show(ctx: Ctx, company_id: str, as_json: bool) -> None:
     """COMPANY's connection, secrets masked (needs no key: nothing is decrypted)."""
     ctx.store.get_company(company_id)
     found = ConnectionStore(ctx.client, ctx.keys).require(company_id)
-    shown = {**found.model_dump(mode="json"), "client_secret": "********",
-             "refresh_token": "********"}
+    shown = {
+        **found.model_dump(mode="json"),
+        "client_secret": "********",
+        "refresh_token": "********",
+    }
     if as_json:
         echo_json(shown)
         return
@@ -143,8 +200,10 @@ def connection_show(ctx: Ctx, company_id: str, as_json: bool) -> None:
 def connection_rotate_key(ctx: Ctx) -> None:
     """Re-encrypt every stored secret with the first key of ERP_SYNC_SECRET_KEY."""
     done = ConnectionStore(ctx.client, ctx.keys, Vault.from_settings()).rotate_keys()
-    click.echo(f"re-encrypted {done} connection(s) with the newest key; the older keys can "
-               "now be removed from ERP_SYNC_SECRET_KEY")
+    click.echo(
+        f"re-encrypted {done} connection(s) with the newest key; the older keys can "
+        "now be removed from ERP_SYNC_SECRET_KEY"
+    )
 
 
 @connection.command("new-key")
@@ -164,11 +223,19 @@ def disconnect(ctx: Ctx, company_id: str, actor: str) -> None:
     ctx.store.require(company_id, actor, PermissionLevel.ADMIN)
     store = ConnectionStore(ctx.client, ctx.keys, store=ctx.store)
     found = store.require(company_id)
-    store.delete(company_id, AuditEntry(
-        at=datetime.now(UTC), actor=actor,
-        action="connection.disconnect", company=company_id, old=_public(found)))
-    click.echo(f"{company_id} disconnected from {found.erp.value}; its syncs use the sandbox "
-               "ERP again")
+    store.delete(
+        company_id,
+        AuditEntry(
+            at=datetime.now(UTC),
+            actor=actor,
+            action="connection.disconnect",
+            company=company_id,
+            old=_public(found),
+        ),
+    )
+    click.echo(
+        f"{company_id} disconnected from {found.erp.value}; its syncs use the sandbox ERP again"
+    )
 
 
 COMMANDS = [connect, connection, disconnect]

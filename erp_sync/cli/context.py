@@ -70,9 +70,12 @@ class Ctx:
 
     @property
     def store(self) -> SettingsStore:
-        return SettingsStore(self.client, self.keys,
-                             change_stream_maxlen=self.env.change_stream_maxlen,
-                             os_user=os_user())
+        return SettingsStore(
+            self.client,
+            self.keys,
+            change_stream_maxlen=self.env.change_stream_maxlen,
+            os_user=os_user(),
+        )
 
 
 pass_ctx = click.make_pass_decorator(Ctx)

@@ -44,8 +44,14 @@ def db_current(ctx: Ctx, as_json: bool) -> None:
     """The schema's revision and whether it is the one this version needs."""
     current, head = ctx.db.current_revision(), head_revision()
     if as_json:
-        echo_json({"url": ctx.db.masked_url, "current": current, "head": head,
-                   "up_to_date": current == head})
+        echo_json(
+            {
+                "url": ctx.db.masked_url,
+                "current": current,
+                "head": head,
+                "up_to_date": current == head,
+            }
+        )
         return
     state = "up to date" if current == head else "behind: run `erp-sync db upgrade`"
     click.echo(f"{ctx.db.masked_url}: at {current or 'no schema'}, needs {head} ({state})")
@@ -62,8 +68,11 @@ def _legacy_collection(keys: KeySpace, key: str) -> tuple[str, str, str | None] 
 
 
 @db.command("import-redis")
-@click.option("--delete", is_flag=True,
-              help="Delete each old Procore-side hash once its records are in the database.")
+@click.option(
+    "--delete",
+    is_flag=True,
+    help="Delete each old Procore-side hash once its records are in the database.",
+)
 @pass_ctx
 def db_import_redis(ctx: Ctx, delete: bool) -> None:
     """Import the Procore-side records and run history older versions kept in Redis."""
@@ -79,8 +88,9 @@ def db_import_redis(ctx: Ctx, delete: bool) -> None:
         page = [json.loads(v) for v in client.hvals(key)]
         added = RecordStore(ctx.db, company).import_page(name, project, page)
         records += len(page)
-        click.echo(f"{company} {name}{f' {project}' if project else ''}: {len(page)} records "
-                   f"({added} new)")
+        click.echo(
+            f"{company} {name}{f' {project}' if project else ''}: {len(page)} records ({added} new)"
+        )
         if delete:
             client.delete(key)
     runs = added = 0
@@ -91,8 +101,10 @@ def db_import_redis(ctx: Ctx, delete: bool) -> None:
         batch = [RunRecord.model_validate_json(v) for v in client.hvals(key)]
         runs += len(batch)
         added += log.import_many(batch)
-    click.echo(f"imported: {records} Procore-side records, {runs} runs ({added} new); "
-               f"{skipped} unrecognised keys left alone")
+    click.echo(
+        f"imported: {records} Procore-side records, {runs} runs ({added} new); "
+        f"{skipped} unrecognised keys left alone"
+    )
 
 
 COMMANDS = [db]

@@ -41,14 +41,20 @@ def doctor(ctx: Ctx, as_json: bool) -> None:
     ids = companies + sorted(scheduled - known)
     differences = []
     for start in range(0, len(ids), BATCH):
-        for finding in inspect(client, keys, ids[start:start + BATCH], now,
-                               ctx.env.seconds_per_hour):
-            differences += [{"company": finding.company, "problem": p,
-                             "repairable": finding.plan is not None}
-                            for p in finding.problems]
-    out: dict[str, Any] = {"companies": len(companies), "checked": len(ids),
-                           "differences": differences, "sweep": _sweep(ctx, now),
-                           "database": _database(ctx)}
+        for finding in inspect(
+            client, keys, ids[start : start + BATCH], now, ctx.env.seconds_per_hour
+        ):
+            differences += [
+                {"company": finding.company, "problem": p, "repairable": finding.plan is not None}
+                for p in finding.problems
+            ]
+    out: dict[str, Any] = {
+        "companies": len(companies),
+        "checked": len(ids),
+        "differences": differences,
+        "sweep": _sweep(ctx, now),
+        "database": _database(ctx),
+    }
     if as_json:
         echo_json(out)
     else:
@@ -63,8 +69,13 @@ def _database(ctx: Ctx) -> dict[str, Any]:
         current, error = ctx.db.current_revision(), None
     except DatabaseUnavailable as exc:
         current, error = None, str(exc)
-    return {"url": ctx.db.masked_url, "current": current, "head": head,
-            "up_to_date": current == head, "error": error}
+    return {
+        "url": ctx.db.masked_url,
+        "current": current,
+        "head": head,
+        "up_to_date": current == head,
+        "error": error,
+    }
 
 
 def _sweep(ctx: Ctx, now: float) -> dict[str, Any]:
@@ -78,7 +89,8 @@ def _sweep(ctx: Ctx, now: float) -> dict[str, Any]:
         "pass_repaired": int(number.get("repaired", 0)),
         "last_pass_seconds": number.get("last_pass_seconds"),
         "last_pass_repaired": int(number["last_pass_repaired"])
-        if "last_pass_repaired" in number else None,
+        if "last_pass_repaired" in number
+        else None,
         "last_pass_age_seconds": round(now - last, 1) if last else None,
         "repairs_total": int(ctx.client.hget(ctx.keys.beat_stats, "repairs") or 0),
     }
@@ -87,25 +99,37 @@ def _sweep(ctx: Ctx, now: float) -> dict[str, Any]:
 def _print(out: dict[str, Any]) -> None:
     sweep = out["sweep"]
     if out["differences"]:
-        table([[d["company"], d["problem"], "sweep rebuilds it" if d["repairable"]
-                else "needs you"] for d in out["differences"]],
-              ["COMPANY", "DIFFERENCE", "FIX"])
+        table(
+            [
+                [
+                    d["company"],
+                    d["problem"],
+                    "sweep rebuilds it" if d["repairable"] else "needs you",
+                ]
+                for d in out["differences"]
+            ],
+            ["COMPANY", "DIFFERENCE", "FIX"],
+        )
     click.echo(f"checked {out['checked']} companies: {len(out['differences'])} differences")
     db = out["database"]
     if db["error"]:
         click.echo(f"database: {db['error']}")
     elif not db["up_to_date"]:
-        click.echo(f"database: {db['url']} is at {db['current'] or 'no schema'}, needs "
-                   f"{db['head']}: run `erp-sync db upgrade` (workers refuse to start)")
+        click.echo(
+            f"database: {db['url']} is at {db['current'] or 'no schema'}, needs "
+            f"{db['head']}: run `erp-sync db upgrade` (workers refuse to start)"
+        )
     else:
         click.echo(f"database: {db['url']} at {db['head']} (up to date)")
     if sweep["last_pass_age_seconds"] is None:
         click.echo("sweep: no full pass completed yet (is a beat leading?)")
     else:
-        click.echo(f"sweep: last full pass {sweep['last_pass_age_seconds']}s ago took "
-                   f"{sweep['last_pass_seconds']}s and repaired {sweep['last_pass_repaired']}; "
-                   f"current pass {sweep['pass_checked']}/{sweep['pass_companies']}; "
-                   f"{sweep['repairs_total']} repairs in all")
+        click.echo(
+            f"sweep: last full pass {sweep['last_pass_age_seconds']}s ago took "
+            f"{sweep['last_pass_seconds']}s and repaired {sweep['last_pass_repaired']}; "
+            f"current pass {sweep['pass_checked']}/{sweep['pass_companies']}; "
+            f"{sweep['repairs_total']} repairs in all"
+        )
 
 
 COMMANDS = [doctor]

@@ -22,8 +22,12 @@ def metrics(click_ctx: click.Context) -> None:
 
 @metrics.command("serve")
 @click.option("--port", default=9808, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--address", default="127.0.0.1", show_default=True,
-              help="Interface to listen on (0.0.0.0 inside a container).")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on (0.0.0.0 inside a container).",
+)
 @pass_ctx
 def serve(ctx: Ctx, port: int, address: str) -> None:
     """Serve /metrics for Prometheus until interrupted."""

@@ -27,11 +27,21 @@ def _target(company_id: str | None, all_: bool, actor: str | None) -> tuple[str 
 @click.option("--all", "all_", is_flag=True, help="Pause the whole fleet (an operator action).")
 @click.option("--as", "actor", metavar="USER", help="Acting admin of COMPANY.")
 @click.option("--reason", help="Why (shown by schedule, status and the metrics).")
-@click.option("--until", "until", metavar="TIME|DURATION",
-              help="Resume by itself then: an ISO time or a duration (30m, 2h, 1d).")
+@click.option(
+    "--until",
+    "until",
+    metavar="TIME|DURATION",
+    help="Resume by itself then: an ISO time or a duration (30m, 2h, 1d).",
+)
 @pass_ctx
-def pause(ctx: Ctx, company_id: str | None, all_: bool, actor: str | None, reason: str | None,
-          until: str | None) -> None:
+def pause(
+    ctx: Ctx,
+    company_id: str | None,
+    all_: bool,
+    actor: str | None,
+    reason: str | None,
+    until: str | None,
+) -> None:
     """Pause COMPANY (or --all): nothing is dispatched until resumed; settings are kept."""
     company, who = _target(company_id, all_, actor)
     if company is None and not reason:
@@ -62,13 +72,21 @@ def guard_manual_run(store: SettingsStore, company_id: str, actor: str, force: b
         return
     what = company_id if pauses.get(company_id) else "the whole fleet"
     if not force:
-        raise InvalidInput(f"{what} is paused ({describe_pause(record)}); use --force (an "
-                           "admin) to run it anyway")
+        raise InvalidInput(
+            f"{what} is paused ({describe_pause(record)}); use --force (an admin) to run it anyway"
+        )
     store.require(company_id, actor, PermissionLevel.ADMIN)
     with store.client.pipeline() as pipe:
-        store._queue_audit(pipe, AuditEntry(
-            at=store.clock(), actor=actor, action="sync.force", company=company_id,
-            new={"paused_by": record.by, "reason": record.reason}))
+        store._queue_audit(
+            pipe,
+            AuditEntry(
+                at=store.clock(),
+                actor=actor,
+                action="sync.force",
+                company=company_id,
+                new={"paused_by": record.by, "reason": record.reason},
+            ),
+        )
         pipe.execute()
 
 

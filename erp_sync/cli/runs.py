@@ -39,8 +39,16 @@ from erp_sync.ratelimit import (
 from erp_sync.slots import TASK_NAMES, queue_for, task_kwargs
 from erp_sync.syncs import reconcile as reconcile_kind
 
-DEMO_ERPS = (Erp.QUICKBOOKS_ONLINE, Erp.SAGE_300_CRE, Erp.VIEWPOINT_VISTA, Erp.XERO, Erp.CMIC,
-             Erp.NETSUITE, Erp.VIEWPOINT_SPECTRUM, Erp.ACUMATICA)
+DEMO_ERPS = (
+    Erp.QUICKBOOKS_ONLINE,
+    Erp.SAGE_300_CRE,
+    Erp.VIEWPOINT_VISTA,
+    Erp.XERO,
+    Erp.CMIC,
+    Erp.NETSUITE,
+    Erp.VIEWPOINT_SPECTRUM,
+    Erp.ACUMATICA,
+)
 DEMO_VENDORS = (300, 1200, 2500, 600, 150, 4000, 900, 450)
 
 
@@ -56,8 +64,9 @@ def parse_since(text: str, now: datetime) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise InvalidInput(f"--since must be like 7d, 12h, 30m or an ISO date, "
-                           f"got {text[:40]!r}") from None
+        raise InvalidInput(
+            f"--since must be like 7d, 12h, 30m or an ISO date, got {text[:40]!r}"
+        ) from None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
@@ -70,20 +79,41 @@ def parse_since(text: str, now: datetime) -> datetime:
 @click.option("--project", help="Only this project's runs.")
 @click.option("--since", help="Only runs started since: 7d, 12h, 30m, or an ISO date (UTC).")
 @pass_ctx
-def history(ctx: Ctx, company_id: str, as_json: bool, limit: int, status: str | None,
-            kind: str | None, project: str | None, since: str | None) -> None:
+def history(
+    ctx: Ctx,
+    company_id: str,
+    as_json: bool,
+    limit: int,
+    status: str | None,
+    kind: str | None,
+    project: str | None,
+    since: str | None,
+) -> None:
     """COMPANY's sync runs from the database, newest first (kept ERP_SYNC_HISTORY_DAYS)."""
     ctx.store.get_company(company_id)
     start = parse_since(since, datetime.fromtimestamp(ctx.now(), UTC)) if since else None
-    runs = RunLog(ctx.db).recent(company_id, limit, status=status, kind=kind, project=project,
-                                 since=start)
+    runs = RunLog(ctx.db).recent(
+        company_id, limit, status=status, kind=kind, project=project, since=start
+    )
     if as_json:
         echo_json([r.model_dump(mode="json") for r in runs])
         return
-    table([[f"{r.started_at:%Y-%m-%d %H:%M:%S}", r.kind, r.project or "-", r.status,
-            str(r.attempt), f"{r.duration_ms:.0f}" if r.duration_ms is not None else "",
-            " ".join(f"{k}={v}" for k, v in r.counts.items()), r.error or ""] for r in runs],
-          ["STARTED (UTC)", "KIND", "PROJECT", "STATUS", "ATTEMPT", "MS", "COUNTS", "ERROR"])
+    table(
+        [
+            [
+                f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+                r.kind,
+                r.project or "-",
+                r.status,
+                str(r.attempt),
+                f"{r.duration_ms:.0f}" if r.duration_ms is not None else "",
+                " ".join(f"{k}={v}" for k, v in r.counts.items()),
+                r.error or "",
+            ]
+            for r in runs
+        ],
+        ["STARTED (UTC)", "KIND", "PROJECT", "STATUS", "ATTEMPT", "MS", "COUNTS", "ERROR"],
+    )
 
 
 def _targets(ctx: Ctx, company: Company, kind: SyncKind, project: str | None) -> list[str | None]:
@@ -95,32 +125,39 @@ def _targets(ctx: Ctx, company: Company, kind: SyncKind, project: str | None) ->
             raise InvalidInput(f"{kind.value} is a company-level sync; --project does not apply")
         return [None]
     known = ctx.store.list_projects(company.id)
-    opted_out = {p.id for p in known if not p.sync_job_costs} \
-        if kind is SyncKind.JOB_COSTS else set()
+    opted_out = (
+        {p.id for p in known if not p.sync_job_costs} if kind is SyncKind.JOB_COSTS else set()
+    )
     if project is not None:
         if project not in {p.id for p in known}:
             raise NotFound(f"unknown project {project!r} in {company.id!r}")
         if project in opted_out:
-            raise InvalidInput(f"project {project!r} is opted out of job-cost syncing "
-                               f"(project set {company.id} {project} --sync-job-costs)")
+            raise InvalidInput(
+                f"project {project!r} is opted out of job-cost syncing "
+                f"(project set {company.id} {project} --sync-job-costs)"
+            )
         return [project]
     projects = [p.id for p in known if p.id not in opted_out]
     if not projects:
-        raise InvalidInput(f"{company.id!r} has no projects to run {kind.value} for"
-                           f"{' (every project is opted out)' if opted_out else ''}")
+        raise InvalidInput(
+            f"{company.id!r} has no projects to run {kind.value} for"
+            f"{' (every project is opted out)' if opted_out else ''}"
+        )
     return list(projects)
 
 
 @click.command("sync-now")
 @click.argument("company_id", metavar="COMPANY")
 @click.argument("kind", type=click.Choice([k.value for k in SyncKind]))
-@click.option("--as", "actor", required=True, metavar="USER",
-              help="Acting user (needs standard or admin).")
+@click.option(
+    "--as", "actor", required=True, metavar="USER", help="Acting user (needs standard or admin)."
+)
 @click.option("--project", help="Project of a project-level sync (default: every project).")
 @click.option("--force", is_flag=True, help="Run even though paused (admin; audited).")
 @pass_ctx
-def sync_now(ctx: Ctx, company_id: str, kind: str, actor: str, project: str | None,
-             force: bool) -> None:
+def sync_now(
+    ctx: Ctx, company_id: str, kind: str, actor: str, project: str | None, force: bool
+) -> None:
     """Run COMPANY's KIND sync now (queued for the workers; see `history` for the result)."""
     company = ctx.store.get_company(company_id)
     ctx.store.require(company_id, actor, PermissionLevel.STANDARD)
@@ -132,8 +169,9 @@ def sync_now(ctx: Ctx, company_id: str, kind: str, actor: str, project: str | No
         task_id = f"manual:{company_id}:{kind}:{target or '-'}:{uuid.uuid4().hex[:12]}"
         kwargs = task_kwargs(company_id, sync_kind, target, now, "manual")
         ctx.publisher.send(TASK_NAMES[sync_kind], kwargs, task_id, queue_for(sync_kind))
-        click.echo(f"queued {kind} for {company_id}{f' project {target}' if target else ''}: "
-                   f"{task_id}")
+        click.echo(
+            f"queued {kind} for {company_id}{f' project {target}' if target else ''}: {task_id}"
+        )
 
 
 @click.command("reconcile")
@@ -142,8 +180,7 @@ def sync_now(ctx: Ctx, company_id: str, kind: str, actor: str, project: str | No
 @click.option("--fix", is_flag=True, help="Then make the database equal to the ERP.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def reconcile(ctx: Ctx, company_id: str, project: str | None, fix: bool,
-              as_json: bool) -> None:
+def reconcile(ctx: Ctx, company_id: str, project: str | None, fix: bool, as_json: bool) -> None:
     """Compare COMPANY's Procore side with its ERP and report drift per collection.
 
     With --fix, drifted collections are then rewritten from the ERP's full listing (records
@@ -153,21 +190,33 @@ def reconcile(ctx: Ctx, company_id: str, project: str | None, fix: bool,
     projects = [p.id for p in ctx.store.list_projects(company_id)]
     if project is not None and project not in projects:
         raise NotFound(f"unknown project {project!r} in {company_id!r}")
-    connector = throttled(connector_for(ctx.client, ctx.keys, company), TokenBucket(
-        ctx.client, ctx.keys, company_id, limit_for(ctx.client, ctx.keys, company.erp,
-                                                    company_id)))
+    connector = throttled(
+        connector_for(ctx.client, ctx.keys, company),
+        TokenBucket(
+            ctx.client,
+            ctx.keys,
+            company_id,
+            limit_for(ctx.client, ctx.keys, company.erp, company_id),
+        ),
+    )
     report: dict[str, dict[str, list[str]]] = {}
     for kind in sorted(CAPABILITIES[company.erp]):
         for target in ([project] if project else projects) if kind.project_level else [None]:
-            drift = reconcile_kind(ctx.db, company_id, kind, target, connector, fix=fix,
-                                   skip=report.keys())
+            drift = reconcile_kind(
+                ctx.db, company_id, kind, target, connector, fix=fix, skip=report.keys()
+            )
             for name, d in drift.items():
                 report[name] = {"missing": d.missing, "extra": d.extra, "different": d.different}
     if as_json:
         echo_json(report)
         return
-    table([[name, str(len(d["missing"])), str(len(d["extra"])), str(len(d["different"]))]
-           for name, d in report.items()], ["COLLECTION", "MISSING", "EXTRA", "DIFFERENT"])
+    table(
+        [
+            [name, str(len(d["missing"])), str(len(d["extra"])), str(len(d["different"]))]
+            for name, d in report.items()
+        ],
+        ["COLLECTION", "MISSING", "EXTRA", "DIFFERENT"],
+    )
     if fix:
         drifted = sum(1 for d in report.values() if any(d.values()))
         click.echo(f"fixed {drifted} drifted collection(s) from the ERP's full listing")
@@ -187,29 +236,50 @@ def ratelimit_show(ctx: Ctx, as_json: bool) -> None:
     if as_json:
         echo_json(limits)
         return
-    table([[erp, f"{v['rate']:g}", f"{v['burst']:g}", str(v["concurrency"]),
-            str(v["requests"] or "-"),
-            "" if DEFAULT_LIMITS[Erp(erp)].model_dump() == v else "override"]
-           for erp, v in limits.items()],
-          ["ERP", "PER SECOND", "BURST", "AT ONCE", "REQUESTS IN FLIGHT", ""])
+    table(
+        [
+            [
+                erp,
+                f"{v['rate']:g}",
+                f"{v['burst']:g}",
+                str(v["concurrency"]),
+                str(v["requests"] or "-"),
+                "" if DEFAULT_LIMITS[Erp(erp)].model_dump() == v else "override",
+            ]
+            for erp, v in limits.items()
+        ],
+        ["ERP", "PER SECOND", "BURST", "AT ONCE", "REQUESTS IN FLIGHT", ""],
+    )
 
 
 @ratelimit.command("set")
 @click.argument("erp", metavar="ERP")
 @click.option("--rate", type=float, required=True, help="Calls per second per company.")
 @click.option("--burst", type=float, required=True, help="Calls allowed back to back.")
-@click.option("--concurrency", type=int, default=DEFAULT_CONCURRENCY, show_default=True,
-              help="Syncs of one company running at once, fleet-wide.")
-@click.option("--requests", type=int, help="ERP requests of one company in flight at once, "
-              "fleet-wide (default: the ERP's own cap, if it has one).")
+@click.option(
+    "--concurrency",
+    type=int,
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="Syncs of one company running at once, fleet-wide.",
+)
+@click.option(
+    "--requests",
+    type=int,
+    help="ERP requests of one company in flight at once, "
+    "fleet-wide (default: the ERP's own cap, if it has one).",
+)
 @pass_ctx
-def ratelimit_set(ctx: Ctx, erp: str, rate: float, burst: float, concurrency: int,
-                  requests: int | None) -> None:
+def ratelimit_set(
+    ctx: Ctx, erp: str, rate: float, burst: float, concurrency: int, requests: int | None
+) -> None:
     """Override ERP's limit for every company on it (live on the next call)."""
     limit = set_limit(ctx.client, ctx.keys, erp, rate, burst, concurrency, requests)
-    click.echo(f"{erp}: {limit.rate:g}/s, burst {limit.burst:g}, "
-               f"{limit.concurrency} at once per company"
-               f"{f', {limit.requests} requests in flight' if limit.requests else ''}")
+    click.echo(
+        f"{erp}: {limit.rate:g}/s, burst {limit.burst:g}, "
+        f"{limit.concurrency} at once per company"
+        f"{f', {limit.requests} requests in flight' if limit.requests else ''}"
+    )
 
 
 @ratelimit.command("company")
@@ -217,24 +287,34 @@ def ratelimit_set(ctx: Ctx, erp: str, rate: float, burst: float, concurrency: in
 @click.option("--rate", type=float, help="Calls per second (default: the ERP's).")
 @click.option("--burst", type=float, help="Calls allowed back to back (default: the ERP's).")
 @click.option("--concurrency", type=int, help="Syncs running at once (default: the ERP's).")
-@click.option("--requests", type=int,
-              help="ERP requests in flight at once (default: the ERP's cap, if any).")
+@click.option(
+    "--requests", type=int, help="ERP requests in flight at once (default: the ERP's cap, if any)."
+)
 @pass_ctx
-def ratelimit_company(ctx: Ctx, company_id: str, rate: float | None, burst: float | None,
-                      concurrency: int | None, requests: int | None) -> None:
+def ratelimit_company(
+    ctx: Ctx,
+    company_id: str,
+    rate: float | None,
+    burst: float | None,
+    concurrency: int | None,
+    requests: int | None,
+) -> None:
     """Show COMPANY's limit, or override parts of it (live on the next call)."""
     company = ctx.store.get_company(company_id)
     if any(v is not None for v in (rate, burst, concurrency, requests)):
         try:
-            change = CompanyLimit(rate=rate, burst=burst, concurrency=concurrency,
-                                  requests=requests)
+            change = CompanyLimit(
+                rate=rate, burst=burst, concurrency=concurrency, requests=requests
+            )
         except ValidationError as exc:
             raise InvalidInput(f"invalid limit {first_error(exc)}") from None
         set_company_limit(ctx.client, ctx.keys, company_id, change)
     limit = limit_for(ctx.client, ctx.keys, company.erp, company_id)
-    click.echo(f"{company_id} ({company.erp.value}): {limit.rate:g}/s, burst {limit.burst:g}, "
-               f"{limit.concurrency} at once"
-               f"{f', {limit.requests} requests in flight' if limit.requests else ''}")
+    click.echo(
+        f"{company_id} ({company.erp.value}): {limit.rate:g}/s, burst {limit.burst:g}, "
+        f"{limit.concurrency} at once"
+        f"{f', {limit.requests} requests in flight' if limit.requests else ''}"
+    )
 
 
 @click.command("demo")

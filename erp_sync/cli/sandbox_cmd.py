@@ -39,35 +39,60 @@ def sandbox() -> None:
 def sandbox_show(ctx: Ctx, company_id: str) -> None:
     """COMPANY's sandbox configuration and whether its data is seeded."""
     data = _data(ctx, company_id)
-    echo_json({"company": company_id, "seeded": data.seeded(company_id),
-               "config": data.config(company_id).model_dump()})
+    echo_json(
+        {
+            "company": company_id,
+            "seeded": data.seeded(company_id),
+            "config": data.config(company_id).model_dump(),
+        }
+    )
 
 
-_FLOATS = ("latency_ms", "transient_rate", "rate_limited_rate", "timeout_rate", "retry_after",
-           "timeout_s")
-_INTS = ("vendors", "cost_codes", "extra_jobs", "project_cost_codes", "costs_per_job",
-         "invoices_per_job", "page_size")
+_FLOATS = (
+    "latency_ms",
+    "transient_rate",
+    "rate_limited_rate",
+    "timeout_rate",
+    "retry_after",
+    "timeout_s",
+)
+_INTS = (
+    "vendors",
+    "cost_codes",
+    "extra_jobs",
+    "project_cost_codes",
+    "costs_per_job",
+    "invoices_per_job",
+    "page_size",
+)
 
 
 def _options(f: Any) -> Any:
     for name in reversed(_FLOATS + _INTS):
         flag = "--" + name.replace("_", "-")
         help_text = SandboxConfig.model_fields[name].description or name.replace("_", " ")
-        f = click.option(flag, name, type=float if name in _FLOATS else int,
-                         help=help_text)(f)
+        f = click.option(flag, name, type=float if name in _FLOATS else int, help=help_text)(f)
     return f
 
 
 @sandbox.command("set")
 @click.argument("company_id", metavar="COMPANY")
 @_options
-@click.option("--permanent", type=click.Choice(["bad_credentials", "none"]),
-              help="A permanent fault on every call, or none.")
-@click.option("--fail-kind", type=click.Choice(["server_error", "rate_limited", "timeout",
-                                                "bad_credentials"]),
-              help="What --fail-next calls fail with.")
-@click.option("--fail-next", type=click.IntRange(0, 1_000_000),
-              help="Fail the next N ERP calls with --fail-kind.")
+@click.option(
+    "--permanent",
+    type=click.Choice(["bad_credentials", "none"]),
+    help="A permanent fault on every call, or none.",
+)
+@click.option(
+    "--fail-kind",
+    type=click.Choice(["server_error", "rate_limited", "timeout", "bad_credentials"]),
+    help="What --fail-next calls fail with.",
+)
+@click.option(
+    "--fail-next",
+    type=click.IntRange(0, 1_000_000),
+    help="Fail the next N ERP calls with --fail-kind.",
+)
 @pass_ctx
 def sandbox_set(ctx: Ctx, /, company_id: str, fail_next: int | None, **options: Any) -> None:
     """Tune COMPANY's sandbox: sizes (used when first seeded), paging, latency and faults."""
@@ -80,8 +105,13 @@ def sandbox_set(ctx: Ctx, /, company_id: str, fail_next: int | None, **options: 
     config = data.configure(company_id, **changes) if changes else data.config(company_id)
     if fail_next is not None:
         data.fail_next(company_id, fail_next)
-    echo_json({"company": company_id, "config": config.model_dump(),
-               **({"fail_next": fail_next} if fail_next is not None else {})})
+    echo_json(
+        {
+            "company": company_id,
+            "config": config.model_dump(),
+            **({"fail_next": fail_next} if fail_next is not None else {}),
+        }
+    )
 
 
 @sandbox.command("add-vendor")
@@ -113,8 +143,9 @@ def add_cost(ctx: Ctx, company_id: str, project: str, amount: float, cost_code: 
 @click.option("--amount", type=float, required=True, help="Dollars.")
 @click.option("--invoice", help="Invoice paid (default: the job's first invoice).")
 @pass_ctx
-def add_payment(ctx: Ctx, company_id: str, project: str, amount: float,
-                invoice: str | None) -> None:
+def add_payment(
+    ctx: Ctx, company_id: str, project: str, amount: float, invoice: str | None
+) -> None:
     """Record a bill payment against an invoice of PROJECT's job in COMPANY's ERP."""
     cents = _cents(amount)
     data = _data(ctx, company_id, project)

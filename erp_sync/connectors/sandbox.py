@@ -45,8 +45,14 @@ class SandboxErp(Connector):
 
     family = "sandbox"
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, company: str,
-                 rng: random.Random | None = None, sleep: bool = True) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        company: str,
+        rng: random.Random | None = None,
+        sleep: bool = True,
+    ) -> None:
         self.client, self.keys, self.company = client, keys, company
         self.data = SandboxData(client, keys)
         self.rng = rng or random.Random()
@@ -74,27 +80,33 @@ class SandboxErp(Connector):
         return self._page(collection("payments", job), since, cursor, job)
 
     # --- one ERP call -----------------------------------------------------------------------
-    def _page(self, name: str, since: str | None, cursor: str | None,
-              job: str | None = None) -> Page:
+    def _page(
+        self, name: str, since: str | None, cursor: str | None, job: str | None = None
+    ) -> Page:
         cfg = self._enter(job)
         after = int(cursor or since or 0)
         flat: list[Any] = self._read_page(
             keys=[self.keys.erp_index(self.company, name), self.keys.erp(self.company, name)],
-            args=[after, cfg.page_size])
+            args=[after, cfg.page_size],
+        )
         revs, raws = flat[0::2], flat[1::2]
         records = [json.loads(r) for r in raws if r]
         last = int(float(revs[-1])) if revs else after
         more = len(revs) == cfg.page_size
-        return Page(items=[r for r in records if not is_tombstone(r)],
-                    deleted=[str(r["id"]) for r in records if is_tombstone(r)],
-                    next_cursor=str(last) if more else None, watermark=str(last))
+        return Page(
+            items=[r for r in records if not is_tombstone(r)],
+            deleted=[str(r["id"]) for r in records if is_tombstone(r)],
+            next_cursor=str(last) if more else None,
+            watermark=str(last),
+        )
 
     def _enter(self, job: str | None) -> SandboxConfig:
         """Log the call, seed on first use, then apply latency and any injected fault."""
         meta = self.keys.erp_meta(self.company)
         raw, scripted, seeded, job_known = self._enter_call(
             keys=[meta, self.keys.erp(self.company, "jobs"), self.keys.erp_calls(self.company)],
-            args=[job or "-", CALL_LOG_CAP])
+            args=[job or "-", CALL_LOG_CAP],
+        )
         if not seeded:
             self.data.ensure_seeded(self.company)
             raw = self.client.hget(meta, "config")
@@ -102,8 +114,7 @@ class SandboxErp(Connector):
             try:
                 self.data.ensure_job(self.company, job)
             except NotFound:
-                raise UnknownErpObject(
-                    f"the ERP of {self.company!r} has no job {job!r}") from None
+                raise UnknownErpObject(f"the ERP of {self.company!r} has no job {job!r}") from None
         cfg = SandboxConfig.model_validate_json(raw) if raw else SandboxConfig()
         if cfg.permanent == "bad_credentials":
             raise BadCredentials(f"the ERP of {self.company!r} rejected the credentials")
@@ -112,9 +123,11 @@ class SandboxErp(Connector):
         if scripted:
             self._fail(cfg, cfg.fail_kind)
         roll = self.rng.random()
-        for kind, rate in (("server_error", cfg.transient_rate),
-                           ("rate_limited", cfg.rate_limited_rate),
-                           ("timeout", cfg.timeout_rate)):
+        for kind, rate in (
+            ("server_error", cfg.transient_rate),
+            ("rate_limited", cfg.rate_limited_rate),
+            ("timeout", cfg.timeout_rate),
+        ):
             if roll < rate:
                 self._fail(cfg, kind)
             roll -= rate
@@ -123,8 +136,9 @@ class SandboxErp(Connector):
     def _fail(self, cfg: SandboxConfig, kind: str) -> None:
         who = f"the ERP of {self.company!r}"
         if kind == "rate_limited":
-            raise RateLimited(f"{who} replied 429 (retry after {cfg.retry_after:g}s)",
-                              retry_after=cfg.retry_after)
+            raise RateLimited(
+                f"{who} replied 429 (retry after {cfg.retry_after:g}s)", retry_after=cfg.retry_after
+            )
         if kind == "timeout":
             if self.sleep:
                 time.sleep(cfg.timeout_s)

@@ -28,10 +28,40 @@ from erp_sync.errors import InvalidInput, NotFound
 FailKind = Literal["server_error", "rate_limited", "timeout", "bad_credentials"]
 
 COST_TYPES = ("L", "M", "S", "E", "O", "SUB", "OH")
-_WORDS = ("Apex", "Summit", "Granite", "Harbor", "Keystone", "Pioneer", "Ridge", "Cedar",
-          "Iron", "Valley", "Northern", "Atlas", "Beacon", "Liberty", "Union", "Pacific")
-_TRADES = ("Concrete", "Electric", "Plumbing", "Steel", "Drywall", "Roofing", "Glazing",
-           "Mechanical", "Paving", "Excavation", "Masonry", "Painting", "Framing", "Fire")
+_WORDS = (
+    "Apex",
+    "Summit",
+    "Granite",
+    "Harbor",
+    "Keystone",
+    "Pioneer",
+    "Ridge",
+    "Cedar",
+    "Iron",
+    "Valley",
+    "Northern",
+    "Atlas",
+    "Beacon",
+    "Liberty",
+    "Union",
+    "Pacific",
+)
+_TRADES = (
+    "Concrete",
+    "Electric",
+    "Plumbing",
+    "Steel",
+    "Drywall",
+    "Roofing",
+    "Glazing",
+    "Mechanical",
+    "Paving",
+    "Excavation",
+    "Masonry",
+    "Painting",
+    "Framing",
+    "Fire",
+)
 
 
 class SandboxConfig(BaseModel):
@@ -110,7 +140,8 @@ class SandboxData:
                     raw = pipe.hget(meta, "config")
                     cfg = SandboxConfig.model_validate_json(raw) if raw else SandboxConfig()
                     projects = sorted(
-                        str(p) for p in self.client.hkeys(self.keys.projects(company)))
+                        str(p) for p in self.client.hkeys(self.keys.projects(company))
+                    )
                     pipe.multi()
                     self._queue_seed(pipe, company, cfg, projects)
                     pipe.execute()
@@ -133,8 +164,9 @@ class SandboxData:
         for name, records in _job_records(company, job, cfg).items():
             self._write_new(name, company, records)
 
-    def _queue_seed(self, pipe: redis.client.Pipeline, company: str, cfg: SandboxConfig,
-                    projects: list[str]) -> None:
+    def _queue_seed(
+        self, pipe: redis.client.Pipeline, company: str, cfg: SandboxConfig, projects: list[str]
+    ) -> None:
         rev = 0
         rng = random.Random(f"{company}:jobs")
         jobs = [*projects, *(f"J{n:04d}" for n in range(1, cfg.extra_jobs + 1))]
@@ -157,17 +189,29 @@ class SandboxData:
 
     def _write_new(self, name: str, company: str, records: Iterable[Record]) -> None:
         for record in records:
-            self._add(keys=[self.keys.erp_meta(company), self.keys.erp(company, name),
-                            self.keys.erp_index(company, name)],
-                      args=[record["id"], json.dumps(record, sort_keys=True)])
+            self._add(
+                keys=[
+                    self.keys.erp_meta(company),
+                    self.keys.erp(company, name),
+                    self.keys.erp_index(company, name),
+                ],
+                args=[record["id"], json.dumps(record, sort_keys=True)],
+            )
 
     # --- changes over time (what `manage.py sandbox` does) ----------------------------------
     def put(self, company: str, name: str, record: Record) -> int:
         """Create or replace one record; returns its new revision."""
         self.ensure_seeded(company)
-        return int(self._add(keys=[self.keys.erp_meta(company), self.keys.erp(company, name),
-                                   self.keys.erp_index(company, name)],
-                             args=[record["id"], json.dumps(record, sort_keys=True)]))
+        return int(
+            self._add(
+                keys=[
+                    self.keys.erp_meta(company),
+                    self.keys.erp(company, name),
+                    self.keys.erp_index(company, name),
+                ],
+                args=[record["id"], json.dumps(record, sort_keys=True)],
+            )
+        )
 
     def new_id(self, company: str, kind: str, letter: str) -> str:
         """A fresh id; the dash keeps it apart from seeded ids (``V00001`` vs ``V-000001``)."""
@@ -191,22 +235,33 @@ class SandboxData:
         return {k: r for k, r in records.items() if not is_tombstone(r)}
 
     def add_vendor(self, company: str, name: str) -> Record:
-        record = {"id": self.new_id(company, "vendors", "V"), "name": name, "active": True,
-                  "tax_id": "", "city": ""}
+        record = {
+            "id": self.new_id(company, "vendors", "V"),
+            "name": name,
+            "active": True,
+            "tax_id": "",
+            "city": "",
+        }
         self.put(company, "vendors", record)
         return record
 
     def add_cost(self, company: str, job: str, amount_cents: int, cost_code: str) -> Record:
         self.ensure_seeded(company)
         self.ensure_job(company, job)
-        record = {"id": self.new_id(company, "job_costs", "JC"), "job": job,
-                  "cost_code": cost_code, "cost_type": "M", "amount_cents": amount_cents,
-                  "description": "manual cost"}
+        record = {
+            "id": self.new_id(company, "job_costs", "JC"),
+            "job": job,
+            "cost_code": cost_code,
+            "cost_type": "M",
+            "amount_cents": amount_cents,
+            "description": "manual cost",
+        }
         self.put(company, collection("job_costs", job), record)
         return record
 
-    def add_payment(self, company: str, job: str, amount_cents: int,
-                    invoice: str | None = None) -> Record:
+    def add_payment(
+        self, company: str, job: str, amount_cents: int, invoice: str | None = None
+    ) -> Record:
         self.ensure_seeded(company)
         self.ensure_job(company, job)
         invoices = self.all(company, collection("invoices", job))
@@ -215,9 +270,13 @@ class SandboxData:
         chosen = invoices.get(invoice or sorted(invoices)[0])
         if chosen is None:
             raise NotFound(f"unknown invoice {invoice!r} on job {job!r}")
-        record = {"id": self.new_id(company, "payments", "PMT"), "invoice": chosen["id"],
-                  "commitment": chosen["commitment"], "amount_cents": amount_cents,
-                  "check_number": ""}
+        record = {
+            "id": self.new_id(company, "payments", "PMT"),
+            "invoice": chosen["id"],
+            "commitment": chosen["commitment"],
+            "amount_cents": amount_cents,
+            "check_number": "",
+        }
         self.put(company, collection("payments", job), record)
         return record
 
@@ -228,43 +287,72 @@ def _dumps(records: list[Record]) -> dict[str, str]:
 
 def _vendors(company: str, count: int) -> list[Record]:
     rng = random.Random(f"{company}:vendors")
-    return [{"id": f"V{n:05d}",
-             "name": f"{rng.choice(_WORDS)} {rng.choice(_TRADES)} {n}",
-             "active": rng.random() > 0.05, "tax_id": f"{rng.randrange(10**8, 10**9)}",
-             "city": rng.choice(_WORDS) + "ville"} for n in range(1, count + 1)]
+    return [
+        {
+            "id": f"V{n:05d}",
+            "name": f"{rng.choice(_WORDS)} {rng.choice(_TRADES)} {n}",
+            "active": rng.random() > 0.05,
+            "tax_id": f"{rng.randrange(10**8, 10**9)}",
+            "city": rng.choice(_WORDS) + "ville",
+        }
+        for n in range(1, count + 1)
+    ]
 
 
 def _cost_codes(count: int) -> list[Record]:
     # CSI-style codes: division-section, e.g. 03-310 Concrete.
-    return [{"id": f"{(n // 20) + 1:02d}-{(n % 20) * 10 + 100:03d}",
-             "description": f"{_TRADES[n % len(_TRADES)]} {n}"} for n in range(count)]
+    return [
+        {
+            "id": f"{(n // 20) + 1:02d}-{(n % 20) * 10 + 100:03d}",
+            "description": f"{_TRADES[n % len(_TRADES)]} {n}",
+        }
+        for n in range(count)
+    ]
 
 
 def _job(job: str, rng: random.Random) -> Record:
-    return {"id": job, "name": f"{rng.choice(_WORDS)} {rng.choice(_TRADES)} job {job}",
-            "status": "open"}
+    return {
+        "id": job,
+        "name": f"{rng.choice(_WORDS)} {rng.choice(_TRADES)} job {job}",
+        "status": "open",
+    }
 
 
 def _job_records(company: str, job: str, cfg: SandboxConfig) -> dict[str, list[Record]]:
     rng = random.Random(f"{company}:{job}:records")
     codes = [f"{job}-{n:03d}" for n in range(1, cfg.project_cost_codes + 1)]
     invoices: list[Record] = [
-        {"id": f"INV{n:05d}", "commitment": f"SC-{(n % 7) + 1:03d}",
-         "amount_cents": rng.randrange(10_000, 5_000_000)}
-        for n in range(1, cfg.invoices_per_job + 1)]
+        {
+            "id": f"INV{n:05d}",
+            "commitment": f"SC-{(n % 7) + 1:03d}",
+            "amount_cents": rng.randrange(10_000, 5_000_000),
+        }
+        for n in range(1, cfg.invoices_per_job + 1)
+    ]
     return {
         collection("project_cost_codes", job): [
-            {"id": c, "description": f"{rng.choice(_TRADES)} ({job})"} for c in codes],
+            {"id": c, "description": f"{rng.choice(_TRADES)} ({job})"} for c in codes
+        ],
         collection("job_costs", job): [
-            {"id": f"JC{n:06d}", "job": job,
-             "cost_code": rng.choice(codes) if codes else "",
-             "cost_type": rng.choice(COST_TYPES), "amount_cents": rng.randrange(100, 2_000_000),
-             "description": f"{rng.choice(_TRADES)} cost"}
-            for n in range(1, cfg.costs_per_job + 1)],
+            {
+                "id": f"JC{n:06d}",
+                "job": job,
+                "cost_code": rng.choice(codes) if codes else "",
+                "cost_type": rng.choice(COST_TYPES),
+                "amount_cents": rng.randrange(100, 2_000_000),
+                "description": f"{rng.choice(_TRADES)} cost",
+            }
+            for n in range(1, cfg.costs_per_job + 1)
+        ],
         collection("invoices", job): invoices,
         collection("payments", job): [
-            {"id": f"PMT{n:06d}", "invoice": inv["id"], "commitment": inv["commitment"],
-             "amount_cents": int(inv["amount_cents"]) // 2,
-             "check_number": f"{rng.randrange(10**5)}"}
-            for n, inv in enumerate(invoices[::2], start=1)],
+            {
+                "id": f"PMT{n:06d}",
+                "invoice": inv["id"],
+                "commitment": inv["commitment"],
+                "amount_cents": int(inv["amount_cents"]) // 2,
+                "check_number": f"{rng.randrange(10**5)}",
+            }
+            for n, inv in enumerate(invoices[::2], start=1)
+        ],
     }

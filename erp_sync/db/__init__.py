@@ -8,5 +8,4 @@ from erp_sync.db.engine import Database, database, mask
 from erp_sync.db.records import Counts, Drift, RecordStore, canonical
 from erp_sync.db.runs import RunLog
 
-__all__ = ["Counts", "Database", "Drift", "RecordStore", "RunLog", "canonical", "database",
-           "mask"]
+__all__ = ["Counts", "Database", "Drift", "RecordStore", "RunLog", "canonical", "database", "mask"]

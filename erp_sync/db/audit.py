@@ -57,19 +57,36 @@ def _row(kind: Kind, raw: str, archived_at: datetime) -> dict[str, Any]:
         entry = parse(AuditEntry, raw, "audit entry")
         key = digest(entry)
     except CorruptRecord:  # archived as found, so it neither blocks the list nor is lost
-        entry = AuditEntry(at=archived_at, actor="", action="corrupt", company="",
-                           new={"raw": raw[:4000]})
+        entry = AuditEntry(
+            at=archived_at, actor="", action="corrupt", company="", new={"raw": raw[:4000]}
+        )
         key = hashlib.sha256(raw.encode()).hexdigest()
-    return {"kind": kind, "digest": key, "company": entry.company, "at": _utc(entry.at),
-            "actor": entry.actor, "os_user": entry.os_user, "action": entry.action,
-            "version": entry.version, "old": json.dumps(entry.old, sort_keys=True),
-            "new": json.dumps(entry.new, sort_keys=True), "archived_at": archived_at}
+    return {
+        "kind": kind,
+        "digest": key,
+        "company": entry.company,
+        "at": _utc(entry.at),
+        "actor": entry.actor,
+        "os_user": entry.os_user,
+        "action": entry.action,
+        "version": entry.version,
+        "old": json.dumps(entry.old, sort_keys=True),
+        "new": json.dumps(entry.new, sort_keys=True),
+        "archived_at": archived_at,
+    }
 
 
 def _entry(row: Row[Any]) -> AuditEntry:
-    return AuditEntry(at=_utc(row.at), actor=row.actor, action=row.action, company=row.company,
-                      version=row.version, old=json.loads(row.old), new=json.loads(row.new),
-                      os_user=row.os_user)
+    return AuditEntry(
+        at=_utc(row.at),
+        actor=row.actor,
+        action=row.action,
+        company=row.company,
+        version=row.version,
+        old=json.loads(row.old),
+        new=json.loads(row.new),
+        os_user=row.os_user,
+    )
 
 
 class AuditArchive:
@@ -88,13 +105,18 @@ class AuditArchive:
         def write() -> int:
             with self.db.engine.begin() as conn:
                 dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-                stmt = dialect.insert(audit_log).on_conflict_do_nothing(
-                    index_elements=["kind", "digest"]).returning(audit_log.c.id)
+                stmt = (
+                    dialect.insert(audit_log)
+                    .on_conflict_do_nothing(index_elements=["kind", "digest"])
+                    .returning(audit_log.c.id)
+                )
                 return len(conn.execute(stmt, rows).all())
+
         return self.db.guard(write)
 
-    def older(self, kind: Kind, company: str | None, limit: int,
-              shown: Sequence[AuditEntry] = ()) -> list[AuditEntry]:
+    def older(
+        self, kind: Kind, company: str | None, limit: int, shown: Sequence[AuditEntry] = ()
+    ) -> list[AuditEntry]:
         """Archived entries, newest first, leaving out those in ``shown`` (Redis' part)."""
         skip = {digest(e) for e in shown}
         t = audit_log
@@ -107,10 +129,12 @@ class AuditArchive:
             with self.db.engine.connect() as conn:
                 rows = [r for r in conn.execute(query) if r.digest not in skip]
             return [_entry(r) for r in rows[:limit]]
+
         return self.db.guard(read)
 
-    def extend(self, kind: Kind, company: str | None, recent: list[AuditEntry],
-               limit: int) -> tuple[list[AuditEntry], str | None]:
+    def extend(
+        self, kind: Kind, company: str | None, recent: list[AuditEntry], limit: int
+    ) -> tuple[list[AuditEntry], str | None]:
         """``recent`` (from Redis, newest first) continued by archived entries up to ``limit``
         in all; with the database unavailable, ``recent`` and a one-line warning."""
         if len(recent) >= limit:
@@ -128,11 +152,13 @@ class AuditArchive:
         def read() -> int:
             with self.db.engine.connect() as conn:
                 return int(conn.execute(query).scalar_one())
+
         return self.db.guard(read)
 
 
-def archive_list(client: redis.Redis, key: str, kind: Kind, archive: AuditArchive, keep: int,
-                 batch: int = BATCH) -> int:
+def archive_list(
+    client: redis.Redis, key: str, kind: Kind, archive: AuditArchive, keep: int, batch: int = BATCH
+) -> int:
     """Move the entries of the list ``key`` beyond its newest ``keep`` into the archive;
     returns how many left Redis."""
     trim = lua.load(client, "audit_trim")
@@ -151,14 +177,17 @@ def _lists(client: redis.Redis, keys: KeySpace) -> Iterator[tuple[str, Kind]]:
     """Every audit list (also those of removed companies, whose logs outlive them)."""
     yield keys.operator_log, "operator"
     scans: tuple[tuple[str, Kind], ...] = (
-        (keys.audit("*"), "audit"), (keys.denied("*"), "denied"))  # ids hold no glob character
+        (keys.audit("*"), "audit"),
+        (keys.denied("*"), "denied"),
+    )  # ids hold no glob character
     for pattern, kind in scans:
         for key in client.scan_iter(match=pattern, count=1000, _type="list"):
             yield str(key), kind
 
 
-def archive_all(client: redis.Redis, keys: KeySpace, archive: AuditArchive,
-                keep: int) -> dict[str, int]:
+def archive_all(
+    client: redis.Redis, keys: KeySpace, archive: AuditArchive, keep: int
+) -> dict[str, int]:
     """Archive every list's entries beyond ``keep``; returns entries moved per kind."""
     moved: dict[str, int] = dict.fromkeys(KINDS, 0)
     lists = _lists(client, keys)

@@ -72,14 +72,18 @@ def make_engine(url: str) -> Engine:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         # As many pooled connections as a thread-pool worker has threads (16 in compose).
-        engine = create_engine(url, pool_size=5, max_overflow=20,
-                               connect_args={"timeout": SQLITE_BUSY_SECONDS,
-                                             "check_same_thread": False})
+        engine = create_engine(
+            url,
+            pool_size=5,
+            max_overflow=20,
+            connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False},
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=20,
-                         connect_args=connect_args)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=20, connect_args=connect_args
+    )
 
 
 class Database:
@@ -116,6 +120,7 @@ class Database:
         def read(engine: Engine) -> str | None:
             with engine.connect() as conn:
                 return MigrationContext.configure(conn).get_current_revision()
+
         return self.guard(lambda: read(self.raw_engine))
 
     def check(self) -> None:
@@ -126,10 +131,13 @@ class Database:
         if current is not None and current not in known_revisions():
             raise SchemaBehind(
                 f"the database {self.masked_url} is at revision {current}, newer than this "
-                f"code knows (it needs {head}): upgrade this code, not the database")
+                f"code knows (it needs {head}): upgrade this code, not the database"
+            )
         state = f"at revision {current}" if current else "empty (no schema)"
-        raise SchemaBehind(f"the database {self.masked_url} is {state}, this code needs {head}: "
-                           "run `erp-sync db upgrade`")
+        raise SchemaBehind(
+            f"the database {self.masked_url} is {state}, this code needs {head}: "
+            "run `erp-sync db upgrade`"
+        )
 
     def upgrade(self) -> tuple[str | None, str]:
         """Migrate to the head revision; returns (before, after)."""
@@ -142,6 +150,7 @@ class Database:
             with self.raw_engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
+
         self.guard(run)
         self._checked = False
         return before, head_revision()
@@ -152,8 +161,9 @@ class Database:
             return work()
         except exc.OperationalError as error:
             reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-            raise DatabaseUnavailable(f"the database {self.masked_url} is unavailable: "
-                                      f"{reason}") from None
+            raise DatabaseUnavailable(
+                f"the database {self.masked_url} is unavailable: {reason}"
+            ) from None
 
     def dispose(self) -> None:
         with self._lock:

@@ -56,8 +56,12 @@ class Counts:
         return self.created + self.updated + self.deleted
 
     def as_dict(self) -> dict[str, int]:
-        return {"created": self.created, "updated": self.updated,
-                "unchanged": self.unchanged, "deleted": self.deleted}
+        return {
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "deleted": self.deleted,
+        }
 
 
 @dataclass
@@ -112,7 +116,8 @@ def _pg_upsert(c: Collection) -> TextClause:
         keys = ["company", *(["project"] if c.project_level else [])]
         arrays = ["erp_id", *c.fields, "data"]
         cast = ", ".join(
-            f"CAST(:{n} AS {_PG_ARRAY.get(str(t.c[n].type), 'text[]')})" for n in arrays)
+            f"CAST(:{n} AS {_PG_ARRAY.get(str(t.c[n].type), 'text[]')})" for n in arrays
+        )
         changed = ", ".join(f"{n} = excluded.{n}" for n in (*c.fields, "data", "last_changed"))
         _pg_statements[c.name] = text(
             f"INSERT INTO {t.name} ({', '.join([*keys, *arrays])}, first_seen, last_changed, "
@@ -122,7 +127,8 @@ def _pg_upsert(c: Collection) -> TextClause:
             f"ON CONFLICT ({', '.join([*keys, 'erp_id'])}) DO UPDATE SET {changed}, "
             f"deleted_in_erp = false, version = {t.name}.version + 1 "
             f"WHERE {t.name}.data <> excluded.data OR {t.name}.deleted_in_erp "
-            f"RETURNING version")
+            f"RETURNING version"
+        )
     return _pg_statements[c.name]
 
 
@@ -151,8 +157,14 @@ class RecordStore:
             where.append(c.table.c.project == project)
         return where
 
-    def write_page(self, name: str, project: str | None, records: Iterable[Record],
-                   deleted: Sequence[str] = (), now: datetime | None = None) -> Counts:
+    def write_page(
+        self,
+        name: str,
+        project: str | None,
+        records: Iterable[Record],
+        deleted: Sequence[str] = (),
+        now: datetime | None = None,
+    ) -> Counts:
         """Write one page's changes in one transaction (all of it, or none of it)."""
         c = collection(name)
         self._scope(c, project)  # a project-level page needs its project: refused up front
@@ -168,10 +180,12 @@ class RecordStore:
                 if gone:
                     counts.deleted = self._mark_deleted(conn, c, project, gone, at)
                 return counts
+
         return self.db.guard(write)
 
-    def import_page(self, name: str, project: str | None, records: Iterable[Record],
-                    now: datetime | None = None) -> int:
+    def import_page(
+        self, name: str, project: str | None, records: Iterable[Record], now: datetime | None = None
+    ) -> int:
         """Insert records not stored yet; a row already there is left exactly as it is (what
         ``db import-redis`` needs: an old copy must never overwrite what a sync wrote since).
         Returns how many were inserted."""
@@ -185,57 +199,82 @@ class RecordStore:
         def write() -> int:
             with self.db.engine.begin() as conn:
                 dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-                stmt = dialect.insert(c.table).on_conflict_do_nothing().returning(
-                    c.table.c.erp_id)
+                stmt = dialect.insert(c.table).on_conflict_do_nothing().returning(c.table.c.erp_id)
                 return len(conn.execute(stmt, rows).all())
+
         return self.db.guard(write)
 
-    def _rows(self, c: Collection, project: str | None, batch: dict[str, Record],
-              at: datetime) -> list[dict[str, Any]]:
+    def _rows(
+        self, c: Collection, project: str | None, batch: dict[str, Record], at: datetime
+    ) -> list[dict[str, Any]]:
         base: dict[str, Any] = {"company": self.company}
         if c.project_level:
             base["project"] = project
-        return [{**base, "erp_id": erp_id, "data": canonical(r), "first_seen": at,
-                 "last_changed": at, "deleted_in_erp": False, "version": 1,
-                 **{f: _typed(c.table, f, r.get(f)) for f in c.fields}}
-                for erp_id, r in batch.items()]
+        return [
+            {
+                **base,
+                "erp_id": erp_id,
+                "data": canonical(r),
+                "first_seen": at,
+                "last_changed": at,
+                "deleted_in_erp": False,
+                "version": 1,
+                **{f: _typed(c.table, f, r.get(f)) for f in c.fields},
+            }
+            for erp_id, r in batch.items()
+        ]
 
-    def _upsert(self, conn: Connection, c: Collection, project: str | None,
-                batch: dict[str, Record], at: datetime) -> Counts:
+    def _upsert(
+        self,
+        conn: Connection,
+        c: Collection,
+        project: str | None,
+        batch: dict[str, Record],
+        at: datetime,
+    ) -> Counts:
         if not batch:
             return Counts()
         t = c.table
         rows = self._rows(c, project, batch, at)
         if conn.dialect.name == "postgresql":
-            versions = [int(v) for v in conn.execute(_pg_upsert(c), _columns(c, rows))
-                        .scalars()]
+            versions = [int(v) for v in conn.execute(_pg_upsert(c), _columns(c, rows)).scalars()]
             created = sum(1 for v in versions if v == 1)
-            return Counts(created=created, updated=len(versions) - created,
-                          unchanged=len(batch) - len(versions))
+            return Counts(
+                created=created,
+                updated=len(versions) - created,
+                unchanged=len(batch) - len(versions),
+            )
         insert = sqlite.insert(t)
         new = insert.excluded
         stmt = insert.on_conflict_do_update(
             index_elements=[col.name for col in t.primary_key.columns],
-            set_={**{f: new[f] for f in (*c.fields, "data", "last_changed")},
-                  "deleted_in_erp": False, "version": t.c.version + 1},
+            set_={
+                **{f: new[f] for f in (*c.fields, "data", "last_changed")},
+                "deleted_in_erp": False,
+                "version": t.c.version + 1,
+            },
             where=or_(t.c.data != new.data, t.c.deleted_in_erp.is_(True)),
         ).returning(t.c.version)
         versions = [int(v) for v in conn.execute(stmt, rows).scalars()]
         created = sum(1 for v in versions if v == 1)
-        return Counts(created=created, updated=len(versions) - created,
-                      unchanged=len(batch) - len(versions))
+        return Counts(
+            created=created, updated=len(versions) - created, unchanged=len(batch) - len(versions)
+        )
 
-    def _mark_deleted(self, conn: Connection, c: Collection, project: str | None,
-                      ids: list[str], at: datetime) -> int:
+    def _mark_deleted(
+        self, conn: Connection, c: Collection, project: str | None, ids: list[str], at: datetime
+    ) -> int:
         t = c.table
         result = conn.execute(
-            update(t).where(*self._scope(c, project), t.c.erp_id.in_(ids),
-                            t.c.deleted_in_erp.is_(False))
-            .values(deleted_in_erp=True, last_changed=at, version=t.c.version + 1))
+            update(t)
+            .where(*self._scope(c, project), t.c.erp_id.in_(ids), t.c.deleted_in_erp.is_(False))
+            .values(deleted_in_erp=True, last_changed=at, version=t.c.version + 1)
+        )
         return int(result.rowcount)
 
-    def all(self, name: str, project: str | None = None,
-            include_deleted: bool = False) -> dict[str, Record]:
+    def all(
+        self, name: str, project: str | None = None, include_deleted: bool = False
+    ) -> dict[str, Record]:
         """The collection's records by ERP id (live ones unless ``include_deleted``)."""
         c = collection(name)
         query = select(c.table.c.erp_id, c.table.c.data).where(*self._scope(c, project))
@@ -245,16 +284,19 @@ class RecordStore:
         def read() -> dict[str, Record]:
             with self.db.engine.connect() as conn:
                 return {str(i): json.loads(d) for i, d in conn.execute(query)}
+
         return self.db.guard(read)
 
     def deleted_ids(self, name: str, project: str | None = None) -> set[str]:
         c = collection(name)
-        query = select(c.table.c.erp_id).where(*self._scope(c, project),
-                                               c.table.c.deleted_in_erp.is_(True))
+        query = select(c.table.c.erp_id).where(
+            *self._scope(c, project), c.table.c.deleted_in_erp.is_(True)
+        )
 
         def read() -> set[str]:
             with self.db.engine.connect() as conn:
                 return {str(i) for i in conn.execute(query).scalars()}
+
         return self.db.guard(read)
 
     def payments_by_commitment(self, project: str) -> dict[str, list[Record]]:

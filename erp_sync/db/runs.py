@@ -69,28 +69,40 @@ class RunLog:
                 if replace:
                     stmt = insert.on_conflict_do_update(
                         index_elements=["task_id"],
-                        set_={c: insert.excluded[c] for c in COLUMNS if c != "task_id"})
+                        set_={c: insert.excluded[c] for c in COLUMNS if c != "task_id"},
+                    )
                 else:
                     stmt = insert.on_conflict_do_nothing(index_elements=["task_id"])
                 rows = [_row(r) for r in records]
                 written = 0  # counted from RETURNING: an executemany's rowcount may be -1
                 for start in range(0, len(rows), 500):
-                    written += len(conn.execute(stmt.returning(sync_runs.c.task_id),
-                                                rows[start:start + 500]).all())
+                    written += len(
+                        conn.execute(
+                            stmt.returning(sync_runs.c.task_id), rows[start : start + 500]
+                        ).all()
+                    )
                 return written
+
         return self.db.guard(write)
 
     def get(self, task_id: str) -> RunRecord | None:
         def read() -> RunRecord | None:
             with self.db.engine.connect() as conn:
-                row = conn.execute(select(sync_runs).where(
-                    sync_runs.c.task_id == task_id)).first()
+                row = conn.execute(select(sync_runs).where(sync_runs.c.task_id == task_id)).first()
                 return _record(row) if row is not None else None
+
         return self.db.guard(read)
 
-    def recent(self, company: str, limit: int = 50, *, status: str | None = None,
-               kind: str | None = None, project: str | None = None,
-               since: datetime | None = None) -> list[RunRecord]:
+    def recent(
+        self,
+        company: str,
+        limit: int = 50,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        project: str | None = None,
+        since: datetime | None = None,
+    ) -> list[RunRecord]:
         """The company's runs, newest first, filtered."""
         t = sync_runs
         query = select(t).where(t.c.company == company)
@@ -107,6 +119,7 @@ class RunLog:
         def read() -> list[RunRecord]:
             with self.db.engine.connect() as conn:
                 return [_record(row) for row in conn.execute(query)]
+
         return self.db.guard(read)
 
     def count(self, company: str | None = None) -> int:
@@ -117,13 +130,17 @@ class RunLog:
         def read() -> int:
             with self.db.engine.connect() as conn:
                 return int(conn.execute(query).scalar_one())
+
         return self.db.guard(read)
 
     def prune(self, before: datetime) -> int:
         """Delete runs that started before ``before``; returns how many."""
+
         def write() -> int:
             with self.db.engine.begin() as conn:
-                result = conn.execute(delete(sync_runs).where(
-                    sync_runs.c.started_at < before.astimezone(UTC)))
+                result = conn.execute(
+                    delete(sync_runs).where(sync_runs.c.started_at < before.astimezone(UTC))
+                )
                 return int(result.rowcount)
+
         return self.db.guard(write)

@@ -34,10 +34,12 @@ from sqlalchemy import (
     Text,
 )
 
-metadata = MetaData(naming_convention={
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "pk": "pk_%(table_name)s",
-})
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
 
 ID = 200  # longest company, project or ERP id stored
 
@@ -57,7 +59,8 @@ def _records_table(name: str, project_level: bool, *typed: Column[Any]) -> Colle
     if project_level:
         keys.append(Column("project", String(ID), primary_key=True))
     table = Table(
-        name, metadata,
+        name,
+        metadata,
         *keys,
         Column("erp_id", String(ID), primary_key=True),
         *typed,
@@ -74,20 +77,43 @@ def _text(name: str) -> Column[Any]:
     return Column(name, Text)
 
 
-COLLECTIONS: dict[str, Collection] = {c.name: c for c in (
-    _records_table("vendors", False, _text("name"), Column("active", Boolean),
-                   _text("tax_id"), _text("city")),
-    _records_table("jobs", False, _text("name"), _text("status")),
-    _records_table("cost_codes", False, _text("description")),
-    _records_table("project_cost_codes", True, _text("description")),
-    _records_table("job_costs", True, _text("job"), _text("cost_code"), _text("cost_type"),
-                   Column("amount_cents", BigInteger), _text("description")),
-    _records_table("payments", True, _text("invoice"), _text("commitment"),
-                   Column("amount_cents", BigInteger), _text("check_number")),
-)}
+COLLECTIONS: dict[str, Collection] = {
+    c.name: c
+    for c in (
+        _records_table(
+            "vendors",
+            False,
+            _text("name"),
+            Column("active", Boolean),
+            _text("tax_id"),
+            _text("city"),
+        ),
+        _records_table("jobs", False, _text("name"), _text("status")),
+        _records_table("cost_codes", False, _text("description")),
+        _records_table("project_cost_codes", True, _text("description")),
+        _records_table(
+            "job_costs",
+            True,
+            _text("job"),
+            _text("cost_code"),
+            _text("cost_type"),
+            Column("amount_cents", BigInteger),
+            _text("description"),
+        ),
+        _records_table(
+            "payments",
+            True,
+            _text("invoice"),
+            _text("commitment"),
+            Column("amount_cents", BigInteger),
+            _text("check_number"),
+        ),
+    )
+}
 
 sync_runs = Table(
-    "sync_runs", metadata,
+    "sync_runs",
+    metadata,
     Column("task_id", String(300), primary_key=True),
     Column("company", String(ID), nullable=False),
     Column("kind", String(40), nullable=False),
@@ -112,7 +138,8 @@ sync_runs = Table(
 # and payment sync then pages its own lines from this table (by ``seq``, a per-company sequence
 # that grows with every change), instead of reading the whole company from the ERP per project.
 erp_lines = Table(
-    "erp_lines", metadata,
+    "erp_lines",
+    metadata,
     Column("company", String(ID), primary_key=True),
     Column("kind", String(20), primary_key=True),  # job_costs | payments
     Column("project", String(ID), primary_key=True),
@@ -128,7 +155,8 @@ erp_lines = Table(
 # Per company and source, how far the mirror has read (a watermark, and a cursor while a
 # refresh is under way: a refresh deferred by the rate limit resumes where it stopped).
 erp_mirror = Table(
-    "erp_mirror", metadata,
+    "erp_mirror",
+    metadata,
     Column("company", String(ID), primary_key=True),
     Column("source", String(40), primary_key=True),
     Column("state", Text, nullable=False),
@@ -143,7 +171,8 @@ erp_mirror = Table(
 # archive rerun a no-op: the same entry archived twice is one row. ``id`` grows in the order
 # entries were pushed (each batch is inserted oldest first), so it is the reading order.
 audit_log = Table(
-    "audit_log", metadata,
+    "audit_log",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("kind", String(20), nullable=False),
     Column("digest", String(64), nullable=False),

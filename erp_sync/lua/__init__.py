@@ -30,8 +30,11 @@ def source(name: str) -> str:
 
 def names() -> list[str]:
     """Every script's name (without ``.lua``; included functions, ``_NAME.lua``, left out)."""
-    return sorted(p.name.removesuffix(".lua") for p in resources.files(__package__).iterdir()
-                  if p.name.endswith(".lua") and not p.name.startswith("_"))
+    return sorted(
+        p.name.removesuffix(".lua")
+        for p in resources.files(__package__).iterdir()
+        if p.name.endswith(".lua") and not p.name.startswith("_")
+    )
 
 
 def load(client: redis.Redis, name: str) -> Script:

@@ -110,26 +110,30 @@ def failover_storm(workdir: Path, short: bool) -> Report:
         dispatched = ids & due
         twice = sum(n - 1 for n in executions(s.procs).values() if n > 1)
         sent_twice = stat(client, keys, "messages") - len(ids)
-        report.figures.update({
-            "window s": round(end - start, 1),
-            "slots due": len(due),
-            "dispatched": len(dispatched),
-            "executed": sum(runs[t].status != "running" for t in dispatched if t in runs),
-            "outcomes": dict(Counter(runs[t].status for t in dispatched if t in runs)),
-            "slots sent twice": sent_twice,
-            "slots run twice": twice,
-            "missed": len(due - ids),
-            "dispatched outside the schedule": len(ids - scheduled),
-            "takeover after kill s (max)": round(max(takeovers, default=0), 2),
-            "leader death -> next dispatch s (each)": [round(g, 2) for g in gaps],
-            "longest gap s (target <= 5)": round(max(gaps, default=0), 2),
-        })
+        report.figures.update(
+            {
+                "window s": round(end - start, 1),
+                "slots due": len(due),
+                "dispatched": len(dispatched),
+                "executed": sum(runs[t].status != "running" for t in dispatched if t in runs),
+                "outcomes": dict(Counter(runs[t].status for t in dispatched if t in runs)),
+                "slots sent twice": sent_twice,
+                "slots run twice": twice,
+                "missed": len(due - ids),
+                "dispatched outside the schedule": len(ids - scheduled),
+                "takeover after kill s (max)": round(max(takeovers, default=0), 2),
+                "leader death -> next dispatch s (each)": [round(g, 2) for g in gaps],
+                "longest gap s (target <= 5)": round(max(gaps, default=0), 2),
+            }
+        )
         report.check(len(gaps) == kills, f"only {len(gaps)} of {kills} kills completed")
         report.check(sent_twice == 0 and twice == 0, "a slot was dispatched or run twice")
         report.check(not due - ids, f"{len(due - ids)} slots missed: {sorted(due - ids)[:5]}")
         report.check(not ids - scheduled, "slots dispatched that the schedule does not have")
-        report.check(all(runs[t].status == "succeeded" for t in dispatched),
-                     "a dispatched slot did not run to success")
+        report.check(
+            all(runs[t].status == "succeeded" for t in dispatched),
+            "a dispatched slot did not run to success",
+        )
     return report
 
 
@@ -147,8 +151,7 @@ def stepped_down_since(beat: procs.Proc, said: int) -> bool:
 
 def paused_leader(workdir: Path, short: bool) -> Report:
     rounds = 1 if short else 5
-    report = Report("2 paused leader", "SIGSTOP of the leader past its lease, then SIGCONT",
-                    rounds)
+    report = Report("2 paused leader", "SIGSTOP of the leader past its lease, then SIGCONT", rounds)
     with stack(workdir, ERP_SYNC_SECONDS_PER_HOUR="2") as s:
         client, keys = s.client, s.keys
         store = SettingsStore(client, keys)
@@ -188,15 +191,18 @@ def paused_leader(workdir: Path, short: bool) -> Report:
             stale.append(sum(o == origin for _, o in queued(client, keys)) - before)
             report.check(victim.alive(), "the resumed beat crashed")
         ids = [tid for tid, _ in queued(client, keys)]
-        report.figures.update({
-            "pauses": len(stale),
-            "dispatches by the stale leader (each pause)": stale,
-            "resumed beats that stepped down (logged)": fenced,
-            "messages queued": len(ids),
-            "slots sent twice": len(ids) - len(set(ids)),
-        })
-        report.check(len(stale) == rounds and not any(stale),
-                     "a paused leader dispatched after it resumed")
+        report.figures.update(
+            {
+                "pauses": len(stale),
+                "dispatches by the stale leader (each pause)": stale,
+                "resumed beats that stepped down (logged)": fenced,
+                "messages queued": len(ids),
+                "slots sent twice": len(ids) - len(set(ids)),
+            }
+        )
+        report.check(
+            len(stale) == rounds and not any(stale), "a paused leader dispatched after it resumed"
+        )
         report.check(len(ids) == len(set(ids)), "a slot was dispatched twice")
     return report
 
@@ -205,16 +211,18 @@ def paused_leader(workdir: Path, short: bool) -> Report:
 def worker_kills(workdir: Path, short: bool, seed: int = 6) -> Report:
     target = 3 if short else 20
     rng = random.Random(seed)
-    report = Report("3 worker kills", "SIGKILL of a worker (whole) or of a prefork child "
-                    "mid-sync", target)
+    report = Report(
+        "3 worker kills", "SIGKILL of a worker (whole) or of a prefork child mid-sync", target
+    )
     with stack(workdir, **FAST_LIMITS) as s:
         client, keys = s.client, s.keys
         companies = [f"c{i}" for i in range(4)]
         projects = ["p1", "p2"]
         data = SandboxData(client, keys)
         for company in companies:
-            small_company(client, keys, company, projects=tuple(projects), latency_ms=150,
-                          page_size=3)  # syncs of ~0.5-1 s: kills land mid-sync
+            small_company(
+                client, keys, company, projects=tuple(projects), latency_ms=150, page_size=3
+            )  # syncs of ~0.5-1 s: kills land mid-sync
         # One child each: a busy worker's child is the one running the sync, so every kill
         # lands mid-sync.
         workers = [s.worker(pool="prefork", concurrency=1) for _ in range(3)]
@@ -241,16 +249,19 @@ def worker_kills(workdir: Path, short: bool, seed: int = 6) -> Report:
                     slot = 1_790_000_000.0 + rounds * 3600
                     for company in companies:
                         for kind in (SyncKind.VENDORS, SyncKind.JOBS):
-                            pending.append(sender.send(kind, company,
-                                                       task_id(company, kind, None, slot)))
+                            pending.append(
+                                sender.send(kind, company, task_id(company, kind, None, slot))
+                            )
                         for p in projects:
                             for kind in (SyncKind.JOB_COSTS, SyncKind.PAYMENTS):
-                                pending.append(sender.send(kind, company,
-                                                           task_id(company, kind, p, slot), p))
+                                pending.append(
+                                    sender.send(kind, company, task_id(company, kind, p, slot), p)
+                                )
                     sent += pending
                 time.sleep(rng.uniform(0.3, 1.2))  # kills land at random points of the syncs
-                running = {t for t, r in records(client, keys, companies).items()
-                           if r.status == "running"}
+                running = {
+                    t for t, r in records(client, keys, companies).items() if r.status == "running"
+                }
                 busy = [w for w in workers if w.alive() and running & in_hand(w)]
                 if sum(kills.values()) >= min(target, 3 * rounds) or not busy:
                     continue  # (at most 3 kills a round, so a sync is never killed to death)
@@ -275,20 +286,21 @@ def worker_kills(workdir: Path, short: bool, seed: int = 6) -> Report:
             data.configure(company, latency_ms=0, page_size=1000)  # reconcile at full speed
             d, e = drift(client, keys, s.db, company, projects)
             differ, extra = differ + d, extra + e
-        report.figures.update({
-            "kills": dict(kills),
-            "rounds x syncs": f"{rounds} x {len(sent) // max(rounds, 1)}",
-            "slots sent": len(sent),
-            "outcomes": dict(outcomes),
-            "reruns (attempt > 1)": sum(runs[t].attempt > 1 for t in sent if t in runs),
-            "drift (ERP vs Procore side)": differ,
-            "duplicate records": extra,
-            "slots run twice": twice,
-        })
+        report.figures.update(
+            {
+                "kills": dict(kills),
+                "rounds x syncs": f"{rounds} x {len(sent) // max(rounds, 1)}",
+                "slots sent": len(sent),
+                "outcomes": dict(outcomes),
+                "reruns (attempt > 1)": sum(runs[t].attempt > 1 for t in sent if t in runs),
+                "drift (ERP vs Procore side)": differ,
+                "duplicate records": extra,
+                "slots run twice": twice,
+            }
+        )
         report.times = sum(kills.values())
         report.check(report.times >= target, f"only {report.times} of {target} kills happened")
-        report.check(outcomes == Counter({"succeeded": len(sent)}),
-                     "a slot did not end succeeded")
+        report.check(outcomes == Counter({"succeeded": len(sent)}), "a slot did not end succeeded")
         report.check(differ == 0 and extra == 0, "the Procore side differs from the ERP")
         report.check(twice == 0, "a slot ran to completion twice")
     return report
@@ -307,8 +319,9 @@ def skipped_slots(ids: set[str], period: float, downs: list[tuple[float, float]]
         slots.sort()
         step = period * (2 if kind == SyncKind.JOB_COSTS else 1)
         for a, b in itertools.pairwise(slots):
-            if b - a > step + 1 and not any(a - step <= up and b + step >= down
-                                             for down, up in downs):
+            if b - a > step + 1 and not any(
+                a - step <= up and b + step >= down for down, up in downs
+            ):
                 missing.append(f"{company} {kind} {project or '-'}: {a}..{b}")
     return missing
 
@@ -324,28 +337,37 @@ class State:
     @classmethod
     def read(cls, s: Stack, companies: list[str]) -> State:
         client = s.client
-        return cls([str(client.get(s.keys.settings(c))) for c in companies],
-                   zscores(client, s.keys.due),
-                   records(client, s.keys, companies))
+        return cls(
+            [str(client.get(s.keys.settings(c))) for c in companies],
+            zscores(client, s.keys.due),
+            records(client, s.keys, companies),
+        )
 
     def lost_in(self, after: State) -> list[str]:
         """What of this state is missing from ``after`` (due times may only move forward)."""
         lost = ["settings"] if self.settings != after.settings else []
         lost += [f"due {m}" for m, t in self.due.items() if after.due.get(m, -1.0) < t]
-        lost += [f"run {tid}" for tid, r in self.runs.items()
-                 if r.status != "running" and after.runs.get(tid) != r]
+        lost += [
+            f"run {tid}"
+            for tid, r in self.runs.items()
+            if r.status != "running" and after.runs.get(tid) != r
+        ]
         return lost
 
 
-def _resumed(s: Stack, companies: list[str], back: float, timeout: float
-             ) -> tuple[float | None, float | None]:
+def _resumed(
+    s: Stack, companies: list[str], back: float, timeout: float
+) -> tuple[float | None, float | None]:
     """Seconds from Redis being back (``back``, epoch) to the next dispatch and successful run."""
     client, keys = s.client, s.keys
     slots = stat(client, keys, "slots")
 
     def first_run() -> float | None:
-        ends = [r.finished_at.timestamp() for r in records(client, keys, companies).values()
-                if r.status == "succeeded" and r.finished_at and r.finished_at.timestamp() > back]
+        ends = [
+            r.finished_at.timestamp()
+            for r in records(client, keys, companies).values()
+            if r.status == "succeeded" and r.finished_at and r.finished_at.timestamp() > back
+        ]
         return min(ends, default=None)
 
     dispatch = wait(lambda: stat(client, keys, "slots") > slots, timeout, 0.05)
@@ -359,8 +381,11 @@ def redis_restart(workdir: Path, short: bool) -> Report:
     # Longer than the lease and than redis-py's own retries (at most about 4 s), so every
     # process sees commands fail; the long run also outlasts the workers' visibility timeout.
     outage = 6.0 if short else 30.0
-    report = Report("4 Redis restart and outage", f"SIGKILL of redis-server + restart; then "
-                    f"{outage:g} s down", 2)
+    report = Report(
+        "4 Redis restart and outage",
+        f"SIGKILL of redis-server + restart; then {outage:g} s down",
+        2,
+    )
     with stack(workdir, ERP_SYNC_SECONDS_PER_HOUR="6", **FAST_LIMITS) as s:
         keys = s.keys
         # ~0.3 s syncs, ~3 a second: Redis always dies with syncs in flight (unacknowledged)
@@ -368,14 +393,24 @@ def redis_restart(workdir: Path, short: bool) -> Report:
         for _ in range(2):
             s.beat()
         s.worker(concurrency=4)
-        if wait(lambda: any(r.status == "succeeded" for r in records(
-                s.client, keys, companies).values()), 60) is None:
+        if (
+            wait(
+                lambda: any(
+                    r.status == "succeeded" for r in records(s.client, keys, companies).values()
+                ),
+                60,
+            )
+            is None
+        ):
             report.problems.append("nothing ran before the restart")
             return report
         # Redis dies with syncs in flight (started, unacknowledged): wait until one runs.
         client = s.client
-        in_flight = wait(lambda: any(r.status == "running" for r in records(
-            client, keys, companies).values()), 30, 0.02)
+        in_flight = wait(
+            lambda: any(r.status == "running" for r in records(client, keys, companies).values()),
+            30,
+            0.02,
+        )
         report.check(in_flight is not None, "no sync was in flight to be cut off")
         before = State.read(s, companies)
         downs: list[tuple[float, float]] = []
@@ -387,11 +422,13 @@ def redis_restart(workdir: Path, short: bool) -> Report:
         downs.append((down, back))
         lost = before.lost_in(State.read(s, companies))
         dispatch, run = _resumed(s, companies, back, 60)
-        report.figures.update({
-            "restart: settings/due/history intact": "yes" if not lost else lost[:3],
-            "restart: Redis back -> next dispatch s": dispatch,
-            "restart: Redis back -> next successful run s": run,
-        })
+        report.figures.update(
+            {
+                "restart: settings/due/history intact": "yes" if not lost else lost[:3],
+                "restart: Redis back -> next dispatch s": dispatch,
+                "restart: Redis back -> next successful run s": run,
+            }
+        )
         report.check(not lost, "state lost across a Redis restart")
         report.check(dispatch is not None, "beat did not dispatch again after the restart")
         report.check(run is not None, "no worker ran a sync again after the restart")
@@ -408,16 +445,20 @@ def redis_restart(workdir: Path, short: bool) -> Report:
         applied = None if applied is None else round(applied, 2)
         dispatch, run = _resumed(s, companies, back, 60)
         alive = [p.name for p in s.procs if p.alive()]
-        report.figures.update({
-            "outage s": outage,
-            "outage: change made just before it, applied after s": applied,
-            "outage: Redis back -> next dispatch s": dispatch,
-            "outage: Redis back -> next successful run s": run,
-            "processes alive after both": f"{len(alive)} / {len(s.procs)}",
-        })
+        report.figures.update(
+            {
+                "outage s": outage,
+                "outage: change made just before it, applied after s": applied,
+                "outage: Redis back -> next dispatch s": dispatch,
+                "outage: Redis back -> next successful run s": run,
+                "processes alive after both": f"{len(alive)} / {len(s.procs)}",
+            }
+        )
         report.check(applied is not None, "the change made before the outage was lost")
-        report.check(dispatch is not None and run is not None,
-                     "beat or workers did not resume after the outage")
+        report.check(
+            dispatch is not None and run is not None,
+            "beat or workers did not resume after the outage",
+        )
         report.check(len(alive) == len(s.procs), "a process died")
         procs.stop_all(s.beats())
         report.check(drain(s, companies, 60) is not None, "the workers never drained the queues")
@@ -426,13 +467,15 @@ def redis_restart(workdir: Path, short: bool) -> Report:
         unaccounted = stat(s.client, keys, "messages") - len(ids)
         twice = sum(n - 1 for n in executions(s.procs).values() if n > 1)
         lost = skipped_slots(ids, 6.0, downs)
-        report.figures.update({
-            "slots dispatched": len(ids),
-            "outcomes": dict(Counter(r.status for r in runs.values())),
-            "messages queued - task ids seen": unaccounted,
-            "slots missing outside the outages": lost[:5],
-            "slots run twice": twice,
-        })
+        report.figures.update(
+            {
+                "slots dispatched": len(ids),
+                "outcomes": dict(Counter(r.status for r in runs.values())),
+                "messages queued - task ids seen": unaccounted,
+                "slots missing outside the outages": lost[:5],
+                "slots run twice": twice,
+            }
+        )
         # The exact guarantee (docs/reliability.md, "Redis killed"): kombu's Redis transport
         # takes a message with BRPOP and records it as unacknowledged in a second command, so a
         # message a worker pops in the instant Redis dies is gone, its slot with it: at most
@@ -440,22 +483,30 @@ def redis_restart(workdir: Path, short: bool) -> Report:
         # the outages). Anything beyond that bound is a loss this product caused.
         kills = len(downs)
         consumers = sum(1 for p in s.procs if p.name.startswith("worker"))
-        report.figures["crash-instant losses allowed (kills x worker processes)"] = \
+        report.figures["crash-instant losses allowed (kills x worker processes)"] = (
             kills * consumers
+        )
         report.check(twice == 0, "a slot ran twice")
         report.check(not lost, f"slots lost: {lost[:5]}")
-        report.check(0 <= unaccounted <= kills * consumers,
-                     f"{unaccounted} queued messages never reached history "
-                     f"(at most {kills * consumers} can be popped as Redis dies)")
+        report.check(
+            0 <= unaccounted <= kills * consumers,
+            f"{unaccounted} queued messages never reached history "
+            f"(at most {kills * consumers} can be popped as Redis dies)",
+        )
         targets = [v for k, v in report.figures.items() if "Redis back" in k]
-        report.figures["resume target <= 10 s"] = "met" if all(
-            isinstance(v, float) and v <= 10 for v in targets) else "missed"
+        report.figures["resume target <= 10 s"] = (
+            "met" if all(isinstance(v, float) and v <= 10 for v in targets) else "missed"
+        )
     return report
 
 
 # --- 5. lost messages -------------------------------------------------------------------------
-FREQUENCIES = [PaymentsFrequency.EVERY_2_HOURS, PaymentsFrequency.EVERY_4_HOURS,
-               PaymentsFrequency.DAILY, PaymentsFrequency.HOURLY]
+FREQUENCIES = [
+    PaymentsFrequency.EVERY_2_HOURS,
+    PaymentsFrequency.EVERY_4_HOURS,
+    PaymentsFrequency.DAILY,
+    PaymentsFrequency.HOURLY,
+]
 
 
 def _change(store: SettingsStore, companies: list[str], n: int) -> list[tuple[str, int]]:
@@ -483,7 +534,8 @@ def _schedule_matches(s: Stack, companies: list[str]) -> bool:
         raw = client.hget(s.keys.beat_applied, company)
         want = cadences(stored.settings, store.get_company(company).timezone, 3600.0)
         if raw is None or Applied.model_validate_json(raw).cadences != {
-                k.value: c.key for k, c in want.items()}:
+            k.value: c.key for k, c in want.items()
+        }:
             return False
     return True
 
@@ -496,8 +548,11 @@ def outages(beat: procs.Proc) -> int:
 
 def lost_messages(workdir: Path, short: bool) -> Report:
     per_case = 6 if short else 60
-    report = Report("5 lost messages", "changes while every beat is down / SIGSTOPped past its "
-                    "lease / while Redis comes back", 3)
+    report = Report(
+        "5 lost messages",
+        "changes while every beat is down / SIGSTOPped past its lease / while Redis comes back",
+        3,
+    )
     with stack(workdir) as s:
         store = SettingsStore(s.client, s.keys)
         companies = [f"c{i}" for i in range(5)]
@@ -536,8 +591,11 @@ def lost_messages(workdir: Path, short: bool) -> Report:
         seen = [outages(b) for b in beats]
         s.server.kill()
         # Redis comes back once every beat has noticed it was gone (a failed tick or renewal).
-        report.check(wait(lambda: all(outages(b) > n for b, n in zip(beats, seen, strict=True)),
-                          30) is not None, "a beat never noticed Redis was down")
+        report.check(
+            wait(lambda: all(outages(b) > n for b, n in zip(beats, seen, strict=True)), 30)
+            is not None,
+            "a beat never noticed Redis was down",
+        )
         s.server.start()
         made = _change(SettingsStore(s.client, s.keys), companies, per_case)
         settle(made, "made as Redis came back")
@@ -546,4 +604,9 @@ def lost_messages(workdir: Path, short: bool) -> Report:
 
 
 SCENARIOS: dict[int, Callable[[Path, bool], Report]] = {
-    1: failover_storm, 2: paused_leader, 3: worker_kills, 4: redis_restart, 5: lost_messages}
+    1: failover_storm,
+    2: paused_leader,
+    3: worker_kills,
+    4: redis_restart,
+    5: lost_messages,
+}

@@ -35,10 +35,20 @@ from tests.support import procs
 from tests.support.erp import small_company
 from tests.support.redisproc import RedisServer
 
-TINY = {"vendors": 5, "cost_codes": 2, "extra_jobs": 0, "project_cost_codes": 1,
-        "costs_per_job": 2, "invoices_per_job": 2, "page_size": 1000}
-FAST_LIMITS = {"ERP_SYNC_TASK_SOFT_TIME_LIMIT": "4", "ERP_SYNC_TASK_TIME_LIMIT": "5",
-               "ERP_SYNC_VISIBILITY_TIMEOUT": "6"}
+TINY = {
+    "vendors": 5,
+    "cost_codes": 2,
+    "extra_jobs": 0,
+    "project_cost_codes": 1,
+    "costs_per_job": 2,
+    "invoices_per_job": 2,
+    "page_size": 1000,
+}
+FAST_LIMITS = {
+    "ERP_SYNC_TASK_SOFT_TIME_LIMIT": "4",
+    "ERP_SYNC_TASK_TIME_LIMIT": "5",
+    "ERP_SYNC_VISIBILITY_TIMEOUT": "6",
+}
 RECEIVED = re.compile(r"Task [\w.]+\[(\S+)\] received")
 FINISHED = re.compile(r"finished company=\S+ .*outcome=(\w+) .*task_id=(\S+)")
 
@@ -64,8 +74,10 @@ class Report:
 
     def print(self) -> None:
         verdict = "OK" if not self.problems else "FAILED: " + "; ".join(self.problems)
-        print(f"\n== {self.scenario}: {self.injected} x{self.times} ({self.seconds:.0f} s) "
-              f"-> {verdict}")
+        print(
+            f"\n== {self.scenario}: {self.injected} x{self.times} ({self.seconds:.0f} s) "
+            f"-> {verdict}"
+        )
         for name, value in self.figures.items():
             print(f"   {name}: {value}")
 
@@ -80,9 +92,13 @@ class Stack:
         self.keys = KeySpace(f"chaos{uuid.uuid4().hex[:6]}")
         self.db = Database(f"sqlite:///{workdir / 'erp_sync.db'}")  # its own, migrated
         self.db.upgrade()
-        self.env = {"ERP_SYNC_REDIS_URL": self.server.url, "ERP_SYNC_KEY_PREFIX": self.keys.prefix,
-                    "ERP_SYNC_BEAT_LEASE_SECONDS": "2", "ERP_SYNC_DATABASE_URL": self.db.url,
-                    **env}
+        self.env = {
+            "ERP_SYNC_REDIS_URL": self.server.url,
+            "ERP_SYNC_KEY_PREFIX": self.keys.prefix,
+            "ERP_SYNC_BEAT_LEASE_SECONDS": "2",
+            "ERP_SYNC_DATABASE_URL": self.db.url,
+            **env,
+        }
         self.procs: list[procs.Proc] = []
         self._n = 0
 
@@ -98,8 +114,9 @@ class Stack:
 
     def worker(self, pool: str = "threads", concurrency: int = 4) -> procs.Proc:
         self._n += 1
-        proc = procs.worker(f"worker{self._n}", self.env, self.dir, pool=pool,
-                            concurrency=concurrency)
+        proc = procs.worker(
+            f"worker{self._n}", self.env, self.dir, pool=pool, concurrency=concurrency
+        )
         self.procs.append(proc)
         return proc
 
@@ -172,13 +189,15 @@ def executions(logs: list[procs.Proc]) -> Counter[str]:
     return seen
 
 
-def drift(client: redis.Redis, keys: KeySpace, db: Database, company: str,
-          project_ids: list[str]) -> tuple[int, int]:
+def drift(
+    client: redis.Redis, keys: KeySpace, db: Database, company: str, project_ids: list[str]
+) -> tuple[int, int]:
     """(records differing between ERP and Procore side, records only on the Procore side)."""
     erp = SandboxErp(client, keys, company)
     differ = extra = 0
     targets = [(k, None) for k in (SyncKind.VENDORS, SyncKind.JOBS)] + [
-        (k, p) for p in project_ids for k in (SyncKind.JOB_COSTS, SyncKind.PAYMENTS)]
+        (k, p) for p in project_ids for k in (SyncKind.JOB_COSTS, SyncKind.PAYMENTS)
+    ]
     for kind, project in targets:
         for d in reconcile(db, company, kind, project, erp).values():
             differ += len(d.missing) + len(d.different)
@@ -197,20 +216,35 @@ def wait(check: Callable[[], object], timeout: float, interval: float = 0.05) ->
     return None
 
 
-def fleet(s: Stack, n: int, projects: int = 1, payments: str = "hourly",
-          latency_ms: float = 0.0) -> list[str]:
+def fleet(
+    s: Stack, n: int, projects: int = 1, payments: str = "hourly", latency_ms: float = 0.0
+) -> list[str]:
     client = s.client
     names = [f"c{i}" for i in range(n)]
     for name in names:
-        small_company(client, s.keys, name, "xero", tuple(f"p{j}" for j in range(projects)),
-                      latency_ms=latency_ms, **TINY)
+        small_company(
+            client,
+            s.keys,
+            name,
+            "xero",
+            tuple(f"p{j}" for j in range(projects)),
+            latency_ms=latency_ms,
+            **TINY,
+        )
         SettingsStore(client, s.keys).update_settings(
-            name, "alice", {"payments_for_synced_invoices": payments})
+            name, "alice", {"payments_for_synced_invoices": payments}
+        )
     return names
 
 
-def slots_due(client: redis.Redis, keys: KeySpace, companies: list[str], start: float,
-              end: float, seconds_per_hour: float) -> set[str]:
+def slots_due(
+    client: redis.Redis,
+    keys: KeySpace,
+    companies: list[str],
+    start: float,
+    end: float,
+    seconds_per_hour: float,
+) -> set[str]:
     """Task ids of every slot in (start, end], computed from the stored schedules."""
     store = SettingsStore(client, keys)
     due: set[str] = set()
@@ -228,11 +262,13 @@ def slots_due(client: redis.Redis, keys: KeySpace, companies: list[str], start: 
 
 def drain(s: Stack, companies: list[str], timeout: float) -> float | None:
     """Wait until the queues are empty and no run is left ``running``."""
+
     def done() -> bool:
         client = s.client
         if client.llen(s.keys.queue("company")) or client.llen(s.keys.queue("project")):
             return False
         return all(r.status != "running" for r in records(client, s.keys, companies).values())
+
     return wait(done, timeout, 0.3)
 
 

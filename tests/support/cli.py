@@ -20,7 +20,7 @@ class Invoke(Protocol):
 
 def invoker(client: redis.Redis, publisher: Publisher | None = None) -> Invoke:
     def invoke(*args: str) -> tuple[int, str, str]:
-        result = CliRunner().invoke(cli, list(args),
-                                    obj=Ctx(_client=client, _publisher=publisher))
+        result = CliRunner().invoke(cli, list(args), obj=Ctx(_client=client, _publisher=publisher))
         return result.exit_code, result.stdout, result.stderr
+
     return invoke

@@ -15,13 +15,25 @@ from erp_sync.ratelimit import set_limit
 from erp_sync.slots import TASK_NAMES, queue_for, task_kwargs
 from erp_sync.store import SettingsStore
 
-SMALL = {"vendors": 30, "cost_codes": 12, "extra_jobs": 2, "project_cost_codes": 4,
-         "costs_per_job": 25, "invoices_per_job": 6, "page_size": 10}
+SMALL = {
+    "vendors": 30,
+    "cost_codes": 12,
+    "extra_jobs": 2,
+    "project_cost_codes": 4,
+    "costs_per_job": 25,
+    "invoices_per_job": 6,
+    "page_size": 10,
+}
 
 
-def small_company(client: redis.Redis, keys: KeySpace, company: str = "acme",
-                  erp: str = "xero", projects: tuple[str, ...] = ("p1",),
-                  **sandbox: object) -> SandboxData:
+def small_company(
+    client: redis.Redis,
+    keys: KeySpace,
+    company: str = "acme",
+    erp: str = "xero",
+    projects: tuple[str, ...] = ("p1",),
+    **sandbox: object,
+) -> SandboxData:
     """A company with projects, an admin ``alice``, a small sandbox and no practical rate limit."""
     store = SettingsStore(client, keys)
     store.add_company(company, erp)
@@ -55,14 +67,26 @@ class Sender:
     """
 
     def __init__(self, env: dict[str, str]) -> None:
-        settings = Settings.model_validate({k.removeprefix("ERP_SYNC_").lower(): v
-                                            for k, v in env.items()})
+        settings = Settings.model_validate(
+            {k.removeprefix("ERP_SYNC_").lower(): v for k, v in env.items()}
+        )
         self.publisher = CeleryPublisher(settings)
 
-    def send(self, kind: SyncKind, company: str, task_id: str, project: str | None = None,
-             slot_ts: float = 1_790_000_000.0, trigger: str = "schedule") -> str:
-        self.publisher.send(TASK_NAMES[kind], task_kwargs(company, kind, project, slot_ts,
-                                                          trigger), task_id, queue_for(kind))
+    def send(
+        self,
+        kind: SyncKind,
+        company: str,
+        task_id: str,
+        project: str | None = None,
+        slot_ts: float = 1_790_000_000.0,
+        trigger: str = "schedule",
+    ) -> str:
+        self.publisher.send(
+            TASK_NAMES[kind],
+            task_kwargs(company, kind, project, slot_ts, trigger),
+            task_id,
+            queue_for(kind),
+        )
         return task_id
 
     def close(self) -> None:

@@ -61,8 +61,10 @@ def require_postgres() -> Path:
             subprocess.run(["apt-get", *cmd], env=env, check=True, stdout=subprocess.DEVNULL)
         bindir = find_pg_bindir()
     if bindir is None:
-        raise RuntimeError("PostgreSQL's initdb/pg_ctl not found: install the server "
-                           "(sudo apt-get install postgresql, or run scripts/setup.sh)")
+        raise RuntimeError(
+            "PostgreSQL's initdb/pg_ctl not found: install the server "
+            "(sudo apt-get install postgresql, or run scripts/setup.sh)"
+        )
     return bindir
 
 
@@ -96,8 +98,9 @@ class PostgresServer:
         """A fresh, empty database (dropped first if it exists); returns its SQLAlchemy URL."""
         real = self._real(name)
         with self._admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(real)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(real))
+            )
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(real)))
         self.databases.add(real)
         return _with_database(self.admin_url, real)
@@ -112,8 +115,9 @@ class PostgresServer:
 
     def _drop(self, real: str) -> None:
         with self._admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(real)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(real))
+            )
         self.databases.discard(real)
 
     def stop_server(self) -> None:
@@ -123,9 +127,22 @@ class PostgresServer:
         self.running = False
 
     def start_server(self) -> None:
-        self._pg_ctl("start", "-l", str(self._dir / "postgres.log"), "-o", " ".join([
-            f"-p {self.port}", f"-k {self._dir / 'sock'}", "-c listen_addresses=127.0.0.1",
-            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]))
+        self._pg_ctl(
+            "start",
+            "-l",
+            str(self._dir / "postgres.log"),
+            "-o",
+            " ".join(
+                [
+                    f"-p {self.port}",
+                    f"-k {self._dir / 'sock'}",
+                    "-c listen_addresses=127.0.0.1",
+                    "-c fsync=off",
+                    "-c synchronous_commit=off",
+                    "-c full_page_writes=off",
+                ]
+            ),
+        )
         self.running = True
 
     def stop(self) -> None:
@@ -143,15 +160,18 @@ class PostgresServer:
     @property
     def _dir(self) -> Path:
         if not self.private or self.dir is None:
-            raise RuntimeError(f"the server at {self.admin_url} is shared ({ENV_URL}); "
-                               "only a private cluster can be stopped and started")
+            raise RuntimeError(
+                f"the server at {self.admin_url} is shared ({ENV_URL}); "
+                "only a private cluster can be stopped and started"
+            )
         return self.dir
 
     def _pg_ctl(self, *args: str) -> None:
         where = self._dir
         assert self.bindir is not None
-        _run([str(self.bindir / "pg_ctl"), "-D", str(where / "data"), "-w", "-t", "30", *args],
-             where)
+        _run(
+            [str(self.bindir / "pg_ctl"), "-D", str(where / "data"), "-w", "-t", "30", *args], where
+        )
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
@@ -164,8 +184,9 @@ def _run(cmd: list[str], cwd: Path) -> None:
     if done.returncode != 0:
         log = cwd / "postgres.log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n"
-                           f"{done.stdout}{done.stderr}{tail}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}{done.stderr}{tail}"
+        )
 
 
 def _cluster_parent(tmp: Path, root: bool) -> Path | None:
@@ -192,8 +213,12 @@ def start_postgres(tmp: Path) -> PostgresServer:
     shared = os.environ.get(ENV_URL)
     if shared and _reachable(shared):
         url = make_url(shared).set(drivername="postgresql+psycopg")
-        return PostgresServer(admin_url=url.render_as_string(hide_password=False), private=False,
-                              port=url.port or 5432, suffix=uuid.uuid4().hex[:8])
+        return PostgresServer(
+            admin_url=url.render_as_string(hide_password=False),
+            private=False,
+            port=url.port or 5432,
+            suffix=uuid.uuid4().hex[:8],
+        )
     bindir = require_postgres()
     root = os.geteuid() == 0
     if root:
@@ -205,14 +230,34 @@ def start_postgres(tmp: Path) -> PostgresServer:
     if root:
         shutil.chown(base / "sock", PG_USER, PG_USER)
     try:
-        _run([str(bindir / "initdb"), "-D", str(base / "data"), "-U", PG_USER, "-A", "trust",
-              "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions"], base)
+        _run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(base / "data"),
+                "-U",
+                PG_USER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            base,
+        )
         # Two xdist workers may pick the same free port between its probe and the bind: retry.
         for attempt in range(5):
             port = free_port()
             server = PostgresServer(
                 admin_url=f"postgresql+psycopg://{PG_USER}@127.0.0.1:{port}/postgres",
-                private=True, port=port, dir=base, bindir=bindir, running=False)
+                private=True,
+                port=port,
+                dir=base,
+                bindir=bindir,
+                running=False,
+            )
             try:
                 server.start_server()
                 return server

@@ -36,8 +36,14 @@ class Proc:
         self.name = name
         self.log = logdir / f"{name}.log"
         self._fh = self.log.open("ab")
-        self.popen = subprocess.Popen(args, cwd=ROOT, env=process_env(env), stdout=self._fh,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=process_env(env),
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -74,8 +80,11 @@ class Proc:
         self._fh.close()
 
     def wait_for(self, text: str, timeout: float = 30) -> None:
-        wait_until(lambda: text in self.output(), timeout,
-                   f"{self.name} never printed {text!r}:\n{self.output()[-3000:]}")
+        wait_until(
+            lambda: text in self.output(),
+            timeout,
+            f"{self.name} never printed {text!r}:\n{self.output()[-3000:]}",
+        )
 
 
 def stop_all(procs: Iterable[Proc], timeout: float = 15) -> None:
@@ -88,8 +97,9 @@ def stop_all(procs: Iterable[Proc], timeout: float = 15) -> None:
         proc._finish(timeout)
 
 
-def wait_until(check: Callable[[], object], timeout: float, message: str = "",
-               interval: float = 0.05) -> None:
+def wait_until(
+    check: Callable[[], object], timeout: float, message: str = "", interval: float = 0.05
+) -> None:
     """Poll ``check`` until truthy; fail with ``message`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,11 +109,37 @@ def wait_until(check: Callable[[], object], timeout: float, message: str = "",
     raise AssertionError(message or f"condition not met within {timeout}s")
 
 
-def worker(name: str, env: Mapping[str, str], logdir: Path, queues: str = "company,project",
-           pool: str = "threads", concurrency: int = 4, extra: list[str] | None = None) -> Proc:
-    return Proc(name, [*CELERY, "worker", "-Q", queues, "-P", pool, "-c", str(concurrency),
-                       "-n", f"{name}@%h", "-l", "INFO", "--without-mingle", "--without-gossip",
-                       *(extra or [])], env, logdir)
+def worker(
+    name: str,
+    env: Mapping[str, str],
+    logdir: Path,
+    queues: str = "company,project",
+    pool: str = "threads",
+    concurrency: int = 4,
+    extra: list[str] | None = None,
+) -> Proc:
+    return Proc(
+        name,
+        [
+            *CELERY,
+            "worker",
+            "-Q",
+            queues,
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "-l",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+            *(extra or []),
+        ],
+        env,
+        logdir,
+    )
 
 
 def beat(name: str, env: Mapping[str, str], logdir: Path, extra: list[str] | None = None) -> Proc:

@@ -48,18 +48,27 @@ class QboRealm:
         return str(token) if token is not None else None
 
 
-def new_realm(qbo: FakeQbo, seed: Seed | None = None,
-              access_token_ttl: float | None = None) -> QboRealm:
+def new_realm(
+    qbo: FakeQbo, seed: Seed | None = None, access_token_ttl: float | None = None
+) -> QboRealm:
     tag = uuid.uuid4().hex
-    realm = QboRealm(qbo, str(uuid.uuid4().int % 10**15), f"app-{tag[:8]}",
-                     f"cs-{tag}", f"rt-{tag}")
-    qbo.create_realm(realm.realm_id, realm.client_id, realm.client_secret, realm.refresh_token,
-                     seed=seed, access_token_ttl=access_token_ttl)
+    realm = QboRealm(
+        qbo, str(uuid.uuid4().int % 10**15), f"app-{tag[:8]}", f"cs-{tag}", f"rt-{tag}"
+    )
+    qbo.create_realm(
+        realm.realm_id,
+        realm.client_id,
+        realm.client_secret,
+        realm.refresh_token,
+        seed=seed,
+        access_token_ttl=access_token_ttl,
+    )
     return realm
 
 
-def qbo_company(client: redis.Redis, keys: KeySpace, company: str = "acme",
-                projects: tuple[str, ...] = ()) -> None:
+def qbo_company(
+    client: redis.Redis, keys: KeySpace, company: str = "acme", projects: tuple[str, ...] = ()
+) -> None:
     """A company on quickbooks_online with an admin ``alice``; ``projects`` are ERP job ids
     (a Procore project's id is the job it is linked to)."""
     store = SettingsStore(client, keys)
@@ -73,15 +82,29 @@ def connect(client: redis.Redis, keys: KeySpace, realm: QboRealm, company: str =
     """What ``erp-sync connect`` stores, without the CLI (its own tests drive the CLI)."""
     now = datetime.now(UTC)
     ConnectionStore(client, keys).save(
-        Connection(company=company, erp=Erp.QUICKBOOKS_ONLINE, realm_id=realm.realm_id,
-                   client_id=realm.client_id, base_url=realm.qbo.url,
-                   token_url=realm.qbo.token_url, connected_by=ADMIN, connected_at=now),
+        Connection(
+            company=company,
+            erp=Erp.QUICKBOOKS_ONLINE,
+            realm_id=realm.realm_id,
+            client_id=realm.client_id,
+            base_url=realm.qbo.url,
+            token_url=realm.qbo.token_url,
+            connected_by=ADMIN,
+            connected_at=now,
+        ),
         Secrets(client_secret=realm.client_secret, refresh_token=realm.refresh_token),
-        AuditEntry(at=now, actor=ADMIN, action="connection.connect", company=company))
+        AuditEntry(at=now, actor=ADMIN, action="connection.connect", company=company),
+    )
 
 
-def sync(client: redis.Redis, keys: KeySpace, db: Database, kind: SyncKind,
-         project: str | None = None, company: str = "acme") -> Counts:
+def sync(
+    client: redis.Redis,
+    keys: KeySpace,
+    db: Database,
+    kind: SyncKind,
+    project: str | None = None,
+    company: str = "acme",
+) -> Counts:
     """One sync as a worker runs it (the company's connector under its shared rate limit),
     without the runner's bookkeeping; waits are slept rather than deferred."""
     found = SettingsStore(client, keys).get_company(company)

@@ -24,9 +24,14 @@ class ProcStack:
 
     def manage(self, *args: str) -> str:
         """``python manage.py ARGS`` in a subprocess; fails the test unless it exits 0."""
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT,
-                              env=process_env(self.env), capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=process_env(self.env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 

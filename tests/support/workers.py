@@ -20,8 +20,14 @@ from tests.support import procs
 class Start(Protocol):
     """Starts a worker on this test's redis-server and prefix, once it is ready to consume."""
 
-    def __call__(self, name: str = "w1", env: dict[str, str] | None = None, *,
-                 pool: str = "threads", concurrency: int = 4) -> procs.Proc: ...
+    def __call__(
+        self,
+        name: str = "w1",
+        env: dict[str, str] | None = None,
+        *,
+        pool: str = "threads",
+        concurrency: int = 4,
+    ) -> procs.Proc: ...
 
 
 class Workers:
@@ -31,10 +37,18 @@ class Workers:
         self.env, self.logdir = dict(env), logdir
         self.started: list[procs.Proc] = []
 
-    def start(self, name: str = "w1", env: dict[str, str] | None = None, *,
-              pool: str = "threads", concurrency: int = 4, ready: bool = True) -> procs.Proc:
-        proc = procs.worker(name, {**self.env, **(env or {})}, self.logdir, pool=pool,
-                            concurrency=concurrency)
+    def start(
+        self,
+        name: str = "w1",
+        env: dict[str, str] | None = None,
+        *,
+        pool: str = "threads",
+        concurrency: int = 4,
+        ready: bool = True,
+    ) -> procs.Proc:
+        proc = procs.worker(
+            name, {**self.env, **(env or {})}, self.logdir, pool=pool, concurrency=concurrency
+        )
         self.started.append(proc)
         if ready:
             proc.wait_for(" ready.", 30)
@@ -44,13 +58,19 @@ class Workers:
         procs.stop_all(self.started)
 
 
-def finished(client: redis.Redis, keys: KeySpace, company: str, task_id: str,
-             timeout: float = 30) -> RunRecord:
+def finished(
+    client: redis.Redis, keys: KeySpace, company: str, task_id: str, timeout: float = 30
+) -> RunRecord:
     """The run's final record, once it has one (not running, not deferred)."""
     history = History(client, keys)
-    procs.wait_until(lambda: (r := history.get(company, task_id)) is not None
-                     and r.status not in ("running", "deferred"), timeout,
-                     f"{task_id} never finished")
+    procs.wait_until(
+        lambda: (
+            (r := history.get(company, task_id)) is not None
+            and r.status not in ("running", "deferred")
+        ),
+        timeout,
+        f"{task_id} never finished",
+    )
     record = history.get(company, task_id)
     assert record is not None
     return record

@@ -38,8 +38,11 @@ def connector(client: redis.Redis, keys: KeySpace, company: Company) -> Connecto
         return SandboxErp(client, keys, company.id)
     if connection.status == "reconnect_required":
         raise BadCredentials(connection.error or reconnect_message(company.id))
-    api = QboApi(connection, TokenManager(client, keys, store, company.id),
-                 RequestSlots(client, keys, company.id, DEFAULT_REQUESTS))
+    api = QboApi(
+        connection,
+        TokenManager(client, keys, store, company.id),
+        RequestSlots(client, keys, company.id, DEFAULT_REQUESTS),
+    )
     return QboConnector(client, keys, database(), company.id, api)
 
 

@@ -25,8 +25,13 @@ PAGE = 1000  # the API's largest page (MAXRESULTS) and CDC's largest response
 class QboApi:
     """Requests to one realm on behalf of one company."""
 
-    def __init__(self, connection: Connection, tokens: TokenManager, slots: RequestSlots,
-                 take: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        tokens: TokenManager,
+        slots: RequestSlots,
+        take: Callable[[], float] | None = None,
+    ) -> None:
         self.connection, self.tokens, self.slots = connection, tokens, slots
         self.take = take  # the rate limit (set by the runner through ``throttle``)
         self.requests = 0  # made by this object (tests and the benchmark count them)
@@ -37,8 +42,11 @@ class QboApi:
 
     def cdc(self, entities: list[str], changed_since: str) -> dict[str, Any]:
         """``GET .../cdc``: changes (deletions included) since ``changed_since``."""
-        return self._get("cdc", {"entities": ",".join(entities), "changedSince": changed_since},
-                         f"the changes to {','.join(entities)} since {changed_since}")
+        return self._get(
+            "cdc",
+            {"entities": ",".join(entities), "changedSince": changed_since},
+            f"the changes to {','.join(entities)} since {changed_since}",
+        )
 
     def _get(self, path: str, params: dict[str, str], what: str) -> dict[str, Any]:
         url = f"{self.connection.base_url.rstrip('/')}/v3/company/{self.connection.realm_id}/{path}"
@@ -48,13 +56,18 @@ class QboApi:
                 self.take()
             with self.slots.hold():
                 self.requests += 1
-                response = request("GET", url, params={**params, "minorversion": MINOR_VERSION},
-                                   headers={"Authorization": f"Bearer {token}",
-                                            "Accept": "application/json"})
+                response = request(
+                    "GET",
+                    url,
+                    params={**params, "minorversion": MINOR_VERSION},
+                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                )
             if response.status_code != 401:
                 return check(response, what)
             if attempt == 1:
                 token = self.tokens.token(refused=token)
-        raise BadCredentials(f"QuickBooks Online refused a fresh access token for "
-                             f"{self.connection.company} (intuit_tid {tid(response)}): "
-                             "reconnect it")
+        raise BadCredentials(
+            f"QuickBooks Online refused a fresh access token for "
+            f"{self.connection.company} (intuit_tid {tid(response)}): "
+            "reconnect it"
+        )

@@ -89,8 +89,7 @@ def cdc_groups(body: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 def query_rows(body: dict[str, Any], entity: str) -> list[dict[str, Any]]:
     response = body.get("QueryResponse")
     if not isinstance(response, dict):
-        raise ErpFault(f"QuickBooks Online sent a query response without QueryResponse "
-                       f"({entity})")
+        raise ErpFault(f"QuickBooks Online sent a query response without QueryResponse ({entity})")
     return [r for r in response.get(entity) or [] if isinstance(r, dict)]
 
 
@@ -102,8 +101,15 @@ class QboConnector(Connector):
     # another from its newest change. A class attribute so a test can shrink it with the fake's.
     cdc_max = PAGE
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, db: Database, company: str,
-                 api: QboApi, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        db: Database,
+        company: str,
+        api: QboApi,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.client, self.keys, self.company, self.api = client, keys, company, api
         self.mirror = Mirror(db, company)
         self.sleep = sleep
@@ -136,9 +142,14 @@ class QboConnector(Connector):
         return self._lines("payments", job, since, cursor)
 
     # --- vendors and jobs: CDC or query -------------------------------------------------------
-    def _listing(self, entity: str, to_record: Callable[[dict[str, Any]], Record],
-                 since: str | None, cursor: str | None,
-                 keep: Callable[[dict[str, Any]], bool] = lambda _: True) -> Page:
+    def _listing(
+        self,
+        entity: str,
+        to_record: Callable[[dict[str, Any]], Record],
+        since: str | None,
+        cursor: str | None,
+        keep: Callable[[dict[str, Any]], bool] = lambda _: True,
+    ) -> Page:
         state: dict[str, Any] = json.loads(cursor) if cursor else {}
         start_at = parse_time(since) if since else None
         if not state:
@@ -153,8 +164,10 @@ class QboConnector(Connector):
             if state["since"]:
                 op = ">=" if state.get("ge") else ">"
                 where += f" and Metadata.LastUpdatedTime {op} '{state['since']}'"
-            body = self.api.query(f"select * from {entity}{where} orderby Id "
-                                  f"startposition {state['start']} maxresults {PAGE}")
+            body = self.api.query(
+                f"select * from {entity}{where} orderby Id "
+                f"startposition {state['start']} maxresults {PAGE}"
+            )
             rows = query_rows(body, entity)
         mark = state.get("mark") or _mark(body)
         items = [to_record(r) for r in rows if not mapping.deleted(r) and keep(r)]
@@ -167,8 +180,13 @@ class QboConnector(Connector):
             newest = max((_updated(r) for r in rows), default="")
             if not newest or newest == state["since"]:  # 1,000 changes in one instant
                 # The query reads that instant again (>=): a `>` would skip its other changes.
-                after = {"m": "query", "since": state["since"], "start": 1, "mark": mark,
-                         "ge": True}
+                after = {
+                    "m": "query",
+                    "since": state["since"],
+                    "start": 1,
+                    "mark": mark,
+                    "ge": True,
+                }
             else:
                 after = {**state, "since": newest, "mark": mark}
         return Page(items, json.dumps(after, sort_keys=True), watermark=mark, deleted=gone)
@@ -228,8 +246,11 @@ class QboConnector(Connector):
 
     @staticmethod
     def _fresh(state: dict[str, Any], refreshed: datetime | None, max_age: float) -> bool:
-        return refreshed is not None and not state.get("cursor") and \
-            (datetime.now(UTC) - refreshed).total_seconds() < max_age
+        return (
+            refreshed is not None
+            and not state.get("cursor")
+            and (datetime.now(UTC) - refreshed).total_seconds() < max_age
+        )
 
     def _refresh(self, state: dict[str, Any], full: bool, renew: Callable[[], None]) -> None:
         cursor: dict[str, Any] = state.get("cursor") or {}
@@ -253,14 +274,17 @@ class QboConnector(Connector):
                     # refresh reads the window with the paginated query instead; a query
                     # cannot see deletions, so the ones this response holds are kept first.
                     cursor = {"m": "query", "mark": new_mark}
-                    self._apply({e: [r for r in v if mapping.deleted(r)]
-                                 for e, v in groups.items()},
-                                {"mark": mark, "cursor": cursor}, completed=False)
+                    self._apply(
+                        {e: [r for r in v if mapping.deleted(r)] for e, v in groups.items()},
+                        {"mark": mark, "cursor": cursor},
+                        completed=False,
+                    )
                     break
                 more = count >= self.cdc_max
                 nxt = {"m": "cdc", "since": newest, "mark": new_mark} if more else None
-                self._apply(groups, {"mark": mark if more else new_mark, "cursor": nxt},
-                            completed=not more)
+                self._apply(
+                    groups, {"mark": mark if more else new_mark, "cursor": nxt}, completed=not more
+                )
                 renew()
                 if not more:
                     return
@@ -271,36 +295,67 @@ class QboConnector(Connector):
     def _seen(self) -> str:
         return self.keys.mirror_lock(self.company) + ":seen"
 
-    def _query_pages(self, cursor: dict[str, Any], mark: str | None, entities: list[str],
-                     renew: Callable[[], None]) -> None:
+    def _query_pages(
+        self,
+        cursor: dict[str, Any],
+        mark: str | None,
+        entities: list[str],
+        renew: Callable[[], None],
+    ) -> None:
         """The paginated read (resumable from ``cursor``); a full one ends with the sweep."""
         full = bool(cursor.get("full"))
         new_mark = cursor.get("mark")
         read = int(cursor.get("read", 0))  # rows a full read added to the seen set so far
-        todo = [] if cursor.get("entity") == SWEEP else \
-            entities[entities.index(cursor["entity"]):] if cursor.get("entity") else entities
+        todo = (
+            []
+            if cursor.get("entity") == SWEEP
+            else entities[entities.index(cursor["entity"]) :]
+            if cursor.get("entity")
+            else entities
+        )
         start = int(cursor.get("start", 1))
         for entity in todo:
             while True:
-                where = f" where Metadata.LastUpdatedTime > '{mark}'" if mark and not full \
-                    else ""
-                body = self.api.query(f"select * from {entity}{where} orderby Id "
-                                      f"startposition {start} maxresults {PAGE}")
+                where = f" where Metadata.LastUpdatedTime > '{mark}'" if mark and not full else ""
+                body = self.api.query(
+                    f"select * from {entity}{where} orderby Id "
+                    f"startposition {start} maxresults {PAGE}"
+                )
                 new_mark = new_mark or _mark(body)
                 rows = query_rows(body, entity)
                 more = len(rows) == PAGE
                 last = entity == todo[-1] and not more
-                following = SWEEP if last and full else None if last else \
-                    entity if more else todo[todo.index(entity) + 1]
+                following = (
+                    SWEEP
+                    if last and full
+                    else None
+                    if last
+                    else entity
+                    if more
+                    else todo[todo.index(entity) + 1]
+                )
                 if full and rows:
-                    read += int(self.client.sadd(
-                        self._seen, *(f"{entity}:{r.get('Id')}" for r in rows)))
+                    read += int(
+                        self.client.sadd(self._seen, *(f"{entity}:{r.get('Id')}" for r in rows))
+                    )
                     self.client.expire(self._seen, 86_400)
-                nxt = None if following is None else {
-                    "m": "query", "full": full, "mark": new_mark, "entity": following,
-                    "start": start + PAGE if more else 1, "read": read}
-                self._apply({entity: rows}, {"mark": new_mark if nxt is None else mark,
-                                             "cursor": nxt}, completed=nxt is None)
+                nxt = (
+                    None
+                    if following is None
+                    else {
+                        "m": "query",
+                        "full": full,
+                        "mark": new_mark,
+                        "entity": following,
+                        "start": start + PAGE if more else 1,
+                        "read": read,
+                    }
+                )
+                self._apply(
+                    {entity: rows},
+                    {"mark": new_mark if nxt is None else mark, "cursor": nxt},
+                    completed=nxt is None,
+                )
                 renew()
                 if not more:
                     break
@@ -316,9 +371,13 @@ class QboConnector(Connector):
         seen = {str(t) for t in self.client.smembers(self._seen)}
         gone: dict[str, list[Line] | None] = {}
         if len(seen) < read:
-            log.warning("company=%s: the mirror's full read lost its record of what it read "
-                        "(%d of %d); no deletions swept this time", self.company, len(seen),
-                        read)
+            log.warning(
+                "company=%s: the mirror's full read lost its record of what it read "
+                "(%d of %d); no deletions swept this time",
+                self.company,
+                len(seen),
+                read,
+            )
         else:
             gone = {t: None for t in self._confirmed_gone(self.mirror.live_txns() - seen)}
         self.mirror.apply(MIRROR, {"mark": new_mark, "cursor": None}, gone, completed=True)
@@ -334,14 +393,16 @@ class QboConnector(Connector):
         still: set[str] = set()
         for entity, ids in by_entity.items():
             for start in range(0, len(ids), 100):
-                chunk = ", ".join(f"'{i}'" for i in ids[start:start + 100])
-                body = self.api.query(f"select * from {entity} where Id in ({chunk}) "
-                                      f"maxresults {PAGE}")
+                chunk = ", ".join(f"'{i}'" for i in ids[start : start + 100])
+                body = self.api.query(
+                    f"select * from {entity} where Id in ({chunk}) maxresults {PAGE}"
+                )
                 still |= {f"{entity}:{r.get('Id')}" for r in query_rows(body, entity)}
         return candidates - still
 
-    def _apply(self, groups: dict[str, list[dict[str, Any]]], state: dict[str, Any],
-               completed: bool) -> None:
+    def _apply(
+        self, groups: dict[str, list[dict[str, Any]]], state: dict[str, Any], completed: bool
+    ) -> None:
         """Write one response's transactions and the mirror's progress in one transaction.
 
         A payment lands on the projects its Bills' lines name: Bills of this same response as
@@ -354,13 +415,16 @@ class QboConnector(Connector):
                 txns[key] = None if mapping.deleted(row) else mapping.cost_lines(entity, row)
         payments = groups.get(mapping.PAYMENT_ENTITY, [])
         if payments:
-            bills = {f"Bill:{b}" for p in payments if not mapping.deleted(p)
-                     for b, _ in mapping.paid_bills(p)}
+            bills = {
+                f"Bill:{b}"
+                for p in payments
+                if not mapping.deleted(p)
+                for b, _ in mapping.paid_bills(p)
+            }
             projects = self.mirror.projects_of(b for b in bills if b not in txns)
             for bill in bills & set(txns):
                 projects[bill] = {line.project for line in txns[bill] or []}
             for row in payments:
                 key = f"{mapping.PAYMENT_ENTITY}:{row.get('Id')}"
-                txns[key] = None if mapping.deleted(row) else \
-                    mapping.payment_lines(row, projects)
+                txns[key] = None if mapping.deleted(row) else mapping.payment_lines(row, projects)
         self.mirror.apply(MIRROR, state, txns, completed=completed)

@@ -33,10 +33,14 @@ def client() -> httpx.Client:
     global _client
     with _lock:
         if _client is None or _client[0] != os.getpid():
-            _client = (os.getpid(), httpx.Client(
-                timeout=httpx.Timeout(READ, connect=CONNECT),
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-                headers={"User-Agent": USER_AGENT}))
+            _client = (
+                os.getpid(),
+                httpx.Client(
+                    timeout=httpx.Timeout(READ, connect=CONNECT),
+                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                    headers={"User-Agent": USER_AGENT},
+                ),
+            )
         return _client[1]
 
 
@@ -45,11 +49,13 @@ def request(method: str, url: str, **kwargs: Any) -> httpx.Response:
     try:
         return client().request(method, url, **kwargs)
     except httpx.TimeoutException as exc:
-        raise ErpTimeout(f"QuickBooks Online did not answer in time ({type(exc).__name__})"
-                         ) from None
+        raise ErpTimeout(
+            f"QuickBooks Online did not answer in time ({type(exc).__name__})"
+        ) from None
     except httpx.TransportError as exc:
-        raise ErpServerError(f"QuickBooks Online could not be reached ({type(exc).__name__}: "
-                             f"{exc})") from None
+        raise ErpServerError(
+            f"QuickBooks Online could not be reached ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def tid(response: httpx.Response) -> str:
@@ -86,9 +92,11 @@ def check(response: httpx.Response, what: str) -> dict[str, Any]:
     where = f"{what} (intuit_tid {tid(response)})"
     if response.status_code == 429:
         wait = retry_after(response)
-        raise RateLimited(f"QuickBooks Online throttled {where}"
-                          f"{f', retry after {wait:g}s' if wait is not None else ''}",
-                          retry_after=wait)
+        raise RateLimited(
+            f"QuickBooks Online throttled {where}"
+            f"{f', retry after {wait:g}s' if wait is not None else ''}",
+            retry_after=wait,
+        )
     if response.status_code >= 500:
         raise ErpServerError(f"QuickBooks Online replied {response.status_code} to {where}")
     try:
@@ -97,8 +105,9 @@ def check(response: httpx.Response, what: str) -> dict[str, Any]:
         raise ErpFault(f"QuickBooks Online sent malformed JSON for {where}") from None
     message = fault_message(body)
     if message is not None or response.status_code >= 400:
-        raise ErpFault(f"QuickBooks Online refused {where}: "
-                       f"{message or f'HTTP {response.status_code}'}")
+        raise ErpFault(
+            f"QuickBooks Online refused {where}: {message or f'HTTP {response.status_code}'}"
+        )
     if not isinstance(body, dict):
         raise ErpFault(f"QuickBooks Online sent an unexpected body for {where}")
     return body

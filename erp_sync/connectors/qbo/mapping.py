@@ -42,9 +42,13 @@ def deleted(entity: dict[str, Any]) -> bool:
 
 def vendor(v: dict[str, Any]) -> Record:
     address = v.get("BillAddr") if isinstance(v.get("BillAddr"), dict) else {}
-    return {"id": str(v["Id"]), "name": str(v.get("DisplayName") or v.get("CompanyName") or ""),
-            "active": bool(v.get("Active", True)), "tax_id": str(v.get("TaxIdentifier") or ""),
-            "city": str((address or {}).get("City") or "")}
+    return {
+        "id": str(v["Id"]),
+        "name": str(v.get("DisplayName") or v.get("CompanyName") or ""),
+        "active": bool(v.get("Active", True)),
+        "tax_id": str(v.get("TaxIdentifier") or ""),
+        "city": str((address or {}).get("City") or ""),
+    }
 
 
 def is_project(c: dict[str, Any]) -> bool:
@@ -52,9 +56,11 @@ def is_project(c: dict[str, Any]) -> bool:
 
 
 def job(c: dict[str, Any]) -> Record:
-    return {"id": str(c["Id"]), "name": str(c.get("DisplayName") or
-                                            c.get("FullyQualifiedName") or ""),
-            "status": "open" if c.get("Active", True) else "closed"}
+    return {
+        "id": str(c["Id"]),
+        "name": str(c.get("DisplayName") or c.get("FullyQualifiedName") or ""),
+        "status": "open" if c.get("Active", True) else "closed",
+    }
 
 
 def wbs(name: str, project_name: str = "") -> tuple[str, str]:
@@ -67,7 +73,7 @@ def wbs(name: str, project_name: str = "") -> tuple[str, str]:
     """
     number = project_name.rsplit(":", 1)[-1].split(" ", 1)[0] if project_name else ""
     if number and name.startswith(f"{number}-") and "." in name:
-        code, cost_type = name[len(number) + 1:].rsplit(".", 1)
+        code, cost_type = name[len(number) + 1 :].rsplit(".", 1)
         return code, cost_type
     match = _WBS.fullmatch(name)
     return (match["code"], match["type"]) if match else (name, "")
@@ -86,15 +92,29 @@ def cost_lines(entity: str, txn: dict[str, Any]) -> list[Line]:
             continue
         item = detail.get("ItemRef") or {}
         account = detail.get("AccountRef") or {}
-        code, cost_type = wbs(str(item.get("name") or ""), str(customer.get("name") or "")) \
-            if item else (str(account.get("name") or ""), "")
-        out.append(Line("job_costs", project, {
-            "id": f"{entity}-{txn['Id']}-{line.get('Id') or n}", "job": project,
-            "cost_code": code, "cost_type": cost_type,
-            "amount_cents": sign * cents(line.get("Amount", 0)),
-            "description": str(line.get("Description") or ""), "vendor": payee,
-            "txn_type": entity, "txn_date": txn.get("TxnDate"),
-            "doc_number": txn.get("DocNumber")}))
+        code, cost_type = (
+            wbs(str(item.get("name") or ""), str(customer.get("name") or ""))
+            if item
+            else (str(account.get("name") or ""), "")
+        )
+        out.append(
+            Line(
+                "job_costs",
+                project,
+                {
+                    "id": f"{entity}-{txn['Id']}-{line.get('Id') or n}",
+                    "job": project,
+                    "cost_code": code,
+                    "cost_type": cost_type,
+                    "amount_cents": sign * cents(line.get("Amount", 0)),
+                    "description": str(line.get("Description") or ""),
+                    "vendor": payee,
+                    "txn_type": entity,
+                    "txn_date": txn.get("TxnDate"),
+                    "doc_number": txn.get("DocNumber"),
+                },
+            )
+        )
     return out
 
 
@@ -113,9 +133,19 @@ def payment_lines(payment: dict[str, Any], projects_of_bill: dict[str, set[str]]
     out = []
     for bill, amount in paid_bills(payment):
         for project in sorted(projects_of_bill.get(f"Bill:{bill}", set())):
-            out.append(Line("payments", project, {
-                "id": f"BillPayment-{payment['Id']}-{bill}", "invoice": bill,
-                "commitment": "", "amount_cents": amount,
-                "check_number": str(payment.get("DocNumber") or ""),
-                "paid_on": payment.get("TxnDate"), "pay_type": payment.get("PayType")}))
+            out.append(
+                Line(
+                    "payments",
+                    project,
+                    {
+                        "id": f"BillPayment-{payment['Id']}-{bill}",
+                        "invoice": bill,
+                        "commitment": "",
+                        "amount_cents": amount,
+                        "check_number": str(payment.get("DocNumber") or ""),
+                        "paid_on": payment.get("TxnDate"),
+                        "pay_type": payment.get("PayType"),
+                    },
+                )
+            )
     return out

@@ -39,15 +39,23 @@ WAIT = 95.0  # how long a worker waits for another's refresh before trying itsel
 
 
 def reconnect_message(company: str) -> str:
-    return (f"reconnect QuickBooks Online for {company}: its refresh token was refused "
-            f"(erp-sync connect {company} ...)")
+    return (
+        f"reconnect QuickBooks Online for {company}: its refresh token was refused "
+        f"(erp-sync connect {company} ...)"
+    )
 
 
 class TokenManager:
     """Access tokens of one company (client passed in)."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, store: ConnectionStore,
-                 company: str, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        store: ConnectionStore,
+        company: str,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.client, self.keys, self.store, self.company = client, keys, store, company
         self.sleep = sleep
         self._release = lua.load(client, "compare_and_delete")
@@ -62,19 +70,21 @@ class TokenManager:
                 return cached
             self._fail_if_marked()
             holder = uuid.uuid4().hex
-            if self.client.set(self.keys.token_refresh_lock(self.company), holder, nx=True,
-                               px=LOCK_MS):
+            if self.client.set(
+                self.keys.token_refresh_lock(self.company), holder, nx=True, px=LOCK_MS
+            ):
                 try:
                     cached = self._cached()  # refreshed by another just before we locked
                     if cached is not None and cached != refused:
                         return cached
                     return self._refresh()
                 finally:
-                    self._release(keys=[self.keys.token_refresh_lock(self.company)],
-                                  args=[holder])
+                    self._release(keys=[self.keys.token_refresh_lock(self.company)], args=[holder])
             if time.monotonic() > deadline:
-                raise ErpServerError(f"no access token for {self.company}: another worker's "
-                                     f"refresh took longer than {WAIT:g}s")
+                raise ErpServerError(
+                    f"no access token for {self.company}: another worker's "
+                    f"refresh took longer than {WAIT:g}s"
+                )
             self.sleep(0.05)
 
     def _cached(self) -> str | None:
@@ -94,47 +104,65 @@ class TokenManager:
     def _refresh(self) -> str:
         connection = self.store.require(self.company)
         secrets, generation = self.store.secrets(self.company)
-        response = request("POST", connection.token_url,
-                           data={"grant_type": "refresh_token",
-                                 "refresh_token": secrets.refresh_token},
-                           auth=(connection.client_id, secrets.client_secret),
-                           headers={"Accept": "application/json"}, timeout=TOKEN_TIMEOUT)
+        response = request(
+            "POST",
+            connection.token_url,
+            data={"grant_type": "refresh_token", "refresh_token": secrets.refresh_token},
+            auth=(connection.client_id, secrets.client_secret),
+            headers={"Accept": "application/json"},
+            timeout=TOKEN_TIMEOUT,
+        )
         body = _json(response)
-        if response.status_code in (400, 401) and body.get("error") in ("invalid_grant",
-                                                                          "invalid_client"):
+        if response.status_code in (400, 401) and body.get("error") in (
+            "invalid_grant",
+            "invalid_client",
+        ):
             if self.store.secrets(self.company)[1] != generation:
                 # Another worker stored a newer token meanwhile (its refresh outlived our
                 # wait): ours was superseded, the connection is fine. Try again with its token.
-                raise ErpServerError(f"the refresh token of {self.company} was rotated by "
-                                     "another worker meanwhile; retrying")
+                raise ErpServerError(
+                    f"the refresh token of {self.company} was rotated by "
+                    "another worker meanwhile; retrying"
+                )
             self._refused(connection, str(body["error"]))
         if response.status_code >= 500 or response.status_code == 429:
-            raise ErpServerError(f"the QuickBooks Online token endpoint replied "
-                                 f"{response.status_code} (intuit_tid {tid(response)})")
+            raise ErpServerError(
+                f"the QuickBooks Online token endpoint replied "
+                f"{response.status_code} (intuit_tid {tid(response)})"
+            )
         if response.status_code != 200 or "access_token" not in body:
-            raise ErpServerError(f"the QuickBooks Online token endpoint replied "
-                                 f"{response.status_code}: "
-                                 f"{fault_message(body) or body.get('error', 'no token')}")
+            raise ErpServerError(
+                f"the QuickBooks Online token endpoint replied "
+                f"{response.status_code}: "
+                f"{fault_message(body) or body.get('error', 'no token')}"
+            )
         self.refreshes += 1
         access, ttl = str(body["access_token"]), float(body.get("expires_in", 3600))
         new_refresh = str(body.get("refresh_token") or secrets.refresh_token)
         try:
             if new_refresh != secrets.refresh_token:
-                self.store.rotate_refresh_token(self.company, generation, new_refresh,
-                                                datetime.now(UTC))
+                self.store.rotate_refresh_token(
+                    self.company, generation, new_refresh, datetime.now(UTC)
+                )
         except ConcurrentUpdate:
             # Reconnected while we refreshed: our token belongs to the old connection.
-            raise ErpServerError(f"the connection of {self.company} changed during a token "
-                                 "refresh; retrying") from None
+            raise ErpServerError(
+                f"the connection of {self.company} changed during a token refresh; retrying"
+            ) from None
         keep_ms = int(max(1.0, ttl - MARGIN) * 1000) if ttl > MARGIN else int(ttl * 500)
-        self.client.set(self.keys.access_token(self.company),
-                        self.store.vault.seal({"access_token": access}), px=max(keep_ms, 1))
+        self.client.set(
+            self.keys.access_token(self.company),
+            self.store.vault.seal({"access_token": access}),
+            px=max(keep_ms, 1),
+        )
         return access
 
     def _refused(self, connection: Connection, error: str) -> None:
         if error == "invalid_client":
-            message = (f"reconnect QuickBooks Online for {self.company}: the client id or "
-                       "secret was refused (invalid_client)")
+            message = (
+                f"reconnect QuickBooks Online for {self.company}: the client id or "
+                "secret was refused (invalid_client)"
+            )
         else:
             message = reconnect_message(self.company)
         self.store.mark(connection.company, "reconnect_required", message)

@@ -28,14 +28,18 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.fake_qbo",
-                                     description="A fake QuickBooks Online API server.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.fake_qbo", description="A fake QuickBooks Online API server."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", type=Path)
     parser.add_argument("--state", type=Path)
-    parser.add_argument("--allow-remote-admin", action="store_true",
-                        help="answer /_admin/ for non-loopback clients too (a demo container)")
+    parser.add_argument(
+        "--allow-remote-admin",
+        action="store_true",
+        help="answer /_admin/ for non-loopback clients too (a demo container)",
+    )
     args = parser.parse_args(argv)
 
     app = App(allow_remote_admin=args.allow_remote_admin)

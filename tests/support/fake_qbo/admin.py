@@ -36,9 +36,14 @@ if TYPE_CHECKING:
     from .server import App
 
 JsonObject = dict[str, Any]
-REQUIRED = {"Vendor": ("DisplayName",), "Customer": ("DisplayName",),
-            "Bill": ("VendorRef", "Line"), "VendorCredit": ("VendorRef", "Line"),
-            "Purchase": ("Line",), "BillPayment": ("VendorRef", "Line", "TotalAmt", "PayType")}
+REQUIRED = {
+    "Vendor": ("DisplayName",),
+    "Customer": ("DisplayName",),
+    "Bill": ("VendorRef", "Line"),
+    "VendorCredit": ("VendorRef", "Line"),
+    "Purchase": ("Line",),
+    "BillPayment": ("VendorRef", "Line", "TotalAmt", "PayType"),
+}
 
 
 class BadRequest(ValueError):
@@ -72,10 +77,13 @@ def _route(app: App, method: str, parts: list[str], data: JsonObject) -> tuple[i
     realm = found
     action = "/".join(parts[2:])
     if method == "GET" and action == "":
-        return 200, {"realm_id": realm.realm_id, "entities": realm.store.counts(),
-                     "switches": realm.switch_state(),
-                     "refresh_token": realm.tokens.refresh_token,
-                     "now": timefmt.iso(realm.now())}
+        return 200, {
+            "realm_id": realm.realm_id,
+            "entities": realm.store.counts(),
+            "switches": realm.switch_state(),
+            "refresh_token": realm.tokens.refresh_token,
+            "now": timefmt.iso(realm.now()),
+        }
     if method == "GET" and action == "stats":
         return 200, realm.stats()
     if method != "POST":

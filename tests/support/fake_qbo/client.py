@@ -46,8 +46,14 @@ class HttpResponse:
         return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
 
 
-def request(method: str, url: str, *, headers: dict[str, str] | None = None,
-            body: bytes | None = None, timeout: float = 10.0) -> HttpResponse:
+def request(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 10.0,
+) -> HttpResponse:
     """One HTTP request; an error status is a response, not an exception."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
@@ -75,8 +81,15 @@ class FakeQbo:
         port_file = tmp / "fake_qbo.port"
         port_file.unlink(missing_ok=True)
         log = tmp / "fake_qbo.log"
-        args = [sys.executable, "-m", "tests.support.fake_qbo", "--port", "0",
-                "--port-file", str(port_file)]
+        args = [
+            sys.executable,
+            "-m",
+            "tests.support.fake_qbo",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ]
         if state is not None:
             args += ["--state", str(state)]
         with log.open("ab") as fh:
@@ -120,26 +133,43 @@ class FakeQbo:
         return int(self.proc.returncode)
 
     # --- the admin API ---------------------------------------------------------------------
-    def admin(self, method: str, path: str, body: JsonObject | None = None,
-              timeout: float = 120.0) -> JsonObject:
+    def admin(
+        self, method: str, path: str, body: JsonObject | None = None, timeout: float = 120.0
+    ) -> JsonObject:
         """Call ``/_admin{path}``; an error status raises ``RuntimeError`` with the answer.
 
         The long default timeout is for seeding: 100k job-cost lines take a few seconds.
         """
         data = json.dumps(body).encode() if body is not None else None
-        resp = request(method, f"{self.url}/_admin{path}", body=data, timeout=timeout,
-                       headers={"Content-Type": "application/json"})
+        resp = request(
+            method,
+            f"{self.url}/_admin{path}",
+            body=data,
+            timeout=timeout,
+            headers={"Content-Type": "application/json"},
+        )
         answer: JsonObject = resp.json()
         if resp.status >= 400:
             raise RuntimeError(f"admin {method} {path}: {resp.status} {answer}")
         return answer
 
-    def create_realm(self, realm_id: str, client_id: str, client_secret: str,
-                     refresh_token: str, *, access_token_ttl: float | None = None,
-                     seed: Seed | None = None) -> JsonObject:
-        body: JsonObject = {"realm_id": realm_id, "client_id": client_id,
-                            "client_secret": client_secret, "refresh_token": refresh_token,
-                            "seed": (seed or Seed()).to_json()}
+    def create_realm(
+        self,
+        realm_id: str,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str,
+        *,
+        access_token_ttl: float | None = None,
+        seed: Seed | None = None,
+    ) -> JsonObject:
+        body: JsonObject = {
+            "realm_id": realm_id,
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "refresh_token": refresh_token,
+            "seed": (seed or Seed()).to_json(),
+        }
         if access_token_ttl is not None:
             body["access_token_ttl"] = access_token_ttl
         return self.admin("POST", "/realms", body)
@@ -147,12 +177,17 @@ class FakeQbo:
     def realm_info(self, realm_id: str) -> JsonObject:
         return self.admin("GET", f"/realms/{realm_id}")
 
-    def change(self, realm_id: str, entity: str, ids: str | list[str],
-               fields: JsonObject | None = None) -> list[JsonObject]:
-        body = {"entity": entity, "ids": [ids] if isinstance(ids, str) else ids,
-                "fields": fields or {}}
-        changed: list[JsonObject] = self.admin("POST", f"/realms/{realm_id}/change",
-                                               body)["changed"]
+    def change(
+        self, realm_id: str, entity: str, ids: str | list[str], fields: JsonObject | None = None
+    ) -> list[JsonObject]:
+        body = {
+            "entity": entity,
+            "ids": [ids] if isinstance(ids, str) else ids,
+            "fields": fields or {},
+        }
+        changed: list[JsonObject] = self.admin("POST", f"/realms/{realm_id}/change", body)[
+            "changed"
+        ]
         return changed
 
     def delete(self, realm_id: str, entity: str, ids: str | list[str]) -> list[str]:
@@ -161,8 +196,9 @@ class FakeQbo:
         return deleted
 
     def create(self, realm_id: str, entity: str, fields: JsonObject) -> JsonObject:
-        created: JsonObject = self.admin("POST", f"/realms/{realm_id}/create",
-                                         {"entity": entity, "fields": fields})["created"]
+        created: JsonObject = self.admin(
+            "POST", f"/realms/{realm_id}/create", {"entity": entity, "fields": fields}
+        )["created"]
         return created
 
     def switches(self, realm_id: str, **switches: Any) -> JsonObject:
@@ -180,18 +216,27 @@ class FakeQbo:
         return self.admin("POST", f"/realms/{realm_id}/stats/reset", {})
 
     def advance_clock(self, realm_id: str, seconds: float) -> str:
-        now: str = self.admin("POST", f"/realms/{realm_id}/clock",
-                              {"advance_seconds": seconds})["now"]
+        now: str = self.admin("POST", f"/realms/{realm_id}/clock", {"advance_seconds": seconds})[
+            "now"
+        ]
         return now
 
     # --- Intuit's surface, for tests of the fake itself -----------------------------------
     def refresh(self, client_id: str, client_secret: str, refresh_token: str) -> HttpResponse:
         basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
-        form = urllib.parse.urlencode({"grant_type": "refresh_token",
-                                       "refresh_token": refresh_token}).encode()
-        return request("POST", self.token_url, body=form, headers={
-            "Authorization": f"Basic {basic}", "Accept": "application/json",
-            "Content-Type": "application/x-www-form-urlencoded"})
+        form = urllib.parse.urlencode(
+            {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        ).encode()
+        return request(
+            "POST",
+            self.token_url,
+            body=form,
+            headers={
+                "Authorization": f"Basic {basic}",
+                "Accept": "application/json",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
 
     def get(self, path: str, token: str | None, **params: str) -> HttpResponse:
         """``GET {url}{path}?params`` as a connector would send it (Bearer, JSON)."""
@@ -199,5 +244,4 @@ class FakeQbo:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         query = urllib.parse.urlencode(params)
-        return request("GET", f"{self.url}{path}" + (f"?{query}" if query else ""),
-                       headers=headers)
+        return request("GET", f"{self.url}{path}" + (f"?{query}" if query else ""), headers=headers)

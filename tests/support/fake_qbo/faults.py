@@ -40,32 +40,55 @@ def fault(message: str, detail: str | None, code: str, kind: str, time: str) -> 
 
 def gateway_fault(status: int, detail: str, epoch_ms: int) -> JsonObject:
     """The gateway's lowercase body for 401 (AuthenticationFailed) and 403 (AuthorizationFailed)."""
-    name, code = (("AuthenticationFailed", "3200") if status == 401
-                  else ("AuthorizationFailed", "3100"))
+    name, code = (
+        ("AuthenticationFailed", "3200") if status == 401 else ("AuthorizationFailed", "3100")
+    )
     return {
-        "warnings": None, "intuitObject": None,
-        "fault": {"error": [{"message": f"message={name}; errorCode=00{code}; statusCode={status}",
-                             "detail": detail, "code": code, "element": None}],
-                  "type": "AUTHENTICATION" if status == 401 else "SERVICE"},
-        "report": None, "queryResponse": None, "batchItemResponse": [], "attachableResponse": [],
-        "syncErrorResponse": None, "requestId": None, "time": epoch_ms, "status": None,
+        "warnings": None,
+        "intuitObject": None,
+        "fault": {
+            "error": [
+                {
+                    "message": f"message={name}; errorCode=00{code}; statusCode={status}",
+                    "detail": detail,
+                    "code": code,
+                    "element": None,
+                }
+            ],
+            "type": "AUTHENTICATION" if status == 401 else "SERVICE",
+        },
+        "report": None,
+        "queryResponse": None,
+        "batchItemResponse": [],
+        "attachableResponse": [],
+        "syncErrorResponse": None,
+        "requestId": None,
+        "time": epoch_ms,
+        "status": None,
         "cdcresponse": [],
     }
 
 
 def throttled(time: str) -> JsonObject:
-    return fault("message=ThrottleExceeded; errorCode=003001; statusCode=429",
-                 "The request limit was reached.  Try again later", "3001", "SERVICE", time)
+    return fault(
+        "message=ThrottleExceeded; errorCode=003001; statusCode=429",
+        "The request limit was reached.  Try again later",
+        "3001",
+        "SERVICE",
+        time,
+    )
 
 
 def parse_error(detail: str, time: str) -> JsonObject:
-    return fault("Error parsing query", f"QueryParserError: {detail}", "4000", "ValidationFault",
-                 time)
+    return fault(
+        "Error parsing query", f"QueryParserError: {detail}", "4000", "ValidationFault", time
+    )
 
 
 def invalid_query(detail: str, time: str) -> JsonObject:
-    return fault("Invalid query", f"QueryValidationError: {detail}", "4001", "ValidationFault",
-                 time)
+    return fault(
+        "Invalid query", f"QueryValidationError: {detail}", "4001", "ValidationFault", time
+    )
 
 
 def validation(message: str, detail: str, time: str) -> JsonObject:
@@ -73,14 +96,20 @@ def validation(message: str, detail: str, time: str) -> JsonObject:
 
 
 def system_error(time: str) -> JsonObject:
-    return fault("An application error has occurred while processing your request",
-                 "System Failure Error: An unexpected error occurred while accessing or saving "
-                 "your data. Please wait a few minutes and try again.", "10000", "SystemFault",
-                 time)
+    return fault(
+        "An application error has occurred while processing your request",
+        "System Failure Error: An unexpected error occurred while accessing or saving "
+        "your data. Please wait a few minutes and try again.",
+        "10000",
+        "SystemFault",
+        time,
+    )
 
 
-UNAVAILABLE_HTML = (b"<html><head><title>503 Service Temporarily Unavailable</title></head>"
-                    b"<body><h1>Service Temporarily Unavailable</h1></body></html>")
+UNAVAILABLE_HTML = (
+    b"<html><head><title>503 Service Temporarily Unavailable</title></head>"
+    b"<body><h1>Service Temporarily Unavailable</h1></body></html>"
+)
 
 
 def oauth_error(error: str, description: str | None = None) -> JsonObject:

@@ -58,8 +58,9 @@ class Tokens:
     def refresh(self, presented: str) -> tuple[str, str, int]:
         """Rotate: a new access and refresh token; the presented one is dead from now on."""
         with self.lock:
-            if self.refresh_token is None or not secrets.compare_digest(presented,
-                                                                         self.refresh_token):
+            if self.refresh_token is None or not secrets.compare_digest(
+                presented, self.refresh_token
+            ):
                 self.refresh_failures += 1
                 raise InvalidGrant
             self.refresh_token = "RT1-" + secrets.token_urlsafe(24)

@@ -35,8 +35,10 @@ TIME_FIELDS = {"metadata.lastupdatedtime": "updated", "metadata.createtime": "cr
 BOOL_FIELDS = {"active": "Active", "isproject": "IsProject", "job": "Job"}
 COMPARISONS = ("=", "<", ">", "<=", ">=")
 
-_TOKEN = re.compile(r"\s*(?:(?P<str>'(?:\\.|[^'\\])*')|(?P<num>\d+)|(?P<word>[A-Za-z_][\w.]*)"
-                    r"|(?P<op><=|>=|!=|[=<>*(),]))")
+_TOKEN = re.compile(
+    r"\s*(?:(?P<str>'(?:\\.|[^'\\])*')|(?P<num>\d+)|(?P<word>[A-Za-z_][\w.]*)"
+    r"|(?P<op><=|>=|!=|[=<>*(),]))"
+)
 
 
 class ParseError(Exception):
@@ -49,8 +51,8 @@ class Invalid(Exception):
 
 @dataclass
 class Condition:
-    field: str      # "updated" / "created" / "Id" / "Active" / "IsProject" / "Job"
-    op: str         # one of COMPARISONS or "in"
+    field: str  # "updated" / "created" / "Id" / "Active" / "IsProject" / "Job"
+    op: str  # one of COMPARISONS or "in"
     values: list[str | bool | float]
 
 
@@ -73,8 +75,9 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
             break
         m = _TOKEN.match(text, pos)
         if m is None or m.lastgroup is None:
-            raise ParseError(f'Encountered " "{text[pos:].lstrip()[:1]}"" at line 1, column '
-                             f"{pos + 1}.")
+            raise ParseError(
+                f'Encountered " "{text[pos:].lstrip()[:1]}"" at line 1, column {pos + 1}.'
+            )
         out.append((m.lastgroup, m.group(m.lastgroup), m.start(m.lastgroup) + 1))
         pos = m.end()
     return out
@@ -146,8 +149,9 @@ def parse(text: str) -> Query:
         p.take("word")
         query.max_results = p.number()
         if query.max_results > MAX_RESULTS:
-            raise Invalid(f"value {query.max_results} is too large. Max allowed value is "
-                          f"{MAX_RESULTS}")
+            raise Invalid(
+                f"value {query.max_results} is too large. Max allowed value is {MAX_RESULTS}"
+            )
         if query.max_results < 1:
             raise Invalid("MAXRESULTS must be a positive integer")
     if p.peek() is not None:
@@ -195,8 +199,7 @@ def _condition(p: _Parser, entity: str) -> Condition:
     raise Invalid(f"Property {name} not found for Entity {entity}")
 
 
-def _values(p: _Parser, op: str, read: Callable[[_Parser], str | bool]
-            ) -> list[str | bool | float]:
+def _values(p: _Parser, op: str, read: Callable[[_Parser], str | bool]) -> list[str | bool | float]:
     if op != "in":
         return [read(p)]
     p.take("op", "(")

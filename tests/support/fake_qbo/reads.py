@@ -37,8 +37,12 @@ from .store import Record, Tombstone, id_key
 
 JsonObject = dict[str, Any]
 _OPS: dict[str, Callable[[float, float], bool]] = {
-    "=": lambda a, b: a == b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
-    "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
+    "=": lambda a, b: a == b,
+    "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b,
+    ">=": lambda a, b: a >= b,
+}
 _DEFAULTS = {"Active": True, "IsProject": False, "Job": False}
 
 
@@ -64,20 +68,25 @@ def run_query(realm: Realm, text: str) -> bytes:
     if q.entity in query.NAME_LISTS and not any(c.field == "Active" for c in conds):
         conds.append(query.Condition("Active", "in", [True]))
     with realm.lock:
-        rows = [r for r in realm.store.records[q.entity].values()
-                if all(_matches(r, c) for c in conds)]
+        rows = [
+            r for r in realm.store.records[q.entity].values() if all(_matches(r, c) for c in conds)
+        ]
         if q.order_by == "Id":
             rows.sort(key=lambda r: id_key(r.id), reverse=q.descending)
         else:
             attr = q.order_by
             rows.sort(key=lambda r: (getattr(r, attr), id_key(r.id)), reverse=q.descending)
-        page = [r.body for r in rows[q.start - 1:q.start - 1 + q.max_results]]
+        page = [r.body for r in rows[q.start - 1 : q.start - 1 + q.max_results]]
     if q.count:
         return _dump({"QueryResponse": {"totalCount": len(rows)}, "time": stamp})
     if not page:
         return _dump({"QueryResponse": {}, "time": stamp})
-    return _dump({"QueryResponse": {q.entity: page, "startPosition": q.start,
-                                    "maxResults": len(page)}, "time": stamp})
+    return _dump(
+        {
+            "QueryResponse": {q.entity: page, "startPosition": q.start, "maxResults": len(page)},
+            "time": stamp,
+        }
+    )
 
 
 def cdc(realm: Realm, entities: str | None, changed_since: str | None) -> bytes:
@@ -85,42 +94,63 @@ def cdc(realm: Realm, entities: str | None, changed_since: str | None) -> bytes:
     now = realm.now()
     stamp = timefmt.iso_ms(now)
     if not entities or not changed_since:
-        raise faults.FaultError(400, faults.validation(
-            "Invalid Request", "Both entities and changedSince are required for cdc", stamp))
+        raise faults.FaultError(
+            400,
+            faults.validation(
+                "Invalid Request", "Both entities and changedSince are required for cdc", stamp
+            ),
+        )
     names: list[str] = []
     for raw in entities.split(","):
         name = next((e for e in query.ENTITIES if e.lower() == raw.strip().lower()), None)
         if name is None:
-            raise faults.FaultError(400, faults.validation(
-                "Invalid entity", f"Entity {raw.strip()} is not supported for cdc", stamp))
+            raise faults.FaultError(
+                400,
+                faults.validation(
+                    "Invalid entity", f"Entity {raw.strip()} is not supported for cdc", stamp
+                ),
+            )
         if name not in names:
             names.append(name)
     try:
         since = timefmt.parse(changed_since)
     except ValueError:
-        raise faults.FaultError(400, faults.validation(
-            "Invalid Request", f"Invalid changedSince date time: {changed_since}", stamp)) from None
+        raise faults.FaultError(
+            400,
+            faults.validation(
+                "Invalid Request", f"Invalid changedSince date time: {changed_since}", stamp
+            ),
+        ) from None
     if since < now - 30 * timefmt.DAY:
-        message = (f"Operation cdc with changedSince date {changed_since} which is older than "
-                   f"fixed days is not supported.")
+        message = (
+            f"Operation cdc with changedSince date {changed_since} which is older than "
+            f"fixed days is not supported."
+        )
         raise faults.FaultError(400, faults.validation(message, message, stamp))
     with realm.lock:
         picked: list[tuple[int, int, tuple[int, str], int, Record | Tombstone]] = []
         for n, name in enumerate(names):
-            picked += [(r.updated, n, id_key(r.id), 0, r)
-                       for r in realm.store.records[name].values() if r.updated >= since]
-            picked += [(t.deleted, n, id_key(t.id), 1, t)
-                       for t in realm.store.tombstones[name].values() if t.deleted >= since]
+            picked += [
+                (r.updated, n, id_key(r.id), 0, r)
+                for r in realm.store.records[name].values()
+                if r.updated >= since
+            ]
+            picked += [
+                (t.deleted, n, id_key(t.id), 1, t)
+                for t in realm.store.tombstones[name].values()
+                if t.deleted >= since
+            ]
         picked.sort(key=lambda p: p[:4])
-        picked = picked[:realm.cdc_max_objects]
+        picked = picked[: realm.cdc_max_objects]
         groups: list[JsonObject] = []
         for n, name in enumerate(names):
             mine = sorted((p for p in picked if p[1] == n), key=lambda p: (p[3], p[0], p[2]))
             if not mine:
                 groups.append({})
                 continue
-            groups.append({name: [_payload(p[4]) for p in mine],
-                           "startPosition": 1, "maxResults": len(mine)})
+            groups.append(
+                {name: [_payload(p[4]) for p in mine], "startPosition": 1, "maxResults": len(mine)}
+            )
     return _dump({"CDCResponse": [{"QueryResponse": groups}], "time": stamp})
 
 

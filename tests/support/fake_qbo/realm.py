@@ -34,8 +34,16 @@ from .store import Store
 
 JsonObject = dict[str, Any]
 FAILURE_MODES = ("500", "503", "malformed", "fault200", "429")
-SWITCHES = ("latency_ms", "fail_next", "clear_failures", "revoke_refresh_token",
-            "set_refresh_token", "expire_access_tokens", "access_token_ttl", "limits")
+SWITCHES = (
+    "latency_ms",
+    "fail_next",
+    "clear_failures",
+    "revoke_refresh_token",
+    "set_refresh_token",
+    "expire_access_tokens",
+    "access_token_ttl",
+    "limits",
+)
 
 
 @dataclass
@@ -72,12 +80,25 @@ class Realm:
         for key in ("realm_id", "client_id", "client_secret", "refresh_token"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise ValueError(f"{key} is required (a non-empty string)")
-        unknown = sorted(set(data) - {"realm_id", "client_id", "client_secret", "refresh_token",
-                                      "access_token_ttl", "seed"})
+        unknown = sorted(
+            set(data)
+            - {
+                "realm_id",
+                "client_id",
+                "client_secret",
+                "refresh_token",
+                "access_token_ttl",
+                "seed",
+            }
+        )
         if unknown:
             raise ValueError(f"unknown fields: {', '.join(unknown)}")
-        tokens = Tokens(data["client_id"], data["client_secret"], data["refresh_token"],
-                        float(data.get("access_token_ttl", 3600)))
+        tokens = Tokens(
+            data["client_id"],
+            data["client_secret"],
+            data["refresh_token"],
+            float(data.get("access_token_ttl", 3600)),
+        )
         realm = cls(data["realm_id"], tokens)
         spec = seed.SeedSpec.from_json(data.get("seed") or {})
         seed.seed(realm.store, spec, realm.realm_id, int(realm.now()))
@@ -104,8 +125,9 @@ class Realm:
                 self.tokens.access_token_ttl = float(data["access_token_ttl"])
             if "limits" in data:
                 limits = dict(data["limits"])
-                self.limits.set(limits.pop("rate_per_minute", None),
-                                limits.pop("concurrency", None))
+                self.limits.set(
+                    limits.pop("rate_per_minute", None), limits.pop("concurrency", None)
+                )
                 self.cdc_max_objects = int(limits.pop("cdc_max_objects", self.cdc_max_objects))
                 if limits:
                     raise ValueError(f"unknown limits: {', '.join(sorted(limits))}")
@@ -119,42 +141,73 @@ class Realm:
 
     def switch_state(self) -> JsonObject:
         with self.lock:
-            return {"latency_ms": self.latency_ms, "pending_failures": list(self.failures),
-                    "access_token_ttl": self.tokens.access_token_ttl,
-                    "refresh_token_live": self.tokens.refresh_token is not None,
-                    "limits": {"rate_per_minute": self.limits.rate_per_minute,
-                               "concurrency": self.limits.concurrency,
-                               "cdc_max_objects": self.cdc_max_objects}}
+            return {
+                "latency_ms": self.latency_ms,
+                "pending_failures": list(self.failures),
+                "access_token_ttl": self.tokens.access_token_ttl,
+                "refresh_token_live": self.tokens.refresh_token is not None,
+                "limits": {
+                    "rate_per_minute": self.limits.rate_per_minute,
+                    "concurrency": self.limits.concurrency,
+                    "cdc_max_objects": self.cdc_max_objects,
+                },
+            }
 
     def stats(self) -> JsonObject:
         """The counters a test asserts on (``GET /_admin/realms/{id}/stats``)."""
         with self.lock, self.limits.lock:
             lim = self.limits
-            return {**{k: self.counts.get(k, 0) for k in (
-                        "requests", "queries", "cdc", "ok", "unauthorized", "forbidden",
-                        "bad_requests", "injected_failures", "token_requests")},
-                    "refreshes": self.tokens.refreshes,
-                    "refresh_failures": self.tokens.refresh_failures,
-                    "throttled": lim.throttled_rate + lim.throttled_concurrency,
-                    "throttled_rate": lim.throttled_rate,
-                    "throttled_concurrency": lim.throttled_concurrency,
-                    "max_concurrency": lim.max_concurrency,
-                    "max_requests_per_minute": lim.max_requests_per_minute,
-                    "in_flight": lim.in_flight,
-                    "entities": self.store.counts(),
-                    "deleted": {e: len(t) for e, t in self.store.tombstones.items()}}
+            return {
+                **{
+                    k: self.counts.get(k, 0)
+                    for k in (
+                        "requests",
+                        "queries",
+                        "cdc",
+                        "ok",
+                        "unauthorized",
+                        "forbidden",
+                        "bad_requests",
+                        "injected_failures",
+                        "token_requests",
+                    )
+                },
+                "refreshes": self.tokens.refreshes,
+                "refresh_failures": self.tokens.refresh_failures,
+                "throttled": lim.throttled_rate + lim.throttled_concurrency,
+                "throttled_rate": lim.throttled_rate,
+                "throttled_concurrency": lim.throttled_concurrency,
+                "max_concurrency": lim.max_concurrency,
+                "max_requests_per_minute": lim.max_requests_per_minute,
+                "in_flight": lim.in_flight,
+                "entities": self.store.counts(),
+                "deleted": {e: len(t) for e, t in self.store.tombstones.items()},
+            }
 
     def to_json(self) -> JsonObject:
         with self.lock:
             t = self.tokens
-            return {"realm_id": self.realm_id, "client_id": t.client_id,
-                    "client_secret": t.client_secret, "refresh_token": t.refresh_token,
-                    "access_token_ttl": t.access_token_ttl, "clock_offset": self.clock_offset,
-                    "store": self.store.to_json()}
+            return {
+                "realm_id": self.realm_id,
+                "client_id": t.client_id,
+                "client_secret": t.client_secret,
+                "refresh_token": t.refresh_token,
+                "access_token_ttl": t.access_token_ttl,
+                "clock_offset": self.clock_offset,
+                "store": self.store.to_json(),
+            }
 
     @classmethod
     def from_json(cls, data: JsonObject) -> Realm:
-        tokens = Tokens(data["client_id"], data["client_secret"], data["refresh_token"],
-                        data["access_token_ttl"])
-        return cls(data["realm_id"], tokens, Store.from_json(data["store"]),
-                   clock_offset=data["clock_offset"])
+        tokens = Tokens(
+            data["client_id"],
+            data["client_secret"],
+            data["refresh_token"],
+            data["access_token_ttl"],
+        )
+        return cls(
+            data["realm_id"],
+            tokens,
+            Store.from_json(data["store"]),
+            clock_offset=data["clock_offset"],
+        )

@@ -106,19 +106,28 @@ class Handler(BaseHTTPRequestHandler):
                 self.admin(method, parts[1:], body)
             elif url.path == TOKEN_PATH and method == "POST":
                 self.token(body)
-            elif len(parts) == 4 and parts[:2] == ["v3", "company"] and parts[3] in ("query",
-                                                                                     "cdc"):
+            elif (
+                len(parts) == 4 and parts[:2] == ["v3", "company"] and parts[3] in ("query", "cdc")
+            ):
                 self.api(method, parts[2], parts[3], parse_qs(url.query), body)
             else:
-                self.send_json(404, faults.fault("Unsupported Operation", f"Operation {url.path}"
-                                                 " is not supported.", "500", "ValidationFault",
-                                                 timefmt.iso_ms(time.time())))
+                self.send_json(
+                    404,
+                    faults.fault(
+                        "Unsupported Operation",
+                        f"Operation {url.path} is not supported.",
+                        "500",
+                        "ValidationFault",
+                        timefmt.iso_ms(time.time()),
+                    ),
+                )
         except Exception:
             traceback.print_exc(file=sys.stderr)
             self.send_json(500, faults.system_error(timefmt.iso_ms(time.time())))
 
-    def send(self, status: int, payload: bytes, content_type: str,
-             headers: dict[str, str] | None = None) -> None:
+    def send(
+        self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         # An admitted API request stops counting as in flight before its answer leaves: a
         # client that sends its next request the moment it reads this one's answer must never
         # find it still counted (a false 429, and counters tests read too early).
@@ -134,8 +143,9 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def send_json(self, status: int, body: JsonObject, headers: dict[str, str] | None = None
-                  ) -> None:
+    def send_json(
+        self, status: int, body: JsonObject, headers: dict[str, str] | None = None
+    ) -> None:
         self.send(status, json.dumps(body).encode(), "application/json;charset=UTF-8", headers)
 
     # --- /_admin/ -------------------------------------------------------------------------
@@ -159,21 +169,36 @@ class Handler(BaseHTTPRequestHandler):
             app.token_requests += 1
         no_store = {"Cache-Control": "no-store", "Pragma": "no-cache"}
         client = self.basic_auth()
-        candidates = [r for r in app.all_realms()
-                      if client is not None and r.tokens.client_id == client[0]]
-        if client is None or not candidates or any(
-                r.tokens.client_secret != client[1] for r in candidates):
-            self.send_json(401, faults.oauth_error("invalid_client"),
-                           {**no_store, "WWW-Authenticate": 'Basic realm="intuit"'})
+        candidates = [
+            r for r in app.all_realms() if client is not None and r.tokens.client_id == client[0]
+        ]
+        if (
+            client is None
+            or not candidates
+            or any(r.tokens.client_secret != client[1] for r in candidates)
+        ):
+            self.send_json(
+                401,
+                faults.oauth_error("invalid_client"),
+                {**no_store, "WWW-Authenticate": 'Basic realm="intuit"'},
+            )
             return
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if "application/json" not in self.headers.get("Accept", ""):
-            self.send_json(400, faults.oauth_error("invalid_request", "Accept must be "
-                                                   "application/json"), no_store)
+            self.send_json(
+                400,
+                faults.oauth_error("invalid_request", "Accept must be application/json"),
+                no_store,
+            )
             return
         if ctype != "application/x-www-form-urlencoded":
-            self.send_json(400, faults.oauth_error("invalid_request", "the body must be "
-                                                   "application/x-www-form-urlencoded"), no_store)
+            self.send_json(
+                400,
+                faults.oauth_error(
+                    "invalid_request", "the body must be application/x-www-form-urlencoded"
+                ),
+                no_store,
+            )
             return
         form = parse_qs(body.decode("utf-8", "replace"))
         grant = form.get("grant_type", [""])[0]
@@ -182,11 +207,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         presented = form.get("refresh_token", [""])[0]
         if not presented:
-            self.send_json(400, faults.oauth_error("invalid_request", "refresh_token is missing"),
-                           no_store)
+            self.send_json(
+                400, faults.oauth_error("invalid_request", "refresh_token is missing"), no_store
+            )
             return
-        owner = next((r for r in candidates if r.tokens.refresh_token == presented), None) \
-            or next((r for r in candidates if r.tokens.owns(presented)), None)
+        owner = next((r for r in candidates if r.tokens.refresh_token == presented), None) or next(
+            (r for r in candidates if r.tokens.owns(presented)), None
+        )
         if owner is None:
             self.send_json(400, faults.oauth_error("invalid_grant"), no_store)
             return
@@ -196,9 +223,17 @@ class Handler(BaseHTTPRequestHandler):
         except InvalidGrant:
             self.send_json(400, faults.oauth_error("invalid_grant"), no_store)
             return
-        self.send_json(200, {"token_type": "bearer", "access_token": access, "expires_in": ttl,
-                             "refresh_token": refresh,
-                             "x_refresh_token_expires_in": REFRESH_TOKEN_TTL}, no_store)
+        self.send_json(
+            200,
+            {
+                "token_type": "bearer",
+                "access_token": access,
+                "expires_in": ttl,
+                "refresh_token": refresh,
+                "x_refresh_token_expires_in": REFRESH_TOKEN_TTL,
+            },
+            no_store,
+        )
 
     def basic_auth(self) -> tuple[str, str] | None:
         scheme, _, value = self.headers.get("Authorization", "").partition(" ")
@@ -212,13 +247,15 @@ class Handler(BaseHTTPRequestHandler):
         return (user, password) if sep else None
 
     # --- the v3 API -----------------------------------------------------------------------
-    def api(self, method: str, realm_id: str, op: str, params: dict[str, list[str]],
-            body: bytes) -> None:
+    def api(
+        self, method: str, realm_id: str, op: str, params: dict[str, list[str]], body: bytes
+    ) -> None:
         realm = self.server.app.realm(realm_id)
         if realm is None:
             status = 403 if self.token_owner() else 401
-            self.send_json(status, faults.gateway_fault(status, "Token invalid",
-                                                        int(time.time() * 1000)))
+            self.send_json(
+                status, faults.gateway_fault(status, "Token invalid", int(time.time() * 1000))
+            )
             return
         realm.count("requests")
         refusal = realm.limits.admit()
@@ -241,16 +278,21 @@ class Handler(BaseHTTPRequestHandler):
         scheme, _, token = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        return next((r for r in self.server.app.all_realms()
-                     if r.tokens.check(token.strip()) is None), None)
+        return next(
+            (r for r in self.server.app.all_realms() if r.tokens.check(token.strip()) is None), None
+        )
 
-    def api_admitted(self, realm: Realm, method: str, op: str, params: dict[str, list[str]],
-                     body: bytes) -> None:
+    def api_admitted(
+        self, realm: Realm, method: str, op: str, params: dict[str, list[str]], body: bytes
+    ) -> None:
         epoch_ms = int(realm.now() * 1000)
         stamp = timefmt.iso_ms(realm.now())
         scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-        problem = "Malformed bearer token" if scheme.lower() != "bearer" or not token.strip() \
+        problem = (
+            "Malformed bearer token"
+            if scheme.lower() != "bearer" or not token.strip()
             else realm.tokens.check(token.strip())
+        )
         if problem is not None:
             owner = self.token_owner() if problem == "Token invalid" else None
             realm.count("forbidden" if owner else "unauthorized")
@@ -259,15 +301,26 @@ class Handler(BaseHTTPRequestHandler):
             return
         if "application/json" not in self.headers.get("Accept", ""):
             realm.count("bad_requests")
-            self.send_json(406, faults.fault("Not Acceptable", "Send Accept: application/json "
-                                             "(this fake does not speak XML)", "406",
-                                             "ValidationFault", stamp))
+            self.send_json(
+                406,
+                faults.fault(
+                    "Not Acceptable",
+                    "Send Accept: application/json (this fake does not speak XML)",
+                    "406",
+                    "ValidationFault",
+                    stamp,
+                ),
+            )
             return
         minor = params.get("minorversion", [""])[0]
         if minor and not minor.isdigit():
             realm.count("bad_requests")
-            self.send_json(400, faults.validation("Invalid minorversion", f"minorversion "
-                                                  f"{minor} is not a number", stamp))
+            self.send_json(
+                400,
+                faults.validation(
+                    "Invalid minorversion", f"minorversion {minor} is not a number", stamp
+                ),
+            )
             return
         failure = realm.next_failure()
         try:
@@ -277,11 +330,13 @@ class Handler(BaseHTTPRequestHandler):
                 payload = reads.run_query(realm, text)
             elif method == "GET":
                 realm.count("cdc")
-                payload = reads.cdc(realm, params.get("entities", [""])[0],
-                                    params.get("changedSince", [""])[0])
+                payload = reads.cdc(
+                    realm, params.get("entities", [""])[0], params.get("changedSince", [""])[0]
+                )
             else:
-                raise faults.FaultError(405, faults.validation("Unsupported Operation",
-                                                               "cdc takes GET", stamp))
+                raise faults.FaultError(
+                    405, faults.validation("Unsupported Operation", "cdc takes GET", stamp)
+                )
         except faults.FaultError as e:
             if failure is None:
                 realm.count("bad_requests")
@@ -300,7 +355,7 @@ class Handler(BaseHTTPRequestHandler):
         elif mode == "503":
             self.send(503, faults.UNAVAILABLE_HTML, "text/html")
         elif mode == "malformed":
-            self.send(200, payload[:max(1, len(payload) // 2)], "application/json;charset=UTF-8")
+            self.send(200, payload[: max(1, len(payload) // 2)], "application/json;charset=UTF-8")
         elif mode == "fault200":
             self.send_json(200, faults.system_error(stamp))
         else:

@@ -50,8 +50,12 @@ class Tombstone:
     deleted: int
 
     def body(self) -> JsonObject:
-        return {"Id": self.id, "status": "Deleted", "domain": "QBO",
-                "MetaData": {"LastUpdatedTime": timefmt.iso(self.deleted)}}
+        return {
+            "Id": self.id,
+            "status": "Deleted",
+            "domain": "QBO",
+            "MetaData": {"LastUpdatedTime": timefmt.iso(self.deleted)},
+        }
 
 
 def id_key(value: str) -> tuple[int, str]:
@@ -61,21 +65,34 @@ def id_key(value: str) -> tuple[int, str]:
 
 @dataclass
 class Store:
-    records: dict[str, dict[str, Record]] = field(
-        default_factory=lambda: {e: {} for e in ENTITIES})
+    records: dict[str, dict[str, Record]] = field(default_factory=lambda: {e: {} for e in ENTITIES})
     tombstones: dict[str, dict[str, Tombstone]] = field(
-        default_factory=lambda: {e: {} for e in ENTITIES})
+        default_factory=lambda: {e: {} for e in ENTITIES}
+    )
     next_id: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENTITIES, 1))
 
-    def create(self, entity: str, fields: JsonObject, created: int, updated: int | None = None,
-               sync_token: int = 0) -> Record:
+    def create(
+        self,
+        entity: str,
+        fields: JsonObject,
+        created: int,
+        updated: int | None = None,
+        sync_token: int = 0,
+    ) -> Record:
         new_id = str(self.next_id[entity])
         self.next_id[entity] += 1
         updated = created if updated is None else updated
-        body = {"Id": new_id, "SyncToken": str(sync_token), "domain": "QBO", "sparse": False,
-                **{k: v for k, v in fields.items() if k not in SYSTEM_FIELDS},
-                "MetaData": {"CreateTime": timefmt.iso(created),
-                             "LastUpdatedTime": timefmt.iso(updated)}}
+        body = {
+            "Id": new_id,
+            "SyncToken": str(sync_token),
+            "domain": "QBO",
+            "sparse": False,
+            **{k: v for k, v in fields.items() if k not in SYSTEM_FIELDS},
+            "MetaData": {
+                "CreateTime": timefmt.iso(created),
+                "LastUpdatedTime": timefmt.iso(updated),
+            },
+        }
         record = Record(body, created, updated)
         self.records[entity][new_id] = record
         return record
@@ -89,12 +106,16 @@ class Store:
     def change(self, entity: str, entity_id: str, fields: JsonObject, now: int) -> Record:
         record = self.get(entity, entity_id)
         # Copy on write: a reader serialising the old body outside the lock sees it whole.
-        body = {**record.body, **{k: copy.deepcopy(v) for k, v in fields.items()
-                                  if k not in SYSTEM_FIELDS}}
+        body = {
+            **record.body,
+            **{k: copy.deepcopy(v) for k, v in fields.items() if k not in SYSTEM_FIELDS},
+        }
         record.updated = max(now, record.updated)
         body["SyncToken"] = str(int(record.body["SyncToken"]) + 1)
-        body["MetaData"] = {**record.body["MetaData"],
-                            "LastUpdatedTime": timefmt.iso(record.updated)}
+        body["MetaData"] = {
+            **record.body["MetaData"],
+            "LastUpdatedTime": timefmt.iso(record.updated),
+        }
         record.body = body
         return record
 
@@ -110,10 +131,13 @@ class Store:
 
     def to_json(self) -> JsonObject:
         return {
-            "records": {e: [[r.body, r.created, r.updated] for r in rows.values()]
-                        for e, rows in self.records.items()},
-            "tombstones": {e: [[t.id, t.deleted] for t in rows.values()]
-                           for e, rows in self.tombstones.items()},
+            "records": {
+                e: [[r.body, r.created, r.updated] for r in rows.values()]
+                for e, rows in self.records.items()
+            },
+            "tombstones": {
+                e: [[t.id, t.deleted] for t in rows.values()] for e, rows in self.tombstones.items()
+            },
             "next_id": self.next_id,
         }
 
