@@ -19,7 +19,7 @@ from celery.beat import Scheduler
 from config.env import get_settings
 from config.keys import KeySpace
 from erp_sync.beat.engine import BeatEngine, EngineConfig
-from erp_sync.redis_client import connect, redact
+from erp_sync.infra.redis_client import connect, redact
 
 log = logging.getLogger("erp_sync.beat")
 

@@ -14,13 +14,14 @@ from celery import Celery
 from celery.signals import worker_init
 
 from config.env import get_settings
-from erp_sync.broker import install as install_broker_fix
-from erp_sync.celery_config import celery_config
 from erp_sync.db import database
 from erp_sync.errors import ErpSyncError
+from erp_sync.infra.broker import install as install_broker_fix
+from erp_sync.infra.celery_config import celery_config
 
 # Worker, beat and Flower all use the Redis transport that survives a Redis restart mid-task
-# (erp_sync/broker.py: Celery 5.7 workers died of it). Process wiring, so here, not in the config.
+# (erp_sync/infra/broker.py: Celery 5.7 workers died of it). Process wiring, so here, not in
+# the config.
 install_broker_fix()
 app = Celery(
     "erp_sync", include=["tasks.company", "tasks.project", "tasks.maintenance", "tasks.alerts"]

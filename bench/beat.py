@@ -39,10 +39,10 @@ from bench.common import (
     seed,
 )
 from config.keys import KeySpace
-from erp_sync.applied import AppliedWaiter
 from erp_sync.beat.engine import BeatEngine, EngineConfig, pid_of
 from erp_sync.beat.lease import holder_node
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.schedule.applied import AppliedWaiter
 from tests.support.clock import Clock
 from tests.support.procs import beat
 from tests.support.redisproc import RedisServer

@@ -27,10 +27,10 @@ import redis
 
 from bench.common import ONLY_JOB_COSTS, ONLY_VENDORS, seed
 from config.keys import KeySpace
-from erp_sync.applied import parse_applied
+from config.members import split_due_member
 from erp_sync.beat.engine import BeatEngine, EngineConfig
-from erp_sync.beat.plan import split_member
-from erp_sync.schedule import Cadence, slot_at_or_before
+from erp_sync.schedule.applied import parse_applied
+from erp_sync.schedule.cadence import Cadence, slot_at_or_before
 from tests.support.clock import Clock
 from tests.support.procs import Proc, beat, wait_until
 from tests.support.redisproc import RedisServer
@@ -45,7 +45,7 @@ def make_due(client: redis.Redis, keys: KeySpace) -> tuple[int, float]:
     applied = client.hgetall(keys.beat_applied)
     pipe = client.pipeline(transaction=False)
     for member in members:
-        company, kind = split_member(member)
+        company, kind = split_due_member(member)
         record = parse_applied(applied[company])
         assert record is not None
         cadence = Cadence.from_key(record.cadences[kind.value])

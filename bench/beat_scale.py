@@ -42,7 +42,7 @@ from bench.common import pct, seed
 from config.keys import KeySpace
 from config.models import SyncSettings
 from erp_sync.beat.engine import BeatEngine, EngineConfig
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
 from tests.support.clock import Clock
 from tests.support.procs import wait_until
 

@@ -55,8 +55,8 @@ from bench.beat_real import (
 from bench.common import pct, seed
 from config.keys import KeySpace
 from config.models import PaymentsFrequency, SyncSettings
-from erp_sync.applied import AppliedWaiter
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.schedule.applied import AppliedWaiter
 from tests.support.procs import Proc, wait_until
 
 MAXLEN = 1_000_000

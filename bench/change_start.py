@@ -38,15 +38,15 @@ from celery import Celery
 
 from bench.common import ROOT, median, pct
 from config.keys import KeySpace
+from config.members import due_member
 from config.models import Erp, SyncKind, SyncSettings
-from erp_sync.applied import AppliedWaiter
-from erp_sync.beat.plan import member
 from erp_sync.connectors.sandbox_data import SandboxData
+from erp_sync.control.store import SettingsStore
 from erp_sync.db import Database
-from erp_sync.history import History
-from erp_sync.ratelimit import set_limit
-from erp_sync.slots import TASK_NAMES, slot_iso
-from erp_sync.store import SettingsStore
+from erp_sync.infra.slots import TASK_NAMES, slot_iso
+from erp_sync.runs.records import RunRecords
+from erp_sync.schedule.applied import AppliedWaiter
+from erp_sync.throttle.ratelimit import set_limit
 from tests.support.procs import Proc, beat, wait_until, worker
 from tests.support.redisproc import RedisServer
 
@@ -86,7 +86,7 @@ class Side:
             "ERP_SYNC_SECONDS_PER_HOUR": f"{period:g}",
         }
         self.store = SettingsStore(self.client, self.keys)
-        self.history = History(self.client, self.keys)
+        self.history = RunRecords(self.client, self.keys)
 
     def companies(self, ids: list[str], settings: SyncSettings) -> None:
         """Companies added as ``erp-sync company add`` does, an admin, and ``settings``."""
@@ -151,7 +151,7 @@ def ours(
                     company, "admin", lambda s: {"refresh_erp_job_list": True}
                 )
                 ms = waiter.wait(stored.version, 10, time.monotonic())
-                slot = side.client.zscore(side.keys.due, member(company, SyncKind.JOBS))
+                slot = side.client.zscore(side.keys.due, due_member(company, SyncKind.JOBS))
                 batch[company] = {
                     "run": r,
                     "written": written,

@@ -86,10 +86,10 @@ import redis
 from bench.common import ROOT, pct
 from bench.workers import cpu_seconds
 from config.keys import KeySpace
-from config.models import SyncKind
-from erp_sync.history import History, RunRecord
-from erp_sync.ratelimit import CompanyLimit, set_company_limit
-from erp_sync.slots import task_id
+from config.models import RunRecord, SyncKind
+from erp_sync.infra.slots import task_id
+from erp_sync.runs.records import RunRecords
+from erp_sync.throttle.ratelimit import CompanyLimit, set_company_limit
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.redisproc import RedisServer
@@ -367,7 +367,7 @@ class Bench:
     def _records(
         self, keys: KeySpace, company: str, published: dict[str, float]
     ) -> dict[str, RunRecord]:
-        records = History(self.client, keys).recent(company, 1000)
+        records = RunRecords(self.client, keys).recent(company, 1000)
         return {r.task_id: r for r in records if r.task_id in published}
 
     def _check_log(self, log: str, result: Run, path: Path) -> None:
@@ -433,7 +433,7 @@ class Bench:
         wall = (end - first_slow) * 1000
         cpu = (sampler.at(end) - sampler.at(first_slow)) * 1000
         deferrals = acts.get("deferred", 0)
-        record = History(self.client, keys).get(HEALTHY, tid)
+        record = RunRecords(self.client, keys).get(HEALTHY, tid)
         started = record.started_at.timestamp() if record else float("nan")
         return Intake(
             wall_ms=round(wall, 1),

@@ -35,14 +35,14 @@ from bench.common import ROOT, median
 from config.keys import KeySpace
 from config.models import Erp, PaymentsFrequency, SyncKind
 from erp_sync.beat.engine import BeatEngine, EngineConfig
-from erp_sync.beat.publisher import MessageFactory
+from erp_sync.beat.messages import MessageFactory
 from erp_sync.connectors.sandbox_data import SandboxData
+from erp_sync.control.store import AUDIT_CAP, SettingsStore
 from erp_sync.db import Database
 from erp_sync.errors import PermissionDenied
-from erp_sync.history import HISTORY_CAP, History
-from erp_sync.ratelimit import set_limit
-from erp_sync.slots import task_id
-from erp_sync.store import AUDIT_CAP, SettingsStore
+from erp_sync.infra.slots import task_id
+from erp_sync.runs.records import HISTORY_CAP, RunRecords
+from erp_sync.throttle.ratelimit import set_limit
 from tests.support import procs
 from tests.support.erp import Sender
 from tests.support.redisproc import RedisServer
@@ -192,7 +192,7 @@ def fill_caps(client: redis.Redis, keys: KeySpace, company: str) -> dict[str, in
             store.update_settings(
                 company, other, {"payments_for_synced_invoices": FREQS[n % len(FREQS)]}
             )
-    history = History(client, keys)
+    history = RunRecords(client, keys)
     real = history.recent(company, HISTORY_CAP)
     for n in range(HISTORY_CAP):
         record = real[n % len(real)]

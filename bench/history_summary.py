@@ -19,9 +19,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from config.models import RunRecord
 from erp_sync.db import Database, RunLog
 from erp_sync.db.schema import sync_runs
-from erp_sync.history import RunRecord
 from tests.support.pgproc import start_postgres
 from tests.support.redisproc import RedisServer, require_redis_server
 

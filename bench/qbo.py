@@ -46,12 +46,11 @@ import redis
 
 from bench.common import ROOT
 from config.keys import KeySpace
-from config.models import AuditEntry, Erp, SyncKind
-from erp_sync.connections import Connection, ConnectionStore, Secrets
+from config.models import AuditEntry, Erp, RunRecord, SyncKind
 from erp_sync.connectors.qbo.connector import FRESH
+from erp_sync.control.connections import Connection, ConnectionStore, Secrets
+from erp_sync.control.vault import Vault, new_key
 from erp_sync.db import Database, RunLog
-from erp_sync.history import RunRecord
-from erp_sync.vault import Vault, new_key
 from tests.support import procs
 from tests.support.erp import Sender
 from tests.support.fake_qbo.client import FakeQbo, Seed
@@ -59,7 +58,10 @@ from tests.support.redisproc import RedisServer
 
 PAGE = 1000
 PER_MINUTE = 500
-BUCKET_RATE, BUCKET_BURST = 8.0, 10.0  # the connector's default bucket (erp_sync.ratelimit)
+BUCKET_RATE, BUCKET_BURST = (
+    8.0,
+    10.0,
+)  # the connector's default bucket (erp_sync.throttle.ratelimit)
 COMPANY, REALM = "qbo-bench", "9130350000000001"
 CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"
 # 1,000 projects x 100 lines: 40 Bills of 2 lines, 8 Purchases of 2 lines and 4 VendorCredits of
@@ -169,7 +171,7 @@ class Run:
     def setup_company(self) -> list[str]:
         """The company on quickbooks_online, connected to the fake, with every project linked
         (a project's id is its QBO Customer Id: the seed makes the parents first)."""
-        from erp_sync.store import SettingsStore
+        from erp_sync.control.store import SettingsStore
 
         store = SettingsStore(self.client, self.keys)
         store.add_company(COMPANY, Erp.QUICKBOOKS_ONLINE.value)

@@ -34,9 +34,9 @@ import redis
 from config.keys import KeySpace
 from config.models import Erp, SyncKind
 from erp_sync.connectors.sandbox_data import SandboxData
-from erp_sync.history import History
-from erp_sync.ratelimit import set_limit
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.runs.records import RunRecords
+from erp_sync.throttle.ratelimit import set_limit
 from tests.support import procs
 from tests.support.erp import Sender
 from tests.support.redisproc import RedisServer
@@ -134,7 +134,7 @@ class Bench:
             ]
             self._wait(keys, ids)
             cpu = cpu_seconds(worker.pid) - cpu0
-            history = History(self.client, keys)
+            history = RunRecords(self.client, keys)
             wanted = set(ids)
             records = [
                 r for c in companies for r in history.recent(c, 10_000) if r.task_id in wanted
@@ -200,7 +200,7 @@ class Bench:
                 sender.send(SyncKind.PAYMENTS, company, f"r{p}", f"p{p:03d}") for p in range(demand)
             ]
             self._wait(keys, ids)
-            records = History(self.client, keys).recent(company, demand + 10)
+            records = RunRecords(self.client, keys).recent(company, demand + 10)
         finally:
             sender.close()
             worker.stop()

@@ -6,9 +6,9 @@ Also the ERP capability matrix as data: which automatic syncs each ERP supports.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -218,3 +218,51 @@ class AuditEntry(BaseModel):
     new: dict[str, Any] = Field(default_factory=dict)
     # The operating-system user who ran the command (None on entries written before it was kept).
     os_user: str | None = None
+
+
+# ``deferred``: the run gave its worker slot back to wait and comes back under the same task id.
+RunStatus = Literal["succeeded", "failed", "skipped", "running", "deferred"]
+
+
+def now() -> datetime:
+    """The wall clock in UTC (a run's own timestamps; schedule decisions use Redis time)."""
+    return datetime.now(UTC)
+
+
+class RunRecord(BaseModel):
+    """One sync run, as ``history --json`` shows it (DESIGN.md fields plus task bookkeeping)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    company: str
+    project: str | None
+    scheduled_for: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: RunStatus = "running"
+    counts: dict[str, int] = Field(default_factory=dict)
+    error: str | None = None
+    task_id: str
+    trigger: str = "schedule"
+    attempt: int = 1
+    duration_ms: float | None = None
+
+    def finish(
+        self,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        counts: dict[str, int] | None = None,
+        at: datetime | None = None,
+    ) -> RunRecord:
+        end = at or now()
+        return self.model_copy(
+            update={
+                "status": status,
+                "error": error,
+                "counts": counts or {},
+                "finished_at": end,
+                "duration_ms": round((end - self.started_at).total_seconds() * 1000, 1),
+            }
+        )

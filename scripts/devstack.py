@@ -340,7 +340,7 @@ def seed_demo(py: str, env: dict[str, str], url: str, prefix: str, signals: Sign
     """
     from config.keys import KeySpace
     from config.models import CAPABILITIES, SyncKind
-    from erp_sync.store import SettingsStore
+    from erp_sync.control.store import SettingsStore
 
     wanted = {f"demo-{n:02d}" for n in range(1, DEMO_COMPANIES + 1)}
     with redis.Redis.from_url(url, decode_responses=True) as client:
@@ -418,7 +418,7 @@ def secret_key(run: Path, env: dict[str, str]) -> str:
     """Where ERP credentials' key comes from: ERP_SYNC_SECRET_KEY, else ``<run>/secret.key``."""
     if env.get("ERP_SYNC_SECRET_KEY"):
         return "ERP_SYNC_SECRET_KEY"
-    from erp_sync.vault import new_key
+    from erp_sync.control.vault import new_key
 
     env["ERP_SYNC_SECRET_KEY"] = read_or_make_private(run / "secret.key", new_key)
     return shown(run / "secret.key")
@@ -507,9 +507,9 @@ def connect_qbo_demo(
     """
     from config.keys import KeySpace
     from config.models import CAPABILITIES, SyncKind
-    from erp_sync.connections import ConnectionStore
+    from erp_sync.control.connections import ConnectionStore
+    from erp_sync.control.store import SettingsStore
     from erp_sync.errors import NotFound
-    from erp_sync.store import SettingsStore
 
     secrets_dir = run / "fake-qbo"
     client_secret = read_or_make_private(
@@ -610,7 +610,7 @@ def leader_blame(url: str, prefix: str, beats: list[Child]) -> Callable[[], str 
     logs = " and ".join(shown(b.log) for b in beats)
 
     def blame() -> str | None:
-        # The lease as `erp-sync status` reads it (erp_sync.status.fleet_status's "leader").
+        # The lease as `erp-sync status` reads it (erp_sync.views.status.fleet_status's "leader").
         try:
             with redis.Redis.from_url(url, decode_responses=True, socket_timeout=5) as client:
                 leader = holder_node(client.get(keys.beat_leader))

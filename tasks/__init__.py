@@ -1,4 +1,4 @@
-"""The sync tasks: thin Celery wrappers over ``erp_sync.runner`` (which is tested without Celery).
+"""The sync tasks: thin Celery wrappers over ``erp_sync.runs.runner`` (tested without Celery).
 
 Each task builds a ``Delivery`` from its arguments and Celery's request, lets the runner do
 everything else, and turns a transient failure into ``task.retry`` with the runner's backoff.
@@ -22,10 +22,10 @@ from config.env import get_settings
 from config.keys import KeySpace
 from config.models import SyncKind
 from erp_sync.alerts.evaluate import Evaluator, RunOutcome
-from erp_sync.delivery import Delivery
-from erp_sync.redis_client import connect
-from erp_sync.runner import Runner
-from erp_sync.slots import ALERTS_QUEUE, KIND_OF_TASK
+from erp_sync.infra.redis_client import connect
+from erp_sync.infra.slots import ALERTS_QUEUE, KIND_OF_TASK
+from erp_sync.runs.delivery import Delivery
+from erp_sync.runs.runner import Runner
 
 
 class SyncTask(Task):  # type: ignore[misc]

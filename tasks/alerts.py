@@ -17,7 +17,7 @@ from config.env import get_settings
 from config.keys import KeySpace
 from erp_sync.alerts.deliver import deliver_once
 from erp_sync.alerts.evaluate import Evaluator
-from erp_sync.redis_client import connect
+from erp_sync.infra.redis_client import connect
 from tasks import send_alert
 from worker import app
 

@@ -20,10 +20,10 @@ from celery import Task
 
 from config.env import get_settings
 from config.keys import KeySpace
-from erp_sync.celery_config import ARCHIVE_AUDIT_TASK, PRUNE_HISTORY_TASK
 from erp_sync.db import RunLog, database
 from erp_sync.db.audit import AuditArchive, archive_all
-from erp_sync.redis_client import connect
+from erp_sync.infra.celery_config import ARCHIVE_AUDIT_TASK, PRUNE_HISTORY_TASK
+from erp_sync.infra.redis_client import connect
 from worker import app
 
 log = logging.getLogger("erp_sync.worker")

@@ -7,7 +7,7 @@ from typing import Any
 from celery import Task
 
 from config.models import SyncKind
-from erp_sync.slots import TASK_NAMES
+from erp_sync.infra.slots import TASK_NAMES
 from tasks import TASK_OPTIONS, perform
 from worker import app
 

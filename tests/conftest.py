@@ -32,8 +32,8 @@ import redis
 
 from config.env import get_settings
 from config.keys import KeySpace
+from erp_sync.control.store import SettingsStore
 from erp_sync.db import Database, database
-from erp_sync.store import SettingsStore
 from tests.support.pgfixtures import pg_url, postgres_server
 from tests.support.redisproc import RedisServer, require_redis_server
 

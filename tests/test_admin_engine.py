@@ -16,11 +16,11 @@ from config.keys import KeySpace
 from config.models import SyncKind
 from erp_sync.beat.engine import BeatEngine, EngineConfig
 from erp_sync.beat.plan import plan_company
-from erp_sync.lifecycle import Lifecycle
-from erp_sync.pause import Pauses
-from erp_sync.schedule import Cadence, slot_after
-from erp_sync.slots import parse_task_id
-from erp_sync.store import SettingsStore
+from erp_sync.control.lifecycle import Lifecycle
+from erp_sync.control.pause import Pauses
+from erp_sync.control.store import SettingsStore
+from erp_sync.infra.slots import parse_task_id
+from erp_sync.schedule.cadence import Cadence, slot_after
 from tests.support.clock import Clock
 from tests.support.reads import zmembers
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from config.keys import KeySpace
-from erp_sync.slots import parse_task_id
+from erp_sync.infra.slots import parse_task_id
 from tests.support.erp import small_company
 from tests.support.procs import beat, stop_all, wait_until, worker
 from tests.support.reads import zmembers

@@ -12,12 +12,12 @@ import redis
 
 from config.env import get_settings
 from config.keys import KeySpace
-from erp_sync.celery_config import ARCHIVE_AUDIT_TASK, PRUNE_HISTORY_TASK
+from config.models import RunRecord
+from erp_sync.control.store import SettingsStore
 from erp_sync.db import Database, RunLog
 from erp_sync.db.audit import AuditArchive
-from erp_sync.history import RunRecord
-from erp_sync.publish import CeleryPublisher
-from erp_sync.store import SettingsStore
+from erp_sync.infra.celery_config import ARCHIVE_AUDIT_TASK, PRUNE_HISTORY_TASK
+from erp_sync.infra.publish import CeleryPublisher
 from tests.support import procs
 from tests.support.redisproc import RedisServer
 

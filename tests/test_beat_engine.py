@@ -14,11 +14,11 @@ from kombu.connection import Connection
 
 from config.keys import KeySpace
 from config.models import SyncKind
-from erp_sync.applied import applied_version
 from erp_sync.beat.engine import BeatEngine, EngineConfig
-from erp_sync.schedule import Cadence, slot_after
-from erp_sync.slots import parse_task_id, slot_iso, task_id
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.infra.slots import parse_task_id, slot_iso, task_id
+from erp_sync.schedule.applied import applied_version
+from erp_sync.schedule.cadence import Cadence, slot_after
 from tests.support.clock import Clock
 from tests.support.reads import zmembers, zscores
 from tests.support.redisproc import RedisServer

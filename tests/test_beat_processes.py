@@ -19,11 +19,11 @@ import redis
 
 from config.keys import KeySpace
 from config.models import SyncKind
-from erp_sync.applied import applied_version
 from erp_sync.beat.engine import pid_of
 from erp_sync.beat.lease import holder_node
-from erp_sync.slots import parse_task_id
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.infra.slots import parse_task_id
+from erp_sync.schedule.applied import applied_version
 from tests.support.procs import ROOT, Proc, beat, process_env, stop_all, wait_until
 from tests.support.redisproc import RedisServer
 

@@ -17,14 +17,14 @@ from celery.utils.time import utcoffset
 
 from config.keys import KeySpace
 from config.models import Company, PaymentsFrequency, StoredSettings, SyncKind, SyncSettings
-from erp_sync.applied import Applied, applied_version
 from erp_sync.beat.engine import BeatEngine, EngineConfig
 from erp_sync.beat.events import SentEvents
+from erp_sync.beat.messages import MessageFactory, envelope
 from erp_sync.beat.plan import plan_company
-from erp_sync.beat.publisher import MessageFactory, envelope
-from erp_sync.schedule import Cadence, slot_after
-from erp_sync.slots import TASK_NAMES, queue_for, task_id, task_kwargs
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.infra.slots import TASK_NAMES, queue_for, task_id, task_kwargs
+from erp_sync.schedule.applied import Applied, applied_version
+from erp_sync.schedule.cadence import Cadence, slot_after
 from tests.support.clock import Clock
 from tests.support.reads import zscores
 

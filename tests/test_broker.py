@@ -1,4 +1,4 @@
-"""The Redis transport fix of ``erp_sync/broker.py``, on a real redis-server."""
+"""The Redis transport fix of ``erp_sync/infra/broker.py``, on a real redis-server."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import redis
 from kombu.connection import Connection
 
 from config.env import Settings
-from erp_sync.broker import Channel, Transport, install
-from erp_sync.celery_config import celery_config
+from erp_sync.infra.broker import Channel, Transport, install
+from erp_sync.infra.celery_config import celery_config
 from tests.support.redisproc import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,7 @@ def test_the_app_uses_the_fixed_transport_and_keeps_the_redis_url() -> None:
     import worker  # installing the transport is part of building the app
 
     assert worker.app.main == "erp_sync"
-    assert transport.TRANSPORT_ALIASES["redis"] == "erp_sync.broker:Transport"
+    assert transport.TRANSPORT_ALIASES["redis"] == "erp_sync.infra.broker:Transport"
     app = Celery("t", set_as_current=False)
     app.config_from_object(celery_config(Settings(redis_url="redis://:pw@127.0.0.1:1/0")))
     conn = app.connection_for_read()

@@ -25,16 +25,16 @@ from config.keys import KeySpace
 from config.models import SyncKind
 from erp_sync.cli import cli
 from erp_sync.cli.context import Ctx
-from erp_sync.connections import ConnectionStore
 from erp_sync.connectors import connector_for
 from erp_sync.connectors.qbo import QboConnector
 from erp_sync.connectors.sandbox import SandboxErp
+from erp_sync.control.connections import ConnectionStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.control.vault import Vault
 from erp_sync.db import Database, RecordStore
-from erp_sync.delivery import Delivery
 from erp_sync.errors import CorruptRecord
-from erp_sync.runner import Runner
-from erp_sync.store import SettingsStore
-from erp_sync.vault import Vault
+from erp_sync.runs.delivery import Delivery
+from erp_sync.runs.runner import Runner
 from tests.support import procs
 from tests.support.fake_qbo.client import FakeQbo, Seed
 from tests.support.qbo import QboRealm, leaked, new_realm, qbo_company, sync, tokens

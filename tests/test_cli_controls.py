@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from erp_sync.publish import Publisher
+from erp_sync.infra.publish import Publisher
 from tests.support.cli import Invoke, invoker
 from tests.support.snapshot import snapshot
 

@@ -20,12 +20,12 @@ from sqlalchemy import select
 
 from config.env import get_settings
 from config.keys import KeySpace
+from config.models import RunRecord, RunStatus
 from erp_sync.connectors.base import Record
 from erp_sync.connectors.sandbox_data import SandboxData
 from erp_sync.db import Database, RecordStore, RunLog, database
 from erp_sync.db.engine import head_revision
 from erp_sync.db.schema import COLLECTIONS
-from erp_sync.history import RunRecord, Status
 from tests.support.cli import Invoke, invoker
 from tests.support.erp import small_company
 from tests.support.snapshot import snapshot
@@ -139,7 +139,7 @@ def record(
     started: datetime,
     kind: str = "vendors",
     project: str | None = None,
-    status: Status = "succeeded",
+    status: RunStatus = "succeeded",
 ) -> RunRecord:
     return RunRecord(
         kind=kind,

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from erp_sync.inputs import os_user
+from erp_sync.control.inputs import os_user
 from tests.support.cli import Invoke, invoker
 from tests.support.snapshot import snapshot
 

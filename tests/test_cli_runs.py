@@ -10,8 +10,8 @@ import redis
 
 from config.keys import KeySpace
 from config.models import SyncKind
-from erp_sync.delivery import Delivery
-from erp_sync.runner import Runner
+from erp_sync.runs.delivery import Delivery
+from erp_sync.runs.runner import Runner
 from tests.support.cli import Invoke, invoker
 from tests.support.erp import ListPublisher, small_company
 from tests.support.snapshot import snapshot

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from config.keys import KeySpace
 from erp_sync.cli import cli
 from erp_sync.cli.context import Ctx
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
 
 
 def run(client: redis.Redis, *args: str) -> str:

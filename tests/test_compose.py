@@ -343,8 +343,8 @@ def test_workers_have_unique_node_names_and_a_healthcheck_on_their_own_node(name
 
 def test_the_workers_consume_every_sync_queue_and_the_housekeeping_one() -> None:
     from config.env import Settings
-    from erp_sync.celery_config import celery_config
-    from erp_sync.slots import TASK_NAMES, queue_for
+    from erp_sync.infra.celery_config import celery_config
+    from erp_sync.infra.slots import TASK_NAMES, queue_for
 
     consumed = {
         queue

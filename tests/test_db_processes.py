@@ -27,8 +27,8 @@ from erp_sync.connectors.sandbox import SandboxErp
 from erp_sync.connectors.sandbox_data import collection
 from erp_sync.db import Database, RecordStore, RunLog, database
 from erp_sync.db.schema import COLLECTIONS
-from erp_sync.history import History
-from erp_sync.syncs import reconcile
+from erp_sync.runs.records import RunRecords
+from erp_sync.runs.syncs import reconcile
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.pgproc import PostgresServer
@@ -273,7 +273,7 @@ def test_the_history_survives_a_redis_flushall(
     records = {i: finished(client, keys, "acme", i) for i in ids}
     assert {r.status for r in records.values()} == {"succeeded"}
     client.flushall()
-    assert History(client, keys).get("acme", "v1") is None  # Redis forgot every run
+    assert RunRecords(client, keys).get("acme", "v1") is None  # Redis forgot every run
     kept = RunLog(pg).recent("acme")
     assert {r.task_id: r for r in kept} == records
     assert len(RecordStore(pg, "acme").all("vendors")) == 30  # and the data stayed too
@@ -290,7 +290,7 @@ def test_a_database_outage_retries_the_sync_which_then_writes_every_record_once(
 ) -> None:
     small_company(real, keys)
     worker = launch(worker_env)  # (a worker checks the schema as it starts: the server is up)
-    history = History(real, keys)
+    history = RunRecords(real, keys)
     postgres_server.stop_server()
     try:
         task_id = sender.send(SyncKind.VENDORS, "acme", "d1")

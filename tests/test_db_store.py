@@ -19,12 +19,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event, exc, func, select, text
 from sqlalchemy.engine import make_url
 
+from config.models import RunRecord, RunStatus
 from erp_sync.connectors.base import Record
 from erp_sync.db import Counts, Database, RecordStore, RunLog, mask
 from erp_sync.db.engine import alembic_config, head_revision
 from erp_sync.db.schema import COLLECTIONS
 from erp_sync.errors import DatabaseUnavailable, SchemaBehind
-from erp_sync.history import RunRecord, Status
 from tests.support.pgproc import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -226,7 +226,7 @@ def run(
     company: str = "acme",
     kind: str = "vendors",
     project: str | None = None,
-    status: Status = "succeeded",
+    status: RunStatus = "succeeded",
 ) -> RunRecord:
     record = RunRecord(
         kind=kind,

@@ -18,13 +18,13 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from config.models import SyncKind
+from config.models import RunRecord, SyncKind
 from erp_sync.db import RecordStore, database
-from erp_sync.delivery import Delivery
-from erp_sync.history import History, RunRecord
-from erp_sync.ratelimit import CompanyLimit, set_company_limit
-from erp_sync.runner import Runner
-from erp_sync.syncs import RESUME
+from erp_sync.runs.delivery import Delivery
+from erp_sync.runs.records import RunRecords
+from erp_sync.runs.runner import Runner
+from erp_sync.runs.syncs import RESUME
+from erp_sync.throttle.ratelimit import CompanyLimit, set_company_limit
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.redisproc import RedisServer
@@ -79,7 +79,7 @@ def test_a_sync_over_its_companys_concurrency_cap_is_deferred(
     fake.zadd(keys.running("acme"), {"another-task": 10**15})  # one sync of acme runs
     outcome = Runner(fake, keys, rng=random.Random(1)).execute(delivery())
     assert outcome.defer_in is not None and outcome.record is not None
-    deferred = History(fake, keys).get("acme", "sync:acme:vendors:-:1")
+    deferred = RunRecords(fake, keys).get("acme", "sync:acme:vendors:-:1")
     assert deferred is not None and "concurrency cap (1 of 1 running)" in (deferred.error or "")
     fake.delete(keys.running("acme"))
     record = Runner(fake, keys).execute(delivery(deferrals=1)).record
@@ -125,7 +125,7 @@ def test_a_slow_neighbour_does_not_delay_a_healthy_company(
         def finished(company: str) -> list[RunRecord]:
             return [
                 r
-                for r in History(client, keys).recent(company, 500)
+                for r in RunRecords(client, keys).recent(company, 500)
                 if r.status in ("succeeded", "failed", "skipped")
             ]
 
@@ -175,7 +175,7 @@ def test_a_run_that_outlives_the_visibility_timeout_never_runs_beside_its_redeli
     ]
     sender = Sender(env)
     done: Callable[[], bool] = lambda: bool(  # noqa: E731
-        (r := History(client, keys).get("acme", "sync:acme:vendors:-:1")) is not None
+        (r := RunRecords(client, keys).get("acme", "sync:acme:vendors:-:1")) is not None
         and r.status == "succeeded"
     )
     try:
@@ -213,7 +213,7 @@ def test_an_erps_retry_after_and_the_company_cap_defer_on_a_real_worker(
         sender.send(SyncKind.VENDORS, "acme", "sync:acme:vendors:-:1")
         procs.wait_until(
             lambda: (
-                (r := History(client, keys).get("acme", "sync:acme:vendors:-:1")) is not None
+                (r := RunRecords(client, keys).get("acme", "sync:acme:vendors:-:1")) is not None
                 and r.status == "succeeded"
             ),
             60,
@@ -222,7 +222,7 @@ def test_an_erps_retry_after_and_the_company_cap_defer_on_a_real_worker(
     finally:
         sender.close()
         worker.stop()
-    record = History(client, keys).get("acme", "sync:acme:vendors:-:1")
+    record = RunRecords(client, keys).get("acme", "sync:acme:vendors:-:1")
     assert record is not None and record.attempt == 1  # deferrals are not attempts or retries
     output = worker.output()
     assert "for the company's concurrency cap (1 of 1 running)" in output  # held by the cap

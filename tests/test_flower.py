@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from config.keys import KeySpace
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
 from tests.support.procs import CELERY, Proc, beat, stop_all, wait_until, worker
 from tests.support.redisproc import RedisServer, free_port
 

@@ -32,12 +32,12 @@ from pydantic import BaseModel, ValidationError
 
 from config.keys import KeySpace
 from config.models import Company, StoredSettings
-from erp_sync.applied import applied_version
 from erp_sync.beat.engine import BeatEngine, EngineConfig
 from erp_sync.cli import cli
 from erp_sync.cli.context import Ctx
-from erp_sync.redis_client import DECODING, connect
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.infra.redis_client import DECODING, connect
+from erp_sync.schedule.applied import applied_version
 from tests.support.clock import Clock
 from tests.support.erp import ListPublisher
 from tests.support.reads import xentries, zmembers

@@ -14,9 +14,9 @@ import redis
 from celery import Celery
 
 from config.keys import KeySpace
-from erp_sync.applied import applied_version
 from erp_sync.beat.engine import BeatEngine, EngineConfig
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.schedule.applied import applied_version
 from tests.support.clock import Clock
 
 pytestmark = pytest.mark.integration

@@ -20,14 +20,13 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from config.models import SyncKind
+from config.models import RunRecord, SyncKind
 from erp_sync.beat.engine import pid_of
 from erp_sync.beat.lease import holder_node
-from erp_sync.history import RunRecord
-from erp_sync.ratelimit import CompanyLimit, set_company_limit
-from erp_sync.schedule import Cadence, slot_at_or_before
-from erp_sync.slots import parse_task_id
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.infra.slots import parse_task_id
+from erp_sync.schedule.cadence import Cadence, slot_at_or_before
+from erp_sync.throttle.ratelimit import CompanyLimit, set_company_limit
 from tests.support import procs
 from tests.support.erp import small_company
 from tests.support.redisproc import RedisServer

@@ -24,7 +24,7 @@ import redis
 from config.keys import KeySpace
 from erp_sync.beat.engine import pid_of
 from erp_sync.beat.lease import holder_node
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
 from tests.support import procs
 from tests.support.erp import small_company
 from tests.support.reads import zmembers

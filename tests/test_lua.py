@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from erp_sync import lua
+from erp_sync.infra import lua
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from config.keys import KeySpace
-from erp_sync.metrics import render
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.views.metrics import render
 from tests.support.procs import ROOT, Proc, beat, process_env, stop_all, wait_until, worker
 from tests.support.redisproc import RedisServer, free_port
 

@@ -26,29 +26,28 @@ from sqlalchemy import update
 
 from config.env import get_settings
 from config.keys import KeySpace
-from config.models import Erp, SyncKind
-from erp_sync.connections import ConnectionStore
+from config.models import Erp, RunRecord, SyncKind
 from erp_sync.connectors import connector_for
 from erp_sync.connectors.qbo import QboConnector
 from erp_sync.connectors.qbo import api as qbo_api
 from erp_sync.connectors.qbo import http as qbo_http
 from erp_sync.connectors.qbo.oauth import TokenManager
+from erp_sync.connectors.throttled import throttled
+from erp_sync.control.connections import ConnectionStore
+from erp_sync.control.store import SettingsStore
 from erp_sync.db import Database, RecordStore
 from erp_sync.db.schema import erp_mirror
-from erp_sync.delivery import Delivery
 from erp_sync.errors import BadCredentials, MustWait
-from erp_sync.history import RunRecord
-from erp_sync.ratelimit import (
+from erp_sync.runs.delivery import Delivery
+from erp_sync.runs.runner import Outcome, Runner
+from erp_sync.runs.syncs import reconcile
+from erp_sync.throttle.ratelimit import (
     CompanyLimit,
     TokenBucket,
     limit_for,
     set_company_limit,
     set_limit,
-    throttled,
 )
-from erp_sync.runner import Outcome, Runner
-from erp_sync.store import SettingsStore
-from erp_sync.syncs import reconcile
 from tests.support.fake_qbo.client import FakeQbo, Seed
 from tests.support.qbo import QboRealm, connect, leaked, new_realm, qbo_company, sync, tokens
 from tests.support.redisproc import RedisServer

@@ -14,11 +14,10 @@ from cryptography.fernet import Fernet
 
 from config.env import get_settings
 from config.keys import KeySpace
-from config.models import SyncKind
+from config.models import RunRecord, SyncKind
+from erp_sync.control.store import SettingsStore
 from erp_sync.db import Database, RecordStore
-from erp_sync.history import RunRecord
-from erp_sync.ratelimit import CompanyLimit, set_company_limit
-from erp_sync.store import SettingsStore
+from erp_sync.throttle.ratelimit import CompanyLimit, set_company_limit
 from tests.support.erp import Sender
 from tests.support.fake_qbo.client import FakeQbo, Seed
 from tests.support.qbo import (

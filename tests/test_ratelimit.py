@@ -11,7 +11,7 @@ import redis
 from config.keys import KeySpace
 from config.models import Erp
 from erp_sync.errors import InvalidInput
-from erp_sync.ratelimit import (
+from erp_sync.throttle.ratelimit import (
     DEFAULT_LIMITS,
     HEADROOM,
     RateLimit,

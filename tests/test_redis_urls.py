@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from config.env import get_settings
-from erp_sync.celery_config import celery_config
 from erp_sync.errors import RedisUnavailable
-from erp_sync.redis_client import kombu_broker, parse_sentinel, redact
+from erp_sync.infra.celery_config import celery_config
+from erp_sync.infra.redis_client import kombu_broker, parse_sentinel, redact
 
 SENTINEL = "sentinel://:pw@10.0.0.1:26379,10.0.0.2/2?master=erp"
 

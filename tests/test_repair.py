@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from config.members import due_member
 from config.models import Company, Erp, StoredSettings, SyncKind, SyncSettings
-from erp_sync.applied import Applied
-from erp_sync.beat.plan import member
 from erp_sync.beat.repair import Observed, check_company
-from erp_sync.schedule import cadences, slot_after, slot_at_or_before
+from erp_sync.schedule.applied import Applied
+from erp_sync.schedule.cadence import cadences, slot_after, slot_at_or_before
 
 H = 3600.0
 NOW = 1_800_000_000.0
@@ -37,7 +37,7 @@ def test_a_lost_applied_record_is_rebuilt_and_valid_due_times_are_kept() -> None
     assert finding.problems == ["beat's applied record is missing"]
     assert finding.plan is not None and finding.plan.applied == APPLIED
     assert sorted(finding.plan.ops) == sorted(
-        ("nx", member("acme", k), s) for k, s in scores.items()
+        ("nx", due_member("acme", k), s) for k, s in scores.items()
     )
 
 

@@ -9,13 +9,13 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from config.models import SyncKind
-from erp_sync.delivery import Delivery
-from erp_sync.history import History, RunRecord, now
-from erp_sync.lifecycle import Lifecycle
-from erp_sync.pause import Pauses
-from erp_sync.runner import MAX_REDELIVERIES, RetryPolicy, Runner
-from erp_sync.store import SettingsStore
+from config.models import RunRecord, SyncKind, now
+from erp_sync.control.lifecycle import Lifecycle
+from erp_sync.control.pause import Pauses
+from erp_sync.control.store import SettingsStore
+from erp_sync.runs.delivery import Delivery
+from erp_sync.runs.records import RunRecords
+from erp_sync.runs.runner import MAX_REDELIVERIES, RetryPolicy, Runner
 from tests.support.erp import small_company
 
 
@@ -91,7 +91,7 @@ def test_a_redelivery_waits_while_the_run_still_holds_its_lock_then_takes_over(
     lock = keys.run_lock("acme", "vendors", None)
     # The first attempt's worker still renews its lock (a slow run, not a dead one).
     fake.set(lock, "sync:acme:vendors:-:1|first", px=4000)
-    History(fake, keys).save(
+    RunRecords(fake, keys).save(
         RunRecord(
             kind="vendors",
             company="acme",
@@ -114,7 +114,7 @@ def test_a_redelivery_waits_while_the_run_still_holds_its_lock_then_takes_over(
 
 
 def test_endless_redelivery_is_bounded(runner: Runner, fake: redis.Redis, keys: KeySpace) -> None:
-    History(fake, keys).save(
+    RunRecords(fake, keys).save(
         RunRecord(
             kind="vendors",
             company="acme",
@@ -259,7 +259,7 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
 
 
 def test_history_is_newest_first_and_capped(fake: redis.Redis, keys: KeySpace) -> None:
-    history = History(fake, keys, cap=3)
+    history = RunRecords(fake, keys, cap=3)
     for n in range(5):
         history.save(
             RunRecord(
@@ -279,7 +279,7 @@ def test_a_run_killed_by_the_hard_time_limit_is_recorded_failed(
     runner: Runner, fake: redis.Redis, keys: KeySpace
 ) -> None:
     d = delivery()
-    History(fake, keys).save(
+    RunRecords(fake, keys).save(
         RunRecord(
             kind="vendors",
             company="acme",
@@ -308,7 +308,7 @@ def test_the_task_closes_the_record_when_celery_kills_it(real: redis.Redis, keys
     from tasks.company import refresh_vendors
 
     small_company(real, keys)
-    History(real, keys).save(
+    RunRecords(real, keys).save(
         RunRecord(
             kind="vendors",
             company="acme",
@@ -325,7 +325,7 @@ def test_the_task_closes_the_record_when_celery_kills_it(real: redis.Redis, keys
         )
     finally:
         tasks.runner.cache_clear()
-    record = History(real, keys).get("acme", "k")
+    record = RunRecords(real, keys).get("acme", "k")
     assert record is not None and record.status == "failed"
     assert "hard time limit" in (record.error or "")
 

@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from config.models import Company, PaymentsFrequency, StoredSettings, SyncKind, SyncSettings
-from erp_sync.applied import Applied
 from erp_sync.beat.plan import plan_company, plan_dispatch
-from erp_sync.schedule import (
+from erp_sync.schedule.applied import Applied
+from erp_sync.schedule.cadence import (
     Cadence,
     cadence_for,
     cadences,

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from erp_sync.history import History
+from erp_sync.runs.records import RunRecords
 from tests.support import procs
 from tests.support.redisproc import RedisServer, free_port, skip_unless_ci
 
@@ -130,7 +130,7 @@ def test_a_password_protected_redis_works_end_to_end_and_the_password_never_show
         assert "source" in ok("schedule", "acme", "--json")
         task = ok("sync-now", "acme", "vendors", "--as", "alice").rsplit(": ", 1)[1].strip()
         with locked.client() as client:
-            history = History(client, KeySpace(prefix))
+            history = RunRecords(client, KeySpace(prefix))
             procs.wait_until(
                 lambda: (r := history.get("acme", task)) is not None and r.status == "succeeded",
                 30,
@@ -323,8 +323,8 @@ def test_rediss_urls_work_end_to_end_for_the_cli(tmp_path: Path, prefix: str) ->
 def test_a_refused_settings_change_touches_only_the_security_log(
     real: redis.Redis, prefix: str
 ) -> None:
+    from erp_sync.control.store import SettingsStore
     from erp_sync.errors import PermissionDenied
-    from erp_sync.store import SettingsStore
     from tests.support.snapshot import snapshot
 
     keys = KeySpace(prefix)

@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from erp_sync.history import History
-from erp_sync.redis_client import connect
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.infra.redis_client import connect
+from erp_sync.runs.records import RunRecords
 from tests.support.procs import Proc, beat, stop_all, wait_until, worker
 from tests.support.redisproc import RedisServer, free_port
 
@@ -89,7 +89,7 @@ def test_the_stack_keeps_scheduling_and_syncing_after_the_primary_dies(
         beat("beat", env, tmp_path),
         worker("w", env, tmp_path, queues="company", concurrency=2),
     ]
-    history = History(client, keys)
+    history = RunRecords(client, keys)
     try:
         wait_until(lambda: _succeeded(history) >= 2, 60, "no sync succeeded before the failover")
         primary.kill()
@@ -112,7 +112,7 @@ def test_the_stack_keeps_scheduling_and_syncing_after_the_primary_dies(
         client.close()
 
 
-def _succeeded(history: History, after: float = 0.0) -> int:
+def _succeeded(history: RunRecords, after: float = 0.0) -> int:
     try:
         return sum(
             1

@@ -9,6 +9,7 @@ import redis
 
 from config.keys import KeySpace
 from config.models import PaymentsFrequency, PermissionLevel
+from erp_sync.control.store import SettingsStore
 from erp_sync.errors import (
     AlreadyExists,
     CorruptRecord,
@@ -18,7 +19,6 @@ from erp_sync.errors import (
     PermissionDenied,
     UnsupportedSetting,
 )
-from erp_sync.store import SettingsStore
 from tests.support.reads import xentries
 from tests.support.snapshot import snapshot
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
 from tests.support.reads import xentries
 from tests.support.redisproc import RedisServer
 from tests.support.snapshot import snapshot

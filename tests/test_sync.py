@@ -10,7 +10,7 @@ from config.models import SyncKind
 from erp_sync.connectors.sandbox import SandboxErp
 from erp_sync.db import Database, RecordStore
 from erp_sync.db.schema import COLLECTIONS
-from erp_sync.syncs import reconcile, run_sync
+from erp_sync.runs.syncs import reconcile, run_sync
 from tests.support.erp import small_company
 from tests.support.snapshot import snapshot
 

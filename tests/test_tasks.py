@@ -15,7 +15,7 @@ from celery.exceptions import Reject, Retry
 import tasks
 from config.keys import KeySpace
 from config.models import SyncKind
-from erp_sync.ratelimit import CompanyLimit, set_company_limit
+from erp_sync.throttle.ratelimit import CompanyLimit, set_company_limit
 from tasks.company import refresh_vendors
 from tests.support.erp import small_company
 from tests.support.redisproc import RedisServer

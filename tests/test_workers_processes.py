@@ -18,9 +18,9 @@ from config.keys import KeySpace
 from config.models import Erp, SyncKind
 from erp_sync.connectors.sandbox import SandboxErp
 from erp_sync.db import RecordStore, database
-from erp_sync.history import History
-from erp_sync.ratelimit import set_limit
-from erp_sync.syncs import reconcile
+from erp_sync.runs.records import RunRecords
+from erp_sync.runs.syncs import reconcile
+from erp_sync.throttle.ratelimit import set_limit
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.redisproc import RedisServer
@@ -121,7 +121,7 @@ def test_an_overlapping_slot_is_skipped_and_a_duplicate_delivery_runs_once(
 ) -> None:
     small_company(real, keys, latency_ms=700, page_size=100)
     start(concurrency=4)
-    history = History(real, keys)
+    history = RunRecords(real, keys)
     first = sender.send(SyncKind.VENDORS, "acme", "slot-1")
     procs.wait_until(lambda: history.get("acme", first) is not None, 15)
     skipped = finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "slot-2"))

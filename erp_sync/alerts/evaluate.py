@@ -24,26 +24,12 @@ import redis
 
 from config.alerts import AlertEvent, AlertRule, Incident
 from config.keys import KeySpace
+from config.members import alert_target, deadline_member, split_deadline
 from config.models import CAPABILITIES, Company, Project, StoredSettings, SyncKind, parse
 from erp_sync.errors import CorruptRecord
-from erp_sync.schedule import cadence_for
+from erp_sync.schedule.cadence import cadence_for
 
 Send = Callable[[AlertRule, dict[str, Any]], None]
-
-
-def target(kind: str, project: str | None) -> str:
-    """The incident-state field of a (kind, project)."""
-    return f"{kind}:{project or '-'}"
-
-
-def deadline_member(company: str, kind: str, project: str | None) -> str:
-    """The deadline-set member of a (company, kind, project); ``split_deadline`` reads it."""
-    return f"{company}:{kind}:{project or '-'}"
-
-
-def split_deadline(member: str) -> tuple[str, SyncKind, str | None]:
-    company, kind, project = member.split(":")
-    return company, SyncKind(kind), None if project == "-" else project
 
 
 @dataclass(frozen=True)
@@ -111,7 +97,10 @@ class Evaluator:
         if not rules:
             return []
         now = redis_now(self.client)
-        key, field = self.keys.alert_state(outcome.company), target(outcome.kind, outcome.project)
+        key, field = (
+            self.keys.alert_state(outcome.company),
+            alert_target(outcome.kind, outcome.project),
+        )
         member = deadline_member(outcome.company, outcome.kind, outcome.project)
         period = self._period(outcome.company, SyncKind(outcome.kind))
         sends: list[tuple[AlertRule, AlertEvent, int]] = []
@@ -181,7 +170,7 @@ class Evaluator:
             if watch != "yes":
                 continue
             rules = [r for r in self.rules(company) if AlertEvent.STALE in r.events]
-            field = target(kind.value, project)
+            field = alert_target(kind.value, project)
             raw = self.client.hget(self.keys.alert_state(company), field)
             incident = Incident() if raw is None else parse(Incident, str(raw), "incident")
             if incident.stale or not rules:

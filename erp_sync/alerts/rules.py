@@ -14,12 +14,12 @@ from pydantic import ValidationError
 
 from config.alerts import AlertEvent, AlertRule
 from config.models import AuditEntry, first_error, parse
-from erp_sync.access import require_admin
+from erp_sync.control.access import require_admin
+from erp_sync.control.inputs import user_id
+from erp_sync.control.permissions import record_denied
+from erp_sync.control.store import SettingsStore
+from erp_sync.control.vault import Vault
 from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
-from erp_sync.inputs import user_id
-from erp_sync.permissions import record_denied
-from erp_sync.store import SettingsStore
-from erp_sync.vault import Vault
 
 MAX_RULES = 20
 DEFAULT_EVENTS = (AlertEvent.FAILED, AlertEvent.STALE, AlertEvent.RECOVERED)

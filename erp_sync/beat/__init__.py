@@ -1,1 +1,1 @@
-"""The parts of the Redis beat scheduler: lease, due index, change feed, publisher."""
+"""The parts of the Redis beat scheduler: lease, due index, change feed, messages, sweep."""

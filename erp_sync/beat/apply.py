@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import redis
 
 from config.keys import KeySpace
+from config.members import due_member
 from config.models import Company, StoredSettings, SyncKind, parse
-from erp_sync.applied import Applied, parse_applied
 from erp_sync.beat.changes import ChangeFeed
 from erp_sync.beat.index import NOT_LEADER, DueIndex
-from erp_sync.beat.plan import CompanyPlan, member, plan_company
+from erp_sync.beat.plan import CompanyPlan, plan_company
 from erp_sync.errors import CorruptRecord
+from erp_sync.schedule.applied import Applied, parse_applied
 
 log = logging.getLogger("erp_sync.beat")
 
@@ -104,7 +105,7 @@ class Applier:
         for reply in (raws, applied):
             if isinstance(reply, Exception):
                 raise reply
-        found = self.index.present([member(c, k) for c in ids for k in kinds])
+        found = self.index.present([due_member(c, k) for c in ids for k in kinds])
         missing = [i for i, raw in enumerate(raws) if raw is None]
         if missing:  # MGET reads a key of the wrong type as missing: GET tells them apart
             pipe = self.client.pipeline(transaction=False)

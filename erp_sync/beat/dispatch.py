@@ -1,5 +1,5 @@
 """Dispatching due entries: read a batch, plan each slot, build its messages, and queue them in
-the fenced ``due_dispatch.lua`` call that advances the entries (see ``publisher.py`` for why
+the fenced ``due_dispatch.lua`` call that advances the entries (see ``messages.py`` for why
 beat builds the messages itself).
 
 One log line per batch names every slot it sent (``grep acme:vendors@`` finds each); per-slot
@@ -16,16 +16,17 @@ from collections.abc import Callable, Sequence
 import redis
 
 from config.keys import KeySpace
+from config.members import split_due_member
 from config.models import SyncKind
-from erp_sync.applied import Applied
 from erp_sync.beat.changes import FeedWatcher
-from erp_sync.beat.config import EngineConfig
 from erp_sync.beat.events import SentEvents
 from erp_sync.beat.index import DueIndex
 from erp_sync.beat.lease import Lease
-from erp_sync.beat.plan import Dispatch, plan_dispatch, split_member
-from erp_sync.beat.publisher import MessageFactory
-from erp_sync.slots import slot_iso
+from erp_sync.beat.messages import MessageFactory
+from erp_sync.beat.plan import Dispatch, plan_dispatch
+from erp_sync.beat.tuning import EngineConfig
+from erp_sync.infra.slots import slot_iso
+from erp_sync.schedule.applied import Applied
 
 log = logging.getLogger("erp_sync.beat")
 
@@ -71,7 +72,7 @@ class Dispatcher:
         entries: list[tuple[str, float, str, SyncKind]] = []
         for entry, score in due:
             try:
-                company, kind = split_member(entry)
+                company, kind = split_due_member(entry)
                 if not math.isfinite(score):  # -inf would never match in the script: spin
                     raise ValueError(f"due time {score}")
             except ValueError as exc:  # a malformed member must not wedge the index

@@ -25,19 +25,19 @@ from celery import Celery
 from config.keys import KeySpace
 from erp_sync.beat.apply import Applier, Rebuild
 from erp_sync.beat.changes import ChangeFeed, FeedWatcher
-from erp_sync.beat.config import EngineConfig
 from erp_sync.beat.dispatch import Dispatcher
 from erp_sync.beat.events import SentEvents
 from erp_sync.beat.index import DueIndex
 from erp_sync.beat.lease import Lease
+from erp_sync.beat.messages import MessageFactory
 from erp_sync.beat.nodes import Heartbeats, new_node_id, pid_of
-from erp_sync.beat.publisher import MessageFactory
 from erp_sync.beat.static import StaticSchedule, read_entries
 from erp_sync.beat.sweep import Sweeper
-from erp_sync.clock import RedisClock
-from erp_sync.inputs import os_user
-from erp_sync.pause import PauseKeeper, Pauses
-from erp_sync.store import SettingsStore
+from erp_sync.beat.tuning import EngineConfig
+from erp_sync.control.inputs import os_user
+from erp_sync.control.pause import PauseKeeper, Pauses
+from erp_sync.control.store import SettingsStore
+from erp_sync.infra.clock import RedisClock
 
 __all__ = ["BeatEngine", "EngineConfig", "new_node_id", "pid_of"]
 

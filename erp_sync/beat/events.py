@@ -26,7 +26,7 @@ from celery import Celery
 from celery.utils.time import utcoffset
 
 from config.models import SyncKind
-from erp_sync.slots import TASK_NAMES, queue_for, task_id, task_kwargs
+from erp_sync.infra.slots import TASK_NAMES, queue_for, task_id, task_kwargs
 
 log = logging.getLogger("erp_sync.beat")
 MAX_PENDING = 100_000

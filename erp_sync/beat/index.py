@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import redis
 
 from config.keys import KeySpace
-from erp_sync import lua
-from erp_sync.applied import Applied, parse_applied
 from erp_sync.beat.plan import CompanyPlan, Dispatch
+from erp_sync.infra import lua
+from erp_sync.schedule.applied import Applied, parse_applied
 
 NOT_LEADER = -1
 

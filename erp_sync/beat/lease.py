@@ -19,7 +19,7 @@ import time
 import redis
 
 from config.keys import KeySpace
-from erp_sync import lua
+from erp_sync.infra import lua
 
 log = logging.getLogger("erp_sync.beat.lease")
 

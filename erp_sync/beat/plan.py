@@ -10,24 +10,10 @@ import functools
 from collections.abc import Container
 from dataclasses import dataclass, field
 
+from config.members import due_member, split_due_member
 from config.models import Company, StoredSettings, SyncKind, SyncSettings, is_identifier
-from erp_sync.applied import Applied
-from erp_sync.schedule import Cadence, cadences, slot_after, slot_at_or_before
-
-SEP = ":"
-
-
-def member(company: str, kind: SyncKind) -> str:
-    """A due-index member; company ids never contain ':' so the split is unambiguous."""
-    return f"{company}{SEP}{kind.value}"
-
-
-def split_member(value: str) -> tuple[str, SyncKind]:
-    """(company, kind) of a due-index member; ``ValueError`` for anything ``member`` never made."""
-    company, _, kind = value.rpartition(SEP)
-    if not company:
-        raise ValueError(f"not a due-index member: {value!r}")
-    return company, SyncKind(kind)
+from erp_sync.schedule.applied import Applied
+from erp_sync.schedule.cadence import Cadence, cadences, slot_after, slot_at_or_before
 
 
 @dataclass(frozen=True)
@@ -61,7 +47,9 @@ def plan_company(
     old_cadences = old.cadences if old else {}
     if company is None or stored is None:  # the company is gone: drop its entries
         return CompanyPlan(
-            company_id, None, [("rem", member(company_id, SyncKind(k)), 0.0) for k in old_cadences]
+            company_id,
+            None,
+            [("rem", due_member(company_id, SyncKind(k)), 0.0) for k in old_cadences],
         )
     new, new_keys = _cadences(stored.settings, company.timezone, seconds_per_hour)
     ops: list[tuple[str, str, float]] = []
@@ -72,12 +60,12 @@ def plan_company(
         ops.append(
             (
                 "nx" if unchanged else "set",
-                member(company_id, kind),
+                due_member(company_id, kind),
                 slot_after(cadence, company_id, kind, now),
             )
         )
     ops += [
-        ("rem", member(company_id, SyncKind(k)), 0.0)
+        ("rem", due_member(company_id, SyncKind(k)), 0.0)
         for k in old_cadences
         if SyncKind(k) not in new
     ]
@@ -113,7 +101,7 @@ def plan_dispatch(
     entry: str, score: float, applied: Applied | None, projects: list[str], now: float
 ) -> Dispatch:
     """The single slot a due entry runs now: however many periods were missed, it runs once."""
-    company, kind = split_member(entry)
+    company, kind = split_due_member(entry)
     key = applied.cadences.get(kind.value) if applied else None
     if key is None:  # the entry outlived its company's record: remove it, run nothing
         return Dispatch(entry, score, company, kind, score, None)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from config.members import due_member
 from config.models import Company, StoredSettings, SyncKind
-from erp_sync.applied import Applied
-from erp_sync.beat.plan import CompanyPlan, member
-from erp_sync.schedule import Cadence, cadences, slot_after, slot_at_or_before
+from erp_sync.beat.plan import CompanyPlan
+from erp_sync.schedule.applied import Applied
+from erp_sync.schedule.cadence import Cadence, cadences, slot_after, slot_at_or_before
 
 TOLERANCE = 0.001  # seconds: scores are whole milliseconds
 
@@ -54,7 +55,7 @@ def check_company(
     if company is None:  # gone (or never added) yet scheduled: remove what remains
         if seen.applied is None and not seen.scores and not seen.applied_corrupt:
             return Finding(company_id, [], None)
-        removals = [("rem", member(company_id, k), 0.0) for k in sorted(seen.scores)]
+        removals = [("rem", due_member(company_id, k), 0.0) for k in sorted(seen.scores)]
         return Finding(
             company_id,
             ["the company is gone but its schedule remains"],
@@ -87,14 +88,14 @@ def check_company(
         if changed:
             problems.append(f"{kind.value} runs {old[kind.value]}, settings say {cadence.key}")
             ops.append(
-                ("set", member(company_id, kind), slot_after(cadence, company_id, kind, now))
+                ("set", due_member(company_id, kind), slot_after(cadence, company_id, kind, now))
             )
         elif score is None:
             problems.append(f"{kind.value} has no due entry")
             ops.append(
                 (
                     "set",
-                    member(company_id, kind),
+                    due_member(company_id, kind),
                     _resume(cadence, company_id, kind, seen.last_slots.get(kind), now),
                 )
             )
@@ -103,15 +104,15 @@ def check_company(
             ops.append(
                 (
                     "set",
-                    member(company_id, kind),
+                    due_member(company_id, kind),
                     _resume(cadence, company_id, kind, seen.last_slots.get(kind), now),
                 )
             )
         else:
-            ops.append(("nx", member(company_id, kind), score))
+            ops.append(("nx", due_member(company_id, kind), score))
     for kind in sorted(set(seen.scores) - set(expected)):
         problems.append(f"{kind.value} has a due entry but is switched off")
-        ops.append(("rem", member(company_id, kind), 0.0))
+        ops.append(("rem", due_member(company_id, kind), 0.0))
     if not problems:
         return Finding(company_id, [], None)
     applied = Applied(

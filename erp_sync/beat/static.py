@@ -27,8 +27,8 @@ from celery import Celery
 from celery.schedules import BaseSchedule, maybe_schedule
 
 from config.keys import KeySpace
-from erp_sync import lua
-from erp_sync.beat.publisher import MessageFactory
+from erp_sync.beat.messages import MessageFactory
+from erp_sync.infra import lua
 
 log = logging.getLogger("erp_sync.beat")
 SUPPORTED_OPTIONS = frozenset({"queue", "expires"})

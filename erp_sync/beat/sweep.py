@@ -23,11 +23,11 @@ import redis
 
 from config.errors import CorruptRecord
 from config.keys import KeySpace
+from config.members import due_member
 from config.models import Company, StoredSettings, SyncKind, parse
-from erp_sync.applied import Applied, parse_applied
 from erp_sync.beat.index import NOT_LEADER, DueIndex
-from erp_sync.beat.plan import member
 from erp_sync.beat.repair import Finding, Observed, check_company
+from erp_sync.schedule.applied import Applied, parse_applied
 
 log = logging.getLogger("erp_sync.beat")
 M = TypeVar("M", Company, StoredSettings)
@@ -44,7 +44,7 @@ def inspect(
     """
     if not ids:
         return []
-    members = [member(company, kind) for company in ids for kind in KINDS]
+    members = [due_member(company, kind) for company in ids for kind in KINDS]
     pipe = client.pipeline(transaction=False)
     pipe.mget([keys.company(c) for c in ids])
     pipe.mget([keys.settings(c) for c in ids])

@@ -15,7 +15,7 @@ import redis
 
 from erp_sync.cli.context import Ctx
 from erp_sync.errors import ErpSyncError
-from erp_sync.redis_client import redact
+from erp_sync.infra.redis_client import redact
 
 
 class Cli(click.Group):

@@ -10,15 +10,15 @@ from typing import Any
 
 import click
 
+from config.members import due_member
 from config.models import TOGGLES, SyncKind
-from erp_sync.applied import Applied
 from erp_sync.beat.index import DueIndex
-from erp_sync.beat.plan import member
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
-from erp_sync.pause import FLEET, PauseRecord, Pauses
-from erp_sync.schedule import cadences, slot_after
-from erp_sync.slots import TASK_NAMES, queue_for, slot_iso
-from erp_sync.status import LastRun, fleet_status
+from erp_sync.control.pause import FLEET, PauseRecord, Pauses
+from erp_sync.infra.slots import TASK_NAMES, queue_for, slot_iso
+from erp_sync.schedule.applied import Applied
+from erp_sync.schedule.cadence import cadences, slot_after
+from erp_sync.views.status import LastRun, fleet_status
 
 # The setting that switches each sync on (what `settings show` and `settings set` call it).
 SETTING_OF = {kind.value: setting for setting, kind in TOGGLES.items()}
@@ -41,7 +41,7 @@ def schedule(ctx: Ctx, company_id: str, as_json: bool) -> None:
     pipe = ctx.client.pipeline(transaction=False)
     kinds = list(cadences(stored.settings, company.timezone, ctx.env.seconds_per_hour).items())
     for kind, _ in kinds:
-        pipe.zscore(ctx.keys.due, member(company_id, kind))
+        pipe.zscore(ctx.keys.due, due_member(company_id, kind))
     scores = pipe.execute()
     now = ctx.now()
     entries: list[dict[str, Any]] = []

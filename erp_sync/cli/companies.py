@@ -2,7 +2,7 @@
 
 ``company add`` is an operator action (recorded in the operator log, ``operator-log``); it names
 the company's first admin with ``--admin``. From then on ``user grant`` and ``user revoke`` act
-``--as`` an admin of that company (``erp_sync.permissions``).
+``--as`` an admin of that company (``erp_sync.control.permissions``).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import click
 
 from config.models import Erp, PermissionLevel
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.control.lifecycle import Lifecycle
+from erp_sync.control.permissions import Permissions
 from erp_sync.db.audit import AuditArchive
-from erp_sync.lifecycle import Lifecycle
-from erp_sync.permissions import Permissions
 
 
 @click.group()

@@ -1,7 +1,8 @@
 """``connect``, ``connection show|rotate-key|new-key`` and ``disconnect``: real ERP credentials.
 
 Secrets come from files (``-`` reads stdin), never from the command line, where ``ps`` and shell
-history would show them; they are encrypted before they reach Redis (``erp_sync.vault``) and no
+history would show them; they are encrypted before they reach Redis
+(``erp_sync.control.vault``) and no
 output, log line or audit entry ever shows them. Connecting needs admin on the company, like any
 change to what its syncs do, and is audited (without the secrets).
 """
@@ -17,11 +18,11 @@ import httpx
 
 from config.models import AuditEntry, Erp, PermissionLevel
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx
-from erp_sync.connections import Connection, ConnectionStore, Secrets
 from erp_sync.connectors.qbo import PRODUCTION_API, TOKEN_URL
+from erp_sync.control.connections import Connection, ConnectionStore, Secrets
+from erp_sync.control.inputs import user_id
+from erp_sync.control.vault import Vault, new_key
 from erp_sync.errors import InvalidInput
-from erp_sync.inputs import user_id
-from erp_sync.vault import Vault, new_key
 
 CONNECTABLE = (Erp.QUICKBOOKS_ONLINE.value,)
 _REALM = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -11,12 +11,12 @@ import redis
 
 from config.env import Settings, get_settings
 from config.keys import KeySpace
-from erp_sync.clock import RedisClock
+from erp_sync.control.inputs import os_user
+from erp_sync.control.store import SettingsStore
 from erp_sync.db import Database, database
-from erp_sync.inputs import os_user
-from erp_sync.publish import CeleryPublisher, Publisher
-from erp_sync.redis_client import connect
-from erp_sync.store import SettingsStore
+from erp_sync.infra.clock import RedisClock
+from erp_sync.infra.publish import CeleryPublisher, Publisher
+from erp_sync.infra.redis_client import connect
 
 
 @dataclass

@@ -13,11 +13,11 @@ import json
 import click
 
 from config.keys import KeySpace
+from config.models import RunRecord
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx
 from erp_sync.db import RecordStore, RunLog
 from erp_sync.db.engine import head_revision
 from erp_sync.db.schema import COLLECTIONS
-from erp_sync.history import RunRecord
 
 
 @click.group("db")

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from erp_sync.beat.plan import split_member
+from config.members import split_due_member
 from erp_sync.beat.sweep import inspect
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
 from erp_sync.db.engine import head_revision
@@ -35,7 +35,7 @@ def doctor(ctx: Ctx, as_json: bool) -> None:
     scheduled = {str(c) for c in client.hkeys(keys.beat_applied)}
     for entry in client.zrange(keys.due, 0, -1):
         try:
-            scheduled.add(split_member(str(entry))[0])
+            scheduled.add(split_due_member(str(entry))[0])
         except ValueError:
             scheduled.add(str(entry))  # a malformed member: shown as its own company
     ids = companies + sorted(scheduled - known)

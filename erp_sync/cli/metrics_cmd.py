@@ -8,7 +8,7 @@ import click
 from prometheus_client import start_http_server
 
 from erp_sync.cli.context import Ctx, pass_ctx
-from erp_sync.metrics import registry_for, render
+from erp_sync.views.metrics import registry_for, render
 
 
 @click.group("metrics", invoke_without_command=True)

@@ -1,5 +1,5 @@
 """``pause`` and ``resume``: stop a company's (or the whole fleet's) dispatching without touching
-its settings, and start it again at the next slot (``erp_sync.pause``)."""
+its settings, and start it again at the next slot (``erp_sync.control.pause``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import click
 from config.models import AuditEntry, PermissionLevel
 from erp_sync.cli.beat_cmd import describe_pause
 from erp_sync.cli.context import Ctx, pass_ctx
+from erp_sync.control.pause import Pauses, parse_until
+from erp_sync.control.store import SettingsStore
 from erp_sync.errors import InvalidInput
-from erp_sync.pause import Pauses, parse_until
-from erp_sync.store import SettingsStore
 
 
 def _target(company_id: str | None, all_: bool, actor: str | None) -> tuple[str | None, str]:

@@ -17,16 +17,26 @@ from typing import get_args
 import click
 from pydantic import ValidationError
 
-from config.models import CAPABILITIES, Company, Erp, PermissionLevel, SyncKind, first_error
+from config.models import (
+    CAPABILITIES,
+    Company,
+    Erp,
+    PermissionLevel,
+    RunStatus,
+    SyncKind,
+    first_error,
+)
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
 from erp_sync.cli.pause_cmd import guard_manual_run
 from erp_sync.cli.sandbox_cmd import sandbox
 from erp_sync.connectors import connector_for
 from erp_sync.connectors.sandbox_data import SandboxData
+from erp_sync.connectors.throttled import throttled
 from erp_sync.db import RunLog
 from erp_sync.errors import AlreadyExists, InvalidInput, NotFound
-from erp_sync.history import Status
-from erp_sync.ratelimit import (
+from erp_sync.infra.slots import TASK_NAMES, queue_for, task_kwargs
+from erp_sync.runs.syncs import reconcile as reconcile_kind
+from erp_sync.throttle.ratelimit import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LIMITS,
     CompanyLimit,
@@ -34,10 +44,7 @@ from erp_sync.ratelimit import (
     limit_for,
     set_company_limit,
     set_limit,
-    throttled,
 )
-from erp_sync.slots import TASK_NAMES, queue_for, task_kwargs
-from erp_sync.syncs import reconcile as reconcile_kind
 
 DEMO_ERPS = (
     Erp.QUICKBOOKS_ONLINE,
@@ -74,7 +81,7 @@ def parse_since(text: str, now: datetime) -> datetime:
 @click.argument("company_id", metavar="COMPANY")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--status", type=click.Choice(list(get_args(Status))), help="Only this outcome.")
+@click.option("--status", type=click.Choice(list(get_args(RunStatus))), help="Only this outcome.")
 @click.option("--kind", type=click.Choice([k.value for k in SyncKind]), help="Only this sync.")
 @click.option("--project", help="Only this project's runs.")
 @click.option("--since", help="Only runs started since: 7d, 12h, 30m, or an ISO date (UTC).")

@@ -18,9 +18,9 @@ from config.models import (
     SyncKind,
     SyncSettings,
 )
-from erp_sync.applied import AppliedWaiter
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
 from erp_sync.db.audit import AuditArchive
+from erp_sync.schedule.applied import AppliedWaiter
 
 
 def not_supported(erp: str) -> list[str]:

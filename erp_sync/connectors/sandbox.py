@@ -20,7 +20,6 @@ from typing import Any
 import redis
 
 from config.keys import KeySpace
-from erp_sync import lua
 from erp_sync.connectors.base import Connector, Page
 from erp_sync.connectors.sandbox_data import (
     SandboxConfig,
@@ -36,6 +35,7 @@ from erp_sync.errors import (
     RateLimited,
     UnknownErpObject,
 )
+from erp_sync.infra import lua
 
 CALL_LOG_CAP = 100_000
 

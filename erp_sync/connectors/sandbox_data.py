@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from config.keys import KeySpace
 from config.models import first_error
-from erp_sync import lua
 from erp_sync.connectors.base import Record
 from erp_sync.errors import InvalidInput, NotFound
+from erp_sync.infra import lua
 
 FailKind = Literal["server_error", "rate_limited", "timeout", "bad_credentials"]
 

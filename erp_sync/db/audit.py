@@ -32,10 +32,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from config.keys import KeySpace
 from config.models import AuditEntry, parse
-from erp_sync import lua
 from erp_sync.db.engine import Database
 from erp_sync.db.schema import audit_log
 from erp_sync.errors import CorruptRecord, DatabaseError
+from erp_sync.infra import lua
 
 Kind = Literal["audit", "denied", "operator"]
 KINDS: tuple[Kind, ...] = ("audit", "denied", "operator")

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import Row, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from config.models import RunRecord
 from erp_sync.db.engine import Database
 from erp_sync.db.schema import sync_runs
-from erp_sync.history import RunRecord
 
 COLUMNS = [c.name for c in sync_runs.columns]
 

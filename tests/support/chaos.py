@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from config.models import PaymentsFrequency, SyncKind
-from erp_sync.applied import Applied, applied_version
+from config.models import PaymentsFrequency, RunRecord, SyncKind
 from erp_sync.connectors.sandbox_data import SandboxData
-from erp_sync.history import HISTORY_CAP, RunRecord
-from erp_sync.schedule import cadences
-from erp_sync.slots import parse_task_id, task_id
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.infra.slots import parse_task_id, task_id
+from erp_sync.runs.records import HISTORY_CAP
+from erp_sync.schedule.applied import Applied, applied_version
+from erp_sync.schedule.cadence import cadences
 from tests.support import procs
 from tests.support.chaos_kit import (
     FAST_LIMITS,

@@ -21,16 +21,15 @@ from pathlib import Path
 import redis
 
 from config.keys import KeySpace
-from config.models import SyncKind
+from config.models import RunRecord, SyncKind
 from erp_sync.beat.engine import pid_of
 from erp_sync.beat.lease import holder_node
 from erp_sync.connectors.sandbox import SandboxErp
+from erp_sync.control.store import SettingsStore
 from erp_sync.db import Database
-from erp_sync.history import RunRecord
-from erp_sync.schedule import cadences, slot_after
-from erp_sync.slots import task_id
-from erp_sync.store import SettingsStore
-from erp_sync.syncs import reconcile
+from erp_sync.infra.slots import task_id
+from erp_sync.runs.syncs import reconcile
+from erp_sync.schedule.cadence import cadences, slot_after
 from tests.support import procs
 from tests.support.erp import small_company
 from tests.support.redisproc import RedisServer

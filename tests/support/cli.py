@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from erp_sync.cli import cli
 from erp_sync.cli.context import Ctx
-from erp_sync.publish import Publisher
+from erp_sync.infra.publish import Publisher
 
 
 class Invoke(Protocol):

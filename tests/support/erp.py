@@ -10,10 +10,10 @@ from config.env import Settings
 from config.keys import KeySpace
 from config.models import Erp, SyncKind
 from erp_sync.connectors.sandbox_data import SandboxData
-from erp_sync.publish import CeleryPublisher
-from erp_sync.ratelimit import set_limit
-from erp_sync.slots import TASK_NAMES, queue_for, task_kwargs
-from erp_sync.store import SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.infra.publish import CeleryPublisher
+from erp_sync.infra.slots import TASK_NAMES, queue_for, task_kwargs
+from erp_sync.throttle.ratelimit import set_limit
 
 SMALL = {
     "vendors": 30,

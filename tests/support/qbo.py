@@ -17,13 +17,14 @@ import redis
 
 from config.keys import KeySpace
 from config.models import AuditEntry, Erp, SyncKind
-from erp_sync.connections import Connection, ConnectionStore, Secrets
 from erp_sync.connectors import connector_for
 from erp_sync.connectors.qbo.oauth import TokenManager
+from erp_sync.connectors.throttled import throttled
+from erp_sync.control.connections import Connection, ConnectionStore, Secrets
+from erp_sync.control.store import SettingsStore
 from erp_sync.db import Counts, Database
-from erp_sync.ratelimit import TokenBucket, limit_for, throttled
-from erp_sync.store import SettingsStore
-from erp_sync.syncs import run_sync
+from erp_sync.runs.syncs import run_sync
+from erp_sync.throttle.ratelimit import TokenBucket, limit_for
 from tests.support.fake_qbo.client import FakeQbo, Seed
 
 ADMIN = "alice"

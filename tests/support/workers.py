@@ -13,7 +13,8 @@ from typing import Protocol
 import redis
 
 from config.keys import KeySpace
-from erp_sync.history import History, RunRecord
+from config.models import RunRecord
+from erp_sync.runs.records import RunRecords
 from tests.support import procs
 
 
@@ -62,7 +63,7 @@ def finished(
     client: redis.Redis, keys: KeySpace, company: str, task_id: str, timeout: float = 30
 ) -> RunRecord:
     """The run's final record, once it has one (not running, not deferred)."""
-    history = History(client, keys)
+    history = RunRecords(client, keys)
     procs.wait_until(
         lambda: (
             (r := history.get(company, task_id)) is not None

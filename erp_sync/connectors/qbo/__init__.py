@@ -14,15 +14,15 @@ import redis
 
 from config.keys import KeySpace
 from config.models import Company
-from erp_sync.connections import ConnectionStore
 from erp_sync.connectors.base import Connector
 from erp_sync.connectors.qbo.api import QboApi
 from erp_sync.connectors.qbo.connector import QboConnector
 from erp_sync.connectors.qbo.oauth import TokenManager, reconnect_message
 from erp_sync.connectors.sandbox import SandboxErp
+from erp_sync.control.connections import ConnectionStore
 from erp_sync.db import database
 from erp_sync.errors import BadCredentials
-from erp_sync.inflight import RequestSlots
+from erp_sync.throttle.inflight import RequestSlots
 
 DEFAULT_REQUESTS = 10  # in flight per realm (Intuit's limit), until the runner says otherwise
 PRODUCTION_API = "https://quickbooks.api.intuit.com"

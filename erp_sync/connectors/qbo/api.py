@@ -1,10 +1,11 @@
 """QuickBooks Online's Accounting API as this connector uses it: ``query`` and ``cdc``.
 
 Every request takes a rate-limit token from the company's shared bucket first (500 a minute per
-realm, ``erp_sync.ratelimit``) and holds one of the realm's concurrent places while it runs (10,
-``erp_sync.inflight``), so no number of workers can push a realm past Intuit's limits. A 401 is
-answered by refreshing the access token once (single-flight across the fleet,
-``oauth.TokenManager``) and repeating the request; a second 401 means the credentials are bad.
+realm, ``erp_sync.throttle.ratelimit``) and holds one of the realm's concurrent places while it
+runs (10, ``erp_sync.throttle.inflight``), so no number of workers can push a realm past
+Intuit's limits. A 401 is answered by refreshing the access token once (single-flight across
+the fleet, ``oauth.TokenManager``) and repeating the request; a second 401 means the
+credentials are bad.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from erp_sync.connections import Connection
 from erp_sync.connectors.qbo.http import check, request, tid
 from erp_sync.connectors.qbo.oauth import TokenManager
+from erp_sync.control.connections import Connection
 from erp_sync.errors import BadCredentials
-from erp_sync.inflight import RequestSlots
+from erp_sync.throttle.inflight import RequestSlots
 
 MINOR_VERSION = "75"  # Intuit requires a minor version on every request
 PAGE = 1000  # the API's largest page (MAXRESULTS) and CDC's largest response

@@ -31,14 +31,14 @@ from typing import Any
 import redis
 
 from config.keys import KeySpace
-from erp_sync import lua
 from erp_sync.connectors.base import Connector, Page, Record
 from erp_sync.connectors.qbo import mapping
 from erp_sync.connectors.qbo.api import PAGE, QboApi
 from erp_sync.db import Database
 from erp_sync.db.mirror import Line, Mirror
 from erp_sync.errors import ErpFault, MustWait
-from erp_sync.inflight import RequestSlots
+from erp_sync.infra import lua
+from erp_sync.throttle.inflight import RequestSlots
 
 CDC_WINDOW = timedelta(days=29, hours=12)  # Intuit's is 30 days; a margin for clock skew
 OVERLAP = timedelta(seconds=60)

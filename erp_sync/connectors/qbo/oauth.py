@@ -27,10 +27,10 @@ import httpx
 import redis
 
 from config.keys import KeySpace
-from erp_sync import lua
-from erp_sync.connections import Connection, ConnectionStore
 from erp_sync.connectors.qbo.http import fault_message, request, tid
+from erp_sync.control.connections import Connection, ConnectionStore
 from erp_sync.errors import BadCredentials, ConcurrentUpdate, CorruptRecord, ErpServerError
+from erp_sync.infra import lua
 
 MARGIN = 120.0  # seconds: a cached token is dropped this long before Intuit expires it
 TOKEN_TIMEOUT = httpx.Timeout(10.0, connect=5.0)  # per phase: a token request ends within ~35 s

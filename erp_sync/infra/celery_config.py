@@ -12,8 +12,8 @@ from typing import Any
 
 from config.env import Settings
 from config.keys import KeySpace
-from erp_sync.redis_client import kombu_broker
-from erp_sync.slots import ALERTS_QUEUE, COMPANY_QUEUE, TASK_NAMES, queue_for
+from erp_sync.infra.redis_client import kombu_broker
+from erp_sync.infra.slots import ALERTS_QUEUE, COMPANY_QUEUE, TASK_NAMES, queue_for
 
 # tasks/maintenance.py; named here because erp_sync never imports the tasks.
 PRUNE_HISTORY_TASK = "erp_sync.prune_history"

@@ -26,7 +26,7 @@ from celery import Celery
 
 from config.keys import KeySpace
 from config.models import SyncKind
-from erp_sync.slots import TASK_NAMES, queue_for, task_id, task_kwargs
+from erp_sync.infra.slots import TASK_NAMES, queue_for, task_id, task_kwargs
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _ID, _KWARGSREPR, _BODY, _TAG = "\x00id\x00", "\x00kw\x00", "\x00body\x00", "\x00tag\x00"

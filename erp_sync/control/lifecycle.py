@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from config.members import alert_target, deadline_member, due_member
 from config.models import (
     AuditEntry,
     Company,
@@ -29,15 +30,13 @@ from config.models import (
     parse,
 )
 from config.validation import casefold_key, shorten
-from erp_sync.access import require_admin
-from erp_sync.alerts.evaluate import deadline_member, target
-from erp_sync.beat.plan import member
+from erp_sync.control.access import require_admin
+from erp_sync.control.inputs import name as valid_name
+from erp_sync.control.inputs import timezone as valid_timezone
+from erp_sync.control.inputs import user_id
+from erp_sync.control.permissions import record_denied
+from erp_sync.control.store import SettingsStore
 from erp_sync.errors import CorruptRecord, InvalidInput, NotFound, PermissionDenied
-from erp_sync.inputs import name as valid_name
-from erp_sync.inputs import timezone as valid_timezone
-from erp_sync.inputs import user_id
-from erp_sync.permissions import record_denied
-from erp_sync.store import SettingsStore
 
 PROJECT_KINDS = [k for k in SyncKind if k.project_level]
 COMPANY_KINDS = [k for k in SyncKind if not k.project_level]
@@ -153,7 +152,7 @@ class Lifecycle:
                 raise NotFound(f"unknown company {company_id!r}")
             self._check_admin(pipe, company_id, actor)
             projects = [str(p) for p in pipe.hkeys(self.keys.projects(company_id))]
-            members = [member(company_id, k) for k in SyncKind]
+            members = [due_member(company_id, k) for k in SyncKind]
             pipe.multi()
             pipe.srem(self.keys.companies, company_id)
             pipe.hdel(self.keys.company_folds, casefold_key(company_id))
@@ -257,7 +256,7 @@ class Lifecycle:
             pipe.delete(*self._watermarks(company_id, [project_id], company_level=False))
             pipe.hdel(
                 self.keys.alert_state(company_id),
-                *[target(k.value, project_id) for k in PROJECT_KINDS],
+                *[alert_target(k.value, project_id) for k in PROJECT_KINDS],
             )
             pipe.zrem(
                 self.keys.alert_deadlines,

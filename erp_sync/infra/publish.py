@@ -14,8 +14,8 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from config.env import Settings
-from erp_sync.celery_config import celery_config
 from erp_sync.errors import RedisUnavailable
+from erp_sync.infra.celery_config import celery_config
 
 
 class Publisher(Protocol):

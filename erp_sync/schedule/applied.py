@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from config.keys import KeySpace
 from config.models import SyncKind
-from erp_sync.schedule import Cadence
+from erp_sync.schedule.cadence import Cadence
 
 
 class Applied(BaseModel):

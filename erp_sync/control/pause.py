@@ -21,11 +21,11 @@ import redis
 from pydantic import BaseModel, ConfigDict
 
 from config.models import AuditEntry, parse
-from erp_sync.access import require_admin
+from erp_sync.control.access import require_admin
+from erp_sync.control.inputs import user_id
+from erp_sync.control.permissions import record_denied
+from erp_sync.control.store import SettingsStore
 from erp_sync.errors import InvalidInput, PermissionDenied
-from erp_sync.inputs import user_id
-from erp_sync.permissions import record_denied
-from erp_sync.store import SettingsStore
 
 FLEET = "*"
 MAX_PAUSE = 366 * 86_400.0

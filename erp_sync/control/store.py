@@ -35,7 +35,10 @@ from config.models import (
     parse,
 )
 from config.validation import casefold_key, shorten
-from erp_sync.access import level_from, require_admin, require_level
+from erp_sync.control.access import level_from, require_admin, require_level
+from erp_sync.control.inputs import name as valid_name
+from erp_sync.control.inputs import timezone as valid_timezone
+from erp_sync.control.inputs import user_id
 from erp_sync.errors import (
     AlreadyExists,
     ConcurrentUpdate,
@@ -45,9 +48,6 @@ from erp_sync.errors import (
     PermissionDenied,
     UnsupportedSetting,
 )
-from erp_sync.inputs import name as valid_name
-from erp_sync.inputs import timezone as valid_timezone
-from erp_sync.inputs import user_id
 
 # The hard cap of each audit list (a company's audit and refused changes, the operator log). The
 # audit list is written in the same transaction as the settings, so the recent log lives in

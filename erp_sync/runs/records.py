@@ -12,66 +12,17 @@ redelivered: at 1,000 records these were 82 % of a company's Redis (bench/footpr
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Literal
-
 import redis
-from pydantic import BaseModel, ConfigDict, Field
 
 from config.keys import KeySpace
-from config.models import parse
-from erp_sync import lua
+from config.models import RunRecord, parse
+from erp_sync.infra import lua
 
 HISTORY_CAP = 200
-# ``deferred``: the run gave its worker slot back to wait and comes back under the same task id.
-Status = Literal["succeeded", "failed", "skipped", "running", "deferred"]
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-class RunRecord(BaseModel):
-    """One sync run, as ``history --json`` shows it (DESIGN.md fields plus task bookkeeping)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str
-    company: str
-    project: str | None
-    scheduled_for: str
-    started_at: datetime
-    finished_at: datetime | None = None
-    status: Status = "running"
-    counts: dict[str, int] = Field(default_factory=dict)
-    error: str | None = None
-    task_id: str
-    trigger: str = "schedule"
-    attempt: int = 1
-    duration_ms: float | None = None
-
-    def finish(
-        self,
-        status: Status,
-        *,
-        error: str | None = None,
-        counts: dict[str, int] | None = None,
-        at: datetime | None = None,
-    ) -> RunRecord:
-        end = at or now()
-        return self.model_copy(
-            update={
-                "status": status,
-                "error": error,
-                "counts": counts or {},
-                "finished_at": end,
-                "duration_ms": round((end - self.started_at).total_seconds() * 1000, 1),
-            }
-        )
-
-
-class History:
-    """Reads and writes one deployment's run history (client passed in)."""
+class RunRecords:
+    """Reads and writes the working run records of one deployment (client passed in)."""
 
     def __init__(self, client: redis.Redis, keys: KeySpace, cap: int = HISTORY_CAP) -> None:
         self.client, self.keys, self.cap = client, keys, cap

@@ -20,10 +20,10 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from config.keys import KeySpace
+from config.members import limit_field
 from config.models import Erp, first_error
-from erp_sync import lua
-from erp_sync.connectors.base import Connector, Page, SelfThrottling
 from erp_sync.errors import InvalidInput, MustWait
+from erp_sync.infra import lua
 
 MAX_RESERVE = 30.0
 # Tokens are granted at this fraction of the limit: a call reaches the ERP a little after its
@@ -47,7 +47,7 @@ class RateLimit(BaseModel):
     burst: float = Field(ge=1, le=10_000)
     concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=1000)
     # ERP requests of one company in flight at once, fleet-wide (None: no cap). Enforced by
-    # connectors that make their own HTTP requests (erp_sync/inflight.py).
+    # connectors that make their own HTTP requests (erp_sync/throttle/inflight.py).
     requests: int | None = Field(None, ge=1, le=1000)
 
 
@@ -90,11 +90,6 @@ DEFAULT_LIMITS: dict[Erp, RateLimit] = {
 }
 
 
-def company_field(company: str) -> str:
-    """The overrides-hash field of a company's own limit (ERP keys never contain ':')."""
-    return f"company:{company}"
-
-
 def effective_limit(erp: Erp, erp_override: str | None, company_override: str | None) -> RateLimit:
     """The limit a company's syncs obey: default or ERP override, then the company's own."""
     limit = RateLimit.model_validate_json(erp_override) if erp_override else DEFAULT_LIMITS[erp]
@@ -107,7 +102,7 @@ def limit_for(
     client: redis.Redis, keys: KeySpace, erp: Erp, company: str | None = None
 ) -> RateLimit:
     """The limit of ``erp`` (and of ``company`` on it, when given), overrides applied."""
-    fields = [erp.value, company_field(company) if company else ""]
+    fields = [erp.value, limit_field(company) if company else ""]
     erp_raw, company_raw = client.hmget(keys.rate_limit_overrides, fields)
     return effective_limit(
         erp,
@@ -148,10 +143,10 @@ def set_company_limit(
     client: redis.Redis, keys: KeySpace, company: str, change: CompanyLimit
 ) -> CompanyLimit:
     """Store (merge) a company's own override; fields left unset keep the ERP's value."""
-    raw = client.hget(keys.rate_limit_overrides, company_field(company))
+    raw = client.hget(keys.rate_limit_overrides, limit_field(company))
     current = CompanyLimit.model_validate_json(raw) if raw else CompanyLimit()
     merged = current.model_copy(update=change.model_dump(exclude_none=True))
-    client.hset(keys.rate_limit_overrides, company_field(company), merged.model_dump_json())
+    client.hset(keys.rate_limit_overrides, limit_field(company), merged.model_dump_json())
     return merged
 
 
@@ -210,47 +205,3 @@ class TokenBucket:
                 raise MustWait(delay, "the ERP rate limit", ticket=float(ticket))
             self.sleep(min(delay - MAX_RESERVE, MAX_RESERVE))
             waited += min(delay - MAX_RESERVE, MAX_RESERVE)
-
-
-def throttled(inner: Connector, bucket: TokenBucket) -> Connector:
-    """``inner`` under the company's bucket: a connector that makes its own requests takes a
-    token per HTTP request itself (``SelfThrottling``); any other takes one per call."""
-    if isinstance(inner, SelfThrottling):
-        inner.throttle(bucket.take, bucket.limit.requests)
-        return inner
-    return Throttled(inner, bucket)
-
-
-class Throttled(Connector):
-    """A connector whose every call first takes a token from the company's shared bucket."""
-
-    def __init__(self, inner: Connector, bucket: TokenBucket) -> None:
-        self.inner, self.bucket = inner, bucket
-        self.family = inner.family
-
-    def vendors(self, since: str | None, cursor: str | None) -> Page:
-        self.bucket.take()
-        return self.inner.vendors(since, cursor)
-
-    def jobs(self, since: str | None, cursor: str | None) -> Page:
-        self.bucket.take()
-        return self.inner.jobs(since, cursor)
-
-    def standard_cost_codes(self, since: str | None, cursor: str | None) -> Page:
-        self.bucket.take()
-        return self.inner.standard_cost_codes(since, cursor)
-
-    def project_cost_codes(self, job: str, since: str | None, cursor: str | None) -> Page:
-        self.bucket.take()
-        return self.inner.project_cost_codes(job, since, cursor)
-
-    def job_costs(self, job: str, since: str | None, cursor: str | None) -> Page:
-        self.bucket.take()
-        return self.inner.job_costs(job, since, cursor)
-
-    def bill_payments(self, job: str, since: str | None, cursor: str | None) -> Page:
-        self.bucket.take()
-        return self.inner.bill_payments(job, since, cursor)
-
-    def prepare_full_listing(self) -> None:
-        self.inner.prepare_full_listing()

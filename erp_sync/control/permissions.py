@@ -15,10 +15,10 @@ from __future__ import annotations
 import redis
 
 from config.models import AuditEntry, PermissionLevel
-from erp_sync.access import level_from, require_level
+from erp_sync.control.access import level_from, require_level
+from erp_sync.control.inputs import user_id
+from erp_sync.control.store import AUDIT_CAP, SettingsStore
 from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
-from erp_sync.inputs import user_id
-from erp_sync.store import AUDIT_CAP, SettingsStore
 
 
 class Permissions:

@@ -11,9 +11,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from config.models import CAPABILITIES, Company, StoredSettings, SyncKind
-from erp_sync.history import RunRecord
-from erp_sync.ratelimit import RateLimit
+from config.models import CAPABILITIES, Company, RunRecord, StoredSettings, SyncKind
+from erp_sync.throttle.ratelimit import RateLimit
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict
 from config.keys import KeySpace
 from config.models import SyncKind
 from erp_sync.beat.lease import holder_node
-from erp_sync.pause import PauseRecord
-from erp_sync.slots import COMPANY_QUEUE, PROJECT_QUEUE
+from erp_sync.control.pause import PauseRecord
+from erp_sync.infra.slots import COMPANY_QUEUE, PROJECT_QUEUE
 
 
 class BeatNode(BaseModel):

@@ -2,7 +2,8 @@
 
 One HASH per company (``<prefix>:connection:<company>``): ``meta`` (public JSON: ERP, realm,
 client id, URLs, who connected it and when, status), ``secret`` (the client secret and the
-refresh token, sealed by ``erp_sync.vault``) and ``generation`` (bumped on every refresh-token
+refresh token, sealed by ``erp_sync.control.vault``) and ``generation`` (bumped on every
+refresh-token
 rotation). Rotation is a compare-and-set on ``generation``: a worker stores a new refresh token
 only if it refreshed from the newest one, so a slow worker can never put back an older token.
 
@@ -22,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from config.keys import KeySpace
 from config.models import AuditEntry, Erp, parse
+from erp_sync.control.store import SettingsStore
+from erp_sync.control.vault import Vault
 from erp_sync.errors import ConcurrentUpdate, CorruptRecord, NotFound
-from erp_sync.store import SettingsStore
-from erp_sync.vault import Vault
 
 Status = Literal["connected", "reconnect_required"]
 

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 import redis
 
 from config.keys import KeySpace
-from erp_sync import lua
 from erp_sync.errors import MustWait
+from erp_sync.infra import lua
 
 POLL = 0.02
 

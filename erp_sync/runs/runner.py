@@ -1,6 +1,6 @@
 """One delivery of a sync task, from guard checks to the history record (no Celery here).
 
-Order of checks, each a reason a run does not happen (``erp_sync.delivery``):
+Order of checks, each a reason a run does not happen (``erp_sync.runs.delivery``):
 1. The task id already completed (its ``executed`` marker is set): a duplicate delivery, nothing
    is done or recorded again.
 2. The company is gone, the project is gone, the ERP does not support the sync, or (for scheduled
@@ -38,12 +38,11 @@ import redis
 from billiard.exceptions import SoftTimeLimitExceeded
 
 from config.keys import KeySpace
-from config.models import Company, StoredSettings, parse
-from erp_sync import lua
-from erp_sync.clock import RedisClock
+from config.members import limit_field
+from config.models import Company, RunRecord, StoredSettings, parse
 from erp_sync.connectors import Connector, connector_for
+from erp_sync.connectors.throttled import throttled
 from erp_sync.db import Database, RunLog, database
-from erp_sync.delivery import Delivery, Facts, RunClock, attempt_of, skip_reason
 from erp_sync.errors import (
     DatabaseError,
     DatabaseUnavailable,
@@ -53,16 +52,17 @@ from erp_sync.errors import (
     SyncTimedOut,
     TransientConnectorError,
 )
-from erp_sync.heartbeat import Heartbeat
-from erp_sync.history import History, RunRecord
-from erp_sync.ratelimit import (
+from erp_sync.infra import lua
+from erp_sync.infra.clock import RedisClock
+from erp_sync.runs.delivery import Delivery, Facts, RunClock, attempt_of, skip_reason
+from erp_sync.runs.keepalive import Heartbeat
+from erp_sync.runs.records import RunRecords
+from erp_sync.runs.syncs import run_sync
+from erp_sync.throttle.ratelimit import (
     RateLimit,
     TokenBucket,
-    company_field,
     effective_limit,
-    throttled,
 )
-from erp_sync.syncs import run_sync
 
 MAX_REDELIVERIES = 3
 log = logging.getLogger("erp_sync.worker")
@@ -121,7 +121,7 @@ class Runner:
     db: Database | None = None
 
     def __post_init__(self) -> None:
-        self.history = History(self.client, self.keys)  # each run's working record, in Redis
+        self.history = RunRecords(self.client, self.keys)  # each run's working record, in Redis
         self.database = self.db or database()
         self.runs = RunLog(self.database)
         self._start = lua.load(self.client, "run_start")
@@ -507,7 +507,7 @@ class Runner:
                 k.paused,
                 k.job_cost_optouts(d.company),
             ],
-            args=[d.task_id, d.project or "-", company_field(d.company), d.company],
+            args=[d.task_id, d.project or "-", limit_field(d.company), d.company],
         )
         record = parse(Company, company, f"company {d.company!r}") if company else None
         limit = (

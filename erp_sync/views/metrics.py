@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from config.keys import KeySpace
-from erp_sync.status import fleet_status
+from erp_sync.views.status import fleet_status
 
 
 class FleetCollector(Collector):
