@@ -37,7 +37,8 @@ from config.models import Erp, PaymentsFrequency, SyncKind
 from erp_sync.beat.engine import BeatEngine, EngineConfig
 from erp_sync.beat.messages import MessageFactory
 from erp_sync.connectors.sandbox_data import SandboxData
-from erp_sync.control.store import AUDIT_CAP, SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.control.unit import AUDIT_CAP
 from erp_sync.db import Database
 from erp_sync.errors import PermissionDenied
 from erp_sync.infra.slots import task_id

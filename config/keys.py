@@ -13,6 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Ids no company may have: the last segment of a fleet-wide key whose kind a per-company key
+# shares (``runs:last``, ``ratelimit:overrides``, ``alerts:deadlines``). A company with such an id
+# would share that key (mixed hashes, WRONGTYPE); tests/test_keys.py derives this set from the
+# key space and fails if a new fleet-wide key is missing here.
+RESERVED_IDS = frozenset({"last", "overrides", "deadlines"})
+
 
 @dataclass(frozen=True)
 class KeySpace:
@@ -236,6 +242,10 @@ class KeySpace:
         """STRING: held by the one worker refreshing a company's ERP mirror (erp_lines)."""
         return self._k("connection", company, "mirroring")
 
+    def mirror_seen(self, company: str) -> str:
+        """SET ``entity:id`` of what a full re-read of the ERP mirror has read so far (24 h TTL)."""
+        return self._k("connection", company, "mirroring", "seen")
+
     def request_slots(self, company: str) -> str:
         """ZSET: the ERP requests of a company in flight, fleet-wide (member -> lease expiry)."""
         return self._k("ratelimit", company, "inflight")
@@ -244,3 +254,30 @@ class KeySpace:
     def last_runs(self) -> str:
         """HASH ``<status>:<kind>`` -> the fleet's latest finished run of that kind (JSON)."""
         return self._k("runs", "last")
+
+    @property
+    def removed(self) -> str:
+        """HASH company id -> removal record (JSON: when, by whom): what ``history`` and
+        ``audit`` of a removed company say; ``company add`` of the same id clears it."""
+        return self._k("removed")
+
+    # --- scan patterns ----------------------------------------------------------------------
+    def pattern(self, kind: str) -> str:
+        """A SCAN pattern for every key of ``kind`` (``procore``, ``runs``, ``connection``)."""
+        return self._k(kind, "*")
+
+    def company_of(self, kind: str, key: str) -> str | None:
+        """The company of a ``<prefix>:<kind>:<company>`` key, or None for any other key of the
+        kind (a longer per-company key, or a fleet-wide one such as ``runs:last``)."""
+        parts = key.split(":")
+        head = self._k(kind).split(":")
+        if len(parts) != len(head) + 1 or parts[: len(head)] != head:
+            return None
+        company = parts[-1]
+        return None if company in RESERVED_IDS else company
+
+    def segments(self, kind: str, key: str) -> list[str] | None:
+        """The segments of a ``<prefix>:<kind>:...`` key after its kind, or None if it is not
+        one (``procore:acme:job_costs:p1`` -> ``["acme", "job_costs", "p1"]``)."""
+        head = self._k(kind) + ":"
+        return key.removeprefix(head).split(":") if key.startswith(head) else None

@@ -15,7 +15,8 @@ import redis
 from config.env import get_settings
 from config.keys import KeySpace
 from config.models import AuditEntry
-from erp_sync.control.store import AUDIT_CAP, SettingsStore
+from erp_sync.control.store import SettingsStore
+from erp_sync.control.unit import AUDIT_CAP
 from erp_sync.db import Database
 from erp_sync.db.audit import AuditArchive, archive_all, archive_list
 from erp_sync.errors import ConfigError, PermissionDenied
@@ -136,7 +137,7 @@ def test_entries_pushed_while_a_list_is_archived_are_all_kept_once_in_order(
 def test_a_trim_removes_only_archived_entries_still_at_the_tail_when_the_cap_dropped_some(
     store: SettingsStore, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("erp_sync.control.store.AUDIT_CAP", 30)
+    monkeypatch.setattr("erp_sync.control.unit.AUDIT_CAP", 30)
     grants(store, 40)  # at the cap: 30 entries
     key, archive = store.keys.audit("acme"), AuditArchive(db)
     batch = [str(r) for r in store.client.lrange(key, -10, -1)]

@@ -84,6 +84,22 @@ def test_company_remove_keeps_audit_and_allows_the_id_again(run: Invoke) -> None
     ]  # the old users went with the old company
 
 
+def test_a_removed_companys_history_audit_and_security_log_stay_readable(run: Invoke) -> None:
+    assert run("settings", "set", "acme", "--as", "sam", "--no-refresh-jobs")[0] == 1  # refused
+    ok(run, "company", "remove", "acme", "--as", "al", "--yes")
+    for args in (("history", "acme"), ("audit", "acme"), ("audit", "acme", "--denied")):
+        code, out, err = run(*args, "--json")
+        assert code == 0, (args, err)
+        assert err.startswith("note: company 'acme' was removed at ") and "by al" in err, err
+        assert isinstance(json.loads(out), list)
+    denied = json.loads(run("audit", "acme", "--denied", "--json")[1])
+    assert [e["action"] for e in denied] == ["settings.denied"]
+    code, _, err = run("history", "never-was")
+    assert code == 1 and "unknown company" in err
+    ok(run, "company", "add", "acme", "--erp", "xero", "--admin", "bo")
+    assert run("history", "acme")[2] == ""  # added again: no longer a removed company
+
+
 def test_company_remove_asks_first(run: Invoke) -> None:
     code, _, err = run("company", "remove", "acme", "--as", "al")
     assert code == 1 and "aborted" in err

@@ -16,10 +16,10 @@ from config.alerts import AlertEvent, AlertRule
 from config.models import AuditEntry, first_error, parse
 from erp_sync.control.access import require_admin
 from erp_sync.control.inputs import user_id
-from erp_sync.control.permissions import record_denied
 from erp_sync.control.store import SettingsStore
+from erp_sync.control.unit import Denied, UnitOfWork
 from erp_sync.control.vault import Vault
-from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
+from erp_sync.errors import InvalidInput, NotFound
 
 MAX_RULES = 20
 DEFAULT_EVENTS = (AlertEvent.FAILED, AlertEvent.STALE, AlertEvent.RECOVERED)
@@ -108,13 +108,13 @@ class AlertRules:
             raise InvalidInput(first_error(exc).removeprefix("url: ")) from None
         key = self.keys.alerts(company_id)
 
-        def write(pipe: redis.client.Pipeline) -> None:
-            self._check(pipe, company_id, actor)
-            if pipe.hlen(key) >= MAX_RULES:
+        def write(work: UnitOfWork) -> None:
+            self._check(work.pipe, company_id, actor)
+            if work.pipe.hlen(key) >= MAX_RULES:
                 raise InvalidInput(f"{company_id!r} already has {MAX_RULES} alerts")
-            pipe.multi()
-            pipe.hset(key, rule.id, rule.model_dump_json())
-            self._audit(pipe, company_id, actor, "alert.add", {}, rule.public())
+            work.begin()
+            work.pipe.hset(key, rule.id, rule.model_dump_json())
+            self._audit(work, company_id, actor, "alert.add", {}, rule.public())
 
         self._transact(company_id, actor, "alert.add", key, write)
         return rule
@@ -124,13 +124,13 @@ class AlertRules:
         rule = self.get(company_id, alert_id)
         key = self.keys.alerts(company_id)
 
-        def write(pipe: redis.client.Pipeline) -> None:
-            self._check(pipe, company_id, actor)
-            if not pipe.hexists(key, alert_id):
+        def write(work: UnitOfWork) -> None:
+            self._check(work.pipe, company_id, actor)
+            if not work.pipe.hexists(key, alert_id):
                 raise NotFound(f"unknown alert {alert_id[:40]!r} in {company_id!r}")
-            pipe.multi()
-            pipe.hdel(key, alert_id)
-            self._audit(pipe, company_id, actor, "alert.remove", rule.public(), {})
+            work.begin()
+            work.pipe.hdel(key, alert_id)
+            self._audit(work, company_id, actor, "alert.remove", rule.public(), {})
 
         self._transact(company_id, actor, "alert.remove", key, write)
         return rule
@@ -140,15 +140,14 @@ class AlertRules:
 
     def _audit(
         self,
-        pipe: redis.client.Pipeline,
+        work: UnitOfWork,
         company_id: str,
         actor: str,
         action: str,
         old: dict[str, object],
         new: dict[str, object],
     ) -> None:
-        self.store._queue_audit(
-            pipe,
+        work.audit(
             AuditEntry(
                 at=self.store.clock(),
                 actor=actor,
@@ -165,10 +164,8 @@ class AlertRules:
         actor: str,
         action: str,
         key: str,
-        write: Callable[[redis.client.Pipeline], None],
+        write: Callable[[UnitOfWork], None],
     ) -> None:
-        try:
-            self.store._transact([key, self.keys.users(company_id)], write)
-        except PermissionDenied:
-            record_denied(self.store, company_id, actor, action, {})
-            raise
+        self.store.transact(
+            [key, self.keys.users(company_id)], write, Denied(company_id, actor, action)
+        )

@@ -90,3 +90,15 @@ def table(rows: list[list[str]], header: list[str]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def note_if_removed(ctx: Ctx, company_id: str) -> None:
+    """Before showing what outlives a company: say on stderr that it was removed, when and by
+    whom (``NotFound`` for an id that never existed)."""
+    gone = ctx.store.outlived(company_id)
+    if gone is not None:
+        click.echo(
+            f"note: company {company_id!r} was removed at {gone.at:%Y-%m-%d %H:%M:%S} UTC by "
+            f"{gone.by}; showing what was kept",
+            err=True,
+        )

@@ -59,7 +59,7 @@ def db_current(ctx: Ctx, as_json: bool) -> None:
 
 def _legacy_collection(keys: KeySpace, key: str) -> tuple[str, str, str | None] | None:
     """(company, collection, project) of an old Procore-side hash key, or None."""
-    parts = key.removeprefix(f"{keys.prefix}:procore:").split(":")
+    parts = keys.segments("procore", key) or []
     if len(parts) == 2 and parts[1] in COLLECTIONS and not COLLECTIONS[parts[1]].project_level:
         return parts[0], parts[1], None
     if len(parts) == 3 and parts[1] in COLLECTIONS and COLLECTIONS[parts[1]].project_level:
@@ -79,7 +79,7 @@ def db_import_redis(ctx: Ctx, delete: bool) -> None:
     client, keys = ctx.client, ctx.keys
     ctx.db.check()
     records = skipped = 0
-    for key in sorted(str(k) for k in client.scan_iter(f"{keys.prefix}:procore:*", count=500)):
+    for key in sorted(str(k) for k in client.scan_iter(keys.pattern("procore"), count=500)):
         where = _legacy_collection(keys, key)
         if where is None:
             skipped += 1
@@ -95,9 +95,9 @@ def db_import_redis(ctx: Ctx, delete: bool) -> None:
             client.delete(key)
     runs = added = 0
     log = RunLog(ctx.db)
-    for key in sorted(str(k) for k in client.scan_iter(f"{keys.prefix}:runs:*", count=500)):
-        if key == keys.last_runs:
-            continue
+    for key in sorted(str(k) for k in client.scan_iter(keys.pattern("runs"), count=500)):
+        if keys.company_of("runs", key) is None:
+            continue  # the fleet's latest runs (runs:last), not a company's records
         batch = [RunRecord.model_validate_json(v) for v in client.hvals(key)]
         runs += len(batch)
         added += log.import_many(batch)

@@ -76,18 +76,14 @@ def guard_manual_run(store: SettingsStore, company_id: str, actor: str, force: b
             f"{what} is paused ({describe_pause(record)}); use --force (an admin) to run it anyway"
         )
     store.require(company_id, actor, PermissionLevel.ADMIN)
-    with store.client.pipeline() as pipe:
-        store._queue_audit(
-            pipe,
-            AuditEntry(
-                at=store.clock(),
-                actor=actor,
-                action="sync.force",
-                company=company_id,
-                new={"paused_by": record.by, "reason": record.reason},
-            ),
-        )
-        pipe.execute()
+    entry = AuditEntry(
+        at=store.clock(),
+        actor=actor,
+        action="sync.force",
+        company=company_id,
+        new={"paused_by": record.by, "reason": record.reason},
+    )
+    store.transact([], lambda work: work.audit(entry))
 
 
 COMMANDS = [pause, resume]

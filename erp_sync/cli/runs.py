@@ -26,7 +26,7 @@ from config.models import (
     SyncKind,
     first_error,
 )
-from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.cli.context import Ctx, echo_json, note_if_removed, pass_ctx, table
 from erp_sync.cli.pause_cmd import guard_manual_run
 from erp_sync.cli.sandbox_cmd import sandbox
 from erp_sync.connectors import connector_for
@@ -96,8 +96,9 @@ def history(
     project: str | None,
     since: str | None,
 ) -> None:
-    """COMPANY's sync runs from the database, newest first (kept ERP_SYNC_HISTORY_DAYS)."""
-    ctx.store.get_company(company_id)
+    """COMPANY's sync runs from the database, newest first (kept ERP_SYNC_HISTORY_DAYS); a
+    removed company's too."""
+    note_if_removed(ctx, company_id)
     start = parse_since(since, datetime.fromtimestamp(ctx.now(), UTC)) if since else None
     runs = RunLog(ctx.db).recent(
         company_id, limit, status=status, kind=kind, project=project, since=start

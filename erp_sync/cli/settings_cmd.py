@@ -18,7 +18,7 @@ from config.models import (
     SyncKind,
     SyncSettings,
 )
-from erp_sync.cli.context import Ctx, echo_json, pass_ctx, table
+from erp_sync.cli.context import Ctx, echo_json, note_if_removed, pass_ctx, table
 from erp_sync.db.audit import AuditArchive
 from erp_sync.schedule.applied import AppliedWaiter
 
@@ -158,6 +158,7 @@ def audit(ctx: Ctx, company_id: str, as_json: bool, limit: int, denied: bool) ->
     """COMPANY's audit log, newest first: who changed what, when, old and new values.
 
     The newest entries come from Redis, older ones from the database (archived hourly)."""
+    note_if_removed(ctx, company_id)
     recent = (ctx.store.denied if denied else ctx.store.audit)(company_id, limit)
     entries, warning = AuditArchive(ctx.db).extend(
         "denied" if denied else "audit", company_id, recent, limit

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from config.keys import KeySpace
 from config.models import AuditEntry, Erp, parse
 from erp_sync.control.store import SettingsStore
+from erp_sync.control.unit import UnitOfWork
 from erp_sync.control.vault import Vault
 from erp_sync.errors import ConcurrentUpdate, CorruptRecord, NotFound
 
@@ -87,14 +88,17 @@ class ConnectionStore:
         audit entry, together."""
         sealed = self.vault.seal(secrets.model_dump())
         key = self.keys.connection(connection.company)
-        with self.client.pipeline() as pipe:
-            pipe.delete(key, self.keys.access_token(connection.company))
-            pipe.hset(
+
+        def write(work: UnitOfWork) -> None:
+            work.begin()
+            work.pipe.delete(key, self.keys.access_token(connection.company))
+            work.pipe.hset(
                 key,
                 mapping={"meta": connection.model_dump_json(), "secret": sealed, "generation": 1},
             )
-            self._store._queue_audit(pipe, audit)
-            pipe.execute()
+            work.audit(audit)
+
+        self._store.transact([], write)
 
     def get(self, company: str) -> Connection | None:
         raw = self.client.hget(self.keys.connection(company), "meta")
@@ -161,17 +165,22 @@ class ConnectionStore:
 
     def delete(self, company: str, audit: AuditEntry) -> bool:
         """Forget the connection (the company goes back to the sandbox ERP), audited."""
-        with self.client.pipeline() as pipe:
-            pipe.delete(self.keys.connection(company), self.keys.access_token(company))
-            self._store._queue_audit(pipe, audit)
-            deleted, *_ = pipe.execute()
-        return bool(deleted)
+        key = self.keys.connection(company)
+
+        def write(work: UnitOfWork) -> bool:
+            existed = bool(work.pipe.exists(key))
+            work.begin()
+            work.pipe.delete(key, self.keys.access_token(company))
+            work.audit(audit)
+            return existed
+
+        return self._store.transact([key], write)
 
     def rotate_keys(self) -> int:
         """Re-encrypt every stored secret with the newest key; returns how many."""
         done = 0
-        for key in self.client.scan_iter(f"{self.keys.prefix}:connection:*", count=500):
-            if str(key).count(":") != self.keys.connection("x").count(":"):
+        for key in self.client.scan_iter(self.keys.pattern("connection"), count=500):
+            if self.keys.company_of("connection", str(key)) is None:
                 continue  # an access token or a lock, not a connection
             sealed = self.client.hget(key, "secret")
             if sealed:

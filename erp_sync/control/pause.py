@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict
 from config.models import AuditEntry, parse
 from erp_sync.control.access import require_admin
 from erp_sync.control.inputs import user_id
-from erp_sync.control.permissions import record_denied
 from erp_sync.control.store import SettingsStore
+from erp_sync.control.unit import Denied, UnitOfWork
 from erp_sync.errors import InvalidInput, PermissionDenied
 
 FLEET = "*"
@@ -103,17 +103,18 @@ class Pauses:
         )
         field = scope(company_id)
 
-        def write(pipe: redis.client.Pipeline) -> None:
+        def write(work: UnitOfWork) -> None:
+            pipe = work.pipe
             self._check(pipe, company_id, actor)
             old = pipe.hget(self.keys.paused, field)
-            pipe.multi()
+            work.begin()
             pipe.hset(self.keys.paused, field, record.model_dump_json())
             if until is None:
                 pipe.zrem(self.keys.paused_until, field)
             else:
                 pipe.zadd(self.keys.paused_until, {field: until})
             self._audit(
-                pipe,
+                work,
                 company_id,
                 actor,
                 "pause",
@@ -121,12 +122,12 @@ class Pauses:
                 record.model_dump(mode="json", exclude={"os_user"}),
             )
 
-        try:
-            self.store._transact(self._watched(company_id), write)
-        except PermissionDenied:
-            if company_id is not None:
-                record_denied(self.store, company_id, actor, "company.pause", {"reason": reason})
-            raise
+        denied = (
+            None
+            if company_id is None
+            else Denied(company_id, actor, "company.pause", {"reason": reason})
+        )
+        self.store.transact(self._watched(company_id), write, denied)
         return record
 
     def resume(self, company_id: str | None, actor: str) -> PauseRecord:
@@ -140,7 +141,7 @@ class Pauses:
             )
         except PermissionDenied:
             if company_id is not None:
-                record_denied(self.store, company_id, actor, "company.resume", {})
+                self.store.record_denied(Denied(company_id, actor, "company.resume"))
             raise
         if ended is None:
             raise InvalidInput(
@@ -157,32 +158,30 @@ class Pauses:
         due_by: float | None = None,
     ) -> PauseRecord | None:
         field = scope(company_id)
-        ended: list[PauseRecord] = []
 
-        def write(pipe: redis.client.Pipeline) -> None:
-            ended.clear()
+        def write(work: UnitOfWork) -> PauseRecord | None:
+            pipe = work.pipe
             check(pipe)
             raw = pipe.hget(self.keys.paused, field)
             if raw is None:
-                return
+                return None
             record = parse(PauseRecord, str(raw), "pause record")
             if due_by is not None and (record.until is None or record.until.timestamp() > due_by):
-                return  # re-paused meanwhile: not this pause's time yet
-            pipe.multi()
+                return None  # re-paused meanwhile: not this pause's time yet
+            work.begin()
             pipe.hdel(self.keys.paused, field)
             pipe.zrem(self.keys.paused_until, field)
             self._audit(
-                pipe,
+                work,
                 company_id,
                 actor,
                 "resume",
                 record.model_dump(mode="json", exclude={"os_user"}),
                 {"automatic": due_by is not None},
             )
-            ended.append(record)
+            return record
 
-        self.store._transact([*self._watched(company_id), *extra_watch], write)
-        return ended[0] if ended else None
+        return self.store.transact([*self._watched(company_id), *extra_watch], write)
 
     def expire(self, now: float, lease_key: str, token: str, limit: int = 100) -> list[str]:
         """End the pauses whose time has come, as the leader holding ``token`` (fenced)."""
@@ -230,7 +229,7 @@ class Pauses:
 
     def _audit(
         self,
-        pipe: redis.client.Pipeline,
+        work: UnitOfWork,
         company_id: str | None,
         actor: str,
         action: str,
@@ -246,9 +245,9 @@ class Pauses:
             new=new,
         )
         if company_id is None:
-            self.store._queue_operator(pipe, entry)
+            work.operator(entry)
         else:
-            self.store._queue_audit(pipe, entry)
+            work.audit(entry)
 
 
 class _Fenced(Exception):

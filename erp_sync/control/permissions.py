@@ -12,13 +12,12 @@ write to Redis is an operator anyway (README, "Permission model").
 
 from __future__ import annotations
 
-import redis
-
 from config.models import AuditEntry, PermissionLevel
 from erp_sync.control.access import level_from, require_level
 from erp_sync.control.inputs import user_id
-from erp_sync.control.store import AUDIT_CAP, SettingsStore
-from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
+from erp_sync.control.store import SettingsStore
+from erp_sync.control.unit import Denied, UnitOfWork
+from erp_sync.errors import InvalidInput, NotFound
 
 
 class Permissions:
@@ -52,10 +51,9 @@ class Permissions:
         user_id(user)
         self.store.get_company(company_id)
         users_key = self.keys.users(company_id)
-        previous: list[str | None] = []
 
-        def write(pipe: redis.client.Pipeline) -> None:
-            previous.clear()
+        def write(work: UnitOfWork) -> str | None:
+            pipe = work.pipe
             current = {str(u): str(v) for u, v in pipe.hgetall(users_key).items()}
             # A company with no admin at all (made before `company add --admin`, or without
             # it) gets its first one by an operator: that grant is also in the operator log.
@@ -83,7 +81,7 @@ class Permissions:
                     f"{user!r} is the last admin of {company_id!r}; grant admin "
                     "to someone else first"
                 )
-            pipe.multi()
+            work.begin()
             if level is None:
                 pipe.hdel(users_key, user)
             else:
@@ -96,41 +94,15 @@ class Permissions:
                 old={"user": user, "level": old},
                 new={"user": user, "level": level.value if level else None},
             )
-            self.store._queue_audit(pipe, entry)
+            work.audit(entry)
             if bootstrap:
-                self.store._queue_operator(
-                    pipe, entry.model_copy(update={"action": "user.grant_first_admin"})
-                )
-            previous.append(old)
+                work.operator(entry.model_copy(update={"action": "user.grant_first_admin"}))
+            return old
 
-        try:
-            self.store._transact([users_key], write)
-        except PermissionDenied:
-            record_denied(
-                self.store,
-                company_id,
-                actor,
-                action,
-                {"user": user, "level": level.value if level else None},
-            )
-            raise
-        return previous[-1] if previous else None
-
-
-def record_denied(
-    store: SettingsStore, company_id: str, actor: str, action: str, requested: dict[str, object]
-) -> None:
-    """One row in the company's security log (``audit --denied``) for a refused admin action;
-    ``actor`` has passed the user-id validator, so it cannot forge a row."""
-    entry = AuditEntry(
-        at=store.clock(),
-        actor=actor,
-        action=f"{action}.denied",
-        company=company_id,
-        os_user=store.os_user,
-        new=requested,
-    )
-    with store.client.pipeline() as pipe:
-        pipe.lpush(store.keys.denied(company_id), entry.model_dump_json())
-        pipe.ltrim(store.keys.denied(company_id), 0, AUDIT_CAP - 1)
-        pipe.execute()
+        return self.store.transact(
+            [users_key],
+            write,
+            Denied(
+                company_id, actor, action, {"user": user, "level": level.value if level else None}
+            ),
+        )

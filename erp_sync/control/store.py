@@ -9,11 +9,9 @@ capabilities) runs before anything is queued, so rejected input writes nothing.
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from pydantic import ValidationError
@@ -28,6 +26,7 @@ from config.models import (
     PaymentsFrequency,
     PermissionLevel,
     Project,
+    Removed,
     StoredSettings,
     SyncKind,
     SyncSettings,
@@ -39,9 +38,9 @@ from erp_sync.control.access import level_from, require_admin, require_level
 from erp_sync.control.inputs import name as valid_name
 from erp_sync.control.inputs import timezone as valid_timezone
 from erp_sync.control.inputs import user_id
+from erp_sync.control.unit import CHANGE_STREAM_CAP, Denied, UnitOfWork, transact
 from erp_sync.errors import (
     AlreadyExists,
-    ConcurrentUpdate,
     CorruptRecord,
     InvalidInput,
     NotFound,
@@ -49,15 +48,7 @@ from erp_sync.errors import (
     UnsupportedSetting,
 )
 
-# The hard cap of each audit list (a company's audit and refused changes, the operator log). The
-# audit list is written in the same transaction as the settings, so the recent log lives in
-# Redis; the hourly `erp_sync.archive_audit` task moves all but the newest ERP_SYNC_AUDIT_KEEP
-# (200) to the database (erp_sync/db/audit.py). The cap is the backstop while that task does not
-# run: entries beyond it are dropped. ERP_SYNC_AUDIT_KEEP is validated against this value.
-AUDIT_CAP = 2_000
-CHANGE_STREAM_CAP = 100_000  # the default of ERP_SYNC_CHANGE_STREAM_MAXLEN
-MAX_ATTEMPTS = 200
-
+T = TypeVar("T")
 Mutator = Callable[[SyncSettings], Mapping[str, Any]]
 
 
@@ -135,7 +126,8 @@ class SettingsStore:
         fold = casefold_key(company.id)
         self._backfill_folds()
 
-        def write(pipe: redis.client.Pipeline) -> None:
+        def write(work: UnitOfWork) -> None:
+            pipe = work.pipe
             if pipe.exists(self.keys.company(company.id)):
                 raise AlreadyExists(f"company {company.id!r} already exists")
             raw = pipe.hget(self.keys.company_folds, fold)
@@ -145,18 +137,19 @@ class SettingsStore:
                     f"company {other!r} already exists (ids differ only in "
                     "case; ids are compared without case)"
                 )
-            pipe.multi()
+            work.begin()
             pipe.set(self.keys.company(company.id), company.model_dump_json())
             pipe.sadd(self.keys.companies, company.id)
             pipe.hset(self.keys.company_folds, fold, company.id)
+            pipe.hdel(self.keys.removed, company.id)  # a re-added id starts afresh
             pipe.set(self.keys.settings(company.id), settings.model_dump_json())
             if admin is not None:
                 pipe.hset(self.keys.users(company.id), admin, PermissionLevel.ADMIN.value)
-            self._queue_audit(pipe, entry)
-            self._queue_operator(pipe, entry)
-            self._queue_change(pipe, company.id, 1)
+            work.audit(entry)
+            work.operator(entry)
+            work.change(company.id, 1)
 
-        self._transact([self.keys.company(company.id), self.keys.company_folds], write)
+        self.transact([self.keys.company(company.id), self.keys.company_folds], write)
         return company
 
     def _backfill_folds(self) -> None:
@@ -172,6 +165,21 @@ class SettingsStore:
         if raw is None:
             raise NotFound(f"unknown company {shorten(company_id)}")
         return parse(Company, str(raw), f"company {company_id!r}")
+
+    def removed(self, company_id: str) -> Removed | None:
+        """The removal record of a company that was removed (and not added again), or None."""
+        raw = self.client.hget(self.keys.removed, company_id)
+        return None if raw is None else parse(Removed, str(raw), f"removal of {company_id!r}")
+
+    def outlived(self, company_id: str) -> Removed | None:
+        """For reads of what outlives a company (history, audit, security log): None while the
+        company exists, its removal record once removed; ``NotFound`` for an id never known."""
+        if self.client.exists(self.keys.company(company_id)):
+            return None
+        gone = self.removed(company_id)
+        if gone is None:
+            self.get_company(company_id)  # raises NotFound with the usual message
+        return gone
 
     def list_companies(self) -> list[Company]:
         ids = self.company_ids()
@@ -228,12 +236,11 @@ class SettingsStore:
             raise InvalidInput(f"invalid level {level!r} (one of: {', '.join(PermissionLevel)})")
         user_id(user)
 
-        def write(pipe: redis.client.Pipeline) -> None:
-            old = pipe.hget(self.keys.users(company_id), user)
-            pipe.multi()
-            pipe.hset(self.keys.users(company_id), user, level)
-            self._queue_audit(
-                pipe,
+        def write(work: UnitOfWork) -> None:
+            old = work.pipe.hget(self.keys.users(company_id), user)
+            work.begin()
+            work.pipe.hset(self.keys.users(company_id), user, level)
+            work.audit(
                 AuditEntry(
                     at=self.clock(),
                     actor=actor,
@@ -244,7 +251,7 @@ class SettingsStore:
                 ),
             )
 
-        self._transact([self.keys.users(company_id)], write)
+        self.transact([self.keys.users(company_id)], write)
 
     def level_of(self, company_id: str, user: str) -> PermissionLevel:
         user_id(user)
@@ -278,9 +285,9 @@ class SettingsStore:
             self._record_denied(company_id, actor, change)
             raise
         mutate: Mutator = change if callable(change) else (lambda _s: change)
-        result: list[tuple[StoredSettings, bool]] = []
 
-        def write(pipe: redis.client.Pipeline) -> None:
+        def write(work: UnitOfWork) -> tuple[StoredSettings, bool]:
+            pipe = work.pipe
             raw = pipe.get(self.keys.settings(company_id))
             if raw is None:
                 raise CorruptRecord(f"company {company_id!r} has no stored settings")
@@ -292,9 +299,7 @@ class SettingsStore:
             diff = {k for k in new_d if new_d[k] != old_d[k]}
             check_supported(company.erp, diff, new)
             if not diff:
-                pipe.reset()
-                result.append((current, False))
-                return
+                return current, False
             stored = StoredSettings(
                 company=company_id,
                 version=current.version + 1,
@@ -302,10 +307,9 @@ class SettingsStore:
                 updated_at=self.clock(),
                 updated_by=actor,
             )
-            pipe.multi()
+            work.begin()
             pipe.set(self.keys.settings(company_id), stored.model_dump_json())
-            self._queue_audit(
-                pipe,
+            work.audit(
                 AuditEntry(
                     at=stored.updated_at,
                     actor=actor,
@@ -316,110 +320,76 @@ class SettingsStore:
                     new={k: new_d[k] for k in sorted(diff)},
                 ),
             )
-            self._queue_change(pipe, company_id, stored.version)
-            result.append((stored, True))
+            work.change(company_id, stored.version)
+            return stored, True
 
         try:
-            self._transact(
-                [self.keys.settings(company_id), self.keys.users(company_id)],
-                write,
-                reset=result.clear,
+            return self.transact(
+                [self.keys.settings(company_id), self.keys.users(company_id)], write
             )
         except PermissionDenied:  # demoted while this write was being prepared
             self._record_denied(company_id, actor, change)
             raise
-        return result[-1]
 
     def denied(self, company_id: str, limit: int = 100) -> list[AuditEntry]:
         """Refused settings changes, newest first (``new`` holds what was requested)."""
-        if not self.client.exists(self.keys.denied(company_id), self.keys.audit(company_id)):
-            self.get_company(company_id)
+        self.outlived(company_id)
         raws = self.client.lrange(self.keys.denied(company_id), 0, max(limit, 1) - 1)
         return [parse(AuditEntry, r, "denied entry") for r in raws]
 
     def _record_denied(
         self, company_id: str, actor: str, change: Mapping[str, Any] | Mutator
     ) -> None:
-        """Log a refused change on its own key: settings, version, audit and stream stay as is."""
-        requested = (
-            {}
-            if callable(change)
-            else {
-                str(k)[:64]: v if isinstance(v, bool | int | float | None) else str(v)[:200]
-                for k, v in list(change.items())[:20]
-            }
-        )
-        entry = AuditEntry(
-            at=self.clock(),
-            actor=user_id(actor),
-            action="settings.denied",
-            company=company_id,
-            new=requested,
-            os_user=self.os_user,
-        )
-        with self.client.pipeline() as pipe:
-            pipe.lpush(self.keys.denied(company_id), entry.model_dump_json())
-            pipe.ltrim(self.keys.denied(company_id), 0, AUDIT_CAP - 1)
-            pipe.execute()
+        """A refused settings change: settings, version, audit and stream stay as they are."""
+        requested = {} if callable(change) else dict(change)
+        self.record_denied(Denied(company_id, actor, "settings", requested))
 
     def audit(self, company_id: str, limit: int = 100) -> list[AuditEntry]:
         """The audit log's recent part (Redis), newest first; it outlives a removed company (so
         does ``denied``). Older entries are archived: ``erp_sync.db.audit.AuditArchive``."""
-        if not self.client.exists(self.keys.audit(company_id)):
-            self.get_company(company_id)
+        self.outlived(company_id)
         raws = self.client.lrange(self.keys.audit(company_id), 0, max(limit, 1) - 1)
         return [parse(AuditEntry, r, "audit entry") for r in raws]
 
-    # --- plumbing ---------------------------------------------------------------------------
-    def _queue_audit(self, pipe: redis.client.Pipeline, entry: AuditEntry) -> None:
-        if entry.os_user is None and self.os_user is not None:
-            entry = entry.model_copy(update={"os_user": self.os_user})
-        pipe.lpush(self.keys.audit(entry.company), entry.model_dump_json())
-        pipe.ltrim(self.keys.audit(entry.company), 0, AUDIT_CAP - 1)
+    # --- the unit of work -------------------------------------------------------------------
+    def transact(
+        self, watch: list[str], write: Callable[[UnitOfWork], T], denied: Denied | None = None
+    ) -> T:
+        """Run one admin action (``erp_sync.control.unit``): ``write`` reads under WATCH of
+        ``watch`` (none: it only writes), ``begin()``s, queues writes and logs; retried until it
+        commits without a conflicting writer. Returns what the committing attempt returned. A
+        permission refusal (also one met inside the transaction, when a demotion raced it) is
+        written to the security log as ``denied`` says, then raised."""
+        try:
+            return transact(self.client, watch, lambda pipe: write(self._unit(pipe)))
+        except PermissionDenied:
+            if denied is not None:
+                self.record_denied(denied)
+            raise
 
-    def _queue_operator(self, pipe: redis.client.Pipeline, entry: AuditEntry) -> None:
-        """The operator log: actions no company admin made (company add, fleet pause)."""
-        if entry.os_user is None and self.os_user is not None:
-            entry = entry.model_copy(update={"os_user": self.os_user})
-        pipe.lpush(self.keys.operator_log, entry.model_dump_json())
-        pipe.ltrim(self.keys.operator_log, 0, AUDIT_CAP - 1)
+    def _unit(self, pipe: redis.client.Pipeline) -> UnitOfWork:
+        return UnitOfWork(pipe, self.keys, self.os_user, self.change_stream_maxlen)
+
+    def record_denied(self, denied: Denied) -> None:
+        """One row in the company's security log for a refused action; the actor has passed the
+        user-id validator and ``requested`` is cut short, so a row cannot be forged or huge."""
+        requested = {
+            str(k)[:64]: v if isinstance(v, bool | int | float | None) else str(v)[:200]
+            for k, v in list(denied.requested.items())[:20]
+        }
+        entry = AuditEntry(
+            at=self.clock(),
+            actor=user_id(denied.actor),
+            action=f"{denied.action}.denied",
+            company=denied.company,
+            new=requested,
+        )
+        self.transact([], lambda work: work.denied(entry))
 
     def operator_log(self, limit: int = 100) -> list[AuditEntry]:
         """Operator actions, newest first (the recent part; older ones are archived)."""
         raws = self.client.lrange(self.keys.operator_log, 0, max(limit, 1) - 1)
         return [parse(AuditEntry, r, "operator log entry") for r in raws]
-
-    def _queue_change(self, pipe: redis.client.Pipeline, company_id: str, version: int) -> None:
-        pipe.xadd(
-            self.keys.changes,
-            {"company": company_id, "version": str(version)},
-            # Approximate trimming (whole stream nodes) is cheaper; a small cap is exact.
-            maxlen=self.change_stream_maxlen,
-            approximate=self.change_stream_maxlen >= 1000,
-        )
-
-    def _transact(
-        self,
-        watch: list[str],
-        write: Callable[[redis.client.Pipeline], None],
-        reset: Callable[[], None] | None = None,
-    ) -> None:
-        """Run ``write`` under WATCH until it commits without a conflicting writer."""
-        with self.client.pipeline() as pipe:
-            for attempt in range(MAX_ATTEMPTS):
-                try:
-                    pipe.watch(*watch)  # type: ignore[no-untyped-call]
-                    write(pipe)
-                    if pipe.explicit_transaction:
-                        pipe.execute()
-                    return
-                except redis.WatchError:
-                    if reset:
-                        reset()
-                    time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
-                finally:
-                    pipe.reset()
-        raise ConcurrentUpdate(f"gave up after {MAX_ATTEMPTS} conflicting writes on {watch[0]}")
 
 
 def merge(current: SyncSettings, change: Mapping[str, Any]) -> SyncSettings:

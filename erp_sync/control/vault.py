@@ -30,7 +30,7 @@ class Vault:
             raise ConfigError(
                 "ERP_SYNC_SECRET_KEY is not set: stored secrets (ERP credentials, "
                 "alert signing secrets) are encrypted "
-                "encrypted and need it (generate one: erp-sync connection new-key)"
+                "and need it (generate one: erp-sync connection new-key)"
             )
         try:
             self._fernet = MultiFernet([Fernet(k.strip().encode()) for k in keys])

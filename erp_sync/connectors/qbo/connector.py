@@ -293,7 +293,7 @@ class QboConnector(Connector):
 
     @property
     def _seen(self) -> str:
-        return self.keys.mirror_lock(self.company) + ":seen"
+        return self.keys.mirror_seen(self.company)
 
     def _query_pages(
         self,

@@ -1,0 +1,129 @@
+"""The unit of work every admin action is: one optimistic Redis transaction.
+
+An action reads what it depends on under WATCH (the company, its users hash, whatever it
+changes), checks permission and input against what it read, then ``begin()``s and queues its
+writes together with their audit entries and change messages, which commit with them or not at
+all. If another writer touched a watched key meanwhile, Redis refuses the commit and the action
+runs again from its reads, so two admins racing never lose an update and a demotion racing a
+write wins. A new admin action copies this pattern::
+
+    def write(work: UnitOfWork) -> Thing:
+        current = work.pipe.get(key)              # reads, under WATCH
+        require_admin(work.pipe, keys, company, actor)
+        work.begin()                               # from here on, queued writes
+        work.pipe.set(key, new)
+        work.audit(AuditEntry(...))
+        work.change(company, version)              # beat re-plans the company
+        return thing
+
+    thing = store.transact([key, keys.users(company)], write)
+
+``write`` may run several times; what it returns on the attempt that commits is the result.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import redis
+
+from config.keys import KeySpace
+from config.models import AuditEntry
+from erp_sync.errors import ConcurrentUpdate
+
+# The hard cap of each audit list (a company's audit and refused changes, the operator log). The
+# audit list is written in the same transaction as the settings, so the recent log lives in
+# Redis; the hourly `erp_sync.archive_audit` task moves all but the newest ERP_SYNC_AUDIT_KEEP
+# (200) to the database (erp_sync/db/audit.py). The cap is the backstop while that task does not
+# run: entries beyond it are dropped. ERP_SYNC_AUDIT_KEEP is validated against this value.
+AUDIT_CAP = 2_000
+CHANGE_STREAM_CAP = 100_000  # the default of ERP_SYNC_CHANGE_STREAM_MAXLEN
+MAX_ATTEMPTS = 200
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Denied:
+    """What to write in the security log (``audit --denied``) if an action is refused: the
+    action (``company.remove``: logged as ``company.remove.denied``) and what was requested."""
+
+    company: str
+    actor: str
+    action: str
+    requested: dict[str, object] = field(default_factory=dict)
+
+
+class UnitOfWork:
+    """One attempt of an admin action's transaction: its pipeline, and the log writes it queues."""
+
+    def __init__(
+        self, pipe: redis.client.Pipeline, keys: KeySpace, os_user: str | None, stream_maxlen: int
+    ) -> None:
+        self.pipe, self.keys = pipe, keys
+        self._os_user, self._maxlen = os_user, stream_maxlen
+
+    def begin(self) -> None:
+        """End the reads: every command after this is queued and commits together (MULTI)."""
+        if not self.pipe.explicit_transaction:
+            self.pipe.multi()
+
+    def _stamped(self, entry: AuditEntry) -> str:
+        if entry.os_user is None and self._os_user is not None:
+            entry = entry.model_copy(update={"os_user": self._os_user})
+        return entry.model_dump_json()
+
+    def _push(self, key: str, entry: AuditEntry) -> None:
+        self.begin()
+        self.pipe.lpush(key, self._stamped(entry))
+        self.pipe.ltrim(key, 0, AUDIT_CAP - 1)
+
+    def audit(self, entry: AuditEntry) -> None:
+        """The company's audit log: who changed what, when, old and new values."""
+        self._push(self.keys.audit(entry.company), entry)
+
+    def operator(self, entry: AuditEntry) -> None:
+        """The operator log: actions no company admin made (company add, fleet pause)."""
+        self._push(self.keys.operator_log, entry)
+
+    def denied(self, entry: AuditEntry) -> None:
+        """The company's security log: a refused change, with what was requested."""
+        self._push(self.keys.denied(entry.company), entry)
+
+    def change(self, company: str, version: int) -> None:
+        """A message on the change stream: beat re-plans ``company`` (``version`` 0: dropped)."""
+        self.begin()
+        self.pipe.xadd(
+            self.keys.changes,
+            {"company": company, "version": str(version)},
+            # Approximate trimming (whole stream nodes) is cheaper; a small cap is exact.
+            maxlen=self._maxlen,
+            approximate=self._maxlen >= 1000,
+        )
+
+
+def transact(
+    client: redis.Redis,
+    watch: list[str],
+    write: Callable[[redis.client.Pipeline], T],
+) -> T:
+    """Run ``write`` under WATCH of ``watch`` (none: a plain MULTI) until it commits without a
+    conflicting writer; its last return value is the result."""
+    with client.pipeline() as pipe:
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                if watch:
+                    pipe.watch(*watch)  # type: ignore[no-untyped-call]
+                result = write(pipe)
+                if pipe.explicit_transaction:
+                    pipe.execute()
+                return result
+            except redis.WatchError:
+                time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
+            finally:
+                pipe.reset()
+    raise ConcurrentUpdate(f"gave up after {MAX_ATTEMPTS} conflicting writes on {watch[0]}")

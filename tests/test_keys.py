@@ -1,0 +1,180 @@
+"""The key space's inventory: every per-company key has a fate on removal, no company id can name
+a fleet-wide key, and a removed company leaves nothing behind outside the kept list."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from datetime import UTC, datetime
+
+import pytest
+import redis
+
+from config.inventory import COMPANY_KEYS, TASK_KEYS, OnRemoval, company_methods
+from config.keys import RESERVED_IDS, KeySpace
+from config.members import deadline_member, due_member, limit_field
+from config.models import AuditEntry, Erp, SyncKind, is_identifier
+from erp_sync.control.connections import Connection, ConnectionStore, Secrets
+from erp_sync.control.lifecycle import Lifecycle
+from erp_sync.control.store import SettingsStore
+from erp_sync.control.vault import Vault, new_key
+from erp_sync.errors import InvalidInput
+from erp_sync.throttle.ratelimit import CompanyLimit, set_company_limit
+
+SAMPLES: dict[str, list[str | None]] = {
+    "kind": [k.value for k in SyncKind],
+    "project": [None, "p1"],
+    "collection": ["vendors", "jobs", "meta", "job_costs:p1"],
+    "task_id": ["sync:acme:vendors:-:1"],
+    "name": ["company"],
+}
+
+
+def _singletons(keys: KeySpace) -> dict[str, str]:
+    return {
+        name: getattr(keys, name)
+        for name, member in vars(KeySpace).items()
+        if isinstance(member, property)
+    }
+
+
+def test_every_per_company_key_of_the_key_space_has_a_fate_on_removal() -> None:
+    assert set(company_methods()) == set(COMPANY_KEYS)
+    taking = {
+        n for n, m in vars(KeySpace).items() if inspect.isfunction(m) and not n.startswith("__")
+    }
+    others = taking - set(company_methods()) - {"_k", "pattern", "company_of", "segments"}
+    assert others == set(TASK_KEYS) | {"queue"}, "a new key method needs a fate in the inventory"
+
+
+def test_no_valid_company_id_can_name_a_fleet_wide_key() -> None:
+    keys = KeySpace("p")
+    collisions: set[str] = set()
+    for name, params in company_methods().items():
+        rest = [SAMPLES[p] for p in params[1:]]
+        combos: list[list[str | None]] = [[]]
+        for values in rest:
+            combos = [[*c, v] for c in combos for v in values]
+        for combo in combos:
+            template = getattr(keys, name)("\x00", *combo)
+            pattern = re.compile(re.escape(template).replace("\x00", "([^:]+)"))
+            for singleton in _singletons(keys).values():
+                found = pattern.fullmatch(singleton.rstrip(":"))
+                if found and is_identifier(found.group(1)):
+                    collisions.add(found.group(1))
+    assert collisions, "the check found no singleton sharing a kind: it tests nothing"
+    assert collisions == RESERVED_IDS
+
+
+@pytest.mark.parametrize("company", sorted(RESERVED_IDS))
+def test_company_add_refuses_an_id_that_would_share_a_fleet_wide_key(
+    store: SettingsStore, company: str
+) -> None:
+    with pytest.raises(InvalidInput, match="reserved"):
+        store.add_company(company, "xero")
+    assert not store.client.exists(store.keys.company(company))
+
+
+def _everything_of(client: redis.Redis, keys: KeySpace, company: str) -> None:
+    """Write every key the key space can give a company, and its fields in fleet-wide keys."""
+    for name, params in company_methods().items():
+        if COMPANY_KEYS[name] is OnRemoval.CHANNEL:
+            continue
+        combos: list[list[str | None]] = [[]]
+        for p in params[1:]:
+            combos = [[*c, v] for c in combos for v in SAMPLES[p]]
+        for combo in combos:
+            key = getattr(keys, name)("\x01", *combo).replace("\x01", company)
+            if not client.exists(key):
+                client.set(key, "x")
+    client.set(keys.executed(f"sync:{company}:vendors:-:1"), "1", ex=60)
+    dues = {due_member(company, k): 1.0 for k in SyncKind}
+    client.zadd(keys.due, dues)
+    client.hset(keys.beat_slots, mapping=dict.fromkeys(dues, "1"))
+    client.hset(keys.beat_applied, company, "{}")
+    client.hset(keys.paused, company, "{}")
+    client.zadd(keys.paused_until, {company: 1.0})
+    client.zadd(keys.alert_deadlines, {deadline_member(company, "payments", "p1"): 1.0})
+
+
+def _left(client: redis.Redis, keys: KeySpace, company: str) -> set[str]:
+    """Keys with ``company`` as a segment, and fleet-wide fields or members naming it."""
+    found = {
+        str(k)
+        for k in client.scan_iter(f"{keys.prefix}:*", count=1000)
+        if company in str(k).split(":")[1:]
+    }
+    for key in (keys.due, keys.paused_until, keys.alert_deadlines):
+        found |= {f"{key} {m!s}" for m in client.zrange(key, 0, -1) if company in str(m).split(":")}
+    for key in (keys.beat_slots, keys.beat_applied, keys.paused, keys.rate_limit_overrides):
+        found |= {f"{key} {f!s}" for f in client.hkeys(key) if company in str(f).split(":")}
+    if client.sismember(keys.companies, company):
+        found.add(f"{keys.companies} {company}")
+    return found
+
+
+def _kept(keys: KeySpace, key: str, company: str) -> bool:
+    """Whether ``key`` is one the inventory keeps (or leaves to expire) for ``company``."""
+    fates = {**COMPANY_KEYS, **TASK_KEYS}
+    for name, fate in fates.items():
+        if fate is OnRemoval.DELETE:
+            continue
+        params = inspect.signature(getattr(KeySpace, name)).parameters
+        head = getattr(keys, name)(*(["\x01"] * (len(params) - 1))).split("\x01")[0]
+        if key.startswith(head) and (name != "executed" or f":{company}:" in key):
+            return True
+    return key == keys.removed
+
+
+@pytest.mark.integration
+def test_removing_a_company_leaves_no_key_of_it_outside_the_kept_list(real: redis.Redis) -> None:
+    keys = KeySpace(f"t{datetime.now(UTC).timestamp():.0f}")
+    store = SettingsStore(real, keys)
+    store.add_company("acme", "quickbooks_online", admin="al")
+    store.add_company("stone", "xero", admin="bo")  # a neighbour that must keep everything
+    for company in ("acme", "stone"):
+        store.add_project(company, "p1")
+        _everything_of(real, keys, company)
+        set_company_limit(real, keys, company, CompanyLimit(rate=1.0))
+    neighbour = _left(real, keys, "stone")
+
+    Lifecycle(store).remove_company("acme", "al")
+
+    left = _left(real, keys, "acme")
+    assert left, "the kept keys (audit, run records, sandbox data) are gone too"
+    assert sorted(k for k in left if not _kept(keys, k, "acme")) == []
+    assert real.hget(keys.rate_limit_overrides, limit_field("acme")) is None
+    assert _left(real, keys, "stone") == neighbour
+
+
+def test_a_company_added_again_under_the_same_id_inherits_no_credentials(
+    store: SettingsStore, env: pytest.MonkeyPatch
+) -> None:
+    vault = Vault([new_key()])
+    connections = ConnectionStore(store.client, store.keys, vault, store)
+    store.add_company("acme", "quickbooks_online", admin="old-admin")
+    now = datetime.now(UTC)
+    connections.save(
+        Connection(
+            company="acme",
+            erp=Erp.QUICKBOOKS_ONLINE,
+            realm_id="9130",
+            client_id="ABC",
+            base_url="http://127.0.0.1:1/v3",
+            token_url="http://127.0.0.1:1/token",
+            connected_by="old-admin",
+            connected_at=now,
+        ),
+        Secrets(client_secret="old-secret", refresh_token="old-refresh"),
+        AuditEntry(at=now, actor="old-admin", action="connection.connect", company="acme"),
+    )
+    store.client.set(store.keys.access_token("acme"), "sealed-token")
+    set_company_limit(store.client, store.keys, "acme", CompanyLimit(rate=0.5))
+
+    Lifecycle(store).remove_company("acme", "old-admin")
+    store.add_company("acme", "quickbooks_online", admin="new-admin")
+
+    assert connections.get("acme") is None
+    assert not store.client.exists(store.keys.access_token("acme"))
+    assert store.client.hget(store.keys.rate_limit_overrides, limit_field("acme")) is None
+    assert store.level_of("acme", "old-admin").value == "none"
