@@ -157,7 +157,7 @@ def test_a_removed_company_stops_at_once_and_the_sweep_does_not_bring_it_back(wo
 def test_a_plan_made_before_a_removal_cannot_reschedule_the_company(world: World) -> None:
     engine = world.engine()
     engine.step()
-    company, stored = world.store.get_company("acme"), world.store.get_settings("acme")
+    company, stored = world.store.get_company("acme"), world.store.sync_settings("acme")
     world.life.remove_company("acme", "al")
     # the plan a racing beat (or sweep slice) made from what it read just before the removal
     plan = plan_company("acme", company, stored, None, world.clock.t, H)

@@ -37,13 +37,13 @@ def acme(store: SettingsStore) -> SettingsStore:
 def test_a_settings_change_bumps_the_version_audits_and_sends_one_message(
     acme: SettingsStore, fake: redis.Redis, keys: KeySpace
 ) -> None:
-    before = acme.get_settings("acme")
+    before = acme.sync_settings("acme")
     stored, changed = acme.update_settings(
         "acme", "alice", {"payments_for_synced_invoices": "hourly"}
     )
     assert changed and stored.version == before.version + 1
     assert stored.settings.payments_for_synced_invoices is PaymentsFrequency.HOURLY
-    assert acme.get_settings("acme") == stored
+    assert acme.sync_settings("acme") == stored
     entry = acme.audit("acme")[0]
     assert (entry.actor, entry.action, entry.version) == ("alice", "settings.update", 2)
     assert entry.old == {"payments_for_synced_invoices": "daily"}
@@ -73,7 +73,7 @@ def test_a_mutator_sees_the_current_settings(acme: SettingsStore) -> None:
         acme.update_settings(
             "acme", "alice", lambda s: {"refresh_erp_job_list": not s.refresh_erp_job_list}
         )
-    stored = acme.get_settings("acme")
+    stored = acme.sync_settings("acme")
     assert stored.version == 4 and stored.settings.refresh_erp_job_list is False
 
 
@@ -181,7 +181,7 @@ def test_a_refused_change_is_logged_with_who_when_and_what_was_asked(
         "acme",
     )
     assert entries[0].new == {"payments_for_synced_invoices": "hourly"}
-    assert acme.get_settings("acme").version == 1
+    assert acme.sync_settings("acme").version == 1
     assert [e.action for e in acme.audit("acme")] == ["user.grant", "user.grant", "company.create"]
 
 
@@ -190,4 +190,4 @@ def test_corrupt_stored_settings_are_reported_not_crashed_on(
 ) -> None:
     fake.set(keys.settings("acme"), '{"version": "x"}')
     with pytest.raises(CorruptRecord, match="settings of 'acme' is corrupt"):
-        acme.get_settings("acme")
+        acme.sync_settings("acme")

@@ -58,7 +58,7 @@ def test_racing_admins_lose_no_update_and_audit_each_write_once(
     total = WRITERS * WRITES_EACH
     assert successes == total
 
-    final = store.get_settings("acme")
+    final = store.sync_settings("acme")
     assert final.version == 1 + total
     # An even number of flips ends where it started.
     assert final.settings.sync_project_job_costs is True

@@ -32,7 +32,7 @@ def schedule(ctx: Ctx, company_id: str, as_json: bool) -> None:
     """Each enabled sync of COMPANY with its next run (per project for project-level syncs)."""
     store = ctx.store
     company = store.get_company(company_id)
-    stored = store.get_settings(company_id)
+    stored = store.sync_settings(company_id)
     index = DueIndex(ctx.client, ctx.keys)
     applied: Applied | None = index.applied([company_id])[company_id]
     listed = store.list_projects(company_id)

@@ -75,7 +75,7 @@ def settings() -> None:
 def settings_show(ctx: Ctx, company_id: str, as_json: bool) -> None:
     """Show COMPANY's sync settings."""
     company = ctx.store.get_company(company_id)
-    stored = ctx.store.get_settings(company_id)
+    stored = ctx.store.sync_settings(company_id)
     if as_json:
         echo_json(settings_json(stored, company.erp.value))
     else:

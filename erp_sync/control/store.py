@@ -262,7 +262,8 @@ class SettingsStore:
         require_level(company_id, user, self.level_of(company_id, user), needed)
 
     # --- settings ---------------------------------------------------------------------------
-    def get_settings(self, company_id: str) -> StoredSettings:
+    def sync_settings(self, company_id: str) -> StoredSettings:
+        """A company's stored sync settings (the process environment is ``get_settings()``)."""
         raw = self.client.get(self.keys.settings(company_id))
         if raw is None:
             self.get_company(company_id)

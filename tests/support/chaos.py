@@ -514,7 +514,7 @@ def _change(store: SettingsStore, companies: list[str], n: int) -> list[tuple[st
     made = []
     for i in range(n):
         company = companies[i % len(companies)]
-        current = store.get_settings(company).settings.payments_for_synced_invoices
+        current = store.sync_settings(company).settings.payments_for_synced_invoices
         nxt = FREQUENCIES[(FREQUENCIES.index(current) + 1) % len(FREQUENCIES)]
         stored, _ = store.update_settings(company, "alice", {"payments_for_synced_invoices": nxt})
         made.append((company, stored.version))
@@ -530,7 +530,7 @@ def _schedule_matches(s: Stack, companies: list[str]) -> bool:
     """Beat's record of each company has the payments cadence of its current settings."""
     client, store = s.client, SettingsStore(s.client, s.keys)
     for company in companies:
-        stored = store.get_settings(company)
+        stored = store.sync_settings(company)
         raw = client.hget(s.keys.beat_applied, company)
         want = cadences(stored.settings, store.get_company(company).timezone, 3600.0)
         if raw is None or Applied.model_validate_json(raw).cadences != {

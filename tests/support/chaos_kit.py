@@ -248,7 +248,7 @@ def slots_due(
     store = SettingsStore(client, keys)
     due: set[str] = set()
     for company in companies:
-        record, stored = store.get_company(company), store.get_settings(company)
+        record, stored = store.get_company(company), store.sync_settings(company)
         projects = [p.id for p in store.list_projects(company)]
         for kind, cadence in cadences(stored.settings, record.timezone, seconds_per_hour).items():
             t = slot_after(cadence, company, kind, start)
