@@ -12,6 +12,8 @@ import redis
 
 from config.keys import KeySpace
 from erp_sync.infra import lua
+from erp_sync.runs.facts import RunFacts
+from erp_sync.runs.locks import RunLock, StartReply, StartState
 
 pytestmark = pytest.mark.integration
 
@@ -257,12 +259,13 @@ def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis, keys
         keys.running("acme"),
     )
     ks = [lock, runs, hist, running, keys.executed("t1")]
-    assert start(keys=ks, args=["t1|a", 60_000, '{"s": "running"}', 2, 2, "t1"]) == ["ok"]
-    assert start(keys=[*ks[:4], keys.executed("t2")], args=["t2|b", 60_000, "{}", 2, 2, "t2"]) == [
-        "held",
-        "t1",
+    assert start(keys=ks, args=["t1|a", 60_000, '{"s": "running"}', 2, 2, "t1", "t1|deferred"]) == [
+        "ok"
     ]
-    state, left = start(keys=ks, args=["t1|c", 60_000, "{}", 2, 2, "t1"])
+    assert start(
+        keys=[*ks[:4], keys.executed("t2")], args=["t2|b", 60_000, "{}", 2, 2, "t2", "t2|deferred"]
+    ) == ["held", "t1"]
+    state, left = start(keys=ks, args=["t1|c", 60_000, "{}", 2, 2, "t1", "t1|deferred"])
     assert state == "alive" and 59_000 < int(left) <= 60_000  # the same task id, still alive
     assert (
         finish(
@@ -273,7 +276,9 @@ def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis, keys
     )
     assert r.get(lock) is None and r.get(keys.executed("t1")) == "succeeded"
     assert r.zcard(running) == 0
-    assert start(keys=ks, args=["t1|d", 60_000, "{}", 2, 2, "t1"]) == ["done"]  # finished
+    assert start(keys=ks, args=["t1|d", 60_000, "{}", 2, 2, "t1", "t1|deferred"]) == [
+        "done"
+    ]  # finished
     assert r.hget(runs, "t1") == '{"s": "done"}' and r.lrange(hist, 0, -1) == ["t1"]
     assert save(keys=[runs, hist], args=["t2", "{}", 2]) == 1
     assert save(keys=[runs, hist], args=["t3", "{}", 2]) == 1
@@ -293,17 +298,28 @@ def test_run_scripts_lock_record_finish_and_cap_the_history(r: redis.Redis, keys
         keys.job_cost_optouts("acme"),
     ]
     fact_args = ["t2", "p1", "company:acme", "acme"]
-    got = facts(keys=fact_keys, args=fact_args)
-    assert got[:8] == [1, "{}", '{"erp": "xero"}', "", 1, "L", "C", ""]
-    assert abs(int(got[8]) - r.time()[0]) <= 1  # Redis's clock
-    assert got[10:] == ["", 0]  # not paused, not opted out
+
+    def read() -> RunFacts:
+        return RunFacts.parse(facts(keys=fact_keys, args=fact_args))
+
+    got = read()
+    assert (got.executed, got.previous, got.company, got.settings) == (
+        True,
+        "{}",
+        '{"erp": "xero"}',
+        None,
+    )
+    assert (got.project_exists, got.erp_override, got.company_override) == (True, "L", "C")
+    assert got.watermarks is None
+    assert abs(got.time_seconds - r.time()[0]) <= 1 and 0 <= got.time_micros < 1_000_000
+    assert (got.paused, got.opted_out) == (None, False)
     r.hset(keys.paused, "*", '{"by": "ops"}')  # the fleet's pause counts for every company
     r.sadd(keys.job_cost_optouts("acme"), "p1")
-    assert facts(keys=fact_keys, args=fact_args)[10:] == ['{"by": "ops"}', 1]
+    assert (read().paused, read().opted_out) == ('{"by": "ops"}', True)
     r.hset(keys.paused, "acme", '{"by": "al"}')  # the company's own comes first
-    assert facts(keys=fact_keys, args=fact_args)[10] == '{"by": "al"}'
+    assert read().paused == '{"by": "al"}'
     r.set(keys.company("acme"), "not json")
-    assert facts(keys=fact_keys, args=fact_args)[5] == ""
+    assert read().erp_override is None
 
 
 def test_the_company_concurrency_cap_heartbeat_release_and_a_killed_runs_lock(
@@ -319,17 +335,21 @@ def test_the_company_concurrency_cap_heartbeat_release_and_a_killed_runs_lock(
     def at(kind: str) -> list[str]:
         return [lock(kind), runs, hist, running, keys.executed(kind)]
 
-    assert start(keys=at("a"), args=["a|1", 60_000, "{}", 9, 2, "a"]) == ["ok"]
-    assert start(keys=at("b"), args=["b|1", 60_000, "{}", 9, 2, "b"]) == ["ok"]
-    assert start(keys=at("c"), args=["c|1", 60_000, "{}", 9, 2, "c"]) == ["busy", "2"]
+    def started(task: str) -> object:
+        args: list[str | int] = [f"{task}|1", 60_000, "{}", 9, 2, task, f"{task}|deferred"]
+        return start(keys=at(task), args=args)
+
+    assert started("a") == ["ok"]
+    assert started("b") == ["ok"]
+    assert started("c") == ["busy", "2"]
     assert r.get(lock("c")) is None
     assert beat(keys=[lock("a"), running], args=["a|1", 90_000, "a"]) == 1
     assert r.pttl(lock("a")) > 60_000
     assert beat(keys=[lock("a"), running], args=["a|stale", 90_000, "a"]) == 0
     assert release(keys=[lock("b"), running], args=["b|1", "b"]) == 1
-    assert start(keys=at("c"), args=["c|1", 60_000, "{}", 9, 2, "c"]) == ["ok"]
+    assert started("c") == ["ok"]
     r.zadd(running, {"c": 0})  # c's worker died: its heartbeat expiry passed
-    assert start(keys=at("d"), args=["d|1", 60_000, "{}", 9, 2, "d"]) == ["ok"]
+    assert started("d") == ["ok"]
     assert (
         finish(
             keys=[runs, hist, keys.executed("a"), lock("a"), keys.last_runs, running],
@@ -338,6 +358,70 @@ def test_the_company_concurrency_cap_heartbeat_release_and_a_killed_runs_lock(
         == 1
     )
     assert r.get(lock("a")) is None  # '*': whichever run of this task id held it
+
+
+def _start_args(lock: RunLock) -> list[str | int]:
+    """run_start.lua's arguments for ``lock``, as the runner passes them."""
+    parked = RunLock.parked(lock.task_id).format()
+    return [lock.format(), 60_000, "{}", 9, 9, lock.task_id, parked]
+
+
+@pytest.mark.parametrize(
+    "value", ["t1|a1b2", "sync:acme:vendors:-:1|x", "odd|task|tok", "t|deferred"]
+)
+def test_the_scripts_read_a_locks_task_id_as_run_lock_parse_does(
+    r: redis.Redis, keys: KeySpace, value: str
+) -> None:
+    start, finish = lua.load(r, "run_start"), lua.load(r, "run_finish")
+    lock, runs, hist, running = (
+        keys.run_lock("acme", "vendors", None),
+        keys.runs("acme"),
+        keys.history("acme"),
+        keys.running("acme"),
+    )
+    owner = RunLock.parse(value).task_id
+    r.set(lock, value, px=60_000)
+    other = RunLock.new("someone-else")
+    reply = start(keys=[lock, runs, hist, running, keys.executed("x")], args=_start_args(other))
+    assert StartReply.parse(reply) == StartReply(StartState.HELD, holder=owner)
+
+    def finish_any(task_id: str) -> None:
+        finish(
+            keys=[runs, hist, keys.executed(task_id), lock, keys.last_runs, running],
+            args=[task_id, "{}", 9, "failed", 60_000, "failed:vendors", "{}", "*"],
+        )
+
+    finish_any(f"{owner}x")  # another task id's finish leaves it alone
+    assert r.get(lock) == value
+    finish_any(owner)  # '*': whichever run of the task id RunLock.parse names
+    assert r.get(lock) is None
+
+
+def test_a_parked_lock_is_the_runner_built_value_and_only_its_own_task_takes_it_back(
+    r: redis.Redis, keys: KeySpace
+) -> None:
+    start, park = lua.load(r, "run_start"), lua.load(r, "run_park")
+    lock, running = keys.run_lock("acme", "vendors", None), keys.running("acme")
+    ks = [lock, keys.runs("acme"), keys.history("acme"), running]
+    first = RunLock.new("t1")
+    assert StartReply.parse(start(keys=[*ks, keys.executed("t1")], args=_start_args(first))) == (
+        StartReply(StartState.OK)
+    )
+    again = StartReply.parse(
+        start(keys=[*ks, keys.executed("t1")], args=_start_args(RunLock.new("t1")))
+    )
+    assert again.state is StartState.ALIVE and 59_000 < again.alive_ms <= 60_000
+    parked = RunLock.parked("t1").format()
+    assert park(keys=[lock, running], args=[first.format(), "t1", 90_000, parked]) == 1
+    assert r.get(lock) == parked and r.zcard(running) == 0
+    assert park(keys=[lock, running], args=[first.format(), "t1", 90_000, parked]) == 0
+    other = start(keys=[*ks, keys.executed("t2")], args=_start_args(RunLock.new("t2")))
+    assert StartReply.parse(other) == StartReply(StartState.HELD, holder="t1")
+    back = RunLock.new("t1")
+    assert StartReply.parse(start(keys=[*ks, keys.executed("t1")], args=_start_args(back))) == (
+        StartReply(StartState.OK)
+    )
+    assert r.get(lock) == back.format()
 
 
 def test_ratelimit_take_grants_the_burst_then_reserves_then_refuses(

@@ -13,7 +13,10 @@ from config.models import RunRecord, SyncKind, now
 from erp_sync.control.lifecycle import Lifecycle
 from erp_sync.control.pause import Pauses
 from erp_sync.control.store import SettingsStore
+from erp_sync.errors import WorkerError
 from erp_sync.runs.delivery import Delivery
+from erp_sync.runs.facts import RunFacts
+from erp_sync.runs.locks import ANY_RUN, RunLock, StartReply, StartState, finish_arg
 from erp_sync.runs.records import RunRecords
 from erp_sync.runs.runner import MAX_REDELIVERIES, RetryPolicy, Runner
 from tests.support.erp import small_company
@@ -359,3 +362,98 @@ def test_a_job_cost_slot_of_a_project_opted_out_meanwhile_is_skipped(
     assert costs.error == "project 'p1' is opted out of job-cost syncing"
     payments = runner.execute(delivery("sync:acme:payments:p1:1", SyncKind.PAYMENTS, "p1")).record
     assert payments is not None and payments.status == "succeeded"  # job costs only
+
+
+# --- the runner's readings of the Lua scripts' replies and of the lock value ----------------
+
+FACTS = [0, "", '{"erp": "xero"}', "", 1, "", "C", "", "1700000000", "250000", "", 0]
+
+
+def test_a_facts_reply_is_read_by_name() -> None:
+    facts = RunFacts.parse(FACTS)
+    assert (facts.executed, facts.previous, facts.company) == (False, None, '{"erp": "xero"}')
+    assert (facts.project_exists, facts.erp_override, facts.company_override) == (True, None, "C")
+    assert (facts.watermarks, facts.paused, facts.opted_out) == (None, None, False)
+    assert facts.redis_time == 1_700_000_000.25
+
+
+@pytest.mark.parametrize(
+    ("reply", "says"),
+    [
+        (FACTS[:-1], "not 12 values"),
+        ([*FACTS, 0], "not 12 values"),
+        ("OK", "not 12 values"),
+        ([2, *FACTS[1:]], "executed is 2"),
+        ([*FACTS[:2], 7, *FACTS[3:]], "company is 7"),
+        ([*FACTS[:8], "noon", *FACTS[9:]], "time_seconds"),
+    ],
+)
+def test_a_facts_reply_of_another_shape_is_refused(reply: object, says: str) -> None:
+    with pytest.raises(WorkerError, match=says):
+        RunFacts.parse(reply)
+
+
+@pytest.mark.parametrize(
+    ("reply", "parsed"),
+    [
+        (["ok"], StartReply(StartState.OK)),
+        (["done"], StartReply(StartState.DONE)),
+        (
+            ["held", "sync:acme:vendors:-:0"],
+            StartReply(StartState.HELD, holder="sync:acme:vendors:-:0"),
+        ),
+        (["alive", "4000"], StartReply(StartState.ALIVE, alive_ms=4000)),
+        (["busy", "2"], StartReply(StartState.BUSY, running=2)),
+    ],
+)
+def test_every_start_state_is_read_with_its_detail(reply: list[str], parsed: StartReply) -> None:
+    assert StartReply.parse(reply) == parsed
+
+
+@pytest.mark.parametrize(
+    ("reply", "says"),
+    [
+        (["maybe"], "unknown state"),
+        ([], "not a list"),
+        ("ok", "not a list"),
+        ([1], "not a list"),
+        (["ok", "extra"], "wrong details"),
+        (["held"], "wrong details"),
+        (["busy", 2], "wrong details"),
+        (["alive", "soon"], "not a number"),
+    ],
+)
+def test_a_start_reply_the_runner_does_not_know_is_refused(reply: object, says: str) -> None:
+    with pytest.raises(WorkerError, match=says):
+        StartReply.parse(reply)
+
+
+def test_an_unknown_start_state_runs_nothing(
+    runner: Runner, fake: redis.Redis, keys: KeySpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read as "not a refusal", a state added to the script but not to the runner used to run the
+    # sync without its lock.
+    monkeypatch.setattr(runner, "_start", lambda **_: ["queued"])
+    with pytest.raises(WorkerError, match="unknown state"):
+        runner.execute(delivery())
+    assert fake.llen(keys.erp_calls("acme")) == 0
+
+
+def test_a_run_lock_round_trips_and_a_task_id_may_hold_the_separator() -> None:
+    lock = RunLock.new("sync:acme:vendors:-:1")
+    assert RunLock.parse(lock.format()) == lock and lock.format().startswith(lock.task_id + "|")
+    assert RunLock.new(lock.task_id) != lock  # each delivery its own token
+    assert RunLock.parse("odd|task|tok") == RunLock("odd|task", "tok")
+    assert RunLock.parked("t1").format() == "t1|deferred"
+    assert [finish_arg(lock), finish_arg(ANY_RUN), finish_arg(None)] == [lock.format(), "*", ""]
+
+
+@pytest.mark.parametrize("value", ["no-separator", "|tok", "task|", ""])
+def test_a_lock_value_run_lock_never_made_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="not a run lock"):
+        RunLock.parse(value)
+
+
+def test_a_token_may_not_hold_the_separator() -> None:
+    with pytest.raises(ValueError, match="not a run lock"):
+        RunLock("t1", "a|b")

@@ -1,7 +1,7 @@
 """One delivery of a sync task as the runner sees it, and the checks made before it runs.
 
-Pure: the facts come in as a value read by ``Runner`` in one round trip, so the rules (why a
-delivery is skipped, which attempt it is) are plain functions.
+Pure: the facts come in as a value read in one round trip (``erp_sync.runs.facts``), so the
+rules (why a delivery is skipped, which attempt it is) are plain functions.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Facts:
-    """What a delivery's checks read, in one round trip (``run_facts.lua``)."""
+    """What a delivery's checks read, decoded (``facts.decode`` of ``run_facts.lua``'s reply)."""
 
     executed: bool
     previous: RunRecord | None

@@ -17,6 +17,8 @@ from types import TracebackType
 import redis
 from redis.commands.core import Script
 
+from erp_sync.runs.locks import RunLock
+
 log = logging.getLogger("erp_sync.worker")
 
 
@@ -28,20 +30,21 @@ class Heartbeat:
         script: Script,
         lock_key: str,
         running_key: str,
-        value: str,
-        task_id: str,
+        lock: RunLock,
         ttl_ms: int,
         max_run: float = float("inf"),
     ) -> None:
-        self.script, self.keys = script, [lock_key, running_key]
-        self.args: list[str | int] = [value, ttl_ms, task_id]
+        self.script, self.keys, self.task_id = script, [lock_key, running_key], lock.task_id
+        self.args: list[str | int] = [lock.format(), ttl_ms, lock.task_id]
         self.interval = ttl_ms / 3000
         # Renewal stops after ``max_run`` seconds (four visibility timeouts in a worker): a run
         # hung for good on a thread pool then lets its lock expire instead of blocking its sync
         # forever.
         self.until = time.monotonic() + max_run
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{task_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{lock.task_id}", daemon=True
+        )
         self.lost = False  # the lock is no longer surely ours: run_sync stops between pages
 
     def __enter__(self) -> Heartbeat:
@@ -64,18 +67,18 @@ class Heartbeat:
                 log.warning(
                     "run %s has run for over four visibility timeouts; its lock is left "
                     "to expire so later slots are not blocked",
-                    self.args[2],
+                    self.task_id,
                 )
                 return
             try:
                 renewed = self.script(keys=self.keys, args=self.args)
             except redis.RedisError as exc:  # Redis away for a moment: try again next beat
-                log.warning("heartbeat of %s failed: %s", self.args[2], exc)
+                log.warning("heartbeat of %s failed: %s", self.task_id, exc)
                 continue
             if not renewed and not self.lost:
                 self.lost = True
                 log.warning(
                     "run %s lost its lock (it expired while Redis or this worker was "
                     "stalled); a redelivery may run it again",
-                    self.args[2],
+                    self.task_id,
                 )

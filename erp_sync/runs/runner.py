@@ -30,7 +30,6 @@ import json
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,8 +37,7 @@ import redis
 from billiard.exceptions import SoftTimeLimitExceeded
 
 from config.keys import KeySpace
-from config.members import limit_field
-from config.models import Company, RunRecord, StoredSettings, parse
+from config.models import Company, RunRecord
 from erp_sync.connectors import Connector, connector_for
 from erp_sync.connectors.throttled import throttled
 from erp_sync.db import Database, RunLog, database
@@ -51,18 +49,24 @@ from erp_sync.errors import (
     RateLimited,
     SyncTimedOut,
     TransientConnectorError,
+    WorkerError,
 )
 from erp_sync.infra import lua
 from erp_sync.infra.clock import RedisClock
 from erp_sync.runs.delivery import Delivery, Facts, RunClock, attempt_of, skip_reason
+from erp_sync.runs.facts import FactsReader
 from erp_sync.runs.keepalive import Heartbeat
+from erp_sync.runs.locks import (
+    ANY_RUN,
+    FinishLock,
+    RunLock,
+    StartReply,
+    StartState,
+    finish_arg,
+)
 from erp_sync.runs.records import RunRecords
 from erp_sync.runs.syncs import run_sync
-from erp_sync.throttle.ratelimit import (
-    RateLimit,
-    TokenBucket,
-    effective_limit,
-)
+from erp_sync.throttle.ratelimit import RateLimit, TokenBucket
 
 MAX_REDELIVERIES = 3
 log = logging.getLogger("erp_sync.worker")
@@ -129,7 +133,7 @@ class Runner:
         self._release = lua.load(self.client, "run_release")
         self._park = lua.load(self.client, "run_park")
         self._heartbeat = lua.load(self.client, "run_heartbeat")
-        self._read_facts = lua.load(self.client, "run_facts")
+        self._facts = FactsReader(self.client, self.keys)
 
     def execute(self, d: Delivery) -> Outcome:
         """Run one delivery; a database that is down retries it like a transient ERP error."""
@@ -170,7 +174,7 @@ class Runner:
                         "failed", error=f"{exc} (gave up after {d.retries} retries)", at=at
                     ),
                     d,
-                    "*",
+                    ANY_RUN,
                 )
             )
         delay = min(self.policy.delay(d.retries, None, self.rng), self.max_retry_delay)
@@ -193,7 +197,7 @@ class Runner:
         return Outcome(previous, retry_in=delay)
 
     def _execute(self, d: Delivery) -> Outcome:
-        facts = self._read(d)
+        facts = self._facts.read(d)
         if facts.executed:
             return Outcome(facts.previous, duplicate=True)
         # Timestamps on Redis's clock (the fleet's one clock), extended by the monotonic clock.
@@ -208,13 +212,27 @@ class Runner:
             trigger=d.trigger,
             attempt=attempt_of(facts.previous),
         )
-        reason = skip_reason(d, facts)
-        if facts.company is None or reason:
-            # (a lock this task id parked when it deferred earlier is freed with it)
+        refused = self._refused(d, facts, record, clock)
+        if refused is not None:
+            return refused
+        assert facts.limit is not None  # the company exists (checked by _refused)
+        lock = RunLock.new(d.task_id)
+        started = self._take(d, record, lock, facts.limit.concurrency)
+        if started.state is not StartState.OK:
+            return self._not_started(d, record, started, facts.limit.concurrency, clock)
+        return self._run_locked(d, record, facts, lock, clock)
+
+    def _refused(
+        self, d: Delivery, facts: Facts, record: RunRecord, clock: RunClock
+    ) -> Outcome | None:
+        """Close a delivery that must not run, before it takes the lock: skipped with its reason,
+        or failed when its task id was interrupted too often (a poison message must not loop).
+        A lock this task id parked when it deferred earlier is freed with it."""
+        parked = RunLock.parked(d.task_id)
+        reason = skip_reason(d, facts)  # (always a reason when the company is gone)
+        if reason:
             return Outcome(
-                self._final(
-                    record.finish("skipped", error=reason, at=clock()), d, f"{d.task_id}|deferred"
-                )
+                self._final(record.finish("skipped", error=reason, at=clock()), d, parked)
             )
         lost = record.attempt - 1 - d.retries
         if lost > MAX_REDELIVERIES:
@@ -227,82 +245,91 @@ class Runner:
                         at=clock(),
                     ),
                     d,
-                    f"{d.task_id}|deferred",
+                    parked,
                 )
             )
-        lock = f"{d.task_id}|{uuid.uuid4().hex[:12]}"
-        ttl_ms = int(self.lock_ttl * 1000)
-        assert facts.limit is not None  # the company exists (checked above)
-        state, *detail = self._start(
-            keys=[
-                self._lock(d),
-                self.keys.runs(d.company),
-                self.keys.history(d.company),
-                self.keys.running(d.company),
-                self.keys.executed(d.task_id),
-            ],
-            args=[
-                lock,
-                ttl_ms,
-                record.model_dump_json(),
-                self.history.cap,
-                facts.limit.concurrency,
-                d.task_id,
-            ],
+        return None
+
+    def _take(self, d: Delivery, record: RunRecord, lock: RunLock, cap: int) -> StartReply:
+        """Take the run lock and a place under the company's ``cap``, recording the run as
+        running, in one script; once taken, the record goes to the database too, and whatever
+        fails there gives the lock back (nothing runs, so nothing renews it)."""
+        started = StartReply.parse(
+            self._start(
+                keys=[
+                    self._lock(d),
+                    self.keys.runs(d.company),
+                    self.keys.history(d.company),
+                    self.keys.running(d.company),
+                    self.keys.executed(d.task_id),
+                ],
+                args=[
+                    lock.format(),
+                    self._ttl_ms,
+                    record.model_dump_json(),
+                    self.history.cap,
+                    cap,
+                    d.task_id,
+                    RunLock.parked(d.task_id).format(),
+                ],
+            )
         )
-        if state == "done":  # its twin finished between our read and our start
-            return Outcome(self.history.get(d.company, d.task_id), duplicate=True)
-        if state == "ok":
+        if started.state is StartState.OK:
             try:
                 self.runs.save(record)
-            except BaseException:  # whatever failed, the lock just taken is given back
-                self._release(
-                    keys=[self._lock(d), self.keys.running(d.company)], args=[lock, d.task_id]
-                )
+            except BaseException:
+                self._give_back(d, lock)
                 raise
-        if state == "held":
-            return Outcome(
-                self._final(
-                    record.finish(
-                        "skipped",
-                        error=f"the previous run ({detail[0]}) is still running",
-                        at=clock(),
-                    ),
-                    d,
-                )
-            )
-        if state == "alive":
+        return started
+
+    def _not_started(
+        self, d: Delivery, record: RunRecord, started: StartReply, cap: int, clock: RunClock
+    ) -> Outcome:
+        """What a delivery that did not get its lock becomes, by why it did not."""
+        if started.state is StartState.DONE:  # its twin finished between our read and start
+            return Outcome(self.history.get(d.company, d.task_id), duplicate=True)
+        if started.state is StartState.HELD:
+            why = f"the previous run ({started.holder}) is still running"
+            return Outcome(self._final(record.finish("skipped", error=why, at=clock()), d))
+        if started.state is StartState.ALIVE:
             # Never given up on: failing it would mark the task id executed under the feet of
             # its live twin, which finishes the slot itself.
             return self._defer(
                 d,
                 record,
-                int(detail[0]) / 1000 + 0.1,
+                started.alive_ms / 1000 + 0.1,
                 "its earlier delivery, which is still running",
                 clock,
                 None,
                 may_give_up=False,
             )
-        if state == "busy":
+        if started.state is StartState.BUSY:
             return self._defer(
                 d,
                 record,
                 self._cap_wait(d),
-                f"the company's concurrency cap ({detail[0]} of {facts.limit.concurrency} running)",
+                f"the company's concurrency cap ({started.running} of {cap} running)",
                 clock,
                 None,
             )
+        raise WorkerError(f"run_start.lua's {started.state!r} is not a refusal")
+
+    def _run_locked(
+        self, d: Delivery, record: RunRecord, facts: Facts, lock: RunLock, clock: RunClock
+    ) -> Outcome:
+        """Run the sync under the lock just taken, its heartbeat keeping it alive; whatever
+        escapes gives the lock back at once instead of leaving it to expire."""
+        company, limit = facts.company, facts.limit
+        assert company is not None and limit is not None  # the company exists (checked)
         try:
             with Heartbeat(
                 self._heartbeat,
                 self._lock(d),
                 self.keys.running(d.company),
                 lock,
-                d.task_id,
-                ttl_ms,
+                self._ttl_ms,
                 self.max_run,
             ) as beat:
-                company, limit = facts.company, facts.limit
                 return self._run(
                     d,
                     record,
@@ -313,9 +340,7 @@ class Runner:
                     beat,
                 )
         except BaseException:
-            self._release(
-                keys=[self._lock(d), self.keys.running(d.company)], args=[lock, d.task_id]
-            )
+            self._give_back(d, lock)
             raise
 
     def killed(self, d: Delivery, reason: str) -> RunRecord | None:
@@ -330,10 +355,10 @@ class Runner:
         at = RunClock(RedisClock(self.client).refresh())()  # its other times are Redis time
         final = previous.finish("failed", error=reason, at=at)
         try:
-            return self._final(final, d, lock="*")
+            return self._final(final, d, lock=ANY_RUN)
         except DatabaseError as exc:  # no redelivery will come: close it in Redis at least
             log.error("killed run task_id=%s recorded in Redis only: %s", d.task_id, exc)
-            return self._finish_in_redis(final, d, lock="*")
+            return self._finish_in_redis(final, d, lock=ANY_RUN)
 
     def _run(
         self,
@@ -341,7 +366,7 @@ class Runner:
         record: RunRecord,
         connector: Callable[[], Connector],
         watermarks: str,
-        lock: str,
+        lock: RunLock,
         clock: RunClock,
         beat: Heartbeat,
     ) -> Outcome:
@@ -389,9 +414,7 @@ class Runner:
                 )
             )
             # The retry takes the lock again; a slot arriving meanwhile may run (not overlap).
-            self._release(
-                keys=[self._lock(d), self.keys.running(d.company)], args=[lock, d.task_id]
-            )
+            self._give_back(d, lock)
             return Outcome(record, retry_in=delay)
         except (PermanentConnectorError, SyncTimedOut) as exc:
             return Outcome(
@@ -427,7 +450,7 @@ class Runner:
         seconds: float,
         why: str,
         clock: RunClock,
-        lock: str | None,
+        lock: RunLock | None,
         ticket: float | None = None,
         may_give_up: bool = True,
     ) -> Outcome:
@@ -461,7 +484,12 @@ class Runner:
             # slot arriving meanwhile is skipped; only this task id takes the lock back.
             self._park(
                 keys=[self._lock(d), self.keys.running(d.company)],
-                args=[lock, d.task_id, int((delay + self.lock_ttl) * 1000)],
+                args=[
+                    lock.format(),
+                    d.task_id,
+                    int((delay + self.lock_ttl) * 1000),
+                    RunLock.parked(d.task_id).format(),
+                ],
             )
         log.info(
             "deferred company=%s project=%s sync=%s slot=%s task_id=%s wait=%.1fs for %s",
@@ -478,55 +506,6 @@ class Runner:
     def _cap_wait(self, d: Delivery) -> float:
         """How long a sync over its company's cap waits: short at first, then backing off."""
         return float(min(15.0, 0.5 * 2 ** min(d.deferrals, 5)))
-
-    def _read(self, d: Delivery) -> Facts:
-        """Everything the checks need, in one round trip."""
-        k = self.keys
-        (
-            executed,
-            previous,
-            company,
-            settings,
-            project,
-            erp_limit,
-            company_limit,
-            marks,
-            seconds,
-            micros,
-            paused,
-            opted_out,
-        ) = self._read_facts(
-            keys=[
-                k.executed(d.task_id),
-                k.runs(d.company),
-                k.company(d.company),
-                k.settings(d.company),
-                k.projects(d.company),
-                k.rate_limit_overrides,
-                k.cursor(d.company, d.kind.value, d.project),
-                k.paused,
-                k.job_cost_optouts(d.company),
-            ],
-            args=[d.task_id, d.project or "-", limit_field(d.company), d.company],
-        )
-        record = parse(Company, company, f"company {d.company!r}") if company else None
-        limit = (
-            effective_limit(record.erp, str(erp_limit) or None, str(company_limit) or None)
-            if record is not None
-            else None
-        )
-        return Facts(
-            executed=bool(executed),
-            previous=RunRecord.model_validate_json(previous) if previous else None,
-            company=record,
-            settings=parse(StoredSettings, settings, "settings") if settings else None,
-            project_exists=bool(project),
-            limit=limit,
-            watermarks=str(marks),
-            redis_time=int(seconds) + int(micros) / 1_000_000,
-            paused=str(paused) or None,
-            opted_out=bool(int(opted_out)),
-        )
 
     def _connector(self, company: Company, limit: RateLimit, ticket: float | None) -> Connector:
         inner = (
@@ -549,6 +528,17 @@ class Runner:
     def _lock(self, d: Delivery) -> str:
         return self.keys.run_lock(d.company, d.kind.value, d.project)
 
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.lock_ttl * 1000)
+
+    def _give_back(self, d: Delivery, lock: RunLock) -> None:
+        """Release ``lock`` and the place under the cap, if the lock is still this run's (a
+        retry or a failure takes it again from scratch; a deferral parks it instead)."""
+        self._release(
+            keys=[self._lock(d), self.keys.running(d.company)], args=[lock.format(), lock.task_id]
+        )
+
     def _note(self, record: RunRecord) -> None:
         """Save a run's intermediate state (deferred, a retry's note) in Redis and the history.
 
@@ -565,7 +555,7 @@ class Runner:
                 exc,
             )
 
-    def _final(self, record: RunRecord, d: Delivery, lock: str | None = None) -> RunRecord:
+    def _final(self, record: RunRecord, d: Delivery, lock: FinishLock = None) -> RunRecord:
         """Save a finished record in the history, then (atomically, in Redis) mark the task id
         executed and release our lock. The database comes first: if it is down, the task id is
         not marked and the retry records the run (its sync writes nothing twice)."""
@@ -573,7 +563,7 @@ class Runner:
         return self._finish_in_redis(record, d, lock)
 
     def _finish_in_redis(
-        self, record: RunRecord, d: Delivery, lock: str | None = None
+        self, record: RunRecord, d: Delivery, lock: FinishLock = None
     ) -> RunRecord:
         last = json.dumps(
             {
@@ -601,7 +591,7 @@ class Runner:
                 int(self.executed_ttl * 1000),
                 f"{record.status}:{record.kind}",
                 last,
-                lock or "",
+                finish_arg(lock),
             ],
         )
         # One line per finished run, key=value so it greps with beat's "dispatched" lines.

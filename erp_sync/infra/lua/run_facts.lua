@@ -12,11 +12,21 @@
 -- ARGV[2]  the project id ('-' for a company-level sync)
 -- ARGV[3]  the company's override field ("company:<id>")
 -- ARGV[4]  the company id
--- Returns {executed, previous record or '', company or '', settings or '', project exists,
---          ERP override or '', company override or '', watermarks or '', TIME seconds,
---          TIME microseconds, the company's (else the fleet's) pause record or '', whether the
---          project is opted out of job costs}. A company record that is not JSON reads no ERP override (the
---          caller reports the record as corrupt).
+-- Returns twelve values, in this order (erp_sync.runs.facts.RunFacts names each; '' is none):
+--   1 executed          1 when KEYS[1] exists, else 0
+--   2 previous          the run record of ARGV[1] in KEYS[2], or ''
+--   3 company           KEYS[3], or ''
+--   4 settings          KEYS[4], or ''
+--   5 project_exists    1 when ARGV[2] is a field of KEYS[5], else 0
+--   6 erp_override      the override of the company's ERP in KEYS[6], or ''
+--   7 company_override  the override ARGV[3] in KEYS[6], or ''
+--   8 watermarks        KEYS[7], or ''
+--   9 time_seconds      Redis's TIME, seconds
+--  10 time_micros       Redis's TIME, microseconds
+--  11 paused            the pause record of ARGV[4] in KEYS[8], else the fleet's ('*'), or ''
+--  12 opted_out         1 when ARGV[2] is a member of KEYS[9], else 0
+-- A company record that is not JSON reads no ERP override (the caller reports the record as
+-- corrupt).
 local t = redis.call('TIME')
 local company = redis.call('GET', KEYS[3])
 local erp_limit = ''

@@ -4,7 +4,8 @@
 -- KEYS[1]  the company's run records (HASH run id -> RunRecord JSON)
 -- KEYS[2]  the company's history (LIST of run ids, newest first)
 -- KEYS[3]  the task id's executed marker (STRING, with a TTL)
--- KEYS[4]  the run lock of (company, kind, project)
+-- KEYS[4]  the run lock of (company, kind, project) (STRING "<task id>|<run token>",
+--          erp_sync.runs.locks.RunLock)
 -- KEYS[5]  the fleet's last finished run per "<status>:<kind>" (HASH)
 -- KEYS[6]  the company's running syncs (ZSET task id -> heartbeat expiry, ms)
 -- ARGV[1]  the task id
@@ -15,7 +16,8 @@
 -- ARGV[6]  the "<status>:<kind>" field of KEYS[5]
 -- ARGV[7]  the last-run summary (JSON)
 -- ARGV[8]  the lock value the run set ('' when it never took the lock; '*' for whichever run
---          of this task id holds it: a run its worker killed, closed by the worker)
+--          of this task id holds it: a run its worker killed, closed by the worker; a held
+--          value's task id is its value up to the last '|', RunLock.parse)
 -- Returns 1.
 --#include _save_run
 save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])

@@ -1,5 +1,5 @@
 -- Keep a live run's lock and its place under the company's cap, if they are still its own.
--- KEYS[1]  the run lock (STRING "<task id>|<run token>")
+-- KEYS[1]  the run lock (STRING "<task id>|<run token>", erp_sync.runs.locks.RunLock)
 -- KEYS[2]  the company's running syncs (ZSET task id -> heartbeat expiry, ms)
 -- ARGV[1]  the lock value the run set
 -- ARGV[2]  the TTL in milliseconds

@@ -1,7 +1,7 @@
 -- Start a run: take the sync's run lock and a place under the company's concurrency cap, and
 -- record the run as running, in one step on Redis's clock.
--- KEYS[1]  the run lock of (company, kind, project) (STRING "<task id>|<run token>", short TTL
---          kept alive by the running worker's heartbeat)
+-- KEYS[1]  the run lock of (company, kind, project) (STRING "<task id>|<run token>",
+--          erp_sync.runs.locks.RunLock; short TTL kept alive by the running worker's heartbeat)
 -- KEYS[2]  the company's run records (HASH run id -> RunRecord JSON)
 -- KEYS[3]  the company's history (LIST of run ids, newest first)
 -- KEYS[4]  the company's running syncs (ZSET task id -> heartbeat expiry, ms)
@@ -12,18 +12,21 @@
 -- ARGV[4]  the history cap
 -- ARGV[5]  the company's concurrency cap
 -- ARGV[6]  the task id
--- Returns {'ok'}; {'done'} when the task id finished meanwhile (a duplicate: checked here, in
--- the same step that takes the lock, so a twin finishing just now is never run again);
--- {'held', holder task id} when another task runs this sync (or waits, deferred, holding it);
--- {'alive', ms} when this same task id still runs elsewhere (its heartbeat holds the lock for
--- ms more); {'busy', n} when n syncs of the company already run (the cap). A lock parked as
--- "<task id>|deferred" by this task id's own deferral is its own: taken over.
+-- ARGV[7]  the lock value this task id's own deferral parks ("<task id>|deferred")
+-- Returns (erp_sync.runs.locks.StartReply reads it) {'ok'}; {'done'} when the task id finished
+-- meanwhile (a duplicate: checked here, in the same step that takes the lock, so a twin
+-- finishing just now is never run again); {'held', holder task id} when another task runs this
+-- sync (or waits, deferred, holding it); {'alive', ms} when this same task id still runs
+-- elsewhere (its heartbeat holds the lock for ms more); {'busy', n} when n syncs of the company
+-- already run (the cap). A lock parked as ARGV[7] by this task id's own deferral is its own:
+-- taken over. A holder's task id is its value up to the last '|' (RunLock.parse), or the whole
+-- value when it has none.
 --#include _save_run
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('EXISTS', KEYS[5]) == 1 then return {'done'} end
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[6] .. '|deferred' then
+if holder and holder ~= ARGV[7] then
   local task = string.match(holder, '^(.*)|[^|]*$') or holder
   if task == ARGV[6] then return {'alive', tostring(redis.call('PTTL', KEYS[1]))} end
   return {'held', task}
