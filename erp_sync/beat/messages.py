@@ -6,10 +6,18 @@ one atomic step. A beat killed mid-burst leaves no slot half-done (neither lost 
 next leader), and a paused ex-leader cannot enqueue anything. It is also much faster: one round
 trip per batch instead of one per task (RedBeat tops out near 1,000 dispatches/s).
 
-The envelope is exactly what kombu's Redis transport stores (``Channel._put``): the JSON body
-base64-encoded, Celery protocol-2 headers and a unique delivery tag. Headers come from Celery's own
-``as_task_v2`` once per task name (so protocol details stay Celery's), then only the per-message
-fields are filled in.
+What this copies is private to kombu and Celery: the JSON that kombu's Redis transport stores in
+a queue's list (``Channel._put`` LPUSHes it, ``_brpop_read`` pops it; the envelope made by
+``virtual.Channel.prepare_message`` and ``_inplace_augment_message``: the body base64-encoded,
+a uuid4 delivery tag) around Celery's protocol-2 message. The headers come from Celery's own
+``amqp.as_task_v2`` once per task name, so protocol details stay Celery's, and only the fields
+that differ per message (id, root_id, kwargsrepr, body, delivery tag) are filled in.
+
+``tests/test_celery_seam.py`` holds this to what Celery 5.7 / kombu 5.7 write for the same task
+through the deployment's configuration (``app.send_task``, on a real redis-server): every field
+equal but a short allow-list (delivery tag, origin, reply_to, kombu's unused ``expiration``),
+then byte for byte, and a kombu consumer plus Celery's worker ``Request`` read beat's bytes as
+the task. docs/upgrading-celery.md says what to check before the ``< 5.8`` pins move.
 """
 
 from __future__ import annotations
@@ -29,6 +37,10 @@ from config.models import SyncKind
 from erp_sync.infra.slots import TASK_NAMES, queue_for, task_id, task_kwargs
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+# The ``ignore_result`` header: null, as ``send_task`` writes it, so the worker applies the
+# task's own setting (task_ignore_result). ``as_task_v2``'s default, False, would override it:
+# the worker would treat beat's tasks as keeping results while every other sender's do not.
+IGNORE_RESULT = None
 _ID, _KWARGSREPR, _BODY, _TAG = "\x00id\x00", "\x00kw\x00", "\x00body\x00", "\x00tag\x00"
 
 
@@ -88,7 +100,9 @@ class MessageFactory:
         self.app, self.keys, self.origin = app, keys, origin
         self._headers: dict[SyncKind, dict[str, Any]] = {}
         for kind, name in TASK_NAMES.items():
-            template = app.amqp.as_task_v2("template", name, args=(), kwargs={}, origin=origin)
+            template = app.amqp.as_task_v2(
+                "template", name, args=(), kwargs={}, origin=origin, ignore_result=IGNORE_RESULT
+            )
             self._headers[kind] = dict(template.headers)
         self._queue = {kind: keys.queue(queue_for(kind)) for kind in SyncKind}
         self._templates: dict[SyncKind, _Template] = {}
@@ -132,7 +146,13 @@ class MessageFactory:
     ) -> str:
         """Any task's message (the app's own ``beat_schedule`` entries): headers made afresh."""
         template = self.app.amqp.as_task_v2(
-            tid, name, args=tuple(args), kwargs=kwargs, origin=self.origin, expires=expires
+            tid,
+            name,
+            args=tuple(args),
+            kwargs=kwargs,
+            origin=self.origin,
+            expires=expires,
+            ignore_result=IGNORE_RESULT,
         )
         return envelope(dict(template.headers), list(args), kwargs, queue)
 
