@@ -46,6 +46,11 @@ def split_deadline(member: str) -> tuple[str, SyncKind, str | None]:
     return company, SyncKind(kind), None if project == NO_PROJECT else project
 
 
+def last_run_field(status: str, kind: str) -> str:
+    """The field of the fleet's latest finished runs (``runs:last``): ``status:kind``."""
+    return f"{status}{SEP}{kind}"
+
+
 def limit_field(company: str) -> str:
     """The rate-limit overrides' field of a company's own limit (ERP keys never contain ':')."""
     return f"company{SEP}{company}"

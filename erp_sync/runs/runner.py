@@ -37,6 +37,7 @@ import redis
 from billiard.exceptions import SoftTimeLimitExceeded
 
 from config.keys import KeySpace
+from config.members import last_run_field
 from config.models import Company, RunRecord
 from erp_sync.connectors import Connector, connector_for
 from erp_sync.connectors.throttled import throttled
@@ -589,7 +590,7 @@ class Runner:
                 self.history.cap,
                 record.status,
                 int(self.executed_ttl * 1000),
-                f"{record.status}:{record.kind}",
+                last_run_field(record.status, record.kind),
                 last,
                 finish_arg(lock),
             ],

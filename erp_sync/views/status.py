@@ -14,6 +14,7 @@ import redis
 from pydantic import BaseModel, ConfigDict
 
 from config.keys import KeySpace
+from config.members import last_run_field
 from config.models import SyncKind
 from erp_sync.beat.lease import holder_node
 from erp_sync.control.pause import PauseRecord
@@ -95,7 +96,8 @@ def fleet_status(client: redis.Redis, keys: KeySpace) -> FleetStatus:
         )
     last_runs = {
         kind.value: {
-            status: _last(last.get(f"{status}:{kind.value}")) for status in ("succeeded", "failed")
+            status: _last(last.get(last_run_field(status, kind.value)))
+            for status in ("succeeded", "failed")
         }
         for kind in SyncKind
     }

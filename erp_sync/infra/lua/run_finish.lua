@@ -20,11 +20,12 @@
 --          value's task id is its value up to the last '|', RunLock.parse)
 -- Returns 1.
 --#include _save_run
+--#include _run_lock
 save(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
 local held = redis.call('GET', KEYS[4])
 if held and (held == ARGV[8] or
-             (ARGV[8] == '*' and string.match(held, '^(.*)|[^|]*$') == ARGV[1])) then
+             (ARGV[8] == '*' and lock_task(held) == ARGV[1])) then
   redis.call('DEL', KEYS[4])
 end
 redis.call('ZREM', KEYS[6], ARGV[1])

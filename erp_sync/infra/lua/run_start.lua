@@ -22,12 +22,13 @@
 -- taken over. A holder's task id is its value up to the last '|' (RunLock.parse), or the whole
 -- value when it has none.
 --#include _save_run
+--#include _run_lock
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('EXISTS', KEYS[5]) == 1 then return {'done'} end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[7] then
-  local task = string.match(holder, '^(.*)|[^|]*$') or holder
+  local task = lock_task(holder) or holder
   if task == ARGV[6] then return {'alive', tostring(redis.call('PTTL', KEYS[1]))} end
   return {'held', task}
 end
