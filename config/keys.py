@@ -1,7 +1,9 @@
 """The one place that spells Redis key and channel names.
 
 Every name is ``<prefix>:<kind>[:<id>...]`` built from the configurable prefix, so two deployments
-(or two tests) share one Redis safely. No other module writes a key string by hand.
+(or two tests) share one Redis safely. No other module writes a key string by hand. Beside it:
+``config.members`` spells the member and field strings of the fleet-wide keys that name a
+company, and ``config.inventory`` says what removing a company does to each per-company key.
 
 Redis Cluster is not a target today: the settings write touches a company's keys *and* the global
 change stream in one transaction. A Cluster port would put ``{company}`` hash tags on the
