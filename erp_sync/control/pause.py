@@ -58,7 +58,7 @@ def parse_until(value: str, now: float) -> float:
         except ValueError:
             raise InvalidInput(
                 f"--until {text[:40]!r} is neither a duration (30m, 2h, 1d) nor "
-                "an ISO time (2030-01-31T06:00:00+00:00)"
+                "an ISO time (YYYY-MM-DDTHH:MM, UTC unless an offset follows)"
             ) from None
         until = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     if not now < until <= now + MAX_PAUSE:
