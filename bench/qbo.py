@@ -11,7 +11,7 @@ migrated with ``Database(url).upgrade()``; tasks are sent with the app (``tests.
 The ERP is the fake QuickBooks Online (``tests.support.fake_qbo``), a real HTTP process with
 ``latency_ms`` added to every API request, enforcing Intuit's 500 requests a minute and 10 in
 flight per realm (answering 429 beyond them); the connector keeps its defaults (a bucket of 8/s,
-burst 10, 10 requests in flight, 2 syncs of the company at once).
+burst 10, 10 requests in flight, 8 syncs of the company at once: ``DEFAULT_LIMITS``).
 
 1. First sync of one company: 10k vendors, 1k projects and 100k job-cost lines (``SHAPE``), its
    vendors and jobs syncs and a job-costs and a payments sync of every project, all sent at
