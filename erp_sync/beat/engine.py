@@ -322,9 +322,6 @@ class BeatEngine:
     def _heartbeat(self, role: str) -> None:
         self.heartbeats.beat(role)
 
-    def prune_nodes(self, now: float) -> list[str]:
-        return self.heartbeats.prune(now)
-
     def close(self) -> None:
         """Step down cleanly so a standby takes over at once instead of after the TTL."""
         self.watcher.stop()
