@@ -80,11 +80,6 @@ class Pauses:
         raw = self.client.hget(self.keys.paused, scope(company_id))
         return None if raw is None else parse(PauseRecord, str(raw), "pause record")
 
-    def all(self) -> dict[str, PauseRecord]:
-        """Every pause in force (``*`` is the fleet); as many as are paused, not the fleet."""
-        raw = self.client.hgetall(self.keys.paused)
-        return {str(k): parse(PauseRecord, str(v), "pause record") for k, v in raw.items()}
-
     def pause(
         self, company_id: str | None, actor: str, *, reason: str | None, until: float | None
     ) -> PauseRecord:
