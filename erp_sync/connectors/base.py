@@ -36,7 +36,6 @@ class Page:
     watermark: str | None = None
     # ERP ids deleted since the watermark (a full listing, ``since=None``, may still name some).
     deleted: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Fetch = Callable[[str | None], Page]
