@@ -7,7 +7,7 @@ them on the deployment's event exchange, up to 500 in one message (Celery's buff
 written as JSON text from a template instead of dicts handed to the serialiser.
 Events are best effort, like Celery's: if the broker is unreachable the batch is dropped (logged
 once per outage), and if the thread falls more than ``MAX_PENDING`` entries behind, new ones are
-dropped and counted.
+dropped.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ class SentEvents:
     def __init__(self, app: Celery) -> None:
         self.app = app
         self.enabled = bool(app.conf.task_send_sent_event)
-        self.dropped = 0
         self._pending: queue.Queue[Entry] = queue.Queue(MAX_PENDING)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,10 +53,8 @@ class SentEvents:
             self._thread = threading.Thread(target=self._run, name="sent-events", daemon=True)
             self._thread.start()
         for entry in entries:
-            try:
+            with contextlib.suppress(queue.Full):  # MAX_PENDING behind: this one is dropped
                 self._pending.put_nowait(entry)
-            except queue.Full:
-                self.dropped += 1
 
     def close(self) -> None:
         self._stop.set()
