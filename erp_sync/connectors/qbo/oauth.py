@@ -59,7 +59,6 @@ class TokenManager:
         self.client, self.keys, self.store, self.company = client, keys, store, company
         self.sleep = sleep
         self._release = lua.load(client, "compare_and_delete")
-        self.refreshes = 0  # done by this manager (tests count them)
 
     def token(self, refused: str | None = None) -> str:
         """A valid access token; ``refused``: the one the API just refused (never returned)."""
@@ -136,7 +135,6 @@ class TokenManager:
                 f"{response.status_code}: "
                 f"{fault_message(body) or body.get('error', 'no token')}"
             )
-        self.refreshes += 1
         access, ttl = str(body["access_token"]), float(body.get("expires_in", 3600))
         new_refresh = str(body.get("refresh_token") or secrets.refresh_token)
         try:
