@@ -26,7 +26,6 @@ from erp_sync.throttle.inflight import RequestSlots
 
 DEFAULT_REQUESTS = 10  # in flight per realm (Intuit's limit), until the runner says otherwise
 PRODUCTION_API = "https://quickbooks.api.intuit.com"
-SANDBOX_API = "https://sandbox-quickbooks.api.intuit.com"
 TOKEN_URL = "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer"
 
 
@@ -46,4 +45,4 @@ def connector(client: redis.Redis, keys: KeySpace, company: Company) -> Connecto
     return QboConnector(client, keys, database(), company.id, api)
 
 
-__all__ = ["PRODUCTION_API", "SANDBOX_API", "TOKEN_URL", "QboConnector", "connector"]
+__all__ = ["PRODUCTION_API", "TOKEN_URL", "QboConnector", "connector"]
