@@ -28,15 +28,6 @@ def source(name: str) -> str:
     return _INCLUDE.sub(lambda m: source(m.group(1)), text)
 
 
-def names() -> list[str]:
-    """Every script's name (without ``.lua``; included functions, ``_NAME.lua``, left out)."""
-    return sorted(
-        p.name.removesuffix(".lua")
-        for p in resources.files(__package__).iterdir()
-        if p.name.endswith(".lua") and not p.name.startswith("_")
-    )
-
-
 def load(client: redis.Redis, name: str) -> Script:
     """``NAME.lua`` registered on ``client``: call it as ``script(keys=[...], args=[...])``."""
     return client.register_script(source(name))
