@@ -235,11 +235,11 @@ def messages(client: redis.Redis, keys: KeySpace, count: int) -> dict[str, dict[
             client.lpush(
                 queue,
                 *(
-                    factory.build(cid(start + i), kind, project, SLOT)
+                    factory.build_many(cid(start + i), kind, (project,), SLOT)[0]
                     for i in range(min(1000, count - start))
                 ),
             )
-        sample = factory.build(cid(0), kind, project, SLOT)
+        sample = factory.build_many(cid(0), kind, (project,), SLOT)[0]
         out[kind.value] = {
             "json_bytes": len(sample.encode()),
             "used_memory_per_message": (used(client) - before) / count,

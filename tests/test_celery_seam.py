@@ -182,7 +182,7 @@ def test_beats_slot_message_is_what_celery_writes_for_the_same_task(
     seam.publisher.send(name, kwargs, tid, queue)
     assert seam.factory.queue_key(kind) == seam.keys.queue(queue)  # the list kombu just filled
     theirs = seam.stored(queue)
-    ours = seam.factory.build(COMPANY, kind, project, T0)
+    ours = seam.factory.build_many(COMPANY, kind, (project,), T0)[0]
     assert_same_message(theirs, ours)
     beats_allowed_fields_are_sane(ours)
     headers = json.loads(ours)["headers"]
@@ -256,7 +256,7 @@ def test_stock_apply_async_differs_only_in_options_the_worker_resolves_the_same(
     task = seam.worker.tasks[name]
     task.apply_async(kwargs=task_kwargs(COMPANY, kind, project, T0), task_id=tid, queue=queue)
     theirs = seam.stored(queue)
-    ours = seam.factory.build(COMPANY, kind, project, T0)
+    ours = seam.factory.build_many(COMPANY, kind, (project,), T0)[0]
     beyond = set(differences(theirs, ours)) - set(ALLOWED)
     assert beyond == TASK_OPTION_HEADERS
     stock, beat = as_received(seam.worker, theirs, name), as_received(seam.worker, ours, name)
@@ -275,7 +275,7 @@ def test_a_worker_consumes_beats_bytes_as_the_task_with_its_id_and_kwargs(
     seam: Seam, kind: SyncKind
 ) -> None:
     name, queue, project = TASK_NAMES[kind], queue_for(kind), target(kind)
-    raw = seam.factory.build(COMPANY, kind, project, T0)
+    raw = seam.factory.build_many(COMPANY, kind, (project,), T0)[0]
     seam.client.lpush(seam.factory.queue_key(kind), raw)  # what due_dispatch.lua does
     app = seam.worker
     received: list[Any] = []

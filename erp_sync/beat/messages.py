@@ -110,10 +110,6 @@ class MessageFactory:
     def queue_key(self, kind: SyncKind) -> str:
         return self._queue[kind]
 
-    def build(self, company: str, kind: SyncKind, project: str | None, slot_ts: float) -> str:
-        """One slot's message (``build_many`` for a whole fan-out)."""
-        return self.build_many(company, kind, (project,), slot_ts)[0]
-
     def build_many(
         self, company: str, kind: SyncKind, projects: Sequence[str | None], slot_ts: float
     ) -> list[str]:
