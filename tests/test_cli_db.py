@@ -27,6 +27,7 @@ from erp_sync.db import Database, RecordStore, RunLog, database
 from erp_sync.db.engine import head_revision
 from erp_sync.db.schema import COLLECTIONS
 from tests.support.cli import Invoke, invoker
+from tests.support.db import deleted_ids
 from tests.support.erp import small_company
 from tests.support.snapshot import snapshot
 
@@ -258,7 +259,7 @@ def test_reconcile_reports_drift_fix_repairs_it_and_a_rerun_is_clean(
     }
     assert drifted(run) == {}
     store = RecordStore(db, "acme")
-    assert store.deleted_ids("vendors") == {"V00003"}  # marked, kept
+    assert deleted_ids(store, "vendors") == {"V00003"}  # marked, kept
     assert store.all("vendors")["V00004"] == changed
     assert store.all("vendors") == data.all("acme", "vendors")
 
@@ -379,5 +380,5 @@ def test_db_import_redis_leaves_records_a_sync_already_wrote_alone(
     put(fake, keys.procore("acme", "vendors"), [vendor(1, "Oldtown"), vendor(2), vendor(3)])
     assert run("db", "import-redis")[0] == 0
     assert store.all("vendors", include_deleted=True)["V00001"]["city"] == "Newtown"
-    assert store.deleted_ids("vendors") == {"V00002"}
+    assert deleted_ids(store, "vendors") == {"V00002"}
     assert set(store.all("vendors")) == {"V00001", "V00003"}

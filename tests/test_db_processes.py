@@ -30,6 +30,7 @@ from erp_sync.db.schema import COLLECTIONS
 from erp_sync.runs.records import RunRecords
 from erp_sync.runs.syncs import reconcile
 from tests.support import procs
+from tests.support.db import deleted_ids
 from tests.support.erp import Sender, small_company
 from tests.support.pgproc import PostgresServer
 from tests.support.redisproc import RedisServer
@@ -236,7 +237,7 @@ def test_an_erp_deletion_reaches_the_database_as_a_marked_row(
     record = finished(real, keys, "acme", sender.send(SyncKind.VENDORS, "acme", "v2"))
     assert (record.status, record.counts) == ("succeeded", {**NOTHING, "deleted": 1})
     store = RecordStore(pg, "acme")
-    assert store.deleted_ids("vendors") == {"V00007"}
+    assert deleted_ids(store, "vendors") == {"V00007"}
     assert "V00007" not in store.all("vendors") and len(store.all("vendors")) == 29
     assert len(store.all("vendors", include_deleted=True)) == 30  # kept, only marked
     assert versions(pg)["vendors"][("acme", "V00007")] == 2

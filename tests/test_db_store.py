@@ -25,6 +25,7 @@ from erp_sync.db import Counts, Database, RecordStore, RunLog, mask
 from erp_sync.db.engine import alembic_config, head_revision
 from erp_sync.db.schema import COLLECTIONS
 from erp_sync.errors import DatabaseUnavailable, SchemaBehind
+from tests.support.db import deleted_ids
 from tests.support.pgproc import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -143,12 +144,12 @@ def test_an_erp_deletion_marks_the_row_and_a_recreated_record_undeletes_it(
     s = store(any_db)
     assert set(s.all("vendors")) == {"V00002"}
     assert set(s.all("vendors", include_deleted=True)) == {"V00001", "V00002"}
-    assert s.deleted_ids("vendors") == {"V00001"}
+    assert deleted_ids(s, "vendors") == {"V00001"}
     kept = rows(any_db, "vendors")[("acme", None, "V00001")]
     assert kept[0] == 2 and kept[2] is True  # kept, marked, and counted as a change
     # The ERP brings it back, unchanged: the mark goes and it counts as an update.
     assert store(any_db).write_page("vendors", None, [vendor(1)], now=T2) == Counts(updated=1)
-    assert store(any_db).deleted_ids("vendors") == set()
+    assert deleted_ids(store(any_db), "vendors") == set()
     assert store(any_db).all("vendors")["V00001"] == vendor(1)
     assert rows(any_db, "vendors")[("acme", None, "V00001")][0] == 3
 
@@ -165,7 +166,7 @@ def test_project_level_collections_and_companies_are_kept_apart(any_db: Database
     assert set(store(any_db).all("job_costs", "p1")) == {"JC000002"}
     assert store(any_db).all("job_costs", "p2")["JC000001"]["amount_cents"] == 200
     assert store(any_db, "other").all("job_costs", "p1")["JC000001"]["amount_cents"] == 300
-    assert store(any_db, "other").deleted_ids("job_costs", "p1") == set()
+    assert deleted_ids(store(any_db, "other"), "job_costs", "p1") == set()
     with pytest.raises(ValueError, match="needs a project"):
         store(any_db).all("job_costs")
 

@@ -48,6 +48,7 @@ from erp_sync.throttle.ratelimit import (
     set_company_limit,
     set_limit,
 )
+from tests.support.db import deleted_ids
 from tests.support.fake_qbo.client import FakeQbo, Seed
 from tests.support.qbo import QboRealm, connect, leaked, new_realm, qbo_company, sync, tokens
 from tests.support.redisproc import RedisServer
@@ -165,7 +166,7 @@ def test_a_vendor_deleted_in_quickbooks_is_marked_deleted_on_the_procore_side(
     counts = sync(keyed, keys, db, SyncKind.VENDORS)
     assert (counts.created, counts.updated, counts.deleted) == (0, 0, 1)
     store = RecordStore(db, "acme")
-    assert store.deleted_ids("vendors") == {"5"}
+    assert deleted_ids(store, "vendors") == {"5"}
     assert "5" not in store.all("vendors") and len(store.all("vendors")) == 19
     again = sync(keyed, keys, db, SyncKind.VENDORS)  # the deletion is not applied twice
     assert again.written == 0
@@ -256,7 +257,7 @@ def test_a_bill_deleted_in_quickbooks_marks_its_job_cost_lines_deleted_for_its_p
     counts = sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
     assert (counts.created, counts.updated, counts.deleted) == (0, 0, 2)
     store = RecordStore(db, "acme")
-    assert store.deleted_ids("job_costs", project) == {f"Bill-{bill}-1", f"Bill-{bill}-2"}
+    assert deleted_ids(store, "job_costs", project) == {f"Bill-{bill}-1", f"Bill-{bill}-2"}
     assert len(store.all("job_costs", project)) == 4
 
 
@@ -283,7 +284,7 @@ def test_after_a_pause_past_the_cdc_window_the_mirror_is_re_read_and_a_deleted_b
     counts = sync(keyed, keys, db, SyncKind.JOB_COSTS, project)
     assert (counts.created, counts.updated, counts.deleted) == (0, 0, 2)
     assert realm.stats()["cdc"] == 0  # a full re-read by query, then the sweep
-    assert RecordStore(db, "acme").deleted_ids("job_costs", project) == {
+    assert deleted_ids(RecordStore(db, "acme"), "job_costs", project) == {
         f"Bill-{bill}-1",
         f"Bill-{bill}-2",
     }
@@ -633,7 +634,7 @@ def test_a_full_read_that_lost_its_record_of_what_it_read_sweeps_nothing(
     assert isinstance(connector, QboConnector)
     # As if the seen set had expired before the sweep: 9 ids were read, none are recorded.
     connector._sweep(None, read=9)
-    assert RecordStore(db, "acme").deleted_ids("job_costs", project) == set()
+    assert deleted_ids(RecordStore(db, "acme"), "job_costs", project) == set()
     age_mirror(db)
     assert sync(keyed, keys, db, SyncKind.JOB_COSTS, project).deleted == 0
 

@@ -287,25 +287,6 @@ class RecordStore:
 
         return self.db.guard(read)
 
-    def deleted_ids(self, name: str, project: str | None = None) -> set[str]:
-        c = collection(name)
-        query = select(c.table.c.erp_id).where(
-            *self._scope(c, project), c.table.c.deleted_in_erp.is_(True)
-        )
-
-        def read() -> set[str]:
-            with self.db.engine.connect() as conn:
-                return {str(i) for i in conn.execute(query).scalars()}
-
-        return self.db.guard(read)
-
-    def payments_by_commitment(self, project: str) -> dict[str, list[Record]]:
-        """Payments Issued grouped by commitment, as the project's commitments show them."""
-        out: dict[str, list[Record]] = {}
-        for record in self.all("payments", project).values():
-            out.setdefault(str(record.get("commitment")), []).append(record)
-        return out
-
     def drift(self, name: str, project: str | None, erp_records: Iterable[Record]) -> Drift:
         """Compare the live collection with the ERP's full listing (reconciliation)."""
         erp = {str(r["id"]): canonical(r) for r in erp_records}
