@@ -25,7 +25,7 @@ from erp_sync.db import Counts, Database, RecordStore, RunLog, mask
 from erp_sync.db.engine import alembic_config, head_revision
 from erp_sync.db.schema import COLLECTIONS
 from erp_sync.errors import DatabaseUnavailable, SchemaBehind
-from tests.support.db import deleted_ids
+from tests.support.db import deleted_ids, written
 from tests.support.pgproc import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -129,7 +129,7 @@ def test_a_page_without_a_change_writes_zero_rows(any_db: Database) -> None:
     # not even last_changed, which an upsert without its WHERE would have set to T1.
     again = store(any_db).write_page("vendors", None, page[:-1], deleted=["V00020"], now=T1)
     assert again == Counts(unchanged=19)
-    assert again.written == 0
+    assert written(again) == 0
     assert rows(any_db, "vendors") == before
     assert version_sum(any_db, "vendors") == versions
 

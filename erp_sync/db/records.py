@@ -51,10 +51,6 @@ class Counts:
         self.unchanged += other.unchanged
         self.deleted += other.deleted
 
-    @property
-    def written(self) -> int:
-        return self.created + self.updated + self.deleted
-
     def as_dict(self) -> dict[str, int]:
         return {
             "created": self.created,

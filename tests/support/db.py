@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from erp_sync.connectors.base import Record
-from erp_sync.db import RecordStore
+from erp_sync.db import Counts, RecordStore
 from erp_sync.db.records import collection
 
 
@@ -32,3 +32,8 @@ def payments_by_commitment(store: RecordStore, project: str) -> dict[str, list[R
     for record in store.all("payments", project).values():
         out.setdefault(str(record.get("commitment")), []).append(record)
     return out
+
+
+def written(counts: Counts) -> int:
+    """The rows a sync's counts say it wrote: created, updated and marked deleted."""
+    return counts.created + counts.updated + counts.deleted
