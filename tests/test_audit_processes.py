@@ -19,6 +19,7 @@ from erp_sync.db.audit import AuditArchive
 from erp_sync.infra.celery_config import ARCHIVE_AUDIT_TASK, PRUNE_HISTORY_TASK
 from erp_sync.infra.publish import CeleryPublisher
 from tests.support import procs
+from tests.support.db import archived_count
 from tests.support.redisproc import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
@@ -55,7 +56,7 @@ def test_a_real_worker_on_the_alerts_queue_archives_what_is_beyond_the_keep(
         procs.stop_all([worker])
     assert real.llen(keys.audit("acme")) == 30
     archive = AuditArchive(db)
-    assert archive.count("audit", "acme") == 50
+    assert archived_count(db, "audit", "acme") == 50
     assert archive.extend("audit", "acme", store.audit("acme", 1000), 1000)[0] == before
 
 

@@ -27,7 +27,7 @@ from erp_sync.db import Database, RecordStore, RunLog, database
 from erp_sync.db.engine import head_revision
 from erp_sync.db.schema import COLLECTIONS
 from tests.support.cli import Invoke, invoker
-from tests.support.db import deleted_ids
+from tests.support.db import deleted_ids, run_count
 from tests.support.erp import small_company
 from tests.support.snapshot import snapshot
 
@@ -86,7 +86,7 @@ def test_db_upgrade_twice_is_idempotent(run: Invoke, unmigrated: str) -> None:
     assert run("db", "upgrade")[0] == 0
     code, out, _ = run("db", "upgrade")
     assert (code, out) == (0, f"{unmigrated}: already at {head_revision()}\n")
-    assert RunLog(database(unmigrated)).count() == 0  # the tables are there, and usable
+    assert run_count(database(unmigrated)) == 0  # the tables are there, and usable
 
 
 @pytest.mark.integration
@@ -357,7 +357,7 @@ def test_db_import_redis_imports_once_and_delete_removes_the_old_hashes(
     assert again.splitlines()[-1] == (
         "imported: 7 Procore-side records, 2 runs (0 new); 1 unrecognised keys left alone"
     )
-    assert versions(db) == after_first and RunLog(db).count() == 2
+    assert versions(db) == after_first and run_count(db) == 2
 
     assert run("db", "import-redis", "--delete")[0] == 0
     assert not fake.exists(

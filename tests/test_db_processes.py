@@ -30,7 +30,7 @@ from erp_sync.db.schema import COLLECTIONS
 from erp_sync.runs.records import RunRecords
 from erp_sync.runs.syncs import reconcile
 from tests.support import procs
-from tests.support.db import deleted_ids
+from tests.support.db import deleted_ids, run_record
 from tests.support.erp import Sender, small_company
 from tests.support.pgproc import PostgresServer
 from tests.support.redisproc import RedisServer
@@ -164,7 +164,7 @@ def test_real_workers_sync_the_sandbox_into_postgresql_and_a_rerun_writes_nothin
     assert store.all("project_cost_codes", "p1") == data.all(
         "acme", collection("project_cost_codes", "p1")
     )
-    assert RunLog(pg).get("v1") == vendors  # the history row is the run's final record
+    assert run_record(pg, "v1") == vendors  # the history row is the run's final record
     before = versions(pg)
 
     # Incremental: the ERP has nothing new, so nothing is read and nothing written.
@@ -312,7 +312,7 @@ def test_a_database_outage_retries_the_sync_which_then_writes_every_record_once(
     record = finished(real, keys, "acme", task_id, timeout=40)
     assert (record.status, record.counts) == ("succeeded", {**NOTHING, "created": 30})
     assert set(versions(pg)["vendors"].values()) == {1} and vendor_rows(pg) == 30
-    assert RunLog(pg).get(task_id) == record
+    assert run_record(pg, task_id) == record
 
 
 def test_a_worker_on_an_unmigrated_database_exits_naming_db_upgrade(

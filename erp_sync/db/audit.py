@@ -27,7 +27,7 @@ from itertools import islice
 from typing import Any, Literal
 
 import redis
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from config.keys import KeySpace
@@ -143,17 +143,6 @@ class AuditArchive:
             return recent + self.older(kind, company, limit - len(recent), recent), None
         except DatabaseError as exc:
             return recent, f"warning: older entries could not be read: {exc}"
-
-    def count(self, kind: Kind, company: str | None = None) -> int:
-        query = select(func.count()).select_from(audit_log).where(audit_log.c.kind == kind)
-        if company is not None:
-            query = query.where(audit_log.c.company == company)
-
-        def read() -> int:
-            with self.db.engine.connect() as conn:
-                return int(conn.execute(query).scalar_one())
-
-        return self.db.guard(read)
 
 
 def archive_list(

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select
+from sqlalchemy import Row, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from config.models import RunRecord
@@ -85,14 +85,6 @@ class RunLog:
 
         return self.db.guard(write)
 
-    def get(self, task_id: str) -> RunRecord | None:
-        def read() -> RunRecord | None:
-            with self.db.engine.connect() as conn:
-                row = conn.execute(select(sync_runs).where(sync_runs.c.task_id == task_id)).first()
-                return _record(row) if row is not None else None
-
-        return self.db.guard(read)
-
     def recent(
         self,
         company: str,
@@ -119,17 +111,6 @@ class RunLog:
         def read() -> list[RunRecord]:
             with self.db.engine.connect() as conn:
                 return [_record(row) for row in conn.execute(query)]
-
-        return self.db.guard(read)
-
-    def count(self, company: str | None = None) -> int:
-        query = select(func.count()).select_from(sync_runs)
-        if company is not None:
-            query = query.where(sync_runs.c.company == company)
-
-        def read() -> int:
-            with self.db.engine.connect() as conn:
-                return int(conn.execute(query).scalar_one())
 
         return self.db.guard(read)
 

@@ -6,11 +6,17 @@ product reads them: what a test asserts on after a sync, an import or a prune.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import json
+from datetime import UTC, datetime
 
+from sqlalchemy import func, select
+
+from config.models import RunRecord
 from erp_sync.connectors.base import Record
-from erp_sync.db import Counts, RecordStore
+from erp_sync.db import Counts, Database, RecordStore
+from erp_sync.db.audit import Kind
 from erp_sync.db.records import collection
+from erp_sync.db.schema import audit_log, sync_runs
 
 
 def deleted_ids(store: RecordStore, name: str, project: str | None = None) -> set[str]:
@@ -37,3 +43,40 @@ def payments_by_commitment(store: RecordStore, project: str) -> dict[str, list[R
 def written(counts: Counts) -> int:
     """The rows a sync's counts say it wrote: created, updated and marked deleted."""
     return counts.created + counts.updated + counts.deleted
+
+
+def _utc(value: datetime) -> datetime:
+    """Datetimes come back naive from SQLite and in the session's zone from PostgreSQL."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def run_record(db: Database, task_id: str) -> RunRecord | None:
+    """The run history's row for ``task_id`` (``sync_runs``), as the record it was saved from."""
+    with db.engine.connect() as conn:
+        row = conn.execute(select(sync_runs).where(sync_runs.c.task_id == task_id)).first()
+    if row is None:
+        return None
+    data = dict(row._mapping)
+    data["counts"] = json.loads(data["counts"])
+    data["started_at"] = _utc(data["started_at"])
+    if data["finished_at"] is not None:
+        data["finished_at"] = _utc(data["finished_at"])
+    return RunRecord.model_validate(data)
+
+
+def run_count(db: Database, company: str | None = None) -> int:
+    """Rows in the run history, the deployment's or one company's."""
+    query = select(func.count()).select_from(sync_runs)
+    if company is not None:
+        query = query.where(sync_runs.c.company == company)
+    with db.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def archived_count(db: Database, kind: Kind, company: str | None = None) -> int:
+    """Archived audit entries (``audit_log``) of one kind, the deployment's or one company's."""
+    query = select(func.count()).select_from(audit_log).where(audit_log.c.kind == kind)
+    if company is not None:
+        query = query.where(audit_log.c.company == company)
+    with db.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
