@@ -49,6 +49,7 @@ from erp_sync.schedule.applied import AppliedWaiter
 from erp_sync.throttle.ratelimit import set_limit
 from tests.support.procs import Proc, beat, wait_until, worker
 from tests.support.redisproc import RedisServer
+from tests.support.runs import recent_runs
 
 ALL_OFF = SyncSettings(
     sync_project_job_costs=False,
@@ -105,7 +106,7 @@ class Side:
         return proc
 
     def first_start(self, company: str, kind: str = "jobs") -> float | None:
-        runs = [r for r in self.history.recent(company, 20) if r.kind == kind]
+        runs = [r for r in recent_runs(self.history, company, 20) if r.kind == kind]
         return min(r.started_at.timestamp() for r in runs) if runs else None
 
     def wait_starts(self, pending: dict[str, Any], timeout: float) -> dict[str, float]:

@@ -93,6 +93,7 @@ from erp_sync.throttle.ratelimit import CompanyLimit, set_company_limit
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.redisproc import RedisServer
+from tests.support.runs import recent_runs
 
 HEALTHY, SLOW, WARM = "healthy", "slow", "warm"
 HEALTHY_PROJECTS = tuple(f"h{n:02d}" for n in range(10))
@@ -367,7 +368,7 @@ class Bench:
     def _records(
         self, keys: KeySpace, company: str, published: dict[str, float]
     ) -> dict[str, RunRecord]:
-        records = RunRecords(self.client, keys).recent(company, 1000)
+        records = recent_runs(RunRecords(self.client, keys), company, 1000)
         return {r.task_id: r for r in records if r.task_id in published}
 
     def _check_log(self, log: str, result: Run, path: Path) -> None:

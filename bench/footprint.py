@@ -47,6 +47,7 @@ from erp_sync.throttle.ratelimit import set_limit
 from tests.support import procs
 from tests.support.erp import Sender
 from tests.support.redisproc import RedisServer
+from tests.support.runs import recent_runs
 
 PREFIX = "fp"
 SANDBOX = {"erp", "erpidx", "erpcalls"}
@@ -194,7 +195,7 @@ def fill_caps(client: redis.Redis, keys: KeySpace, company: str) -> dict[str, in
                 company, other, {"payments_for_synced_invoices": FREQS[n % len(FREQS)]}
             )
     history = RunRecords(client, keys)
-    real = history.recent(company, HISTORY_CAP)
+    real = recent_runs(history, company, HISTORY_CAP)
     for n in range(HISTORY_CAP):
         record = real[n % len(real)]
         slot = SLOT + 3600 * (n + 1)

@@ -40,6 +40,7 @@ from erp_sync.throttle.ratelimit import set_limit
 from tests.support import procs
 from tests.support.erp import Sender
 from tests.support.redisproc import RedisServer
+from tests.support.runs import recent_runs
 
 TINY = {
     "vendors": 5,
@@ -137,7 +138,7 @@ class Bench:
             history = RunRecords(self.client, keys)
             wanted = set(ids)
             records = [
-                r for c in companies for r in history.recent(c, 10_000) if r.task_id in wanted
+                r for c in companies for r in recent_runs(history, c, 10_000) if r.task_id in wanted
             ]
         finally:
             sender.close()
@@ -200,7 +201,7 @@ class Bench:
                 sender.send(SyncKind.PAYMENTS, company, f"r{p}", f"p{p:03d}") for p in range(demand)
             ]
             self._wait(keys, ids)
-            records = RunRecords(self.client, keys).recent(company, demand + 10)
+            records = recent_runs(RunRecords(self.client, keys), company, demand + 10)
         finally:
             sender.close()
             worker.stop()

@@ -28,6 +28,7 @@ from erp_sync.throttle.ratelimit import CompanyLimit, set_company_limit
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.redisproc import RedisServer
+from tests.support.runs import recent_runs
 
 RECEIVED = re.compile(r"Task [\w.]+\[(sync:\S+)\] received")
 
@@ -154,7 +155,7 @@ def test_a_slow_neighbour_does_not_delay_a_healthy_company(
         def finished(company: str) -> list[RunRecord]:
             return [
                 r
-                for r in RunRecords(client, keys).recent(company, 500)
+                for r in recent_runs(RunRecords(client, keys), company, 500)
                 if r.status in ("succeeded", "failed", "skipped")
             ]
 

@@ -20,6 +20,7 @@ from erp_sync.runs.locks import ANY_RUN, RunLock, StartReply, StartState, finish
 from erp_sync.runs.records import RunRecords
 from erp_sync.runs.runner import MAX_REDELIVERIES, RetryPolicy, Runner
 from tests.support.erp import small_company
+from tests.support.runs import recent_runs
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_a_duplicated_delivery_runs_once(runner: Runner, fake: redis.Redis, keys
     again = runner.execute(delivery())
     assert again.duplicate
     assert fake.llen(keys.erp_calls("acme")) == calls
-    assert [r.status for r in runner.history.recent("acme")] == ["succeeded"]
+    assert [r.status for r in recent_runs(runner.history, "acme")] == ["succeeded"]
 
 
 def test_a_slot_arriving_during_a_run_is_skipped(
@@ -274,7 +275,7 @@ def test_history_is_newest_first_and_capped(fake: redis.Redis, keys: KeySpace) -
                 task_id=f"t{n}",
             )
         )
-    assert [r.task_id for r in history.recent("acme", 10)] == ["t4", "t3", "t2"]
+    assert [r.task_id for r in recent_runs(history, "acme", 10)] == ["t4", "t3", "t2"]
     assert fake.hlen(keys.runs("acme")) == 3
 
 

@@ -18,6 +18,7 @@ from erp_sync.infra.redis_client import connect
 from erp_sync.runs.records import RunRecords
 from tests.support.procs import Proc, beat, stop_all, wait_until, worker
 from tests.support.redisproc import RedisServer, free_port
+from tests.support.runs import recent_runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
 MASTER = "erpmaster"
@@ -116,7 +117,7 @@ def _succeeded(history: RunRecords, after: float = 0.0) -> int:
     try:
         return sum(
             1
-            for r in history.recent("acme", 200)
+            for r in recent_runs(history, "acme", 200)
             if r.status == "succeeded" and r.started_at.timestamp() > after
         )
     except redis.RedisError:

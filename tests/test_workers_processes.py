@@ -24,6 +24,7 @@ from erp_sync.throttle.ratelimit import set_limit
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.redisproc import RedisServer
+from tests.support.runs import recent_runs
 from tests.support.workers import Start, Workers, finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
@@ -134,7 +135,7 @@ def test_an_overlapping_slot_is_skipped_and_a_duplicate_delivery_runs_once(
     assert real.llen(keys.erp_calls("acme")) == calls + 1  # only the jobs sync called the ERP
     record = history.get("acme", first)
     assert record is not None and record.attempt == 1
-    assert [r.task_id for r in history.recent("acme")].count(first) == 1
+    assert [r.task_id for r in recent_runs(history, "acme")].count(first) == 1
 
 
 def child_pids(pid: int) -> list[int]:

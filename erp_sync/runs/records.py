@@ -15,7 +15,7 @@ from __future__ import annotations
 import redis
 
 from config.keys import KeySpace
-from config.models import RunRecord, parse
+from config.models import RunRecord
 from erp_sync.infra import lua
 
 HISTORY_CAP = 200
@@ -37,15 +37,3 @@ class RunRecords:
     def get(self, company: str, task_id: str) -> RunRecord | None:
         raw = self.client.hget(self.keys.runs(company), task_id)
         return RunRecord.model_validate_json(raw) if raw else None
-
-    def recent(self, company: str, limit: int = 50) -> list[RunRecord]:
-        """The company's runs, newest first."""
-        ids = self.client.lrange(self.keys.history(company), 0, max(limit, 1) - 1)
-        if not ids:
-            return []
-        raws = self.client.hmget(self.keys.runs(company), ids)
-        return [
-            parse(RunRecord, r, f"run {i!r} of {company!r}")
-            for i, r in zip(ids, raws, strict=True)
-            if r
-        ]
