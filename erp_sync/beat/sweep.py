@@ -123,11 +123,13 @@ class Sweeper:
 
     @property
     def pass_running(self) -> bool:
-        """Whether a pass has started and not yet covered every company."""
+        """Whether a pass has started and not yet covered every company (benchmarks read it;
+        the engine does not)."""
         return self._started is not None
 
     def start_pass(self) -> None:
-        """Forget the current pass; the next slice starts a new one from the beginning."""
+        """Forget the current pass; the next slice starts a new one from the beginning (tests
+        and benchmarks drive it)."""
         self._restart()
 
     def tick(self, token: str) -> bool:
