@@ -40,6 +40,17 @@ from tests.support.redisproc import RedisServer, require_redis_server
 __all__ = ["pg_url", "postgres_server"]  # fixtures, for every test module
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files that start real processes first, most such tests first: ``scripts/test.sh`` hands
+    whole files to the xdist workers in this order, so the long files start at once and the
+    short ones fill the gaps at the end, instead of one long file starting last."""
+    heavy: dict[str, int] = {}
+    for item in items:
+        if item.get_closest_marker("processes") is not None:
+            heavy[item.path.name] = heavy.get(item.path.name, 0) + 1
+    items.sort(key=lambda item: -heavy.get(item.path.name, 0))  # stable: order within a file
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
