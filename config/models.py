@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from config.errors import CorruptRecord
-from config.keys import RESERVED_IDS
 from config.validation import shorten
 
 M = TypeVar("M", bound=BaseModel)
@@ -64,18 +63,7 @@ def is_identifier(value: str) -> bool:
     return _ID.fullmatch(value) is not None
 
 
-def _company_id(value: str) -> str:
-    value = _identifier(value)
-    if value in RESERVED_IDS:  # its keys would be fleet-wide ones (runs:last, ...)
-        raise ValueError(
-            f"{value!r} is reserved (one of {', '.join(sorted(RESERVED_IDS))}: the names of "
-            "fleet-wide keys); choose another company id"
-        )
-    return value
-
-
 Identifier = Annotated[str, AfterValidator(_identifier)]
-CompanyId = Annotated[str, AfterValidator(_company_id)]
 TimeZoneName = Annotated[str, AfterValidator(_timezone)]
 
 
@@ -197,7 +185,7 @@ class StoredSettings(BaseModel):
 class Company(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: CompanyId
+    id: Identifier
     name: str = Field(min_length=1, max_length=200)
     erp: Erp
     timezone: TimeZoneName = "UTC"

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import redis
 from pydantic import ValidationError
 
-from config.keys import KeySpace
+from config.keys import RESERVED_IDS, KeySpace
 from config.models import (
     CAPABILITIES,
     TOGGLES,
@@ -92,6 +92,11 @@ class SettingsStore:
         from an existing company's is refused (``config.validation``).
         """
         admin = user_id(admin) if admin is not None else None
+        if company_id in RESERVED_IDS:  # refused when made, not when read: an old one still loads
+            raise InvalidInput(
+                f"{company_id!r} is reserved (one of {', '.join(sorted(RESERVED_IDS))}: the names "
+                "of fleet-wide keys); choose another company id"
+            )
         try:
             company = Company(
                 # The id is a valid name; the model checks it first when it stands in for one.
