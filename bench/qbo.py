@@ -174,7 +174,7 @@ class Run:
         from erp_sync.control.store import SettingsStore
 
         store = SettingsStore(self.client, self.keys)
-        store.add_company(COMPANY, Erp.QUICKBOOKS_ONLINE.value)
+        store.add_company(COMPANY, Erp.QUICKBOOKS_ONLINE.value, admin="bench")
         parents = -(-self.seed.projects // 5)
         projects = [str(parents + 1 + n) for n in range(self.seed.projects)]
         pipe = self.client.pipeline(transaction=False)

@@ -270,13 +270,20 @@ class KeySpace:
 
     def company_of(self, kind: str, key: str) -> str | None:
         """The company of a ``<prefix>:<kind>:<company>`` key, or None for any other key of the
-        kind (a longer per-company key, or a fleet-wide one such as ``runs:last``)."""
+        kind (a longer per-company key, or a fleet-wide one such as ``runs:last``). A company
+        stored under a reserved id before ids were reserved still has its keys found."""
         parts = key.split(":")
         head = self._k(kind).split(":")
         if len(parts) != len(head) + 1 or parts[: len(head)] != head:
             return None
-        company = parts[-1]
-        return None if company in RESERVED_IDS else company
+        return None if key in self.fleet_keys() else parts[-1]
+
+    def fleet_keys(self) -> frozenset[str]:
+        """Every fleet-wide key (the properties): what a scan of a kind must not take for a
+        company's key (``runs:last`` is no company's run records)."""
+        return frozenset(
+            getattr(self, name) for name, v in vars(KeySpace).items() if isinstance(v, property)
+        )
 
     def segments(self, kind: str, key: str) -> list[str] | None:
         """The segments of a ``<prefix>:<kind>:...`` key after its kind, or None if it is not

@@ -198,9 +198,9 @@ class Removed(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     company: str
-    at: datetime
-    by: str
-    erp: Erp
+    at: datetime | None  # None: removed before removals were recorded
+    by: str | None
+    erp: Erp | None
 
 
 class Project(BaseModel):

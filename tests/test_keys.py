@@ -18,7 +18,7 @@ from erp_sync.control.connections import Connection, ConnectionStore, Secrets
 from erp_sync.control.lifecycle import Lifecycle
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.vault import Vault, new_key
-from erp_sync.errors import InvalidInput
+from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
 from erp_sync.throttle.ratelimit import CompanyLimit, set_company_limit
 
 SAMPLES: dict[str, list[str | None]] = {
@@ -43,7 +43,9 @@ def test_every_per_company_key_of_the_key_space_has_a_fate_on_removal() -> None:
     taking = {
         n for n, m in vars(KeySpace).items() if inspect.isfunction(m) and not n.startswith("__")
     }
-    others = taking - set(company_methods()) - {"_k", "pattern", "company_of", "segments"}
+    others = (
+        taking - set(company_methods()) - {"_k", "pattern", "company_of", "segments", "fleet_keys"}
+    )
     assert others == set(TASK_KEYS) | {"queue"}, "a new key method needs a fate in the inventory"
 
 
@@ -178,3 +180,56 @@ def test_a_company_added_again_under_the_same_id_inherits_no_credentials(
     assert not store.client.exists(store.keys.access_token("acme"))
     assert store.client.hget(store.keys.rate_limit_overrides, limit_field("acme")) is None
     assert store.level_of("acme", "old-admin").value == "none"
+
+
+def _connection(company: str, by: str) -> tuple[Connection, Secrets, AuditEntry]:
+    now = datetime.now(UTC)
+    return (
+        Connection(
+            company=company,
+            erp=Erp.QUICKBOOKS_ONLINE,
+            realm_id="OLD",
+            client_id="ABC",
+            base_url="http://127.0.0.1:1/v3",
+            token_url="http://127.0.0.1:1/token",
+            connected_by=by,
+            connected_at=now,
+        ),
+        Secrets(client_secret="s", refresh_token="r"),
+        AuditEntry(at=now, actor=by, action="connection.connect", company=company),
+    )
+
+
+def test_a_connect_that_loses_a_race_with_company_remove_writes_nothing(
+    store: SettingsStore,
+) -> None:
+    connections = ConnectionStore(store.client, store.keys, Vault([new_key()]), store)
+    store.add_company("acme", "quickbooks_online", admin="al")
+    store.grant("acme", "sam", "standard", actor="al")
+    with pytest.raises(PermissionDenied):  # checked inside the write, not only by the CLI
+        connections.save(*_connection("acme", "sam"))
+    Lifecycle(store).remove_company("acme", "al")  # between the CLI's checks and the write
+    with pytest.raises(NotFound, match="removed meanwhile"):
+        connections.save(*_connection("acme", "al"))
+    assert not store.client.exists(store.keys.connection("acme"))
+
+
+def test_scans_skip_only_fleet_wide_keys_not_companies_stored_under_a_reserved_id() -> None:
+    keys = KeySpace("p")
+    assert keys.company_of("runs", keys.last_runs) is None
+    assert keys.company_of("runs", keys.runs("overrides")) == "overrides"  # made before reserving
+    assert keys.company_of("connection", keys.connection("last")) == "last"
+    assert keys.company_of("connection", keys.access_token("acme")) is None
+
+
+def test_a_company_removed_before_removals_were_recorded_keeps_a_readable_audit(
+    store: SettingsStore,
+) -> None:
+    store.add_company("old", "xero", admin="al")
+    Lifecycle(store).remove_company("old", "al")
+    store.client.hdel(store.keys.removed, "old")  # as an older release removed it
+    gone = store.outlived("old")
+    assert gone is not None and gone.at is None
+    assert store.audit("old")[0].action == "company.remove"
+    with pytest.raises(NotFound):
+        store.outlived("never-was")

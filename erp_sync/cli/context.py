@@ -96,9 +96,11 @@ def note_if_removed(ctx: Ctx, company_id: str) -> None:
     """Before showing what outlives a company: say on stderr that it was removed, when and by
     whom (``NotFound`` for an id that never existed)."""
     gone = ctx.store.outlived(company_id)
-    if gone is not None:
-        click.echo(
-            f"note: company {company_id!r} was removed at {gone.at:%Y-%m-%d %H:%M:%S} UTC by "
-            f"{gone.by}; showing what was kept",
-            err=True,
-        )
+    if gone is None:
+        return
+    when = (
+        f" at {gone.at:%Y-%m-%d %H:%M:%S} UTC by {gone.by}"
+        if gone.at is not None
+        else " (before removals were recorded)"
+    )
+    click.echo(f"note: company {company_id!r} was removed{when}; showing what was kept", err=True)

@@ -23,8 +23,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from config.keys import KeySpace
 from config.models import AuditEntry, Erp, parse
+from erp_sync.control.access import require_admin
 from erp_sync.control.store import SettingsStore
-from erp_sync.control.unit import UnitOfWork
+from erp_sync.control.unit import Denied, UnitOfWork
 from erp_sync.control.vault import Vault
 from erp_sync.errors import ConcurrentUpdate, CorruptRecord, NotFound
 
@@ -83,13 +84,25 @@ class ConnectionStore:
             self._vault = Vault.from_settings()
         return self._vault
 
+    def _watched(self, company: str) -> list[str]:
+        return [self.keys.company(company), self.keys.users(company), self.keys.connection(company)]
+
+    def _check(self, work: UnitOfWork, company: str, actor: str) -> None:
+        """Inside the transaction: the company still exists and ``actor`` is still its admin, so
+        a removal or a demotion racing a connect wins (a removed company's credentials are never
+        written back for a later company under the same id)."""
+        if not work.pipe.exists(self.keys.company(company)):
+            raise NotFound(f"unknown company {company!r} (removed meanwhile)")
+        require_admin(work.pipe, self.keys, company, actor)
+
     def save(self, connection: Connection, secrets: Secrets, audit: AuditEntry) -> None:
         """Store a new connection (replacing any earlier one, with a fresh generation) and its
-        audit entry, together."""
+        audit entry, together, as ``audit.actor`` (an admin of the company)."""
         sealed = self.vault.seal(secrets.model_dump())
         key = self.keys.connection(connection.company)
 
         def write(work: UnitOfWork) -> None:
+            self._check(work, connection.company, audit.actor)
             work.begin()
             work.pipe.delete(key, self.keys.access_token(connection.company))
             work.pipe.hset(
@@ -98,7 +111,11 @@ class ConnectionStore:
             )
             work.audit(audit)
 
-        self._store.transact([], write)
+        self._store.transact(
+            self._watched(connection.company),
+            write,
+            Denied(connection.company, audit.actor, "connection.connect"),
+        )
 
     def get(self, company: str) -> Connection | None:
         raw = self.client.hget(self.keys.connection(company), "meta")
@@ -168,13 +185,16 @@ class ConnectionStore:
         key = self.keys.connection(company)
 
         def write(work: UnitOfWork) -> bool:
+            self._check(work, company, audit.actor)
             existed = bool(work.pipe.exists(key))
             work.begin()
             work.pipe.delete(key, self.keys.access_token(company))
             work.audit(audit)
             return existed
 
-        return self._store.transact([key], write)
+        return self._store.transact(
+            self._watched(company), write, Denied(company, audit.actor, "connection.disconnect")
+        )
 
     def rotate_keys(self) -> int:
         """Re-encrypt every stored secret with the newest key; returns how many."""

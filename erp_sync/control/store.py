@@ -182,6 +182,10 @@ class SettingsStore:
         if self.client.exists(self.keys.company(company_id)):
             return None
         gone = self.removed(company_id)
+        if gone is None and self.client.exists(
+            self.keys.audit(company_id), self.keys.denied(company_id)
+        ):  # removed before removals were recorded: its logs are all that is left
+            gone = Removed(company=company_id, at=None, by=None, erp=None)
         if gone is None:
             self.get_company(company_id)  # raises NotFound with the usual message
         return gone
