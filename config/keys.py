@@ -14,6 +14,7 @@ untagged multi-key scripts cause).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 # Ids no company may have: the last segment of a fleet-wide key whose kind a per-company key
 # shares (``runs:last``, ``ratelimit:overrides``, ``alerts:deadlines``). A company with such an id
@@ -276,17 +277,19 @@ class KeySpace:
         head = self._k(kind).split(":")
         if len(parts) != len(head) + 1 or parts[: len(head)] != head:
             return None
-        return None if key in self.fleet_keys() else parts[-1]
-
-    def fleet_keys(self) -> frozenset[str]:
-        """Every fleet-wide key (the properties): what a scan of a kind must not take for a
-        company's key (``runs:last`` is no company's run records)."""
-        return frozenset(
-            getattr(self, name) for name, v in vars(KeySpace).items() if isinstance(v, property)
-        )
+        return None if key in _fleet_keys(self) else parts[-1]
 
     def segments(self, kind: str, key: str) -> list[str] | None:
         """The segments of a ``<prefix>:<kind>:...`` key after its kind, or None if it is not
         one (``procore:acme:job_costs:p1`` -> ``["acme", "job_costs", "p1"]``)."""
         head = self._k(kind) + ":"
         return key.removeprefix(head).split(":") if key.startswith(head) else None
+
+
+@cache
+def _fleet_keys(keys: KeySpace) -> frozenset[str]:
+    """Every fleet-wide key of ``keys`` (its properties), worked out once per key space: what a
+    scan of a kind must not take for a company's key (``runs:last`` is no company's records)."""
+    return frozenset(
+        getattr(keys, name) for name, v in vars(KeySpace).items() if isinstance(v, property)
+    )

@@ -3,9 +3,9 @@
 One HASH per company (``<prefix>:connection:<company>``): ``meta`` (public JSON: ERP, realm,
 client id, URLs, who connected it and when, status), ``secret`` (the client secret and the
 refresh token, sealed by ``erp_sync.control.vault``) and ``generation`` (bumped on every
-refresh-token
-rotation). Rotation is a compare-and-set on ``generation``: a worker stores a new refresh token
-only if it refreshed from the newest one, so a slow worker can never put back an older token.
+refresh-token rotation). Rotation is a compare-and-set on ``generation``: a worker stores a new
+refresh token only if it refreshed from the newest one, so a slow worker can never put back an
+older token.
 
 A company with no connection is served by the sandbox ERP; a connected one by its ERP's real
 connector. A connection whose refresh token was refused (``invalid_grant``) is kept, marked
@@ -85,14 +85,11 @@ class ConnectionStore:
         return self._vault
 
     def _watched(self, company: str) -> list[str]:
-        return [self.keys.company(company), self.keys.users(company), self.keys.connection(company)]
+        return [self.keys.users(company), self.keys.connection(company)]
 
     def _check(self, work: UnitOfWork, company: str, actor: str) -> None:
-        """Inside the transaction: the company still exists and ``actor`` is still its admin, so
-        a removal or a demotion racing a connect wins (a removed company's credentials are never
-        written back for a later company under the same id)."""
-        if not work.pipe.exists(self.keys.company(company)):
-            raise NotFound(f"unknown company {company!r} (removed meanwhile)")
+        """Inside the transaction (the store's also finds the company still there): ``actor`` is
+        still its admin, so a demotion racing a connect or a disconnect wins."""
         require_admin(work.pipe, self.keys, company, actor)
 
     def save(self, connection: Connection, secrets: Secrets, audit: AuditEntry) -> None:

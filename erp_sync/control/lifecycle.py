@@ -145,9 +145,7 @@ class Lifecycle:
         ]
 
         def write(work: UnitOfWork) -> None:
-            pipe = work.pipe
-            if not pipe.exists(self.keys.company(company_id)):
-                raise NotFound(f"unknown company {company_id!r}")
+            pipe = work.pipe  # the store's transaction found the company still there
             self._check_admin(pipe, company_id, actor)
             projects = [str(p) for p in pipe.hkeys(self.keys.projects(company_id))]
             gone = removal(self.keys, company_id, projects)

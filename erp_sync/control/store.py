@@ -260,7 +260,7 @@ class SettingsStore:
                 ),
             )
 
-        self.transact([self.keys.users(company_id)], write)
+        self.transact([self.keys.users(company_id)], write, company=company_id)
 
     def level_of(self, company_id: str, user: str) -> PermissionLevel:
         user_id(user)
@@ -335,7 +335,9 @@ class SettingsStore:
 
         try:
             return self.transact(
-                [self.keys.settings(company_id), self.keys.users(company_id)], write
+                [self.keys.settings(company_id), self.keys.users(company_id)],
+                write,
+                company=company_id,
             )
         except PermissionDenied:  # demoted while this write was being prepared
             self._record_denied(company_id, actor, change)
@@ -363,15 +365,33 @@ class SettingsStore:
 
     # --- the unit of work -------------------------------------------------------------------
     def transact(
-        self, watch: list[str], write: Callable[[UnitOfWork], T], denied: Denied | None = None
+        self,
+        watch: list[str],
+        write: Callable[[UnitOfWork], T],
+        denied: Denied | None = None,
+        *,
+        company: str | None = None,
     ) -> T:
         """Run one admin action (``erp_sync.control.unit``): ``write`` reads under WATCH of
         ``watch`` (none: it only writes), ``begin()``s, queues writes and logs; retried until it
-        commits without a conflicting writer. Returns what the committing attempt returned. A
-        permission refusal (also one met inside the transaction, when a demotion raced it) is
-        written to the security log as ``denied`` says, then raised."""
+        commits without a conflicting writer. Returns what the committing attempt returned.
+
+        An action on a company (``company``, or ``denied``'s) also watches the company record
+        and finds it still there on every attempt (else ``NotFound``), so no action racing a
+        ``company remove`` writes anything back for the removed id that a company added later
+        under it would inherit. A permission refusal (also one met inside the transaction, when
+        a demotion raced it) is written to the security log as ``denied`` says, then raised."""
+        scope = company if company is not None else denied.company if denied else None
+        if scope is not None:
+            watch = [self.keys.company(scope), *watch]
+
+        def attempt(pipe: redis.client.Pipeline) -> T:
+            if scope is not None and not pipe.exists(self.keys.company(scope)):
+                raise NotFound(f"unknown company {shorten(scope)}")
+            return write(self._unit(pipe))
+
         try:
-            return transact(self.client, watch, lambda pipe: write(self._unit(pipe)))
+            return transact(self.client, watch, attempt)
         except PermissionDenied:
             if denied is not None:
                 self.record_denied(denied)

@@ -16,9 +16,11 @@ write wins. A new admin action copies this pattern::
         work.change(company, version)              # beat re-plans the company
         return thing
 
-    thing = store.transact([key, keys.users(company)], write)
+    thing = store.transact([key, keys.users(company)], write, Denied(company, actor, "thing.set"))
 
-``write`` may run several times; what it returns on the attempt that commits is the result.
+``write`` may run several times; what it returns on the attempt that commits is the result. An
+action on a company names it (``Denied``, or ``company=``): the store then also watches the
+company record and refuses the action if a removal won the race.
 """
 
 from __future__ import annotations
