@@ -9,12 +9,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-import redis
 from pydantic import ValidationError
 
 from config.alerts import AlertEvent, AlertRule
-from config.models import AuditEntry, first_error, parse
-from erp_sync.control.access import require_admin
+from config.models import first_error, parse
 from erp_sync.control.inputs import user_id
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.unit import Denied, UnitOfWork
@@ -109,12 +107,12 @@ class AlertRules:
         key = self.keys.alerts(company_id)
 
         def write(work: UnitOfWork) -> None:
-            self._check(work.pipe, company_id, actor)
+            work.require_admin(company_id, actor)
             if work.pipe.hlen(key) >= MAX_RULES:
                 raise InvalidInput(f"{company_id!r} already has {MAX_RULES} alerts")
             work.begin()
             work.pipe.hset(key, rule.id, rule.model_dump_json())
-            self._audit(work, company_id, actor, "alert.add", {}, rule.public())
+            work.audited(company_id, actor, "alert.add", {}, rule.public())
 
         self._transact(company_id, actor, "alert.add", key, write)
         return rule
@@ -125,38 +123,15 @@ class AlertRules:
         key = self.keys.alerts(company_id)
 
         def write(work: UnitOfWork) -> None:
-            self._check(work.pipe, company_id, actor)
+            work.require_admin(company_id, actor)
             if not work.pipe.hexists(key, alert_id):
                 raise NotFound(f"unknown alert {alert_id[:40]!r} in {company_id!r}")
             work.begin()
             work.pipe.hdel(key, alert_id)
-            self._audit(work, company_id, actor, "alert.remove", rule.public(), {})
+            work.audited(company_id, actor, "alert.remove", rule.public(), {})
 
         self._transact(company_id, actor, "alert.remove", key, write)
         return rule
-
-    def _check(self, pipe: redis.client.Pipeline, company_id: str, actor: str) -> None:
-        require_admin(pipe, self.keys, company_id, actor)
-
-    def _audit(
-        self,
-        work: UnitOfWork,
-        company_id: str,
-        actor: str,
-        action: str,
-        old: dict[str, object],
-        new: dict[str, object],
-    ) -> None:
-        work.audit(
-            AuditEntry(
-                at=self.store.clock(),
-                actor=actor,
-                action=action,
-                company=company_id,
-                old=old,
-                new=new,
-            ),
-        )
 
     def _transact(
         self,

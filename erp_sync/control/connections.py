@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from config.keys import KeySpace
 from config.models import AuditEntry, Erp, parse
-from erp_sync.control.access import require_admin
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.unit import Denied, UnitOfWork
 from erp_sync.control.vault import Vault
@@ -87,11 +86,6 @@ class ConnectionStore:
     def _watched(self, company: str) -> list[str]:
         return [self.keys.users(company), self.keys.connection(company)]
 
-    def _check(self, work: UnitOfWork, company: str, actor: str) -> None:
-        """Inside the transaction (the store's also finds the company still there): ``actor`` is
-        still its admin, so a demotion racing a connect or a disconnect wins."""
-        require_admin(work.pipe, self.keys, company, actor)
-
     def save(self, connection: Connection, secrets: Secrets, audit: AuditEntry) -> None:
         """Store a new connection (replacing any earlier one, with a fresh generation) and its
         audit entry, together, as ``audit.actor`` (an admin of the company)."""
@@ -99,7 +93,7 @@ class ConnectionStore:
         key = self.keys.connection(connection.company)
 
         def write(work: UnitOfWork) -> None:
-            self._check(work, connection.company, audit.actor)
+            work.require_admin(connection.company, audit.actor)
             work.begin()
             work.pipe.delete(key, self.keys.access_token(connection.company))
             work.pipe.hset(
@@ -182,7 +176,7 @@ class ConnectionStore:
         key = self.keys.connection(company)
 
         def write(work: UnitOfWork) -> bool:
-            self._check(work, company, audit.actor)
+            work.require_admin(company, audit.actor)
             existed = bool(work.pipe.exists(key))
             work.begin()
             work.pipe.delete(key, self.keys.access_token(company))

@@ -18,14 +18,13 @@ finds the company gone at the worker and is recorded ``skipped``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 
 from config.inventory import removal
 from config.members import alert_target, deadline_member
 from config.models import (
-    AuditEntry,
     Company,
     Project,
     Removed,
@@ -34,7 +33,6 @@ from config.models import (
     parse,
 )
 from config.validation import shorten
-from erp_sync.control.access import require_admin
 from erp_sync.control.inputs import name as valid_name
 from erp_sync.control.inputs import timezone as valid_timezone
 from erp_sync.control.inputs import user_id
@@ -52,10 +50,6 @@ class Lifecycle:
     def __init__(self, store: SettingsStore) -> None:
         self.store, self.keys, self.client = store, store.keys, store.client
 
-    def _check_admin(self, pipe: redis.client.Pipeline, company_id: str, actor: str) -> None:
-        # Inside the transaction (users hash watched): a demotion racing this write wins.
-        require_admin(pipe, self.keys, company_id, actor)
-
     def _transact(
         self,
         company_id: str,
@@ -67,21 +61,6 @@ class Lifecycle:
     ) -> T:
         """The store's unit of work; a permission refusal lands in the security log."""
         return self.store.transact(watched, write, Denied(company_id, actor, action, requested))
-
-    def _audit(
-        self,
-        work: UnitOfWork,
-        company_id: str,
-        actor: str,
-        action: str,
-        old: dict[str, Any],
-        new: dict[str, Any],
-    ) -> AuditEntry:
-        entry = AuditEntry(
-            at=self.store.clock(), actor=actor, action=action, company=company_id, old=old, new=new
-        )
-        work.audit(entry)
-        return entry
 
     # --- companies --------------------------------------------------------------------------
     def set_company(
@@ -104,7 +83,7 @@ class Lifecycle:
             raw = pipe.get(key)
             if raw is None:
                 raise NotFound(f"unknown company {company_id!r}")
-            self._check_admin(pipe, company_id, actor)
+            work.require_admin(company_id, actor)
             current = parse(Company, str(raw), f"company {company_id!r}")
             diff = {k: v for k, v in change.items() if getattr(current, k) != v}
             if not diff:
@@ -113,8 +92,7 @@ class Lifecycle:
             version = _version(pipe.get(self.keys.settings(company_id)))
             work.begin()
             pipe.set(key, updated.model_dump_json())
-            self._audit(
-                work,
+            work.audited(
                 company_id,
                 actor,
                 "company.update",
@@ -146,7 +124,7 @@ class Lifecycle:
 
         def write(work: UnitOfWork) -> None:
             pipe = work.pipe  # the store's transaction found the company still there
-            self._check_admin(pipe, company_id, actor)
+            work.require_admin(company_id, actor)
             projects = [str(p) for p in pipe.hkeys(self.keys.projects(company_id))]
             gone = removal(self.keys, company_id, projects)
             work.begin()
@@ -163,8 +141,7 @@ class Lifecycle:
                 company_id,
                 Removed(company=company_id, at=at, by=actor, erp=company.erp).model_dump_json(),
             )
-            entry = self._audit(
-                work,
+            entry = work.audited(
                 company_id,
                 actor,
                 "company.remove",
@@ -189,7 +166,7 @@ class Lifecycle:
         def write(work: UnitOfWork) -> tuple[Project, bool]:
             pipe = work.pipe
             current = self._project(pipe, company_id, project_id)
-            self._check_admin(pipe, company_id, actor)
+            work.require_admin(company_id, actor)
             if current.sync_job_costs == sync_job_costs:
                 return current, False
             updated = current.model_copy(update={"sync_job_costs": sync_job_costs})
@@ -200,8 +177,7 @@ class Lifecycle:
                 pipe.srem(optouts, project_id)
             else:
                 pipe.sadd(optouts, project_id)
-            self._audit(
-                work,
+            work.audited(
                 company_id,
                 actor,
                 "project.update",
@@ -227,7 +203,7 @@ class Lifecycle:
         def write(work: UnitOfWork) -> None:
             pipe = work.pipe
             current = self._project(pipe, company_id, project_id)
-            self._check_admin(pipe, company_id, actor)
+            work.require_admin(company_id, actor)
             work.begin()
             pipe.hdel(self.keys.projects(company_id), project_id)
             pipe.srem(self.keys.job_cost_optouts(company_id), project_id)
@@ -240,8 +216,7 @@ class Lifecycle:
                 self.keys.alert_deadlines,
                 *[deadline_member(company_id, k.value, project_id) for k in PROJECT_KINDS],
             )
-            self._audit(
-                work,
+            work.audited(
                 company_id,
                 actor,
                 "project.remove",

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from config.models import AuditEntry, parse
+from config.models import parse
 from erp_sync.control.access import require_admin
 from erp_sync.control.inputs import user_id
 from erp_sync.control.store import SettingsStore
@@ -231,14 +231,8 @@ class Pauses:
         old: dict[str, object],
         new: dict[str, object],
     ) -> None:
-        entry = AuditEntry(
-            at=self.store.clock(),
-            actor=actor,
-            action=f"{'fleet' if company_id is None else 'company'}.{action}",
-            company=scope(company_id),
-            old=old,
-            new=new,
-        )
+        kind = "fleet" if company_id is None else "company"
+        entry = work.entry(scope(company_id), actor, f"{kind}.{action}", old, new)
         if company_id is None:
             work.operator(entry)
         else:

@@ -34,7 +34,7 @@ from config.models import (
     parse,
 )
 from config.validation import casefold_key, shorten
-from erp_sync.control.access import level_from, require_admin, require_level
+from erp_sync.control.access import level_from, require_level
 from erp_sync.control.inputs import name as valid_name
 from erp_sync.control.inputs import timezone as valid_timezone
 from erp_sync.control.inputs import user_id
@@ -303,7 +303,7 @@ class SettingsStore:
                 raise CorruptRecord(f"company {company_id!r} has no stored settings")
             current = parse(StoredSettings, raw, f"settings of {company_id!r}")
             # Re-checked inside the transaction: a demotion racing this write must win.
-            require_admin(pipe, self.keys, company_id, actor)
+            work.require_admin(company_id, actor)
             new = merge(current.settings, mutate(current.settings))
             old_d, new_d = current.settings.model_dump(mode="json"), new.model_dump(mode="json")
             diff = {k for k in new_d if new_d[k] != old_d[k]}
@@ -398,7 +398,7 @@ class SettingsStore:
             raise
 
     def _unit(self, pipe: redis.client.Pipeline) -> UnitOfWork:
-        return UnitOfWork(pipe, self.keys, self.os_user, self.change_stream_maxlen)
+        return UnitOfWork(pipe, self.keys, self.clock, self.os_user, self.change_stream_maxlen)
 
     def record_denied(self, denied: Denied) -> None:
         """One row in the company's security log for a refused action; the actor has passed the

@@ -29,12 +29,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from datetime import datetime
+from typing import Any, TypeVar
 
 import redis
 
 from config.keys import KeySpace
 from config.models import AuditEntry
+from erp_sync.control.access import require_admin
 from erp_sync.errors import ConcurrentUpdate
 
 # The hard cap of each audit list (a company's audit and refused changes, the operator log). The
@@ -64,10 +66,20 @@ class UnitOfWork:
     """One attempt of an admin action's transaction: its pipeline, and the log writes it queues."""
 
     def __init__(
-        self, pipe: redis.client.Pipeline, keys: KeySpace, os_user: str | None, stream_maxlen: int
+        self,
+        pipe: redis.client.Pipeline,
+        keys: KeySpace,
+        clock: Callable[[], datetime],
+        os_user: str | None,
+        stream_maxlen: int,
     ) -> None:
-        self.pipe, self.keys = pipe, keys
+        self.pipe, self.keys, self.clock = pipe, keys, clock
         self._os_user, self._maxlen = os_user, stream_maxlen
+
+    def require_admin(self, company: str, actor: str) -> None:
+        """Before ``begin()``: ``actor`` is an admin of ``company`` now (its users hash is read
+        under WATCH, so a demotion racing this action wins)."""
+        require_admin(self.pipe, self.keys, company, actor)
 
     def begin(self) -> None:
         """End the reads: every command after this is queued and commits together (MULTI)."""
@@ -87,6 +99,37 @@ class UnitOfWork:
     def audit(self, entry: AuditEntry) -> None:
         """The company's audit log: who changed what, when, old and new values."""
         self._push(self.keys.audit(entry.company), entry)
+
+    def entry(
+        self,
+        company: str,
+        actor: str,
+        action: str,
+        old: dict[str, Any] | None = None,
+        new: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """An audit entry of this action, stamped with the store's clock."""
+        return AuditEntry(
+            at=self.clock(),
+            actor=actor,
+            action=action,
+            company=company,
+            old=old or {},
+            new=new or {},
+        )
+
+    def audited(
+        self,
+        company: str,
+        actor: str,
+        action: str,
+        old: dict[str, Any] | None = None,
+        new: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """``entry`` written to the company's audit log; returned for the operator log."""
+        entry = self.entry(company, actor, action, old, new)
+        self.audit(entry)
+        return entry
 
     def operator(self, entry: AuditEntry) -> None:
         """The operator log: actions no company admin made (company add, fleet pause)."""
