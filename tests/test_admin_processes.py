@@ -18,6 +18,7 @@ import pytest
 from config.keys import KeySpace
 from erp_sync.infra.slots import parse_task_id
 from tests.support.erp import small_company
+from tests.support.inventory import leftover
 from tests.support.procs import beat, stop_all, wait_until, worker
 from tests.support.reads import zmembers
 from tests.support.redisproc import RedisServer
@@ -132,6 +133,9 @@ def test_opt_out_pause_resume_and_remove_change_what_real_processes_run(stack: S
     )
     assert [r for r in stack.received() if r[0] == "acme" and r[3] > removed_at] == []
     assert not [m for m in zmembers(stack.client, stack.keys.due) if m.startswith("acme:")]
+    # What real workers and beats wrote for acme (watermarks, buckets, alert state, its
+    # running set...) went with it: only what the inventory keeps is left.
+    assert leftover(stack.client, stack.keys, "acme") == []
 
 
 def test_a_fleet_pause_with_until_is_ended_by_the_leading_beat(stack: Stack) -> None:

@@ -21,6 +21,7 @@ from erp_sync.control.store import SettingsStore
 from erp_sync.control.vault import Vault, new_key
 from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
 from erp_sync.throttle.ratelimit import CompanyLimit, set_company_limit
+from tests.support.inventory import holding, leftover
 
 SAMPLES: dict[str, list[str | None]] = {
     "kind": [k.value for k in SyncKind],
@@ -98,35 +99,6 @@ def _everything_of(client: redis.Redis, keys: KeySpace, company: str) -> None:
     client.zadd(keys.alert_deadlines, {deadline_member(company, "payments", "p1"): 1.0})
 
 
-def _left(client: redis.Redis, keys: KeySpace, company: str) -> set[str]:
-    """Keys with ``company`` as a segment, and fleet-wide fields or members naming it."""
-    found = {
-        str(k)
-        for k in client.scan_iter(f"{keys.prefix}:*", count=1000)
-        if company in str(k).split(":")[1:]
-    }
-    for key in (keys.due, keys.paused_until, keys.alert_deadlines):
-        found |= {f"{key} {m!s}" for m in client.zrange(key, 0, -1) if company in str(m).split(":")}
-    for key in (keys.beat_slots, keys.beat_applied, keys.paused, keys.rate_limit_overrides):
-        found |= {f"{key} {f!s}" for f in client.hkeys(key) if company in str(f).split(":")}
-    if client.sismember(keys.companies, company):
-        found.add(f"{keys.companies} {company}")
-    return found
-
-
-def _kept(keys: KeySpace, key: str, company: str) -> bool:
-    """Whether ``key`` is one the inventory keeps (or leaves to expire) for ``company``."""
-    fates = {**COMPANY_KEYS, **TASK_KEYS}
-    for name, fate in fates.items():
-        if fate is OnRemoval.DELETE:
-            continue
-        params = inspect.signature(getattr(KeySpace, name)).parameters
-        head = getattr(keys, name)(*(["\x01"] * (len(params) - 1))).split("\x01")[0]
-        if key.startswith(head) and (name != "executed" or f":{company}:" in key):
-            return True
-    return key == keys.removed
-
-
 @pytest.mark.integration
 def test_removing_a_company_leaves_no_key_of_it_outside_the_kept_list(real: redis.Redis) -> None:
     keys = KeySpace(f"t{datetime.now(UTC).timestamp():.0f}")
@@ -137,15 +109,14 @@ def test_removing_a_company_leaves_no_key_of_it_outside_the_kept_list(real: redi
         store.add_project(company, "p1")
         _everything_of(real, keys, company)
         set_company_limit(real, keys, company, CompanyLimit(rate=1.0))
-    neighbour = _left(real, keys, "stone")
+    neighbour = holding(real, keys, "stone")
 
     Lifecycle(store).remove_company("acme", "al")
 
-    left = _left(real, keys, "acme")
-    assert left, "the kept keys (audit, run records, sandbox data) are gone too"
-    assert sorted(k for k in left if not _kept(keys, k, "acme")) == []
+    assert holding(real, keys, "acme"), "the kept keys (audit, run records, sandbox data) went too"
+    assert leftover(real, keys, "acme") == []
     assert real.hget(keys.rate_limit_overrides, limit_field("acme")) is None
-    assert _left(real, keys, "stone") == neighbour
+    assert holding(real, keys, "stone") == neighbour
 
 
 def test_a_company_added_again_under_the_same_id_inherits_no_credentials(
