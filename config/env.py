@@ -115,6 +115,35 @@ class Settings(BaseSettings):
         "deadlines that passed are read, never every company).",
     )
 
+    outbound_allow: str = Field(
+        "",
+        description="Hosts, addresses or CIDR ranges (comma separated) that alert webhooks and "
+        "ERP URLs may reach although they are internal (loopback, private, link-local, "
+        "carrier-grade NAT, metadata). Empty: every internal target is refused, when the rule "
+        "or connection is written and again on the address each request connects to. The demo "
+        "and tests name `127.0.0.1`.",
+    )
+    redis_wait_replicas: int = Field(
+        1,
+        ge=0,
+        le=10,
+        description="Replicas that must acknowledge an admin change (settings, users, "
+        "connections and token rotations, pauses, alert rules) before it is reported done "
+        "(Redis `WAIT`; at most the replicas connected, so a lone Redis waits for none). "
+        "0: never wait.",
+    )
+    redis_wait_timeout_ms: int = Field(
+        1000,
+        ge=1,
+        le=60000,
+        description="How long an admin change waits for its replica acknowledgements; a change "
+        "not acknowledged in time is reported to the admin (non-zero exit), not silently accepted.",
+    )
+    flower_allow_open: bool = Field(
+        False,
+        description="Let `celery -A worker flower` start without `FLOWER_BASIC_AUTH` (or another "
+        "Flower auth option). Off: it refuses to start open.",
+    )
     secret_key: SecretStr | None = Field(
         None,
         description="Keys that encrypt stored ERP credentials (Fernet keys, comma "
