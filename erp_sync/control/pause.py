@@ -29,7 +29,9 @@ from erp_sync.errors import InvalidInput, PermissionDenied
 
 FLEET = "*"
 MAX_PAUSE = 366 * 86_400.0
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+# At most 7 digits a part: more is past the one-year cap anyway, and a 400-digit number would
+# overflow the float arithmetic below instead of getting the one-line error.
+_DURATION = re.compile(r"(?:(\d{1,7})d)?(?:(\d{1,7})h)?(?:(\d{1,7})m)?(?:(\d{1,7})s)?")
 
 
 class PauseRecord(BaseModel):
