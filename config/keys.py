@@ -105,6 +105,21 @@ class KeySpace:
         """ZSET ``company:kind:project`` -> when that sync turns stale without a success."""
         return self._k("alerts", "deadlines")
 
+    def alert_outbox(self, company: str) -> str:
+        """HASH delivery id -> a webhook delivery recorded with its incident and not yet queued
+        (JSON: alert id, payload, when): re-sent if the worker died before queueing it."""
+        return self._k("alerts", company, "outbox")
+
+    @property
+    def alert_outbox_due(self) -> str:
+        """ZSET company id -> when its oldest unqueued delivery (``alert_outbox``) is re-sent."""
+        return self._k("outbox", "alerts")
+
+    def alert_claim(self, delivery: str) -> str:
+        """STRING with a TTL: the task id that posts webhook delivery ``delivery``; a copy of
+        the delivery queued again (by the outbox) under another task id posts nothing."""
+        return self._k("claim", "alert", delivery)
+
     @property
     def changes(self) -> str:
         """STREAM of change messages ``{company, version}``; beat resumes from its cursor."""
@@ -233,6 +248,13 @@ class KeySpace:
         """HASH: a company's ERP connection (``meta`` JSON, ``secret`` sealed, ``generation``)."""
         return self._k("connection", company)
 
+    @property
+    def connection_generations(self) -> str:
+        """STRING: the fleet's connection generation counter. Every write of a connection's
+        secrets takes its next number, so no generation is ever given twice, not even to a
+        company removed and added again: a compare-and-set on one never matches a newer one."""
+        return self._k("connections", "generation")
+
     def access_token(self, company: str) -> str:
         """STRING: a company's cached ERP access token (encrypted), expiring before it does."""
         return self._k("connection", company, "access")
@@ -257,6 +279,12 @@ class KeySpace:
     def last_runs(self) -> str:
         """HASH ``<status>:<kind>`` -> the fleet's latest finished run of that kind (JSON)."""
         return self._k("runs", "last")
+
+    @property
+    def runs_outbox(self) -> str:
+        """HASH task id -> a final run record (JSON) the database has not taken yet (it was
+        down or full when the run ended); written to the history when it accepts writes."""
+        return self._k("outbox", "runs")
 
     @property
     def removed(self) -> str:

@@ -2,10 +2,19 @@
 
 One HASH per company (``<prefix>:connection:<company>``): ``meta`` (public JSON: ERP, realm,
 client id, URLs, who connected it and when, status), ``secret`` (the client secret and the
-refresh token, sealed by ``erp_sync.control.vault``) and ``generation`` (bumped on every
-refresh-token rotation). Rotation is a compare-and-set on ``generation``: a worker stores a new
-refresh token only if it refreshed from the newest one, so a slow worker can never put back an
-older token.
+refresh token, sealed by ``erp_sync.control.vault``) and ``generation``.
+
+Generations only ever increase: every write of a connection's secrets (``connect``, a token
+rotation) takes the next number of one fleet-wide counter (``KeySpace.connection_generations``),
+so no generation is given twice, not even across a disconnect or a company removed and added
+again. Every write is a compare-and-set, one unit of work of the settings store (WATCH of the
+connection, the write in MULTI; ``SettingsStore.transact``): a worker stores a rotated refresh
+token only if it refreshed from the generation still stored, so a refresh that was in flight
+while an admin reconnected fails instead of putting the old realm's token beside the new client
+secret; ``mark`` given the generation it refreshed from does not mark a newer connection; and
+re-encrypting (``reseal``) retries when a rotation lands between its read and its write, instead
+of putting the spent token back. Re-encrypting keeps the generation: the content is unchanged,
+so a refresh in flight meanwhile still stores its (valid, rotated) token.
 
 A company with no connection is served by the sandbox ERP; a connected one by its ERP's real
 connector. A connection whose refresh token was refused (``invalid_grant``) is kept, marked
@@ -86,26 +95,48 @@ class ConnectionStore:
     def _watched(self, company: str) -> list[str]:
         return [self.keys.users(company), self.keys.connection(company)]
 
-    def save(self, connection: Connection, secrets: Secrets, audit: AuditEntry) -> None:
-        """Store a new connection (replacing any earlier one, with a fresh generation) and its
-        audit entry, together, as ``audit.actor`` (an admin of the company)."""
-        sealed = self.vault.seal(secrets.model_dump())
-        key = self.keys.connection(connection.company)
+    def _next_generation(self, pipe: redis.client.Pipeline, current: object) -> int:
+        """In the read phase: the counter's next number, and above the stored one (a counter
+        lost with a Redis rebuilt from the database starts again low)."""
+        taken = int(pipe.incr(self.keys.connection_generations))
+        return max(taken, int(str(current or 0)) + 1)
 
-        def write(work: UnitOfWork) -> None:
-            work.require_admin(connection.company, audit.actor)
+    def save(
+        self,
+        connection: Connection,
+        secrets: Secrets,
+        audit: AuditEntry,
+        requested: dict[str, object] | None = None,
+    ) -> int:
+        """Store a new connection (replacing any earlier one, under a newer generation) and its
+        audit entry, together, as ``audit.actor``; returns the generation. The actor's admin
+        level and the company's existence are checked in the same transaction as the write
+        (a revocation or a removal racing it wins: nothing written, the refusal logged with
+        ``requested``)."""
+        sealed = self.vault.seal(secrets.model_dump())
+        company = connection.company
+        key = self.keys.connection(company)
+
+        def write(work: UnitOfWork) -> int:
+            work.require_admin(company, audit.actor)
+            generation = self._next_generation(work.pipe, work.pipe.hget(key, "generation"))
             work.begin()
-            work.pipe.delete(key, self.keys.access_token(connection.company))
+            work.pipe.delete(key, self.keys.access_token(company))
             work.pipe.hset(
                 key,
-                mapping={"meta": connection.model_dump_json(), "secret": sealed, "generation": 1},
+                mapping={
+                    "meta": connection.model_dump_json(),
+                    "secret": sealed,
+                    "generation": generation,
+                },
             )
             work.audit(audit)
+            return generation
 
-        self._store.transact(
-            self._watched(connection.company),
+        return self._store.transact(
+            self._watched(company),
             write,
-            Denied(connection.company, audit.actor, "connection.connect"),
+            Denied(company, audit.actor, "connection.connect", requested or {}),
         )
 
     def get(self, company: str) -> Connection | None:
@@ -125,54 +156,74 @@ class ConnectionStore:
         )
         if not sealed:
             raise NotFound(f"{company!r} is not connected to an ERP")
-        data = self.vault.open(str(sealed), f"the credentials of {company!r}")
+        return self._open(str(sealed), company), int(generation or 0)
+
+    def _open(self, sealed: str, company: str) -> Secrets:
+        data = self.vault.open(sealed, f"the credentials of {company!r}")
         try:
-            return Secrets.model_validate(data), int(generation or 0)
+            return Secrets.model_validate(data)
         except ValidationError:
             raise CorruptRecord(f"the credentials of {company!r} are incomplete") from None
 
     def rotate_refresh_token(
         self, company: str, generation: int, refresh_token: str, refreshed_at: datetime
-    ) -> None:
-        """Store the newest refresh token, if ``generation`` is still the stored one."""
+    ) -> int:
+        """Store the newest refresh token if ``generation`` is still the stored one (else
+        ``ConcurrentUpdate``: reconnected, disconnected or rotated meanwhile); returns the
+        connection's new generation."""
         key = self.keys.connection(company)
-        with self.client.pipeline() as pipe:
-            pipe.watch(key)  # type: ignore[no-untyped-call]
-            current = pipe.hget(key, "generation")
-            meta = pipe.hget(key, "meta")
-            if current is None or int(current) != generation or meta is None:
-                pipe.reset()
-                raise ConcurrentUpdate(f"the connection of {company!r} changed meanwhile")
-            old, _ = self.secrets(company)
-            sealed = self.vault.seal({**old.model_dump(), "refresh_token": refresh_token})
+        changed = f"the connection of {company!r} changed meanwhile"
+
+        def write(work: UnitOfWork) -> int:
+            current, sealed, meta = work.pipe.hmget(key, ["generation", "secret", "meta"])
+            if current is None or int(current) != generation or not sealed or not meta:
+                raise ConcurrentUpdate(changed)
+            old = self._open(str(sealed), company)
+            resealed = self.vault.seal({**old.model_dump(), "refresh_token": refresh_token})
             updated = parse(Connection, meta, "connection").model_copy(
                 update={"refreshed_at": refreshed_at}
             )
-            pipe.multi()
-            pipe.hset(
+            new = self._next_generation(work.pipe, current)
+            work.begin()
+            work.pipe.hset(
                 key,
-                mapping={
-                    "secret": sealed,
-                    "generation": generation + 1,
-                    "meta": updated.model_dump_json(),
-                },
+                mapping={"secret": resealed, "generation": new, "meta": updated.model_dump_json()},
             )
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                raise ConcurrentUpdate(f"the connection of {company!r} changed meanwhile") from None
+            return new
 
-    def mark(self, company: str, status: Status, error: str | None) -> None:
+        try:
+            return self._store.transact([key], write, company=company)
+        except NotFound:  # the company was removed meanwhile: its connection with it
+            raise ConcurrentUpdate(changed) from None
+
+    def mark(
+        self, company: str, status: Status, error: str | None, *, generation: int | None = None
+    ) -> bool:
+        """Set the connection's status; returns whether it was set. With ``generation`` (the
+        one a refused refresh started from), only if that is still the stored connection: a
+        refusal of an older connection's token does not mark the one an admin connected since.
+        """
         key = self.keys.connection(company)
-        raw = self.client.hget(key, "meta")
-        if raw:
+
+        def write(work: UnitOfWork) -> bool:
+            current, raw = work.pipe.hmget(key, ["generation", "meta"])
+            if raw is None or (generation is not None and str(current) != str(generation)):
+                return False
             meta = parse(Connection, raw, "connection").model_copy(
                 update={"status": status, "error": error}
             )
-            self.client.hset(key, "meta", meta.model_dump_json())
+            work.begin()
+            work.pipe.hset(key, "meta", meta.model_dump_json())
+            return True
+
+        try:
+            return self._store.transact([key], write, company=company)
+        except NotFound:
+            return False
 
     def delete(self, company: str, audit: AuditEntry) -> bool:
-        """Forget the connection (the company goes back to the sandbox ERP), audited."""
+        """Forget the connection (the company goes back to the sandbox ERP), audited; the
+        admin check and the company's existence are checked in the same transaction."""
         key = self.keys.connection(company)
 
         def write(work: UnitOfWork) -> bool:
@@ -187,14 +238,35 @@ class ConnectionStore:
             self._watched(company), write, Denied(company, audit.actor, "connection.disconnect")
         )
 
-    def rotate_keys(self) -> int:
-        """Re-encrypt every stored secret with the newest key; returns how many."""
-        done = 0
+    def companies(self) -> list[str]:
+        """Every company with a stored connection (a scan: for rotate-key and imports)."""
+        found = []
         for key in self.client.scan_iter(self.keys.pattern("connection"), count=500):
-            if self.keys.company_of("connection", str(key)) is None:
-                continue  # an access token or a lock, not a connection
-            sealed = self.client.hget(key, "secret")
-            if sealed:
-                self.client.hset(key, "secret", self.vault.rotate(str(sealed)))
-                done += 1
-        return done
+            company = self.keys.company_of("connection", str(key))
+            if company is not None:  # not an access token or a lock
+                found.append(company)
+        return sorted(found)
+
+    def reseal(self, company: str) -> bool:
+        """Re-encrypt the company's secrets with the newest key, compare-and-set (a rotation
+        landing between the read and the write makes it read again); returns whether there
+        was a secret. The generation stays: the secrets' content did not change."""
+        key = self.keys.connection(company)
+
+        def write(work: UnitOfWork) -> bool:
+            sealed = work.pipe.hget(key, "secret")
+            if not sealed:
+                return False
+            resealed = self.vault.rotate(str(sealed))
+            work.begin()
+            work.pipe.hset(key, "secret", resealed)
+            return True
+
+        try:
+            return self._store.transact([key], write, company=company)
+        except NotFound:  # removed meanwhile (or a leftover of a removed company): not ours
+            return False
+
+    def rotate_keys(self) -> int:
+        """Re-encrypt every stored connection's secrets with the newest key; returns how many."""
+        return sum(self.reseal(company) for company in self.companies())
