@@ -1,6 +1,9 @@
 """docker-compose.yml and the Dockerfile: the file validates, the stack is safe to operate, and
 every command in it names a real module, subcommand and option of this project's Celery app and CLI.
 The database is PostgreSQL, migrated once before any worker starts; beat never waits for it.
+The secret key reaches every container that opens sealed secrets, and only those, as a variable
+compose requires; published ports listen on loopback unless a variable says otherwise; the
+``alerts`` queue has workers of its own, so a slow webhook receiver never holds a sync's slot.
 
 Options are checked against the real ``--help`` output of the installed Celery, Flower and
 ``manage.py``, so a renamed or misspelt option fails here instead of in a crash-looping container.
@@ -32,7 +35,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 APP_SERVICES = sorted(name for name in SERVICES if name not in ("redis", "postgres"))
-WORKERS = ("worker-company", "worker-project")
+WORKERS = ("worker-company", "worker-project", "worker-alerts")
+# What opens sealed secrets (ERP credentials, alert signing secrets): the workers and the CLI.
+SECRET_USERS = {*WORKERS, "manage", "seed"}
+SECRET_KEY = "ERP_SYNC_SECRET_KEY"
 # Needs only the database (`erp-sync db upgrade`), not Redis.
 MIGRATE = "migrate"
 # Compose's required-variable form: `${NAME:?message}` (refuses to run when NAME is unset).
@@ -219,8 +225,32 @@ def test_flower_is_never_open_without_basic_auth_from_a_required_variable() -> N
     assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", required)
     assert "FLOWER_UNAUTHENTICATED_API" not in {key for key, _ in _walk(COMPOSE)}
     assert "FLOWER_UNAUTHENTICATED_API" not in COMPOSE_FILE.read_text()
-    assert argv_of(flower)[-1] == "--port=5555" and "5555:5555" in flower["ports"]
+    assert argv_of(flower)[-1] == "--port=5555"
+    assert flower["ports"] == ["${FLOWER_BIND:-127.0.0.1}:5555:5555"]
     assert ":5555/" in flower["healthcheck"]["test"][-1]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_published_port_listens_on_loopback_unless_its_bind_variable_says_otherwise(
+    name: str,
+) -> None:
+    # `HOST:PUBLISHED:TARGET` with HOST `${<SERVICE>_BIND:-127.0.0.1}`: a port without a host
+    # address (`5555:5555`) would be published on every interface of the Docker host.
+    variable = name.upper().replace("-", "_") + "_BIND"
+    for port in SERVICES[name].get("ports", []):
+        host, _, rest = str(port).rpartition(":")
+        host, _, _published = host.rpartition(":")
+        assert host == f"${{{variable}:-127.0.0.1}}", f"{name}: {port}"
+        assert rest.isdigit()
+
+
+def test_the_secret_key_goes_to_every_container_that_opens_secrets_and_to_no_other() -> None:
+    having = {name for name in SERVICES if SECRET_KEY in SERVICES[name].get("environment", {})}
+    assert having == SECRET_USERS
+    for name in having:
+        value = SERVICES[name]["environment"][SECRET_KEY]
+        assert re.fullmatch(REQUIRED % SECRET_KEY, value), f"{name}: {value}"
+        assert "erp-sync connection new-key" in value  # the error says how to make one
 
 
 def test_redis_persists_with_aof_never_evicts_and_has_a_healthcheck() -> None:
@@ -354,7 +384,19 @@ def test_the_workers_consume_every_sync_queue_and_the_housekeeping_one() -> None
     assert {queue_for(kind) for kind in TASK_NAMES} <= consumed
     periodic = celery_config(Settings()).get("beat_schedule", {}).values()
     assert {entry["options"]["queue"] for entry in periodic} <= consumed
-    assert "alerts" in consumed  # webhooks and housekeeping (DESIGN: the company workers)
+    assert "alerts" in consumed  # webhooks and housekeeping
+
+
+def test_the_alerts_queue_has_workers_of_its_own_that_run_no_sync() -> None:
+    from erp_sync.infra.slots import TASK_NAMES, queue_for
+
+    queues = {name: option_value(argv_of(SERVICES[name]), "-Q").split(",") for name in WORKERS}
+    sync_queues = {queue_for(kind) for kind in TASK_NAMES}
+    # A webhook receiver that trickles its answer holds a slot of the worker that consumes
+    # `alerts`; that worker must run no sync (tests/test_alert_isolation.py measures it).
+    assert [name for name, q in queues.items() if "alerts" in q] == ["worker-alerts"]
+    assert queues["worker-alerts"] == ["alerts"]
+    assert not sync_queues & set(queues["worker-alerts"])
 
 
 @pytest.mark.parametrize("name", WORKERS)
@@ -442,7 +484,11 @@ def compose_config(
     )
 
 
-REQUIRED_ENV = {"FLOWER_BASIC_AUTH": "x:y", "POSTGRES_PASSWORD": "pw0123456789"}
+REQUIRED_ENV = {
+    "FLOWER_BASIC_AUTH": "x:y",
+    "POSTGRES_PASSWORD": "pw0123456789",
+    SECRET_KEY: "a-fernet-key-from-erp-sync-connection-new-key",
+}
 
 
 def test_the_compose_file_validates(compose_cli: list[str], tmp_path: Path) -> None:
@@ -477,3 +523,24 @@ def test_compose_resolves_the_database_url_and_the_start_order_as_intended(
         assert worker["depends_on"][MIGRATE]["condition"] == "service_completed_successfully"
         assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert set(resolved["beat"]["depends_on"]) == {"redis"}
+    for name, service in resolved.items():
+        assert service.get("environment", {}).get(SECRET_KEY) == (
+            REQUIRED_ENV[SECRET_KEY] if name in SECRET_USERS else None
+        ), name
+
+
+@pytest.mark.parametrize(("bind", "host"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
+def test_flower_is_published_on_loopback_unless_flower_bind_names_another_address(
+    compose_cli: list[str], tmp_path: Path, bind: str | None, host: str
+) -> None:
+    env = {**REQUIRED_ENV, **({"FLOWER_BIND": bind} if bind else {})}
+    done = compose_config(compose_cli, tmp_path, env, quiet=False)
+    assert done.returncode == 0, done.stderr
+    resolved: dict[str, dict[str, Any]] = yaml.safe_load(done.stdout)["services"]
+    published = [
+        (p.get("host_ip", "*"), str(p["published"]), p["target"]) if isinstance(p, dict) else p
+        for name, service in resolved.items()
+        for p in service.get("ports", [])
+    ]
+    # docker-compose v1 prints `IP:PUBLISHED:TARGET/tcp`; the compose plugin a mapping.
+    assert published in ([f"{host}:5555:5555/tcp"], [(host, "5555", 5555)]), published
