@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import click
 
-from config.models import AuditEntry, PermissionLevel
 from erp_sync.cli.beat_cmd import describe_pause
 from erp_sync.cli.context import Ctx, pass_ctx
 from erp_sync.control.pause import Pauses, parse_until
 from erp_sync.control.store import SettingsStore
+from erp_sync.control.unit import Denied, UnitOfWork
 from erp_sync.errors import InvalidInput
 
 
@@ -75,15 +75,15 @@ def guard_manual_run(store: SettingsStore, company_id: str, actor: str, force: b
         raise InvalidInput(
             f"{what} is paused ({describe_pause(record)}); use --force (an admin) to run it anyway"
         )
-    store.require(company_id, actor, PermissionLevel.ADMIN)
-    entry = AuditEntry(
-        at=store.clock(),
-        actor=actor,
-        action="sync.force",
-        company=company_id,
-        new={"paused_by": record.by, "reason": record.reason},
+    requested: dict[str, object] = {"paused_by": record.by, "reason": record.reason}
+
+    def write(work: UnitOfWork) -> None:
+        work.require_admin(company_id, actor)  # checked with the audit row, as one step
+        work.audited(company_id, actor, "sync.force", {}, requested)
+
+    store.transact(
+        [store.keys.users(company_id)], write, Denied(company_id, actor, "sync.force", requested)
     )
-    store.transact([], lambda work: work.audit(entry))
 
 
 COMMANDS = [pause, resume]

@@ -27,19 +27,23 @@ from config.models import (
     first_error,
 )
 from erp_sync.cli.context import Ctx, echo_json, note_if_removed, pass_ctx, table
+from erp_sync.cli.oplog import operator_entry, record_operator
 from erp_sync.cli.pause_cmd import guard_manual_run
 from erp_sync.cli.sandbox_cmd import sandbox
 from erp_sync.connectors import connector_for
 from erp_sync.connectors.sandbox_data import SandboxData
 from erp_sync.connectors.throttled import throttled
+from erp_sync.control.pause import FLEET
+from erp_sync.control.unit import Denied, UnitOfWork
 from erp_sync.db import RunLog
-from erp_sync.errors import AlreadyExists, InvalidInput, NotFound
+from erp_sync.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from erp_sync.infra.slots import TASK_NAMES, queue_for, task_kwargs
 from erp_sync.runs.syncs import reconcile as reconcile_kind
 from erp_sync.throttle.ratelimit import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LIMITS,
     CompanyLimit,
+    RateLimit,
     TokenBucket,
     limit_for,
     set_company_limit,
@@ -59,7 +63,7 @@ DEMO_ERPS = (
 DEMO_VENDORS = (300, 1200, 2500, 600, 150, 4000, 900, 450)
 
 
-_SINCE = re.compile(r"(\d+)([mhdw])")
+_SINCE = re.compile(r"(\d{1,9})([mhdw])")  # 9 digits: any real span, never an overflow
 _UNIT = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -67,7 +71,10 @@ def parse_since(text: str, now: datetime) -> datetime:
     """``7d``, ``12h``, ``30m``, ``2w`` before ``now``, or an ISO date/time (UTC if no zone)."""
     match = _SINCE.fullmatch(text.strip())
     if match:
-        return now - timedelta(seconds=int(match[1]) * _UNIT[match[2]])
+        try:
+            return now - timedelta(seconds=int(match[1]) * _UNIT[match[2]])
+        except OverflowError:
+            raise InvalidInput(f"--since {text[:40]!r} reaches before the year 1") from None
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -168,7 +175,12 @@ def sync_now(
 ) -> None:
     """Run COMPANY's KIND sync now (queued for the workers; see `history` for the result)."""
     company = ctx.store.get_company(company_id)
-    ctx.store.require(company_id, actor, PermissionLevel.STANDARD)
+    try:
+        ctx.store.require(company_id, actor, PermissionLevel.STANDARD)
+    except PermissionDenied:
+        requested: dict[str, object] = {"kind": kind, "project": project, "force": force}
+        ctx.store.record_denied(Denied(company_id, actor, "sync.run", requested))
+        raise
     sync_kind = SyncKind(kind)
     targets = _targets(ctx, company, sync_kind, project)
     guard_manual_run(ctx.store, company_id, actor, force)  # a paused company needs --force
@@ -215,6 +227,9 @@ def reconcile(ctx: Ctx, company_id: str, project: str | None, fix: bool, as_json
             )
             for name, d in drift.items():
                 report[name] = {"missing": d.missing, "extra": d.extra, "different": d.different}
+    if fix:  # the database was rewritten: an operator change, with what it fixed
+        fixed = {n: {k: len(v) for k, v in d.items()} for n, d in report.items() if any(d.values())}
+        record_operator(ctx.store, "reconcile.fix", company_id, {"project": project, **fixed})
     if as_json:
         echo_json(report)
         return
@@ -281,8 +296,21 @@ def ratelimit_show(ctx: Ctx, as_json: bool) -> None:
 def ratelimit_set(
     ctx: Ctx, erp: str, rate: float, burst: float, concurrency: int, requests: int | None
 ) -> None:
-    """Override ERP's limit for every company on it (live on the next call)."""
-    limit = set_limit(ctx.client, ctx.keys, erp, rate, burst, concurrency, requests)
+    """Override ERP's limit for every company on it (live on the next call; operator log)."""
+    before = limit_for(ctx.client, ctx.keys, Erp(erp)) if erp in set(Erp) else None
+
+    def write(work: UnitOfWork) -> RateLimit:
+        work.begin()
+        limit = set_limit(work.pipe, ctx.keys, erp, rate, burst, concurrency, requests)
+        old = before.model_dump() if before else {}
+        work.operator(
+            operator_entry(
+                ctx.store, "ratelimit.set", FLEET, {"erp": erp, **limit.model_dump()}, old
+            )
+        )
+        return limit
+
+    limit = ctx.store.transact([ctx.keys.rate_limit_overrides], write)
     click.echo(
         f"{erp}: {limit.rate:g}/s, burst {limit.burst:g}, "
         f"{limit.concurrency} at once per company"
@@ -316,7 +344,16 @@ def ratelimit_company(
             )
         except ValidationError as exc:
             raise InvalidInput(f"invalid limit {first_error(exc)}") from None
-        set_company_limit(ctx.client, ctx.keys, company_id, change)
+
+        def write(work: UnitOfWork) -> None:
+            merged = set_company_limit(work.pipe, ctx.keys, company_id, change, work.begin)
+            work.operator(
+                operator_entry(
+                    ctx.store, "ratelimit.company", company_id, merged.model_dump(exclude_none=True)
+                )
+            )
+
+        ctx.store.transact([ctx.keys.rate_limit_overrides], write)
     limit = limit_for(ctx.client, ctx.keys, company.erp, company_id)
     click.echo(
         f"{company_id} ({company.erp.value}): {limit.rate:g}/s, burst {limit.burst:g}, "

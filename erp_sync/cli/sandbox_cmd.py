@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx
+from erp_sync.cli.oplog import record_operator
 from erp_sync.connectors.sandbox_data import SandboxConfig, SandboxData
 from erp_sync.errors import InvalidInput, NotFound
 
@@ -105,6 +106,8 @@ def sandbox_set(ctx: Ctx, /, company_id: str, fail_next: int | None, **options: 
     config = data.configure(company_id, **changes) if changes else data.config(company_id)
     if fail_next is not None:
         data.fail_next(company_id, fail_next)
+    logged = {**changes, **({"fail_next": fail_next} if fail_next is not None else {})}
+    record_operator(ctx.store, "sandbox.set", company_id, logged)
     echo_json(
         {
             "company": company_id,
@@ -122,7 +125,9 @@ def add_vendor(ctx: Ctx, company_id: str, name: str) -> None:
     """Add a vendor called NAME to COMPANY's ERP."""
     if not name.strip() or len(name) > 200:
         raise InvalidInput("vendor name must be 1-200 characters")
-    echo_json(_data(ctx, company_id).add_vendor(company_id, name))
+    added = _data(ctx, company_id).add_vendor(company_id, name)
+    record_operator(ctx.store, "sandbox.add_vendor", company_id, {"name": name})
+    echo_json(added)
 
 
 @sandbox.command("add-cost")
@@ -134,7 +139,14 @@ def add_vendor(ctx: Ctx, company_id: str, name: str) -> None:
 def add_cost(ctx: Ctx, company_id: str, project: str, amount: float, cost_code: str) -> None:
     """Post a job cost transaction to PROJECT's job in COMPANY's ERP."""
     cents = _cents(amount)
-    echo_json(_data(ctx, company_id, project).add_cost(company_id, project, cents, cost_code))
+    added = _data(ctx, company_id, project).add_cost(company_id, project, cents, cost_code)
+    record_operator(
+        ctx.store,
+        "sandbox.add_cost",
+        company_id,
+        {"project": project, "amount_cents": cents, "cost_code": cost_code},
+    )
+    echo_json(added)
 
 
 @sandbox.command("add-payment")
@@ -149,7 +161,14 @@ def add_payment(
     """Record a bill payment against an invoice of PROJECT's job in COMPANY's ERP."""
     cents = _cents(amount)
     data = _data(ctx, company_id, project)
-    echo_json(data.add_payment(company_id, project, cents, invoice))
+    added = data.add_payment(company_id, project, cents, invoice)
+    record_operator(
+        ctx.store,
+        "sandbox.add_payment",
+        company_id,
+        {"project": project, "amount_cents": cents, "invoice": invoice},
+    )
+    echo_json(added)
 
 
 @sandbox.command("delete-vendor")
@@ -161,4 +180,5 @@ def delete_vendor(ctx: Ctx, company_id: str, vendor: str) -> None:
     data = _data(ctx, company_id)
     data.ensure_seeded(company_id)
     revision = data.delete(company_id, "vendors", vendor)
+    record_operator(ctx.store, "sandbox.delete_vendor", company_id, {"vendor": vendor})
     echo_json({"company": company_id, "vendor": vendor, "deleted": True, "revision": revision})

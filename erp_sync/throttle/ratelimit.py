@@ -35,6 +35,9 @@ HEADROOM = 0.98
 
 
 DEFAULT_CONCURRENCY = 2  # syncs of one company running at once, fleet-wide
+# The slowest rate an operator may set: one call per 100 s. Below it a sync of a few dozen calls
+# takes hours, and a value like 1e-300 stops a company's syncs for ever without a word.
+MIN_RATE = 0.01
 
 
 class RateLimit(BaseModel):
@@ -43,7 +46,7 @@ class RateLimit(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rate: float = Field(gt=0, le=10_000)
+    rate: float = Field(ge=MIN_RATE, le=10_000)
     burst: float = Field(ge=1, le=10_000)
     concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=1000)
     # ERP requests of one company in flight at once, fleet-wide (None: no cap). Enforced by
@@ -56,7 +59,7 @@ class CompanyLimit(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rate: float | None = Field(None, gt=0, le=10_000)
+    rate: float | None = Field(None, ge=MIN_RATE, le=10_000)
     burst: float | None = Field(None, ge=1, le=10_000)
     concurrency: int | None = Field(None, ge=1, le=1000)
     requests: int | None = Field(None, ge=1, le=1000)
@@ -140,12 +143,20 @@ def set_limit(
 
 
 def set_company_limit(
-    client: redis.Redis, keys: KeySpace, company: str, change: CompanyLimit
+    client: redis.Redis,
+    keys: KeySpace,
+    company: str,
+    change: CompanyLimit,
+    begin: Callable[[], None] = lambda: None,
 ) -> CompanyLimit:
-    """Store (merge) a company's own override; fields left unset keep the ERP's value."""
+    """Store (merge) a company's own override; fields left unset keep the ERP's value.
+
+    ``client`` may be a pipeline watching the overrides: ``begin`` then starts its MULTI
+    between the read and the write, so the caller's audit row commits with the change."""
     raw = client.hget(keys.rate_limit_overrides, limit_field(company))
     current = CompanyLimit.model_validate_json(raw) if raw else CompanyLimit()
     merged = current.model_copy(update=change.model_dump(exclude_none=True))
+    begin()
     client.hset(keys.rate_limit_overrides, limit_field(company), merged.model_dump_json())
     return merged
 
