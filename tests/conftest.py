@@ -35,6 +35,7 @@ from config.keys import KeySpace
 from erp_sync.control.store import SettingsStore
 from erp_sync.db import Database, database
 from tests.support.pgfixtures import pg_url, postgres_server
+from tests.support.procs import TEST_OUTBOUND_ALLOW
 from tests.support.redisproc import RedisServer, require_redis_server
 
 __all__ = ["pg_url", "postgres_server"]  # fixtures, for every test module
@@ -102,6 +103,16 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def outbound_allow(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Tests deliver to receivers and a fake QuickBooks on loopback, which the default policy
+    refuses: the suite opts in explicitly, as an operator would (ERP_SYNC_OUTBOUND_ALLOW,
+    inherited by the processes it starts). A test of the default deletes it."""
+    monkeypatch.setenv("ERP_SYNC_OUTBOUND_ALLOW", TEST_OUTBOUND_ALLOW)
+    get_settings.cache_clear()
+    return TEST_OUTBOUND_ALLOW
+
+
+@pytest.fixture(autouse=True)
 def db_url(sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Every test's own SQLite database (ERP_SYNC_DATABASE_URL, inherited by the processes it
     starts), so no test writes to a developer's default database or to another test's."""
@@ -137,13 +148,17 @@ def any_db(request: pytest.FixtureRequest) -> Database:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, prefix: str, db_url: str) -> Iterator[pytest.MonkeyPatch]:
-    """Process settings isolated for this test (prefix and database set; cache cleared)."""
+def env(
+    monkeypatch: pytest.MonkeyPatch, prefix: str, db_url: str, outbound_allow: str
+) -> Iterator[pytest.MonkeyPatch]:
+    """Process settings isolated for this test (prefix, database and the loopback opt-in set;
+    cache cleared)."""
     for name in list(os.environ):
         if name.startswith("ERP_SYNC_") and not name.startswith("ERP_SYNC_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("ERP_SYNC_KEY_PREFIX", prefix)
     monkeypatch.setenv("ERP_SYNC_DATABASE_URL", db_url)
+    monkeypatch.setenv("ERP_SYNC_OUTBOUND_ALLOW", outbound_allow)
     get_settings.cache_clear()
     yield monkeypatch
     get_settings.cache_clear()

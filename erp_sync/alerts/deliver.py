@@ -6,6 +6,16 @@ Redis at each attempt, so no secret ever travels in a task's arguments, and a ru
 the meantime is dropped, not posted. The body is the JSON payload; with a secret, the header
 ``X-ERP-Sync-Signature: sha256=<hex HMAC-SHA256 of the body>`` lets the receiver verify it.
 A password in the URL becomes Basic auth and never appears in the log or in errors.
+
+Every attempt goes through the egress client (``erp_sync.infra.egress``): an internal target the
+operator has not allowed is refused on the address it would connect to, the whole attempt ends
+within the alert timeout, and redirects are never followed: a 3xx answer is a failed attempt
+with its status code (the receiver must answer the URL it was given with a 2xx; following one
+would carry the Basic credentials and the signature to wherever it points). Whatever the
+receiver sends (a garbage status line, too many or too long headers, a connection closed
+half-way) and whatever prevents the attempt (a secret that cannot be opened with
+``ERP_SYNC_SECRET_KEY``, a rule that cannot be read) is a failed attempt with a one-line error
+in the log, never an exception out of ``deliver_once``.
 """
 
 from __future__ import annotations
@@ -14,21 +24,25 @@ import base64
 import hashlib
 import hmac
 import json
-import urllib.error
-import urllib.request
+import logging
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import h11
+import httpx
 import redis
 
 from config.alerts import AlertEvent, AlertRule, DeliveryEntry
 from config.keys import KeySpace
 from config.models import parse
 from erp_sync.alerts.rules import open_secret
+from erp_sync.errors import ErpSyncError
+from erp_sync.infra import egress
 
 LOG_CAP = 500
 SIGNATURE_HEADER = "X-ERP-Sync-Signature"
+log = logging.getLogger("erp_sync.alerts")
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -36,7 +50,13 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _request(rule: AlertRule, body: bytes, event: str, delivery: str) -> urllib.request.Request:
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:200]
+
+
+def _request(rule: AlertRule, body: bytes, event: str, delivery: str) -> tuple[str, dict[str, str]]:
+    """The URL (without its user and password) and the headers of the POST; ``ErpSyncError``
+    when the rule's secret cannot be opened."""
     parts = urlsplit(rule.url)
     headers = {
         "Content-Type": "application/json",
@@ -54,22 +74,38 @@ def _request(rule: AlertRule, body: bytes, event: str, delivery: str) -> urllib.
     if parts.username is not None:
         auth = f"{parts.username}:{parts.password or ''}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(auth).decode()
-    url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-    return urllib.request.Request(url, data=body, headers=headers, method="POST")
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), headers
 
 
-def post(rule: AlertRule, message: dict[str, Any], timeout: float) -> tuple[int | None, str | None]:
-    """One POST; (status code, error) where error is None for a 2xx answer."""
+def post(
+    rule: AlertRule,
+    message: dict[str, Any],
+    timeout: float,
+    policy: egress.Policy | None = None,
+) -> tuple[int | None, str | None]:
+    """One POST, over within ``timeout`` seconds as a whole; (status code, error) where error is
+    None for a 2xx answer. A 3xx is an error with its code: redirects are not followed."""
     body = json.dumps(message, sort_keys=True).encode()
-    request = _request(rule, body, str(message["event"]), str(message["delivery"]))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return int(answer.status), None
-    except urllib.error.HTTPError as exc:
-        return exc.code, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return None, f"{type(exc).__name__}: {str(reason)[:200]}"
+        url, headers = _request(rule, body, str(message["event"]), str(message["delivery"]))
+    except ErpSyncError as exc:
+        return None, _one_line(f"not sent: the alert could not be signed: {exc}")
+    try:
+        with egress.client(timeout, policy=policy) as http:
+            answer = http.post(url, content=body, headers=headers)
+    except httpx.TimeoutException:
+        return None, f"timed out: no complete answer within {timeout:g}s"
+    except (httpx.HTTPError, h11.ProtocolError) as exc:
+        return None, _one_line(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a receiver is untrusted: nothing it does may escape an attempt
+        log.warning("alert delivery failed unexpectedly: %s", type(exc).__name__)
+        return None, _one_line(f"{type(exc).__name__}: {exc}")
+    code = answer.status_code
+    if 200 <= code < 300:
+        return code, None
+    if 300 <= code < 400:
+        return code, f"HTTP {code}: redirects are not followed"
+    return code, f"HTTP {code}"
 
 
 def deliver_once(
@@ -89,8 +125,12 @@ def deliver_once(
     if raw is None:
         outcome = "dropped"
     else:
-        rule = parse(AlertRule, str(raw), f"alert {alert_id!r}")
-        code, error = post(rule, message, timeout)
+        try:
+            rule = parse(AlertRule, str(raw), f"alert {alert_id!r}")
+        except ErpSyncError as exc:
+            error = _one_line(f"not sent: {exc}")
+        else:
+            code, error = post(rule, message, timeout)
         outcome = "delivered" if error is None else "failed" if final else "retrying"
     log_delivery(
         client,

@@ -1,5 +1,9 @@
 """A company's webhook rules: add (an admin, audited), list, remove, read.
 
+A rule whose URL is, or resolves to, an internal address (loopback, private, link-local,
+metadata...; ``erp_sync.infra.egress``) is refused when it is added unless the operator allows
+it in ``ERP_SYNC_OUTBOUND_ALLOW``.
+
 Adding a rule that watches ``stale`` seeds a deadline for each of the company's enabled syncs
 (``evaluate.seed_deadlines``), so a sync that never succeeds is noticed too.
 """
@@ -18,6 +22,7 @@ from erp_sync.control.store import SettingsStore
 from erp_sync.control.unit import Denied, UnitOfWork
 from erp_sync.control.vault import Vault
 from erp_sync.errors import InvalidInput, NotFound
+from erp_sync.infra.egress import check_target
 
 MAX_RULES = 20
 DEFAULT_EVENTS = (AlertEvent.FAILED, AlertEvent.STALE, AlertEvent.RECOVERED)
@@ -89,8 +94,6 @@ class AlertRules:
     ) -> AlertRule:
         user_id(actor)
         self.store.get_company(company_id)
-        if secret is not None:  # sealed before anything is written; no key: nothing written
-            secret = seal_secret(secret)
         try:
             rule = AlertRule(
                 id=secrets.token_hex(4),
@@ -98,12 +101,16 @@ class AlertRules:
                 url=url,
                 events=events,
                 failures=failures,
-                secret=secret,
                 created_by=actor,
                 created_at=self.store.clock(),
             )
         except ValidationError as exc:
             raise InvalidInput(first_error(exc).removeprefix("url: ")) from None
+        # An internal target is refused before anything is written (delivery refuses it again
+        # on the address it connects to: a name may resolve elsewhere later).
+        check_target(rule.url, "--url")
+        if secret is not None:  # sealed before anything is written; no key: nothing written
+            rule = AlertRule.model_validate({**rule.model_dump(), "secret": seal_secret(secret)})
         key = self.keys.alerts(company_id)
 
         def write(work: UnitOfWork) -> None:

@@ -17,13 +17,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = [sys.executable, "-m", "celery", "-A", "worker"]
+# The internal targets the tests allow (ERP_SYNC_OUTBOUND_ALLOW): their receivers and fake ERPs
+# listen on loopback, which the default policy refuses.
+TEST_OUTBOUND_ALLOW = "127.0.0.1,::1"
+INHERITED = ("ERP_SYNC_DATABASE_URL", "ERP_SYNC_OUTBOUND_ALLOW")
 
 
 def process_env(settings: Mapping[str, str]) -> dict[str, str]:
-    """The test's settings; the test's own database (tests/conftest.py) unless they name one."""
+    """The test's settings; the test's own database and loopback opt-in (tests/conftest.py)
+    unless they name their own (``ERP_SYNC_OUTBOUND_ALLOW=""``: the default policy)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERP_SYNC_")}
-    if "ERP_SYNC_DATABASE_URL" in os.environ:
-        env["ERP_SYNC_DATABASE_URL"] = os.environ["ERP_SYNC_DATABASE_URL"]
+    for name in INHERITED:
+        if name in os.environ:
+            env[name] = os.environ[name]
     env.update(settings)
     env["PYTHONUNBUFFERED"] = "1"
     return env
