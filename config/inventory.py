@@ -49,6 +49,7 @@ COMPANY_KEYS: dict[str, OnRemoval] = {
     "alerts": OnRemoval.DELETE,
     "alert_state": OnRemoval.DELETE,
     "alert_log": OnRemoval.DELETE,
+    "alert_outbox": OnRemoval.DELETE,
     "applied_channel": OnRemoval.CHANNEL,
     "history": OnRemoval.KEEP,
     "runs": OnRemoval.KEEP,
@@ -71,7 +72,8 @@ COMPANY_KEYS: dict[str, OnRemoval] = {
 
 # Keys named by something other than the company id that still belong to one company run:
 # ``executed(task_id)`` (the task id names the company) expires by itself like the run locks.
-TASK_KEYS: dict[str, OnRemoval] = {"executed": OnRemoval.EXPIRES}
+# ``alert_claim(delivery)`` (a webhook delivery's claim) expires by itself too.
+TASK_KEYS: dict[str, OnRemoval] = {"executed": OnRemoval.EXPIRES, "alert_claim": OnRemoval.EXPIRES}
 
 
 @dataclass
@@ -125,5 +127,6 @@ def removal(keys: KeySpace, company: str, projects: Iterable[str]) -> Removal:
         keys.alert_deadlines: [
             deadline_member(company, k.value, p) for k in SyncKind for p in targets
         ],
+        keys.alert_outbox_due: [company],
     }
     return out
