@@ -27,6 +27,7 @@ __all__ = [
     "InvalidInput",
     "MustWait",
     "NotFound",
+    "NotReplicated",
     "PermanentConnectorError",
     "PermissionDenied",
     "RateLimited",
@@ -69,6 +70,20 @@ class PermissionDenied(StoreError):
 
 class ConcurrentUpdate(StoreError):
     """Optimistic concurrency gave up after too many conflicting writers."""
+
+
+class NotReplicated(StoreError):
+    """A change the Redis primary committed that too few replicas acknowledged in time (``WAIT``):
+    it is stored, but a failover before a replica has it would lose it. ``result`` is what the
+    committed action returned (the change is not undone)."""
+
+    def __init__(self, acked: int, wanted: int, timeout_ms: int, result: object = None) -> None:
+        who = "no replica" if acked == 0 else f"only {acked} of {wanted} replicas"
+        super().__init__(
+            f"the change is stored on the primary but {who} acknowledged it within "
+            f"{timeout_ms} ms; it may be lost if the primary fails now"
+        )
+        self.acked, self.wanted, self.timeout_ms, self.result = acked, wanted, timeout_ms, result
 
 
 # --- connectors -----------------------------------------------------------------------------

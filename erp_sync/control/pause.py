@@ -178,7 +178,11 @@ class Pauses:
             )
             return record
 
-        return self.store.transact([*self._watched(company_id), *extra_watch], write)
+        # Beat's own end of a timed pause does not wait for replicas (a slow one must not stall
+        # its tick); lost in a failover, the pause's due mark is lost with it and ends again.
+        return self.store.transact(
+            [*self._watched(company_id), *extra_watch], write, durable=due_by is None
+        )
 
     def expire(self, now: float, lease_key: str, token: str, limit: int = 100) -> list[str]:
         """End the pauses whose time has come, as the leader holding ``token`` (fenced)."""

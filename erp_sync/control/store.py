@@ -15,7 +15,9 @@ from typing import Any, TypeVar
 
 import redis
 from pydantic import ValidationError
+from redis.connection import Connection
 
+from config.env import get_settings
 from config.keys import RESERVED_IDS, KeySpace
 from config.models import (
     CAPABILITIES,
@@ -38,6 +40,7 @@ from erp_sync.control.access import level_from, require_level
 from erp_sync.control.inputs import name as valid_name
 from erp_sync.control.inputs import timezone as valid_timezone
 from erp_sync.control.inputs import user_id
+from erp_sync.control.replicas import ReplicaAck
 from erp_sync.control.unit import CHANGE_STREAM_CAP, Denied, UnitOfWork, transact
 from erp_sync.errors import (
     AlreadyExists,
@@ -66,8 +69,12 @@ class SettingsStore:
         clock: Callable[[], datetime] = utcnow,
         change_stream_maxlen: int = CHANGE_STREAM_CAP,
         os_user: str | None = None,
+        ack: ReplicaAck | None = None,
     ) -> None:
         self.client = client
+        # Replica acknowledgements every change waits for (None: ERP_SYNC_REDIS_WAIT_*, read
+        # when the first change commits; ``replicas.NEVER`` for none).
+        self._ack = ack
         # Stamped on every audit entry this store writes (the CLI passes the host user).
         self.os_user = os_user
         self.keys = keys
@@ -211,23 +218,23 @@ class SettingsStore:
         except ValidationError as exc:
             raise InvalidInput(first_error(exc)) from None
         fold = casefold_key(project.id)
-        clash = next(
-            (
-                str(p)
-                for p in self.client.hkeys(self.keys.projects(company_id))
-                if casefold_key(str(p)) == fold and str(p) != project.id
-            ),
-            None,
-        )
-        if clash is not None:
-            raise AlreadyExists(
-                f"project {clash!r} already exists in {company_id!r} (ids "
-                "differ only in case; ids are compared without case)"
-            )
-        if not self.client.hsetnx(
-            self.keys.projects(company_id), project.id, project.model_dump_json()
-        ):
-            raise AlreadyExists(f"project {project.id!r} already exists in {company_id!r}")
+        key = self.keys.projects(company_id)
+
+        def write(work: UnitOfWork) -> None:
+            stored = [str(p) for p in work.pipe.hkeys(key)]
+            if project.id in stored:
+                raise AlreadyExists(f"project {project.id!r} already exists in {company_id!r}")
+            clash = next((p for p in stored if casefold_key(p) == fold), None)
+            if clash is not None:
+                raise AlreadyExists(
+                    f"project {clash!r} already exists in {company_id!r} (ids "
+                    "differ only in case; ids are compared without case)"
+                )
+            work.begin()
+            work.pipe.hset(key, project.id, project.model_dump_json())
+
+        # A transaction like every change: the company must still be there, replicas confirm.
+        self.transact([key], write, company=company_id)
         return project
 
     def list_projects(self, company_id: str) -> list[Project]:
@@ -371,6 +378,7 @@ class SettingsStore:
         denied: Denied | None = None,
         *,
         company: str | None = None,
+        durable: bool = True,
     ) -> T:
         """Run one admin action (``erp_sync.control.unit``): ``write`` reads under WATCH of
         ``watch`` (none: it only writes), ``begin()``s, queues writes and logs; retried until it
@@ -380,7 +388,12 @@ class SettingsStore:
         and finds it still there on every attempt (else ``NotFound``), so no action racing a
         ``company remove`` writes anything back for the removed id that a company added later
         under it would inherit. A permission refusal (also one met inside the transaction, when
-        a demotion raced it) is written to the security log as ``denied`` says, then raised."""
+        a demotion raced it) is written to the security log as ``denied`` says, then raised.
+
+        A ``durable`` action (every admin change) then waits for the replicas' acknowledgement
+        (``erp_sync.control.replicas``): ``NotReplicated`` if too few acknowledged in time, the
+        change stored on the primary only. Not durable: the security log's rows and what beat
+        itself writes (a timed pause's end), which must not stall on a slow replica."""
         scope = company if company is not None else denied.company if denied else None
         if scope is not None:
             watch = [self.keys.company(scope), *watch]
@@ -391,11 +404,21 @@ class SettingsStore:
             return write(self._unit(pipe))
 
         try:
-            return transact(self.client, watch, attempt)
+            return transact(self.client, watch, attempt, self._confirm if durable else None)
         except PermissionDenied:
             if denied is not None:
                 self.record_denied(denied)
             raise
+
+    @property
+    def ack(self) -> ReplicaAck:
+        """The replica acknowledgements this store's changes wait for."""
+        if self._ack is None:
+            self._ack = ReplicaAck.from_settings(get_settings())
+        return self._ack
+
+    def _confirm(self, connection: Connection, result: object) -> None:
+        self.ack.confirm(self.client, connection, result)
 
     def _unit(self, pipe: redis.client.Pipeline) -> UnitOfWork:
         return UnitOfWork(pipe, self.keys, self.clock, self.os_user, self.change_stream_maxlen)
@@ -414,7 +437,7 @@ class SettingsStore:
             company=denied.company,
             new=requested,
         )
-        self.transact([], lambda work: work.denied(entry))
+        self.transact([], lambda work: work.denied(entry), durable=False)
 
     def operator_log(self, limit: int = 100) -> list[AuditEntry]:
         """Operator actions, newest first (the recent part; older ones are archived)."""

@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import redis
+from redis.connection import Connection
 
 from config.keys import KeySpace
 from config.models import AuditEntry
@@ -151,24 +152,65 @@ class UnitOfWork:
         )
 
 
+class _HoldingPipeline(redis.client.Pipeline):
+    """A transaction pipeline that keeps the connection its EXEC ran on, instead of handing it
+    back to the pool, while ``holding``: a ``WAIT`` after the commit must run on that connection
+    (WAIT counts acknowledgements of its own connection's last write). EXEC has dropped every
+    WATCH, so the UNWATCH a plain reset sends is not needed either."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client.connection_pool, client.response_callbacks, True, None)
+        self.holding = False
+        self.held: Connection | None = None
+
+    def reset(self) -> None:  # type: ignore[override]  # Pipeline's, not the RESET command
+        if self.holding and self.connection is not None:
+            self.held, self.connection = self.connection, None
+        super().reset()
+
+    def release_held(self, broken: bool) -> None:
+        """Back to the pool (disconnected first if a reply may still be unread on it)."""
+        if self.held is not None:
+            if broken:
+                self.held.disconnect()  # type: ignore[no-untyped-call]
+            self.connection_pool.release(self.held)
+            self.held = None
+
+
 def transact(
     client: redis.Redis,
     watch: list[str],
     write: Callable[[redis.client.Pipeline], T],
+    confirm: Callable[[Connection, T], None] | None = None,
 ) -> T:
     """Run ``write`` under WATCH of ``watch`` (none: a plain MULTI) until it commits without a
-    conflicting writer; its last return value is the result."""
-    with client.pipeline() as pipe:
+    conflicting writer; its last return value is the result. After a commit, ``confirm`` gets
+    the connection EXEC ran on and the result (the replica acknowledgement) before that
+    connection goes back to the pool; an attempt that wrote nothing is not confirmed."""
+    pipe = _HoldingPipeline(client)
+    with pipe:
         for attempt in range(MAX_ATTEMPTS):
             try:
                 if watch:
                     pipe.watch(*watch)  # type: ignore[no-untyped-call]
                 result = write(pipe)
-                if pipe.explicit_transaction:
+                if not pipe.explicit_transaction:
+                    return result
+                pipe.holding = True
+                try:
                     pipe.execute()
+                finally:
+                    pipe.holding = False
+                if confirm is not None and pipe.held is not None:
+                    try:
+                        confirm(pipe.held, result)
+                    except (redis.RedisError, OSError):  # a reply may be left on the socket
+                        pipe.release_held(broken=True)
+                        raise
                 return result
             except redis.WatchError:
                 time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
             finally:
+                pipe.release_held(broken=False)
                 pipe.reset()
     raise ConcurrentUpdate(f"gave up after {MAX_ATTEMPTS} conflicting writes on {watch[0]}")

@@ -1,0 +1,86 @@
+"""Replica acknowledgement of an admin change: ``WAIT`` after its transaction commits.
+
+Redis replicates asynchronously: a write the primary acknowledged is lost if the primary dies
+before a replica has it, and Sentinel then promotes a replica without it. So after an admin
+change commits (settings, users, connections and token rotations, pauses, alert rules,
+companies and projects), the store asks Redis to ``WAIT`` until ``min(wanted, online replicas)``
+replicas have acknowledged it, at most ``timeout_ms``; fewer in time is ``NotReplicated``,
+reported to the admin rather than silently accepted.
+
+``WAIT`` counts acknowledgements of the *calling connection's* last write, so it must run on the
+connection that ran EXEC (``erp_sync.control.unit`` keeps it checked out until then); on any
+other connection it would answer at once for an older offset. The online replicas come from
+``INFO replication``, read at most every ``CACHE_SECONDS`` per connection pool, so a lone Redis
+(no replicas) never waits and pays one ``INFO`` round trip per process and interval. A server
+without ``INFO`` (fakeredis) counts as having no replicas.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.connection import Connection
+
+from config.env import Settings
+from erp_sync.errors import NotReplicated
+
+CACHE_SECONDS = 2.0
+# Per connection pool: (replicas online, when read). A replica that connects within the interval
+# is waited for from the next read on; one that disconnects makes a WAIT in between come back
+# short, which is reported (the change did not reach it).
+_online: weakref.WeakKeyDictionary[Any, tuple[int, float]] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class ReplicaAck:
+    """How many replica acknowledgements a change waits for, and for how long (0: none)."""
+
+    wanted: int
+    timeout_ms: int = 1000
+
+    @classmethod
+    def from_settings(cls, env: Settings) -> ReplicaAck:
+        return cls(env.redis_wait_replicas, env.redis_wait_timeout_ms)
+
+    def needed(self, client: redis.Redis) -> int:
+        """Replicas to wait for now: the wanted count, at most the replicas online."""
+        return 0 if self.wanted <= 0 else min(self.wanted, online_replicas(client))
+
+    def confirm(self, client: redis.Redis, connection: Connection, result: object = None) -> None:
+        """``WAIT`` on ``connection`` (the one that just committed) for ``needed`` replicas;
+        ``NotReplicated`` (carrying the action's ``result``) if fewer acknowledged in time."""
+        needed = self.needed(client)
+        if needed == 0:
+            return
+        connection.send_command("WAIT", needed, self.timeout_ms)  # type: ignore[no-untyped-call]
+        acked = int(connection.read_response())
+        if acked < needed:
+            raise NotReplicated(acked, needed, self.timeout_ms, result)
+
+
+NEVER = ReplicaAck(0)
+
+
+def online_replicas(client: redis.Redis, *, fresh: bool = False) -> int:
+    """Replicas streaming from the primary ``client`` talks to (``state=online``), cached."""
+    pool = client.connection_pool
+    now = time.monotonic()
+    cached = _online.get(pool)
+    if cached is not None and not fresh and now - cached[1] < CACHE_SECONDS:
+        return cached[0]
+    try:
+        info = client.info("replication")
+    except redis.ResponseError:  # no INFO (fakeredis): nothing to wait for, ever
+        _online[pool] = (0, float("inf"))
+        return 0
+    count = sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
+    _online[pool] = (count, now)
+    return count
