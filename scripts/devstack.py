@@ -15,13 +15,19 @@ data saved there at a clean stop), so its syncs are real HTTP next to the sandbo
 credentials are encrypted with ``ERP_SYNC_SECRET_KEY``; when it is unset, a key is generated
 once into ``<run-dir>/secret.key`` (mode 0600, never printed) and handed to the children in
 their environment. Then two beats (remote-control names ``beat-1@<host>``, ``beat-2@<host>``; one
-leads), a company and a project worker, and Flower (basic auth with a generated password, handed
-over in Flower's environment so it never shows in ``ps``), each logging to
+leads), a company, a project and an alerts worker (the ``alerts`` queue, webhooks and
+housekeeping, on a worker of its own as in docker-compose.yml: a webhook receiver that answers
+slowly holds only its slots, never a sync's), and Flower (basic auth with a generated password,
+handed over in Flower's environment so it never shows in ``ps``), each logging to
 ``<run-dir>/logs/<name>.log``. The hour is shrunk (``ERP_SYNC_SECONDS_PER_HOUR``, default 10 here)
-so syncs visibly happen within a minute.
+so syncs visibly happen within a minute. Webhook and ERP targets on internal addresses are
+refused unless ``ERP_SYNC_OUTBOUND_ALLOW`` names them; the demo's fake QuickBooks Online server
+and a webhook receiver you run yourself are on loopback, so the stack sets it to ``127.0.0.1,::1``
+when it is unset (an explicit opt-in, shown in the banner's ``export`` line; never a default
+of the product).
 
 The banner ("erp-sync is running ...") comes once the stack is ready: a beat of this stack holds
-the lease and Flower lists both workers. A component that is not ready within ``--ready-timeout``
+the lease and Flower lists every worker. A component that is not ready within ``--ready-timeout``
 seconds (60) fails the start with one line naming its log, and everything started is stopped.
 
 Stopping: Ctrl-C (SIGINT), SIGTERM or SIGHUP. The handlers are installed explicitly, so SIGINT
@@ -60,6 +66,14 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 DEMO_COMPANIES, DEMO_PROJECTS = 4, 3
+# The workers, as docker-compose.yml lays them out: name, queues, remote-control name, threads.
+WORKERS = (
+    ("worker-company", "company", "company@%h", 8),
+    ("worker-project", "project", "project@%h", 8),
+    ("worker-alerts", "alerts", "alerts@%h", 4),
+)
+# The demo's internal targets (the fake QuickBooks Online server, a local webhook receiver).
+LOOPBACK_ALLOW = "127.0.0.1,::1"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -712,6 +726,7 @@ def run_stack(stack: Stack, ready_timeout: float) -> int:
         raise StackFailed(str(exc)) from None
     env = dict(os.environ)
     env.setdefault("ERP_SYNC_SECONDS_PER_HOUR", "10")
+    env.setdefault("ERP_SYNC_OUTBOUND_ALLOW", LOOPBACK_ALLOW)
     env["PYTHONUNBUFFERED"] = "1"
     configured = os.environ.get("ERP_SYNC_REDIS_URL")
     if configured and answers(configured):
@@ -740,37 +755,31 @@ def run_stack(stack: Stack, ready_timeout: float) -> int:
     user, password = "admin", secrets.token_urlsafe(12)
     flower_port = free_port(5555)
     celery = [py, "-m", "celery", "-A", "worker"]
-    names = {
-        "beat-1": "beat-1@%h",
-        "beat-2": "beat-2@%h",
-        "worker-company": "company@%h",
-        "worker-project": "project@%h",
-    }
     beats = [
-        stack.start(name, [*celery, "beat", "-n", names[name], "-l", "INFO"], env)
+        stack.start(name, [*celery, "beat", "-n", f"{name}@%h", "-l", "INFO"], env)
         for name in ("beat-1", "beat-2")
     ]
     workers = {
-        host_format(names[name]): stack.start(
+        host_format(node): stack.start(
             name,
             [
                 *celery,
                 "worker",
                 "-Q",
-                queue,
+                queues,
                 "-P",
                 "threads",
                 "-c",
-                "8",
+                str(threads),
                 "-n",
-                names[name],
+                node,
                 "-l",
                 "INFO",
                 "-E",
             ],
             env,
         )
-        for name, queue in (("worker-company", "company,alerts"), ("worker-project", "project"))
+        for name, queues, node, threads in WORKERS
     }
     # The password goes in Flower's environment (FLOWER_BASIC_AUTH), not on its command line,
     # where `ps` would show it to every user of the machine.
@@ -798,7 +807,7 @@ def run_stack(stack: Stack, ready_timeout: float) -> int:
     database = env["ERP_SYNC_DATABASE_URL"]
     exports = (
         f"ERP_SYNC_REDIS_URL={url} ERP_SYNC_SECONDS_PER_HOUR={hour} "
-        f"ERP_SYNC_DATABASE_URL={database}"
+        f"ERP_SYNC_DATABASE_URL={database} ERP_SYNC_OUTBOUND_ALLOW={env['ERP_SYNC_OUTBOUND_ALLOW']}"
     )
     if "ERP_SYNC_KEY_PREFIX" in env:
         exports += f" ERP_SYNC_KEY_PREFIX={prefix}"

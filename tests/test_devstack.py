@@ -2,9 +2,11 @@
 it, with real processes and a run directory of the test's own (``--run-dir``).
 
 On an existing Redis, started in the background of a non-interactive shell (SIGINT ignored): the
-banner only once a beat leads and Flower lists both workers, syncs of all four kinds, Flower
+banner only once a beat leads and Flower lists every worker, syncs of all four kinds, Flower
 behind the printed password (which no process's command line shows), distinct remote-control
-names, a live setting change, and SIGINT stopping everything. On a private Redis: a second start
+names, the ``alerts`` queue on a worker of its own (as in docker-compose.yml), loopback allowed
+as an outbound target by an explicit setting, a live setting change, and SIGINT stopping
+everything. On a private Redis: a second start
 comes back on the same port with the same data and leaves an admin's change alone.
 """
 
@@ -130,8 +132,8 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
             < out.index(BANNER)
         )
         spawned = children(stack.pid)
-        # Two beats, two workers, Flower and the fake QBO server (Redis was already there).
-        assert len(spawned) == 6
+        # Two beats, three workers, Flower and the fake QBO server (Redis was already there).
+        assert len(spawned) == 7
 
         # Ready when the banner says so: a beat of this stack leads, Flower lists both workers
         # without anyone asking it to refresh.
@@ -144,7 +146,7 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
         host = socket.gethostname()
         listed = flower_get(port, "/api/workers", auth)
         assert isinstance(listed, dict)
-        assert {f"company@{host}", f"project@{host}"} <= set(listed)
+        assert {f"company@{host}", f"project@{host}", f"alerts@{host}"} <= set(listed)
 
         # The password works but shows on no command line (Flower reads it from its environment).
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -164,8 +166,30 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
             timeout=60,
         )
         assert "DuplicateNodenameWarning" not in ping.stdout + ping.stderr
-        names = {f"{n}@{host}" for n in ("beat-1", "beat-2", "company", "project")}
+        names = {f"{n}@{host}" for n in ("beat-1", "beat-2", "company", "project", "alerts")}
         assert set(json.loads(ping.stdout)) == names
+        # The alerts queue (webhooks, housekeeping) has a worker of its own, which runs no sync:
+        # a slow webhook receiver never holds a sync's slot (tests/test_alert_isolation.py).
+        active = subprocess.run(
+            [*CELERY, "inspect", "active_queues", "--json"],
+            cwd=ROOT,
+            env=process_env(env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        consumed = {
+            node.split("@")[0]: sorted(q["name"] for q in queues)
+            for node, queues in json.loads(active.stdout).items()
+            if not node.startswith("beat-")
+        }
+        assert consumed == {"company": ["company"], "project": ["project"], "alerts": ["alerts"]}
+        # Loopback targets (the fake QBO, a local webhook receiver) are allowed explicitly, in
+        # every child's environment and in the printed export line, never by a product default.
+        assert "ERP_SYNC_OUTBOUND_ALLOW=127.0.0.1,::1" in out
+        for pid in spawned:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert b"ERP_SYNC_OUTBOUND_ALLOW=127.0.0.1,::1" in environ, pid
 
         def kinds_succeeded() -> set[str]:
             runs = json.loads(
@@ -226,6 +250,7 @@ def test_the_main_command_runs_the_whole_stack_with_demo_data(
             "beat-2.log",
             "worker-company.log",
             "worker-project.log",
+            "worker-alerts.log",
             "flower.log",
             "fake-qbo.log",
         } <= set(logs)
@@ -255,7 +280,7 @@ def test_a_second_start_keeps_the_private_redis_port_and_an_admins_change(
         assert started is not None, stack.output()
         url = started.group(1)
         spawned = children(stack.pid)
-        assert len(spawned) == 7  # Redis too
+        assert len(spawned) == 8  # Redis too
         return stack, url, spawned
 
     first, url, spawned = start("devstack-1")
