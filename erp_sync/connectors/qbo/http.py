@@ -20,28 +20,41 @@ from typing import Any
 import httpx
 
 from erp_sync.errors import ErpFault, ErpServerError, ErpTimeout, RateLimited
+from erp_sync.infra import egress
 
 CONNECT = 5.0
 READ = 30.0
 USER_AGENT = "erp-sync/0.1 (+QuickBooks Online connector)"
 _lock = threading.Lock()
-_client: tuple[int, httpx.Client] | None = None
+ATTEMPT = 60.0  # one request as a whole, connect to last byte (egress.client)
+_client: tuple[int, egress.Policy, httpx.Client] | None = None
 
 
 def client() -> httpx.Client:
-    """This process's client (a forked child makes its own: sockets do not cross a fork)."""
+    """This process's client (a forked child makes its own: sockets do not cross a fork).
+
+    The egress client (``erp_sync.infra.egress``): the operator's outbound policy on every
+    address it connects to, so a base or token URL that is, or resolves to, an internal address
+    not in ``ERP_SYNC_OUTBOUND_ALLOW`` is refused; no redirect followed; each request bounded
+    by ``ATTEMPT`` seconds as a whole besides the per-phase timeouts."""
     global _client
+    policy = egress.Policy.from_settings()
     with _lock:
-        if _client is None or _client[0] != os.getpid():
+        if _client is None or _client[:2] != (os.getpid(), policy):
+            if _client is not None and _client[0] == os.getpid():
+                _client[2].close()  # the operator's policy changed (tests): a new client
             _client = (
                 os.getpid(),
-                httpx.Client(
-                    timeout=httpx.Timeout(READ, connect=CONNECT),
+                policy,
+                egress.client(
+                    ATTEMPT,
+                    httpx.Timeout(READ, connect=CONNECT),
+                    policy=policy,
                     limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
                     headers={"User-Agent": USER_AGENT},
                 ),
             )
-        return _client[1]
+        return _client[2]
 
 
 def request(method: str, url: str, **kwargs: Any) -> httpx.Response:
