@@ -1,8 +1,10 @@
 """``alert add|list|remove|test|log``: a company's failure-alert webhooks.
 
 Adding and removing need admin and are audited; the secret comes from a file (``-`` reads
-stdin), never from argv, and is never printed. ``alert test`` posts a ``test`` event now, from
-this process, and records it in the delivery log like any other delivery.
+stdin), never from argv, and is never printed; a URL whose host is internal is refused when the
+rule is added (``erp_sync.infra.egress``) and lists show it masked (``config.alerts.mask_url``).
+``alert test`` posts a ``test`` event now, from this process, and records it in the delivery
+log like any other delivery.
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ def alert() -> None:
 @alert.command("add")
 @click.argument("company_id", metavar="COMPANY")
 @click.option("--as", "actor", required=True, metavar="USER", help="Acting user (needs admin).")
-@click.option("--url", required=True, help="http(s) URL the alerts are POSTed to (JSON).")
+@click.option(
+    "--url",
+    required=True,
+    help="http(s) URL the alerts are POSTed to (JSON); internal targets (loopback, private, "
+    "link-local, metadata) are refused unless allowed in ERP_SYNC_OUTBOUND_ALLOW.",
+)
 @click.option("--events", help="Comma-separated: failed,stale,recovered (default: all three).")
 @click.option(
     "--failures",
@@ -85,7 +92,8 @@ def alert_add(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def alert_list(ctx: Ctx, company_id: str, as_json: bool) -> None:
-    """COMPANY's alerts (URLs without passwords; secrets never shown)."""
+    """COMPANY's alerts (URLs masked: no password, path beyond its first segment or query;
+    secrets never shown)."""
     rules = [r.public() for r in AlertRules(ctx.store).listed(company_id)]
     if as_json:
         echo_json(rules)
@@ -122,7 +130,8 @@ def alert_remove(ctx: Ctx, company_id: str, alert_id: str, actor: str) -> None:
 @click.argument("alert_id", metavar="ALERT_ID")
 @pass_ctx
 def alert_test(ctx: Ctx, company_id: str, alert_id: str) -> None:
-    """POST a test event to an alert's webhook now (logged like any delivery)."""
+    """POST a test event to an alert's webhook now (logged like any delivery; a failed
+    attempt, redirects included, is one error line)."""
     rule = AlertRules(ctx.store).get(company_id, alert_id)
     message = payload(
         rule,
