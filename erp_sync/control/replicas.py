@@ -46,14 +46,14 @@ class ReplicaAck:
     def from_settings(cls, env: Settings) -> ReplicaAck:
         return cls(env.redis_wait_replicas, env.redis_wait_timeout_ms)
 
-    def needed(self, client: redis.Redis) -> int:
-        """Replicas to wait for now: the wanted count, at most the replicas online."""
-        return 0 if self.wanted <= 0 else min(self.wanted, online_replicas(client))
-
     def confirm(self, client: redis.Redis, connection: Connection, result: object = None) -> None:
-        """``WAIT`` on ``connection`` (the one that just committed) for ``needed`` replicas;
-        ``NotReplicated`` (carrying the action's ``result``) if fewer acknowledged in time."""
-        needed = self.needed(client)
+        """``WAIT`` on ``connection`` (the one that just committed) for ``min(wanted, online
+        replicas)``; ``NotReplicated`` (carrying the action's ``result``) if fewer acknowledged
+        in time. The replica count is read on the same connection, so a lone Redis pays one
+        round trip (no second connection) and only when the cached count is stale."""
+        if self.wanted <= 0:
+            return
+        needed = min(self.wanted, online_replicas(client, connection))
         if needed == 0:
             return
         connection.send_command("WAIT", needed, self.timeout_ms)  # type: ignore[no-untyped-call]
@@ -65,22 +65,25 @@ class ReplicaAck:
 NEVER = ReplicaAck(0)
 
 
-def online_replicas(client: redis.Redis, *, fresh: bool = False) -> int:
-    """Replicas streaming from the primary ``client`` talks to (``state=online``), cached."""
+def online_replicas(client: redis.Redis, connection: Connection) -> int:
+    """Replicas streaming from ``client``'s primary (``state=online``), cached per pool;
+    read with ``INFO replication`` on ``connection`` when stale."""
     pool = client.connection_pool
     now = time.monotonic()
     cached = _online.get(pool)
-    if cached is not None and not fresh and now - cached[1] < CACHE_SECONDS:
+    if cached is not None and now - cached[1] < CACHE_SECONDS:
         return cached[0]
     try:
-        info = client.info("replication")
+        connection.send_command("INFO", "replication")  # type: ignore[no-untyped-call]
+        info = connection.read_response()
     except redis.ResponseError:  # no INFO (fakeredis): nothing to wait for, ever
         _online[pool] = (0, float("inf"))
         return 0
+    text = info.decode() if isinstance(info, bytes) else str(info)
     count = sum(
         1
-        for name, value in info.items()
-        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+        for line in text.splitlines()
+        if line.startswith("slave") and ":" in line and "state=online" in line.split(":", 1)[1]
     )
     _online[pool] = (count, now)
     return count

@@ -26,18 +26,12 @@ class ReplicaSet:
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, workdir: Path) -> ReplicaSet:
-        primary = RedisServer(workdir / "primary", extra=["--repl-diskless-sync-delay", "0"])
-        primary.start()
+    def start(cls, workdir: Path, extra: list[str] | None = None) -> ReplicaSet:
+        """``extra``: more ``redis-server`` options for both."""
+        both = ["--repl-diskless-sync-delay", "0", *(extra or [])]
+        primary = RedisServer(workdir / "primary", extra=both).start()
         replica = RedisServer(
-            workdir / "replica",
-            extra=[
-                "--replicaof",
-                "127.0.0.1",
-                str(primary.port),
-                "--repl-diskless-sync-delay",
-                "0",
-            ],
+            workdir / "replica", extra=["--replicaof", "127.0.0.1", str(primary.port), *both]
         ).start()
         found = cls(primary, replica)
         wait_until(found.replica_online, 20, "the replica never synced")
