@@ -138,6 +138,7 @@ def perform(
         raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
     record = outcome.record
     if record is not None and not outcome.duplicate:
+        tenant = outcome.tenant
         evaluate_alerts(
             RunOutcome(
                 record.company,
@@ -146,6 +147,9 @@ def perform(
                 record.status,
                 record.error,
                 record.scheduled_for,
+                # Its incident is written only while the run's tenant is still there.
+                company_stamp=tenant.company if tenant else "",
+                project_stamp=tenant.project_stamp if tenant else "",
             )
         )
     # Small on purpose: Celery reprs the result into every task-succeeded event.

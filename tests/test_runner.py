@@ -367,7 +367,7 @@ def test_a_job_cost_slot_of_a_project_opted_out_meanwhile_is_skipped(
 
 # --- the runner's readings of the Lua scripts' replies and of the lock value ----------------
 
-FACTS = [0, "", '{"erp": "xero"}', "", 1, "", "C", "", "1700000000", "250000", "", 0]
+FACTS = [0, "", '{"erp": "xero"}', "", 1, "", "C", "", "1700000000", "250000", "", 0, '{"p": 1}']
 
 
 def test_a_facts_reply_is_read_by_name() -> None:
@@ -375,15 +375,16 @@ def test_a_facts_reply_is_read_by_name() -> None:
     assert (facts.executed, facts.previous, facts.company) == (False, None, '{"erp": "xero"}')
     assert (facts.project_exists, facts.erp_override, facts.company_override) == (True, None, "C")
     assert (facts.watermarks, facts.paused, facts.opted_out) == (None, None, False)
+    assert facts.project == '{"p": 1}'
     assert facts.redis_time == 1_700_000_000.25
 
 
 @pytest.mark.parametrize(
     ("reply", "says"),
     [
-        (FACTS[:-1], "not 12 values"),
-        ([*FACTS, 0], "not 12 values"),
-        ("OK", "not 12 values"),
+        (FACTS[:-1], "not 13 values"),
+        ([*FACTS, 0], "not 13 values"),
+        ("OK", "not 13 values"),
         ([2, *FACTS[1:]], "executed is 2"),
         ([*FACTS[:2], 7, *FACTS[3:]], "company is 7"),
         ([*FACTS[:8], "noon", *FACTS[9:]], "time_seconds"),

@@ -10,10 +10,20 @@ Staleness needs no scan of the fleet: each watched sync has a deadline in one so
 missing) by a failure or by adding a rule. ``check_stale`` (a periodic task on the ``alerts``
 queue) reads only the deadlines that have passed. A paused company's deadline is pushed on; a
 sync switched off, unsupported, opted out or removed is forgotten.
+
+Deliveries are at least once: the incident and each delivery it calls for (payload and delivery
+id) are written in one MULTI, the deliveries into the company's outbox (``alert_outbox``); each
+is queued after, then taken out. A worker that dies in between leaves it there, and
+``resend_pending`` (run by the periodic stale check) queues what waited longer than
+``OUTBOX_GRACE``. A delivery queued twice that way is posted once: the delivery task claims its
+delivery id (``tasks.alerts``). The incident is written only while the run's company (and
+project) is still the tenant the run started for (``RunOutcome.company_stamp``): a sync that
+ends after its company was removed leaves no alert state to a company added later under the id.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +40,9 @@ from erp_sync.errors import CorruptRecord
 from erp_sync.schedule.cadence import cadence_for
 
 Send = Callable[[AlertRule, dict[str, Any]], None]
+# A delivery still in the outbox this long after its incident was written lost its sender (the
+# queueing itself takes milliseconds): the periodic check queues it again.
+OUTBOX_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,10 @@ class RunOutcome:
     status: str
     error: str | None
     slot: str
+    # The company's (and project's) ``created_at`` as the run found them: the incident is
+    # written only while they are unchanged ('': not checked). erp_sync.runs.tenant.Tenant.
+    company_stamp: str = ""
+    project_stamp: str = ""
 
 
 def redis_now(client: redis.Redis) -> float:
@@ -103,30 +120,36 @@ class Evaluator:
         )
         member = deadline_member(outcome.company, outcome.kind, outcome.project)
         period = self._period(outcome.company, SyncKind(outcome.kind))
-        sends: list[tuple[AlertRule, AlertEvent, int]] = []
+        sends: list[tuple[AlertRule, AlertEvent, dict[str, Any]]] = []
+        box = self.keys.alert_outbox(outcome.company)
+        watched = [key, self.keys.company(outcome.company), self.keys.projects(outcome.company)]
         with self.client.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    pipe.watch(*watched)  # type: ignore[no-untyped-call]
+                    if not _same_tenant(pipe, self.keys, outcome):
+                        return []  # removed while it ran (leaving the block unwatches)
                     raw = pipe.hget(key, field)
                     incident = Incident() if raw is None else parse(Incident, str(raw), "incident")
                     sends.clear()
-                    pipe.multi()
                     if outcome.status == "failed":
                         incident.failures += 1
                         sends += [
-                            (r, AlertEvent.FAILED, incident.failures)
+                            (
+                                r,
+                                AlertEvent.FAILED,
+                                payload(r, AlertEvent.FAILED, outcome, now, incident.failures),
+                            )
                             for r in rules
                             if AlertEvent.FAILED in r.events and incident.failures == r.failures
                         ]
-                        pipe.hset(key, field, incident.model_dump_json())
-                        if period is not None:
-                            pipe.zadd(
-                                self.keys.alert_deadlines, {member: now + 2 * period}, nx=True
-                            )
                     else:
                         sends += [
-                            (r, AlertEvent.RECOVERED, 0)
+                            (
+                                r,
+                                AlertEvent.RECOVERED,
+                                payload(r, AlertEvent.RECOVERED, outcome, now),
+                            )
                             for r in rules
                             if AlertEvent.RECOVERED in r.events
                             and (
@@ -134,16 +157,91 @@ class Evaluator:
                                 or (AlertEvent.STALE in r.events and incident.stale)
                             )
                         ]
+                    pipe.multi()
+                    if outcome.status == "failed":
+                        pipe.hset(key, field, incident.model_dump_json())
+                        if period is not None:
+                            pipe.zadd(
+                                self.keys.alert_deadlines, {member: now + 2 * period}, nx=True
+                            )
+                    else:
                         pipe.hdel(key, field)
                         if period is not None:
                             pipe.zadd(self.keys.alert_deadlines, {member: now + 2 * period})
+                    self._stage(pipe, outcome.company, [(r, m) for r, _, m in sends], now)
                     pipe.execute()
                     break
                 except redis.WatchError:
                     continue
-        for rule, event, failures in sends:
-            self.send(rule, payload(rule, event, outcome, now, failures))
+        for rule, _, message in sends:
+            self.send(rule, message)
+            self.client.hdel(box, str(message["delivery"]))  # queued: it waits no more
         return [event for _, event, _ in sends]
+
+    def _stage(
+        self,
+        pipe: redis.client.Pipeline,
+        company: str,
+        deliveries: Sequence[tuple[AlertRule, dict[str, Any]]],
+        now: float,
+    ) -> None:
+        """Put ``deliveries`` in the company's outbox inside the caller's MULTI (with the
+        incident that calls for them), and index the company for ``resend_pending``."""
+        if not deliveries:
+            return
+        pipe.hset(
+            self.keys.alert_outbox(company),
+            mapping={
+                str(m["delivery"]): json.dumps({"alert": r.id, "message": m, "at": now})
+                for r, m in deliveries
+            },
+        )
+        pipe.zadd(self.keys.alert_outbox_due, {company: now + OUTBOX_GRACE}, nx=True)
+
+    def resend_pending(self, now: float | None = None, limit: int = 100) -> int:
+        """Queue again the deliveries whose sender died after recording them (older than
+        ``OUTBOX_GRACE``); a rule removed meanwhile drops its delivery. Returns how many were
+        queued. Reads only the companies whose oldest waiting delivery is due."""
+        now = redis_now(self.client) if now is None else now
+        queued = 0
+        due = self.client.zrangebyscore(self.keys.alert_outbox_due, "-inf", now, start=0, num=limit)
+        for company in (str(c) for c in due):
+            box = self.keys.alert_outbox(company)
+            for delivery, raw in self.client.hgetall(box).items():
+                try:
+                    entry = json.loads(raw)
+                    waited = now - float(entry["at"])
+                    alert, message = str(entry["alert"]), dict(entry["message"])
+                except (ValueError, KeyError, TypeError):
+                    self.client.hdel(box, delivery)  # unreadable: it can never be sent
+                    continue
+                if waited < OUTBOX_GRACE:
+                    continue  # its sender may be queueing it right now
+                rule = self.client.hget(self.keys.alerts(company), alert)
+                if rule is not None:
+                    self.send(parse(AlertRule, str(rule), "alert rule"), message)
+                    queued += 1
+                self.client.hdel(box, delivery)
+            self._reindex(company)
+        return queued
+
+    def _reindex(self, company: str) -> None:
+        """The company's place in the outbox index: its oldest waiting delivery, or none."""
+        box = self.keys.alert_outbox(company)
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(box)  # type: ignore[no-untyped-call]
+                    ats = [_at(str(v)) for v in pipe.hvals(box)]
+                    pipe.multi()
+                    if ats:
+                        pipe.zadd(self.keys.alert_outbox_due, {company: min(ats) + OUTBOX_GRACE})
+                    else:
+                        pipe.zrem(self.keys.alert_outbox_due, company)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
 
     def check_stale(self, now: float | None = None, limit: int = 500) -> list[str]:
         """Alert the syncs whose deadline passed (only those: a range read of one sorted set)."""
@@ -250,3 +348,34 @@ class Evaluator:
         ):
             return "paused"
         return "yes"
+
+
+def _at(raw: str) -> float:
+    """When a waiting delivery was recorded (0: unreadable, so it is looked at at once)."""
+    try:
+        return float(json.loads(raw)["at"])
+    except (ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def _same_tenant(pipe: redis.client.Pipeline, keys: KeySpace, outcome: RunOutcome) -> bool:
+    """Whether the run's company (and project) records are still the ones it started for
+    (read under the caller's WATCH of both keys, so a removal after this read fails the
+    MULTI). A run that gave no stamps is not checked."""
+    if not outcome.company_stamp:
+        return True
+    if _stamp(pipe.get(keys.company(outcome.company))) != outcome.company_stamp:
+        return False
+    if outcome.project is None or not outcome.project_stamp:
+        return True
+    found = pipe.hget(keys.projects(outcome.company), outcome.project)
+    return _stamp(found) == outcome.project_stamp
+
+
+def _stamp(raw: object) -> str:
+    """A stored record's ``created_at`` as stored ('' if none): the tenant's stamp."""
+    try:
+        value = json.loads(str(raw))["created_at"] if raw is not None else ""
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return value if isinstance(value, str) else ""

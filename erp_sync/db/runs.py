@@ -54,6 +54,10 @@ class RunLog:
         """Insert the run, or replace what its task id showed before."""
         self._write([record], replace=True)
 
+    def save_many(self, records: Iterable[RunRecord]) -> int:
+        """``save`` for several runs in one transaction; returns how many were written."""
+        return self._write(list(records), replace=True)
+
     def import_many(self, records: Iterable[RunRecord]) -> int:
         """Add runs not known yet (an existing task id keeps its newer row); returns added."""
         return self._write(list(records), replace=False)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from config.models import CAPABILITIES, Company, RunRecord, StoredSettings, SyncKind
+from erp_sync.runs.tenant import Tenant
 from erp_sync.throttle.ratelimit import RateLimit
 
 
@@ -28,6 +29,9 @@ class Delivery:
     retries: int = 0  # transient-error retries so far (deferrals are not counted here)
     deferrals: int = 0  # times this delivery gave its slot back to wait
     ticket: float | None = None  # its turn in the company's rate-limit queue, if it waited
+    # The company (and project) records the run found (set by the runner from its facts):
+    # every write the run makes afterwards is checked against it (erp_sync.runs.tenant).
+    tenant: Tenant | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Facts:
     redis_time: float
     paused: str | None = None  # the company's (or the fleet's) pause record, JSON
     opted_out: bool = False  # the project is out of job-cost syncing
+    tenant: Tenant | None = None  # the company (and project) records as read (their stamps)
 
 
 class RunClock:

@@ -1,6 +1,6 @@
 """Reading a delivery's facts: ``run_facts.lua``'s reply, named, and decoded into ``Facts``.
 
-The script answers with twelve values in one round trip; ``RunFacts.parse`` is the one place
+The script answers with thirteen values in one round trip; ``RunFacts.parse`` is the one place
 that knows their order (the script's header names each), so no caller indexes the raw list and
 a reply of another shape is refused instead of being read one place off.
 """
@@ -17,6 +17,7 @@ from config.models import Company, RunRecord, StoredSettings, parse
 from erp_sync.errors import WorkerError
 from erp_sync.infra import lua
 from erp_sync.runs.delivery import Delivery, Facts
+from erp_sync.runs.tenant import Tenant
 from erp_sync.throttle.ratelimit import effective_limit
 
 
@@ -36,10 +37,11 @@ class RunFacts:
     time_micros: int  # Redis's TIME, microseconds
     paused: str | None  # the company's pause record, else the fleet's (JSON)
     opted_out: bool  # the project is opted out of job costs
+    project: str | None  # the project record (JSON)
 
     @classmethod
     def parse(cls, reply: object) -> RunFacts:
-        """The reply, named; ``WorkerError`` when it is not twelve values of the right kinds."""
+        """The reply, named; ``WorkerError`` when it is not thirteen values of the right kinds."""
         names = [f.name for f in fields(cls)]
         if not isinstance(reply, list) or len(reply) != len(names):
             raise WorkerError(f"run_facts.lua replied {reply!r}: not {len(names)} values")
@@ -58,6 +60,7 @@ class RunFacts:
                 time_micros=_number("time_micros", v["time_micros"]),
                 paused=_text("paused", v["paused"]),
                 opted_out=_flag("opted_out", v["opted_out"]),
+                project=_text("project", v["project"]),
             )
         except ValueError as exc:
             raise WorkerError(f"run_facts.lua replied {reply!r}: {exc}") from None
@@ -141,4 +144,5 @@ def decode(raw: RunFacts, d: Delivery) -> Facts:
         redis_time=raw.redis_time,
         paused=raw.paused,
         opted_out=raw.opted_out,
+        tenant=Tenant.of(raw.company, d.project, raw.project),
     )

@@ -5,6 +5,10 @@ worker dies stops renewing, so its lock expires within one TTL and the redeliver
 task id takes over; a run that is merely slow keeps renewing, so a redelivery that arrives while
 it still runs (a thread pool has no hard time limit, and a long run can outlive the broker's
 visibility timeout) finds the lock alive and is deferred instead of running beside it.
+
+The renewal also checks that the run's company (and project) is still the tenant it started
+for: once it was removed, the lock and the place under the cap are given back at once and the
+run is told (``gone``), so it stops at its next page instead of syncing for a removed tenant.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import redis
 from redis.commands.core import Script
 
 from erp_sync.runs.locks import RunLock
+from erp_sync.runs.tenant import Tenant
 
 log = logging.getLogger("erp_sync.worker")
 
@@ -33,9 +38,16 @@ class Heartbeat:
         lock: RunLock,
         ttl_ms: int,
         max_run: float = float("inf"),
+        tenant: tuple[str, str, Tenant] | None = None,
     ) -> None:
+        """``tenant``: the company key, the projects key and the run's tenant, checked at
+        every renewal (``run_heartbeat.lua``)."""
         self.script, self.keys, self.task_id = script, [lock_key, running_key], lock.task_id
         self.args: list[str | int] = [lock.format(), ttl_ms, lock.task_id]
+        if tenant is not None:
+            company_key, projects_key, who = tenant
+            self.keys += [company_key, projects_key]
+            self.args += who.args()
         self.interval = ttl_ms / 3000
         # Renewal stops after ``max_run`` seconds (four visibility timeouts in a worker): a run
         # hung for good on a thread pool then lets its lock expire instead of blocking its sync
@@ -46,6 +58,7 @@ class Heartbeat:
             target=self._run, name=f"heartbeat-{lock.task_id}", daemon=True
         )
         self.lost = False  # the lock is no longer surely ours: run_sync stops between pages
+        self.gone = False  # the run's company or project was removed (then lost is set too)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -75,6 +88,13 @@ class Heartbeat:
             except redis.RedisError as exc:  # Redis away for a moment: try again next beat
                 log.warning("heartbeat of %s failed: %s", self.task_id, exc)
                 continue
+            if renewed == -1:
+                self.gone = self.lost = True
+                log.warning(
+                    "run %s stops: its company or project was removed while it ran",
+                    self.task_id,
+                )
+                return
             if not renewed and not self.lost:
                 self.lost = True
                 log.warning(

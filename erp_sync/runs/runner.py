@@ -17,7 +17,12 @@ Order of checks, each a reason a run does not happen (``erp_sync.runs.delivery``
    company's concurrency cap is checked in the same step: over it, the delivery is deferred.
 
 Then the sync runs. Success, a permanent error or an exhausted retry budget saves the final
-record, sets the executed marker and releases the lock in one script. A sync that must wait (a
+record, sets the executed marker and releases the lock in one script, which is also where the
+run checks that its company (and project) is still the tenant it started for
+(``erp_sync.runs.tenant``): a run whose company was removed meanwhile writes no watermark, no
+summary and no alert state, and is recorded ``failed`` ("company removed during the run").
+The database row follows; a database that refuses it leaves the record waiting in Redis
+(``erp_sync.runs.outbox``) until it accepts writes again. A sync that must wait (a
 rate-limit token, the ERP's Retry-After) is *deferred*: it gives its worker slot back and comes
 back under the same task id, resuming from the page it reached, without spending a retry. Any
 other transient error releases the lock and asks the caller to retry after a backoff
@@ -31,7 +36,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -65,8 +70,10 @@ from erp_sync.runs.locks import (
     StartState,
     finish_arg,
 )
+from erp_sync.runs.outbox import RunOutbox
 from erp_sync.runs.records import RunRecords
 from erp_sync.runs.syncs import run_sync
+from erp_sync.runs.tenant import Tenant, TenantGone, gone_error
 from erp_sync.throttle.ratelimit import RateLimit, TokenBucket
 
 MAX_REDELIVERIES = 3
@@ -97,6 +104,7 @@ class Outcome:
     defer_in: float | None = None  # it must wait: re-queue it (same task id) after this
     ticket: float | None = None  # with defer_in: its turn in the rate limit's queue
     duplicate: bool = False
+    tenant: Tenant | None = None  # the company (and project) the run found: alerts check it
 
 
 @dataclass
@@ -129,6 +137,7 @@ class Runner:
         self.history = RunRecords(self.client, self.keys)  # each run's working record, in Redis
         self.database = self.db or database()
         self.runs = RunLog(self.database)
+        self.outbox = RunOutbox(self.client, self.keys)
         self._start = lua.load(self.client, "run_start")
         self._finish = lua.load(self.client, "run_finish")
         self._release = lua.load(self.client, "run_release")
@@ -169,8 +178,9 @@ class Runner:
                 task_id=d.task_id,
                 trigger=d.trigger,
             )
+            # The record waits in Redis (outbox) until the database takes it.
             return Outcome(
-                self._finish_in_redis(
+                self._final(
                     record.finish(
                         "failed", error=f"{exc} (gave up after {d.retries} retries)", at=at
                     ),
@@ -201,6 +211,12 @@ class Runner:
         facts = self._facts.read(d)
         if facts.executed:
             return Outcome(facts.previous, duplicate=True)
+        d = replace(d, tenant=facts.tenant)
+        outcome = self._deliver(d, facts)
+        outcome.tenant = facts.tenant
+        return outcome
+
+    def _deliver(self, d: Delivery, facts: Facts) -> Outcome:
         # Timestamps on Redis's clock (the fleet's one clock), extended by the monotonic clock.
         clock = RunClock(facts.redis_time)
         record = RunRecord(
@@ -330,6 +346,7 @@ class Runner:
                 lock,
                 self._ttl_ms,
                 self.max_run,
+                tenant=self._tenant_keys(d),
             ) as beat:
                 return self._run(
                     d,
@@ -354,12 +371,8 @@ class Runner:
         if previous is None or previous.status != "running":
             return None
         at = RunClock(RedisClock(self.client).refresh())()  # its other times are Redis time
-        final = previous.finish("failed", error=reason, at=at)
-        try:
-            return self._final(final, d, lock=ANY_RUN)
-        except DatabaseError as exc:  # no redelivery will come: close it in Redis at least
-            log.error("killed run task_id=%s recorded in Redis only: %s", d.task_id, exc)
-            return self._finish_in_redis(final, d, lock=ANY_RUN)
+        # (No redelivery will come; a database that is down gets the record later, outbox.)
+        return self._final(previous.finish("failed", error=reason, at=at), d, lock=ANY_RUN)
 
     def _run(
         self,
@@ -385,9 +398,14 @@ class Runner:
                 deadline=time.monotonic() + self.soft_limit,
                 watermarks=watermarks,
                 lost=lambda: beat.lost,
+                tenant=d.tenant,
             )
         except DatabaseError:
             raise  # execute() retries it (the heartbeat's exit released the lock)
+        except TenantGone as exc:  # removed while it ran: nothing of it was stored
+            return Outcome(
+                self._final(record.finish("failed", error=str(exc), at=clock()), d, lock)
+            )
         except MustWait as exc:
             return self._defer(d, record, exc.seconds, exc.why, clock, lock, exc.ticket)
         except RateLimited as exc:  # the ERP said when to come back: wait without the slot
@@ -557,44 +575,43 @@ class Runner:
             )
 
     def _final(self, record: RunRecord, d: Delivery, lock: FinishLock = None) -> RunRecord:
-        """Save a finished record in the history, then (atomically, in Redis) mark the task id
-        executed and release our lock. The database comes first: if it is down, the task id is
-        not marked and the retry records the run (its sync writes nothing twice)."""
-        self.runs.save(record)
-        return self._finish_in_redis(record, d, lock)
+        """Finish the run in Redis (the commit point: record, executed marker, lock, checked
+        against the run's tenant), with the record put in the outbox in the same step; then
+        write it to the history and take it out. A database that refuses it (down, full,
+        read-only) leaves it waiting: the run is final all the same (its sync's pages were
+        committed), and the history gets it when the database accepts writes again."""
+        record, waiting = self._finish_in_redis(record, d, lock)
+        try:
+            self.runs.save(record)
+        except DatabaseError as exc:
+            log.warning(
+                "history row of task_id=%s waits in Redis until the database takes it: %s",
+                record.task_id,
+                exc,
+            )
+            return record
+        self.outbox.taken(record.task_id)
+        if waiting > 1:  # others wait too (the database was refusing until now)
+            self.outbox.flush(self.runs)
+        return record
+
+    def _tenant_keys(self, d: Delivery) -> tuple[str, str, Tenant] | None:
+        """The company key, projects key and tenant the run's writes are checked against."""
+        if d.tenant is None or not d.tenant.company:
+            return None
+        return self.keys.company(d.company), self.keys.projects(d.company), d.tenant
 
     def _finish_in_redis(
         self, record: RunRecord, d: Delivery, lock: FinishLock = None
-    ) -> RunRecord:
-        last = json.dumps(
-            {
-                "company": record.company,
-                "project": record.project,
-                "task_id": record.task_id,
-                "error": record.error,
-                "finished_at": record.finished_at.isoformat() if record.finished_at else None,
-            }
-        )
-        self._finish(
-            keys=[
-                self.keys.runs(record.company),
-                self.keys.history(record.company),
-                self.keys.executed(record.task_id),
-                self._lock(d),
-                self.keys.last_runs,
-                self.keys.running(record.company),
-            ],
-            args=[
-                record.task_id,
-                record.model_dump_json(),
-                self.history.cap,
-                record.status,
-                int(self.executed_ttl * 1000),
-                last_run_field(record.status, record.kind),
-                last,
-                finish_arg(lock),
-            ],
-        )
+    ) -> tuple[RunRecord, int]:
+        """``run_finish.lua``; returns the record as finished (``failed`` if the company or
+        project went meanwhile) and how many records now wait in the outbox."""
+        answer = self._finish_script(record, d, lock, self._tenant_keys(d))
+        if isinstance(answer, str):  # gone: finish it as what it is, unchecked, no summary
+            record = record.model_copy(
+                update={"status": "failed", "error": gone_error(answer), "counts": {}}
+            )
+            answer = self._finish_script(record, d, lock, None, summary=False)
         # One line per finished run, key=value so it greps with beat's "dispatched" lines.
         log.info(
             "finished company=%s project=%s sync=%s slot=%s outcome=%s duration_ms=%s "
@@ -609,7 +626,57 @@ class Runner:
             record.task_id,
             f" error={record.error!r}" if record.error else "",
         )
-        return record
+        return record, int(answer) if isinstance(answer, int) else 0
+
+    def _finish_script(
+        self,
+        record: RunRecord,
+        d: Delivery,
+        lock: FinishLock,
+        checked: tuple[str, str, Tenant] | None,
+        summary: bool = True,
+    ) -> object:
+        """One call of ``run_finish.lua`` (checked against ``checked``'s tenant when given);
+        ``summary=False`` leaves the fleet's last-run summary alone (a removed company's run)."""
+        last = json.dumps(
+            {
+                "company": record.company,
+                "project": record.project,
+                "task_id": record.task_id,
+                "error": record.error,
+                "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+            }
+        )
+        company_key, projects_key, tenant = checked or (
+            self.keys.company(record.company),
+            self.keys.projects(record.company),
+            Tenant(""),
+        )
+        return self._finish(
+            keys=[
+                self.keys.runs(record.company),
+                self.keys.history(record.company),
+                self.keys.executed(record.task_id),
+                self._lock(d),
+                self.keys.last_runs,
+                self.keys.running(record.company),
+                company_key,
+                projects_key,
+                self.keys.runs_outbox,
+            ],
+            args=[
+                record.task_id,
+                record.model_dump_json(),
+                self.history.cap,
+                record.status,
+                int(self.executed_ttl * 1000),
+                last_run_field(record.status, record.kind) if summary else "",
+                last,
+                finish_arg(lock),
+                *tenant.args(),
+                "1",
+            ],
+        )
 
 
 def _describe(exc: BaseException) -> str:

@@ -26,6 +26,8 @@ from config.models import SyncKind
 from erp_sync.connectors.base import Connector, Page, Record, pages
 from erp_sync.db import Counts, Database, Drift, RecordStore
 from erp_sync.errors import MustWait, SyncTimedOut
+from erp_sync.infra import lua
+from erp_sync.runs.tenant import Tenant, TenantGone, gone_error
 
 Fetch = Callable[[str | None, str | None], Page]
 RESUME = "_resume"  # where a sync that stopped early records how far it got
@@ -73,6 +75,7 @@ def run_sync(
     deadline: float | None = None,
     watermarks: str | None = None,
     lost: Callable[[], bool] | None = None,
+    tenant: Tenant | None = None,
 ) -> Counts:
     """Sync ``kind`` for ``company`` (and ``project``); returns counts over all streams.
 
@@ -88,9 +91,16 @@ def run_sync(
     of re-reading every page, so a sync on a throttled ERP makes progress across deferrals.
     A database that is down (``DatabaseUnavailable``) saves nothing: the rerun starts over from
     the old watermarks, and the pages already committed compare unchanged.
+
+    With a ``tenant`` (the runner always gives one), every watermark write checks in the same
+    step that the run's company (and project) is still the one it started for; when it is not,
+    nothing is stored and ``TenantGone`` is raised (a removed company's sync must not leave
+    its watermark to a company added later under the id). Without one the write is plain
+    (tools and tests that sync outside a run).
     """
     store = RecordStore(db, company)
     mark_key = keys.cursor(company, kind.value, project)
+    save_marks = _saver(client, keys, company, mark_key, tenant)
     raw = client.get(mark_key) if watermarks is None else watermarks
     old_marks: dict[str, Any] = json.loads(raw) if raw else {}
     resume: dict[str, Any] | None = old_marks.pop(RESUME, None)
@@ -128,8 +138,7 @@ def run_sync(
                         "stopped between pages and resumes from there next run"
                     )
         except (MustWait, SyncTimedOut):
-            client.set(
-                mark_key,
+            save_marks(
                 json.dumps(
                     {**marks, RESUME: {"stream": stream.name, "since": since, "cursor": cursor}},
                     sort_keys=True,
@@ -137,8 +146,29 @@ def run_sync(
             )
             raise
     if marks != old_marks or resumed:
-        client.set(mark_key, json.dumps(marks, sort_keys=True))
+        save_marks(json.dumps(marks, sort_keys=True))
     return total
+
+
+def _saver(
+    client: redis.Redis, keys: KeySpace, company: str, mark_key: str, tenant: Tenant | None
+) -> Callable[[str], None]:
+    """How this sync stores its watermarks: checked against ``tenant`` when there is one."""
+    if tenant is None:
+
+        def plain(value: str) -> None:
+            client.set(mark_key, value)
+
+        return plain
+    script = lua.load(client, "watermark_save")
+    where = [mark_key, keys.company(company), keys.projects(company)]
+
+    def save(value: str) -> None:
+        answer = script(keys=where, args=[value, *tenant.args()])
+        if answer != "ok":
+            raise TenantGone(gone_error(str(answer)))
+
+    return save
 
 
 def full_listing(stream: Stream) -> list[Record]:

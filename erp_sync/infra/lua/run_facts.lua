@@ -12,7 +12,7 @@
 -- ARGV[2]  the project id ('-' for a company-level sync)
 -- ARGV[3]  the company's override field ("company:<id>")
 -- ARGV[4]  the company id
--- Returns twelve values, in this order (erp_sync.runs.facts.RunFacts names each; '' is none):
+-- Returns thirteen values, in this order (erp_sync.runs.facts.RunFacts names each; '' is none):
 --   1 executed          1 when KEYS[1] exists, else 0
 --   2 previous          the run record of ARGV[1] in KEYS[2], or ''
 --   3 company           KEYS[3], or ''
@@ -25,6 +25,7 @@
 --  10 time_micros       Redis's TIME, microseconds
 --  11 paused            the pause record of ARGV[4] in KEYS[8], else the fleet's ('*'), or ''
 --  12 opted_out         1 when ARGV[2] is a member of KEYS[9], else 0
+--  13 project           the project record of ARGV[2] in KEYS[5] (JSON), or ''
 -- A company record that is not JSON reads no ERP override (the caller reports the record as
 -- corrupt).
 local t = redis.call('TIME')
@@ -42,4 +43,5 @@ return {redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], ARGV[1]) or '
         redis.call('HGET', KEYS[6], ARGV[3]) or '', redis.call('GET', KEYS[7]) or '',
         t[1], t[2],
         redis.call('HGET', KEYS[8], ARGV[4]) or redis.call('HGET', KEYS[8], '*') or '',
-        redis.call('SISMEMBER', KEYS[9], ARGV[2])}
+        redis.call('SISMEMBER', KEYS[9], ARGV[2]),
+        redis.call('HGET', KEYS[5], ARGV[2]) or ''}
