@@ -227,3 +227,15 @@ def test_httpx_request_logs_mask_url_secrets(
     lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
     assert lines and all("SECRET" not in line for line in lines), lines
     assert "/services/***" in lines[0]
+
+
+def test_the_watchdog_ends_a_blocked_read_at_its_deadline() -> None:
+    """What bounds a read that TLS would keep feeding: the socket is shut down at the deadline
+    (here a read with no timeout at all, which would otherwise block forever)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.settimeout(None)
+        started = time.monotonic()
+        transport.watchdog().arm(started + 0.3, ours)
+        assert ours.recv(10) == b""  # ended by the shutdown, not by data
+        assert time.monotonic() - started >= 0.3

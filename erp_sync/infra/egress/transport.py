@@ -103,7 +103,9 @@ class _Watchdog:
                 _, ident, sock = heapq.heappop(self._heap)
                 self._live.discard(ident)
             with contextlib.suppress(OSError):  # already closed
-                sock.shutdown(socket.SHUT_RDWR)
+                # the plain socket's shutdown, also for a TLS socket: SSLSocket.shutdown would
+                # drop its SSL object under the thread still reading it
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 _watchdog: tuple[int, _Watchdog] | None = None
