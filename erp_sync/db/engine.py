@@ -6,8 +6,11 @@ write is one short transaction (one page of records, one run record). PostgreSQL
 pinged before use, so a restarted server costs a reconnect, not a failed sync.
 
 ``Database.engine`` checks the schema once per process: a worker or command that finds it behind
-fails with one line naming the URL (password masked) and the command to run, instead of failing
-deep inside a sync with "no such table".
+fails with one line naming the URL (every secret masked, ``config.urls``) and the command to run,
+instead of failing deep inside a sync with "no such table". A URL that cannot be used at all (a
+port that is not a number or out of range, a dialect or driver that is not installed, a SQLite
+folder that cannot be made) is a ``ConfigError`` naming ``ERP_SYNC_DATABASE_URL``: one line from
+``db upgrade``, ``history`` or a worker's start, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, exc
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from config.env import get_settings
-from erp_sync.errors import DatabaseUnavailable, SchemaBehind
+from config.urls import mask_url, mask_urls
+from erp_sync.errors import ConfigError, DatabaseUnavailable, SchemaBehind
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_SECONDS = 30.0
@@ -33,8 +37,8 @@ T = TypeVar("T")
 
 
 def mask(url: str) -> str:
-    """The URL with its password hidden (for messages and logs)."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL with every secret hidden (for messages and logs); never raises."""
+    return mask_url(url)
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -64,26 +68,62 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _unusable(url: str, reason: str) -> ConfigError:
+    return ConfigError(
+        mask_urls(f"ERP_SYNC_DATABASE_URL {url} cannot be used: {reason}").splitlines()[0]
+    )
+
+
+def parse(url: str) -> URL:
+    """``url`` parsed, its port checked (SQLAlchemy takes ``:99999`` and leaves it to the
+    driver); ``ConfigError`` for one that cannot be used."""
+    try:
+        parsed = make_url(url)
+    except (exc.ArgumentError, ValueError) as error:
+        raise _unusable(url, f"not a database URL ({error})") from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise _unusable(url, f"port {parsed.port} is out of range (1-65535)")
+    return parsed
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``, configured for many worker processes and threads."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        # As many pooled connections as a thread-pool worker has threads (16 in compose).
-        engine = create_engine(
-            url,
-            pool_size=5,
-            max_overflow=20,
-            connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False},
+    parsed = parse(url)
+    try:
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
+            return _sqlite_engine(url, parsed.database or "")
+        connect_args = {"connect_timeout": 5} if backend == "postgresql" else {}
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=20, connect_args=connect_args
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=20, connect_args=connect_args
+    except exc.NoSuchModuleError:
+        raise _unusable(
+            url, f"SQLAlchemy has no dialect {parsed.drivername!r} (sqlite, postgresql+psycopg)"
+        ) from None
+    except ImportError as error:  # the dialect is known, its driver is not installed
+        raise _unusable(url, f"its driver is not installed ({error.name or error})") from None
+    except (exc.ArgumentError, TypeError, ValueError) as error:
+        raise _unusable(url, str(error)) from None
+
+
+def _sqlite_engine(url: str, database: str) -> Engine:
+    if database and database != ":memory:":
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise _unusable(
+                url, f"cannot make the folder of the SQLite file ({type(error).__name__})"
+            ) from None
+    # As many pooled connections as a thread-pool worker has threads (16 in compose).
+    engine = create_engine(
+        url,
+        pool_size=5,
+        max_overflow=20,
+        connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False},
     )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 class Database:
@@ -159,10 +199,11 @@ class Database:
         """Run ``work``; a database that is down, unreachable or locked is one clear error."""
         try:
             return work()
-        except exc.OperationalError as error:
-            reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        except (exc.OperationalError, exc.InterfaceError) as error:
+            text = str(error.orig).strip() if error.orig else str(error)
+            reason = text.splitlines()[0] if text else type(error).__name__
             raise DatabaseUnavailable(
-                f"the database {self.masked_url} is unavailable: {reason}"
+                mask_urls(f"the database {self.masked_url} is unavailable: {reason}")
             ) from None
 
     def dispose(self) -> None:

@@ -1,7 +1,7 @@
 """Opening Redis with errors an operator can act on, directly or through Redis Sentinel.
 
-A connection failure becomes ``RedisUnavailable`` naming the URL (password removed), so the CLI can
-print one line instead of a traceback.
+A connection failure becomes ``RedisUnavailable`` naming the URL (every secret in it masked, a
+``?password=`` parameter too), so the CLI can print one line instead of a traceback.
 
 Sentinel URLs keep a deployment's whole Redis address in the one ``ERP_SYNC_REDIS_URL``:
 ``sentinel://[:password@]host:port[,host:port...]/db?master=NAME``. The password is the
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.sentinel import Sentinel
 
+from config.urls import mask_urls
 from erp_sync.errors import RedisUnavailable
 
 # Replace undecodable bytes instead of raising: a corrupt value then fails validation as a
@@ -27,13 +28,9 @@ DECODING: dict[str, Any] = {"decode_responses": True, "encoding_errors": "replac
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe for logs and error messages)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    auth, _, hosts = parts.netloc.rpartition("@")
-    user = auth.split(":", 1)[0] if ":" in auth else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+    """``url`` (or a message holding URLs) with every secret masked, the userinfo password and
+    ``?password=``-style parameters alike (``config.urls``): safe for logs and error lines."""
+    return mask_urls(url)
 
 
 @dataclass(frozen=True)
@@ -93,7 +90,7 @@ def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
                 target.master, db=target.db, password=target.password, **DECODING, **options
             )
     except ValueError as exc:
-        raise RedisUnavailable(f"invalid Redis URL {redact(url)}: {exc}") from None
+        raise RedisUnavailable(redact(f"invalid Redis URL {url}: {exc}")) from None
     if check:
         ping(client, url)
     return client
@@ -104,7 +101,12 @@ def ping(client: redis.Redis, url: str) -> None:
     try:
         client.ping()
     except redis.AuthenticationError as exc:
-        raise RedisUnavailable(f"Redis at {redact(url)} refused our credentials: {exc}") from None
+        raise RedisUnavailable(redact(f"Redis at {url} refused our credentials: {exc}")) from None
     except redis.RedisError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RedisUnavailable(f"cannot reach Redis at {redact(url)}: {reason}") from None
+        raise RedisUnavailable(redact(f"cannot reach Redis at {url}: {_reason(exc)}")) from None
+    except (TypeError, ValueError) as exc:  # an option redis-py does not know (``?PASSWORD=``)
+        raise RedisUnavailable(redact(f"invalid Redis URL {url}: {_reason(exc)}")) from None
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
