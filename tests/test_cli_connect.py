@@ -7,11 +7,16 @@ Syncs after connecting run against the fake QuickBooks Online server over HTTP.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
+import resource
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -22,13 +27,16 @@ from cryptography.fernet import Fernet
 
 from config.env import get_settings
 from config.keys import KeySpace
-from config.models import SyncKind
+from config.models import AuditEntry, Erp, SyncKind
 from erp_sync.cli import cli
+from erp_sync.cli.connect_cmd import _public
 from erp_sync.cli.context import Ctx
 from erp_sync.connectors import connector_for
 from erp_sync.connectors.qbo import QboConnector
 from erp_sync.connectors.sandbox import SandboxErp
-from erp_sync.control.connections import ConnectionStore
+from erp_sync.control.connections import Connection, ConnectionStore, Secrets
+from erp_sync.control.lifecycle import Lifecycle
+from erp_sync.control.permissions import Permissions
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.vault import Vault
 from erp_sync.db import Database, RecordStore
@@ -437,3 +445,218 @@ def test_connect_reads_a_secret_from_stdin_and_refuses_without_a_key_in_a_real_p
         assert (
             leaked(result.stdout + result.stderr, {realm.client_secret, realm.refresh_token}) == []
         )
+
+
+def _limited_memory() -> None:
+    """In the child: at most 2 GiB of address space, so an unbounded read of /dev/zero fails
+    there (a MemoryError traceback) instead of exhausting the machine's memory."""
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def test_a_secret_on_stdin_is_read_only_up_to_its_limit_so_dev_zero_is_one_error_line(
+    real: redis.Redis,
+    keys: KeySpace,
+    key: str,
+    redis_server: RedisServer,
+    realm: QboRealm,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    _, refresh = secret_files(tmp_path, realm)
+    env = {
+        "ERP_SYNC_REDIS_URL": redis_server.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_SECRET_KEY": key,
+    }
+    before = real.llen(keys.audit("acme"))
+    with open("/dev/zero", "rb") as zero:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *connect_args(realm, "-", refresh)],
+            cwd=procs.ROOT,
+            env=procs.process_env(env),
+            stdin=zero,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            preexec_fn=_limited_memory,
+        )
+    err = one_line_error(done.returncode, done.stdout, done.stderr)
+    assert "the client secret must be one line of at most 4096 printable characters" in err
+    assert nothing_written(real, keys, before)
+
+
+# --- refused and raced: the check is in the same step as the write ---------------------------
+
+
+def denied_actions(invoke: Invoke, company: str = "acme") -> list[str]:
+    code, out, err = invoke("audit", company, "--denied", "--json")
+    assert code == 0, err
+    return [str(e["action"]) for e in json.loads(out)]
+
+
+def test_a_refused_connect_or_disconnect_leaves_a_row_in_the_security_log(
+    real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke, tmp_path: Path
+) -> None:
+    SettingsStore(real, keys).grant("acme", "sam", "standard")
+    files = secret_files(tmp_path, realm)
+    one_line_error(*invoke(*connect_args(realm, *files, actor="sam")))
+    assert denied_actions(invoke) == ["connection.connect.denied"]
+    assert invoke(*connect_args(realm, *files))[0] == 0
+    one_line_error(*invoke("disconnect", "acme", "--as", "sam"))
+    assert denied_actions(invoke) == ["connection.disconnect.denied", "connection.connect.denied"]
+    _, out, _ = invoke("audit", "acme", "--denied", "--json")
+    row = json.loads(out)[1]
+    assert row["actor"] == "sam" and row["new"]["realm_id"] == realm.realm_id
+    assert leaked(out, {realm.client_secret, realm.refresh_token}) == []
+    assert real.exists(keys.connection("acme"))
+
+
+def _open_fifo_for_writing(path: Path, child: subprocess.Popen[str]) -> int:
+    """Open ``path`` (a FIFO) once ``child`` opened it to read (so it is past its early
+    checks and waiting for the secret); fails if the child exits first."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.02)
+    raise AssertionError("connect never opened its secret file")
+
+
+@pytest.mark.parametrize("meanwhile", ["revoked", "company removed"])
+def test_connect_checks_admin_and_company_in_the_same_step_as_the_write(
+    real: redis.Redis,
+    keys: KeySpace,
+    key: str,
+    redis_server: RedisServer,
+    realm: QboRealm,
+    prefix: str,
+    tmp_path: Path,
+    meanwhile: str,
+) -> None:
+    """A real ``connect`` passes its early checks and waits on its secret file (a FIFO); the
+    admin is demoted, or the company removed, before the secret arrives: nothing is written."""
+    _, refresh = secret_files(tmp_path, realm)
+    fifo = tmp_path / "client_secret.fifo"
+    os.mkfifo(fifo)
+    env = {
+        "ERP_SYNC_REDIS_URL": redis_server.url,
+        "ERP_SYNC_KEY_PREFIX": prefix,
+        "ERP_SYNC_SECRET_KEY": key,
+    }
+    store = SettingsStore(real, keys)
+    store.grant("acme", "bob", "admin")
+    before = real.llen(keys.audit("acme"))
+    child = subprocess.Popen(
+        [sys.executable, "manage.py", *connect_args(realm, str(fifo), refresh)],
+        cwd=procs.ROOT,
+        env=procs.process_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        writer = _open_fifo_for_writing(fifo, child)
+        if meanwhile == "revoked":
+            Permissions(store).revoke("acme", "alice", "bob")
+            before += 1  # the revocation's own audit entry
+        else:
+            Lifecycle(store).remove_company("acme", "bob")
+        os.write(writer, f"{realm.client_secret}\n".encode())
+        os.close(writer)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    one_line_error(child.returncode, out, err)
+    assert not real.exists(keys.connection("acme"), keys.access_token("acme"))
+    if meanwhile == "revoked":
+        assert "alice" in err and "admin" in err
+        assert nothing_written(real, keys, before)
+        denied = [json.loads(e)["action"] for e in real.lrange(keys.denied("acme"), 0, -1)]
+        assert denied == ["connection.connect.denied"]
+    else:
+        assert "unknown company 'acme'" in err
+        actions = [json.loads(e)["action"] for e in real.lrange(keys.audit("acme"), 0, -1)]
+        assert "connection.connect" not in actions
+
+
+@pytest.mark.parametrize("meanwhile", ["revoked", "company removed"])
+def test_disconnect_checks_admin_and_company_in_the_same_step_as_the_write(
+    real: redis.Redis,
+    keys: KeySpace,
+    key: str,
+    realm: QboRealm,
+    invoke: Invoke,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    meanwhile: str,
+) -> None:
+    assert invoke(*connect_args(realm, *secret_files(tmp_path, realm)))[0] == 0
+    store = SettingsStore(real, keys)
+    store.grant("acme", "bob", "admin")
+    read = ConnectionStore.require
+
+    def racing(self: ConnectionStore, company: str) -> Connection:
+        """The CLI's read between its early checks and the write: the race happens here."""
+        found = read(self, company)
+        if meanwhile == "revoked":
+            Permissions(store).revoke("acme", "alice", "bob")
+        else:
+            Lifecycle(store).remove_company("acme", "bob")
+        return found
+
+    monkeypatch.setattr(ConnectionStore, "require", racing)
+    err = one_line_error(*invoke("disconnect", "acme", "--as", "alice"))
+    audit = [json.loads(e)["action"] for e in real.lrange(keys.audit("acme"), 0, -1)]
+    assert "connection.disconnect" not in audit
+    if meanwhile == "revoked":
+        assert "alice" in err
+        assert real.exists(keys.connection("acme"))  # still connected: nothing written
+        denied = [json.loads(e)["action"] for e in real.lrange(keys.denied("acme"), 0, -1)]
+        assert denied == ["connection.disconnect.denied"]
+    else:
+        assert "unknown company 'acme'" in err
+
+
+def test_connection_show_and_the_audit_mask_secrets_in_the_erp_urls(
+    real: redis.Redis, keys: KeySpace, key: str, realm: QboRealm, invoke: Invoke
+) -> None:
+    """However a URL with a secret got stored (an older release took any URL), what is shown
+    has it masked: the userinfo password and secret-bearing query parameters."""
+    hidden = "pw-in-the-url"
+    connection = Connection(
+        company="acme",
+        erp=Erp.QUICKBOOKS_ONLINE,
+        realm_id=realm.realm_id,
+        client_id=realm.client_id,
+        base_url=f"https://u:{hidden}@erp.example/v3?api_key={hidden}",
+        token_url=f"https://erp.example/token?Token={hidden}",
+        connected_by="alice",
+        connected_at=datetime.now(UTC),
+    )
+    store = ConnectionStore(real, keys, Vault([key]))
+    store.save(
+        connection,
+        Secrets(client_secret=realm.client_secret, refresh_token=realm.refresh_token),
+        AuditEntry(
+            at=datetime.now(UTC),
+            actor="alice",
+            action="connection.connect",
+            company="acme",
+            new=_public(connection),
+        ),
+    )
+    outputs = [
+        invoke("connection", "show", "acme")[1],
+        invoke("connection", "show", "acme", "--json")[1],
+        invoke("audit", "acme", "--json")[1],
+    ]
+    for out in outputs:
+        assert hidden not in out and "***" in out, out
+    shown = json.loads(outputs[1])
+    assert shown["base_url"] == "https://u:***@erp.example/v3?api_key=***"

@@ -17,35 +17,45 @@ import click
 import httpx
 
 from config.models import AuditEntry, Erp, PermissionLevel
+from config.urls import mask_url
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx
 from erp_sync.connectors.qbo import PRODUCTION_API, TOKEN_URL
 from erp_sync.control.connections import Connection, ConnectionStore, Secrets
 from erp_sync.control.inputs import user_id
+from erp_sync.control.unit import Denied
 from erp_sync.control.vault import Vault, new_key
-from erp_sync.errors import InvalidInput
+from erp_sync.errors import InvalidInput, PermissionDenied
 
 CONNECTABLE = (Erp.QUICKBOOKS_ONLINE.value,)
 _REALM = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CLIENT_ID = re.compile(r"[\x21-\x7e]{1,200}")
 MAX_SECRET = 4096
+READ_LIMIT = MAX_SECRET + 2  # the longest secret and a line ending (``\r\n``)
 
 
 def _secret(path: str, what: str, stdin_used: list[bool]) -> str:
-    """A secret read from a file (``-``: stdin, once), trimmed; validated without echoing it."""
+    """A secret read from a file (``-``: stdin, once), trimmed; validated without echoing it.
+
+    At most ``MAX_SECRET`` bytes and a line ending are read, from a file as from stdin: an
+    endless input (``< /dev/zero``) is refused at once as too long instead of being read until
+    memory runs out."""
     if path == "-":
         if stdin_used:
             raise InvalidInput("only one of the secret files can be - (stdin)")
         stdin_used.append(True)
-        text = sys.stdin.read()
+        raw = sys.stdin.buffer.read(READ_LIMIT)
     else:
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read(MAX_SECRET + 2)
-        except (OSError, UnicodeDecodeError) as exc:
+            with open(path, "rb") as handle:
+                raw = handle.read(READ_LIMIT)
+        except OSError as exc:
             raise InvalidInput(
                 f"cannot read the {what} file {path[:100]!r}: {type(exc).__name__}"
             ) from None
-    value = text.strip()
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        value = "\x00"  # not text (or cut inside a character at the limit): refused below
     if not value:
         raise InvalidInput(f"the {what} file is empty")
     if len(value) > MAX_SECRET or any(c.isspace() or not c.isprintable() for c in value):
@@ -109,7 +119,15 @@ def connect(
     """Connect COMPANY to its real ERP: its syncs then read it over HTTP."""
     user_id(actor)  # the one validator: it is written to the audit log
     company = ctx.store.get_company(company_id)
-    ctx.store.require(company_id, actor, PermissionLevel.ADMIN)
+    requested: dict[str, object] = {
+        "erp": erp,
+        "realm_id": realm_id,
+        "client_id": client_id,
+        "base_url": mask_url(base_url),
+        "token_url": mask_url(token_url),
+    }
+    # Early, so a non-admin's secret files are never read; checked again with the write.
+    _require_admin(ctx, company_id, actor, "connection.connect", requested)
     if company.erp.value != erp:
         raise InvalidInput(
             f"{company_id!r} is on {company.erp.value}: only a {erp} company "
@@ -154,6 +172,7 @@ def connect(
             old=_public(old) if old else {},
             new=_public(connection),
         ),
+        requested,
     )
     click.echo(
         f"{company_id} connected to {erp} realm {realm_id} (client id {client_id}); "
@@ -161,13 +180,26 @@ def connect(
     )
 
 
+def _require_admin(
+    ctx: Ctx, company_id: str, actor: str, action: str, requested: dict[str, object]
+) -> None:
+    """The CLI's early admin check; a refusal is written to the security log like the one
+    the write's own transaction makes when a revocation races it."""
+    try:
+        ctx.store.require(company_id, actor, PermissionLevel.ADMIN)
+    except PermissionDenied:
+        ctx.store.record_denied(Denied(company_id, actor, action, requested))
+        raise
+
+
 def _public(connection: Connection) -> dict[str, str]:
+    """What the audit log keeps of a connection: no secret, its URLs masked."""
     return {
         "erp": connection.erp.value,
         "realm_id": connection.realm_id,
         "client_id": connection.client_id,
-        "base_url": connection.base_url,
-        "token_url": connection.token_url,
+        "base_url": mask_url(connection.base_url),
+        "token_url": mask_url(connection.token_url),
     }
 
 
@@ -186,6 +218,8 @@ def connection_show(ctx: Ctx, company_id: str, as_json: bool) -> None:
     found = ConnectionStore(ctx.client, ctx.keys).require(company_id)
     shown = {
         **found.model_dump(mode="json"),
+        "base_url": mask_url(found.base_url),
+        "token_url": mask_url(found.token_url),
         "client_secret": "********",
         "refresh_token": "********",
     }
@@ -221,8 +255,10 @@ def disconnect(ctx: Ctx, company_id: str, actor: str) -> None:
     """Forget COMPANY's ERP credentials: its syncs go back to the sandbox ERP."""
     user_id(actor)
     ctx.store.get_company(company_id)
-    ctx.store.require(company_id, actor, PermissionLevel.ADMIN)
     store = ConnectionStore(ctx.client, ctx.keys, store=ctx.store)
+    connected = store.get(company_id)
+    requested: dict[str, object] = {"realm_id": connected.realm_id} if connected else {}
+    _require_admin(ctx, company_id, actor, "connection.disconnect", requested)
     found = store.require(company_id)
     store.delete(
         company_id,
