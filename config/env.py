@@ -100,7 +100,11 @@ class Settings(BaseSettings):
         5.0, ge=0, description="How long `settings set --wait` waits for beat to apply a change."
     )
     alert_timeout_seconds: float = Field(
-        5.0, gt=0, le=60, description="Timeout of one alert webhook POST."
+        5.0,
+        gt=0,
+        le=60,
+        description="Bound of one alert webhook attempt as a whole, from the connect to the "
+        "answer's last byte (redirects are not followed: a 3xx is a failed attempt).",
     )
     alert_attempts: int = Field(
         5, ge=1, le=20, description="Attempts to deliver one alert before it is logged failed."

@@ -10,7 +10,7 @@ import pytest
 
 from config.env import get_settings
 from erp_sync.connectors.qbo import http
-from erp_sync.errors import ErpServerError
+from erp_sync.errors import PermanentConnectorError
 from tests.support.receiver import Receiver, start_receiver
 
 
@@ -26,7 +26,10 @@ def test_the_connector_refuses_loopback_unless_the_operator_allows_it(
 ) -> None:
     monkeypatch.delenv("ERP_SYNC_OUTBOUND_ALLOW")
     get_settings.cache_clear()
-    with pytest.raises(ErpServerError, match=r"refused: 127\.0\.0\.1 is an internal address"):
+    # Permanent: the operator's policy refused it, and a retry would only be refused again.
+    with pytest.raises(
+        PermanentConnectorError, match=r"refused: 127\.0\.0\.1 is an internal address"
+    ):
         http.request("POST", receiver.url, content=b"{}")
     assert receiver.connections == 0
     monkeypatch.setenv("ERP_SYNC_OUTBOUND_ALLOW", "127.0.0.1")

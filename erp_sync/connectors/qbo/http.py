@@ -19,7 +19,13 @@ from typing import Any
 
 import httpx
 
-from erp_sync.errors import ErpFault, ErpServerError, ErpTimeout, RateLimited
+from erp_sync.errors import (
+    ErpFault,
+    ErpServerError,
+    ErpTimeout,
+    PermanentConnectorError,
+    RateLimited,
+)
 from erp_sync.infra import egress
 
 CONNECT = 5.0
@@ -64,6 +70,13 @@ def request(method: str, url: str, **kwargs: Any) -> httpx.Response:
     except httpx.TimeoutException as exc:
         raise ErpTimeout(
             f"QuickBooks Online did not answer in time ({type(exc).__name__})"
+        ) from None
+    except httpx.ConnectError as exc:
+        if isinstance(exc.__cause__, egress.OutboundRefused):
+            # The operator's outbound policy, not a network blip: retrying cannot help.
+            raise PermanentConnectorError(f"QuickBooks Online {exc}") from None
+        raise ErpServerError(
+            f"QuickBooks Online could not be reached ({type(exc).__name__}: {exc})"
         ) from None
     except httpx.TransportError as exc:
         raise ErpServerError(
