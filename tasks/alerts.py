@@ -1,7 +1,11 @@
 """Alert tasks (queue ``alerts``): webhook delivery with retries, and the stale-sync check.
 
 Thin wrappers over ``erp_sync.alerts``: the delivery task reads the rule (URL, secret) from
-Redis itself, so its arguments hold only the company, the alert id and the JSON payload.
+Redis itself, so its arguments hold only the company, the alert id and the JSON payload. A
+delivery is posted by the first task id that claims its delivery id (a copy the outbox queued
+again posts nothing), and its retries wait at most under the broker's visibility timeout
+(``erp_sync.alerts.retries``). The periodic check also queues again the deliveries whose
+sender died between recording the incident and queueing them (``Evaluator.resend_pending``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from celery import Task
 
 from config.env import get_settings
 from config.keys import KeySpace
+from erp_sync.alerts import retries
 from erp_sync.alerts.deliver import deliver_once
 from erp_sync.alerts.evaluate import Evaluator
 from erp_sync.infra.redis_client import connect
@@ -35,13 +40,26 @@ def _client() -> redis.Redis:
     name=DELIVER, bind=True, acks_late=True, max_retries=None
 )
 def deliver(self: Task, *, company: str, alert: str, message: dict[str, Any]) -> str:
-    """Post one alert; on failure retry after ``ALERT_RETRY_SECONDS * 2**(attempt-1)``."""
+    """Post one alert; on failure retry after ``ALERT_RETRY_SECONDS * 2**(attempt-1)``, capped
+    under the visibility timeout; a delivery another task id claimed is not posted again."""
     env = get_settings()
     attempt = int(self.request.retries or 0) + 1
     final = attempt >= env.alert_attempts
+    keys = KeySpace(env.key_prefix)
+    longest = retries.cap(env.visibility_timeout, env.task_time_limit)
+    delivery = str(message.get("delivery"))
+    ttl = retries.claim_ttl(env.alert_attempts, longest, env.alert_timeout_seconds)
+    if not retries.claim(_client(), keys, delivery, str(self.request.id), ttl):
+        log.info(
+            "alert company=%s alert=%s delivery=%s outcome=duplicate (another task posts it)",
+            company,
+            alert,
+            delivery,
+        )
+        return "duplicate"
     outcome = deliver_once(
         _client(),
-        KeySpace(env.key_prefix),
+        keys,
         company,
         alert,
         message,
@@ -59,17 +77,20 @@ def deliver(self: Task, *, company: str, alert: str, message: dict[str, Any]) ->
         outcome,
     )
     if outcome == "retrying":
-        raise self.retry(countdown=env.alert_retry_seconds * 2 ** (attempt - 1))
+        raise self.retry(countdown=retries.countdown(attempt, env.alert_retry_seconds, longest))
     return outcome
 
 
 @app.task(name=CHECK_STALE)  # type: ignore[untyped-decorator]
 def check_stale() -> int:
-    """Alert the syncs whose no-success deadline has passed (a read of due deadlines only)."""
+    """Queue again the deliveries whose sender died before queueing them, then alert the syncs
+    whose no-success deadline has passed (reads of what is due only)."""
     env = get_settings()
-    found = Evaluator(
-        _client(), KeySpace(env.key_prefix), env.seconds_per_hour, send_alert
-    ).check_stale()
+    evaluator = Evaluator(_client(), KeySpace(env.key_prefix), env.seconds_per_hour, send_alert)
+    resent = evaluator.resend_pending()
+    if resent:
+        log.info("alert deliveries queued again (their sender died first): %s", resent)
+    found = evaluator.check_stale()
     if found:
         log.info("stale syncs alerted: %s", " ".join(found))
     return len(found)
