@@ -18,9 +18,13 @@ from pydantic import ValidationError
 from config.alerts import AlertEvent, AlertRule
 from config.models import first_error, parse
 from erp_sync.control.inputs import user_id
+
+# The sealed format's owner is the inventory of sealed secrets (rotate-key re-encrypts them);
+# open_secret is re-exported for the delivery.
+from erp_sync.control.sealed import open_secret as open_secret
+from erp_sync.control.sealed import seal_secret
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.unit import Denied, UnitOfWork
-from erp_sync.control.vault import Vault
 from erp_sync.errors import InvalidInput, NotFound
 from erp_sync.infra.egress import check_target
 
@@ -39,21 +43,6 @@ def parse_events(text: str | None) -> list[AlertEvent]:
         shown = repr(bad[0][:40]) if bad else "nothing"
         raise InvalidInput(f"--events: {shown} is not an event (any of: {', '.join(allowed)})")
     return [AlertEvent(n) for n in dict.fromkeys(names)]
-
-
-SEALED = "fernet:"
-
-
-def seal_secret(secret: str) -> str:
-    """A webhook's signing secret as stored: encrypted like the ERP credentials."""
-    return SEALED + Vault.from_settings().seal({"secret": secret})
-
-
-def open_secret(stored: str) -> str:
-    """The signing secret of a stored rule (one stored before sealing is used as it is)."""
-    if not stored.startswith(SEALED):
-        return stored
-    return str(Vault.from_settings().open(stored[len(SEALED) :], "an alert's secret")["secret"])
 
 
 class AlertRules:

@@ -22,9 +22,10 @@ from erp_sync.cli.context import Ctx, echo_json, pass_ctx
 from erp_sync.connectors.qbo import PRODUCTION_API, TOKEN_URL
 from erp_sync.control.connections import Connection, ConnectionStore, Secrets
 from erp_sync.control.inputs import user_id
+from erp_sync.control.sealed import SealedSecrets
 from erp_sync.control.unit import Denied
 from erp_sync.control.vault import Vault, new_key
-from erp_sync.errors import InvalidInput, PermissionDenied
+from erp_sync.errors import CorruptRecord, InvalidInput, PermissionDenied
 
 CONNECTABLE = (Erp.QUICKBOOKS_ONLINE.value,)
 _REALM = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -233,12 +234,22 @@ def connection_show(ctx: Ctx, company_id: str, as_json: bool) -> None:
 @connection.command("rotate-key")
 @pass_ctx
 def connection_rotate_key(ctx: Ctx) -> None:
-    """Re-encrypt every stored secret with the first key of ERP_SYNC_SECRET_KEY."""
-    done = ConnectionStore(ctx.client, ctx.keys, Vault.from_settings()).rotate_keys()
+    """Re-encrypt every stored secret (ERP credentials, cached access tokens, alert signing
+    secrets) with the first key of ERP_SYNC_SECRET_KEY; recorded in the operator log."""
+    done = SealedSecrets(ctx.store, Vault.from_settings()).rotate()
+    counts = done.counts
+    after = "" if done.unreadable else "; the older keys can now be removed from the key list"
     click.echo(
-        f"re-encrypted {done} connection(s) with the newest key; the older keys can "
-        "now be removed from ERP_SYNC_SECRET_KEY"
+        f"re-encrypted {counts['connections']} connection(s), {counts['alert_secrets']} alert "
+        f"signing secret(s) and {counts['access_tokens']} cached access token(s) with the "
+        f"newest key of ERP_SYNC_SECRET_KEY{after}"
     )
+    if done.unreadable:
+        named = ", ".join(done.unreadable[:5]) + (", ..." if len(done.unreadable) > 5 else "")
+        raise CorruptRecord(
+            f"{len(done.unreadable)} stored secret(s) no key of ERP_SYNC_SECRET_KEY opens "
+            f"({named}): keep the old key until they are replaced (connect, alert add)"
+        )
 
 
 @connection.command("new-key")
