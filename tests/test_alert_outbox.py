@@ -12,7 +12,8 @@ from config.alerts import AlertEvent, AlertRule
 from config.env import Settings
 from config.keys import KeySpace
 from erp_sync.alerts import retries
-from erp_sync.alerts.evaluate import OUTBOX_GRACE, Evaluator, RunOutcome, redis_now
+from erp_sync.alerts.evaluate import Evaluator, RunOutcome, redis_now
+from erp_sync.alerts.outbox import GRACE as OUTBOX_GRACE
 from erp_sync.alerts.rules import AlertRules
 from erp_sync.control.store import SettingsStore
 from tests.support.erp import small_company
@@ -113,3 +114,29 @@ def test_no_retry_waits_past_the_visibility_timeout_with_production_settings() -
     assert env.alert_retry_seconds * 2**11 > env.visibility_timeout
     ttl = retries.claim_ttl(20, longest, env.alert_timeout_seconds)
     assert ttl > 20 * longest  # the claim outlives the longest retry chain
+
+
+def test_a_stale_alert_whose_sender_died_is_queued_again_too(
+    real: redis.Redis, keys: KeySpace
+) -> None:
+    small_company(real, keys, projects=())
+    AlertRules(SettingsStore(real, keys)).add(
+        "acme",
+        "alice",
+        url="http://127.0.0.1:9/hook",
+        events=[AlertEvent.STALE],
+        failures=1,
+        secret=None,
+    )
+    Evaluator(real, keys, 3600, die).seed_deadlines("acme")  # as ``alert add`` does
+    later = redis_now(real) + 3 * 3600  # past the vendors and jobs deadlines (two hours)
+    with pytest.raises(Died):
+        Evaluator(real, keys, 3600, die).check_stale(later)
+    assert real.hlen(keys.alert_outbox("acme")) == 1  # staged with the stale incident
+    sent = Sent()
+    ev = Evaluator(real, keys, 3600, sent)
+    assert ev.resend_pending(later + OUTBOX_GRACE + 1) == 1
+    assert [m["event"] for m in sent.messages] == ["stale"]
+    ev.check_stale(later)  # the other sync's stale alert: queued at once, nothing waits
+    assert [m["event"] for m in sent.messages] == ["stale", "stale"]
+    assert real.exists(keys.alert_outbox("acme")) == 0

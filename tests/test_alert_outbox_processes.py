@@ -25,7 +25,8 @@ import redis
 from config.alerts import AlertEvent, AlertRule
 from config.keys import KeySpace
 from erp_sync.alerts.deliver import deliveries
-from erp_sync.alerts.evaluate import OUTBOX_GRACE, redis_now
+from erp_sync.alerts.evaluate import redis_now
+from erp_sync.alerts.outbox import GRACE as OUTBOX_GRACE
 from erp_sync.alerts.rules import AlertRules
 from erp_sync.control.store import SettingsStore
 from tests.support.erp import small_company

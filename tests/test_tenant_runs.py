@@ -16,7 +16,6 @@ import pytest
 import redis
 
 from config.alerts import AlertEvent
-from config.env import get_settings
 from config.keys import KeySpace
 from config.models import Company, RunRecord, SyncKind, now
 from erp_sync.alerts.evaluate import Evaluator, RunOutcome
@@ -135,10 +134,8 @@ def test_a_finish_after_the_removal_writes_no_summary_and_records_the_run_failed
 
 
 def test_the_old_tenants_run_writes_no_alert_state_for_the_company_added_again(
-    real: redis.Redis, keys: KeySpace, monkeypatch: pytest.MonkeyPatch
+    real: redis.Redis, keys: KeySpace
 ) -> None:
-    monkeypatch.setenv("ERP_SYNC_OUTBOUND_ALLOW", "127.0.0.1")
-    get_settings.cache_clear()
     small_company(real, keys)
     store = SettingsStore(real, keys)
     old = Tenant.of(str(real.get(keys.company("acme"))), None, None)

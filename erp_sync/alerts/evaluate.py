@@ -12,20 +12,19 @@ queue) reads only the deadlines that have passed. A paused company's deadline is
 sync switched off, unsupported, opted out or removed is forgotten.
 
 Deliveries are at least once: the incident and each delivery it calls for (payload and delivery
-id) are written in one MULTI, the deliveries into the company's outbox (``alert_outbox``); each
-is queued after, then taken out. A worker that dies in between leaves it there, and
-``resend_pending`` (run by the periodic stale check) queues what waited longer than
-``OUTBOX_GRACE``. A delivery queued twice that way is posted once: the delivery task claims its
-delivery id (``tasks.alerts``). The incident is written only while the run's company (and
-project) is still the tenant the run started for (``RunOutcome.company_stamp``): a sync that
-ends after its company was removed leaves no alert state to a company added later under the id.
+id) are written in one MULTI, the deliveries into the company's outbox; each is queued after,
+then taken out; a worker that dies in between leaves it there, and ``resend_pending`` (run by
+the periodic stale check) queues it again (``erp_sync.alerts.outbox``). The incident is written
+only while the run's company (and project) is still the tenant the run started for
+(``RunOutcome.company_stamp``): a sync that ends after its company was removed leaves no alert
+state to a company added later under the id.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,13 +35,9 @@ from config.alerts import AlertEvent, AlertRule, Incident
 from config.keys import KeySpace
 from config.members import alert_target, deadline_member, split_deadline
 from config.models import CAPABILITIES, Company, Project, StoredSettings, SyncKind, parse
+from erp_sync.alerts.outbox import AlertOutbox, Send
 from erp_sync.errors import CorruptRecord
 from erp_sync.schedule.cadence import cadence_for
-
-Send = Callable[[AlertRule, dict[str, Any]], None]
-# A delivery still in the outbox this long after its incident was written lost its sender (the
-# queueing itself takes milliseconds): the periodic check queues it again.
-OUTBOX_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +95,7 @@ class Evaluator:
         self, client: redis.Redis, keys: KeySpace, seconds_per_hour: float, send: Send
     ) -> None:
         self.client, self.keys, self.send = client, keys, send
+        self.outbox = AlertOutbox(client, keys)
         self.seconds_per_hour = seconds_per_hour
 
     def rules(self, company: str) -> list[AlertRule]:
@@ -121,7 +117,6 @@ class Evaluator:
         member = deadline_member(outcome.company, outcome.kind, outcome.project)
         period = self._period(outcome.company, SyncKind(outcome.kind))
         sends: list[tuple[AlertRule, AlertEvent, dict[str, Any]]] = []
-        box = self.keys.alert_outbox(outcome.company)
         watched = [key, self.keys.company(outcome.company), self.keys.projects(outcome.company)]
         with self.client.pipeline() as pipe:
             while True:
@@ -168,80 +163,17 @@ class Evaluator:
                         pipe.hdel(key, field)
                         if period is not None:
                             pipe.zadd(self.keys.alert_deadlines, {member: now + 2 * period})
-                    self._stage(pipe, outcome.company, [(r, m) for r, _, m in sends], now)
+                    self.outbox.stage(pipe, outcome.company, [(r, m) for r, _, m in sends], now)
                     pipe.execute()
                     break
                 except redis.WatchError:
                     continue
-        for rule, _, message in sends:
-            self.send(rule, message)
-            self.client.hdel(box, str(message["delivery"]))  # queued: it waits no more
+        self.outbox.send(self.send, outcome.company, [(r, m) for r, _, m in sends])
         return [event for _, event, _ in sends]
 
-    def _stage(
-        self,
-        pipe: redis.client.Pipeline,
-        company: str,
-        deliveries: Sequence[tuple[AlertRule, dict[str, Any]]],
-        now: float,
-    ) -> None:
-        """Put ``deliveries`` in the company's outbox inside the caller's MULTI (with the
-        incident that calls for them), and index the company for ``resend_pending``."""
-        if not deliveries:
-            return
-        pipe.hset(
-            self.keys.alert_outbox(company),
-            mapping={
-                str(m["delivery"]): json.dumps({"alert": r.id, "message": m, "at": now})
-                for r, m in deliveries
-            },
-        )
-        pipe.zadd(self.keys.alert_outbox_due, {company: now + OUTBOX_GRACE}, nx=True)
-
     def resend_pending(self, now: float | None = None, limit: int = 100) -> int:
-        """Queue again the deliveries whose sender died after recording them (older than
-        ``OUTBOX_GRACE``); a rule removed meanwhile drops its delivery. Returns how many were
-        queued. Reads only the companies whose oldest waiting delivery is due."""
-        now = redis_now(self.client) if now is None else now
-        queued = 0
-        due = self.client.zrangebyscore(self.keys.alert_outbox_due, "-inf", now, start=0, num=limit)
-        for company in (str(c) for c in due):
-            box = self.keys.alert_outbox(company)
-            for delivery, raw in self.client.hgetall(box).items():
-                try:
-                    entry = json.loads(raw)
-                    waited = now - float(entry["at"])
-                    alert, message = str(entry["alert"]), dict(entry["message"])
-                except (ValueError, KeyError, TypeError):
-                    self.client.hdel(box, delivery)  # unreadable: it can never be sent
-                    continue
-                if waited < OUTBOX_GRACE:
-                    continue  # its sender may be queueing it right now
-                rule = self.client.hget(self.keys.alerts(company), alert)
-                if rule is not None:
-                    self.send(parse(AlertRule, str(rule), "alert rule"), message)
-                    queued += 1
-                self.client.hdel(box, delivery)
-            self._reindex(company)
-        return queued
-
-    def _reindex(self, company: str) -> None:
-        """The company's place in the outbox index: its oldest waiting delivery, or none."""
-        box = self.keys.alert_outbox(company)
-        with self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(box)  # type: ignore[no-untyped-call]
-                    ats = [_at(str(v)) for v in pipe.hvals(box)]
-                    pipe.multi()
-                    if ats:
-                        pipe.zadd(self.keys.alert_outbox_due, {company: min(ats) + OUTBOX_GRACE})
-                    else:
-                        pipe.zrem(self.keys.alert_outbox_due, company)
-                    pipe.execute()
-                    return
-                except redis.WatchError:
-                    continue
+        """Queue again the deliveries whose sender died after recording them (the outbox)."""
+        return self.outbox.resend(self.send, redis_now(self.client) if now is None else now, limit)
 
     def check_stale(self, now: float | None = None, limit: int = 500) -> list[str]:
         """Alert the syncs whose deadline passed (only those: a range read of one sorted set)."""
@@ -274,10 +206,13 @@ class Evaluator:
             if incident.stale or not rules:
                 continue  # already alerted for this incident
             incident.stale = True
-            self.client.hset(self.keys.alert_state(company), field, incident.model_dump_json())
             outcome = RunOutcome(company, kind.value, project, "stale", None, "")
-            for rule in rules:
-                self.send(rule, payload(rule, AlertEvent.STALE, outcome, now))
+            messages = [(r, payload(r, AlertEvent.STALE, outcome, now)) for r in rules]
+            with self.client.pipeline() as pipe:  # the incident and its deliveries, together
+                pipe.hset(self.keys.alert_state(company), field, incident.model_dump_json())
+                self.outbox.stage(pipe, company, messages, now)
+                pipe.execute()
+            self.outbox.send(self.send, company, messages)
             stale.append(member)
         return stale
 
@@ -348,14 +283,6 @@ class Evaluator:
         ):
             return "paused"
         return "yes"
-
-
-def _at(raw: str) -> float:
-    """When a waiting delivery was recorded (0: unreadable, so it is looked at at once)."""
-    try:
-        return float(json.loads(raw)["at"])
-    except (ValueError, KeyError, TypeError):
-        return 0.0
 
 
 def _same_tenant(pipe: redis.client.Pipeline, keys: KeySpace, outcome: RunOutcome) -> bool:
