@@ -292,6 +292,19 @@ class KeySpace:
         ``audit`` of a removed company say; ``company add`` of the same id clears it."""
         return self._k("removed")
 
+    @property
+    def config_revs(self) -> str:
+        """HASH company id (``*``: the fleet) -> revision of its configuration: microseconds of
+        Redis time, at least one more than the last, bumped by every admin change; the
+        database's copy (``erp_sync/db/config_copy.py``) keeps only the newest revision."""
+        return self._k("config", "revs")
+
+    @property
+    def config_dirty(self) -> str:
+        """HASH company id (``*``) -> a revision changed in Redis and not yet copied to the
+        database; the copy removes the field once it holds that revision."""
+        return self._k("config", "dirty")
+
     # --- scan patterns ----------------------------------------------------------------------
     def pattern(self, kind: str) -> str:
         """A SCAN pattern for every key of ``kind`` (``procore``, ``runs``, ``connection``)."""

@@ -14,6 +14,7 @@ import click
 import redis
 
 from erp_sync.cli.context import Ctx
+from erp_sync.cli.restore_cmd import copy_after_command
 from erp_sync.errors import ErpSyncError
 from erp_sync.infra.redis_client import redact
 
@@ -62,6 +63,9 @@ def cli(ctx: click.Context) -> None:
     if ctx.obj is None:  # tests pass a Ctx holding their own client
         ctx.obj = Ctx()
     ctx.call_on_close(ctx.obj.close)
+    # Registered last, so it runs first (before Redis closes): whatever the command changed is
+    # copied to the database right away (erp_sync/cli/restore_cmd.py).
+    ctx.call_on_close(lambda: copy_after_command(ctx.obj))
 
 
 def _register() -> None:
@@ -74,6 +78,7 @@ def _register() -> None:
         doctor_cmd,
         metrics_cmd,
         pause_cmd,
+        restore_cmd,
         runs,
         settings_cmd,
     )
@@ -89,6 +94,7 @@ def _register() -> None:
         connect_cmd,
         pause_cmd,
         alert_cmd,
+        restore_cmd,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)

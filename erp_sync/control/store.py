@@ -50,6 +50,7 @@ from erp_sync.errors import (
     PermissionDenied,
     UnsupportedSetting,
 )
+from erp_sync.infra import lua
 
 T = TypeVar("T")
 Mutator = Callable[[SyncSettings], Mapping[str, Any]]
@@ -401,7 +402,19 @@ class SettingsStore:
         def attempt(pipe: redis.client.Pipeline) -> T:
             if scope is not None and not pipe.exists(self.keys.company(scope)):
                 raise NotFound(f"unknown company {shorten(scope)}")
-            return write(self._unit(pipe))
+            work = self._unit(pipe)
+            result = write(work)
+            touched = work.touched | ({scope} if scope is not None else set())
+            if pipe.explicit_transaction and touched:
+                # The revision and the mark for the database's copy commit with the change.
+                pipe.eval(
+                    lua.source("config_bump"),
+                    2,
+                    self.keys.config_revs,
+                    self.keys.config_dirty,
+                    *sorted(touched),
+                )
+            return result
 
         try:
             return transact(self.client, watch, attempt, self._confirm if durable else None)

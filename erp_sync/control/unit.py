@@ -76,6 +76,15 @@ class UnitOfWork:
     ) -> None:
         self.pipe, self.keys, self.clock = pipe, keys, clock
         self._os_user, self._maxlen = os_user, stream_maxlen
+        # The scopes (company ids, ``*``) whose configuration this action changed: the store
+        # bumps their revision and marks them for the database's copy in the same MULTI.
+        self.touched: set[str] = set()
+
+    def touch(self, scope: str) -> None:
+        """Mark ``scope`` changed without an audit entry or change message (an audited or
+        re-planned company, and the company the store's transaction names, are marked anyway),
+        e.g. a worker's token rotation."""
+        self.touched.add(scope)
 
     def require_admin(self, company: str, actor: str) -> None:
         """Before ``begin()``: ``actor`` is an admin of ``company`` now (its users hash is read
@@ -99,6 +108,7 @@ class UnitOfWork:
 
     def audit(self, entry: AuditEntry) -> None:
         """The company's audit log: who changed what, when, old and new values."""
+        self.touched.add(entry.company)
         self._push(self.keys.audit(entry.company), entry)
 
     def entry(
@@ -134,6 +144,7 @@ class UnitOfWork:
 
     def operator(self, entry: AuditEntry) -> None:
         """The operator log: actions no company admin made (company add, fleet pause)."""
+        self.touched.add(entry.company)
         self._push(self.keys.operator_log, entry)
 
     def denied(self, entry: AuditEntry) -> None:
@@ -143,6 +154,7 @@ class UnitOfWork:
     def change(self, company: str, version: int) -> None:
         """A message on the change stream: beat re-plans ``company`` (``version`` 0: dropped)."""
         self.begin()
+        self.touched.add(company)
         self.pipe.xadd(
             self.keys.changes,
             {"company": company, "version": str(version)},

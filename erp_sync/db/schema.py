@@ -189,3 +189,19 @@ audit_log = Table(
     Index(None, "kind", "company", "id"),
     Index(None, "kind", "id"),
 )
+
+# --- the durable copy of what only Redis holds ------------------------------------------
+# One row per scope (a company id, ``*`` for the fleet-wide pause): its configuration as Redis
+# held it at revision ``rev`` (``config.snapshot.Snapshot`` as JSON, connection secrets sealed
+# as stored). A row is only ever replaced by a higher revision (``erp_sync/db/config_copy.py``);
+# ``removed`` marks a company removed since (its removal record is kept, so a restore does not
+# bring it back). ``erp-sync restore-from-db`` rebuilds Redis from these rows.
+config_copy = Table(
+    "config_copy",
+    metadata,
+    Column("scope", String(ID), primary_key=True),
+    Column("rev", BigInteger, nullable=False),
+    Column("removed", Boolean, nullable=False, default=False),
+    Column("data", Text, nullable=False),
+    Column("copied_at", DateTime(timezone=True), nullable=False),
+)
