@@ -85,3 +85,12 @@ def test_urls_inside_a_message_are_masked_and_the_message_stays_readable() -> No
     message = "cannot reach Redis at redis://h/0?password=hunter2: Connection refused."
     assert redact(message) == "cannot reach Redis at redis://h/0?password=***: Connection refused."
     assert mask_urls("see 'https://u:hunter2@h/x?key=k'.") == "see 'https://u:***@h/x?key=***'."
+
+
+def test_kombu_gets_a_query_password_in_the_userinfo_where_it_does_not_clash() -> None:
+    assert kombu_broker("redis://h:6379/0?password=p%40ss&db=1") == (
+        "redis://:p%40ss@h:6379/0?db=1",
+        {},
+    )
+    assert kombu_broker("redis://u:old@h/0?password=new")[0] == "redis://u:new@h/0"
+    assert kombu_broker("redis://h:6379/0") == ("redis://h:6379/0", {})

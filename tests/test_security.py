@@ -339,3 +339,30 @@ def test_a_refused_settings_change_touches_only_the_security_log(
     [entry] = after.pop(keys.denied("acme"))
     assert after == before  # settings, version, audit and change stream untouched
     assert json.loads(entry)["new"] == {"payments_for_synced_invoices": "hourly"}
+
+
+@pytest.mark.integration
+@pytest.mark.processes
+def test_a_password_given_as_a_query_parameter_works_for_the_cli_and_a_worker_and_never_shows(
+    locked: RedisServer, prefix: str, tmp_path: Path
+) -> None:
+    """``redis://host:port/0?password=...`` (redis-py reads it) was a traceback in every
+    worker (kombu takes ``password`` for its own keyword) and shown in error lines."""
+    url = f"redis://127.0.0.1:{locked.port}/0?password={PASSWORD}"
+    env = {"ERP_SYNC_REDIS_URL": url, "ERP_SYNC_KEY_PREFIX": prefix}
+    manage = manage_in(env)
+    FIGURES["cli"] += 1
+    added = manage("company", "add", "acme", "--erp", "xero", "--admin", "alice")
+    assert added.returncode == 0, added.stderr
+    worker = procs.worker("worker-query-password", env, tmp_path, pool="solo", concurrency=1)
+    try:
+        worker.wait_for(" ready.", 60)
+    finally:
+        worker.stop()
+    wrong = f"redis://127.0.0.1:{locked.port}/0?password=wrong-{PASSWORD}"
+    err = one_error_line(manage("company", "list", url=wrong))
+    FIGURES["processes"] += 1
+    for text in (added.stdout + added.stderr, worker.output(), err):
+        FIGURES["grepped"] += 1
+        FIGURES["leaks"] += text.count(PASSWORD)
+        assert PASSWORD not in text

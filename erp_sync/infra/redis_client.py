@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.sentinel import Sentinel
@@ -68,10 +68,27 @@ def kombu_broker(url: str) -> tuple[str, dict[str, Any]]:
     """The broker URL and extra transport options kombu needs for ``url``."""
     target = parse_sentinel(url)
     if target is None:
-        return url, {}
+        return _credentials_in_userinfo(url), {}
     auth = f":{target.password}@" if target.password else ""
     joined = ";".join(f"sentinel://{auth}{h}:{p}/{target.db}" for h, p in target.hosts)
     return joined, {"master_name": target.master}
+
+
+def _credentials_in_userinfo(url: str) -> str:
+    """``url`` with a ``?password=`` (and ``?username=``) moved into its userinfo: redis-py
+    reads either form, kombu takes the query's ``password`` for its own keyword and fails
+    every worker's start with a ``TypeError``."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    moved = {k: v for k, v in query if k in ("username", "password")}
+    if not moved:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = moved.get("username", unquote(parts.username or ""))
+    password = moved.get("password", unquote(parts.password or ""))
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    rest = urlencode([(k, v) for k, v in query if k not in moved])
+    return urlunsplit(parts._replace(netloc=netloc, query=rest))
 
 
 def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
