@@ -1,9 +1,10 @@
-"""Secrets at rest: ERP credentials are encrypted with the deployment's key before they reach Redis.
+"""Secrets at rest: encrypted with the deployment's key before they reach Redis.
 
 Fernet (AES-128-CBC + HMAC-SHA256, from the ``cryptography`` package) under a ``MultiFernet`` of
 the keys in ``ERP_SYNC_SECRET_KEY``: the first key encrypts, every key decrypts. Rotating is
-putting a new key first, re-encrypting what is stored (``erp-sync connection rotate-key``), then
-dropping the old key. Without a key nothing can be stored: a clear error, never plaintext.
+putting a new key first, re-encrypting what is stored (``erp-sync connection rotate-key``: every
+kind in the inventory of ``erp_sync.control.sealed``), then dropping the old key. Without a key
+nothing can be stored: a clear error, never plaintext.
 """
 
 from __future__ import annotations
