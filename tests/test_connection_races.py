@@ -152,3 +152,19 @@ def test_a_mark_from_an_older_connection_does_not_mark_the_new_one(
     _, current = connections.secrets("acme")
     assert connections.mark("acme", "reconnect_required", "refused", generation=current)
     assert connections.require("acme").status == "reconnect_required"
+
+
+def test_an_access_token_fetched_for_an_older_connection_is_not_cached_for_the_new_one(
+    real: redis.Redis, keys: KeySpace, connections: ConnectionStore
+) -> None:
+    _connect(connections, "OLD", "old-secret", "old-refresh")
+    _, generation = connections.secrets("acme")  # a refresh whose answer keeps the token
+    _connect(connections, "NEW", "new-secret", "new-refresh")
+    assert not connections.cache_access_token("acme", generation, "old-access", 60_000)
+    assert not real.exists(keys.access_token("acme"))
+
+    _, current = connections.secrets("acme")
+    assert connections.cache_access_token("acme", current, "new-access", 60_000)
+    sealed = str(real.get(keys.access_token("acme")))
+    assert connections.vault.open(sealed, "token")["access_token"] == "new-access"
+    assert 0 < int(real.pttl(keys.access_token("acme"))) <= 60_000

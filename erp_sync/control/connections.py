@@ -196,6 +196,25 @@ class ConnectionStore:
         except NotFound:  # the company was removed meanwhile: its connection with it
             raise ConcurrentUpdate(changed) from None
 
+    def cache_access_token(
+        self, company: str, generation: int, access_token: str, ttl_ms: int
+    ) -> bool:
+        """Cache an access token (sealed, expiring after ``ttl_ms``) if the connection is still
+        the one at ``generation``; returns whether it was cached. A token fetched for an older
+        connection (reconnected while the refresh was in flight, without a rotated refresh
+        token to fail on) is dropped instead of being served for the new one."""
+        key, cached = self.keys.connection(company), self.keys.access_token(company)
+        sealed = self.vault.seal({"access_token": access_token})
+
+        def write(work: UnitOfWork) -> bool:
+            if str(work.pipe.hget(key, "generation")) != str(generation):
+                return False
+            work.begin()
+            work.pipe.set(cached, sealed, px=max(ttl_ms, 1))
+            return True
+
+        return self._store.transact([key], write, durable=False)  # a cache: no replica wait
+
     def mark(
         self, company: str, status: Status, error: str | None, *, generation: int | None = None
     ) -> bool:
