@@ -5,13 +5,15 @@ emptied Redis by ``restore-from-db``."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 import redis
-from sqlalchemy import text
+from sqlalchemy import insert, text
 
 from config.keys import KeySpace
-from config.models import AuditEntry, StoredSettings
+from config.members import due_member
+from config.models import AuditEntry, StoredSettings, SyncKind
 from config.snapshot import FLEET, Snapshot
 from erp_sync.cli.restore_cmd import copy_changed
 from erp_sync.control import snapshot
@@ -23,6 +25,7 @@ from erp_sync.control.unit import UnitOfWork
 from erp_sync.db import Database
 from erp_sync.db.audit import AuditArchive
 from erp_sync.db.config_copy import ConfigCopy
+from erp_sync.db.schema import sync_runs
 from tests.support.cli import Invoke, invoker
 
 
@@ -199,6 +202,39 @@ def test_restore_from_db_brings_back_every_company_after_a_flush(
     # Restoring again changes nothing: Redis now holds them at newer revisions.
     code, out, _ = run("restore-from-db", "--yes")
     assert code == 0 and "nothing to restore" in out
+
+
+def test_restore_never_lets_beat_send_a_slot_the_history_shows_ran(
+    run: Invoke, fake: redis.Redis, keys: KeySpace, db: Database
+) -> None:
+    store = SettingsStore(fake, keys)
+    store.add_company("acme", "xero", admin="al")
+    copy_changed(fake, keys, db)
+    now = datetime.now(UTC)
+    with db.engine.begin() as conn:
+        for slot, trigger in (
+            ("2026-12-08T10:00:00Z", "schedule"),
+            ("2026-12-08T11:00:00Z", "manual"),
+        ):
+            conn.execute(
+                insert(sync_runs).values(
+                    task_id=f"t{slot}",
+                    company="acme",
+                    kind="vendors",
+                    project=None,
+                    scheduled_for=slot,
+                    started_at=now,
+                    status="succeeded",
+                    counts="{}",
+                    trigger=trigger,
+                    attempt=1,
+                )
+            )
+    fake.flushall()
+    assert run("restore-from-db", "--yes")[0] == 0
+    last = float(fake.hget(keys.beat_slots, due_member("acme", SyncKind.VENDORS)) or 0)
+    ran = datetime(2026, 12, 8, 10, tzinfo=UTC).timestamp()
+    assert ran < last < ran + 1  # that slot is never sent again; the next one still is
 
 
 def test_restore_keeps_a_company_redis_holds_at_a_newer_revision(
