@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+import httpx
 import pytest
 import redis
 from click.testing import CliRunner
@@ -32,7 +33,9 @@ from erp_sync.cli import cli
 from erp_sync.cli.connect_cmd import _public
 from erp_sync.cli.context import Ctx
 from erp_sync.connectors import connector_for
-from erp_sync.connectors.qbo import QboConnector
+from erp_sync.connectors.qbo import QboConnector, oauth
+from erp_sync.connectors.qbo import http as qbo_http
+from erp_sync.connectors.qbo.oauth import TokenManager
 from erp_sync.connectors.sandbox import SandboxErp
 from erp_sync.control.connections import Connection, ConnectionStore, Secrets
 from erp_sync.control.lifecycle import Lifecycle
@@ -40,7 +43,7 @@ from erp_sync.control.permissions import Permissions
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.vault import Vault
 from erp_sync.db import Database, RecordStore
-from erp_sync.errors import CorruptRecord
+from erp_sync.errors import CorruptRecord, ErpServerError
 from erp_sync.runs.delivery import Delivery
 from erp_sync.runs.runner import Runner
 from tests.support import procs
@@ -660,3 +663,42 @@ def test_connection_show_and_the_audit_mask_secrets_in_the_erp_urls(
         assert hidden not in out and "***" in out, out
     shown = json.loads(outputs[1])
     assert shown["base_url"] == "https://u:***@erp.example/v3?api_key=***"
+
+
+def test_a_token_refresh_in_flight_during_a_reconnect_does_not_undo_it(
+    real: redis.Redis,
+    keys: KeySpace,
+    key: str,
+    qbo: FakeQbo,
+    realm: QboRealm,
+    invoke: Invoke,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker's refresh gets Intuit's answer (a rotated refresh token of the old realm) just
+    after an admin reconnected the company to another realm: the answer is not stored, the new
+    connection's secrets stay (``connect`` used to restart the generation at 1, so the old
+    refresh's compare-and-set passed and stored the old realm's token beside the new secret)."""
+    assert invoke(*connect_args(realm, *secret_files(tmp_path, realm)))[0] == 0
+    other = new_realm(qbo, Seed(vendors=3))
+    (tmp_path / "other").mkdir()
+    reconnect = connect_args(other, *secret_files(tmp_path / "other", other))
+    real_request = qbo_http.request
+
+    def answered_then_reconnected(method: str, url: str, **kwargs: object) -> httpx.Response:
+        answer = real_request(method, url, **kwargs)
+        if url == realm.qbo.token_url:  # Intuit answered the old realm's refresh
+            assert invoke(*reconnect)[0] == 0  # the admin reconnects meanwhile
+        return answer
+
+    monkeypatch.setattr(oauth, "request", answered_then_reconnected)
+    manager = TokenManager(real, keys, ConnectionStore(real, keys), "acme")
+    with pytest.raises(ErpServerError, match="changed during a token refresh"):
+        manager.token()
+    secrets, _ = ConnectionStore(real, keys).secrets("acme")
+    assert (secrets.client_secret, secrets.refresh_token) == (
+        other.client_secret,
+        other.refresh_token,
+    )
+    assert ConnectionStore(real, keys).require("acme").realm_id == other.realm_id
+    assert realm.live_refresh_token() != realm.refresh_token  # the old realm did rotate
