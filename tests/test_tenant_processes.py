@@ -16,7 +16,7 @@ import pytest
 from config.keys import KeySpace
 from erp_sync.db import Database, RunLog
 from erp_sync.runs.records import RunRecords
-from erp_sync.runs.tenant import GONE_ERROR
+from erp_sync.runs.tenant import GONE_ERROR, PROJECT_GONE_ERROR
 from tests.support.erp import small_company
 from tests.support.procs import stop_all, wait_until, worker
 from tests.support.receiver import Receiver, start_receiver
@@ -90,3 +90,35 @@ def test_a_sync_running_while_its_company_is_removed_and_added_again_leaves_noth
     assert client.zscore(keys.running("acme"), old.task_id) is None
     assert client.exists(keys.run_lock("acme", "vendors", None)) == 0
     assert receiver.got == []  # the new tenant's rule was not alerted for the old run
+
+
+def test_a_job_cost_sync_running_while_its_project_is_removed_and_added_again_stores_nothing(
+    stack: ProcStack, db: Database
+) -> None:
+    client, keys = stack.client, stack.keys
+    small_company(client, keys, "acme", projects=("p1",))
+    stack.manage("sandbox", "set", "acme", "--latency-ms", "1500")  # six calls: about 9 s
+    stack.procs.append(worker("worker", stack.env, stack.logs))
+    stack.manage("sync-now", "acme", "job_costs", "--as", "alice", "--project", "p1")
+    history = RunRecords(client, keys)
+    wait_until(
+        lambda: [r for r in recent_runs(history, "acme") if r.status == "running"],
+        60,
+        f"the sync never started:\n{stack.procs[0].output()[-3000:]}",
+    )
+    (old,) = recent_runs(history, "acme")
+    stack.manage("project", "remove", "acme", "p1", "--as", "alice")
+    removed_at = stack.now()
+    stack.manage("project", "add", "acme", "p1")
+    wait_until(
+        lambda: (r := history.get("acme", old.task_id)) is not None and r.status != "running",
+        60,
+        f"the old run never finished:\n{stack.procs[0].output()[-3000:]}",
+    )
+    final = history.get("acme", old.task_id)
+    assert final is not None and (final.status, final.error) == ("failed", PROJECT_GONE_ERROR)
+    assert final.finished_at is not None and final.finished_at.timestamp() > removed_at
+    assert client.exists(keys.cursor("acme", "job_costs", "p1")) == 0
+    assert client.exists(keys.run_lock("acme", "job_costs", "p1")) == 0
+    wait_until(lambda: RunLog(db).recent("acme"), 10, "no history row")
+    assert [r.status for r in RunLog(db).recent("acme")] == ["failed"]
