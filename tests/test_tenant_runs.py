@@ -23,7 +23,7 @@ from erp_sync.alerts.rules import AlertRules
 from erp_sync.connectors import Connector, connector_for
 from erp_sync.control.lifecycle import Lifecycle
 from erp_sync.control.store import SettingsStore
-from erp_sync.db import Database, RunLog
+from erp_sync.db import Database, RecordStore, RunLog
 from erp_sync.infra import lua
 from erp_sync.runs.delivery import Delivery
 from erp_sync.runs.runner import Runner
@@ -74,6 +74,8 @@ def test_a_sync_whose_company_is_removed_mid_run_stores_no_watermark_and_is_fail
     assert real.exists(keys.run_lock("acme", "vendors", None)) == 0
     kept = RunLog(db).recent("acme")
     assert [(r.task_id, r.status, r.error) for r in kept] == [("t1", "failed", GONE_ERROR)]
+    # Only the page written before the removal reached the database (10 of 30 vendors).
+    assert len(RecordStore(db, "acme").all("vendors")) == 10
 
 
 def test_a_job_cost_sync_whose_project_is_removed_mid_run_stores_no_watermark(

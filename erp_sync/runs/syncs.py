@@ -27,7 +27,7 @@ from erp_sync.connectors.base import Connector, Page, Record, pages
 from erp_sync.db import Counts, Database, Drift, RecordStore
 from erp_sync.errors import MustWait, SyncTimedOut
 from erp_sync.infra import lua
-from erp_sync.runs.tenant import Tenant, TenantGone, gone_error
+from erp_sync.runs.tenant import Tenant, TenantGone, check, gone_error
 
 Fetch = Callable[[str | None, str | None], Page]
 RESUME = "_resume"  # where a sync that stopped early records how far it got
@@ -118,6 +118,8 @@ def run_sync(
         resume = None
         try:
             for page in pages(partial(stream.fetch, since), cursor):
+                if tenant is not None:  # a removed tenant's sync writes no further page
+                    check(client, keys, company, tenant)
                 total.add(
                     store.write_page(stream.collection, stream.project, page.items, page.deleted)
                 )

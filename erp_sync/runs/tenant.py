@@ -5,9 +5,10 @@ make a new tenant that must inherit nothing of the old one, and a sync of the ol
 be running. The tenant is told apart by its record's ``created_at`` as stored (a company
 renamed keeps it; a company added again gets a new one), and for a project-level sync by the
 project record's too (``project remove`` then ``project add``). A run reads both with its facts;
-every write it makes afterwards (its watermark, its final record and summary, its heartbeat)
-goes through a script that checks them in the same atomic step (``_tenant.lua``) and writes
-nothing when they no longer match.
+every write it makes afterwards in Redis (its watermark, its final record and summary, its
+heartbeat) goes through a script that checks them in the same atomic step (``_tenant.lua``) and
+writes nothing when they no longer match; before each page it writes to the database it reads
+them again (``check``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import redis
+
+from config.keys import KeySpace
 from erp_sync.errors import WorkerError
 
 GONE_ERROR = "company removed during the run"
@@ -55,6 +59,21 @@ class Tenant:
     def args(self) -> list[str]:
         """``_tenant.lua``'s three arguments: company stamp, project id, project stamp."""
         return [self.company, self.project or "", self.project_stamp]
+
+
+def check(client: redis.Redis, keys: KeySpace, company: str, tenant: Tenant) -> None:
+    """Raise ``TenantGone`` if the run's company (or project) is gone now: read before each page
+    is written to the database, so a removed tenant's sync writes no page after the one in
+    flight. (Not atomic with that write: the database is another store; the writes to Redis
+    are checked atomically by the scripts.)"""
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.company(company))
+    pipe.hget(keys.projects(company), tenant.project or "-")
+    raw_company, raw_project = pipe.execute()
+    if tenant.company and stamp(raw_company) != tenant.company:
+        raise TenantGone(GONE_ERROR)
+    if tenant.project and stamp(raw_project) != tenant.project_stamp:
+        raise TenantGone(PROJECT_GONE_ERROR)
 
 
 def gone_error(which: str) -> str:
