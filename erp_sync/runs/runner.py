@@ -212,7 +212,10 @@ class Runner:
         if facts.executed:
             return Outcome(facts.previous, duplicate=True)
         d = replace(d, tenant=facts.tenant)
-        outcome = self._deliver(d, facts)
+        try:
+            outcome = self._deliver(d, facts)
+        except DatabaseError as exc:  # (here, so that its record too is checked for the tenant)
+            outcome = self._database_down(d, exc)
         outcome.tenant = facts.tenant
         return outcome
 
