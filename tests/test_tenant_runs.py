@@ -26,10 +26,13 @@ from erp_sync.control.store import SettingsStore
 from erp_sync.db import Database, RecordStore, RunLog
 from erp_sync.infra import lua
 from erp_sync.runs.delivery import Delivery
+from erp_sync.runs.keepalive import Heartbeat
+from erp_sync.runs.locks import RunLock
 from erp_sync.runs.runner import Runner
 from erp_sync.runs.tenant import GONE_ERROR, PROJECT_GONE_ERROR, Tenant
 from tests.support.erp import small_company
 from tests.support.midway import Midway
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +194,21 @@ def test_the_watermark_script_stores_only_for_the_tenant_the_run_started_for(
     store.add_project("acme", "p1")  # the same id, a new project
     assert save(keys=where, args=["w2", *tenant.args()]) == "project"
     assert real.get(mark) is None
+
+
+def test_a_live_runs_heartbeat_tells_it_to_stop_once_its_company_is_removed(
+    real: redis.Redis, keys: KeySpace
+) -> None:
+    small_company(real, keys)
+    tenant = Tenant.of(str(real.get(keys.company("acme"))), None, None)
+    lock = RunLock.new("t1")
+    lock_key, running = keys.run_lock("acme", "vendors", None), keys.running("acme")
+    real.set(lock_key, lock.format(), px=3000)
+    script = lua.load(real, "run_heartbeat")
+    where = (keys.company("acme"), keys.projects("acme"), tenant)
+    with Heartbeat(script, lock_key, running, lock, 300, tenant=where) as beat:
+        wait_until(lambda: real.zscore(running, "t1") is not None, 5, "never renewed")
+        assert not beat.lost
+        Lifecycle(SettingsStore(real, keys)).remove_company("acme", "alice")
+        wait_until(lambda: beat.lost, 5, "the heartbeat never noticed the removal")
+    assert real.exists(lock_key) == 0 and real.zscore(running, "t1") is None

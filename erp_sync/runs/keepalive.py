@@ -8,7 +8,7 @@ visibility timeout) finds the lock alive and is deferred instead of running besi
 
 The renewal also checks that the run's company (and project) is still the tenant it started
 for: once it was removed, the lock and the place under the cap are given back at once and the
-run is told (``gone``), so it stops at its next page instead of syncing for a removed tenant.
+run is told (``lost``), so it stops at its next page instead of syncing for a removed tenant.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class Heartbeat:
             target=self._run, name=f"heartbeat-{lock.task_id}", daemon=True
         )
         self.lost = False  # the lock is no longer surely ours: run_sync stops between pages
-        self.gone = False  # the run's company or project was removed (then lost is set too)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -88,8 +87,8 @@ class Heartbeat:
             except redis.RedisError as exc:  # Redis away for a moment: try again next beat
                 log.warning("heartbeat of %s failed: %s", self.task_id, exc)
                 continue
-            if renewed == -1:
-                self.gone = self.lost = True
+            if renewed == -1:  # (the lock and the place are given back already)
+                self.lost = True
                 log.warning(
                     "run %s stops: its company or project was removed while it ran",
                     self.task_id,
