@@ -236,7 +236,9 @@ class ConnectionStore:
             return True
 
         try:
-            return self._store.transact([key], write, company=company)
+            # Not waiting for replicas: a mark lost in a failover costs one more refused
+            # refresh, and a slow replica must not turn the refusal into another error.
+            return self._store.transact([key], write, company=company, durable=False)
         except NotFound:
             return False
 
