@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from config.alerts import AlertEvent, AlertRule
 from config.keys import KeySpace
-from config.models import AuditEntry, Erp
+from config.models import AuditEntry, Erp, parse
 from erp_sync.control.connections import Connection, ConnectionStore, Secrets
+from erp_sync.control.sealed import SEALED, SealedSecrets, open_secret
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.vault import Vault, new_key
 from erp_sync.errors import CorruptRecord
@@ -144,3 +146,28 @@ def test_a_secret_no_key_can_open_is_named_and_the_rest_still_rotates(
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert "the connection of 'lost'" in done.stderr and "keep the old key" in done.stderr
     ConnectionStore(real, keys, Vault([new])).secrets("qbo")  # rotated all the same
+
+
+def test_rotate_key_seals_a_signing_secret_stored_before_secrets_were_sealed(
+    real: redis.Redis, keys: KeySpace
+) -> None:
+    store = SettingsStore(real, keys)
+    store.add_company("acme", "xero", admin="alice")
+    rule = AlertRule(
+        id="old1",
+        company="acme",
+        url="https://hooks.example.com/x",
+        events=[AlertEvent.FAILED],
+        secret="plain-old-secret",
+        created_by="alice",
+        created_at=datetime.now(UTC),
+    )
+    real.hset(keys.alerts("acme"), rule.id, rule.model_dump_json())
+    key = new_key()
+    done = SealedSecrets(store, Vault([key])).rotate()
+    assert done.counts["alert_secrets"] == 1 and not done.unreadable
+    stored = parse(AlertRule, str(real.hget(keys.alerts("acme"), "old1")), "rule")
+    assert stored.secret is not None and stored.secret.startswith(SEALED)
+    assert "plain-old-secret" not in str(real.hget(keys.alerts("acme"), "old1"))
+    assert open_secret(stored.secret, Vault([key])) == "plain-old-secret"
+    assert stored.model_copy(update={"secret": None}) == rule.model_copy(update={"secret": None})

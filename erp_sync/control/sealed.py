@@ -14,7 +14,8 @@ Each re-encryption is a compare-and-set (WATCH of its key, the write in MULTI, t
 ``SettingsStore.transact``): a token rotation or a rule change landing between the read and the
 write makes it read again, so it never writes back an older value. A secret no key opens
 (sealed with a key already dropped) is skipped and named, the others are rotated all the same;
-the rotation, with its counts, is one row of the operator log.
+a signing secret stored before secrets were sealed is sealed now. The rotation, with its
+counts, is one row of the operator log.
 """
 
 from __future__ import annotations
@@ -124,14 +125,18 @@ class SealedSecrets:
             lost: list[str] = []
             for alert_id, raw in work.pipe.hgetall(key).items():
                 rule = parse(AlertRule, str(raw), f"alert {alert_id!r}")
-                if rule.secret is None or not rule.secret.startswith(SEALED):
+                if rule.secret is None:
                     continue
                 try:
-                    token = self.vault.rotate(rule.secret[len(SEALED) :])
+                    sealed = (
+                        self.vault.rotate(rule.secret[len(SEALED) :])
+                        if rule.secret.startswith(SEALED)
+                        else self.vault.seal({"secret": rule.secret})  # stored before sealing
+                    )
                 except CorruptRecord:
                     lost.append(f"the secret of alert {alert_id!r} of {company!r}")
                     continue
-                resealed = rule.model_copy(update={"secret": SEALED + token})
+                resealed = rule.model_copy(update={"secret": SEALED + sealed})
                 changed[str(alert_id)] = resealed.model_dump_json()
             if changed:
                 work.begin()
