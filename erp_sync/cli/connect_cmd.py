@@ -1,10 +1,12 @@
 """``connect``, ``connection show|rotate-key|new-key`` and ``disconnect``: real ERP credentials.
 
 Secrets come from files (``-`` reads stdin), never from the command line, where ``ps`` and shell
-history would show them; they are encrypted before they reach Redis
-(``erp_sync.control.vault``) and no
-output, log line or audit entry ever shows them. Connecting needs admin on the company, like any
-change to what its syncs do, and is audited (without the secrets).
+history would show them, and at most ``MAX_SECRET`` bytes of each are read; they are encrypted
+before they reach Redis (``erp_sync.control.vault``) and no output, log line or audit entry ever
+shows them (URLs are shown masked, ``config.urls``). Connecting and disconnecting need admin on
+the company, checked early (so a non-admin's secret files are never read) and again in the
+write's own transaction; a refusal of either is a row of the security log. ``rotate-key``
+re-encrypts everything sealed (``erp_sync.control.sealed``) and is a row of the operator log.
 """
 
 from __future__ import annotations
