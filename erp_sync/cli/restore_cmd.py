@@ -50,12 +50,17 @@ class Copied:
 
 def copy_changed(client: redis.Redis, keys: KeySpace, db: Database, limit: int = 1000) -> Copied:
     """Copy what changed since the last copy (at most ``limit`` scopes); a database error ends
-    the pass and is returned, what it did not copy stays marked for the next one."""
+    the pass and is returned, what it did not copy stays marked for the next one. A scope Redis
+    cannot read (a key of the wrong type) is skipped, left marked and named in ``error``."""
     done = Copied()
     copy, archive = ConfigCopy(db), AuditArchive(db)
     try:
         for scope in snapshot.changed(client, keys, limit):
-            snap = snapshot.read(client, keys, scope)
+            try:
+                snap = snapshot.read(client, keys, scope)
+            except redis.ResponseError as exc:  # a key of the wrong type: left marked, said
+                done.error = f"{scope}: {str(exc).splitlines()[0]}"
+                continue
             if snap.scope == FLEET or snap.company is not None or snap.removed is not None:
                 copy.save(snap)
             if snap.scope != FLEET:
@@ -89,8 +94,8 @@ def copy_after_command(ctx: Ctx) -> None:
         return  # the command has already said what is wrong with Redis
     try:
         done = copy_changed(client, ctx.keys, ctx.db)
-    except ErpSyncError as exc:  # the database's configuration itself (a bad URL)
-        done = Copied(error=str(exc))
+    except (ErpSyncError, redis.RedisError) as exc:  # a bad database URL, Redis gone since
+        done = Copied(error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if done.error is not None:
         click.echo(
             f"warning: the change is in Redis but its copy in the database failed ({done.error}); "
