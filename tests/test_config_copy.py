@@ -262,3 +262,22 @@ def test_the_copy_is_json_a_person_can_read(
     with db.engine.connect() as conn:
         row = conn.execute(text("SELECT data, removed FROM config_copy WHERE scope='acme'")).one()
     assert json.loads(row.data)["users"] == {"al": "admin"} and not row.removed
+
+
+@pytest.mark.integration
+def test_the_periodic_task_copies_what_no_command_copied(
+    real: redis.Redis, keys: KeySpace, db: Database
+) -> None:
+    from tasks import config_copy
+
+    config_copy._client.cache_clear()
+    store = SettingsStore(real, keys)
+    store.add_company("acme", "xero", admin="al")
+    _connect(store, "acme", generation=4)  # a worker's rotation: nothing copies it at once
+    try:
+        assert config_copy.copy_config.apply().get() == {"copied": 1, "error": None}
+    finally:
+        config_copy._client.cache_clear()
+    copied = ConfigCopy(db).get("acme")
+    assert copied is not None and copied.connection["generation"] == "4"
+    assert real.hlen(keys.config_dirty) == 0
