@@ -391,6 +391,10 @@ class SettingsStore:
         under it would inherit. A permission refusal (also one met inside the transaction, when
         a demotion raced it) is written to the security log as ``denied`` says, then raised.
 
+        An attempt that writes also bumps the revision of every scope it touched (the company it
+        names, what it audited or re-planned, ``work.touch``) and marks it for the database's
+        copy, in the same MULTI (``erp_sync.control.snapshot``).
+
         A ``durable`` action (every admin change) then waits for the replicas' acknowledgement
         (``erp_sync.control.replicas``): ``NotReplicated`` if too few acknowledged in time, the
         change stored on the primary only. Not durable: the security log's rows and what beat
