@@ -335,3 +335,23 @@ def test_an_unreachable_receiver_is_logged_retrying_then_failed(
     log = deliveries(fake, keys, "acme")
     assert [(e.attempt, e.outcome) for e in log] == [(2, "failed"), (1, "retrying")]
     assert log[0].error and "Connection refused" in log[0].error and str(port) not in "x"
+
+
+@pytest.mark.integration
+def test_a_delivery_that_outlives_its_company_writes_no_log_for_the_id(
+    real: redis.Redis, prefix: str, receiver: Receiver, env: pytest.MonkeyPatch
+) -> None:
+    """A retry queued before ``company remove`` runs after it: it is dropped, and the delivery
+    log the removal deleted is not created again for a company added later under the id."""
+    run = invoker(real)
+    assert run("company", "add", "acme", "--erp", "xero", "--admin", "al")[0] == 0
+    alert_id = added_id(ok(run, "alert", "add", "acme", "--as", "al", "--url", receiver.url))
+    keys = KeySpace(prefix)
+    message = {"event": "failed", "delivery": "d1", "company": "acme"}
+    assert deliver_once(real, keys, "acme", alert_id, message, 1, False, 1.0) == "delivered"
+    assert real.exists(keys.alert_log("acme"))
+    assert run("company", "remove", "acme", "--as", "al", "--yes")[0] == 0
+    assert not real.exists(keys.alert_log("acme"))
+    assert deliver_once(real, keys, "acme", alert_id, message, 2, False, 1.0) == "dropped"
+    assert not real.exists(keys.alert_log("acme"))
+    assert len(receiver.got) == 1

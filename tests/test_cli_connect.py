@@ -702,3 +702,77 @@ def test_a_token_refresh_in_flight_during_a_reconnect_does_not_undo_it(
     )
     assert ConnectionStore(real, keys).require("acme").realm_id == other.realm_id
     assert realm.live_refresh_token() != realm.refresh_token  # the old realm did rotate
+
+
+@pytest.mark.parametrize("rotated", [True, False], ids=["token rotated", "same token"])
+def test_a_token_refresh_in_flight_during_a_company_remove_writes_nothing_back(
+    rotated: bool,
+    real: redis.Redis,
+    keys: KeySpace,
+    key: str,
+    realm: QboRealm,
+    invoke: Invoke,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Intuit answers a worker's refresh just after the company was removed: neither the
+    rotated refresh token nor the access token is stored for the removed id (the access token
+    was cached with a plain SET, which a company added later under the id would have used)."""
+    assert invoke(*connect_args(realm, *secret_files(tmp_path, realm)))[0] == 0
+    real_request = qbo_http.request
+
+    def answered_then_removed(method: str, url: str, **kwargs: object) -> httpx.Response:
+        answer = real_request(method, url, **kwargs)
+        if url != realm.qbo.token_url:
+            return answer
+        assert invoke("company", "remove", "acme", "--as", "alice", "--yes")[0] == 0
+        if not rotated:  # Intuit may answer with the same refresh token (it rotates daily)
+            body = {**answer.json(), "refresh_token": realm.refresh_token}
+            return httpx.Response(answer.status_code, json=body, request=answer.request)
+        return answer
+
+    monkeypatch.setattr(oauth, "request", answered_then_removed)
+    manager = TokenManager(real, keys, ConnectionStore(real, keys), "acme")
+    if rotated:
+        with pytest.raises(ErpServerError, match="changed during a token refresh"):
+            manager.token()
+    else:
+        manager.token()  # this sync's token is good; it is only not kept for the removed id
+    assert not real.exists(keys.connection("acme"), keys.access_token("acme"))
+
+
+@pytest.mark.parametrize(
+    ("option", "url", "expected"),
+    [
+        ("--base-url", "http://169.254.169.254/latest/meta-data", "internal"),
+        ("--base-url", "http://10.0.0.5/v3", "internal"),
+        ("--token-url", "http://[::ffff:10.0.0.5]/token", "internal"),
+        ("--token-url", "http://0x0a000005/token", "internal"),
+        ("--base-url", "http://u:hunter2x@erp.example/v3", "credentials"),
+        ("--base-url", "https://erp.example/v3?", "?"),
+        ("--token-url", "https://erp.example/token#", "#"),
+        ("--base-url", "ftp://erp.example/v3", "http(s)"),
+    ],
+)
+def test_an_erp_url_aimed_inside_or_carrying_secrets_or_a_chosen_path_is_refused(
+    real: redis.Redis,
+    keys: KeySpace,
+    key: str,
+    realm: QboRealm,
+    invoke: Invoke,
+    tmp_path: Path,
+    option: str,
+    url: str,
+    expected: str,
+) -> None:
+    """``connect`` checks its URLs with the outbound policy (``erp_sync.infra.egress.erp_url``)
+    before anything is read or written: an internal target, a password in the URL (printed by
+    ``connection show`` and httpx's log, and turning the Bearer token into Basic auth), and a
+    trailing ``?``/``#`` (letting the admin pick the exact path requested) are one line each."""
+    args = connect_args(realm, *secret_files(tmp_path, realm))
+    args[args.index(option) + 1] = url
+    before = real.llen(keys.audit("acme"))
+    err = one_line_error(*invoke(*args))
+    assert option in err and expected in err, err
+    assert "hunter2x" not in err  # the password is not echoed
+    assert nothing_written(real, keys, before)

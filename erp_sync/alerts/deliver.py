@@ -36,9 +36,9 @@ import redis
 from config.alerts import AlertEvent, AlertRule, DeliveryEntry
 from config.keys import KeySpace
 from config.models import parse
-from erp_sync.alerts.rules import open_secret
+from erp_sync.control.sealed import open_secret
 from erp_sync.errors import ErpSyncError
-from erp_sync.infra import egress
+from erp_sync.infra import egress, lua
 
 LOG_CAP = 500
 SIGNATURE_HEADER = "X-ERP-Sync-Signature"
@@ -151,10 +151,13 @@ def deliver_once(
 
 
 def log_delivery(client: redis.Redis, keys: KeySpace, company: str, entry: DeliveryEntry) -> None:
-    with client.pipeline() as pipe:
-        pipe.lpush(keys.alert_log(company), entry.model_dump_json())
-        pipe.ltrim(keys.alert_log(company), 0, LOG_CAP - 1)
-        pipe.execute()
+    """Append to the company's delivery log, only while the company exists: a delivery that
+    outlived its company's removal must not recreate a log a later company of the id reads."""
+    push = lua.load(client, "list_push_if")
+    push(
+        keys=[keys.company(company), keys.alert_log(company)],
+        args=[entry.model_dump_json(), LOG_CAP],
+    )
 
 
 def deliveries(

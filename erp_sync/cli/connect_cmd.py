@@ -16,7 +16,6 @@ import sys
 from datetime import UTC, datetime
 
 import click
-import httpx
 
 from config.models import AuditEntry, Erp, PermissionLevel
 from config.urls import mask_url
@@ -28,6 +27,7 @@ from erp_sync.control.sealed import SealedSecrets
 from erp_sync.control.unit import Denied
 from erp_sync.control.vault import Vault, new_key
 from erp_sync.errors import CorruptRecord, InvalidInput, PermissionDenied
+from erp_sync.infra.egress import erp_url
 
 CONNECTABLE = (Erp.QUICKBOOKS_ONLINE.value,)
 _REALM = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -67,16 +67,6 @@ def _secret(path: str, what: str, stdin_used: list[bool]) -> str:
             "characters without spaces"
         )
     return value
-
-
-def _url(value: str, option: str) -> str:
-    try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError):
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise InvalidInput(f"{option} must be an http(s) URL, got {value[:100]!r}")
-    return str(url).rstrip("/")
 
 
 @click.command("connect")
@@ -140,7 +130,7 @@ def connect(
         raise InvalidInput("--realm-id must be 1-64 letters, digits, '-' or '_'")
     if not _CLIENT_ID.fullmatch(client_id):
         raise InvalidInput("--client-id must be 1-200 printable characters without spaces")
-    base, token = _url(base_url, "--base-url"), _url(token_url, "--token-url")
+    base, token = erp_url(base_url, "--base-url"), erp_url(token_url, "--token-url")
     stdin: list[bool] = []
     secrets = Secrets(
         client_secret=_secret(client_secret_file, "client secret", stdin),

@@ -17,6 +17,7 @@ storing comes immediately after the response to keep that window to microseconds
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -29,8 +30,16 @@ import redis
 from config.keys import KeySpace
 from erp_sync.connectors.qbo.http import fault_message, request, tid
 from erp_sync.control.connections import Connection, ConnectionStore
-from erp_sync.errors import BadCredentials, ConcurrentUpdate, CorruptRecord, ErpServerError
+from erp_sync.errors import (
+    BadCredentials,
+    ConcurrentUpdate,
+    CorruptRecord,
+    ErpServerError,
+    NotReplicated,
+)
 from erp_sync.infra import lua
+
+log = logging.getLogger(__name__)
 
 MARGIN = 120.0  # seconds: a cached token is dropped this long before Intuit expires it
 TOKEN_TIMEOUT = httpx.Timeout(10.0, connect=5.0)  # per phase: a token request ends within ~35 s
@@ -123,7 +132,7 @@ class TokenManager:
                     f"the refresh token of {self.company} was rotated by "
                     "another worker meanwhile; retrying"
                 )
-            self._refused(connection, str(body["error"]))
+            self._refused(connection, str(body["error"]), generation)
         if response.status_code >= 500 or response.status_code == 429:
             raise ErpServerError(
                 f"the QuickBooks Online token endpoint replied "
@@ -137,9 +146,10 @@ class TokenManager:
             )
         access, ttl = str(body["access_token"]), float(body.get("expires_in", 3600))
         new_refresh = str(body.get("refresh_token") or secrets.refresh_token)
+        current = generation
         try:
             if new_refresh != secrets.refresh_token:
-                self.store.rotate_refresh_token(
+                current = self.store.rotate_refresh_token(
                     self.company, generation, new_refresh, datetime.now(UTC)
                 )
         except ConcurrentUpdate:
@@ -147,15 +157,18 @@ class TokenManager:
             raise ErpServerError(
                 f"the connection of {self.company} changed during a token refresh; retrying"
             ) from None
+        except NotReplicated as exc:
+            # Stored on the primary, which is what the next refresh reads; a failover right now
+            # would lose it (the admin reconnects), and failing this sync would not save it.
+            log.warning("%s", exc)
+            current = self.store.secrets(self.company)[1]
         keep_ms = int(max(1.0, ttl - MARGIN) * 1000) if ttl > MARGIN else int(ttl * 500)
-        self.client.set(
-            self.keys.access_token(self.company),
-            self.store.vault.seal({"access_token": access}),
-            px=max(keep_ms, 1),
-        )
+        # Cached only for the connection it was fetched for: a reconnect (or a removal) while
+        # the refresh was in flight leaves no token of the old connection to serve the new one.
+        self.store.cache_access_token(self.company, current, access, max(keep_ms, 1))
         return access
 
-    def _refused(self, connection: Connection, error: str) -> None:
+    def _refused(self, connection: Connection, error: str, generation: int) -> None:
         if error == "invalid_client":
             message = (
                 f"reconnect QuickBooks Online for {self.company}: the client id or "
@@ -163,7 +176,7 @@ class TokenManager:
             )
         else:
             message = reconnect_message(self.company)
-        self.store.mark(connection.company, "reconnect_required", message)
+        self.store.mark(connection.company, "reconnect_required", message, generation=generation)
         self.client.delete(self.keys.access_token(self.company))
         raise BadCredentials(message)
 
