@@ -15,6 +15,7 @@ import redis
 
 from erp_sync.cli.context import Ctx
 from erp_sync.cli.restore_cmd import copy_after_command
+from erp_sync.control.unit import changes_through
 from erp_sync.errors import ErpSyncError
 from erp_sync.infra.redis_client import redact
 
@@ -65,7 +66,8 @@ def cli(ctx: click.Context) -> None:
     ctx.call_on_close(ctx.obj.close)
     # Registered last, so it runs first (before Redis closes): whatever the command changed is
     # copied to the database right away (erp_sync/cli/restore_cmd.py).
-    ctx.call_on_close(lambda: copy_after_command(ctx.obj))
+    before = changes_through(getattr(ctx.obj, "_client", None))  # a client a test passed in
+    ctx.call_on_close(lambda: copy_after_command(ctx.obj, before))
 
 
 def _register() -> None:

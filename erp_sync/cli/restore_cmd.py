@@ -27,6 +27,7 @@ from config.snapshot import FLEET
 from erp_sync.cli.context import Ctx, pass_ctx, table
 from erp_sync.control import snapshot
 from erp_sync.control.store import SettingsStore
+from erp_sync.control.unit import changes_through
 from erp_sync.db import Database
 from erp_sync.db.audit import AuditArchive
 from erp_sync.db.config_copy import ConfigCopy
@@ -79,19 +80,17 @@ def _newest(client: redis.Redis, key: str) -> list[str]:
     return [str(raw) for raw in client.lrange(key, 0, LOG_ENTRIES - 1)]
 
 
-def copy_after_command(ctx: Ctx) -> None:
-    """When a command that opened Redis succeeded and changes wait to be copied: copy them now;
+def copy_after_command(ctx: Ctx, before: int) -> None:
+    """When a command succeeded and changed the configuration: copy what waits to be copied now;
     a database that refuses is one warning line. After a command that failed nothing is done
     (bad input writes nothing, and the error was its one line); the periodic copy takes what a
-    failed command still changed (a change no replica acknowledged)."""
+    failed command still changed (a change no replica acknowledged). ``before``: the client's
+    change count when the command started (``changes_through``)."""
     client = getattr(ctx, "_client", None)
     if client is None or sys.exc_info()[1] is not None:  # the command's error is unwinding
         return
-    try:
-        if not client.hlen(ctx.keys.config_dirty):
-            return
-    except redis.RedisError:
-        return  # the command has already said what is wrong with Redis
+    if changes_through(client) == before:  # a command that changed nothing writes nothing
+        return
     try:
         done = copy_changed(client, ctx.keys, ctx.db)
     except (ErpSyncError, redis.RedisError) as exc:  # a bad database URL, Redis gone since

@@ -41,7 +41,7 @@ from erp_sync.control.inputs import name as valid_name
 from erp_sync.control.inputs import timezone as valid_timezone
 from erp_sync.control.inputs import user_id
 from erp_sync.control.replicas import ReplicaAck
-from erp_sync.control.unit import CHANGE_STREAM_CAP, Denied, UnitOfWork, transact
+from erp_sync.control.unit import CHANGE_STREAM_CAP, Denied, UnitOfWork, note_change, transact
 from erp_sync.errors import (
     AlreadyExists,
     CorruptRecord,
@@ -410,6 +410,7 @@ class SettingsStore:
             result = write(work)
             touched = work.touched | ({scope} if scope is not None else set())
             if pipe.explicit_transaction and touched:
+                note_change(self.client)  # noted before EXEC: a failed one changes no outcome
                 # The revision and the mark for the database's copy commit with the change.
                 pipe.eval(
                     lua.source("config_bump"),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,6 +49,9 @@ from erp_sync.errors import ConcurrentUpdate
 AUDIT_CAP = 2_000
 CHANGE_STREAM_CAP = 100_000  # the default of ERP_SYNC_CHANGE_STREAM_MAXLEN
 MAX_ATTEMPTS = 200
+# Per client, how many changes to the configuration committed through it in this process: the
+# CLI copies the configuration to the database after a command only if the count moved.
+_CHANGES: weakref.WeakKeyDictionary[redis.Redis, int] = weakref.WeakKeyDictionary()
 
 T = TypeVar("T")
 
@@ -187,6 +191,16 @@ class _HoldingPipeline(redis.client.Pipeline):
                 self.held.disconnect()  # type: ignore[no-untyped-call]
             self.connection_pool.release(self.held)
             self.held = None
+
+
+def note_change(client: redis.Redis) -> None:
+    """A change to the configuration is committing through ``client``."""
+    _CHANGES[client] = _CHANGES.get(client, 0) + 1
+
+
+def changes_through(client: redis.Redis | None) -> int:
+    """How many changes to the configuration committed through ``client`` in this process."""
+    return 0 if client is None else _CHANGES.get(client, 0)
 
 
 def transact(
