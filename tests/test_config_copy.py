@@ -250,6 +250,26 @@ def test_restore_keeps_a_company_redis_holds_at_a_newer_revision(
     assert store.sync_settings("acme").version == 2
 
 
+def test_restore_keeps_a_company_redis_holds_without_a_revision_and_replaces_an_older_one(
+    run: Invoke, fake: redis.Redis, keys: KeySpace, db: Database
+) -> None:
+    store = SettingsStore(fake, keys)
+    store.add_company("acme", "xero", admin="al")
+    store.add_company("stone", "xero", admin="bo")
+    store.update_settings("acme", "al", {"refresh_erp_job_list": False})
+    store.update_settings("stone", "bo", {"refresh_erp_job_list": False})
+    copy_changed(fake, keys, db)
+    Permissions(store).grant("acme", "cy", "admin", "al")  # not copied yet
+    Permissions(store).grant("stone", "dee", "admin", "bo")
+    fake.hdel(keys.config_revs, "acme")  # as a version before revisions left it
+    fake.hset(keys.config_revs, "stone", "1")  # older than the copy's
+    code, _out, err = run("restore-from-db", "--yes")
+    assert code == 0, err
+    assert "cy" in fake.hgetall(keys.users("acme"))  # kept as Redis holds it
+    assert "dee" not in fake.hgetall(keys.users("stone"))  # replaced by the newer copy
+    assert store.sync_settings("stone").version == 2
+
+
 def _archived(db: Database, company: str) -> list[AuditEntry]:
     return AuditArchive(db).older("audit", company, 100)
 

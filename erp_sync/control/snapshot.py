@@ -122,6 +122,8 @@ def plan(client: redis.Redis, keys: KeySpace, snap: Snapshot) -> Restored:
         if exists or client.hexists(keys.removed, snap.scope) or snap.removed is None:
             return Restored(snap.scope, "skipped", "removal already known (or company present)")
         return Restored(snap.scope, "restored", "its removal record")
+    if exists and here == 0:  # written by a version before revisions: nothing says it is older
+        return Restored(snap.scope, "kept", "Redis holds it without a revision")
     if exists and here >= snap.rev:
         return Restored(
             snap.scope, "kept", f"Redis holds revision {here}, not older than the copy's {snap.rev}"
