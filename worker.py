@@ -25,7 +25,14 @@ from erp_sync.infra.flower_guard import check_flower_start
 # the config.
 install_broker_fix()
 app = Celery(
-    "erp_sync", include=["tasks.company", "tasks.project", "tasks.maintenance", "tasks.alerts"]
+    "erp_sync",
+    include=[
+        "tasks.company",
+        "tasks.project",
+        "tasks.maintenance",
+        "tasks.alerts",
+        "tasks.config_copy",
+    ],
 )
 app.add_defaults(lambda: celery_config(get_settings()))
 

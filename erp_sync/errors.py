@@ -35,6 +35,7 @@ __all__ = [
     "SchemaBehind",
     "StoreError",
     "SyncTimedOut",
+    "TenantGone",
     "TransientConnectorError",
     "UnknownErpObject",
     "UnsupportedSetting",
@@ -150,6 +151,11 @@ class MustWait(WorkerError):
 
 class SyncTimedOut(WorkerError):
     """A sync ran past its soft time limit and stopped between pages (it reruns next slot)."""
+
+
+class TenantGone(WorkerError):
+    """The run's company (or project) was removed, or removed and added again, while it ran:
+    nothing more is written for it (``erp_sync/runs/tenant.py``)."""
 
 
 # --- the database ---------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 The CLI copies what each admin command changed before it exits; this task copies what no
 command did: a worker's refresh-token rotation, a timed pause that beat ended, a copy the
-database refused while it was down. Sent by the leading beat every ``COPY_CONFIG_SECONDS`` on the
-``alerts`` queue, it bounds how far the database's copy is behind Redis while the database
-accepts writes. Running it twice, or two at once, is harmless: the copy keeps the newest
-revision of each scope.
+database refused while it was down. Sent by the leading beat every ``COPY_CONFIG_SECONDS``
+(``erp_sync/infra/celery_config.py``) on the ``alerts`` queue, it bounds how far the
+database's copy is behind Redis while the database accepts writes. Running it twice, or two
+at once, is harmless: the copy keeps the newest revision of each scope.
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from config.env import get_settings
 from config.keys import KeySpace
 from erp_sync.cli.restore_cmd import copy_changed
 from erp_sync.db import database
+from erp_sync.infra.celery_config import COPY_CONFIG_TASK
 from erp_sync.infra.redis_client import connect
 from worker import app
 
-COPY_CONFIG_TASK = "erp_sync.copy_config"
-COPY_CONFIG_SECONDS = 60.0
 MAX_PASSES = 100
 log = logging.getLogger("erp_sync.worker")
 

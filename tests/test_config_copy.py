@@ -11,6 +11,7 @@ import pytest
 import redis
 from sqlalchemy import insert, text
 
+from config.env import get_settings
 from config.keys import KeySpace
 from config.members import due_member
 from config.models import AuditEntry, StoredSettings, SyncKind
@@ -26,7 +27,10 @@ from erp_sync.db import Database
 from erp_sync.db.audit import AuditArchive
 from erp_sync.db.config_copy import ConfigCopy
 from erp_sync.db.schema import sync_runs
+from erp_sync.infra.celery_config import COPY_CONFIG_TASK, celery_config
+from erp_sync.infra.slots import ALERTS_QUEUE
 from tests.support.cli import Invoke, invoker
+from worker import app
 
 
 @pytest.fixture
@@ -301,3 +305,15 @@ def test_the_periodic_task_copies_what_no_command_copied(
     copied = ConfigCopy(db).get("acme")
     assert copied is not None and copied.connection["generation"] == "4"
     assert real.hlen(keys.config_dirty) == 0
+
+
+def test_the_leading_beat_sends_the_copy_every_minute_to_the_alerts_workers() -> None:
+    """The bound the operator guide gives (60 s while the database accepts writes) holds only
+    if the periodic copy is in the app's beat schedule, routed to the alerts queue, and a
+    worker has the task."""
+    config = celery_config(get_settings())
+    entry = next(e for e in config["beat_schedule"].values() if e["task"] == COPY_CONFIG_TASK)
+    assert entry["schedule"] <= 60 and entry["options"]["queue"] == ALERTS_QUEUE
+    assert config["task_routes"][COPY_CONFIG_TASK] == {"queue": ALERTS_QUEUE}
+    app.loader.import_default_modules()
+    assert COPY_CONFIG_TASK in app.tasks

@@ -18,6 +18,9 @@ from erp_sync.infra.slots import ALERTS_QUEUE, COMPANY_QUEUE, TASK_NAMES, queue_
 # tasks/maintenance.py; named here because erp_sync never imports the tasks.
 PRUNE_HISTORY_TASK = "erp_sync.prune_history"
 ARCHIVE_AUDIT_TASK = "erp_sync.archive_audit"
+# tasks/config_copy.py: the bound on how far the database's copy of the configuration may lag.
+COPY_CONFIG_TASK = "erp_sync.copy_config"
+COPY_CONFIG_SECONDS = 60.0
 
 
 def celery_config(env: Settings) -> dict[str, Any]:
@@ -59,6 +62,7 @@ def celery_config(env: Settings) -> dict[str, Any]:
             **{name: {"queue": queue_for(kind)} for kind, name in TASK_NAMES.items()},
             PRUNE_HISTORY_TASK: {"queue": ALERTS_QUEUE},
             ARCHIVE_AUDIT_TASK: {"queue": ALERTS_QUEUE},
+            COPY_CONFIG_TASK: {"queue": ALERTS_QUEUE},
             "tasks.alerts.*": {"queue": ALERTS_QUEUE},
         },
         "worker_send_task_events": True,
@@ -78,6 +82,11 @@ def celery_config(env: Settings) -> dict[str, Any]:
                 "task": ARCHIVE_AUDIT_TASK,
                 "schedule": 3600.0,
                 "options": {"queue": ALERTS_QUEUE, "expires": 3600.0},
+            },
+            "copy-config": {
+                "task": COPY_CONFIG_TASK,
+                "schedule": COPY_CONFIG_SECONDS,
+                "options": {"queue": ALERTS_QUEUE, "expires": COPY_CONFIG_SECONDS},
             },
             "alerts.check_stale": {
                 "task": "tasks.alerts.check_stale",

@@ -54,6 +54,7 @@ from erp_sync.errors import (
     PermanentConnectorError,
     RateLimited,
     SyncTimedOut,
+    TenantGone,
     TransientConnectorError,
     WorkerError,
 )
@@ -73,7 +74,7 @@ from erp_sync.runs.locks import (
 from erp_sync.runs.outbox import RunOutbox
 from erp_sync.runs.records import RunRecords
 from erp_sync.runs.syncs import run_sync
-from erp_sync.runs.tenant import Tenant, TenantGone, gone_error
+from erp_sync.runs.tenant import Tenant, gone_error
 from erp_sync.throttle.ratelimit import RateLimit, TokenBucket
 
 MAX_REDELIVERIES = 3

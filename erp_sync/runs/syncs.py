@@ -25,9 +25,9 @@ from config.keys import KeySpace
 from config.models import SyncKind
 from erp_sync.connectors.base import Connector, Page, Record, pages
 from erp_sync.db import Counts, Database, Drift, RecordStore
-from erp_sync.errors import MustWait, SyncTimedOut
+from erp_sync.errors import MustWait, SyncTimedOut, TenantGone
 from erp_sync.infra import lua
-from erp_sync.runs.tenant import Tenant, TenantGone, check, gone_error
+from erp_sync.runs.tenant import Tenant, check, gone_error
 
 Fetch = Callable[[str | None, str | None], Page]
 RESUME = "_resume"  # where a sync that stopped early records how far it got

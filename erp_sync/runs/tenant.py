@@ -19,14 +19,10 @@ from dataclasses import dataclass
 import redis
 
 from config.keys import KeySpace
-from erp_sync.errors import WorkerError
+from erp_sync.errors import TenantGone
 
 GONE_ERROR = "company removed during the run"
 PROJECT_GONE_ERROR = "project removed during the run"
-
-
-class TenantGone(WorkerError):
-    """The run's company (or project) was removed, or removed and added again, while it ran."""
 
 
 def stamp(raw: str | None) -> str:
