@@ -50,6 +50,7 @@ COMPANY_KEYS: dict[str, OnRemoval] = {
     "alert_state": OnRemoval.DELETE,
     "alert_log": OnRemoval.DELETE,
     "alert_outbox": OnRemoval.DELETE,
+    "alert_slots": OnRemoval.DELETE,
     "applied_channel": OnRemoval.CHANNEL,
     "history": OnRemoval.KEEP,
     "runs": OnRemoval.KEEP,
@@ -73,7 +74,12 @@ COMPANY_KEYS: dict[str, OnRemoval] = {
 # Keys named by something other than the company id that still belong to one company run:
 # ``executed(task_id)`` (the task id names the company) expires by itself like the run locks.
 # ``alert_claim(delivery)`` (a webhook delivery's claim) expires by itself too.
-TASK_KEYS: dict[str, OnRemoval] = {"executed": OnRemoval.EXPIRES, "alert_claim": OnRemoval.EXPIRES}
+# ``alert_evaluated(task_id)`` (a run counted in its incident) expires by itself too.
+TASK_KEYS: dict[str, OnRemoval] = {
+    "executed": OnRemoval.EXPIRES,
+    "alert_claim": OnRemoval.EXPIRES,
+    "alert_evaluated": OnRemoval.EXPIRES,
+}
 
 
 @dataclass

@@ -115,6 +115,17 @@ class KeySpace:
         """ZSET company id -> when its oldest unqueued delivery (``alert_outbox``) is re-sent."""
         return self._k("outbox", "alerts")
 
+    def alert_slots(self, company: str) -> str:
+        """ZSET: the company's webhook deliveries being posted, fleet-wide (holder -> lease
+        expiry, ms): a per-company cap, so one tenant's slow receivers cannot take every slot
+        of the alerts workers."""
+        return self._k("alerts", company, "inflight")
+
+    def alert_evaluated(self, task_id: str) -> str:
+        """STRING with a TTL: run ``task_id``'s outcome was counted in its incident (evaluating
+        the same run again, from its waiting entry or a redelivery, counts nothing)."""
+        return self._k("evaluated", "alert", task_id)
+
     def alert_claim(self, delivery: str) -> str:
         """STRING with a TTL: the task id that posts webhook delivery ``delivery``; a copy of
         the delivery queued again (by the outbox) under another task id posts nothing."""
