@@ -7,14 +7,14 @@ place that shows a rule uses ``AlertRule.public()``.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from config.urls import mask_webhook_url
 from config.validation import shorten
 
 
@@ -39,44 +39,10 @@ def _webhook_url(value: str) -> str:
         raise ValueError(f"{shorten(value)} is not a valid webhook URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
-            f"{shorten(mask_url(value))} is not a valid webhook URL (need "
+            f"{shorten(mask_webhook_url(value))} is not a valid webhook URL (need "
             "http:// or https:// and a host)"
         )
     return value
-
-
-_TOKEN = re.compile(r"[A-Za-z0-9._~%+=-]{20,}")
-
-
-def _looks_secret(segment: str) -> bool:
-    """A long token-like path segment (a UUID, a base64 key) is treated as a secret."""
-    return bool(_TOKEN.fullmatch(segment)) and any(c.isdigit() for c in segment)
-
-
-def mask_url(url: str) -> str:
-    """``url`` as lists, audit entries and logs show it: the scheme, the host (with the user and
-    port) and the first path segment; a password, the rest of the path, the query and the
-    fragment become ``***``. Webhooks such as Slack's carry their secret in the path
-    (``/services/T000/B000/XXXX``), others in a query value or a long first segment."""
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<invalid URL>"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    user = ""
-    if parts.username is not None:
-        user = parts.username + (":***" if parts.password is not None else "") + "@"
-    segments = parts.path.split("/")
-    first = segments[1] if len(segments) > 1 else ""
-    path = "/" + ("***" if _looks_secret(first) else first) if parts.path else ""
-    if any(segments[2:]):
-        path += "/***"
-    query = "***" if parts.query else ""
-    fragment = "***" if parts.fragment else ""
-    return urlunsplit((parts.scheme, f"{user}{host}{port}", path, query, fragment))
 
 
 WebhookUrl = Annotated[str, AfterValidator(_webhook_url)]
@@ -99,10 +65,10 @@ class AlertRule(BaseModel):
     created_at: datetime
 
     def public(self) -> dict[str, Any]:
-        """What ``alert list`` and audit entries show: the URL masked (``mask_url``), the secret
-        only as set."""
+        """What ``alert list`` and audit entries show: the URL masked
+        (``config.urls.mask_webhook_url``), the secret only as set."""
         out = self.model_dump(mode="json", exclude={"secret"})
-        out["url"] = mask_url(self.url)
+        out["url"] = mask_webhook_url(self.url)
         out["signed"] = self.secret is not None
         return out
 

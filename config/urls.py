@@ -6,8 +6,9 @@ query or fragment parameters (``?password=``, ``&access_token=``, ``#sig=``, S3'
 only the userinfo (what ``make_url(...).render_as_string(hide_password=True)`` and Celery's
 ``maybe_sanitize_url`` do) printed ``?password=`` in error lines. Every place that shows a URL
 (error lines about ``ERP_SYNC_REDIS_URL`` and ``ERP_SYNC_DATABASE_URL``, ``connection show``,
-the audit log, alert lists) calls ``mask_url``; a message that may hold URLs calls
-``mask_urls``.
+the audit log) calls ``mask_url``; a message that may hold URLs calls ``mask_urls``. A webhook
+URL (alert lists and audit, outgoing request log lines) is shown by ``mask_webhook_url``, which
+also hides its path: some receivers carry their secret there.
 
 It works on the text, not on a parse: a malformed URL (a bad port, an unknown dialect, a
 password with a ``#`` in it) is masked too, never raises, and everything that is not a secret is
@@ -18,7 +19,7 @@ stored models' public views (``config.alerts``) need it as much as ``erp_sync`` 
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -102,3 +103,38 @@ def _mask_param(found: re.Match[str]) -> str:
 def mask_urls(text: str) -> str:
     """``text`` (an error message, a log line) with every URL in it masked like ``mask_url``."""
     return _IN_TEXT.sub(lambda found: mask_url(found.group(0)), text)
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9._~%+=-]{20,}")
+
+
+def _looks_secret(segment: str) -> bool:
+    """A long token-like path segment (a UUID, a base64 key) is treated as a secret."""
+    return bool(_TOKEN.fullmatch(segment)) and any(c.isdigit() for c in segment)
+
+
+def mask_webhook_url(url: str) -> str:
+    """A webhook ``url`` as lists, audit entries and logs show it: stricter than ``mask_url``,
+    since webhooks such as Slack's carry their secret in the path (``/services/T000/B000/XXXX``),
+    others in a query value or a long first segment: only the scheme, the host (with the user
+    and port) and the first path segment stay; a password, the rest of the path, the query and
+    the fragment become ``***``."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<invalid URL>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    user = ""
+    if parts.username is not None:
+        user = parts.username + (":***" if parts.password is not None else "") + "@"
+    segments = parts.path.split("/")
+    first = segments[1] if len(segments) > 1 else ""
+    path = "/" + ("***" if _looks_secret(first) else first) if parts.path else ""
+    if any(segments[2:]):
+        path += "/***"
+    query = "***" if parts.query else ""
+    fragment = "***" if parts.fragment else ""
+    return urlunsplit((parts.scheme, f"{user}{host}{port}", path, query, fragment))

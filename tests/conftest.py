@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from config.env import get_settings
 from config.keys import KeySpace
 from erp_sync.control.store import SettingsStore
 from erp_sync.db import Database, database
+from erp_sync.infra.egress import policy as egress_policy
 from tests.support.pgfixtures import pg_url, postgres_server
 from tests.support.procs import TEST_OUTBOUND_ALLOW
 from tests.support.redisproc import RedisServer, require_redis_server
@@ -110,6 +112,19 @@ def outbound_allow(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("ERP_SYNC_OUTBOUND_ALLOW", TEST_OUTBOUND_ALLOW)
     get_settings.cache_clear()
     return TEST_OUTBOUND_ALLOW
+
+
+@pytest.fixture(autouse=True)
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing a webhook or ERP URL resolves its host name (``egress.policy.resolve``); in the
+    tests every name is unknown, so no test asks a real DNS server (machines without one would
+    wait out the resolver) and a result never depends on the machine's network. Tests of the
+    resolution pass their own resolver or patch this one."""
+
+    def unknown(host: str, port: int, timeout: float = 5.0) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, f"no DNS in the tests ({host[:60]})")
+
+    monkeypatch.setattr(egress_policy, "resolve", unknown)
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet
 from config.env import get_settings
 from config.keys import KeySpace
 from erp_sync.alerts.deliver import deliver_once, deliveries
+from erp_sync.infra import egress
 from erp_sync.infra.egress import transport
 from tests.support.cli import Invoke, invoker
 from tests.support.egress import INTERNAL, url_of
@@ -91,12 +92,17 @@ def test_a_name_that_resolves_inside_is_refused_at_delivery_on_the_connected_add
     """Written while the name did not resolve; by delivery it resolves to loopback (DNS
     rebinding): refused before connecting, logged, the receiver never sees a connection."""
     url = receiver.url.replace("127.0.0.1", "hooks.example.com")
+
+    def not_yet(host: str, port: int, timeout: float = 5.0) -> list[str]:
+        raise socket.gaierror(-2, "Name or service not known")  # no real DNS query
+
+    monkeypatch.setattr(egress.policy, "resolve", not_yet)
     alert_id = add(run, url)
     monkeypatch.setattr(transport, "resolve", lambda host, port, timeout: ["127.0.0.1"])
     keys = KeySpace(prefix)
     assert deliver_once(fake, keys, "acme", alert_id, MESSAGE, 1, False, 2.0) == "retrying"
     _, code, error = last(fake, prefix)
-    assert code is None and "resolves to 127.0.0.1, an internal address (loopback)" in error
+    assert code is None and "resolves to an internal address (loopback)" in error
     assert receiver.connections == 0 and receiver.got == []
 
 
@@ -220,9 +226,38 @@ def test_a_webhook_url_with_its_secret_in_the_path_is_masked_in_lists_and_audit(
 
 
 def test_the_default_policy_cannot_be_bypassed_through_the_host_name_of_this_machine(
-    run: Invoke, default_policy: None
+    run: Invoke, default_policy: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """This machine's own name (and ``localhost``) resolve to loopback through /etc/hosts."""
-    for name in (socket.gethostname(), "localhost"):
+    """A machine's own name resolves to loopback through /etc/hosts (Debian: 127.0.1.1), and
+    ``localhost`` is loopback by definition, whatever a resolver says."""
+    hosts = {"builder-7": ["127.0.1.1"], "localhost": ["93.184.216.34"]}
+    monkeypatch.setattr(egress.policy, "resolve", lambda host, port, timeout=5.0: hosts[host])
+    for name in hosts:
         code, _, err = run("alert", "add", "acme", "--as", "al", "--url", f"http://{name}:80/")
         assert code == 1 and "refused" in err, err
+
+
+def test_a_non_admin_learns_nothing_of_internal_names_and_is_logged(
+    run: Invoke,
+    default_policy: None,
+    fake: redis.Redis,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``alert add`` resolves the URL's host to refuse internal targets: a user who is not an
+    admin is refused before that (so ``--as`` cannot be used to map the internal network), with
+    a security-log row; an admin is told a name is internal, never which address it has."""
+    asked: list[str] = []
+
+    def internal(host: str, port: int, timeout: float = 5.0) -> list[str]:
+        asked.append(host)
+        return ["10.20.30.40"]
+
+    monkeypatch.setattr(egress.policy, "resolve", internal)
+    code, _, err = run("alert", "add", "acme", "--as", "eve", "--url", "http://vault.corp/x")
+    assert code == 1 and "eve" in err and "internal" not in err and asked == []
+    denied = fake.lrange(KeySpace(prefix).denied("acme"), 0, -1)
+    assert len(denied) == 1 and json.loads(denied[0])["action"] == "alert.add.denied"
+    code, _, err = run("alert", "add", "acme", "--as", "al", "--url", "http://vault.corp/x")
+    assert code == 1 and "resolves to an internal address (private)" in err
+    assert "10.20.30.40" not in err and asked == ["vault.corp"]

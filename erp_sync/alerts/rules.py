@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from config.alerts import AlertEvent, AlertRule
-from config.models import first_error, parse
+from config.models import PermissionLevel, first_error, parse
+from config.urls import mask_webhook_url
 from erp_sync.control.inputs import user_id
 
 # The sealed format's owner is the inventory of sealed secrets (rotate-key re-encrypts them);
@@ -25,7 +26,7 @@ from erp_sync.control.sealed import open_secret as open_secret
 from erp_sync.control.sealed import seal_secret
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.unit import Denied, UnitOfWork
-from erp_sync.errors import InvalidInput, NotFound
+from erp_sync.errors import InvalidInput, NotFound, PermissionDenied
 from erp_sync.infra.egress import check_target
 
 MAX_RULES = 20
@@ -83,6 +84,15 @@ class AlertRules:
     ) -> AlertRule:
         user_id(actor)
         self.store.get_company(company_id)
+        # Admin first (and the refusal logged): the URL check resolves host names, and its
+        # answer must not let anyone who can type --as map the internal network.
+        try:
+            self.store.require(company_id, actor, PermissionLevel.ADMIN)
+        except PermissionDenied:
+            self.store.record_denied(
+                Denied(company_id, actor, "alert.add", {"url": mask_webhook_url(url)})
+            )
+            raise
         try:
             rule = AlertRule(
                 id=secrets.token_hex(4),

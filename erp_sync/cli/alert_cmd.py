@@ -2,7 +2,8 @@
 
 Adding and removing need admin and are audited; the secret comes from a file (``-`` reads
 stdin), never from argv, and is never printed; a URL whose host is internal is refused when the
-rule is added (``erp_sync.infra.egress``) and lists show it masked (``config.alerts.mask_url``).
+rule is added (``erp_sync.infra.egress``) and lists show it masked
+(``config.urls.mask_webhook_url``).
 ``alert test`` posts a ``test`` event now, from this process, and records it in the delivery
 log like any other delivery.
 """

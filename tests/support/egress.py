@@ -35,6 +35,8 @@ INTERNAL = [
     "::ffff:127.0.0.1",
     "::ffff:7f00:1",
     "::ffff:169.254.169.254",
+    "::ffff:0:7f00:1",  # IPv4-translated (SIIT): 127.0.0.1 behind a translator
+    "::ffff:0:a9fe:a9fe",  # the same form of 169.254.169.254
     "::127.0.0.1",
     "64:ff9b::a9fe:a9fe",
     "64:ff9b::10.0.0.1",

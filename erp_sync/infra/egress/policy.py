@@ -80,6 +80,10 @@ _OCTAL = re.compile(r"0[0-7]+")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _COMPAT = ipaddress.IPv6Network("::/96")  # IPv4-compatible (deprecated) ::a.b.c.d
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # IPv4-translated (SIIT) ::ffff:0:a.b.c.d
+
+
+_LOOPBACK = (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1"))
 
 
 class Refused(ValueError):
@@ -130,10 +134,12 @@ def parse_address(host: str) -> Address | None:
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 form carries (mapped, compatible, NAT64, 6to4), if any."""
+    """The IPv4 address an IPv6 form carries (mapped, translated, compatible, NAT64, 6to4), if
+    any: a translator (SIIT, 464XLAT on IPv6-only clusters) delivers such a form to the IPv4
+    address inside, so it is judged by that address."""
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    if address in _NAT64 or (address in _COMPAT and int(address) > 1):
+    if address in _NAT64 or address in _TRANSLATED or (address in _COMPAT and int(address) > 1):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address.sixtofour
 
@@ -277,7 +283,9 @@ class Policy:
             if why:
                 raise Refused(f"{name} is an internal address ({why})")
             return
-        if is_localhost(name):
+        if is_localhost(name):  # loopback by definition (RFC 6761), whatever DNS says
+            if any(self.allows_address(a) for a in _LOOPBACK):
+                return
             raise Refused(f"{name} is a loopback name")
         try:
             addresses = resolver(name, port)
@@ -286,5 +294,5 @@ class Policy:
         for text in addresses:
             parsed = parse_address(text)
             why = self.refusal(parsed) if parsed is not None else None
-            if why:
-                raise Refused(f"{name} resolves to {parsed}, an internal address ({why})")
+            if why:  # the address itself is not shown: the answer would map internal names
+                raise Refused(f"{name} resolves to an internal address ({why})")

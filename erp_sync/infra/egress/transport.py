@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator
 import httpcore
 import httpx
 
-from config.alerts import mask_url
+from config.urls import mask_webhook_url
 from erp_sync.infra.egress.policy import Policy, parse_address, resolve
 
 MAX_HEADERS = 100
@@ -220,7 +220,8 @@ class GuardedBackend(httpcore.NetworkBackend):
             parsed = parse_address(address)
             why = self.policy.refusal(parsed, host) if parsed is not None else None
             if why is not None:
-                shown = "is" if literal is not None else f"resolves to {parsed},"
+                # The address a name resolved to is not shown: the log would map internal names.
+                shown = "is" if literal is not None else "resolves to"
                 refused.append(f"{host[:100]} {shown} an internal address ({why})")
                 continue
             try:
@@ -327,7 +328,7 @@ class _MaskUrls(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
             record.args = tuple(
-                mask_url(str(a)) if isinstance(a, httpx.URL) else a for a in record.args
+                mask_webhook_url(str(a)) if isinstance(a, httpx.URL) else a for a in record.args
             )
         return True
 

@@ -14,16 +14,18 @@ from urllib.parse import urlsplit
 import httpx
 
 from erp_sync.errors import InvalidInput
-from erp_sync.infra.egress.policy import Policy, Refused, Resolver, resolve
+from erp_sync.infra.egress import policy as _policy
+from erp_sync.infra.egress.policy import Policy, Refused, Resolver
 
 HINT = "an operator may allow it in ERP_SYNC_OUTBOUND_ALLOW"
 
 
 def check_target(
-    value: str, what: str, policy: Policy | None = None, resolver: Resolver = resolve
+    value: str, what: str, policy: Policy | None = None, resolver: Resolver | None = None
 ) -> None:
     """Refuse (``InvalidInput``, one line) an http(s) URL whose host is, or resolves to, an
-    internal address not allowed by ``policy`` (the process settings' when None)."""
+    internal address not allowed by ``policy`` (the process settings' when None); names are
+    resolved with ``policy.resolve`` unless ``resolver`` is given."""
     try:
         parts = urlsplit(value)
         host, port = parts.hostname or "", parts.port
@@ -31,7 +33,9 @@ def check_target(
         raise InvalidInput(f"{what} is not a valid URL") from None
     default = 443 if parts.scheme == "https" else 80
     try:
-        (policy or Policy.from_settings()).check_host(host, port or default, resolver)
+        (policy or Policy.from_settings()).check_host(
+            host, port or default, resolver or _policy.resolve
+        )
     except Refused as exc:
         raise InvalidInput(f"{what} refused: {exc}; {HINT}") from None
 
