@@ -544,3 +544,19 @@ def test_flower_is_published_on_loopback_unless_flower_bind_names_another_addres
     ]
     # docker-compose v1 prints `IP:PUBLISHED:TARGET/tcp`; the compose plugin a mapping.
     assert published in ([f"{host}:5555:5555/tcp"], [(host, "5555", 5555)]), published
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_the_operator_can_set_the_outbound_allow_list_and_the_replica_wait_in_every_container(
+    name: str,
+) -> None:
+    """An on-premises ERP on the private network is allowed by setting ERP_SYNC_OUTBOUND_ALLOW
+    for compose, not by editing this file; unset, every container gets the model's default
+    (nothing internal allowed; one replica acknowledgement when replicas exist)."""
+    from config.env import Settings
+
+    env = SERVICES[name]["environment"]
+    for setting in ("outbound_allow", "redis_wait_replicas", "redis_wait_timeout_ms"):
+        variable = "ERP_SYNC_" + setting.upper()
+        default = Settings.model_fields[setting].default
+        assert env.get(variable) == f"${{{variable}:-{default}}}", f"{name}: {variable}"
