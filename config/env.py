@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         "ERP URLs may reach although they are internal (loopback, private, link-local, "
         "carrier-grade NAT, metadata). Empty: every internal target is refused, when the rule "
         "or connection is written and again on the address each request connects to. The demo "
-        "and tests name `127.0.0.1`.",
+        "and tests set `127.0.0.1,::1`; `localhost` names count as loopback.",
     )
     redis_wait_replicas: int = Field(
         1,
