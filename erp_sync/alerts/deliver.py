@@ -7,6 +7,14 @@ the meantime is dropped, not posted. The body is the JSON payload; with a secret
 ``X-ERP-Sync-Signature: sha256=<hex HMAC-SHA256 of the body>`` lets the receiver verify it.
 A password in the URL becomes Basic auth and never appears in the log or in errors.
 
+A delivery belongs to a tenant, not to a company id: the message the evaluator queues carries
+the company's stamp (``TENANT_FIELD``: its record's ``created_at`` as stored, no secret;
+``erp_sync.runs.tenant.stamp``). A delivery whose company was removed, or removed and added again
+under the id, is dropped unposted (even to a rule of the same id) and its log entry is written
+only while the stamp still matches, in the same atomic step (``list_push_if.lua``). The stamp
+is not part of the POSTed body. A message without one (queued before stamps, or ``alert test``)
+is guarded by the company's existence only.
+
 Every attempt goes through the egress client (``erp_sync.infra.egress``): an internal target the
 operator has not allowed is refused on the address it would connect to, the whole attempt ends
 within the alert timeout, and redirects are never followed: a 3xx answer is a failed attempt
@@ -36,6 +44,7 @@ import redis
 from config.alerts import AlertEvent, AlertRule, DeliveryEntry
 from config.keys import KeySpace
 from config.models import parse
+from erp_sync.alerts.evaluate import TENANT_FIELD, tenant_stamp
 from erp_sync.control.sealed import open_secret
 from erp_sync.errors import ErpSyncError
 from erp_sync.infra import egress, lua
@@ -85,7 +94,8 @@ def post(
 ) -> tuple[int | None, str | None]:
     """One POST, over within ``timeout`` seconds as a whole; (status code, error) where error is
     None for a 2xx answer. A 3xx is an error with its code: redirects are not followed."""
-    body = json.dumps(message, sort_keys=True).encode()
+    posted = {k: v for k, v in message.items() if k != TENANT_FIELD}
+    body = json.dumps(posted, sort_keys=True).encode()
     try:
         url, headers = _request(rule, body, str(message["event"]), str(message["delivery"]))
     except ErpSyncError as exc:
@@ -118,10 +128,20 @@ def deliver_once(
     final: bool,
     timeout: float,
 ) -> str:
-    """One attempt, logged; returns ``delivered``, ``retrying``, ``failed`` or ``dropped``."""
-    raw = client.hget(keys.alerts(company), alert_id)
+    """One attempt, logged; returns ``delivered``, ``retrying``, ``failed`` or ``dropped`` (the
+    rule was removed, or the delivery's tenant is gone: then nothing is posted or logged)."""
+    tenant = str(message.get(TENANT_FIELD) or "")
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(keys.alerts(company), alert_id)
+    pipe.get(keys.company(company))
+    raw, record = pipe.execute()
     code: int | None = None
     error: str | None = "the alert was removed"
+    if tenant and tenant_stamp(record) != tenant:
+        log.info(
+            "alert delivery of a removed tenant dropped company=%s alert=%s", company, alert_id
+        )
+        return "dropped"
     if raw is None:
         outcome = "dropped"
     else:
@@ -146,17 +166,21 @@ def deliver_once(
             status_code=code,
             error=error,
         ),
+        tenant,
     )
     return outcome
 
 
-def log_delivery(client: redis.Redis, keys: KeySpace, company: str, entry: DeliveryEntry) -> None:
-    """Append to the company's delivery log, only while the company exists: a delivery that
-    outlived its company's removal must not recreate a log a later company of the id reads."""
+def log_delivery(
+    client: redis.Redis, keys: KeySpace, company: str, entry: DeliveryEntry, tenant: str = ""
+) -> None:
+    """Append to the company's delivery log, only while the company exists and (given a stamp)
+    is still ``tenant``: a delivery that outlived its company's removal must neither recreate
+    the log nor write into the log of a company added later under the id."""
     push = lua.load(client, "list_push_if")
     push(
         keys=[keys.company(company), keys.alert_log(company)],
-        args=[entry.model_dump_json(), LOG_CAP],
+        args=[entry.model_dump_json(), LOG_CAP, tenant],
     )
 
 

@@ -39,6 +39,9 @@ from erp_sync.alerts.outbox import AlertOutbox, Send
 from erp_sync.errors import CorruptRecord
 from erp_sync.schedule.cadence import cadence_for
 
+# The delivery message's field with the company's stamp (``erp_sync.alerts.deliver``).
+TENANT_FIELD = "tenant"
+
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -62,9 +65,16 @@ def redis_now(client: redis.Redis) -> float:
 
 
 def payload(
-    rule: AlertRule, event: AlertEvent, outcome: RunOutcome, now: float, failures: int = 0
+    rule: AlertRule,
+    event: AlertEvent,
+    outcome: RunOutcome,
+    now: float,
+    failures: int = 0,
+    tenant: str = "",
 ) -> dict[str, Any]:
-    """The webhook's JSON body: what happened, to which sync, and a link-free summary."""
+    """The webhook's JSON body: what happened, to which sync, and a link-free summary; with
+    ``tenant`` (the company's stamp), the delivery task's message also carries it
+    (``TENANT_FIELD``, left out of the POSTed body)."""
     where = outcome.company + (f" project {outcome.project}" if outcome.project else "")
     summary = {
         AlertEvent.FAILED: f"{outcome.kind} sync of {where} failed"
@@ -73,7 +83,7 @@ def payload(
         AlertEvent.RECOVERED: f"{outcome.kind} sync of {where} succeeded again",
         AlertEvent.TEST: f"test alert for {outcome.company}",
     }[event]
-    return {
+    body = {
         "event": event.value,
         "alert": rule.id,
         "delivery": secrets.token_hex(8),
@@ -86,6 +96,9 @@ def payload(
         "time": datetime.fromtimestamp(now, UTC).isoformat(),
         "summary": summary,
     }
+    if tenant:
+        body[TENANT_FIELD] = tenant
+    return body
 
 
 class Evaluator:
@@ -124,6 +137,7 @@ class Evaluator:
                     pipe.watch(*watched)  # type: ignore[no-untyped-call]
                     if not _same_tenant(pipe, self.keys, outcome):
                         return []  # removed while it ran (leaving the block unwatches)
+                    tenant = tenant_stamp(pipe.get(self.keys.company(outcome.company)))
                     raw = pipe.hget(key, field)
                     incident = Incident() if raw is None else parse(Incident, str(raw), "incident")
                     sends.clear()
@@ -133,7 +147,14 @@ class Evaluator:
                             (
                                 r,
                                 AlertEvent.FAILED,
-                                payload(r, AlertEvent.FAILED, outcome, now, incident.failures),
+                                payload(
+                                    r,
+                                    AlertEvent.FAILED,
+                                    outcome,
+                                    now,
+                                    incident.failures,
+                                    tenant,
+                                ),
                             )
                             for r in rules
                             if AlertEvent.FAILED in r.events and incident.failures == r.failures
@@ -143,7 +164,7 @@ class Evaluator:
                             (
                                 r,
                                 AlertEvent.RECOVERED,
-                                payload(r, AlertEvent.RECOVERED, outcome, now),
+                                payload(r, AlertEvent.RECOVERED, outcome, now, tenant=tenant),
                             )
                             for r in rules
                             if AlertEvent.RECOVERED in r.events
@@ -207,7 +228,10 @@ class Evaluator:
                 continue  # already alerted for this incident
             incident.stale = True
             outcome = RunOutcome(company, kind.value, project, "stale", None, "")
-            messages = [(r, payload(r, AlertEvent.STALE, outcome, now)) for r in rules]
+            tenant = tenant_stamp(self.client.get(self.keys.company(company)))
+            messages = [
+                (r, payload(r, AlertEvent.STALE, outcome, now, tenant=tenant)) for r in rules
+            ]
             with self.client.pipeline() as pipe:  # the incident and its deliveries, together
                 pipe.hset(self.keys.alert_state(company), field, incident.model_dump_json())
                 self.outbox.stage(pipe, company, messages, now)
@@ -291,16 +315,17 @@ def _same_tenant(pipe: redis.client.Pipeline, keys: KeySpace, outcome: RunOutcom
     MULTI). A run that gave no stamps is not checked."""
     if not outcome.company_stamp:
         return True
-    if _stamp(pipe.get(keys.company(outcome.company))) != outcome.company_stamp:
+    if tenant_stamp(pipe.get(keys.company(outcome.company))) != outcome.company_stamp:
         return False
     if outcome.project is None or not outcome.project_stamp:
         return True
     found = pipe.hget(keys.projects(outcome.company), outcome.project)
-    return _stamp(found) == outcome.project_stamp
+    return tenant_stamp(found) == outcome.project_stamp
 
 
-def _stamp(raw: object) -> str:
-    """A stored record's ``created_at`` as stored ('' if none): the tenant's stamp."""
+def tenant_stamp(raw: object) -> str:
+    """A stored record's ``created_at`` as stored ('' if none): the tenant's stamp (the same
+    field as ``erp_sync.runs.tenant.stamp`` and ``_tenant.lua``; alerts may not import runs)."""
     try:
         value = json.loads(str(raw))["created_at"] if raw is not None else ""
     except (ValueError, KeyError, TypeError):
