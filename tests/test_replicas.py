@@ -167,3 +167,88 @@ def test_on_a_lone_redis_a_change_waits_for_nothing(own_redis: RedisServer, pref
     assert (
         stats.get("cmdstat_info", {"calls": 0})["calls"] <= 1
     )  # the replica count: one round trip at most
+
+
+def _no_info_user(server: RedisServer) -> redis.Redis:
+    """A client of an ACL user allowed everything but ``INFO`` (as a managed Redis or a careful
+    operator sets one up): ``INFO`` answers ``NOPERM``."""
+    server.client().acl_setuser(
+        "app",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["~*"],
+        channels=["&*"],
+        commands=["+@all", "-info"],
+    )
+    return server.client(username="app", password="pw")
+
+
+def _acme(server: RedisServer, keys: KeySpace) -> None:
+    """Company ``acme`` (admin ``al``), written by the default user without waiting."""
+    SettingsStore(server.client(), keys, ack=ReplicaAck(0)).add_company("acme", "xero", admin="al")
+
+
+def test_a_user_not_allowed_info_waits_for_the_wanted_replicas_and_reports_too_few(
+    own_redis: RedisServer, prefix: str
+) -> None:
+    keys = KeySpace(prefix)
+    _acme(own_redis, keys)
+    store = SettingsStore(_no_info_user(own_redis), keys, ack=ReplicaAck(1, 200))
+    with pytest.raises(NotReplicated) as caught:  # not "0 replicas": the wait is not skipped
+        store.update_settings("acme", "al", {"refresh_erp_job_list": False})
+    assert (caught.value.acked, caught.value.wanted) == (0, 1)
+
+
+def test_a_user_not_allowed_info_has_its_change_acknowledged_by_a_real_replica(
+    pair: ReplicaSet, prefix: str
+) -> None:
+    keys = KeySpace(prefix)
+    _acme(pair.primary, keys)
+    wait_until(lambda: pair.replica.client().exists(keys.company("acme")) == 1, 20, "no sync")
+    store = SettingsStore(_no_info_user(pair.primary), keys, ack=ReplicaAck(1, 5000))
+    store.update_settings("acme", "al", {"refresh_erp_job_list": False})
+    assert _version(pair.replica.client(), keys) == 2
+
+
+def test_what_info_answered_is_read_again_once_the_cache_expires(
+    own_redis: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from erp_sync.control import replicas
+
+    monkeypatch.setattr(replicas, "CACHE_SECONDS", 0.0)
+    keys = KeySpace(prefix)
+    _acme(own_redis, keys)
+    client = _no_info_user(own_redis)
+    store = SettingsStore(client, keys, ack=ReplicaAck(1, 200))
+    with pytest.raises(NotReplicated):
+        store.update_settings("acme", "al", {"refresh_erp_job_list": False})
+    own_redis.client().acl_setuser("app", commands=["+info"])  # the operator grants INFO
+    store.update_settings("acme", "al", {"refresh_erp_companies_list": False})
+    assert _version(client, keys) == 3  # counted again: a lone Redis, nothing to wait for
+
+
+def test_a_renamed_info_counts_as_no_replicas_and_is_asked_again_after_the_cache(
+    tmp_path: Path, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from erp_sync.control import replicas
+
+    server = RedisServer(tmp_path / "r", extra=["--rename-command", "INFO", "INFO_HIDDEN"]).start()
+    try:
+        keys = KeySpace(prefix)
+        client = server.client()
+        store = SettingsStore(client, keys, ack=ReplicaAck(1, 60_000))
+        store.add_company("acme", "xero", admin="al")  # no INFO, so no replicas: no wait
+
+        def errors() -> int:
+            stats = client.execute_command("INFO_HIDDEN", "stats")  # type: ignore[no-untyped-call]
+            return int(str(stats).split("total_error_replies:")[1].split()[0])
+
+        before = errors()
+        store.update_settings("acme", "al", {"refresh_erp_job_list": False})
+        assert errors() == before  # cached: INFO is not asked on every change
+        monkeypatch.setattr(replicas, "CACHE_SECONDS", 0.0)
+        store.update_settings("acme", "al", {"refresh_erp_companies_list": False})
+        assert errors() == before + 1  # the cache expired: asked again
+    finally:
+        server.close_clients()
+        server.kill()

@@ -11,8 +11,15 @@ reported to the admin rather than silently accepted.
 connection that ran EXEC (``erp_sync.control.unit`` keeps it checked out until then); on any
 other connection it would answer at once for an older offset. The online replicas come from
 ``INFO replication``, read at most every ``CACHE_SECONDS`` per connection pool, so a lone Redis
-(no replicas) never waits and pays one ``INFO`` round trip per process and interval. A server
-without ``INFO`` (fakeredis) counts as having no replicas.
+(no replicas) never waits and pays one ``INFO`` round trip per process and interval.
+
+What ``INFO`` answers instead of a count is cached for the same interval, never for good:
+- ``unknown command`` (fakeredis; ``INFO`` renamed away with ``rename-command``): the server
+  cannot say, and such a server has no replicas this code can see: nothing to wait for;
+- anything else (``NOPERM`` from an ACL user without ``+info``, a proxy's error): the count is
+  unknown, so the change waits for all ``wanted`` replicas (``WAIT <wanted>``) and too few in
+  time is ``NotReplicated``. Counting none would skip the wait silently (it did: one ``NOPERM``
+  turned the replica wait off for the life of the process).
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ from config.env import Settings
 from erp_sync.errors import NotReplicated
 
 CACHE_SECONDS = 2.0
-# Per connection pool: (replicas online, when read). A replica that connects within the interval
-# is waited for from the next read on; one that disconnects makes a WAIT in between come back
-# short, which is reported (the change did not reach it).
-_online: weakref.WeakKeyDictionary[Any, tuple[int, float]] = weakref.WeakKeyDictionary()
+# Per connection pool: (replicas online, or None when INFO would not say, and when read). A
+# replica that connects within the interval is waited for from the next read on; one that
+# disconnects makes a WAIT in between come back short, which is reported (the change did not
+# reach it).
+_online: weakref.WeakKeyDictionary[Any, tuple[int | None, float]] = weakref.WeakKeyDictionary()
+_NO_INFO = "unknown command"  # Redis's answer to a command it lacks or that was renamed away
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,8 @@ class ReplicaAck:
         round trip (no second connection) and only when the cached count is stale."""
         if self.wanted <= 0:
             return
-        needed = min(self.wanted, online_replicas(client, connection))
+        online = online_replicas(client, connection)
+        needed = self.wanted if online is None else min(self.wanted, online)
         if needed == 0:
             return
         connection.send_command("WAIT", needed, self.timeout_ms)  # type: ignore[no-untyped-call]
@@ -65,25 +75,27 @@ class ReplicaAck:
 NEVER = ReplicaAck(0)
 
 
-def online_replicas(client: redis.Redis, connection: Connection) -> int:
+def online_replicas(client: redis.Redis, connection: Connection) -> int | None:
     """Replicas streaming from ``client``'s primary (``state=online``), cached per pool;
-    read with ``INFO replication`` on ``connection`` when stale."""
+    read with ``INFO replication`` on ``connection`` when stale. None: unknown (``INFO`` was
+    refused, e.g. ``NOPERM``): wait for every wanted replica."""
     pool = client.connection_pool
     now = time.monotonic()
     cached = _online.get(pool)
     if cached is not None and now - cached[1] < CACHE_SECONDS:
         return cached[0]
+    count: int | None
     try:
         connection.send_command("INFO", "replication")  # type: ignore[no-untyped-call]
         info = connection.read_response()
-    except redis.ResponseError:  # no INFO (fakeredis): nothing to wait for, ever
-        _online[pool] = (0, float("inf"))
-        return 0
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    count = sum(
-        1
-        for line in text.splitlines()
-        if line.startswith("slave") and ":" in line and "state=online" in line.split(":", 1)[1]
-    )
+    except redis.ResponseError as exc:  # the reply was read: the connection stays usable
+        count = 0 if _NO_INFO in str(exc).lower() else None
+    else:
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        count = sum(
+            1
+            for line in text.splitlines()
+            if line.startswith("slave") and ":" in line and "state=online" in line.split(":", 1)[1]
+        )
     _online[pool] = (count, now)
     return count
