@@ -19,14 +19,18 @@ from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import text
 
 from config.alerts import AlertEvent, AlertRule
 from config.keys import KeySpace
 from config.models import AuditEntry, Erp, parse
+from erp_sync.cli.restore_cmd import copy_changed
 from erp_sync.control.connections import Connection, ConnectionStore, Secrets
 from erp_sync.control.sealed import SEALED, SealedSecrets, open_secret
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.vault import Vault, new_key
+from erp_sync.db import Database
+from erp_sync.db.config_copy import ConfigCopy
 from erp_sync.errors import CorruptRecord
 from tests.support.manage import manage
 from tests.support.receiver import Receiver, start_receiver
@@ -171,3 +175,53 @@ def test_rotate_key_seals_a_signing_secret_stored_before_secrets_were_sealed(
     assert "plain-old-secret" not in str(real.hget(keys.alerts("acme"), "old1"))
     assert open_secret(stored.secret, Vault([key])) == "plain-old-secret"
     assert stored.model_copy(update={"secret": None}) == rule.model_copy(update={"secret": None})
+
+
+def _rotation_env(redis_server: RedisServer, keys: KeySpace, key_list: str) -> dict[str, str]:
+    return {
+        "ERP_SYNC_REDIS_URL": redis_server.url,
+        "ERP_SYNC_KEY_PREFIX": keys.prefix,
+        "ERP_SYNC_SECRET_KEY": key_list,
+    }
+
+
+def test_rotate_key_says_the_old_key_can_go_only_once_the_database_copy_has_the_new_seals(
+    real: redis.Redis, keys: KeySpace, redis_server: RedisServer, db: Database
+) -> None:
+    old, new = new_key(), new_key()
+    SettingsStore(real, keys).add_company("qbo", "quickbooks_online", admin="alice")
+    _connect_directly(real, keys, old)
+    copy_changed(real, keys, db)  # the copy holds the connection sealed with the old key
+    done = manage(_rotation_env(redis_server, keys, f"{new},{old}"), "connection", "rotate-key")
+    assert done.returncode == 0, done.stderr
+    assert "the older keys can now be removed" in done.stdout and not done.stderr
+    copied = ConfigCopy(db).get("qbo")
+    assert copied is not None
+    Vault([new]).open(copied.connection["secret"], "the copy's secret")  # the new key alone
+
+
+def test_rotate_key_whose_database_copy_fails_says_keep_the_old_key_and_exits_non_zero(
+    real: redis.Redis, keys: KeySpace, redis_server: RedisServer, db: Database
+) -> None:
+    """A restore from a copy that still holds secrets sealed with the dropped key would bring
+    back secrets no key opens: the operator must not drop it until the copy has the new seals."""
+    old, new = new_key(), new_key()
+    SettingsStore(real, keys).add_company("qbo", "quickbooks_online", admin="alice")
+    _connect_directly(real, keys, old)
+    copy_changed(real, keys, db)
+    with db.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE config_copy RENAME TO config_copy_away"))
+    try:
+        done = manage(_rotation_env(redis_server, keys, f"{new},{old}"), "connection", "rotate-key")
+    finally:
+        with db.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE config_copy_away RENAME TO config_copy"))
+    assert done.returncode == 1
+    assert done.stdout.startswith("re-encrypted 1 connection(s)")
+    assert "can now be removed" not in done.stdout
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "keep the old key" in done.stderr and "database" in done.stderr
+    copied = ConfigCopy(db).get("qbo")
+    assert copied is not None
+    with pytest.raises(CorruptRecord):  # what a restore would bring back needs the old key
+        Vault([new]).open(copied.connection["secret"], "the copy's secret")

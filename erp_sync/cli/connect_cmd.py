@@ -20,13 +20,15 @@ import click
 from config.models import AuditEntry, Erp, PermissionLevel
 from config.urls import mask_url
 from erp_sync.cli.context import Ctx, echo_json, pass_ctx
+from erp_sync.cli.restore_cmd import Copied, copy_changed
 from erp_sync.connectors.qbo import PRODUCTION_API, TOKEN_URL
 from erp_sync.control.connections import Connection, ConnectionStore, Secrets
 from erp_sync.control.inputs import user_id
-from erp_sync.control.sealed import SealedSecrets
+from erp_sync.control.sealed import SealedSecrets, newest_key_only, unopenable
 from erp_sync.control.unit import Denied
 from erp_sync.control.vault import Vault, new_key
-from erp_sync.errors import CorruptRecord, InvalidInput, PermissionDenied
+from erp_sync.db.config_copy import ConfigCopy
+from erp_sync.errors import CorruptRecord, DatabaseError, InvalidInput, PermissionDenied
 from erp_sync.infra.egress import erp_url
 
 CONNECTABLE = (Erp.QUICKBOOKS_ONLINE.value,)
@@ -227,14 +229,17 @@ def connection_show(ctx: Ctx, company_id: str, as_json: bool) -> None:
 @pass_ctx
 def connection_rotate_key(ctx: Ctx) -> None:
     """Re-encrypt every stored secret (ERP credentials, cached access tokens, alert signing
-    secrets) with the first key of ERP_SYNC_SECRET_KEY; recorded in the operator log."""
-    done = SealedSecrets(ctx.store, Vault.from_settings()).rotate()
+    secrets) with the first key of ERP_SYNC_SECRET_KEY; recorded in the operator log. Then
+    copy them to the database's copy of the configuration: only once the copy holds nothing
+    the first key alone cannot open may the older keys go (a restore-from-db would otherwise
+    bring back secrets no key opens)."""
+    vault = Vault.from_settings()
+    done = SealedSecrets(ctx.store, vault).rotate()
     counts = done.counts
-    after = "" if done.unreadable else "; the older keys can now be removed from the key list"
     click.echo(
         f"re-encrypted {counts['connections']} connection(s), {counts['alert_secrets']} alert "
         f"signing secret(s) and {counts['access_tokens']} cached access token(s) with the "
-        f"newest key of ERP_SYNC_SECRET_KEY{after}"
+        "newest key of ERP_SYNC_SECRET_KEY"
     )
     if done.unreadable:
         named = ", ".join(done.unreadable[:5]) + (", ..." if len(done.unreadable) > 5 else "")
@@ -242,6 +247,35 @@ def connection_rotate_key(ctx: Ctx) -> None:
             f"{len(done.unreadable)} stored secret(s) no key of ERP_SYNC_SECRET_KEY opens "
             f"({named}): keep the old key until they are replaced (connect, alert add)"
         )
+    behind = _copy_rotated(ctx)
+    if behind is not None:
+        raise DatabaseError(
+            f"the database's copy of the configuration {behind}: keep the old key in "
+            "ERP_SYNC_SECRET_KEY (a restore-from-db would bring back secrets only it opens) and "
+            "run rotate-key again once the database accepts writes"
+        )
+    click.echo("the database's copy holds them too: the older keys can now be removed")
+
+
+def _copy_rotated(ctx: Ctx) -> str | None:
+    """Copy what the rotation changed to the database now, then check the copy: None if
+    everything sealed in it opens with the newest key alone, else what is wrong."""
+    copied = Copied()
+    for _ in range(1000):  # 1000 scopes a pass: a million companies at most
+        copied = copy_changed(ctx.client, ctx.keys, ctx.db)
+        if copied.error is not None or not copied.copied:
+            break
+    if copied.error is not None:
+        return f"was not updated ({copied.error})"
+    newest = newest_key_only()
+    try:
+        left = unopenable(ConfigCopy(ctx.db).all(), newest)
+    except DatabaseError as exc:
+        return f"cannot be read ({exc})"
+    if left:
+        named = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
+        return f"still holds {len(left)} secret(s) sealed with an older key ({named})"
+    return None
 
 
 @connection.command("new-key")

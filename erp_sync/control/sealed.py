@@ -16,14 +16,22 @@ write makes it read again, so it never writes back an older value. A secret no k
 (sealed with a key already dropped) is skipped and named, the others are rotated all the same;
 a signing secret stored before secrets were sealed is sealed now. The rotation, with its
 counts, is one row of the operator log.
+
+The database's copy of the configuration (``config.snapshot``) holds the connections and alert
+rules as stored, so it holds sealed values too: ``unopenable`` names those in the copy that the
+newest key alone does not open. Until there are none, dropping the old key would make a
+``restore-from-db`` bring back secrets no key opens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from config.alerts import AlertRule
+from config.env import get_settings
 from config.models import AuditEntry, parse
+from config.snapshot import Snapshot
 from erp_sync.control.connections import ConnectionStore
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.unit import UnitOfWork
@@ -45,6 +53,42 @@ def open_secret(stored: str, vault: Vault | None = None) -> str:
         return stored
     opened = (vault or Vault.from_settings()).open(stored[len(SEALED) :], "an alert's secret")
     return str(opened["secret"])
+
+
+def newest_key_only() -> Vault:
+    """A vault of the first key of ERP_SYNC_SECRET_KEY alone: what is left once the older keys
+    are dropped."""
+    secret = get_settings().secret_key
+    raw = secret.get_secret_value() if secret is not None else ""
+    return Vault([k for k in raw.split(",") if k.strip()][:1])
+
+
+def unopenable(copies: Iterable[Snapshot], newest: Vault) -> list[str]:
+    """What in the database's ``copies`` the ``newest`` vault (the first key alone) does not
+    open: the connections' secrets and the alert rules' signing secrets, each named."""
+    found = []
+    for snap in copies:
+        values: list[tuple[str, str]] = []
+        if snap.connection.get("secret"):
+            values.append((f"the connection of {snap.scope!r}", snap.connection["secret"]))
+        for alert_id, raw in snap.alerts.items():
+            try:
+                secret = parse(AlertRule, raw, f"alert {alert_id!r}").secret
+            except CorruptRecord:
+                secret = "unparsed"
+            if secret is not None:
+                values.append((f"the secret of alert {alert_id!r} of {snap.scope!r}", secret))
+        for what, sealed in values:
+            if sealed.startswith(SEALED):
+                sealed = sealed[len(SEALED) :]
+            elif what.startswith("the secret of alert"):  # stored plain: not yet sealed
+                found.append(what)
+                continue
+            try:
+                newest.open(sealed, what)
+            except CorruptRecord:
+                found.append(what)
+    return found
 
 
 @dataclass
