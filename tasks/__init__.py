@@ -150,8 +150,12 @@ def perform(
                 # Its incident is written only while the run's tenant is still there.
                 company_stamp=tenant.company if tenant else "",
                 project_stamp=tenant.project_stamp if tenant else "",
+                task_id=record.task_id,
             )
         )
+    elif record is not None:
+        # A redelivery of a finished run: its worker may have died before evaluating it.
+        evaluate_duplicate(record.company, record.task_id)
     # Small on purpose: Celery reprs the result into every task-succeeded event.
     return {
         "status": "duplicate" if outcome.duplicate else record.status if record else None,
@@ -168,14 +172,35 @@ def send_alert(rule: AlertRule, message: dict[str, Any]) -> None:
     )
 
 
-def evaluate_alerts(outcome: RunOutcome) -> None:
-    """The run-outcome hook: one alert per incident, queued; a failure here never fails a sync."""
+def _evaluator() -> Evaluator:
     env = get_settings()
+    return Evaluator(runner().client, KeySpace(env.key_prefix), env.seconds_per_hour, send_alert)
+
+
+def evaluate_alerts(outcome: RunOutcome) -> None:
+    """The run-outcome hook: one alert per incident, queued; a failure here never fails a sync.
+
+    At least once: ``run_finish.lua`` left the outcome waiting in the company's alert outbox at
+    the run's commit point, and ``on_run`` takes it out with the incident it counts. A worker
+    killed before this, or an error here (Redis down), leaves it waiting: the periodic check
+    (``tasks.alerts.check_stale``) evaluates it after the outbox's grace, counted once."""
     try:
-        Evaluator(
-            runner().client, KeySpace(env.key_prefix), env.seconds_per_hour, send_alert
-        ).on_run(outcome)
-    except Exception:  # alerts are best effort next to the sync itself
+        _evaluator().on_run(outcome)
+    except Exception:  # the sync is done; its outcome waits in the outbox for the next check
         logging.getLogger("erp_sync.alerts").exception(
-            "alert evaluation failed company=%s sync=%s", outcome.company, outcome.kind
+            "alert evaluation failed company=%s sync=%s task_id=%s (left for the periodic check)",
+            outcome.company,
+            outcome.kind,
+            outcome.task_id,
+        )
+
+
+def evaluate_duplicate(company: str, task_id: str) -> None:
+    """A redelivered, already finished run: evaluate its outcome at once if it still waits
+    (its worker died between the finish and the evaluation), instead of after the grace."""
+    try:
+        _evaluator().evaluate_pending(company, task_id)
+    except Exception:  # as above: the periodic check evaluates it
+        logging.getLogger("erp_sync.alerts").exception(
+            "alert evaluation of a redelivered run failed company=%s task_id=%s", company, task_id
         )

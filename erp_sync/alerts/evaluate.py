@@ -23,6 +23,7 @@ state to a company added later under the id.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,11 +37,15 @@ from config.keys import KeySpace
 from config.members import alert_target, deadline_member, split_deadline
 from config.models import CAPABILITIES, Company, Project, StoredSettings, SyncKind, parse
 from erp_sync.alerts.outbox import AlertOutbox, Send
-from erp_sync.errors import CorruptRecord
+from erp_sync.errors import CorruptRecord, ErpSyncError
 from erp_sync.schedule.cadence import cadence_for
 
 # The delivery message's field with the company's stamp (``erp_sync.alerts.deliver``).
 TENANT_FIELD = "tenant"
+# A run's "counted" marker outlives every evaluation of it: the periodic check evaluates a
+# waiting outcome within minutes, a redelivery arrives within two visibility timeouts.
+EVALUATED_TTL = 86_400
+log = logging.getLogger("erp_sync.alerts")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class RunOutcome:
     # written only while they are unchanged ('': not checked). erp_sync.runs.tenant.Tenant.
     company_stamp: str = ""
     project_stamp: str = ""
+    # The run's task id: its outcome is counted once however often it is evaluated, and its
+    # waiting entry in the outbox (run_finish.lua) is taken out ('': neither).
+    task_id: str = ""
 
 
 def redis_now(client: redis.Redis) -> float:
@@ -116,11 +124,16 @@ class Evaluator:
         return [parse(AlertRule, str(v), "alert rule") for v in raw.values()]
 
     def on_run(self, outcome: RunOutcome) -> list[AlertEvent]:
-        """Update the incident of a finished run; send what it calls for (once per incident)."""
+        """Update the incident of a finished run; send what it calls for (once per incident).
+        A run with a task id is counted once: its marker (``alert_evaluated``) is set and its
+        waiting entry taken out in the incident's MULTI, and a second evaluation of it finds
+        the marker and counts nothing."""
         if outcome.status not in ("succeeded", "failed"):
+            self._taken(outcome)
             return []
         rules = self.rules(outcome.company)
         if not rules:
+            self._taken(outcome)
             return []
         now = redis_now(self.client)
         key, field = (
@@ -131,12 +144,19 @@ class Evaluator:
         period = self._period(outcome.company, SyncKind(outcome.kind))
         sends: list[tuple[AlertRule, AlertEvent, dict[str, Any]]] = []
         watched = [key, self.keys.company(outcome.company), self.keys.projects(outcome.company)]
+        marker = self.keys.alert_evaluated(outcome.task_id) if outcome.task_id else None
+        if marker:
+            watched.append(marker)
         with self.client.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(*watched)  # type: ignore[no-untyped-call]
-                    if not _same_tenant(pipe, self.keys, outcome):
-                        return []  # removed while it ran (leaving the block unwatches)
+                    if not _same_tenant(pipe, self.keys, outcome) or (
+                        marker and pipe.exists(marker)
+                    ):
+                        # Removed while it ran, or counted already (leaving the block unwatches).
+                        self._taken(outcome)
+                        return []
                     tenant = tenant_stamp(pipe.get(self.keys.company(outcome.company)))
                     raw = pipe.hget(key, field)
                     incident = Incident() if raw is None else parse(Incident, str(raw), "incident")
@@ -185,6 +205,9 @@ class Evaluator:
                         if period is not None:
                             pipe.zadd(self.keys.alert_deadlines, {member: now + 2 * period})
                     self.outbox.stage(pipe, outcome.company, [(r, m) for r, _, m in sends], now)
+                    if marker:
+                        pipe.set(marker, "1", ex=EVALUATED_TTL)
+                        self.outbox.evaluated(pipe, outcome.company, outcome.task_id)
                     pipe.execute()
                     break
                 except redis.WatchError:
@@ -192,9 +215,48 @@ class Evaluator:
         self.outbox.send(self.send, outcome.company, [(r, m) for r, _, m in sends])
         return [event for _, event, _ in sends]
 
+    def _taken(self, outcome: RunOutcome) -> None:
+        """The run's waiting entry is done with (nothing to count, or counted already)."""
+        if outcome.task_id:
+            self.outbox.taken(outcome.company, outcome.task_id)
+
+    def evaluate_waiting(self, run: dict[str, Any]) -> list[AlertEvent]:
+        """Evaluate a run outcome that waited in the outbox (``run_finish.lua`` wrote it); a
+        failure is logged and leaves it waiting for the next periodic check."""
+        outcome = RunOutcome(
+            company=str(run["company"]),
+            kind=str(run["kind"]),
+            project=str(run["project"]) if run.get("project") else None,
+            status=str(run["status"]),
+            error=str(run["error"]) if run.get("error") else None,
+            slot=str(run.get("slot") or ""),
+            company_stamp=str(run.get("company_stamp") or ""),
+            project_stamp=str(run.get("project_stamp") or ""),
+            task_id=str(run["task_id"]),
+        )
+        try:
+            return self.on_run(outcome)
+        except (redis.RedisError, ErpSyncError, ValueError) as exc:
+            log.warning(
+                "alert evaluation of task_id=%s waits for the next check: %s", outcome.task_id, exc
+            )
+            return []
+
+    def evaluate_pending(self, company: str, task_id: str) -> list[AlertEvent]:
+        """Evaluate run ``task_id``'s outcome now if it still waits (a redelivered duplicate of
+        a run whose worker died before evaluating it)."""
+        run = self.outbox.pending(company, task_id)
+        return [] if run is None else self.evaluate_waiting(run)
+
     def resend_pending(self, now: float | None = None, limit: int = 100) -> int:
-        """Queue again the deliveries whose sender died after recording them (the outbox)."""
-        return self.outbox.resend(self.send, redis_now(self.client) if now is None else now, limit)
+        """Queue again the deliveries whose sender died after recording them (the outbox), and
+        evaluate the run outcomes whose worker died before evaluating them."""
+        return self.outbox.resend(
+            self.send,
+            redis_now(self.client) if now is None else now,
+            limit,
+            evaluate=self.evaluate_waiting,
+        )
 
     def check_stale(self, now: float | None = None, limit: int = 500) -> list[str]:
         """Alert the syncs whose deadline passed (only those: a range read of one sorted set)."""

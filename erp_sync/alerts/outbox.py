@@ -7,6 +7,13 @@ that dies in between leaves it there, and ``resend`` (run by the periodic stale 
 what waited longer than ``GRACE``, reading only the companies whose oldest waiting delivery is
 due. The delivery task then posts a delivery once, whichever copy comes first
 (``erp_sync.alerts.retries.claim``). Removing a company deletes its outbox with it.
+
+The step before has the same shape: a finished run's outcome waits in the same outbox to be
+evaluated (field ``run:<task id>``), written by ``run_finish.lua`` in the run's commit point and
+indexed the same way. The worker evaluates it right after (``Evaluator.on_run`` takes it out in
+the incident's MULTI); a worker killed in between, or a Redis error during the evaluation,
+leaves it, and ``resend`` hands what waited past ``GRACE`` to ``evaluate``. Evaluating a run
+twice counts it once (``KeySpace.alert_evaluated``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from config.keys import KeySpace
 from config.models import parse
 
 Send = Callable[[AlertRule, dict[str, Any]], None]
+# Evaluates a waiting run outcome (its JSON as run_finish.lua wrote it) and takes it out.
+Evaluate = Callable[[dict[str, Any]], object]
+RUN_FIELD = "run:"
 Delivery = tuple[AlertRule, dict[str, Any]]
 # A delivery still waiting this long after its incident was written lost its sender (queueing
 # takes milliseconds): the periodic check queues it again.
@@ -56,23 +66,53 @@ class AlertOutbox:
             send(rule, message)
             self.client.hdel(self.keys.alert_outbox(company), str(message["delivery"]))
 
-    def resend(self, send: Send, now: float, limit: int = 100) -> int:
+    def pending(self, company: str, task_id: str) -> dict[str, Any] | None:
+        """Run ``task_id``'s outcome if it still waits to be evaluated (None: evaluated, or
+        never written)."""
+        raw = self.client.hget(self.keys.alert_outbox(company), RUN_FIELD + task_id)
+        try:
+            return _run(raw) if raw is not None else None
+        except (ValueError, KeyError, TypeError):
+            self.client.hdel(self.keys.alert_outbox(company), RUN_FIELD + task_id)
+            return None
+
+    def evaluated(self, pipe: redis.client.Pipeline, company: str, task_id: str) -> None:
+        """Take run ``task_id``'s waiting outcome out inside the caller's MULTI (the one that
+        writes the incident counting it)."""
+        pipe.hdel(self.keys.alert_outbox(company), RUN_FIELD + task_id)
+
+    def taken(self, company: str, task_id: str) -> None:
+        """Take run ``task_id``'s waiting outcome out (nothing of it to count)."""
+        self.client.hdel(self.keys.alert_outbox(company), RUN_FIELD + task_id)
+
+    def resend(
+        self, send: Send, now: float, limit: int = 100, evaluate: Evaluate | None = None
+    ) -> int:
         """Queue again the deliveries that waited past ``GRACE`` (their sender died); a rule
-        removed meanwhile drops its delivery unposted. Returns how many were queued."""
+        removed meanwhile drops its delivery unposted; hand a run outcome that waited past it to
+        ``evaluate`` (its worker died before evaluating it). Returns how many were queued."""
         queued = 0
         due = self.client.zrangebyscore(self.keys.alert_outbox_due, "-inf", now, start=0, num=limit)
         for company in (str(c) for c in due):
             box = self.keys.alert_outbox(company)
             for delivery, raw in self.client.hgetall(box).items():
+                is_run = str(delivery).startswith(RUN_FIELD)
                 try:
                     entry = json.loads(raw)
                     waited = now - float(entry["at"])
-                    alert, message = str(entry["alert"]), dict(entry["message"])
+                    if is_run:
+                        run = _run(raw)
+                    else:
+                        alert, message = str(entry["alert"]), dict(entry["message"])
                 except (ValueError, KeyError, TypeError):
                     self.client.hdel(box, delivery)  # unreadable: it can never be sent
                     continue
                 if waited < GRACE:
                     continue  # its sender may be queueing it right now
+                if is_run:
+                    if evaluate is not None:
+                        evaluate(run)  # takes it out (a Redis error leaves it for next time)
+                    continue
                 rule = self.client.hget(self.keys.alerts(company), alert)
                 if rule is not None:
                     send(parse(AlertRule, str(rule), "alert rule"), message)
@@ -99,6 +139,14 @@ class AlertOutbox:
                     return
                 except redis.WatchError:
                     continue
+
+
+def _run(raw: object) -> dict[str, Any]:
+    """A waiting run outcome's fields (``ValueError``/``KeyError``/``TypeError`` if unreadable)."""
+    run = json.loads(str(raw))["run"]
+    if not isinstance(run, dict) or not run.get("task_id") or not run.get("company"):
+        raise ValueError("not a run outcome")
+    return run
 
 
 def _at(raw: str) -> float:

@@ -12,6 +12,9 @@
 -- KEYS[7]  the company record (JSON; optional, with KEYS[8..9] and ARGV[9..12])
 -- KEYS[8]  the company's projects (HASH project id -> project JSON)
 -- KEYS[9]  the run records the database has not taken yet (HASH task id -> RunRecord JSON)
+-- KEYS[10] the company's alert rules (HASH; optional, with KEYS[11..12])
+-- KEYS[11] the company's alert outbox (HASH; erp_sync.alerts.outbox)
+-- KEYS[12] the fleet's index of waiting alert outboxes (ZSET company id -> when it is due)
 -- ARGV[1]  the task id
 -- ARGV[2]  the final record (JSON)
 -- ARGV[3]  the history cap
@@ -27,6 +30,11 @@
 -- ARGV[10] the project id ('' for a company-level sync)
 -- ARGV[11] the project's created_at as the run found it
 -- ARGV[12] '1': also put the record in KEYS[9] (the runner writes the database next)
+-- With KEYS[10..12], a succeeded or failed run checked against its tenant (ARGV[9] not '') of a
+-- company that has alert rules also waits in the alert outbox to be evaluated (field
+-- 'run:<task id>': the outcome and its tenant, and when, Redis time), indexed as due from then:
+-- a worker killed between this commit point and the evaluation leaves it for the periodic
+-- check instead of losing the alert (a redelivery sees the executed marker and runs nothing).
 -- Returns 'company' or 'project' when that one is gone (nothing written: the runner finishes
 -- the run again as failed, unchecked and without a summary); else the number of records in
 -- KEYS[9] when it is given, or 1.
@@ -46,6 +54,19 @@ if held and (held == ARGV[8] or
 end
 redis.call('ZREM', KEYS[6], ARGV[1])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[5], ARGV[6], ARGV[7]) end
+if KEYS[12] and ARGV[9] ~= '' and (ARGV[4] == 'succeeded' or ARGV[4] == 'failed')
+    and redis.call('HLEN', KEYS[10]) > 0 then
+  local run = cjson.decode(ARGV[2])
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local entry = {
+    task_id = ARGV[1], company = run['company'], kind = run['kind'], project = run['project'],
+    status = ARGV[4], error = run['error'], slot = run['scheduled_for'],
+    company_stamp = ARGV[9], project_stamp = ARGV[11],
+  }
+  redis.call('HSET', KEYS[11], 'run:' .. ARGV[1], cjson.encode({run = entry, at = now}))
+  redis.call('ZADD', KEYS[12], 'NX', now, run['company'])
+end
 if KEYS[9] then
   if ARGV[12] == '1' then redis.call('HSET', KEYS[9], ARGV[1], ARGV[2]) end
   return redis.call('HLEN', KEYS[9])
