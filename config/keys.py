@@ -316,6 +316,13 @@ class KeySpace:
         database; the copy removes the field once it holds that revision."""
         return self._k("config", "dirty")
 
+    @property
+    def config_floor(self) -> str:
+        """STRING: a revision every bump goes above (``restore-from-db`` raises it to the
+        database copy's highest), so a Redis rebuilt after a loss, whose clock may be behind the
+        lost one's, still gives revisions newer than anything in the copy."""
+        return self._k("config", "floor")
+
     # --- scan patterns ----------------------------------------------------------------------
     def pattern(self, kind: str) -> str:
         """A SCAN pattern for every key of ``kind`` (``procore``, ``runs``, ``connection``)."""

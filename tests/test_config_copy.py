@@ -254,7 +254,7 @@ def test_restore_keeps_a_company_redis_holds_at_a_newer_revision(
     assert store.sync_settings("acme").version == 2
 
 
-def test_restore_keeps_a_company_redis_holds_without_a_revision_and_replaces_an_older_one(
+def test_restore_keeps_a_company_redis_holds_without_a_revision_and_replaces_an_older_one_if_forced(
     run: Invoke, fake: redis.Redis, keys: KeySpace, db: Database
 ) -> None:
     store = SettingsStore(fake, keys)
@@ -267,7 +267,9 @@ def test_restore_keeps_a_company_redis_holds_without_a_revision_and_replaces_an_
     Permissions(store).grant("stone", "dee", "admin", "bo")
     fake.hdel(keys.config_revs, "acme")  # as a version before revisions left it
     fake.hset(keys.config_revs, "stone", "1")  # older than the copy's
-    code, _out, err = run("restore-from-db", "--yes")
+    code, out, _err = run("restore-from-db")  # asked, no answer: what it would do
+    assert code == 1 and "--force replaces it" in out  # older: kept unless forced
+    code, _out, err = run("restore-from-db", "--yes", "--force")
     assert code == 0, err
     assert "cy" in fake.hgetall(keys.users("acme"))  # kept as Redis holds it
     assert "dee" not in fake.hgetall(keys.users("stone"))  # replaced by the newer copy

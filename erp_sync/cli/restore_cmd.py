@@ -128,37 +128,50 @@ def last_slots(db: Database, company: str) -> dict[SyncKind, float]:
 
 @click.command("restore-from-db")
 @click.option("--yes", is_flag=True, help="Restore without asking.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also replace a company Redis holds at an older revision than the copy's (Redis put "
+    "back from an older backup); by default it is kept.",
+)
 @pass_ctx
-def restore_from_db(ctx: Ctx, yes: bool) -> None:
+def restore_from_db(ctx: Ctx, yes: bool, force: bool) -> None:
     """Rebuild what Redis lost from the database's copy of every company's configuration.
 
     Restores companies, projects, users, settings (with their version), connections (sealed,
-    as stored), alert rules and pauses; a company Redis holds at the same or a newer revision
-    is kept. Beat plans each restored company at once; no slot the history shows ran is sent
-    again."""
+    as stored), alert rules and pauses. A company Redis holds is kept (at an older revision
+    than the copy's it was made again after the loss: copied again from Redis; --force
+    replaces it); one Redis holds at the copy's revision gets back the keys it lost. Beat plans
+    each restored company at once; no slot the history shows ran is sent again."""
     copies = ConfigCopy(ctx.db).all()
     if not copies:
         raise InvalidInput("the database holds no copy of the configuration: nothing to restore")
     client, keys = ctx.client, ctx.keys
-    plans = [snapshot.plan(client, keys, s) for s in copies]
+    plans = [snapshot.plan(client, keys, s, force) for s in copies]
     table([[p.scope, p.action, p.why] for p in plans], ["SCOPE", "ACTION", "WHAT"])
     todo = [s for s, p in zip(copies, plans, strict=True) if p.action == "restored"]
-    if not todo:
+    again = [p.scope for p in plans if p.recopy]
+    if not todo and not again:
         click.echo("nothing to restore: Redis holds everything the copy does")
         return
     if not yes:
-        click.confirm(f"restore {len(todo)} of {len(copies)} into Redis?", abort=True)
+        also = f" and copy {len(again)} again from Redis" if again else ""
+        click.confirm(f"restore {len(todo)} of {len(copies)} into Redis{also}?", abort=True)
     store: SettingsStore = ctx.store
     started = time.monotonic()
+    snapshot.raise_floors(store, copies)
     done = []
     for snap in todo:
         slots = last_slots(ctx.db, snap.scope) if snap.company is not None else {}
-        outcome = snapshot.restore(store, snap, slots)
+        outcome = snapshot.restore(store, snap, slots, force)
         if outcome.action == "restored":
             done.append(snap.scope)
+    for scope in again:
+        snapshot.recopy(store, scope)
     click.echo(
-        f"restored {len(done)} of {len(todo)} in {time.monotonic() - started:.2f}s; "
-        "beat plans each restored company from its change message"
+        f"restored {len(done)} of {len(todo)} in {time.monotonic() - started:.2f}s"
+        + (f" ({len(again)} kept as Redis holds them, copied again)" if again else "")
+        + "; beat plans each restored company from its change message"
     )
 
 

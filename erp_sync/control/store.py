@@ -414,9 +414,10 @@ class SettingsStore:
                 # The revision and the mark for the database's copy commit with the change.
                 pipe.eval(
                     lua.source("config_bump"),
-                    2,
+                    3,
                     self.keys.config_revs,
                     self.keys.config_dirty,
+                    self.keys.config_floor,
                     *sorted(touched),
                 )
             return result
