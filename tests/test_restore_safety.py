@@ -186,3 +186,24 @@ def test_a_company_removed_after_the_copy_is_not_brought_back(
     code, out, err = run("restore-from-db", "--yes")
     assert code == 0, err
     assert not lone.exists(keys.company("acme")) and "removed in Redis" in out
+
+
+def test_a_change_the_copy_refuses_as_older_after_a_loss_stays_marked_and_is_reported(
+    lone: redis.Redis, keys: KeySpace, db: Database, run: Invoke
+) -> None:
+    """Before the restore, a change on the rebuilt Redis (its clock behind) is older than the
+    copy's revision: the copy cannot take it, and says so instead of dropping the mark."""
+    store = SettingsStore(lone, keys)
+    store.add_company("acme", "xero", admin="al")
+    _from_a_clock_ahead(lone, keys, "acme")
+    Permissions(store).grant("acme", "cy", "standard", "al")
+    copy_changed(lone, keys, db)
+    lone.flushall()
+    store.add_company("acme", "xero", admin="zed")
+    done = copy_changed(lone, keys, db)
+    assert done.error is not None and "acme" in done.error and "restore-from-db" in done.error
+    assert lone.hexists(keys.config_dirty, "acme")  # left marked: nothing is lost meanwhile
+    assert run("restore-from-db", "--yes")[0] == 0
+    copied = ConfigCopy(db).get("acme")
+    assert copied is not None and copied.users == {"zed": "admin"}
+    assert not lone.hexists(keys.config_dirty, "acme")

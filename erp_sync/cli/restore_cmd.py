@@ -52,7 +52,9 @@ class Copied:
 def copy_changed(client: redis.Redis, keys: KeySpace, db: Database, limit: int = 1000) -> Copied:
     """Copy what changed since the last copy (at most ``limit`` scopes); a database error ends
     the pass and is returned, what it did not copy stays marked for the next one. A scope Redis
-    cannot read (a key of the wrong type) is skipped, left marked and named in ``error``."""
+    cannot read (a key of the wrong type) is skipped, left marked and named in ``error``; so is
+    one Redis holds at an older revision than the copy does (a Redis rebuilt after a loss whose
+    clock is behind the lost one's, until ``restore-from-db`` raises the revision floor)."""
     done = Copied()
     copy, archive = ConfigCopy(db), AuditArchive(db)
     try:
@@ -62,8 +64,13 @@ def copy_changed(client: redis.Redis, keys: KeySpace, db: Database, limit: int =
             except redis.ResponseError as exc:  # a key of the wrong type: left marked, said
                 done.error = f"{scope}: {str(exc).splitlines()[0]}"
                 continue
-            if snap.scope == FLEET or snap.company is not None or snap.removed is not None:
-                copy.save(snap)
+            kept = snap.scope == FLEET or snap.company is not None or snap.removed is not None
+            if kept and not copy.save(snap) and _behind(client, keys, copy, scope):
+                done.error = (
+                    f"{scope}: Redis holds it at an older revision than the database's copy "
+                    "(Redis lost its data?): run erp-sync restore-from-db"
+                )
+                continue  # left marked: the copy takes it once the restore raised the floor
             if snap.scope != FLEET:
                 archive.insert("audit", _newest(client, keys.audit(scope)))
                 archive.insert("denied", _newest(client, keys.denied(scope)))
@@ -74,6 +81,13 @@ def copy_changed(client: redis.Redis, keys: KeySpace, db: Database, limit: int =
     except DatabaseError as exc:
         done.error = str(exc)
     return done
+
+
+def _behind(client: redis.Redis, keys: KeySpace, copy: ConfigCopy, scope: str) -> bool:
+    """Redis holds ``scope`` at an older revision than the copy (not a copier that lost a race
+    to a newer snapshot: Redis's revision is read now): rebuilt after a loss, on a clock behind
+    the lost server's."""
+    return copy.rev(scope) > snapshot.revision(client.hget(keys.config_revs, scope))
 
 
 def _newest(client: redis.Redis, key: str) -> list[str]:

@@ -49,6 +49,17 @@ class ConfigCopy:
 
         return self.db.guard(write)
 
+    def rev(self, scope: str) -> int:
+        """The revision the copy holds ``scope`` at (0: none)."""
+
+        def read() -> int:
+            with self.db.engine.connect() as conn:
+                row = conn.execute(select(config_copy.c.rev).where(config_copy.c.scope == scope))
+                found = row.first()
+            return 0 if found is None else int(found.rev)
+
+        return self.db.guard(read)
+
     def get(self, scope: str) -> Snapshot | None:
         def read() -> Snapshot | None:
             with self.db.engine.connect() as conn:
