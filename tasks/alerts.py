@@ -5,12 +5,19 @@ Redis itself, so its arguments hold only the company, the alert id and the JSON 
 delivery is posted by the first task id that claims its delivery id (a copy the outbox queued
 again posts nothing), and its retries wait at most under the broker's visibility timeout
 (``erp_sync.alerts.retries``). The periodic check also queues again the deliveries whose
-sender died between recording the incident and queueing them (``Evaluator.resend_pending``).
+sender died between recording the incident and queueing them, and evaluates the finished runs
+whose worker died before evaluating them (``Evaluator.resend_pending``).
+
+At most ``ERP_SYNC_ALERT_COMPANY_CONCURRENCY`` (2) deliveries of one company are posted at once
+across the fleet (``erp_sync.alerts.inflight``): one over the cap re-queues itself after about a
+second, its ``waits`` counted in its kwargs (so it spends no attempt, as a sync's deferrals do)
+and nothing logged, leaving the worker's slot to other companies and to housekeeping.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from functools import lru_cache
 from typing import Any
 
@@ -19,9 +26,10 @@ from celery import Task
 
 from config.env import get_settings
 from config.keys import KeySpace
-from erp_sync.alerts import retries
+from erp_sync.alerts import inflight, retries
 from erp_sync.alerts.deliver import deliver_once
 from erp_sync.alerts.evaluate import Evaluator
+from erp_sync.alerts.inflight import DeliverySlots, company_cap
 from erp_sync.infra.redis_client import connect
 from tasks import send_alert
 from worker import app
@@ -39,11 +47,15 @@ def _client() -> redis.Redis:
 @app.task(  # type: ignore[untyped-decorator]
     name=DELIVER, bind=True, acks_late=True, max_retries=None
 )
-def deliver(self: Task, *, company: str, alert: str, message: dict[str, Any]) -> str:
+def deliver(
+    self: Task, *, company: str, alert: str, message: dict[str, Any], waits: int = 0
+) -> str:
     """Post one alert; on failure retry after ``ALERT_RETRY_SECONDS * 2**(attempt-1)``, capped
-    under the visibility timeout; a delivery another task id claimed is not posted again."""
+    under the visibility timeout; a delivery another task id claimed is not posted again; one
+    over its company's cap of deliveries in flight waits (``waits``: re-queues that were not
+    attempts)."""
     env = get_settings()
-    attempt = int(self.request.retries or 0) + 1
+    attempt = int(self.request.retries or 0) - waits + 1
     final = attempt >= env.alert_attempts
     keys = KeySpace(env.key_prefix)
     longest = retries.cap(env.visibility_timeout, env.task_time_limit)
@@ -57,16 +69,38 @@ def deliver(self: Task, *, company: str, alert: str, message: dict[str, Any]) ->
             delivery,
         )
         return "duplicate"
-    outcome = deliver_once(
-        _client(),
-        keys,
-        company,
-        alert,
-        message,
-        attempt,
-        final,
-        env.alert_timeout_seconds,
+    holder = str(self.request.id)
+    # A lease past the whole attempt (bounded by the alert timeout), so a live post keeps it.
+    slots = DeliverySlots(
+        _client(), keys, company, company_cap(), lease=2 * env.alert_timeout_seconds + 5
     )
+    if not slots.take(holder):
+        log.info(
+            "alert company=%s alert=%s delivery=%s outcome=waiting (company at its cap of %d "
+            "deliveries in flight)",
+            company,
+            alert,
+            delivery,
+            slots.cap,
+        )
+        raise self.retry(
+            countdown=inflight.RETRY_AFTER * (1 + random.random() / 2),
+            max_retries=None,
+            kwargs={**self.request.kwargs, "waits": waits + 1},
+        )
+    try:
+        outcome = deliver_once(
+            _client(),
+            keys,
+            company,
+            alert,
+            message,
+            attempt,
+            final,
+            env.alert_timeout_seconds,
+        )
+    finally:
+        slots.give_back(holder)
     log.info(
         "alert company=%s alert=%s event=%s delivery=%s attempt=%d outcome=%s",
         company,
@@ -77,7 +111,10 @@ def deliver(self: Task, *, company: str, alert: str, message: dict[str, Any]) ->
         outcome,
     )
     if outcome == "retrying":
-        raise self.retry(countdown=retries.countdown(attempt, env.alert_retry_seconds, longest))
+        raise self.retry(
+            countdown=retries.countdown(attempt, env.alert_retry_seconds, longest),
+            kwargs={**self.request.kwargs, "waits": waits},
+        )
     return outcome
 
 
