@@ -120,8 +120,9 @@ def deliver(
 
 @app.task(name=CHECK_STALE)  # type: ignore[untyped-decorator]
 def check_stale() -> int:
-    """Queue again the deliveries whose sender died before queueing them, then alert the syncs
-    whose no-success deadline has passed (reads of what is due only)."""
+    """Queue again the deliveries whose sender died before queueing them and evaluate the run
+    outcomes whose worker died before evaluating them, then alert the syncs whose no-success
+    deadline has passed (reads of what is due only)."""
     env = get_settings()
     evaluator = Evaluator(_client(), KeySpace(env.key_prefix), env.seconds_per_hour, send_alert)
     resent = evaluator.resend_pending()

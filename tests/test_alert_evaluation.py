@@ -126,3 +126,27 @@ def test_a_company_without_alert_rules_leaves_nothing_waiting(
     failing_run(real, keys, db, "t1")
     assert not real.exists(keys.alert_outbox("acme"))
     assert real.zscore(keys.alert_outbox_due, "acme") is None
+
+
+@WAITS
+def test_a_redis_error_during_the_evaluation_leaves_the_run_for_the_periodic_check(
+    real: redis.Redis, keys: KeySpace, db: Database
+) -> None:
+    """What ``tasks.evaluate_alerts`` logs and swallows: the outcome still waits."""
+    with_rule(real, keys)
+    failing_run(real, keys, db, "t1")
+    down = redis.Redis(port=1, socket_connect_timeout=0.5)  # nothing listens on port 1
+    with pytest.raises(redis.ConnectionError):
+        Evaluator(down, keys, 3600, Sent()).on_run(failed("t1"))
+    sent = Sent()
+    Evaluator(real, keys, 3600, sent).resend_pending(now=redis_now(real) + GRACE + 1)
+    assert [m["event"] for _, m in sent] == ["failed"]
+
+
+def test_an_unreadable_waiting_outcome_is_dropped(real: redis.Redis, keys: KeySpace) -> None:
+    with_rule(real, keys)
+    run = {"task_id": "t1", "company": "acme", "kind": "no such kind", "status": "failed"}
+    real.hset(keys.alert_outbox("acme"), "run:t1", json.dumps({"run": run, "at": 0}))
+    real.zadd(keys.alert_outbox_due, {"acme": 0})
+    Evaluator(real, keys, 3600, Sent()).resend_pending()
+    assert not real.exists(keys.alert_outbox("acme"))

@@ -222,18 +222,25 @@ class Evaluator:
 
     def evaluate_waiting(self, run: dict[str, Any]) -> list[AlertEvent]:
         """Evaluate a run outcome that waited in the outbox (``run_finish.lua`` wrote it); a
-        failure is logged and leaves it waiting for the next periodic check."""
-        outcome = RunOutcome(
-            company=str(run["company"]),
-            kind=str(run["kind"]),
-            project=str(run["project"]) if run.get("project") else None,
-            status=str(run["status"]),
-            error=str(run["error"]) if run.get("error") else None,
-            slot=str(run.get("slot") or ""),
-            company_stamp=str(run.get("company_stamp") or ""),
-            project_stamp=str(run.get("project_stamp") or ""),
-            task_id=str(run["task_id"]),
-        )
+        failure is logged and leaves it waiting for the next periodic check; an entry that is
+        not an outcome can never be evaluated and is dropped."""
+        try:
+            outcome = RunOutcome(
+                company=str(run["company"]),
+                kind=str(SyncKind(run["kind"]).value),
+                project=str(run["project"]) if run.get("project") else None,
+                status=str(run["status"]),
+                error=str(run["error"]) if run.get("error") else None,
+                slot=str(run.get("slot") or ""),
+                company_stamp=str(run.get("company_stamp") or ""),
+                project_stamp=str(run.get("project_stamp") or ""),
+                task_id=str(run["task_id"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            log.error("dropping an unreadable waiting run outcome task_id=%s", run.get("task_id"))
+            if run.get("company") and run.get("task_id"):
+                self.outbox.taken(str(run["company"]), str(run["task_id"]))
+            return []
         try:
             return self.on_run(outcome)
         except (redis.RedisError, ErpSyncError, ValueError) as exc:
