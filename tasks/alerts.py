@@ -8,8 +8,8 @@ again posts nothing), and its retries wait at most under the broker's visibility
 sender died between recording the incident and queueing them, and evaluates the finished runs
 whose worker died before evaluating them (``Evaluator.resend_pending``).
 
-At most ``ERP_SYNC_ALERT_COMPANY_CONCURRENCY`` (2) deliveries of one company are posted at once
-across the fleet (``erp_sync.alerts.inflight``): one over the cap re-queues itself after about a
+At most two deliveries of one company (``erp_sync.alerts.inflight.company_cap``) are posted at
+once across the fleet: one over the cap re-queues itself after about a
 second, its ``waits`` counted in its kwargs (so it spends no attempt, as a sync's deferrals do)
 and nothing logged, leaving the worker's slot to other companies and to housekeeping.
 """
@@ -72,7 +72,7 @@ def deliver(
     holder = str(self.request.id)
     # A lease past the whole attempt (bounded by the alert timeout), so a live post keeps it.
     slots = DeliverySlots(
-        _client(), keys, company, company_cap(), lease=2 * env.alert_timeout_seconds + 5
+        _client(), keys, company, company_cap(env), lease=2 * env.alert_timeout_seconds + 5
     )
     if not slots.take(holder):
         log.info(

@@ -14,9 +14,6 @@ place taken does not wait in its slot: the task re-queues itself with a short co
 
 from __future__ import annotations
 
-import logging
-import os
-
 import redis
 
 from config.keys import KeySpace
@@ -26,27 +23,15 @@ from erp_sync.infra import lua
 # answers in milliseconds, so two places drain a burst quickly, and a slow one holds at most two
 # of the alerts workers' slots.
 DEFAULT_CAP = 2
-CAP_VARIABLE = "ERP_SYNC_ALERT_COMPANY_CONCURRENCY"
 # How long a delivery over the cap waits before it asks again (plus up to half of it, spread).
 RETRY_AFTER = 1.0
-log = logging.getLogger("erp_sync.alerts")
 
 
-def company_cap() -> int:
-    """The cap from ``ERP_SYNC_ALERT_COMPANY_CONCURRENCY`` (0 to 1000; 0 turns it off), else
-    ``DEFAULT_CAP``; a value that is not one is logged and the default used (a worker must not
-    stop delivering over it)."""
-    raw = os.environ.get(CAP_VARIABLE, "").strip()
-    if not raw:
-        return DEFAULT_CAP
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 1000:
-        log.error("%s must be an integer from 0 to 1000; using %s", CAP_VARIABLE, DEFAULT_CAP)
-        return DEFAULT_CAP
-    return value
+def company_cap(env: object) -> int:
+    """The cap: the settings' ``alert_company_concurrency`` when the settings have one (an
+    operator setting, 0 turning the cap off), else ``DEFAULT_CAP``."""
+    value = getattr(env, "alert_company_concurrency", None)
+    return DEFAULT_CAP if value is None else max(0, int(value))
 
 
 class DeliverySlots:
