@@ -3,6 +3,7 @@
 Run on purpose (not part of the tests), from the repo root:
 
     .venv/bin/python -m bench.alert_isolation [--runs 3] [--slow 20] [--hold 10] [--json]
+        [--mode layouts|cap]
 
 What it measures: the *start delay* of a healthy company's vendors sync triggered with
 ``erp-sync sync-now`` (its run's ``started_at`` minus Redis time read just before the command;
@@ -20,6 +21,14 @@ trickles its answer (a byte every 0.2 s, so no read timeout fires) for ``--hold`
 (10) fails a sync, which queues one delivery per rule; the measured sync is triggered once the
 receiver holds a full pool of them (8 in ``deployed``, 16 in ``shared``). The alert timeout is 60 s
 (its maximum) and one attempt, so the hold, not the timeout, ends each delivery.
+
+``--mode cap`` measures the per-company cap on deliveries in flight instead
+(``erp_sync.alerts.inflight``), in compose's layout: the healthy company's alert delay (another
+company's alert, queued behind the slow one's) with no slow receivers, and with them both
+without the cap (``0``) and with the default (``2``). The cap is set in the worker processes
+(a ``python -c`` start that sets ``DEFAULT_CAP`` before running celery's own main: no settings
+variable exists for it yet).
+``--mode layouts`` (the default) runs the four layout scenarios with the default cap.
 
 The scenarios are interleaved (``--runs`` rounds), so drifting load hits them alike; each figure is
 the median of the runs with the spread (min-max). The load average is recorded before each run.
@@ -49,6 +58,7 @@ from bench.common import ROOT
 from config.alerts import AlertEvent
 from config.env import get_settings
 from config.keys import KeySpace
+from erp_sync.alerts.inflight import DEFAULT_CAP
 from erp_sync.alerts.rules import AlertRules
 from erp_sync.control.store import SettingsStore
 from erp_sync.runs.records import RunRecords
@@ -59,7 +69,26 @@ from tests.support.runs import recent_runs
 from tests.support.trickle import start_trickle_receiver
 
 HEALTHY, SLOW, WARM = "healthy", "slowco", "warm"
-SCENARIOS = (("deployed", False), ("deployed", True), ("shared", False), ("shared", True))
+# (layout, slow receivers, cap on a company's deliveries in flight: None is the default).
+Scenario = tuple[str, bool, int | None]
+SCENARIOS: dict[str, tuple[Scenario, ...]] = {
+    "layouts": (
+        ("deployed", False, None),
+        ("deployed", True, None),
+        ("shared", False, None),
+        ("shared", True, None),
+    ),
+    "cap": (("deployed", False, 2), ("deployed", True, 0), ("deployed", True, 2)),
+}
+# Starts celery with the company cap set first (argv: what follows ``celery -A worker``).
+CAPPED_CELERY = """
+import sys
+import erp_sync.alerts.inflight as inflight
+inflight.DEFAULT_CAP = {cap}
+from celery.__main__ import main
+sys.argv = ["celery", "-A", "worker", *sys.argv[1:]]
+main()
+"""
 ENV = {
     "ERP_SYNC_ALERT_TIMEOUT_SECONDS": "60",
     "ERP_SYNC_ALERT_ATTEMPTS": "1",
@@ -98,6 +127,7 @@ class Run:
     slow: bool
     round: int
     load: float
+    cap: int | None = None
     held_at_trigger: int = 0
     sync_delay_s: float | None = None
     alert_delay_s: float | None = None
@@ -136,7 +166,7 @@ class Bench:
             timeout=60,
         )
 
-    def run(self, name: str, slow: bool, round_: int) -> Run:
+    def run(self, name: str, slow: bool, round_: int, cap: int | None = None) -> Run:
         prefix = f"iso{uuid.uuid4().hex[:6]}"
         keys = KeySpace(prefix)
         env = {
@@ -146,7 +176,7 @@ class Bench:
             "ERP_SYNC_DATABASE_URL": self.database,
             **ENV,
         }
-        result = Run(name, slow, round_, os.getloadavg()[0])
+        result = Run(name, slow, round_, os.getloadavg()[0], cap)
         data = {c: small_company(self.client, keys, c, projects=()) for c in (WARM, HEALTHY, SLOW)}
         rules = AlertRules(SettingsStore(self.client, keys))
         slow_hook = start_trickle_receiver(hold=self.hold)
@@ -164,10 +194,15 @@ class Bench:
                 failures=1,
                 secret=None,
             )
+        celery = (
+            procs.CELERY
+            if cap is None
+            else [sys.executable, "-c", CAPPED_CELERY.replace("{cap}", str(cap))]
+        )
         workers = [
             procs.Proc(
-                f"{name}-{int(slow)}-{round_}-{service}",
-                [*procs.CELERY, *argv],
+                f"{name}-{int(slow)}-{cap}-{round_}-{service}",
+                [*celery, *argv],
                 env,
                 self.dir,
             )
@@ -184,7 +219,8 @@ class Bench:
             if slow:
                 data[SLOW].configure(SLOW, permanent="bad_credentials")
                 self.manage(env, "sync-now", SLOW, "vendors", "--as", "alice")
-                want = min(self.slow_rules, alerts_slots)
+                capped = DEFAULT_CAP if cap is None else cap or self.slow_rules
+                want = min(self.slow_rules, alerts_slots, capped)
                 procs.wait_until(lambda: slow_hook.held() >= want, 60, "slow deliveries not held")
                 result.held_at_trigger = slow_hook.held()
             t0 = self.now()
@@ -228,16 +264,18 @@ def spread(values: list[float]) -> str:
 def table(runs: list[Run], args: argparse.Namespace) -> str:
     lines = [
         f"`.venv/bin/python -m bench.alert_isolation --runs {args.runs} --slow {args.slow} "
-        f"--hold {args.hold:g}`; {os.cpu_count()} CPUs. Median of {args.runs} (min-max), seconds.",
+        f"--hold {args.hold:g} --mode {args.mode}`; {os.cpu_count()} CPUs. "
+        f"Median of {args.runs} (min-max), seconds.",
         "",
-        "| layout | slow receivers | held at trigger | sync start delay | own alert delay "
-        "| load 1m |",
-        "|---|---|---|---|---|---|",
+        "| layout | company cap | slow receivers | held at trigger | sync start delay "
+        "| healthy company's alert delay | load 1m |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, slow in SCENARIOS:
-        mine = [r for r in runs if r.layout == name and r.slow == slow]
+    for name, slow, cap in SCENARIOS[args.mode]:
+        mine = [r for r in runs if r.layout == name and r.slow == slow and r.cap == cap]
+        shown = f"{DEFAULT_CAP} (default)" if cap is None else str(cap) if cap else "none (0)"
         lines.append(
-            f"| {name} | {args.slow if slow else 0} x {args.hold:g} s | "
+            f"| {name} | {shown} | {args.slow if slow else 0} x {args.hold:g} s | "
             f"{', '.join(str(r.held_at_trigger) for r in mine)} | "
             f"{spread([r.sync_delay_s for r in mine if r.sync_delay_s is not None])} | "
             f"{spread([r.alert_delay_s for r in mine if r.alert_delay_s is not None])} | "
@@ -252,6 +290,9 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=20, help="slow alert rules (at most 20)")
     parser.add_argument("--hold", type=float, default=10.0, help="seconds each slow answer takes")
     parser.add_argument("--json", action="store_true", help="print the raw runs as JSON")
+    parser.add_argument(
+        "--mode", choices=sorted(SCENARIOS), default="layouts", help="which scenarios to run"
+    )
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the workers and the private redis-server are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -263,22 +304,23 @@ def main() -> None:
     failed = False
     try:
         for round_ in range(1, args.runs + 1):
-            for name, slow in SCENARIOS:
+            for name, slow, cap in SCENARIOS[args.mode]:
                 try:
-                    run = bench.run(name, slow, round_)
+                    run = bench.run(name, slow, round_, cap)
                 except (AssertionError, subprocess.SubprocessError) as exc:
-                    print(f"{name} slow={slow} #{round_}: FAILED {exc}", flush=True)
+                    print(f"{name} slow={slow} cap={cap} #{round_}: FAILED {exc}", flush=True)
                     failed = True
                     continue
                 runs.append(run)
                 print(
-                    f"{name} slow={slow} #{round_}: sync {run.sync_delay_s} s, alert "
+                    f"{name} slow={slow} cap={cap} #{round_}: sync {run.sync_delay_s} s, alert "
                     f"{run.alert_delay_s} s (held {run.held_at_trigger}, load {run.load:.2f})",
                     flush=True,
                 )
     finally:
         bench.close()
-    out = ROOT / "bench" / "results" / "alert_isolation.json"
+    suffix = "" if args.mode == "layouts" else f"_{args.mode}"
+    out = ROOT / "bench" / "results" / f"alert_isolation{suffix}.json"
     out.write_text(json.dumps([asdict(r) for r in runs], indent=2))
     print()
     print(table(runs, args))
