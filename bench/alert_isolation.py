@@ -25,9 +25,8 @@ receiver holds a full pool of them (8 in ``deployed``, 16 in ``shared``). The al
 ``--mode cap`` measures the per-company cap on deliveries in flight instead
 (``erp_sync.alerts.inflight``), in compose's layout: the healthy company's alert delay (another
 company's alert, queued behind the slow one's) with no slow receivers, and with them both
-without the cap (``0``) and with the default (``2``). The cap is set in the worker processes
-(a ``python -c`` start that sets ``DEFAULT_CAP`` before running celery's own main: no settings
-variable exists for it yet).
+without the cap (``0``) and with the default (``2``), set for the worker processes with
+``ERP_SYNC_ALERT_COMPANY_CONCURRENCY``.
 ``--mode layouts`` (the default) runs the four layout scenarios with the default cap.
 
 The scenarios are interleaved (``--runs`` rounds), so drifting load hits them alike; each figure is
@@ -80,15 +79,6 @@ SCENARIOS: dict[str, tuple[Scenario, ...]] = {
     ),
     "cap": (("deployed", False, 2), ("deployed", True, 0), ("deployed", True, 2)),
 }
-# Starts celery with the company cap set first (argv: what follows ``celery -A worker``).
-CAPPED_CELERY = """
-import sys
-import erp_sync.alerts.inflight as inflight
-inflight.DEFAULT_CAP = {cap}
-from celery.__main__ import main
-sys.argv = ["celery", "-A", "worker", *sys.argv[1:]]
-main()
-"""
 ENV = {
     "ERP_SYNC_ALERT_TIMEOUT_SECONDS": "60",
     "ERP_SYNC_ALERT_ATTEMPTS": "1",
@@ -175,6 +165,8 @@ class Bench:
             "ERP_SYNC_SECRET_KEY": self.secret,
             "ERP_SYNC_DATABASE_URL": self.database,
             **ENV,
+            # The operator setting (None: its default); 0 turns the cap off.
+            **({} if cap is None else {"ERP_SYNC_ALERT_COMPANY_CONCURRENCY": str(cap)}),
         }
         result = Run(name, slow, round_, os.getloadavg()[0], cap)
         data = {c: small_company(self.client, keys, c, projects=()) for c in (WARM, HEALTHY, SLOW)}
@@ -194,11 +186,7 @@ class Bench:
                 failures=1,
                 secret=None,
             )
-        celery = (
-            procs.CELERY
-            if cap is None
-            else [sys.executable, "-c", CAPPED_CELERY.replace("{cap}", str(cap))]
-        )
+        celery = procs.CELERY
         workers = [
             procs.Proc(
                 f"{name}-{int(slow)}-{cap}-{round_}-{service}",

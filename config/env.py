@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     alert_retry_seconds: float = Field(
         2.0, gt=0, description="Backoff before an alert's second attempt; doubles each time."
     )
+    alert_company_concurrency: int = Field(
+        2,
+        ge=0,
+        le=1000,
+        description="Webhook deliveries of one company posted at once across the fleet (0: no "
+        "cap); one over it re-queues itself after about a second without spending an attempt, "
+        "so one company's slow receivers never hold every alerts worker.",
+    )
     alert_stale_check_seconds: float = Field(
         60.0,
         gt=0,

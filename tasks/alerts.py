@@ -8,7 +8,7 @@ again posts nothing), and its retries wait at most under the broker's visibility
 sender died between recording the incident and queueing them, and evaluates the finished runs
 whose worker died before evaluating them (``Evaluator.resend_pending``).
 
-At most two deliveries of one company (``erp_sync.alerts.inflight.company_cap``) are posted at
+At most two deliveries of one company (``ERP_SYNC_ALERT_COMPANY_CONCURRENCY``) are posted at
 once across the fleet: one over the cap re-queues itself after about a
 second, its ``waits`` counted in its kwargs (so it spends no attempt, as a sync's deferrals do)
 and nothing logged, leaving the worker's slot to other companies and to housekeeping.

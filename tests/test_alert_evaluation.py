@@ -10,7 +10,6 @@ must not count two failures.
 
 from __future__ import annotations
 
-import inspect
 import json
 import random
 from typing import Any
@@ -31,14 +30,6 @@ from erp_sync.runs.runner import Runner
 from tests.support.erp import small_company
 
 pytestmark = pytest.mark.integration
-# The commit point writes the waiting outcome only when the runner passes run_finish.lua the
-# alert outbox keys (KEYS[10..12]); until erp_sync/runs/runner.py does, these fail as expected.
-WAITS = pytest.mark.xfail(
-    "alert_outbox" not in inspect.getsource(Runner._finish_script),
-    reason="the runner does not pass run_finish.lua the alert outbox keys yet",
-    raises=AssertionError,
-    strict=True,
-)
 
 
 class Sent(list[tuple[str, dict[str, Any]]]):
@@ -84,7 +75,6 @@ def failing_run(real: redis.Redis, keys: KeySpace, db: Database, task_id: str) -
     return runner
 
 
-@WAITS
 def test_a_finished_run_waits_in_the_outbox_and_the_periodic_check_evaluates_it_once(
     real: redis.Redis, keys: KeySpace, db: Database
 ) -> None:
@@ -105,7 +95,6 @@ def test_a_finished_run_waits_in_the_outbox_and_the_periodic_check_evaluates_it_
     assert evaluator.on_run(failed("t1")) == [] and len(sent) == 1
 
 
-@WAITS
 def test_a_redelivered_duplicate_evaluates_its_waiting_run_at_once(
     real: redis.Redis, keys: KeySpace, db: Database
 ) -> None:
@@ -128,7 +117,6 @@ def test_a_company_without_alert_rules_leaves_nothing_waiting(
     assert real.zscore(keys.alert_outbox_due, "acme") is None
 
 
-@WAITS
 def test_a_redis_error_during_the_evaluation_leaves_the_run_for_the_periodic_check(
     real: redis.Redis, keys: KeySpace, db: Database
 ) -> None:

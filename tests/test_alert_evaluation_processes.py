@@ -11,7 +11,6 @@ exactly once either way.
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
@@ -28,7 +27,6 @@ from erp_sync.alerts.evaluate import redis_now
 from erp_sync.alerts.outbox import GRACE
 from erp_sync.alerts.rules import AlertRules
 from erp_sync.control.store import SettingsStore
-from erp_sync.runs.runner import Runner
 from tests.support import procs
 from tests.support.erp import Sender, small_company
 from tests.support.receiver import Receiver, start_receiver
@@ -36,14 +34,6 @@ from tests.support.redisproc import RedisServer
 from tests.support.workers import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
-# The commit point writes the waiting outcome only when the runner passes run_finish.lua the
-# alert outbox keys (KEYS[10..12]); until erp_sync/runs/runner.py does, these fail as expected.
-WAITS = pytest.mark.xfail(
-    "alert_outbox" not in inspect.getsource(Runner._finish_script),
-    reason="the runner does not pass run_finish.lua the alert outbox keys yet",
-    raises=AssertionError,
-    strict=True,
-)
 
 # A real worker whose process dies where the sync task would evaluate alerts.
 DIES_BEFORE_EVALUATING = """
@@ -86,7 +76,6 @@ def call(env: dict[str, str], name: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-@WAITS
 @pytest.mark.parametrize("rescue", ["redelivery", "periodic check"])
 def test_a_worker_killed_between_the_finish_and_the_evaluation_loses_no_alert(
     real: redis.Redis,

@@ -16,22 +16,21 @@ from __future__ import annotations
 
 import redis
 
+from config.env import Settings
 from config.keys import KeySpace
 from erp_sync.infra import lua
 
-# Deliveries of one company posted at once, fleet-wide (0: no cap). Small: a healthy receiver
-# answers in milliseconds, so two places drain a burst quickly, and a slow one holds at most two
-# of the alerts workers' slots.
-DEFAULT_CAP = 2
+# Deliveries of one company posted at once, fleet-wide (ERP_SYNC_ALERT_COMPANY_CONCURRENCY; 0: no
+# cap). Small: a healthy receiver answers in milliseconds, so two places drain a burst quickly,
+# and a slow one holds at most two of the alerts workers' slots.
+DEFAULT_CAP: int = Settings.model_fields["alert_company_concurrency"].default
 # How long a delivery over the cap waits before it asks again (plus up to half of it, spread).
 RETRY_AFTER = 1.0
 
 
-def company_cap(env: object) -> int:
-    """The cap: the settings' ``alert_company_concurrency`` when the settings have one (an
-    operator setting, 0 turning the cap off), else ``DEFAULT_CAP``."""
-    value = getattr(env, "alert_company_concurrency", None)
-    return DEFAULT_CAP if value is None else max(0, int(value))
+def company_cap(env: Settings) -> int:
+    """The cap (``ERP_SYNC_ALERT_COMPANY_CONCURRENCY``; 0 turns it off)."""
+    return env.alert_company_concurrency
 
 
 class DeliverySlots:

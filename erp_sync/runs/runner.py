@@ -667,6 +667,11 @@ class Runner:
                 company_key,
                 projects_key,
                 self.keys.runs_outbox,
+                # The commit point also leaves the outcome waiting for the alert evaluation, so
+                # a worker dying before it evaluates loses no alert (erp_sync/alerts/outbox.py).
+                self.keys.alerts(record.company),
+                self.keys.alert_outbox(record.company),
+                self.keys.alert_outbox_due,
             ],
             args=[
                 record.task_id,
