@@ -67,8 +67,9 @@ def test_a_sync_running_while_its_company_is_removed_and_added_again_leaves_noth
         f"the sync never started:\n{stack.procs[0].output()[-3000:]}",
     )
     (old,) = recent_runs(history, "acme")
+    # Read before the removal: the run may notice it while the command is still exiting.
+    removing_at = stack.now()
     stack.manage("company", "remove", "acme", "--as", "alice", "--yes")
-    removed_at = stack.now()
     stack.manage("company", "add", "acme", "--erp", "xero", "--admin", "alice")
     stack.manage(
         "alert", "add", "acme", "--as", "alice", "--url", receiver.url, "--events", "failed"
@@ -81,7 +82,7 @@ def test_a_sync_running_while_its_company_is_removed_and_added_again_leaves_noth
     wait_until(lambda: client.llen(keys.queue("alerts")) == 0, 30, "alerts still queued")
     final = history.get("acme", old.task_id)
     assert final is not None and (final.status, final.error) == ("failed", GONE_ERROR)
-    assert final.finished_at is not None and final.finished_at.timestamp() > removed_at
+    assert final.finished_at is not None and final.finished_at.timestamp() > removing_at
     assert [(r.status, r.error) for r in RunLog(db).recent("acme")] == [("failed", GONE_ERROR)]
     # Nothing of the old tenant's run for the company added under its id.
     assert client.exists(keys.cursor("acme", "vendors", None)) == 0
@@ -107,8 +108,8 @@ def test_a_job_cost_sync_running_while_its_project_is_removed_and_added_again_st
         f"the sync never started:\n{stack.procs[0].output()[-3000:]}",
     )
     (old,) = recent_runs(history, "acme")
+    removing_at = stack.now()  # before: the run may notice the removal while the CLI exits
     stack.manage("project", "remove", "acme", "p1", "--as", "alice")
-    removed_at = stack.now()
     stack.manage("project", "add", "acme", "p1")
     wait_until(
         lambda: (r := history.get("acme", old.task_id)) is not None and r.status != "running",
@@ -117,7 +118,7 @@ def test_a_job_cost_sync_running_while_its_project_is_removed_and_added_again_st
     )
     final = history.get("acme", old.task_id)
     assert final is not None and (final.status, final.error) == ("failed", PROJECT_GONE_ERROR)
-    assert final.finished_at is not None and final.finished_at.timestamp() > removed_at
+    assert final.finished_at is not None and final.finished_at.timestamp() > removing_at
     assert client.exists(keys.cursor("acme", "job_costs", "p1")) == 0
     assert client.exists(keys.run_lock("acme", "job_costs", "p1")) == 0
     wait_until(lambda: RunLog(db).recent("acme"), 10, "no history row")
