@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from config.alerts import AlertEvent
 from config.keys import KeySpace
+from erp_sync.alerts.rules import AlertRules
+from erp_sync.control.lifecycle import Lifecycle
+from erp_sync.control.store import SettingsStore
 from erp_sync.db import Database, RunLog
 from erp_sync.runs.records import RunRecords
 from erp_sync.runs.tenant import GONE_ERROR, PROJECT_GONE_ERROR
@@ -56,8 +60,9 @@ def test_a_sync_running_while_its_company_is_removed_and_added_again_leaves_noth
     stack: ProcStack, receiver: Receiver, db: Database
 ) -> None:
     client, keys = stack.client, stack.keys
-    small_company(client, keys, "acme", projects=())  # 30 vendors, 10 a page
-    stack.manage("sandbox", "set", "acme", "--latency-ms", "2500")  # about 10 s a sync
+    # 30 vendors, 10 a page, 600 ms a call: the run is in flight for a few seconds, while the
+    # removal and the re-add below (in-process: milliseconds) happen.
+    small_company(client, keys, "acme", projects=()).configure("acme", latency_ms=600)
     stack.procs.append(worker("worker", stack.env, stack.logs, queues="company,project,alerts"))
     stack.manage("sync-now", "acme", "vendors", "--as", "alice")
     history = RunRecords(client, keys)
@@ -69,10 +74,11 @@ def test_a_sync_running_while_its_company_is_removed_and_added_again_leaves_noth
     (old,) = recent_runs(history, "acme")
     # Read before the removal: the run may notice it while the command is still exiting.
     removing_at = stack.now()
-    stack.manage("company", "remove", "acme", "--as", "alice", "--yes")
-    stack.manage("company", "add", "acme", "--erp", "xero", "--admin", "alice")
-    stack.manage(
-        "alert", "add", "acme", "--as", "alice", "--url", receiver.url, "--events", "failed"
+    store = SettingsStore(client, keys)
+    Lifecycle(store).remove_company("acme", "alice")
+    store.add_company("acme", "xero", admin="alice")
+    AlertRules(store).add(
+        "acme", "alice", url=receiver.url, events=[AlertEvent.FAILED], failures=1, secret=None
     )
     wait_until(
         lambda: old.task_id in FINISHED.findall(stack.procs[0].output()),
@@ -97,8 +103,7 @@ def test_a_job_cost_sync_running_while_its_project_is_removed_and_added_again_st
     stack: ProcStack, db: Database
 ) -> None:
     client, keys = stack.client, stack.keys
-    small_company(client, keys, "acme", projects=("p1",))
-    stack.manage("sandbox", "set", "acme", "--latency-ms", "1500")  # six calls: about 9 s
+    small_company(client, keys, "acme", projects=("p1",)).configure("acme", latency_ms=500)
     stack.procs.append(worker("worker", stack.env, stack.logs))
     stack.manage("sync-now", "acme", "job_costs", "--as", "alice", "--project", "p1")
     history = RunRecords(client, keys)
@@ -108,9 +113,10 @@ def test_a_job_cost_sync_running_while_its_project_is_removed_and_added_again_st
         f"the sync never started:\n{stack.procs[0].output()[-3000:]}",
     )
     (old,) = recent_runs(history, "acme")
-    removing_at = stack.now()  # before: the run may notice the removal while the CLI exits
-    stack.manage("project", "remove", "acme", "p1", "--as", "alice")
-    stack.manage("project", "add", "acme", "p1")
+    removing_at = stack.now()
+    store = SettingsStore(client, keys)
+    Lifecycle(store).remove_project("acme", "p1", "alice")
+    store.add_project("acme", "p1")
     wait_until(
         lambda: (r := history.get("acme", old.task_id)) is not None and r.status != "running",
         60,
