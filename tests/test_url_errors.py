@@ -69,7 +69,7 @@ def test_a_malformed_database_url_is_one_error_line_for_db_upgrade_and_history(
 
 
 @pytest.mark.processes
-@pytest.mark.parametrize("case", ["port not a number", "unknown dialect", "folder under a file"])
+@pytest.mark.parametrize("case", ["unknown dialect", "folder under a file"])  # a parse, a mkdir
 def test_a_worker_with_a_malformed_database_url_says_so_in_one_line_and_does_not_start(
     redis_server: RedisServer, prefix: str, tmp_path: Path, case: str
 ) -> None:
