@@ -17,6 +17,7 @@ import pytest
 
 from config.keys import KeySpace
 from erp_sync.control.store import SettingsStore
+from erp_sync.infra.flower_guard import login_problem
 from tests.support.procs import CELERY, Proc, beat, stop_all, wait_until, worker
 from tests.support.redisproc import RedisServer, free_port
 
@@ -189,7 +190,13 @@ def test_flower_without_a_login_refuses_to_start_with_one_line(
         proc.stop()
 
 
-@pytest.mark.parametrize("entry", ["ops", "ops:", ":s3cret-pass", "ops:s3cret-pass,viewer"])
+def test_a_basic_auth_entry_without_a_user_or_a_password_is_a_login_problem() -> None:
+    for entry in ("ops", "ops:", ":s3cret-pass", "ops:s3cret-pass,viewer"):
+        assert login_problem(entry.split(","), None), entry
+    assert login_problem(["ops:s3cret-pass", "viewer:pw"], None) is None
+
+
+@pytest.mark.parametrize("entry", ["ops:", "ops:s3cret-pass,viewer"])  # the rest: just above
 def test_flower_refuses_a_basic_auth_entry_without_a_user_or_a_password(
     redis_server: RedisServer, prefix: str, tmp_path: Path, entry: str
 ) -> None:
