@@ -7,7 +7,7 @@ scripts/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/lint-imports --no-logo --no-cache
-# Three workers on two cores: most tests wait on real processes, not the CPU (two workers left
-# the cores 45 % idle). A test file stays on one worker, so the tests that
-# start a whole stack with preferred ports never race each other for them.
-.venv/bin/pytest -n 3 --dist loadfile "$@"
+# Four workers on two cores: most tests wait on real processes, not the CPU (two workers left
+# the cores 45 % idle; with 970 tests three took 311 s, four 292 s). A test file stays on one
+# worker, so the tests that start a whole stack with preferred ports never race each other.
+.venv/bin/pytest -n 4 --dist loadfile "$@"
