@@ -38,11 +38,18 @@ class ReplicaSet:
         return found
 
     def replica_online(self) -> bool:
+        """Synced on both sides: the replica's link is up and the primary counts it ``online``
+        (what the store's replica count reads: the primary's view lags the replica's by up to
+        a replication ping, and a count of 0 read meanwhile is cached for 2 s)."""
         try:
-            info = self.replica.client().info("replication")
+            mine = self.replica.client().info("replication")
+            theirs = self.primary.client().info("replication")
         except redis.RedisError:
             return False
-        return info.get("master_link_status") == "up"
+        online = [v for k, v in theirs.items() if k.startswith("slave") and isinstance(v, dict)]
+        return mine.get("master_link_status") == "up" and any(
+            r.get("state") == "online" for r in online
+        )
 
     def add_sentinels(self, workdir: Path, count: int = 3, quorum: int = 2) -> str:
         """``count`` Sentinels monitoring the primary; returns the ``sentinel://`` URL."""
