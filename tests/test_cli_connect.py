@@ -48,6 +48,7 @@ from erp_sync.runs.delivery import Delivery
 from erp_sync.runs.runner import Runner
 from tests.support import procs
 from tests.support.fake_qbo.client import FakeQbo, Seed
+from tests.support.manage import manage
 from tests.support.qbo import QboRealm, leaked, new_realm, qbo_company, sync, tokens
 from tests.support.redisproc import RedisServer
 
@@ -400,19 +401,6 @@ def test_disconnect_puts_the_company_back_on_the_sandbox_and_is_audited(
 
 
 # --- as an admin types it: a real subprocess ---------------------------------------------------
-
-
-def manage(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=procs.ROOT,
-        env=procs.process_env(env),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_connect_reads_a_secret_from_stdin_and_refuses_without_a_key_in_a_real_process(

@@ -16,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from tests.support.receiver import read_request
+
 
 @dataclass
 class Held:
@@ -59,24 +61,16 @@ class TrickleReceiver:
 
 def _read_request(conn: socket.socket) -> bool:
     """Read one HTTP request (headers and a Content-Length body); False when it broke off."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return False
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    data = read_request(conn)
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
     length = 0
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value.strip())
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return False
-        body += chunk
-    return True
+    return len(body) >= length
 
 
 def start_trickle_receiver(interval: float = 0.2, hold: float = 300.0) -> TrickleReceiver:
