@@ -60,9 +60,10 @@ def test_a_sync_running_while_its_company_is_removed_and_added_again_leaves_noth
     stack: ProcStack, receiver: Receiver, db: Database
 ) -> None:
     client, keys = stack.client, stack.keys
-    # 30 vendors, 10 a page, 600 ms a call: the run is in flight for a few seconds, while the
-    # removal and the re-add below (in-process: milliseconds) happen.
-    small_company(client, keys, "acme", projects=()).configure("acme", latency_ms=600)
+    # 30 vendors, 10 a page, 2.5 s a call: the run is still in flight when this test sees it
+    # running, however long the sync-now process takes to exit on a loaded machine; the
+    # removal and the re-add below are in-process (milliseconds).
+    small_company(client, keys, "acme", projects=()).configure("acme", latency_ms=2500)
     stack.procs.append(worker("worker", stack.env, stack.logs, queues="company,project,alerts"))
     stack.manage("sync-now", "acme", "vendors", "--as", "alice")
     history = RunRecords(client, keys)
@@ -103,7 +104,8 @@ def test_a_job_cost_sync_running_while_its_project_is_removed_and_added_again_st
     stack: ProcStack, db: Database
 ) -> None:
     client, keys = stack.client, stack.keys
-    small_company(client, keys, "acme", projects=("p1",)).configure("acme", latency_ms=500)
+    # Six calls of 1.5 s: still in flight once seen running (see above).
+    small_company(client, keys, "acme", projects=("p1",)).configure("acme", latency_ms=1500)
     stack.procs.append(worker("worker", stack.env, stack.logs))
     stack.manage("sync-now", "acme", "job_costs", "--as", "alice", "--project", "p1")
     history = RunRecords(client, keys)
