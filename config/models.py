@@ -5,6 +5,7 @@ Also the ERP capability matrix as data: which automatic syncs each ERP supports.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -229,6 +230,21 @@ class AuditEntry(BaseModel):
     new: dict[str, Any] = Field(default_factory=dict)
     # The operating-system user who ran the command (None on entries written before it was kept).
     os_user: str | None = None
+
+
+def tenant_stamp(raw: object) -> str:
+    """A stored company or project record's ``created_at`` exactly as stored (``''`` when there
+    is no record or it has none): the stamp of the tenant that owns an id. A rename keeps it; a
+    removal and a new ``add`` under the same id changes it. The runner (``erp_sync/runs/
+    tenant.py``), the alerts and ``_tenant.lua`` compare this one field."""
+    if raw is None or raw == "":
+        return ""
+    try:
+        record = json.loads(str(raw))
+    except ValueError:
+        return ""
+    value = record.get("created_at") if isinstance(record, dict) else None
+    return value if isinstance(value, str) else ""
 
 
 # ``deferred``: the run gave its worker slot back to wait and comes back under the same task id.

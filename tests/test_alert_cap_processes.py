@@ -20,8 +20,9 @@ import redis
 
 from config.alerts import AlertEvent, AlertRule
 from config.keys import KeySpace
+from config.models import tenant_stamp
 from erp_sync.alerts.deliver import deliveries
-from erp_sync.alerts.evaluate import RunOutcome, payload, redis_now, tenant_stamp
+from erp_sync.alerts.evaluate import RunOutcome, payload, redis_now
 from erp_sync.alerts.inflight import DEFAULT_CAP
 from erp_sync.alerts.rules import AlertRules
 from erp_sync.control.store import SettingsStore

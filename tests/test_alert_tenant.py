@@ -17,12 +17,12 @@ import redis
 
 from config.alerts import AlertEvent, AlertRule
 from config.keys import KeySpace
+from config.models import tenant_stamp
 from erp_sync.alerts.deliver import deliver_once, deliveries
 from erp_sync.alerts.evaluate import TENANT_FIELD, Evaluator, RunOutcome
 from erp_sync.alerts.rules import AlertRules
 from erp_sync.control.lifecycle import Lifecycle
 from erp_sync.control.store import SettingsStore
-from erp_sync.runs.tenant import stamp
 from tests.support.erp import small_company
 from tests.support.receiver import Receiver, start_receiver
 
@@ -61,7 +61,7 @@ def test_a_queued_alert_carries_its_tenants_stamp_and_posts_without_it(
     real: redis.Redis, keys: KeySpace, receiver: Receiver
 ) -> None:
     rule, message = old_tenant(real, keys, receiver.url)
-    assert message[TENANT_FIELD] == stamp(str(real.get(keys.company("acme"))))
+    assert message[TENANT_FIELD] == tenant_stamp(str(real.get(keys.company("acme"))))
     assert deliver_once(real, keys, "acme", rule.id, message, 1, True, 2.0) == "delivered"
     (got,) = receiver.got
     assert TENANT_FIELD not in got.body and got.body["delivery"] == message["delivery"]

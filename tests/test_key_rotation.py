@@ -23,15 +23,16 @@ from sqlalchemy import text
 
 from config.alerts import AlertEvent, AlertRule
 from config.keys import KeySpace
-from config.models import AuditEntry, Erp, parse
+from config.models import parse
 from erp_sync.cli.restore_cmd import copy_changed
-from erp_sync.control.connections import Connection, ConnectionStore, Secrets
+from erp_sync.control.connections import ConnectionStore, Secrets
 from erp_sync.control.sealed import SEALED, SealedSecrets, open_secret
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.vault import Vault, new_key
 from erp_sync.db import Database
 from erp_sync.db.config_copy import ConfigCopy
 from erp_sync.errors import CorruptRecord
+from tests.support.connection import store_connection
 from tests.support.manage import manage
 from tests.support.receiver import Receiver, start_receiver
 from tests.support.redisproc import RedisServer
@@ -50,21 +51,8 @@ def receiver() -> Iterator[Receiver]:
 
 def _connect_directly(client: redis.Redis, keys: KeySpace, key: str) -> None:
     """A QuickBooks Online connection stored as ``connect`` stores it (no ERP is called)."""
-    now = datetime.now(UTC)
-    ConnectionStore(client, keys, Vault([key])).save(
-        Connection(
-            company="qbo",
-            erp=Erp.QUICKBOOKS_ONLINE,
-            realm_id="R1",
-            client_id="app",
-            base_url="http://127.0.0.1:1/v3",
-            token_url="http://127.0.0.1:1/token",
-            connected_by="alice",
-            connected_at=now,
-        ),
-        Secrets(client_secret="cs-rotation", refresh_token="rt-rotation"),
-        AuditEntry(at=now, actor="alice", action="connection.connect", company="qbo"),
-    )
+    secrets = Secrets(client_secret="cs-rotation", refresh_token="rt-rotation")
+    store_connection(client, keys, Vault([key]), actor="alice", secrets=secrets)
     client.set(keys.access_token("qbo"), Vault([key]).seal({"access_token": "at-1"}), px=600_000)
 
 

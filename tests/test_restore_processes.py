@@ -5,8 +5,6 @@ no slot that ran before the loss runs again."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,28 +20,16 @@ from erp_sync.control.store import SettingsStore
 from erp_sync.control.unit import UnitOfWork
 from erp_sync.db import Database
 from erp_sync.db.schema import sync_runs
-from tests.support.procs import ROOT, Proc, beat, process_env, stop_all, wait_until, worker
+from tests.support.manage import manage
+from tests.support.procs import Proc, beat, stop_all, wait_until, worker
 from tests.support.redisproc import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.processes]
 FINISHED = re.compile(r"finished company=\S+ .*?outcome=(\w+) .*?task_id=(\S+)")
 
 
-def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=process_env(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
 def _ok(env: dict[str, str], *args: str) -> str:
-    done = _manage(env, *args)
+    done = manage(env, *args, timeout=120)
     assert done.returncode == 0, f"{args}: {done.stderr}"
     return done.stdout
 
@@ -113,7 +99,7 @@ def test_after_a_flushall_restore_from_db_brings_everything_back_and_the_schedul
         client.flushall()  # Redis lost everything (no persistence, or a wiped volume)
         lost_at = datetime.now(UTC)
 
-        asked = _manage(env, "restore-from-db")  # no --yes, no answer: refuses
+        asked = manage(env, "restore-from-db", timeout=120)  # no --yes, no answer: refuses
         assert asked.returncode == 1 and asked.stderr.strip() == "error: aborted"
         assert "acme" in asked.stdout and "stone" in asked.stdout
         assert not client.exists(keys.companies), "restore-from-db wrote without --yes"

@@ -22,9 +22,9 @@ import pytest
 import redis
 
 from config.keys import KeySpace
-from config.models import AuditEntry, Erp
+from config.models import AuditEntry
 from erp_sync.cli.restore_cmd import copy_changed
-from erp_sync.control.connections import Connection, ConnectionStore, Secrets
+from erp_sync.control.connections import ConnectionStore, Secrets
 from erp_sync.control.permissions import Permissions
 from erp_sync.control.store import SettingsStore
 from erp_sync.control.vault import Vault, new_key
@@ -32,6 +32,7 @@ from erp_sync.db import Database
 from erp_sync.db.config_copy import ConfigCopy
 from erp_sync.errors import ConcurrentUpdate
 from tests.support.cli import Invoke, invoker
+from tests.support.connection import store_connection
 from tests.support.redisproc import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -106,23 +107,8 @@ def test_restore_with_force_replaces_a_company_redis_holds_at_an_older_revision(
 
 
 def _connection(client: redis.Redis, keys: KeySpace, vault: Vault) -> ConnectionStore:
-    conns = ConnectionStore(client, keys, vault)
-    now = datetime.now(UTC)
-    conns.save(
-        Connection(
-            company="qbo",
-            erp=Erp.QUICKBOOKS_ONLINE,
-            realm_id="R1",
-            client_id="app",
-            base_url="http://127.0.0.1:1/v3",
-            token_url="http://127.0.0.1:1/token",
-            connected_by="al",
-            connected_at=now,
-        ),
-        Secrets(client_secret="cs", refresh_token="rt-1"),
-        AuditEntry(at=now, actor="al", action="connection.connect", company="qbo"),
-    )
-    return conns
+    secrets = Secrets(client_secret="cs", refresh_token="rt-1")
+    return store_connection(client, keys, vault, actor="al", secrets=secrets)
 
 
 def test_no_generation_issued_before_the_loss_is_given_again_after_the_restore(

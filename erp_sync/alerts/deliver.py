@@ -43,8 +43,8 @@ import redis
 
 from config.alerts import AlertEvent, AlertRule, DeliveryEntry
 from config.keys import KeySpace
-from config.models import parse
-from erp_sync.alerts.evaluate import TENANT_FIELD, tenant_stamp
+from config.models import parse, tenant_stamp
+from erp_sync.alerts.evaluate import TENANT_FIELD
 from erp_sync.control.sealed import open_secret
 from erp_sync.errors import ErpSyncError
 from erp_sync.infra import egress, lua

@@ -22,7 +22,6 @@ state to a company added later under the id.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Sequence
@@ -35,7 +34,15 @@ import redis
 from config.alerts import AlertEvent, AlertRule, Incident
 from config.keys import KeySpace
 from config.members import alert_target, deadline_member, split_deadline
-from config.models import CAPABILITIES, Company, Project, StoredSettings, SyncKind, parse
+from config.models import (
+    CAPABILITIES,
+    Company,
+    Project,
+    StoredSettings,
+    SyncKind,
+    parse,
+    tenant_stamp,
+)
 from erp_sync.alerts.outbox import AlertOutbox, Send
 from erp_sync.errors import CorruptRecord, ErpSyncError
 from erp_sync.schedule.cadence import cadence_for
@@ -390,13 +397,3 @@ def _same_tenant(pipe: redis.client.Pipeline, keys: KeySpace, outcome: RunOutcom
         return True
     found = pipe.hget(keys.projects(outcome.company), outcome.project)
     return tenant_stamp(found) == outcome.project_stamp
-
-
-def tenant_stamp(raw: object) -> str:
-    """A stored record's ``created_at`` as stored ('' if none): the tenant's stamp (the same
-    field as ``erp_sync.runs.tenant.stamp`` and ``_tenant.lua``; alerts may not import runs)."""
-    try:
-        value = json.loads(str(raw))["created_at"] if raw is not None else ""
-    except (ValueError, KeyError, TypeError):
-        return ""
-    return value if isinstance(value, str) else ""

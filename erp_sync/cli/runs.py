@@ -27,7 +27,7 @@ from config.models import (
     first_error,
 )
 from erp_sync.cli.context import Ctx, echo_json, note_if_removed, pass_ctx, table
-from erp_sync.cli.oplog import operator_entry, record_operator
+from erp_sync.cli.oplog import OPERATOR, record_operator
 from erp_sync.cli.pause_cmd import guard_manual_run
 from erp_sync.cli.sandbox_cmd import sandbox
 from erp_sync.connectors import connector_for
@@ -304,9 +304,7 @@ def ratelimit_set(
         limit = set_limit(work.pipe, ctx.keys, erp, rate, burst, concurrency, requests)
         old = before.model_dump() if before else {}
         work.operator(
-            operator_entry(
-                ctx.store, "ratelimit.set", FLEET, {"erp": erp, **limit.model_dump()}, old
-            )
+            work.entry(FLEET, OPERATOR, "ratelimit.set", old, {"erp": erp, **limit.model_dump()})
         )
         return limit
 
@@ -348,8 +346,12 @@ def ratelimit_company(
         def write(work: UnitOfWork) -> None:
             merged = set_company_limit(work.pipe, ctx.keys, company_id, change, work.begin)
             work.operator(
-                operator_entry(
-                    ctx.store, "ratelimit.company", company_id, merged.model_dump(exclude_none=True)
+                work.entry(
+                    company_id,
+                    OPERATOR,
+                    "ratelimit.company",
+                    {},
+                    merged.model_dump(exclude_none=True),
                 )
             )
 

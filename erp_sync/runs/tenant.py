@@ -13,28 +13,16 @@ them again (``check``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import redis
 
 from config.keys import KeySpace
+from config.models import tenant_stamp
 from erp_sync.errors import TenantGone
 
 GONE_ERROR = "company removed during the run"
 PROJECT_GONE_ERROR = "project removed during the run"
-
-
-def stamp(raw: str | None) -> str:
-    """The ``created_at`` of a stored company or project record as stored, ``''`` if none."""
-    if not raw:
-        return ""
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return ""
-    value = record.get("created_at") if isinstance(record, dict) else None
-    return value if isinstance(value, str) else ""
 
 
 @dataclass(frozen=True)
@@ -49,8 +37,8 @@ class Tenant:
     def of(cls, company_raw: str | None, project: str | None, project_raw: str | None) -> Tenant:
         """The tenant of the records a run's facts read (``project`` None: company-level). A
         record that was not there is not checked (the run is skipped for it anyway)."""
-        found = stamp(project_raw) if project else ""
-        return cls(stamp(company_raw), project if found else None, found)
+        found = tenant_stamp(project_raw) if project else ""
+        return cls(tenant_stamp(company_raw), project if found else None, found)
 
     def args(self) -> list[str]:
         """``_tenant.lua``'s three arguments: company stamp, project id, project stamp."""
@@ -66,9 +54,9 @@ def check(client: redis.Redis, keys: KeySpace, company: str, tenant: Tenant) -> 
     pipe.get(keys.company(company))
     pipe.hget(keys.projects(company), tenant.project or "-")
     raw_company, raw_project = pipe.execute()
-    if tenant.company and stamp(raw_company) != tenant.company:
+    if tenant.company and tenant_stamp(raw_company) != tenant.company:
         raise TenantGone(GONE_ERROR)
-    if tenant.project and stamp(raw_project) != tenant.project_stamp:
+    if tenant.project and tenant_stamp(raw_project) != tenant.project_stamp:
         raise TenantGone(PROJECT_GONE_ERROR)
 
 
